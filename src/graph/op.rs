@@ -1,0 +1,182 @@
+//! Operators of the graph IR and their attributes.
+
+use crate::tensor::Tensor;
+
+/// Elementwise activation applied in an epilogue or as a node of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Act {
+    #[default]
+    None,
+    Relu,
+    Sigmoid,
+}
+
+impl Act {
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Act::None => v,
+            Act::Relu => v.max(0.0),
+            Act::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+        }
+    }
+
+    /// Code shared with the WGSL kernels (0 none, 1 relu, 2 sigmoid).
+    pub fn code(self) -> u32 {
+        match self {
+            Act::None => 0,
+            Act::Relu => 1,
+            Act::Sigmoid => 2,
+        }
+    }
+}
+
+/// How a fused residual enters a convolution's epilogue (the residual is the conv's second input).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Residual {
+    /// `conv + r`
+    Add,
+    /// `conv + alpha (.) r` (soft gate on the skip)
+    GateResidual(Tensor),
+    /// `alpha (.) conv + r` (soft gate on a projected skip produced by this conv)
+    GateConv(Tensor),
+}
+
+/// What a convolution does after the sum of products:
+/// `y = post_act( act(conv + bias) (+) residual )`.
+/// Filled in by the fusion pass; a freshly built graph has the default (nothing).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Epilogue {
+    pub act: Act,
+    pub residual: Option<Residual>,
+    pub post_act: Act,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2d {
+    /// `[cout, cin / groups, kh, kw]`
+    pub weight: Tensor,
+    /// `[cout]`
+    pub bias: Option<Tensor>,
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+    pub epilogue: Epilogue,
+}
+
+impl Conv2d {
+    pub fn cout(&self) -> usize {
+        self.weight.shape[0]
+    }
+    pub fn cin_per_group(&self) -> usize {
+        self.weight.shape[1]
+    }
+    pub fn kernel(&self) -> [usize; 2] {
+        [self.weight.shape[2], self.weight.shape[3]]
+    }
+    /// Output spatial size for an input of `h x w`, or None when the kernel does not fit.
+    pub fn out_hw(&self, h: usize, w: usize) -> Option<[usize; 2]> {
+        let [kh, kw] = self.kernel();
+        let eh = self.dilation[0] * (kh - 1) + 1;
+        let ew = self.dilation[1] * (kw - 1) + 1;
+        let ph = h + 2 * self.padding[0];
+        let pw = w + 2 * self.padding[1];
+        if ph < eh || pw < ew {
+            return None;
+        }
+        Some([(ph - eh) / self.stride[0] + 1, (pw - ew) / self.stride[1] + 1])
+    }
+}
+
+/// Batch normalisation with its learned affine and running statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNorm {
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub mean: Tensor,
+    pub var: Tensor,
+    pub eps: f32,
+}
+
+impl BatchNorm {
+    /// Inference-time form `y = scale * x + shift`.
+    pub fn scale_shift(&self) -> (Vec<f32>, Vec<f32>) {
+        let scale: Vec<f32> = (0..self.gamma.numel())
+            .map(|c| self.gamma.data[c] / (self.var.data[c] + self.eps).sqrt())
+            .collect();
+        let shift = (0..self.gamma.numel())
+            .map(|c| self.beta.data[c] - self.mean.data[c] * scale[c])
+            .collect();
+        (scale, shift)
+    }
+}
+
+/// The operators of the IR. Every node produces one NCHW tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A graph input of `[c, h, w]`; the batch size is chosen at execution.
+    Input { chw: [usize; 3] },
+    /// 2-D convolution; inputs `[x]`, or `[x, residual]` once an add has been fused.
+    Conv2d(Conv2d),
+    /// Batch normalisation (inference uses the running statistics).
+    BatchNorm(BatchNorm),
+    /// `y = act(scale[c] * x + shift[c])`: a batch norm that could not be folded into a conv,
+    /// with the following activation fused in.
+    ChannelAffine { scale: Tensor, shift: Tensor, act: Act },
+    /// ReLU or sigmoid on its own.
+    Activation(Act),
+    /// Max pooling; padded positions never win (PyTorch semantics).
+    MaxPool { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2] },
+    /// Nearest-neighbour upsampling by an integer factor.
+    UpsampleNearest { factor: usize },
+    /// Bilinear upsampling by an integer factor, half-pixel centres (align_corners = false).
+    UpsampleBilinear { factor: usize },
+    /// Channel concatenation of all inputs (same N, H, W).
+    Concat,
+    /// `y = a + b`
+    Add,
+    /// `y = alpha (.) skip + x`, inputs `[skip, x]`, alpha per channel: the soft gate.
+    GatedAdd { alpha: Tensor },
+    /// Depth to space: `[n, c*r*r, h, w] -> [n, c, h*r, w*r]` (PyTorch / ONNX "CRD" order).
+    PixelShuffle { factor: usize },
+}
+
+impl Op {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Conv2d(c) if c.groups > 1 && c.groups == c.cout() && c.cin_per_group() == 1 => {
+                "depthwise_conv2d"
+            }
+            Op::Conv2d(_) => "conv2d",
+            Op::BatchNorm(_) => "batch_norm",
+            Op::ChannelAffine { .. } => "channel_affine",
+            Op::Activation(Act::Sigmoid) => "sigmoid",
+            Op::Activation(_) => "relu",
+            Op::MaxPool { .. } => "max_pool",
+            Op::UpsampleNearest { .. } => "upsample_nearest",
+            Op::UpsampleBilinear { .. } => "upsample_bilinear",
+            Op::Concat => "concat",
+            Op::Add => "add",
+            Op::GatedAdd { .. } => "gated_add",
+            Op::PixelShuffle { .. } => "pixel_shuffle",
+        }
+    }
+
+    /// Learnable parameters (PyTorch's count: running statistics are not parameters).
+    pub fn param_count(&self) -> usize {
+        match self {
+            Op::Conv2d(c) => {
+                let mut n = c.weight.numel() + c.bias.as_ref().map_or(0, |b| b.numel());
+                if let Some(Residual::GateResidual(a) | Residual::GateConv(a)) = &c.epilogue.residual {
+                    n += a.numel();
+                }
+                n
+            }
+            Op::BatchNorm(b) => b.gamma.numel() + b.beta.numel(),
+            Op::ChannelAffine { scale, shift, .. } => scale.numel() + shift.numel(),
+            Op::GatedAdd { alpha } => alpha.numel(),
+            _ => 0,
+        }
+    }
+}

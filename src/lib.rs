@@ -1,0 +1,11 @@
+//! wgpose: human pose estimation networks as WGSL compute shaders on wgpu, with a CPU executor
+//! that is the reference for tests and the fallback when no adapter exists.
+
+pub mod cpu;
+pub mod error;
+pub mod graph;
+pub mod rng;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tensor::Tensor;
