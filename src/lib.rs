@@ -1,9 +1,13 @@
 //! wgpose: human pose estimation networks as WGSL compute shaders on wgpu, with a CPU executor
 //! that is the reference for tests and the fallback when no adapter exists.
 
+pub mod bench;
 pub mod cpu;
 pub mod error;
+pub mod gpu;
 pub mod graph;
+pub mod models;
+pub mod npy;
 pub mod rng;
 pub mod tensor;
 

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 
 /// Dense row-major f32 tensor. Activations are always 4-D NCHW; parameters have their own
 /// shapes (conv weights `[cout, cin/groups, kh, kw]`, per-channel vectors `[c]`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tensor {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,

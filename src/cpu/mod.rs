@@ -1,1 +1,250 @@
-//! CPU executor
+//! CPU executor: the reference every GPU kernel is tested against, the engine training will run
+//! on, and the fallback when no GPU adapter exists.
+//!
+//! Two implementations of every operator live here:
+//! - [`reference`]: plain, single-threaded, obviously-correct loops (f64 accumulation), the
+//!   ground truth of the tests;
+//! - the fast path ([`run`], [`run_all`], [`eval_op`]): convolutions through im2col + `gemm`
+//!   with the epilogue fused, depthwise convolutions as direct loops, and every other operator
+//!   parallelised with rayon over `(n, c)` planes.
+//!
+//! Both share the validation in this module, so they accept and refuse exactly the same inputs,
+//! and neither panics on bad data: wrong input counts, shapes, non-finite inputs and malformed
+//! parameters are all `Err`.
+
+pub mod conv;
+pub mod ops;
+pub mod reference;
+
+use std::borrow::Cow;
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId, Op, Residual};
+use crate::tensor::{checked_numel, Tensor};
+
+/// Runs the graph on the fast path and returns the graph outputs in order.
+///
+/// `inputs` holds one NCHW tensor per `Op::Input` node, in node order; all must share the same
+/// batch size `N >= 1` and have the node's `[c, h, w]`. Intermediate tensors are dropped after
+/// their last use.
+pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    let plan = prepare(graph, inputs)?;
+    let last_use = last_uses(graph);
+    let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; graph.nodes.len()];
+    for (id, node) in graph.nodes.iter().enumerate() {
+        let v = if let Op::Input { .. } = node.op {
+            Cow::Borrowed(&inputs[plan.input_index[id]])
+        } else {
+            let args: Vec<&Tensor> = node.inputs.iter().map(|&i| available(&values, i)).collect();
+            Cow::Owned(eval_unchecked(&node.op, &args, plan.shapes[id]))
+        };
+        values[id] = Some(v);
+        for &i in &node.inputs {
+            if last_use[i] == id {
+                values[i] = None;
+            }
+        }
+        if last_use[id] == id {
+            // Nobody reads it and it is not an output.
+            values[id] = None;
+        }
+    }
+    Ok(graph.outputs.iter().map(|&o| available(&values, o).clone()).collect())
+}
+
+/// Same as [`run`] but returns every node's output (index = node id); used by tests and
+/// training.
+pub fn run_all(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    let plan = prepare(graph, inputs)?;
+    let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
+    for (id, node) in graph.nodes.iter().enumerate() {
+        let v = if let Op::Input { .. } = node.op {
+            inputs[plan.input_index[id]].clone()
+        } else {
+            let args: Vec<&Tensor> = node.inputs.iter().map(|&i| &values[i]).collect();
+            eval_unchecked(&node.op, &args, plan.shapes[id])
+        };
+        values.push(v);
+    }
+    Ok(values)
+}
+
+/// Evaluates one operator on explicit input tensors with the fast kernels and returns the
+/// node's output. `name` only labels errors. Shapes and parameters are checked like in [`run`];
+/// values are not (non-finite values propagate).
+pub fn eval_op(name: &str, op: &Op, inputs: &[&Tensor]) -> Result<Tensor> {
+    let shape = check_op(name, op, inputs)?;
+    if let Op::Input { .. } = op {
+        return Ok(inputs[0].clone());
+    }
+    Ok(eval_unchecked(op, inputs, shape))
+}
+
+/// Fast evaluation of a non-input operator whose inputs and parameters have been validated and
+/// whose output shape is `out`.
+fn eval_unchecked(op: &Op, x: &[&Tensor], out: [usize; 4]) -> Tensor {
+    match op {
+        Op::Input { .. } => unreachable!("input nodes are not evaluated"),
+        Op::Conv2d(c) => conv::conv2d(x[0], x.get(1).copied(), c, out),
+        Op::BatchNorm(bn) => {
+            let (scale, shift) = bn.scale_shift();
+            ops::channel_affine(x[0], &scale, &shift, crate::graph::Act::None)
+        }
+        Op::ChannelAffine { scale, shift, act } => ops::channel_affine(x[0], &scale.data, &shift.data, *act),
+        Op::Activation(act) => ops::activation(x[0], *act),
+        Op::MaxPool { kernel, stride, padding } => ops::max_pool(x[0], *kernel, *stride, *padding, out),
+        Op::UpsampleNearest { factor } => ops::upsample_nearest(x[0], *factor),
+        Op::UpsampleBilinear { factor } => ops::upsample_bilinear(x[0], *factor),
+        Op::Concat => ops::concat(x, out),
+        Op::Add => ops::add(x[0], x[1]),
+        Op::GatedAdd { alpha } => ops::gated_add(x[0], x[1], &alpha.data),
+        Op::PixelShuffle { factor } => ops::pixel_shuffle(x[0], *factor),
+    }
+}
+
+fn available<'a>(values: &'a [Option<Cow<'_, Tensor>>], id: NodeId) -> &'a Tensor {
+    values[id].as_deref().expect("a node's inputs are computed before it and kept until their last use")
+}
+
+/// For every node, the last node that reads it; graph outputs (and nodes nobody reads) get
+/// `usize::MAX` / their own id respectively.
+fn last_uses(graph: &Graph) -> Vec<usize> {
+    let mut last: Vec<usize> = (0..graph.nodes.len()).collect();
+    for (id, node) in graph.nodes.iter().enumerate() {
+        for &i in &node.inputs {
+            last[i] = last[i].max(id);
+        }
+    }
+    for &o in &graph.outputs {
+        last[o] = usize::MAX;
+    }
+    last
+}
+
+/// What both executors know after validating a run.
+pub(crate) struct Prepared {
+    /// Output shape of every node.
+    pub shapes: Vec<[usize; 4]>,
+    /// For an input node, its position in the `inputs` slice (unused for other nodes).
+    pub input_index: Vec<usize>,
+}
+
+/// Validates graph, parameters and inputs of a run and infers every shape.
+pub(crate) fn prepare(graph: &Graph, inputs: &[Tensor]) -> Result<Prepared> {
+    graph.validate()?;
+    let input_ids = graph.inputs();
+    if inputs.len() != input_ids.len() {
+        return Err(Error::Input(format!(
+            "the graph has {} input(s) ({}), got {} tensor(s)",
+            input_ids.len(),
+            input_ids.iter().map(|&i| format!("`{}`", graph.nodes[i].name)).collect::<Vec<_>>().join(", "),
+            inputs.len()
+        )));
+    }
+    let mut batch = None;
+    let mut input_index = vec![0; graph.nodes.len()];
+    for (k, (&id, t)) in input_ids.iter().zip(inputs).enumerate() {
+        let node = &graph.nodes[id];
+        let Op::Input { chw } = node.op else { unreachable!() };
+        check_tensor_len(&format!("input `{}`", node.name), t)?;
+        let n = match t.shape[..] {
+            [n, c, h, w] if [c, h, w] == chw && n >= 1 => n,
+            _ => {
+                return Err(Error::Input(format!(
+                    "input `{}` has shape {:?}, expected [N, {}, {}, {}] with N >= 1",
+                    node.name, t.shape, chw[0], chw[1], chw[2]
+                )))
+            }
+        };
+        if let Some(b) = batch {
+            if b != n {
+                return Err(Error::Input(format!(
+                    "input `{}` has batch size {n}, but earlier inputs have {b}",
+                    node.name
+                )));
+            }
+        }
+        batch = Some(n);
+        if let Some(i) = t.first_non_finite() {
+            return Err(Error::Input(format!(
+                "input `{}` has a non-finite value ({}) at element {i}",
+                node.name, t.data[i]
+            )));
+        }
+        input_index[id] = k;
+    }
+    for node in &graph.nodes {
+        check_params(&node.name, &node.op)?;
+    }
+    let shapes = graph.shapes(batch.unwrap_or(1))?;
+    Ok(Prepared { shapes, input_index })
+}
+
+/// Checks one operator applied to explicit tensors and returns its output shape.
+pub(crate) fn check_op(name: &str, op: &Op, inputs: &[&Tensor]) -> Result<[usize; 4]> {
+    check_params(name, op)?;
+    let mut shapes = Vec::with_capacity(inputs.len());
+    for (k, t) in inputs.iter().enumerate() {
+        check_tensor_len(&format!("input {k} of `{name}`"), t)?;
+        let s = t.nchw().map_err(|_| {
+            Error::Input(format!("input {k} of `{name}` must be 4-D NCHW, got shape {:?}", t.shape))
+        })?;
+        shapes.push(s);
+    }
+    if let Some(s) = shapes.iter().find(|s| s[0] != shapes[0][0]) {
+        return Err(Error::shape(name, format!("inputs have different batch sizes ({} and {})", shapes[0][0], s[0])));
+    }
+    if let Op::Input { chw } = op {
+        return match shapes[..] {
+            [[n, c, h, w]] if [c, h, w] == *chw && n >= 1 => Ok([n, c, h, w]),
+            _ => Err(Error::shape(name, format!("an input of [N, {chw:?}] needs exactly one such tensor, got {shapes:?}"))),
+        };
+    }
+    // Reuse the graph's shape inference on a one-operator graph.
+    let mut g = Graph::new();
+    for (k, s) in shapes.iter().enumerate() {
+        g.push(format!("{name}.in{k}"), Op::Input { chw: [s[1], s[2], s[3]] }, vec![])?;
+    }
+    let id = g.push(name, op.clone(), (0..shapes.len()).collect())?;
+    g.outputs = vec![id];
+    let batch = shapes.first().map_or(1, |s| s[0]);
+    Ok(g.shapes(batch)?[id])
+}
+
+fn check_tensor_len(what: &str, t: &Tensor) -> Result<()> {
+    let n = checked_numel(&t.shape)?;
+    if n != t.data.len() {
+        return Err(Error::Input(format!("{what} has shape {:?} ({n} values) but holds {} values", t.shape, t.data.len())));
+    }
+    Ok(())
+}
+
+/// Every parameter tensor holds as many values as its shape says (the fields are public, so this
+/// is not guaranteed by construction); shapes proper are checked by shape inference.
+pub(crate) fn check_params(name: &str, op: &Op) -> Result<()> {
+    let mut params: Vec<(&str, &Tensor)> = Vec::new();
+    match op {
+        Op::Conv2d(c) => {
+            params.push(("weight", &c.weight));
+            if let Some(b) = &c.bias {
+                params.push(("bias", b));
+            }
+            if let Some(Residual::GateResidual(a) | Residual::GateConv(a)) = &c.epilogue.residual {
+                params.push(("gate", a));
+            }
+        }
+        Op::BatchNorm(b) => {
+            params.extend([("gamma", &b.gamma), ("beta", &b.beta), ("mean", &b.mean), ("var", &b.var)]);
+        }
+        Op::ChannelAffine { scale, shift, .. } => params.extend([("scale", scale), ("shift", shift)]),
+        Op::GatedAdd { alpha } => params.push(("alpha", alpha)),
+        _ => {}
+    }
+    for (what, t) in params {
+        let n = checked_numel(&t.shape)?;
+        if n != t.data.len() {
+            return Err(Error::shape(name, format!("{what} has shape {:?} but holds {} values", t.shape, t.data.len())));
+        }
+    }
+    Ok(())
+}

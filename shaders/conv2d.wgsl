@@ -1,0 +1,329 @@
+// 2-D convolution as an implicit GEMM, with the fused epilogue
+//   y = post_act( act(conv + bias) (+) residual )
+// Every activation lives in one arena buffer (the memory planner decides offsets, so concat
+// inputs are written straight into their slice), parameters in one read-only buffer.
+//
+// conv2d_tiled: each invocation computes TM = 16 output channels x TN = 4 consecutive pixels of
+// one output row in registers. Why it looks the way it does (measured on lavapipe, where
+// invocations are SIMD lanes of a CPU core):
+// - a storage-buffer load costs a scalar loop over the lanes, but a uniform-buffer load at a
+//   uniform offset is one scalar load and a broadcast. So the weights are read from a 64 KiB
+//   uniform window of the parameter buffer (`wts`), at offsets that depend only on the
+//   workgroup and loop counters; only activations go through storage loads.
+// - activations are the expensive loads, so each one feeds as many FMAs as possible: 16 output
+//   channels per load, and for 3x3 stride-1 kernels the TN + 2 inputs of a kernel row are
+//   loaded once and reused by the three taps (6 loads instead of 12).
+// - no control flow in the main loops: lavapipe executes both sides of every `if` under a
+//   lane mask, so padding is handled with selects, and the 3x3 case is its own entry point.
+// - naga's loop bounding is turned off for these modules (see executor.rs): with it, NIR
+//   cannot unroll the tile loops and the accumulators live in memory.
+// A convolution whose weights exceed one window is split over input-channel chunks (several
+// dispatches, the later ones accumulating into the output; the last applies the epilogue), and
+// over blocks of output channels.
+//
+// conv2d_direct: one output channel x TD pixels per invocation, for convolutions with few output
+// channels per group (depthwise), where channel tiles would be mostly padding.
+
+struct ConvParams {
+    n: u32, cin: u32, h: u32, w: u32,
+    cout: u32, oh: u32, ow: u32, kh: u32,
+    kw: u32, sh: u32, sw: u32, ph: u32,
+    pw: u32, dh: u32, dw: u32, groups: u32,
+    cin_g: u32, cout_g: u32, co_pad: u32, x_off: u32,
+    x_bs: u32, y_off: u32, y_bs: u32, r_off: u32,
+    r_bs: u32, w_off: u32, b_off: u32, g_off: u32,
+    act: u32, res_mode: u32, post_act: u32, has_bias: u32,
+    // Input channels of this dispatch's chunk, first output-channel block, group, and whether
+    // to add to what earlier chunks wrote (1) / apply the epilogue (2).
+    ci0: u32, ci_n: u32, cb0: u32, g0: u32,
+    mode: u32, pad0: u32, pad1: u32, pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> arena: array<f32>;
+@group(0) @binding(1) var<storage, read> params: array<vec4<f32>>;
+@group(0) @binding(2) var<uniform> p: ConvParams;
+@group(0) @binding(3) var<uniform> wts: array<vec4<f32>, 4096>;
+
+const TN: u32 = 4u;
+// Workgroups of 8: small late layers (8x8 pixels) still spread over several workgroups, and so
+// over every CPU thread of a software driver; on GPUs 8 is a fraction of a wave but these
+// kernels are bound by loads there too.
+const CONV_WG: u32 = 8u;
+const TM: u32 = 16u;
+const TD: u32 = 4u;
+
+fn param(i: u32) -> f32 {
+    return params[i >> 2u][i & 3u];
+}
+
+fn activate(v: f32, a: u32) -> f32 {
+    if (a == 1u) {
+        return max(v, 0.0);
+    }
+    if (a == 2u) {
+        return 1.0 / (1.0 + exp(-v));
+    }
+    return v;
+}
+
+// Applies bias, activations and the residual to one accumulated value and stores it.
+fn epilogue(acc: f32, n: u32, c: u32, pix: u32) {
+    let ohw = p.oh * p.ow;
+    var v = acc;
+    if (p.has_bias != 0u) {
+        v += param(p.b_off + c);
+    }
+    v = activate(v, p.act);
+    if (p.res_mode != 0u) {
+        let r = arena[p.r_off + n * p.r_bs + c * ohw + pix];
+        if (p.res_mode == 1u) {
+            v += r;
+        } else if (p.res_mode == 2u) {
+            v += param(p.g_off + c) * r;
+        } else {
+            v = param(p.g_off + c) * v + r;
+        }
+    }
+    v = activate(v, p.post_act);
+    arena[p.y_off + n * p.y_bs + c * ohw + pix] = v;
+}
+
+// Stores one partial or final sum, honouring the chunking mode.
+fn finish(sum: f32, n: u32, c: u32, pix: u32) {
+    var v = sum;
+    let at = p.y_off + n * p.y_bs + c * p.oh * p.ow + pix;
+    if ((p.mode & 1u) != 0u) {
+        v += arena[at];
+    }
+    if ((p.mode & 2u) != 0u) {
+        epilogue(v, n, c, pix);
+    } else {
+        arena[at] = v;
+    }
+}
+
+// Reads one input value, or 0 in the padding. Branch-free: lavapipe runs both sides of every
+// `if` under a lane mask, so selects are cheaper than control flow.
+fn load_x(base: u32, iy: i32, ix: i32) -> f32 {
+    let inside = iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
+    return select(0.0, arena[select(0u, base + u32(iy) * p.w + u32(ix), inside)], inside);
+}
+
+// The 4 x 4 register tile update for one input value per pixel.
+struct Tile {
+    a0: array<vec4<f32>, TN>,
+    a1: array<vec4<f32>, TN>,
+    a2: array<vec4<f32>, TN>,
+    a3: array<vec4<f32>, TN>,
+}
+
+fn store_tile(t: Tile, n: u32, g: u32, cb: u32, oy: u32, ox0: u32) {
+    let c0 = g * p.cout_g + cb * TM;
+    for (var j = 0u; j < TN; j++) {
+        if (ox0 + j >= p.ow) {
+            break;
+        }
+        let pix = oy * p.ow + ox0 + j;
+        let vals = array<vec4<f32>, 4>(t.a0[j], t.a1[j], t.a2[j], t.a3[j]);
+        for (var i = 0u; i < TM; i++) {
+            if (cb * TM + i >= p.cout_g) {
+                break;
+            }
+            finish(vals[i / 4u][i % 4u], n, c0 + i, pix);
+        }
+    }
+}
+
+// Any kernel size, stride, dilation and groups.
+@compute @workgroup_size(CONV_WG)
+fn conv2d_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tiles_x = (p.ow + TN - 1u) / TN;
+    // Whole SIMD groups past the end leave at once; lavapipe ends a loop when no lane is active.
+    if (gid.x >= tiles_x * p.oh) {
+        return;
+    }
+    let tile = gid.x;
+    let oy = tile / tiles_x;
+    let ox0 = (tile % tiles_x) * TN;
+    let n = wid.z;
+    let iy0 = i32(oy * p.sh) - i32(p.ph);
+    let ix0 = i32(ox0 * p.sw) - i32(p.pw);
+    var t: Tile;
+    // Window layout: [block][k in chunk][TM / 4] vec4s; `wi` walks k.
+    var wi = wid.y * p.ci_n * p.kh * p.kw * 4u;
+    let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * p.h * p.w;
+    for (var ci = 0u; ci < p.ci_n; ci++) {
+        let base = ch0 + ci * p.h * p.w;
+        for (var ky = 0u; ky < p.kh; ky++) {
+            let iy = iy0 + i32(ky * p.dh);
+            for (var kx = 0u; kx < p.kw; kx++) {
+                let w0 = wts[wi];
+                let w1 = wts[wi + 1u];
+                let w2 = wts[wi + 2u];
+                let w3 = wts[wi + 3u];
+                wi += 4u;
+                let ix = ix0 + i32(kx * p.dw);
+                for (var j = 0u; j < TN; j++) {
+                    let xv = vec4<f32>(load_x(base, iy, ix + i32(j * p.sw)));
+                    t.a0[j] = fma(w0, xv, t.a0[j]);
+                    t.a1[j] = fma(w1, xv, t.a1[j]);
+                    t.a2[j] = fma(w2, xv, t.a2[j]);
+                    t.a3[j] = fma(w3, xv, t.a3[j]);
+                }
+            }
+        }
+    }
+    if (gid.x < tiles_x * p.oh) {
+        store_tile(t, n, p.g0, p.cb0 + wid.y, oy, ox0);
+    }
+}
+
+// 3x3, stride 1, dilation 1 (most layers): the TN + 2 inputs of a kernel row are loaded once
+// and shared by the three taps, 6 loads instead of 12.
+@compute @workgroup_size(CONV_WG)
+fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tiles_x = (p.ow + TN - 1u) / TN;
+    if (gid.x >= tiles_x * p.oh) {
+        return;
+    }
+    let tile = gid.x;
+    let oy = tile / tiles_x;
+    let ox0 = (tile % tiles_x) * TN;
+    let n = wid.z;
+    let iy0 = i32(oy) - i32(p.ph);
+    let ix0 = i32(ox0) - i32(p.pw);
+    var t: Tile;
+    var wi = wid.y * p.ci_n * 9u * 4u;
+    let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * p.h * p.w;
+    for (var ci = 0u; ci < p.ci_n; ci++) {
+        let base = ch0 + ci * p.h * p.w;
+        for (var ky = 0u; ky < 3u; ky++) {
+            let iy = iy0 + i32(ky);
+            var xs: array<f32, 6>;
+            for (var q = 0u; q < 6u; q++) {
+                xs[q] = load_x(base, iy, ix0 + i32(q));
+            }
+            for (var kx = 0u; kx < 3u; kx++) {
+                let w0 = wts[wi];
+                let w1 = wts[wi + 1u];
+                let w2 = wts[wi + 2u];
+                let w3 = wts[wi + 3u];
+                wi += 4u;
+                for (var j = 0u; j < TN; j++) {
+                    let xv = vec4<f32>(xs[j + kx]);
+                    t.a0[j] = fma(w0, xv, t.a0[j]);
+                    t.a1[j] = fma(w1, xv, t.a1[j]);
+                    t.a2[j] = fma(w2, xv, t.a2[j]);
+                    t.a3[j] = fma(w3, xv, t.a3[j]);
+                }
+            }
+        }
+    }
+    if (gid.x < tiles_x * p.oh) {
+        store_tile(t, n, p.g0, p.cb0 + wid.y, oy, ox0);
+    }
+}
+
+// 1x1, stride 1, no padding: a plain GEMM over flattened pixels; no bounds arithmetic at all
+// (the last tile re-reads clamped pixels and stores only the real ones).
+@compute @workgroup_size(CONV_WG)
+fn conv2d_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let hw = p.h * p.w;
+    let pix0 = gid.x * TN;
+    if (pix0 >= hw) {
+        return;
+    }
+    let n = wid.z;
+    var t: Tile;
+    var wi = wid.y * p.ci_n * 4u;
+    let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * hw;
+    var idx: array<u32, TN>;
+    for (var j = 0u; j < TN; j++) {
+        idx[j] = min(pix0 + j, hw - 1u);
+    }
+    for (var ci = 0u; ci < p.ci_n; ci++) {
+        let base = ch0 + ci * hw;
+        let w0 = wts[wi];
+        let w1 = wts[wi + 1u];
+        let w2 = wts[wi + 2u];
+        let w3 = wts[wi + 3u];
+        wi += 4u;
+        for (var j = 0u; j < TN; j++) {
+            let xv = vec4<f32>(arena[base + idx[j]]);
+            t.a0[j] = fma(w0, xv, t.a0[j]);
+            t.a1[j] = fma(w1, xv, t.a1[j]);
+            t.a2[j] = fma(w2, xv, t.a2[j]);
+            t.a3[j] = fma(w3, xv, t.a3[j]);
+        }
+    }
+    // Flattened pixels are rows of width `ow` = w for the store.
+    if (pix0 < hw) {
+        store_tile_flat(t, n, p.g0, p.cb0 + wid.y, pix0);
+    }
+}
+
+fn store_tile_flat(t: Tile, n: u32, g: u32, cb: u32, pix0: u32) {
+    let c0 = g * p.cout_g + cb * TM;
+    let ohw = p.oh * p.ow;
+    for (var j = 0u; j < TN; j++) {
+        if (pix0 + j >= ohw) {
+            break;
+        }
+        let vals = array<vec4<f32>, 4>(t.a0[j], t.a1[j], t.a2[j], t.a3[j]);
+        for (var i = 0u; i < TM; i++) {
+            if (cb * TM + i >= p.cout_g) {
+                break;
+            }
+            finish(vals[i / 4u][i % 4u], n, c0 + i, pix0 + j);
+        }
+    }
+}
+
+// Weights for conv2d_direct keep the original [cout][cin_g][kh][kw] layout.
+@compute @workgroup_size(64)
+fn conv2d_direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let ohw = p.oh * p.ow;
+    let pix0 = gid.x * TD;
+    if (pix0 >= ohw) {
+        return;
+    }
+    let c = wid.y;
+    let g = c / p.cout_g;
+    let n = wid.z;
+    var iy0: array<i32, 4>;
+    var ix0: array<i32, 4>;
+    for (var j = 0u; j < TD; j++) {
+        let pix = min(pix0 + j, ohw - 1u);
+        iy0[j] = i32((pix / p.ow) * p.sh) - i32(p.ph);
+        ix0[j] = i32((pix % p.ow) * p.sw) - i32(p.pw);
+    }
+    var acc: vec4<f32>;
+    var wi = p.w_off + c * p.cin_g * p.kh * p.kw;
+    let h = i32(p.h);
+    let w = i32(p.w);
+    for (var ci = 0u; ci < p.cin_g; ci++) {
+        let x_base = p.x_off + n * p.x_bs + (g * p.cin_g + ci) * p.h * p.w;
+        for (var ky = 0u; ky < p.kh; ky++) {
+            for (var kx = 0u; kx < p.kw; kx++) {
+                let wv = param(wi);
+                wi += 1u;
+                var xv: vec4<f32>;
+                for (var j = 0u; j < TD; j++) {
+                    let iy = iy0[j] + i32(ky * p.dh);
+                    let ix = ix0[j] + i32(kx * p.dw);
+                    let inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
+                    let idx = select(0u, x_base + u32(iy * w + ix), inside);
+                    xv[j] = select(0.0, arena[idx], inside);
+                }
+                acc = fma(vec4<f32>(wv), xv, acc);
+            }
+        }
+    }
+    for (var j = 0u; j < TD; j++) {
+        let pix = pix0 + j;
+        if (pix >= ohw) {
+            break;
+        }
+        epilogue(acc[j], n, c, pix);
+    }
+}

@@ -1,0 +1,69 @@
+//! Subcommands of the `wgpose` binary. Library code stays in the library; this only parses
+//! arguments, picks a device and prints.
+
+mod bench;
+mod models;
+mod profile;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use wgpose::gpu::GpuContext;
+use wgpose::Result;
+
+#[derive(Parser)]
+#[command(name = "wgpose", version, about = "Human pose estimation networks as WGSL compute shaders")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmarks: `ops` (single layers on both executors).
+    Bench(bench::BenchArgs),
+    /// Per-layer GPU time of a model from timestamp queries, as a table and optionally a Chrome trace.
+    Profile(profile::ProfileArgs),
+    /// Named network configurations with parameters and GFLOPs beside the papers' figures.
+    Models(models::ModelsArgs),
+    /// Prints the GPU adapter wgpu finds.
+    Info,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Gpu,
+    Cpu,
+    /// Both executors (benchmarks only).
+    Both,
+}
+
+/// Opens the GPU for a command that wants it; `None` with a notice on stderr when there is no
+/// adapter and the CPU can stand in.
+pub fn open_gpu(device: DeviceArg) -> Result<Option<GpuContext>> {
+    if device == DeviceArg::Cpu {
+        return Ok(None);
+    }
+    match GpuContext::new() {
+        Ok(c) => Ok(Some(c)),
+        Err(e) => {
+            eprintln!("warning: {e}\nwarning: continuing on the CPU executor");
+            Ok(None)
+        }
+    }
+}
+
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Bench(a) => bench::run(a),
+        Command::Profile(a) => profile::run(a),
+        Command::Models(a) => models::run(a),
+        Command::Info => {
+            let ctx = GpuContext::new()?;
+            println!("adapter: {}", ctx.describe());
+            println!("timestamp queries: {}", ctx.timestamps);
+            let l = ctx.device.limits();
+            println!("max storage binding: {} MiB", l.max_storage_buffer_binding_size >> 20);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Fast CPU kernels of every operator but convolution, parallelised with rayon over `(n, c)`
+//! planes. Inputs are assumed validated (shapes consistent with the operator), as done by
+//! `cpu::run` / `cpu::eval_op`.
+
+use rayon::prelude::*;
+
+use crate::graph::Act;
+use crate::tensor::Tensor;
+
+/// Smallest number of elements worth a rayon task.
+const MIN_TASK_ELEMS: usize = 1 << 14;
+
+/// Planes per task so that each task has at least `MIN_TASK_ELEMS` elements.
+pub(crate) fn planes_per_task(plane: usize) -> usize {
+    MIN_TASK_ELEMS.div_ceil(plane.max(1)).max(1)
+}
+
+fn dims(t: &Tensor) -> [usize; 4] {
+    [t.shape[0], t.shape[1], t.shape[2], t.shape[3]]
+}
+
+/// Applies an activation in place to a slice (one loop per activation so each vectorises).
+pub fn act_in_place(v: &mut [f32], act: Act) {
+    match act {
+        Act::None => {}
+        Act::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+        Act::Sigmoid => v.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
+    }
+}
+
+/// `act(scale[c] * x + shift[c])` (also batch norm, through `BatchNorm::scale_shift`).
+pub fn channel_affine(x: &Tensor, scale: &[f32], shift: &[f32], act: Act) -> Tensor {
+    let [_, c, h, w] = dims(x);
+    let hw = h * w;
+    let mut y = vec![0.0f32; x.data.len()];
+    y.par_chunks_mut(hw)
+        .zip(x.data.par_chunks(hw))
+        .with_min_len(planes_per_task(hw))
+        .enumerate()
+        .for_each(|(p, (d, s))| {
+            let (a, b) = (scale[p % c], shift[p % c]);
+            d.iter_mut().zip(s).for_each(|(d, &s)| *d = a * s + b);
+            act_in_place(d, act);
+        });
+    Tensor { shape: x.shape.clone(), data: y }
+}
+
+pub fn activation(x: &Tensor, act: Act) -> Tensor {
+    let mut y = x.data.clone();
+    if act != Act::None {
+        y.par_chunks_mut(MIN_TASK_ELEMS).for_each(|d| act_in_place(d, act));
+    }
+    Tensor { shape: x.shape.clone(), data: y }
+}
+
+/// Range of output positions `o` whose input position `o * stride + k - pad` lies in `[0, len)`,
+/// where `k` is the tap's offset (`ky * dilation`); clipped to `[0, out_len)`.
+pub(crate) fn valid_range(len: usize, out_len: usize, stride: usize, k: usize, pad: usize) -> (usize, usize) {
+    // o * stride + k >= pad
+    let lo = if pad > k { (pad - k).div_ceil(stride) } else { 0 };
+    // o * stride + k - pad <= len - 1
+    let hi = if len + pad > k { ((len - 1 + pad - k) / stride + 1).min(out_len) } else { 0 };
+    (lo.min(hi), hi)
+}
+
+/// Max pooling; padded positions never win (PyTorch semantics), NaN propagates.
+pub fn max_pool(x: &Tensor, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], out: [usize; 4]) -> Tensor {
+    let [_, _, h, w] = dims(x);
+    let [_, _, oh, ow] = out;
+    let mut y = vec![0.0f32; out.iter().product()];
+    y.par_chunks_mut(oh * ow)
+        .zip(x.data.par_chunks(h * w))
+        .with_min_len(planes_per_task(oh * ow))
+        .for_each(|(d, s)| {
+            d.fill(f32::NEG_INFINITY);
+            for ky in 0..kernel[0] {
+                let (y0, y1) = valid_range(h, oh, stride[0], ky, padding[0]);
+                for kx in 0..kernel[1] {
+                    let (x0, x1) = valid_range(w, ow, stride[1], kx, padding[1]);
+                    for oy in y0..y1 {
+                        let iy = oy * stride[0] + ky - padding[0];
+                        let srow = &s[iy * w..(iy + 1) * w];
+                        let drow = &mut d[oy * ow..(oy + 1) * ow];
+                        for ox in x0..x1 {
+                            let v = srow[ox * stride[1] + kx - padding[1]];
+                            let m = &mut drow[ox];
+                            if v > *m || v.is_nan() {
+                                *m = v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    Tensor { shape: out.to_vec(), data: y }
+}
+
+pub fn upsample_nearest(x: &Tensor, f: usize) -> Tensor {
+    let [n, c, h, w] = dims(x);
+    let (oh, ow) = (h * f, w * f);
+    let mut y = vec![0.0f32; n * c * oh * ow];
+    y.par_chunks_mut(oh * ow)
+        .zip(x.data.par_chunks(h * w))
+        .with_min_len(planes_per_task(oh * ow))
+        .for_each(|(d, s)| {
+            for (i, block) in d.chunks_exact_mut(f * ow).enumerate() {
+                let (first, rest) = block.split_at_mut(ow);
+                for (o, &v) in first.chunks_exact_mut(f).zip(&s[i * w..(i + 1) * w]) {
+                    o.fill(v);
+                }
+                for r in rest.chunks_exact_mut(ow) {
+                    r.copy_from_slice(first);
+                }
+            }
+        });
+    Tensor { shape: vec![n, c, oh, ow], data: y }
+}
+
+/// Taps of output `o` along an axis upsampled by `f` from `len` samples: half-pixel centres,
+/// source coordinate clamped at 0 and second tap at the edge (PyTorch `align_corners=False`).
+pub(crate) fn bilinear_taps(o: usize, f: usize, len: usize) -> (usize, usize, f32) {
+    let src = ((o as f32 + 0.5) / f as f32 - 0.5).max(0.0);
+    let i0 = (src.floor() as usize).min(len - 1);
+    let i1 = (i0 + 1).min(len - 1);
+    (i0, i1, src - i0 as f32)
+}
+
+pub fn upsample_bilinear(x: &Tensor, f: usize) -> Tensor {
+    let [n, c, h, w] = dims(x);
+    let (oh, ow) = (h * f, w * f);
+    let xt: Vec<(usize, usize, f32)> = (0..ow).map(|o| bilinear_taps(o, f, w)).collect();
+    let yt: Vec<(usize, usize, f32)> = (0..oh).map(|o| bilinear_taps(o, f, h)).collect();
+    let mut y = vec![0.0f32; n * c * oh * ow];
+    y.par_chunks_mut(oh * ow)
+        .zip(x.data.par_chunks(h * w))
+        .with_min_len(planes_per_task(oh * ow))
+        .for_each(|(d, s)| {
+            for (drow, &(y0, y1, ly)) in d.chunks_exact_mut(ow).zip(&yt) {
+                let r0 = &s[y0 * w..(y0 + 1) * w];
+                let r1 = &s[y1 * w..(y1 + 1) * w];
+                for (v, &(x0, x1, lx)) in drow.iter_mut().zip(&xt) {
+                    let top = (1.0 - lx) * r0[x0] + lx * r0[x1];
+                    let bot = (1.0 - lx) * r1[x0] + lx * r1[x1];
+                    *v = (1.0 - ly) * top + ly * bot;
+                }
+            }
+        });
+    Tensor { shape: vec![n, c, oh, ow], data: y }
+}
+
+/// Channel concatenation; `out` is the concatenated shape.
+pub fn concat(xs: &[&Tensor], out: [usize; 4]) -> Tensor {
+    let [_, c, h, w] = out;
+    let hw = h * w;
+    // For every output channel: (input, channel in that input).
+    let src: Vec<(usize, usize)> =
+        xs.iter().enumerate().flat_map(|(k, x)| (0..x.shape[1]).map(move |ch| (k, ch))).collect();
+    let mut y = vec![0.0f32; out.iter().product()];
+    y.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
+        let (b, ch) = (p / c, p % c);
+        let (k, xc) = src[ch];
+        let plane = b * xs[k].shape[1] + xc;
+        d.copy_from_slice(&xs[k].data[plane * hw..(plane + 1) * hw]);
+    });
+    Tensor { shape: out.to_vec(), data: y }
+}
+
+pub fn add(a: &Tensor, b: &Tensor) -> Tensor {
+    let mut y = vec![0.0f32; a.data.len()];
+    y.par_chunks_mut(MIN_TASK_ELEMS)
+        .zip(a.data.par_chunks(MIN_TASK_ELEMS).zip(b.data.par_chunks(MIN_TASK_ELEMS)))
+        .for_each(|(d, (a, b))| d.iter_mut().zip(a.iter().zip(b)).for_each(|(d, (a, b))| *d = a + b));
+    Tensor { shape: a.shape.clone(), data: y }
+}
+
+/// `alpha[c] * skip + x`
+pub fn gated_add(skip: &Tensor, x: &Tensor, alpha: &[f32]) -> Tensor {
+    let [_, c, h, w] = dims(x);
+    let hw = h * w;
+    let mut y = vec![0.0f32; x.data.len()];
+    y.par_chunks_mut(hw)
+        .zip(skip.data.par_chunks(hw).zip(x.data.par_chunks(hw)))
+        .with_min_len(planes_per_task(hw))
+        .enumerate()
+        .for_each(|(p, (d, (s, x)))| {
+            let a = alpha[p % c];
+            d.iter_mut().zip(s.iter().zip(x)).for_each(|(d, (s, x))| *d = a * s + x);
+        });
+    Tensor { shape: x.shape.clone(), data: y }
+}
+
+/// Depth to space, `out[n, c, h*r + i, w*r + j] = in[n, c*r*r + i*r + j, h, w]`.
+pub fn pixel_shuffle(x: &Tensor, r: usize) -> Tensor {
+    let [n, c, h, w] = dims(x);
+    let co = c / (r * r);
+    let (oh, ow) = (h * r, w * r);
+    let mut y = vec![0.0f32; n * co * oh * ow];
+    y.par_chunks_mut(oh * ow).with_min_len(planes_per_task(oh * ow)).enumerate().for_each(|(p, d)| {
+        // Output plane p = (b, ch) reads input planes (b, ch*r*r .. (ch+1)*r*r).
+        let base = p * r * r;
+        for i in 0..h {
+            for di in 0..r {
+                let drow = &mut d[(i * r + di) * ow..(i * r + di + 1) * ow];
+                for dj in 0..r {
+                    let plane = base + di * r + dj;
+                    let srow = &x.data[(plane * h + i) * w..(plane * h + i + 1) * w];
+                    for (j, &v) in srow.iter().enumerate() {
+                        drow[j * r + dj] = v;
+                    }
+                }
+            }
+        }
+    });
+    Tensor { shape: vec![n, co, oh, ow], data: y }
+}

@@ -1,0 +1,8 @@
+//! The wgpu executor: WGSL kernels in `shaders/`, dispatched from a compiled graph.
+
+mod context;
+mod executor;
+pub mod kernels;
+
+pub use context::{GpuContext, NO_ADAPTER_HELP};
+pub use executor::{GpuModel, NodeTime};

@@ -1,0 +1,80 @@
+//! Whole random graphs: the optimised graph (batch norm folded, activations and adds fused,
+//! concat in place, buffers reused) on the GPU equals the unoptimised graph on the CPU reference.
+//! Also bad input to the GPU executor: errors, never panics.
+
+mod common;
+
+use common::{assert_close, gpu, random_graph, random_inputs};
+use wgpose::gpu::GpuModel;
+use wgpose::graph::passes::optimize_for_inference;
+use wgpose::Error;
+
+/// Same tolerance as the per-kernel tests; fusion reorders a few f32 operations per element.
+const TOL: f32 = 2e-4;
+
+#[test]
+fn random_graphs_gpu_optimised_equals_cpu_reference() {
+    let Some(ctx) = gpu() else { return };
+    for seed in 0..40 {
+        let g = random_graph(seed);
+        let batch = 1 + (seed as usize % 2);
+        let inputs = random_inputs(&g, batch, seed + 1000);
+        let want = wgpose::cpu::reference::run(&g, &inputs).unwrap();
+        let mut m = GpuModel::compile(&ctx, &g, batch).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let got = m.run(&inputs).unwrap();
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert_close(&format!("seed {seed} output {k}"), a, b, TOL);
+        }
+    }
+}
+
+#[test]
+fn passes_shrink_the_graph() {
+    // Across the random graphs, folding and fusion remove nodes and never add any.
+    let (mut before, mut after) = (0, 0);
+    for seed in 0..40 {
+        let g = random_graph(seed);
+        let o = optimize_for_inference(&g);
+        assert!(o.nodes.len() <= g.nodes.len());
+        before += g.nodes.len();
+        after += o.nodes.len();
+    }
+    assert!(after < before * 3 / 4, "passes removed too little: {before} -> {after} nodes");
+}
+
+#[test]
+fn run_async_matches_run() {
+    let Some(ctx) = gpu() else { return };
+    let g = random_graph(7);
+    let inputs = random_inputs(&g, 1, 1);
+    let mut m = GpuModel::compile(&ctx, &g, 1).unwrap();
+    let a = m.run(&inputs).unwrap();
+    let b = pollster::block_on(m.run_async(&inputs)).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let Some(ctx) = gpu() else { return };
+    let g = random_graph(3);
+    let mut m = GpuModel::compile(&ctx, &g, 2).unwrap();
+    // Wrong batch.
+    let wrong = random_inputs(&g, 1, 1);
+    assert!(matches!(m.run(&wrong), Err(Error::Input(_))));
+    // Wrong count.
+    assert!(matches!(m.run(&[]), Err(Error::Input(_))));
+    // NaN.
+    let mut nan = random_inputs(&g, 2, 1);
+    nan[0].data[5] = f32::NAN;
+    let e = m.run(&nan).unwrap_err();
+    assert!(e.to_string().contains("non-finite"), "{e}");
+    // The model still works after the errors.
+    assert!(m.run(&random_inputs(&g, 2, 1)).is_ok());
+    // Zero batch and absurd sizes are refused at compile time.
+    assert!(GpuModel::compile(&ctx, &g, 0).is_err());
+    let mut b = wgpose::graph::GraphBuilder::new(0);
+    let x = b.input("input", [3, 8, 8]).unwrap();
+    let y = b.upsample_nearest("up", x, 1 << 14).unwrap();
+    b.graph.outputs = vec![y];
+    assert!(matches!(GpuModel::compile(&ctx, &b.graph, 1), Err(Error::TooLarge(_))));
+}
