@@ -10,6 +10,7 @@ pub mod models;
 pub mod npy;
 pub mod rng;
 pub mod tensor;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;
