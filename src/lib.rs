@@ -7,6 +7,7 @@ pub mod error;
 pub mod gpu;
 pub mod graph;
 pub mod models;
+pub mod onnx;
 pub mod npy;
 pub mod rng;
 pub mod tensor;
