@@ -10,6 +10,7 @@ pub mod models;
 pub mod onnx;
 pub mod npy;
 pub mod rng;
+pub mod skeleton;
 pub mod tensor;
 pub mod weights;
 

@@ -4,6 +4,7 @@
 mod bench;
 mod models;
 mod profile;
+mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use wgpose::gpu::GpuContext;
@@ -24,6 +25,10 @@ enum Command {
     Profile(profile::ProfileArgs),
     /// Named network configurations with parameters and GFLOPs beside the papers' figures.
     Models(models::ModelsArgs),
+    /// Runs the raw network on an NCHW float32 .npy tensor and writes the heatmaps as .npy.
+    Run(run::RunArgs),
+    /// Writes a model as ONNX (opset 17) with its weights.
+    Export(run::ExportArgs),
     /// Prints the GPU adapter wgpu finds.
     Info,
 }
@@ -57,6 +62,8 @@ pub fn main() -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Profile(a) => profile::run(a),
         Command::Models(a) => models::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Export(a) => run::export(a),
         Command::Info => {
             let ctx = GpuContext::new()?;
             println!("adapter: {}", ctx.describe());

@@ -20,6 +20,7 @@
 //! compare with them.
 
 pub mod fasterpose;
+pub mod load;
 pub mod ldcrn;
 pub mod soft_gated_hourglass;
 
@@ -28,6 +29,7 @@ use crate::graph::{Graph, Op};
 
 pub use fasterpose::{Backbone, FasterPoseArch, Head};
 pub use ldcrn::LdcrnArch;
+pub use load::{calibrate_batch_norms, load_model, shipped_weights_path, WeightsSource};
 pub use soft_gated_hourglass::HourglassArch;
 
 /// Network family of a configuration.

@@ -1,0 +1,107 @@
+//! `wgpose run` (raw network on an .npy tensor) and `wgpose export` (ONNX).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use wgpose::gpu::GpuModel;
+use wgpose::models::{config, load_model, ModelConfig};
+use wgpose::{Error, Result};
+
+use super::{open_gpu, DeviceArg};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Model config name (see `wgpose models`).
+    #[arg(long)]
+    model: String,
+    /// Weights (.safetensors); default: the shipped weights of the config, else random init.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// NCHW float32 .npy input; its H and W set the network's input size.
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the last stack's heatmaps (.npy, NCHW float32).
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+    device: DeviceArg,
+    /// Seed of the random initialisation when no weights exist.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Output .onnx file.
+    #[arg(long)]
+    onnx: PathBuf,
+    /// Input size HxW (default: the config's).
+    #[arg(long)]
+    size: Option<String>,
+    /// Fix the batch size in the file (default: a symbolic batch dimension `N`).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Export the inference-optimised graph (batch norms folded, epilogues fused) instead of
+    /// the graph as defined.
+    #[arg(long)]
+    optimized: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn sized(cfg: ModelConfig, size: Option<[usize; 2]>) -> ModelConfig {
+    match size {
+        Some([h, w]) => cfg.with_input([cfg.input[0], h, w]),
+        None => cfg,
+    }
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let x = wgpose::npy::read(&a.input)?;
+    let [n, c, h, w] = x.nchw()?;
+    let cfg = config(&a.model)?;
+    if c != cfg.input[0] {
+        return Err(Error::Input(format!("{} takes {} input channels, {} has {c}", cfg.name, cfg.input[0], a.input.display())));
+    }
+    let cfg = sized(cfg, Some([h, w]));
+    let (graph, source, _) = load_model(&cfg, a.weights.as_deref(), a.seed)?;
+    eprintln!("{}: {source}", cfg.name);
+    let outputs = match open_gpu(a.device)? {
+        Some(ctx) => {
+            eprintln!("device: {}", ctx.describe());
+            GpuModel::compile(&ctx, &graph, n)?.run(std::slice::from_ref(&x))?
+        }
+        None => {
+            eprintln!("device: CPU executor");
+            wgpose::cpu::run(&wgpose::graph::passes::optimize_for_inference(&graph), &[x])?
+        }
+    };
+    let last = outputs.last().ok_or_else(|| Error::Graph("the model produced no output".into()))?;
+    wgpose::npy::write(&a.output, last)?;
+    eprintln!("wrote {} {:?}", a.output.display(), last.shape);
+    Ok(())
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let size = a.size.as_deref().map(super::profile::parse_size).transpose()?;
+    let cfg = sized(config(&a.model)?, size);
+    let (graph, source, _) = load_model(&cfg, a.weights.as_deref(), a.seed)?;
+    eprintln!("{}: {source}", cfg.name);
+    let graph = if a.optimized { wgpose::graph::passes::optimize_for_inference(&graph) } else { graph };
+    wgpose::onnx::export_to_file(&graph, a.batch, &a.onnx)?;
+    eprintln!(
+        "wrote {} (input `{}` [{}, {}, {}, {}], outputs {:?})",
+        a.onnx.display(),
+        wgpose::onnx::input_names(&graph).join(", "),
+        a.batch.map_or("N".to_string(), |b| b.to_string()),
+        cfg.input[0],
+        cfg.input[1],
+        cfg.input[2],
+        wgpose::onnx::output_names(&graph)
+    );
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Getting a runnable graph for a named config: with given weights, the shipped weights of that
+//! config, or a seeded random initialisation; the caller is told which.
+
+use std::path::{Path, PathBuf};
+
+use super::ModelConfig;
+use crate::error::Result;
+use crate::graph::Graph;
+use crate::weights::{load_into, ModelCard};
+
+/// Where a model's weights came from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WeightsSource {
+    /// A file the caller named.
+    File(PathBuf),
+    /// The trained weights shipped in `models/`.
+    Shipped(PathBuf),
+    /// No weights exist: seeded random initialisation, batch norms calibrated on a seeded random
+    /// input (the network's output is meaningless).
+    RandomInit { seed: u64 },
+}
+
+impl std::fmt::Display for WeightsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightsSource::File(p) => write!(f, "weights from {}", p.display()),
+            WeightsSource::Shipped(p) => write!(f, "shipped weights {}", p.display()),
+            WeightsSource::RandomInit { seed } => {
+                write!(f, "no trained weights for this config: random initialisation (seed {seed}, batch norms calibrated), outputs are meaningless")
+            }
+        }
+    }
+}
+
+/// The folder of shipped weights: `$WGPOSE_MODELS` if set, else `models/` of this source tree.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("WGPOSE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
+/// `models/<name>.safetensors`, whether or not it exists.
+pub fn shipped_weights_path(name: &str) -> PathBuf {
+    models_dir().join(format!("{name}.safetensors"))
+}
+
+/// Builds `cfg` and fills in weights: `weights` if given, else the shipped file if present, else
+/// a random initialisation from `seed`. Returns the card when weights were loaded.
+pub fn load_model(cfg: &ModelConfig, weights: Option<&Path>, seed: u64) -> Result<(Graph, WeightsSource, Option<ModelCard>)> {
+    let mut graph = cfg.build(seed)?;
+    let (source, path) = match weights {
+        Some(p) => (WeightsSource::File(p.to_path_buf()), Some(p.to_path_buf())),
+        None => {
+            let p = shipped_weights_path(cfg.name);
+            if p.is_file() {
+                (WeightsSource::Shipped(p.clone()), Some(p))
+            } else {
+                (WeightsSource::RandomInit { seed }, None)
+            }
+        }
+    };
+    let card = match path {
+        Some(p) => Some(load_into(&p, &mut graph)?),
+        None => {
+            let [c, h, w] = cfg.input;
+            let mut rng = crate::rng::Rng::new(seed ^ 0xCA11);
+            let x = crate::Tensor::new(vec![2, c, h, w], rng.vec(2 * c * h * w, -1.0, 1.0))?;
+            calibrate_batch_norms(&mut graph, &[x])?;
+            None
+        }
+    };
+    Ok((graph, source, card))
+}
+
+/// Sets every batch norm's running mean and variance to the statistics of its input when the
+/// network runs on `inputs` (a data-dependent initialisation, as in LSUV). A freshly
+/// initialised network has identity batch norms and its activations grow with depth until most
+/// sigmoid outputs saturate; calibrated, it behaves like a trained one numerically, which is what
+/// parity checks and benchmarks of untrained networks need.
+pub fn calibrate_batch_norms(graph: &mut Graph, inputs: &[crate::Tensor]) -> Result<()> {
+    use crate::graph::Op;
+    let ids = graph.inputs();
+    if ids.len() != inputs.len() {
+        return Err(crate::Error::Input(format!("the graph takes {} input(s), got {}", ids.len(), inputs.len())));
+    }
+    let mut values: Vec<Option<crate::Tensor>> = vec![None; graph.nodes.len()];
+    for (&id, t) in ids.iter().zip(inputs) {
+        values[id] = Some(t.clone());
+    }
+    for id in 0..graph.nodes.len() {
+        if values[id].is_some() {
+            continue;
+        }
+        let x_ids = graph.nodes[id].inputs.clone();
+        if let Op::BatchNorm(bn) = &mut graph.nodes[id].op {
+            let x = values[x_ids[0]].as_ref().ok_or_else(|| crate::Error::Graph("input evaluated out of order".into()))?;
+            let [n, c, h, w] = x.nchw()?;
+            let count = (n * h * w) as f64;
+            let mut var = vec![0f64; c];
+            for ch in 0..c {
+                let (mut s, mut s2) = (0f64, 0f64);
+                for b in 0..n {
+                    for &v in &x.data[(b * c + ch) * h * w..][..h * w] {
+                        s += v as f64;
+                        s2 += (v as f64) * (v as f64);
+                    }
+                }
+                let mean = s / count;
+                bn.mean.data[ch] = mean as f32;
+                var[ch] = (s2 / count - mean * mean).max(0.0);
+            }
+            // Near-constant channels (dead ReLUs of a random network) would otherwise be scaled
+            // up by 1/sqrt(eps) and amplify rounding noise; floor them at 1% of the layer's mean.
+            let floor = 0.01 * var.iter().sum::<f64>() / c.max(1) as f64;
+            for ch in 0..c {
+                bn.var.data[ch] = var[ch].max(floor).max(1e-6) as f32;
+            }
+        }
+        let node = &graph.nodes[id];
+        let xs: Vec<&crate::Tensor> = node
+            .inputs
+            .iter()
+            .map(|&i| values[i].as_ref().ok_or_else(|| crate::Error::Graph("input evaluated out of order".into())))
+            .collect::<Result<_>>()?;
+        values[id] = Some(crate::cpu::eval_op(&node.name, &node.op, &xs)?);
+    }
+    Ok(())
+}
