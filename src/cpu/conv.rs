@@ -38,7 +38,10 @@ pub fn conv2d(x: &Tensor, residual: Option<&Tensor>, c: &Conv2d, out: [usize; 4]
     } else {
         gemm_conv(x, c, out, &ep, &mut y);
     }
-    Tensor { shape: out.to_vec(), data: y }
+    Tensor {
+        shape: out.to_vec(),
+        data: y,
+    }
 }
 
 /// The epilogue with its per-channel parameters borrowed.
@@ -55,13 +58,20 @@ impl<'a> EpilogueRef<'a> {
         EpilogueRef {
             bias: c.bias.as_ref().map(|b| &b.data[..]),
             act: c.epilogue.act,
-            residual: c.epilogue.residual.as_ref().zip(residual.map(|r| &r.data[..])),
+            residual: c
+                .epilogue
+                .residual
+                .as_ref()
+                .zip(residual.map(|r| &r.data[..])),
             post_act: c.epilogue.post_act,
         }
     }
 
     fn is_identity(&self) -> bool {
-        self.bias.is_none() && self.act == Act::None && self.residual.is_none() && self.post_act == Act::None
+        self.bias.is_none()
+            && self.act == Act::None
+            && self.residual.is_none()
+            && self.post_act == Act::None
     }
 
     /// Applies the epilogue to `v`, a run of channel `o`'s outputs that starts at element
@@ -102,7 +112,11 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
     // Output rows per tile (for the direct 1x1 case, tiles only keep the epilogue in cache).
     let rows = (TILE_ELEMS / (k * ow).max(1)).clamp(1, oh);
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
 
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
@@ -154,9 +168,16 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
                     }
                     if !ep.is_identity() {
                         let c0 = oy0 * ow;
-                        yt.par_chunks_mut(ohw).with_min_len(planes_per_task(cols)).enumerate().for_each(|(i, plane)| {
-                            ep.apply(&mut plane[c0..c0 + cols], g * cout_g + i, y0 + i * ohw + c0);
-                        });
+                        yt.par_chunks_mut(ohw)
+                            .with_min_len(planes_per_task(cols))
+                            .enumerate()
+                            .for_each(|(i, plane)| {
+                                ep.apply(
+                                    &mut plane[c0..c0 + cols],
+                                    g * cout_g + i,
+                                    y0 + i * ohw + c0,
+                                );
+                            });
                     }
                 }
             }
@@ -171,7 +192,14 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
 /// One task fills the `kw` rows of one `(ci, ky)`: they read the same input rows, so with a
 /// horizontal stride each input row is split once into its `sx` phases, after which every row
 /// segment is a contiguous copy.
-pub fn im2col(x: &[f32], [_, h, w]: [usize; 3], c: &Conv2d, [oy0, oy1]: [usize; 2], ow: usize, buf: &mut [f32]) {
+pub fn im2col(
+    x: &[f32],
+    [_, h, w]: [usize; 3],
+    c: &Conv2d,
+    [oy0, oy1]: [usize; 2],
+    ow: usize,
+    buf: &mut [f32],
+) {
     let [kh, kw] = c.kernel();
     let [sy, sx] = c.stride;
     let [py, px] = c.padding;
@@ -184,44 +212,55 @@ pub fn im2col(x: &[f32], [_, h, w]: [usize; 3], c: &Conv2d, [oy0, oy1]: [usize; 
         .map(|kx| {
             let (x0, x1) = valid_range(w, ow, sx, kx * dx, px);
             let off = (kx * dx) as isize - px as isize;
-            (x0, x1, off.rem_euclid(sx as isize) as usize, off.div_euclid(sx as isize))
+            (
+                x0,
+                x1,
+                off.rem_euclid(sx as isize) as usize,
+                off.div_euclid(sx as isize),
+            )
         })
         .collect();
     let block_len = kw * cols;
-    buf.par_chunks_mut(block_len).with_min_len(planes_per_task(block_len)).enumerate().for_each(|(r, block)| {
-        let (ci, ky) = (r / kh, r % kh);
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
-        let mut phases = vec![0.0f32; if sx > 1 { sx * pl } else { 0 }];
-        for (t, oy) in (oy0..oy1).enumerate() {
-            let iy = oy * sy + ky * dy;
-            if iy < py || iy - py >= h {
-                for kx in 0..kw {
-                    block[kx * cols + t * ow..kx * cols + (t + 1) * ow].fill(0.0);
+    buf.par_chunks_mut(block_len)
+        .with_min_len(planes_per_task(block_len))
+        .enumerate()
+        .for_each(|(r, block)| {
+            let (ci, ky) = (r / kh, r % kh);
+            let plane = &x[ci * h * w..(ci + 1) * h * w];
+            let mut phases = vec![0.0f32; if sx > 1 { sx * pl } else { 0 }];
+            for (t, oy) in (oy0..oy1).enumerate() {
+                let iy = oy * sy + ky * dy;
+                if iy < py || iy - py >= h {
+                    for kx in 0..kw {
+                        block[kx * cols + t * ow..kx * cols + (t + 1) * ow].fill(0.0);
+                    }
+                    continue;
                 }
-                continue;
-            }
-            let src = &plane[(iy - py) * w..(iy - py + 1) * w];
-            let src: &[f32] = if sx == 1 {
-                src
-            } else {
-                for ph in 0..sx.min(w) {
-                    for (d, s) in phases[ph * pl..(ph + 1) * pl].iter_mut().zip(src[ph..].iter().step_by(sx)) {
-                        *d = *s;
+                let src = &plane[(iy - py) * w..(iy - py + 1) * w];
+                let src: &[f32] = if sx == 1 {
+                    src
+                } else {
+                    for ph in 0..sx.min(w) {
+                        for (d, s) in phases[ph * pl..(ph + 1) * pl]
+                            .iter_mut()
+                            .zip(src[ph..].iter().step_by(sx))
+                        {
+                            *d = *s;
+                        }
+                    }
+                    &phases
+                };
+                for (kx, &(x0, x1, ph, shift)) in taps.iter().enumerate() {
+                    let seg = &mut block[kx * cols + t * ow..kx * cols + (t + 1) * ow];
+                    seg[..x0].fill(0.0);
+                    seg[x1..].fill(0.0);
+                    if x0 < x1 {
+                        let start = ph * pl + (x0 as isize + shift) as usize;
+                        seg[x0..x1].copy_from_slice(&src[start..start + (x1 - x0)]);
                     }
                 }
-                &phases
-            };
-            for (kx, &(x0, x1, ph, shift)) in taps.iter().enumerate() {
-                let seg = &mut block[kx * cols + t * ow..kx * cols + (t + 1) * ow];
-                seg[..x0].fill(0.0);
-                seg[x1..].fill(0.0);
-                if x0 < x1 {
-                    let start = ph * pl + (x0 as isize + shift) as usize;
-                    seg[x0..x1].copy_from_slice(&src[start..start + (x1 - x0)]);
-                }
             }
-        }
-    });
+        });
 }
 
 /// Direct depthwise convolution, one task per group of `(n, c)` planes, epilogue included.
@@ -229,10 +268,21 @@ fn depthwise(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
     let [_, ch, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
     let [_, _, oh, ow] = out;
     let [kh, kw] = c.kernel();
-    let [sy, sx] = c.stride;
-    let [py, px] = c.padding;
-    let [dy, dx] = c.dilation;
-    let xr: Vec<(usize, usize)> = (0..kw).map(|kx| valid_range(w, ow, sx, kx * dx, px)).collect();
+    let geom = DwGeom {
+        h,
+        w,
+        ow,
+        kh,
+        kw,
+        stride: c.stride,
+        pad: c.padding,
+        dil: c.dilation,
+        xr: (0..kw)
+            .map(|kx| valid_range(w, ow, c.stride[1], kx * c.dilation[1], c.padding[1]))
+            .collect(),
+    };
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = is_x86_feature_detected!("avx2");
     y.par_chunks_mut(oh * ow)
         .zip(x.data.par_chunks(h * w))
         .with_min_len(planes_per_task(oh * ow * kh * kw / 4))
@@ -240,32 +290,69 @@ fn depthwise(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
         .for_each(|(p, (d, s))| {
             let o = p % ch;
             let wk = &c.weight.data[o * kh * kw..(o + 1) * kh * kw];
-            for (oy, drow) in d.chunks_exact_mut(ow).enumerate() {
-                for ky in 0..kh {
-                    let iy = oy * sy + ky * dy;
-                    if iy < py || iy - py >= h {
-                        continue;
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU supports AVX2 (checked above).
+                unsafe { depthwise_plane_avx2(&geom, d, s, wk) };
+                ep.apply(d, o, p * oh * ow);
+                return;
+            }
+            depthwise_plane(&geom, d, s, wk);
+            ep.apply(d, o, p * oh * ow);
+        });
+}
+
+/// Geometry of a depthwise convolution; `xr[kx]` is the valid output column range of tap `kx`.
+struct DwGeom {
+    h: usize,
+    w: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    stride: [usize; 2],
+    pad: [usize; 2],
+    dil: [usize; 2],
+    xr: Vec<(usize, usize)>,
+}
+
+/// The same loops compiled with AVX2 enabled (the crate's baseline target is SSE2 only).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn depthwise_plane_avx2(g: &DwGeom, d: &mut [f32], s: &[f32], wk: &[f32]) {
+    depthwise_plane(g, d, s, wk)
+}
+
+/// Accumulates one output plane `d` (zero on entry) from input plane `s` and the `kh x kw`
+/// kernel `wk`.
+#[inline(always)]
+fn depthwise_plane(g: &DwGeom, d: &mut [f32], s: &[f32], wk: &[f32]) {
+    let DwGeom {
+        h, w, ow, kh, kw, ..
+    } = *g;
+    let ([sy, sx], [py, px], [dy, dx]) = (g.stride, g.pad, g.dil);
+    for (oy, drow) in d.chunks_exact_mut(ow).enumerate() {
+        for ky in 0..kh {
+            let iy = oy * sy + ky * dy;
+            if iy < py || iy - py >= h {
+                continue;
+            }
+            let srow = &s[(iy - py) * w..(iy - py + 1) * w];
+            for (kx, &(x0, x1)) in g.xr.iter().enumerate() {
+                if x0 >= x1 {
+                    continue;
+                }
+                let wv = wk[ky * kw + kx];
+                let ix0 = x0 * sx + kx * dx - px;
+                if sx == 1 {
+                    for (d, s) in drow[x0..x1].iter_mut().zip(&srow[ix0..ix0 + (x1 - x0)]) {
+                        *d += wv * s;
                     }
-                    let srow = &s[(iy - py) * w..(iy - py + 1) * w];
-                    for kx in 0..kw {
-                        let (x0, x1) = xr[kx];
-                        if x0 >= x1 {
-                            continue;
-                        }
-                        let wv = wk[ky * kw + kx];
-                        let ix0 = x0 * sx + kx * dx - px;
-                        if sx == 1 {
-                            for (d, s) in drow[x0..x1].iter_mut().zip(&srow[ix0..]) {
-                                *d += wv * s;
-                            }
-                        } else {
-                            for (d, s) in drow[x0..x1].iter_mut().zip(srow[ix0..].iter().step_by(sx)) {
-                                *d += wv * s;
-                            }
-                        }
+                } else {
+                    for (d, s) in drow[x0..x1].iter_mut().zip(srow[ix0..].iter().step_by(sx)) {
+                        *d += wv * s;
                     }
                 }
             }
-            ep.apply(d, o, p * oh * ow);
-        });
+        }
+    }
 }
