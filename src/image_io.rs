@@ -33,6 +33,9 @@ pub fn load_rgb(path: &Path) -> Result<LoadedImage> {
         .map_err(|e| Error::Io { path: path.display().to_string(), source: e })?
         .with_guessed_format()
         .map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        check_jpeg_complete(path)?;
+    }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
@@ -49,6 +52,18 @@ pub fn load_rgb(path: &Path) -> Result<LoadedImage> {
         Error::Input(m) => format_err(path, m),
         e => e,
     })
+}
+
+/// JPEG decoders fill a truncated file's missing rows with grey instead of failing; a file
+/// without an end-of-image marker (FF D9) near its end is reported as truncated instead.
+fn check_jpeg_complete(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    if tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        Ok(())
+    } else {
+        Err(format_err(path, "truncated JPEG (no end-of-image marker)"))
+    }
 }
 
 /// Converts any decoded image to RGB8 (alpha dropped, 16-bit and float reduced) and downscales

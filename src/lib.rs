@@ -3,12 +3,16 @@
 
 pub mod bench;
 pub mod cpu;
+pub mod data;
 pub mod error;
+pub mod estimator;
 pub mod gpu;
 pub mod graph;
+pub mod metrics;
 pub mod image_io;
 pub mod models;
 pub mod onnx;
+pub mod pipeline;
 pub mod overlay;
 pub mod npy;
 pub mod rng;

@@ -2,7 +2,9 @@
 //! arguments, picks a device and prints.
 
 mod bench;
+mod eval;
 mod models;
+mod predict;
 mod profile;
 mod run;
 
@@ -25,6 +27,10 @@ enum Command {
     Profile(profile::ProfileArgs),
     /// Named network configurations with parameters and GFLOPs beside the papers' figures.
     Models(models::ModelsArgs),
+    /// Keypoints of the person in each image: printed, as JSON, and/or drawn on the image.
+    Predict(predict::PredictArgs),
+    /// Runs a model over a dataset (LSP, COCO, MPII) and prints per-joint and mean metrics.
+    Eval(eval::EvalArgs),
     /// Runs the raw network on an NCHW float32 .npy tensor and writes the heatmaps as .npy.
     Run(run::RunArgs),
     /// Writes a model as ONNX (opset 17) with its weights.
@@ -63,6 +69,8 @@ pub fn main() -> Result<()> {
         Command::Profile(a) => profile::run(a),
         Command::Models(a) => models::run(a),
         Command::Run(a) => run::run(a),
+        Command::Predict(a) => predict::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Export(a) => run::export(a),
         Command::Info => {
             let ctx = GpuContext::new()?;

@@ -248,6 +248,12 @@ impl<'c> GpuModel<'c> {
             self.ctx.queue.write_buffer(&self.arena, self.plan.views[id].offset as u64 * 4, bytes_of(&t.data));
         }
         let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.run") });
+        self.record(&mut enc, timing);
+        Ok(enc.finish())
+    }
+
+    /// Records every dispatch and the output copies into `enc`.
+    fn record(&self, enc: &mut wgpu::CommandEncoder, timing: Option<&[wgpu::QuerySet]>) {
         match timing {
             None => {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpose"), timestamp_writes: None });
@@ -279,7 +285,33 @@ impl<'c> GpuModel<'c> {
         for &(_, src, len, dst) in &self.outputs {
             enc.copy_buffer_to_buffer(&self.arena, src, &self.staging, dst, len);
         }
-        Ok(enc.finish())
+    }
+
+    /// The activation arena and the element offset of the first input's `[N, C, H, W]` block:
+    /// where a producer on the GPU (the preprocessing kernel) writes the network input.
+    pub fn input_target(&self) -> Result<(&wgpu::Buffer, u64)> {
+        let id = *self.graph.inputs().first().ok_or_else(|| Error::Graph("the graph has no input".into()))?;
+        Ok((&self.arena, self.plan.views[id].offset as u64))
+    }
+
+    /// Runs one inference whose input is written on the GPU by `prelude` (recorded first, into
+    /// the same command buffer: the frame never comes back to the CPU before the heatmaps).
+    pub fn run_with_prelude(
+        &mut self,
+        prelude: impl FnOnce(&mut wgpu::CommandEncoder, &wgpu::Buffer, u64) -> Result<()>,
+    ) -> Result<Vec<Tensor>> {
+        let (arena, offset) = self.input_target()?;
+        let cmd = self.ctx.scoped("recording the inference", || {
+            let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.run") });
+            prelude(&mut enc, arena, offset)?;
+            self.record(&mut enc, None);
+            Ok(enc.finish())
+        })?;
+        self.ctx.scoped("running the inference", || {
+            self.ctx.queue.submit([cmd]);
+            self.wait_for_map()
+        })?;
+        self.read_outputs()
     }
 
     fn read_outputs(&self) -> Result<Vec<Tensor>> {

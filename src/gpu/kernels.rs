@@ -20,6 +20,7 @@ pub const SHADERS: &[(&str, &str, &[&str])] = &[
     ("elementwise.wgsl", ELEMENTWISE_WGSL, &["elementwise"]),
     ("pool.wgsl", POOL_WGSL, &["max_pool"]),
     ("resample.wgsl", RESAMPLE_WGSL, &["upsample_nearest", "upsample_bilinear", "pixel_shuffle"]),
+    ("preprocess.wgsl", include_str!("../../shaders/preprocess.wgsl"), &["preprocess"]),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

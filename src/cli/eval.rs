@@ -1,0 +1,224 @@
+//! `wgpose eval`: a model over a dataset, with per-joint and mean metrics and throughput.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use wgpose::data::{box_from_keypoints, coco, lsp, mpii, Annotation};
+use wgpose::estimator::{Estimator, EstimatorOptions};
+use wgpose::image_io::load_rgb;
+use wgpose::metrics::{self, PckNorm};
+use wgpose::pipeline::crop::ImageRef;
+use wgpose::skeleton::Skeleton;
+use wgpose::{Error, Result};
+
+use super::predict::{resolve_model, DEFAULT_MODEL};
+use super::{open_gpu, DeviceArg};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Lsp,
+    Coco,
+    Mpii,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[arg(long, value_enum)]
+    format: Format,
+    /// Dataset folder: LSP `joints.mat` + `images/`; COCO `annotations/person_keypoints_val2017.json`
+    /// + `val2017/` (or one .json beside its images); MPII one HRNet-layout .json beside its images.
+    #[arg(long)]
+    root: PathBuf,
+    /// LSP image numbers, inclusive: `9001..10000`.
+    #[arg(long)]
+    range: Option<String>,
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Write predictions: LSP/MPII `{"file.jpg": [[x, y, score], ...]}` in the dataset's joint
+    /// order and original pixels; COCO a standard results file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    flip: bool,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+    device: DeviceArg,
+    /// Evaluate at most this many people (quick checks).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<usize>> {
+    let bad = || Error::Input(format!("range `{s}` is not A..B"));
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    let a: usize = a.trim().parse().map_err(|_| bad())?;
+    let b: usize = b.trim().trim_start_matches('=').parse().map_err(|_| bad())?;
+    if a == 0 || b < a {
+        return Err(Error::Input(format!("range `{s}` must satisfy 1 <= A <= B")));
+    }
+    Ok(a..=b)
+}
+
+fn first_json(dir: &Path) -> Result<PathBuf> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
+    let mut jsons: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+    jsons.sort();
+    jsons.into_iter().next().ok_or_else(|| Error::Input(format!("no annotation .json in {}", dir.display())))
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let range = a.range.as_deref().map(parse_range).transpose()?;
+    // People to evaluate, and the crop padding that matches each benchmark's box rule.
+    let (people, missing, padding, coco_gt) = match a.format {
+        Format::Lsp => {
+            let set = lsp::load_lsp(&a.root, range, lsp::Visibility::Auto)?;
+            (set.annotations, set.missing, 1.0, None)
+        }
+        Format::Mpii => {
+            let json = first_json(&a.root)?;
+            let dir = if a.root.join("images").is_dir() { a.root.join("images") } else { a.root.clone() };
+            let set = mpii::load_mpii(&json, &dir)?;
+            (set.annotations, set.missing, 1.25, None)
+        }
+        Format::Coco => {
+            let (json, dir) = if a.root.join("annotations/person_keypoints_val2017.json").is_file() {
+                (a.root.join("annotations/person_keypoints_val2017.json"), a.root.join("val2017"))
+            } else {
+                (first_json(&a.root)?, a.root.clone())
+            };
+            let ds = coco::load_coco(&json, &dir)?;
+            let missing = ds.missing_images.clone();
+            (ds.persons(), missing, 1.25, Some(ds))
+        }
+    };
+    if !missing.is_empty() {
+        eprintln!("warning: {} labelled image(s) are not on disk (first: {})", missing.len(), missing[0].display());
+    }
+    let people: Vec<Annotation> = people.into_iter().take(a.limit.unwrap_or(usize::MAX)).collect();
+    if people.is_empty() {
+        return Err(Error::Input("no people to evaluate".into()));
+    }
+    let dataset_skeleton: &'static Skeleton = people[0].skeleton;
+    let (cfg, weights) = resolve_model(&a.model)?;
+    let ctx = open_gpu(a.device)?;
+    let opts = EstimatorOptions { flip_test: a.flip, padding, ..Default::default() };
+    let mut est = Estimator::new(&cfg, weights.as_deref(), ctx.as_ref(), opts)?;
+    eprintln!("model {}: {}; {}", cfg.name, est.weights, if est.on_gpu() { "GPU" } else { "CPU executor" });
+    // Model joints -> dataset joints by name; dataset joints the model lacks count as misses.
+    let mapping = est.skeleton.mapping_to(dataset_skeleton);
+
+    let t0 = Instant::now();
+    let mut preds: Vec<Vec<[f32; 3]>> = Vec::new();
+    let mut gts: Vec<Annotation> = Vec::new();
+    let mut unreadable: Vec<(PathBuf, String)> = Vec::new();
+    let mut cache: Option<(PathBuf, wgpose::image_io::LoadedImage)> = None;
+    for (i, gt) in people.iter().enumerate() {
+        let bbox = match a.format {
+            Format::Lsp => box_from_keypoints(&gt.keypoints, 1.25),
+            _ => gt.bbox,
+        };
+        let Some(bbox) = bbox else {
+            unreadable.push((gt.image.clone(), "no person box (no labelled joint)".into()));
+            continue;
+        };
+        if cache.as_ref().is_none_or(|(p, _)| *p != gt.image) {
+            match load_rgb(&gt.image) {
+                Ok(img) => cache = Some((gt.image.clone(), img)),
+                Err(e) => {
+                    unreadable.push((gt.image.clone(), e.to_string()));
+                    cache = None;
+                    continue;
+                }
+            }
+        }
+        let Some((_, img)) = cache.as_ref() else { continue };
+        let s = img.scale;
+        let pose = match est.estimate(&ImageRef::from(&img.rgb), Some([bbox[0] / s, bbox[1] / s, bbox[2] / s, bbox[3] / s])) {
+            Ok(p) => p,
+            Err(e) => {
+                unreadable.push((gt.image.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let kps: Vec<[f32; 3]> = mapping
+            .iter()
+            .map(|m| m.map_or([f32::NAN, f32::NAN, 0.0], |j| {
+                let k = pose.keypoints[j];
+                [k.x * s, k.y * s, k.score]
+            }))
+            .collect();
+        preds.push(kps);
+        gts.push(gt.clone());
+        if (i + 1) % 50 == 0 || i + 1 == people.len() {
+            let el = t0.elapsed().as_secs_f64();
+            eprint!("\r[{}/{}] {:.1} people/s", i + 1, people.len(), (i + 1) as f64 / el);
+        }
+    }
+    eprintln!();
+    let elapsed = t0.elapsed().as_secs_f64();
+    for (p, why) in &unreadable {
+        eprintln!("skipped {}: {why}", p.display());
+    }
+    println!("{} people evaluated in {:.1} s ({:.2} people/s), {} skipped", gts.len(), elapsed, gts.len() as f64 / elapsed, unreadable.len());
+    if gts.is_empty() {
+        return Err(Error::Input("no image could be evaluated".into()));
+    }
+    match a.format {
+        Format::Lsp | Format::Mpii => {
+            let results = if a.format == Format::Lsp {
+                vec![
+                    ("PCK@0.2 (torso)", metrics::pck(&preds, &gts, 0.2, PckNorm::Torso)?),
+                    ("PCK@0.2 (box)", metrics::pck(&preds, &gts, 0.2, PckNorm::Box)?),
+                ]
+            } else {
+                vec![("PCKh@0.5", metrics::pckh(&preds, &gts, 0.5)?)]
+            };
+            print!("{:<16}", "joint");
+            for (name, _) in &results {
+                print!(" {name:>16}");
+            }
+            println!();
+            for (j, joint) in dataset_skeleton.joints.iter().enumerate() {
+                print!("{joint:<16}");
+                for (_, r) in &results {
+                    print!(" {:>16}", r.per_joint[j].map_or("-".into(), |v| format!("{:.1}", 100.0 * v)));
+                }
+                println!();
+            }
+            print!("{:<16}", "mean");
+            for (_, r) in &results {
+                print!(" {:>16.1}", 100.0 * r.mean);
+            }
+            println!();
+            if let Some(out) = &a.json {
+                let mut m = serde_json::Map::new();
+                for (gt, p) in gts.iter().zip(&preds) {
+                    let name = gt.image.file_name().map_or_else(|| gt.id.clone(), |n| n.to_string_lossy().into_owned());
+                    m.insert(name, serde_json::json!(p.iter().map(|k| k.map(|v| if v.is_finite() { v } else { -1.0 })).collect::<Vec<_>>()));
+                }
+                let text = serde_json::to_string(&m).map_err(|e| Error::Input(e.to_string()))?;
+                std::fs::write(out, text).map_err(|e| Error::Io { path: out.display().to_string(), source: e })?;
+            }
+        }
+        Format::Coco => {
+            let ds = coco_gt.ok_or_else(|| Error::Input("COCO ground truth missing".into()))?;
+            let results: Vec<coco::CocoResult> = gts
+                .iter()
+                .zip(&preds)
+                .filter_map(|(gt, p)| {
+                    let score = p.iter().map(|k| k[2]).sum::<f32>() / p.len().max(1) as f32;
+                    let kp: Vec<[f32; 3]> = p.iter().map(|k| if k[0].is_finite() { *k } else { [0.0, 0.0, 0.0] }).collect();
+                    gt.coco_image_id().map(|id| coco::CocoResult::new(id, &kp, score))
+                })
+                .collect();
+            let stats = metrics::coco_keypoint_eval(&ds, &results)?;
+            for (name, v) in metrics::CocoKeypointStats::NAMES.iter().zip(stats.as_array()) {
+                println!("{name:<5} {:.3}", v);
+            }
+            if let Some(out) = &a.json {
+                coco::write_coco_results(out, &results)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! The library's front door: an image (and optionally person boxes) in, keypoints in image
+//! coordinates out.
+//!
+//! On the GPU one call records one command buffer: the RGBA frame is uploaded once, the crop
+//! warp + resize + normalisation kernel writes straight into the network's input, the network
+//! runs, and only the heatmaps come back (K x H/4 x W/4 floats per crop, a few tens of KB, so
+//! decoding them on the CPU costs less than another kernel and readback would save). On the CPU
+//! the same steps run with the CPU warp and executor.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, GpuModel};
+use crate::graph::passes::optimize_for_inference;
+use crate::graph::Graph;
+use crate::models::{load_model, ModelConfig, WeightsSource};
+use crate::pipeline::crop::{warp_batch, CropConfig, CropTransform, ImageRef, Normalization};
+use crate::pipeline::decode::{average_flipped, decode, DecodeConfig, HeatmapKind, Keypoint};
+use crate::pipeline::preprocess_gpu::GpuPreprocess;
+use crate::skeleton::Skeleton;
+use crate::tensor::Tensor;
+
+/// Options of an [`Estimator`].
+#[derive(Clone, Copy, Debug)]
+pub struct EstimatorOptions {
+    /// Average with the horizontally mirrored crop (left/right swapped): slower, more accurate.
+    pub flip_test: bool,
+    pub decode: DecodeConfig,
+    /// Crop padding around the person box (1.25 = 25% margin).
+    pub padding: f32,
+    pub seed: u64,
+}
+
+impl Default for EstimatorOptions {
+    fn default() -> Self {
+        EstimatorOptions { flip_test: false, decode: DecodeConfig::dark(HeatmapKind::Linear, 2.0), padding: 1.25, seed: 0 }
+    }
+}
+
+/// One person's keypoints.
+#[derive(Clone, Debug)]
+pub struct Pose {
+    /// In original image pixels, in the skeleton's joint order.
+    pub keypoints: Vec<Keypoint>,
+    pub skeleton: &'static Skeleton,
+    /// The person box the crop was taken from, `[x, y, w, h]`.
+    pub bbox: [f32; 4],
+    /// Mean keypoint confidence.
+    pub score: f32,
+}
+
+enum Backend<'c> {
+    Gpu { ctx: &'c GpuContext, pre: GpuPreprocess, models: HashMap<usize, GpuModel<'c>> },
+    Cpu,
+}
+
+pub struct Estimator<'c> {
+    pub config: ModelConfig,
+    pub weights: WeightsSource,
+    pub skeleton: &'static Skeleton,
+    /// The inference-optimised graph (also what the CPU backend runs).
+    graph: Graph,
+    backend: Backend<'c>,
+    opts: EstimatorOptions,
+}
+
+impl<'c> Estimator<'c> {
+    /// Builds the estimator for `config` with `weights` (else the shipped weights, else a random
+    /// initialisation: see [`Estimator::weights`]), on the GPU when `ctx` is given.
+    pub fn new(config: &ModelConfig, weights: Option<&Path>, ctx: Option<&'c GpuContext>, mut opts: EstimatorOptions) -> Result<Self> {
+        let skeleton = Skeleton::for_joints(config.joints)
+            .ok_or_else(|| Error::Input(format!("{} predicts {} joints, not a known skeleton (14, 16, 17)", config.name, config.joints)))?;
+        let (graph, weights, _card) = load_model(config, weights, opts.seed)?;
+        opts.decode.kind = if config.sigmoid_output() { HeatmapKind::Sigmoid } else { HeatmapKind::Linear };
+        let graph = optimize_for_inference(&graph);
+        let backend = match ctx {
+            Some(ctx) => Backend::Gpu { ctx, pre: GpuPreprocess::with_normalization(ctx, Normalization::IMAGENET)?, models: HashMap::new() },
+            None => Backend::Cpu,
+        };
+        Ok(Estimator { config: *config, weights, skeleton, graph, backend, opts })
+    }
+
+    pub fn on_gpu(&self) -> bool {
+        matches!(self.backend, Backend::Gpu { .. })
+    }
+
+    /// Keypoints of the person in `bbox` (`[x, y, w, h]`, default: the whole image).
+    pub fn estimate(&mut self, image: &ImageRef, bbox: Option<[f32; 4]>) -> Result<Pose> {
+        let b = bbox.unwrap_or([0.0, 0.0, image.width as f32, image.height as f32]);
+        self.estimate_batch(image, &[b]).map(|mut v| v.remove(0))
+    }
+
+    /// Keypoints for several people of one image: all crops go through the network in one batch.
+    pub fn estimate_batch(&mut self, image: &ImageRef, boxes: &[[f32; 4]]) -> Result<Vec<Pose>> {
+        if boxes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let [_, in_h, in_w] = self.config.input;
+        let cfg = CropConfig::default().with_padding(self.opts.padding);
+        let mut crops = Vec::new();
+        for b in boxes {
+            crops.push(CropTransform::from_box_in_image(*b, image.width, image.height, in_w, in_h, &cfg)?);
+            if self.opts.flip_test {
+                crops.push(CropTransform::from_box_in_image(*b, image.width, image.height, in_w, in_h, &cfg.with_flip(true))?);
+            }
+        }
+        let heatmaps = self.heatmaps(image, &crops)?;
+        let [n, k, h, w] = heatmaps.nchw()?;
+        let per = if self.opts.flip_test { 2 } else { 1 };
+        let stride = in_w as f32 / w as f32;
+        let mut poses = Vec::with_capacity(boxes.len());
+        for (i, b) in boxes.iter().enumerate() {
+            let first = i * per;
+            let plane = k * h * w;
+            let take = |j: usize| Tensor { shape: vec![1, k, h, w], data: heatmaps.data[j * plane..(j + 1) * plane].to_vec() };
+            let maps = if self.opts.flip_test { average_flipped(&take(first), &take(first + 1), self.skeleton)? } else { take(first) };
+            let kps = decode(&maps, &self.opts.decode)?.remove(0);
+            let keypoints: Vec<Keypoint> = kps.into_iter().map(|kp| kp.to_image(&crops[first], stride)).collect();
+            let score = keypoints.iter().map(|k| k.score).sum::<f32>() / keypoints.len().max(1) as f32;
+            poses.push(Pose { keypoints, skeleton: self.skeleton, bbox: *b, score });
+        }
+        debug_assert_eq!(n, boxes.len() * per);
+        Ok(poses)
+    }
+
+    /// The last stack's heatmaps for every crop, `[crops, K, H/4, W/4]`.
+    fn heatmaps(&mut self, image: &ImageRef, crops: &[CropTransform]) -> Result<Tensor> {
+        let [c, in_h, in_w] = self.config.input;
+        if c != 3 {
+            return Err(Error::Input(format!("{} takes {c} channels; the image pipeline feeds RGB", self.config.name)));
+        }
+        let outputs = match &mut self.backend {
+            Backend::Cpu => {
+                let x = warp_batch(image, crops, in_w, in_h, &Normalization::IMAGENET)?;
+                crate::cpu::run(&self.graph, &[x])?
+            }
+            Backend::Gpu { ctx, pre, models } => {
+                let batch = crops.len();
+                if !models.contains_key(&batch) {
+                    models.insert(batch, GpuModel::compile_with(ctx, &self.graph, batch)?);
+                }
+                let model = models.get_mut(&batch).ok_or_else(|| Error::Gpu("model cache".into()))?;
+                let (w, h) = (image.width as u32, image.height as u32);
+                let src = upload_frame(ctx, &packed_rgba(image))?;
+                model.run_with_prelude(|enc, arena, offset| pre.encode(enc, &src, w, h, crops, arena, offset, in_w as u32, in_h as u32))?
+            }
+        };
+        outputs.into_iter().last().ok_or_else(|| Error::Graph("the model produced no output".into()))
+    }
+}
+
+/// The image as tightly packed RGBA8, the layout the preprocessing kernel reads (one u32 per
+/// pixel). Camera frames that already are RGBA skip the conversion.
+fn packed_rgba<'a>(image: &ImageRef<'a>) -> std::borrow::Cow<'a, [u8]> {
+    use crate::pipeline::crop::PixelFormat;
+    let (w, h) = (image.width, image.height);
+    if image.format == PixelFormat::Rgba8 && image.stride == 4 * w {
+        return std::borrow::Cow::Borrowed(&image.data[..4 * w * h]);
+    }
+    let bpp = image.format.bytes_per_pixel();
+    let order = if image.format == PixelFormat::Bgra8 { [2, 1, 0] } else { [0, 1, 2] };
+    let mut out = Vec::with_capacity(4 * w * h);
+    for y in 0..h {
+        let row = &image.data[y * image.stride..][..w * bpp];
+        for px in row.chunks_exact(bpp) {
+            out.extend_from_slice(&[px[order[0]], px[order[1]], px[order[2]], 255]);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn upload_frame(ctx: &GpuContext, rgba: &[u8]) -> Result<wgpu::Buffer> {
+    use wgpu::util::DeviceExt;
+    let max = ctx.device.limits().max_storage_buffer_binding_size as usize;
+    if rgba.len() > max {
+        return Err(Error::TooLarge(format!("a {} MiB frame exceeds the device's {} MiB storage binding", rgba.len() >> 20, max >> 20)));
+    }
+    Ok(ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("wgpose.frame"),
+        contents: rgba,
+        usage: wgpu::BufferUsages::STORAGE,
+    }))
+}

@@ -1,0 +1,117 @@
+//! The image-to-keypoints pipeline: GPU and CPU agree, every image layout loads, bad input is
+//! an error. (Weights are a calibrated random initialisation until trained weights ship, so
+//! these tests check plumbing and geometry, not accuracy.)
+
+mod common;
+
+use std::path::PathBuf;
+
+use wgpose::estimator::{Estimator, EstimatorOptions};
+use wgpose::image_io::load_rgb;
+use wgpose::models::config;
+use wgpose::pipeline::crop::ImageRef;
+
+fn sample() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/sample.jpg")
+}
+
+fn small_model() -> wgpose::models::ModelConfig {
+    let c = config("sghg-1x64-lsp").unwrap();
+    c.with_input([3, 64, 64])
+}
+
+#[test]
+fn gpu_and_cpu_estimators_agree() {
+    let Some(ctx) = common::gpu() else { return };
+    let img = load_rgb(&sample()).unwrap();
+    let image = ImageRef::from(&img.rgb);
+    let cfg = small_model();
+    for flip in [false, true] {
+        let opts = EstimatorOptions { flip_test: flip, ..Default::default() };
+        let mut gpu = Estimator::new(&cfg, None, Some(&ctx), opts).unwrap();
+        let mut cpu = Estimator::new(&cfg, None, None, opts).unwrap();
+        let boxes = [[250.0, 40.0, 250.0, 360.0], [0.0, 0.0, 640.0, 425.0]];
+        let a = gpu.estimate_batch(&image, &boxes).unwrap();
+        let b = cpu.estimate_batch(&image, &boxes).unwrap();
+        assert_eq!(a.len(), 2);
+        for (pa, pb) in a.iter().zip(&b) {
+            // Near-ties between heatmap maxima can legitimately flip under different rounding,
+            // so require agreement within one heatmap pixel for nearly every joint.
+            let px = pa.bbox[2].max(pa.bbox[3]) * 1.25 / 16.0;
+            let close = pa
+                .keypoints
+                .iter()
+                .zip(&pb.keypoints)
+                .filter(|(k, l)| (k.x - l.x).abs() <= px && (k.y - l.y).abs() <= px && (k.score - l.score).abs() < 1e-2)
+                .count();
+            assert!(close >= 12, "flip {flip}: only {close}/14 joints agree: {:?} vs {:?}", pa.keypoints, pb.keypoints);
+        }
+    }
+}
+
+#[test]
+fn keypoints_land_inside_the_crop_and_boxes_are_checked() {
+    let img = load_rgb(&sample()).unwrap();
+    let image = ImageRef::from(&img.rgb);
+    let mut est = Estimator::new(&small_model(), None, None, EstimatorOptions::default()).unwrap();
+    let b = [300.0, 50.0, 100.0, 200.0];
+    let pose = est.estimate(&image, Some(b)).unwrap();
+    // The crop covers the box enlarged by 25% and made square-aspect; every keypoint is inside.
+    let (cx, cy, half) = (350.0, 150.0, 125.0);
+    for k in &pose.keypoints {
+        assert!((k.x - cx).abs() <= half + 1.0 && (k.y - cy).abs() <= half + 1.0, "{k:?}");
+        assert!(k.score.is_finite());
+    }
+    for bad in [[0.0, 0.0, 0.0, 10.0], [f32::NAN, 0.0, 5.0, 5.0], [5000.0, 5000.0, 10.0, 10.0]] {
+        assert!(est.estimate(&image, Some(bad)).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn every_image_layout_loads_and_bad_files_are_errors() {
+    let dir = std::env::temp_dir().join(format!("wgpose-est-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gray = image::GrayImage::from_fn(37, 23, |x, y| image::Luma([(x * 7 + y) as u8]));
+    gray.save(dir.join("gray.png")).unwrap();
+    let rgba = image::RgbaImage::from_fn(20, 30, |x, y| image::Rgba([x as u8, y as u8, 9, 100]));
+    rgba.save(dir.join("rgba.png")).unwrap();
+    let deep = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_fn(16, 12, |x, _| image::Rgb([x as u16 * 4000, 0, 65535]));
+    image::DynamicImage::ImageRgb16(deep).save(dir.join("deep.png")).unwrap();
+    for f in ["gray.png", "rgba.png", "deep.png"] {
+        let img = load_rgb(&dir.join(f)).unwrap();
+        assert!(img.rgb.width() > 0);
+    }
+    let bytes = std::fs::read(sample()).unwrap();
+    std::fs::write(dir.join("truncated.jpg"), &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::write(dir.join("garbage.jpg"), b"definitely not a jpeg").unwrap();
+    std::fs::write(dir.join("empty.png"), b"").unwrap();
+    for f in ["truncated.jpg", "garbage.jpg", "empty.png", "missing.png"] {
+        assert!(load_rgb(&dir.join(f)).is_err(), "{f}");
+    }
+    assert!(load_rgb(&dir).is_err());
+    // A huge image is downscaled to the working size, with the scale to map back.
+    let big = image::RgbImage::new(5000, 100);
+    big.save(dir.join("big.png")).unwrap();
+    let img = load_rgb(&dir.join("big.png")).unwrap();
+    assert_eq!(img.rgb.width(), wgpose::image_io::WORK_SIDE);
+    assert!((img.scale - 5000.0 / 2048.0).abs() < 1e-3);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn cmyk_jpeg_and_exif_orientation() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images");
+    // 40x20, left half red, right half blue, saved as CMYK by Pillow.
+    let img = load_rgb(&dir.join("cmyk.jpg")).unwrap();
+    assert_eq!((img.rgb.width(), img.rgb.height()), (40, 20));
+    let (l, r) = (img.rgb.get_pixel(5, 10), img.rgb.get_pixel(35, 10));
+    assert!(l[0] > 150 && l[2] < 100, "left {l:?}");
+    assert!(r[2] > 150 && r[0] < 100, "right {r:?}");
+    // The same picture stored unrotated with EXIF orientation 6 (display rotated 90 degrees
+    // clockwise): loads as 20x40 with red on top.
+    let img = load_rgb(&dir.join("exif_rot6.jpg")).unwrap();
+    assert_eq!((img.rgb.width(), img.rgb.height()), (20, 40));
+    let (top, bottom) = (img.rgb.get_pixel(10, 5), img.rgb.get_pixel(10, 35));
+    assert!(top[0] > 150 && top[2] < 100, "top {top:?}");
+    assert!(bottom[2] > 150 && bottom[0] < 100, "bottom {bottom:?}");
+}
