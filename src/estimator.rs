@@ -96,32 +96,104 @@ impl<'c> Estimator<'c> {
         if boxes.is_empty() {
             return Ok(Vec::new());
         }
+        let crops = self.crops_for(boxes, image.width, image.height)?;
+        let heatmaps = self.heatmaps(image, &crops)?;
+        self.poses_from(&heatmaps, &crops, boxes)
+    }
+
+    /// Like [`estimate_batch`](Self::estimate_batch) for a frame that is already on the GPU: a
+    /// storage buffer of one u32 per pixel laid out as `frame` (for instance a camera texture
+    /// copied with `copy_texture_to_buffer`, rows 256-byte aligned). Nothing goes through the
+    /// CPU but the heatmaps. GPU estimators only.
+    pub fn estimate_gpu_frame(
+        &mut self,
+        src: &wgpu::Buffer,
+        frame: &crate::pipeline::preprocess_gpu::FrameLayout,
+        boxes: &[[f32; 4]],
+    ) -> Result<Vec<Pose>> {
+        let Backend::Gpu { .. } = self.backend else {
+            return Err(Error::Input("estimate_gpu_frame needs an estimator created with a GPU context".into()));
+        };
+        if boxes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        let crops = self.crops_for(boxes, w, h)?;
+        let heatmaps = self.gpu_heatmaps(&crops, |pre, enc, arena, offset, out_w, out_h| {
+            let out = crate::pipeline::preprocess_gpu::OutputLayout::packed(out_w, out_h, offset);
+            pre.encode_layout(enc, src, frame, &crops, arena, &out)
+        })?;
+        self.poses_from(&heatmaps, &crops, boxes)
+    }
+
+    fn crops_for(&self, boxes: &[[f32; 4]], img_w: usize, img_h: usize) -> Result<Vec<CropTransform>> {
         let [_, in_h, in_w] = self.config.input;
         let cfg = CropConfig::default().with_padding(self.opts.padding);
         let mut crops = Vec::new();
         for b in boxes {
-            crops.push(CropTransform::from_box_in_image(*b, image.width, image.height, in_w, in_h, &cfg)?);
+            crops.push(CropTransform::from_box_in_image(*b, img_w, img_h, in_w, in_h, &cfg)?);
             if self.opts.flip_test {
-                crops.push(CropTransform::from_box_in_image(*b, image.width, image.height, in_w, in_h, &cfg.with_flip(true))?);
+                crops.push(CropTransform::from_box_in_image(*b, img_w, img_h, in_w, in_h, &cfg.with_flip(true))?);
             }
         }
-        let heatmaps = self.heatmaps(image, &crops)?;
+        Ok(crops)
+    }
+
+    fn poses_from(&self, heatmaps: &Tensor, crops: &[CropTransform], boxes: &[[f32; 4]]) -> Result<Vec<Pose>> {
         let [n, k, h, w] = heatmaps.nchw()?;
         let per = if self.opts.flip_test { 2 } else { 1 };
-        let stride = in_w as f32 / w as f32;
+        if n != boxes.len() * per {
+            return Err(Error::Graph(format!("{n} heatmaps for {} crops", boxes.len() * per)));
+        }
+        let stride = self.config.input[2] as f32 / w as f32;
+        let plane = k * h * w;
+        let take = |j: usize| Tensor { shape: vec![1, k, h, w], data: heatmaps.data[j * plane..(j + 1) * plane].to_vec() };
         let mut poses = Vec::with_capacity(boxes.len());
         for (i, b) in boxes.iter().enumerate() {
             let first = i * per;
-            let plane = k * h * w;
-            let take = |j: usize| Tensor { shape: vec![1, k, h, w], data: heatmaps.data[j * plane..(j + 1) * plane].to_vec() };
             let maps = if self.opts.flip_test { average_flipped(&take(first), &take(first + 1), self.skeleton)? } else { take(first) };
             let kps = decode(&maps, &self.opts.decode)?.remove(0);
             let keypoints: Vec<Keypoint> = kps.into_iter().map(|kp| kp.to_image(&crops[first], stride)).collect();
             let score = keypoints.iter().map(|k| k.score).sum::<f32>() / keypoints.len().max(1) as f32;
             poses.push(Pose { keypoints, skeleton: self.skeleton, bbox: *b, score });
         }
-        debug_assert_eq!(n, boxes.len() * per);
         Ok(poses)
+    }
+
+    /// Runs the GPU network on crops written into its input by `prelude`.
+    fn gpu_heatmaps(
+        &mut self,
+        crops: &[CropTransform],
+        prelude: impl FnOnce(&GpuPreprocess, &mut wgpu::CommandEncoder, &wgpu::Buffer, u64, u32, u32) -> Result<()>,
+    ) -> Result<Tensor> {
+        let [_, in_h, in_w] = self.config.input;
+        let Backend::Gpu { ctx, pre, models } = &mut self.backend else {
+            return Err(Error::Input("not a GPU estimator".into()));
+        };
+        let batch = crops.len();
+        if !models.contains_key(&batch) {
+            models.insert(batch, GpuModel::compile_with(ctx, &self.graph, batch)?);
+        }
+        let model = models.get_mut(&batch).ok_or_else(|| Error::Gpu("model cache".into()))?;
+        let pre: &GpuPreprocess = pre;
+        let outputs = model.run_with_prelude(|enc, arena, offset| prelude(pre, enc, arena, offset, in_w as u32, in_h as u32))?;
+        outputs.into_iter().last().ok_or_else(|| Error::Graph("the model produced no output".into()))
+    }
+
+    /// Per-node GPU time of one inference of the network alone (timestamp queries), for the
+    /// demo's layer panel; None on the CPU or without timestamp support.
+    pub fn profile_network(&mut self, batch: usize) -> Result<Option<Vec<crate::gpu::NodeTime>>> {
+        let Backend::Gpu { ctx, models, .. } = &mut self.backend else { return Ok(None) };
+        if !ctx.timestamps {
+            return Ok(None);
+        }
+        if !models.contains_key(&batch) {
+            models.insert(batch, GpuModel::compile_with(ctx, &self.graph, batch)?);
+        }
+        let model = models.get_mut(&batch).ok_or_else(|| Error::Gpu("model cache".into()))?;
+        let [c, h, w] = self.config.input;
+        let x = Tensor::zeros(vec![batch, c, h, w]);
+        Ok(Some(model.profile(&[x])?.1))
     }
 
     /// The last stack's heatmaps for every crop, `[crops, K, H/4, W/4]`.
@@ -130,23 +202,18 @@ impl<'c> Estimator<'c> {
         if c != 3 {
             return Err(Error::Input(format!("{} takes {c} channels; the image pipeline feeds RGB", self.config.name)));
         }
-        let outputs = match &mut self.backend {
+        match &self.backend {
             Backend::Cpu => {
                 let x = warp_batch(image, crops, in_w, in_h, &Normalization::IMAGENET)?;
-                crate::cpu::run(&self.graph, &[x])?
+                let outputs = crate::cpu::run(&self.graph, &[x])?;
+                outputs.into_iter().last().ok_or_else(|| Error::Graph("the model produced no output".into()))
             }
-            Backend::Gpu { ctx, pre, models } => {
-                let batch = crops.len();
-                if !models.contains_key(&batch) {
-                    models.insert(batch, GpuModel::compile_with(ctx, &self.graph, batch)?);
-                }
-                let model = models.get_mut(&batch).ok_or_else(|| Error::Gpu("model cache".into()))?;
+            Backend::Gpu { ctx, .. } => {
                 let (w, h) = (image.width as u32, image.height as u32);
                 let src = upload_frame(ctx, &packed_rgba(image))?;
-                model.run_with_prelude(|enc, arena, offset| pre.encode(enc, &src, w, h, crops, arena, offset, in_w as u32, in_h as u32))?
+                self.gpu_heatmaps(crops, |pre, enc, arena, offset, ow, oh| pre.encode(enc, &src, w, h, crops, arena, offset, ow, oh))
             }
-        };
-        outputs.into_iter().last().ok_or_else(|| Error::Graph("the model produced no output".into()))
+        }
     }
 }
 

@@ -115,3 +115,29 @@ fn cmyk_jpeg_and_exif_orientation() {
     assert!(top[0] > 150 && top[2] < 100, "top {top:?}");
     assert!(bottom[2] > 150 && bottom[0] < 100, "bottom {bottom:?}");
 }
+
+#[test]
+fn a_frame_already_on_the_gpu_gives_the_same_poses() {
+    let Some(ctx) = common::gpu() else { return };
+    use wgpu::util::DeviceExt;
+    let img = load_rgb(&sample()).unwrap();
+    let rgba = image::DynamicImage::ImageRgb8(img.rgb.clone()).to_rgba8();
+    let (w, h) = (rgba.width(), rgba.height());
+    // Rows padded to 256 bytes, as a texture copied to a buffer would be.
+    let pitch = (w * 4).div_ceil(256) * 256;
+    let mut bytes = vec![0u8; (pitch * h) as usize];
+    for y in 0..h as usize {
+        bytes[y * pitch as usize..][..w as usize * 4].copy_from_slice(&rgba.as_raw()[y * w as usize * 4..][..w as usize * 4]);
+    }
+    let buf = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: &bytes, usage: wgpu::BufferUsages::STORAGE });
+    let frame = wgpose::pipeline::preprocess_gpu::FrameLayout { width: w, height: h, row_stride: pitch / 4, offset: 0, bgra: false };
+    let mut est = Estimator::new(&small_model(), None, Some(&ctx), EstimatorOptions::default()).unwrap();
+    let boxes = [[250.0, 40.0, 250.0, 360.0]];
+    let a = est.estimate_gpu_frame(&buf, &frame, &boxes).unwrap();
+    let b = est.estimate_batch(&ImageRef::from(&img.rgb), &boxes).unwrap();
+    for (k, l) in a[0].keypoints.iter().zip(&b[0].keypoints) {
+        assert!((k.x - l.x).abs() < 1e-3 && (k.y - l.y).abs() < 1e-3 && (k.score - l.score).abs() < 1e-5, "{k:?} vs {l:?}");
+    }
+    let cpu = Estimator::new(&small_model(), None, None, EstimatorOptions::default());
+    assert!(cpu.unwrap().estimate_gpu_frame(&buf, &frame, &boxes).is_err());
+}
