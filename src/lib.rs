@@ -18,6 +18,7 @@ pub mod npy;
 pub mod rng;
 pub mod skeleton;
 pub mod tensor;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,0 +1,624 @@
+//! Backward kernels of every operator of the IR (the forward passes are the CPU executor's).
+//!
+//! All kernels take the upstream gradient `dy` (shape of the node's output) plus whatever the
+//! forward pass left on the tape, and return gradients with respect to the inputs and the
+//! parameters. Convolutions go through im2col + `gemm` (dW = dY * im2col(X)^T,
+//! dX = col2im(W^T * dY)); depthwise convolutions use direct loops; everything else is
+//! parallelised with rayon over `(n, c)` planes or channels.
+
+use rayon::prelude::*;
+
+use crate::cpu::conv::im2col;
+use crate::cpu::ops::{bilinear_taps, planes_per_task, valid_range};
+use crate::graph::{Act, Conv2d};
+use crate::tensor::Tensor;
+
+fn dims(t: &Tensor) -> [usize; 4] {
+    [t.shape[0], t.shape[1], t.shape[2], t.shape[3]]
+}
+
+fn like(t: &Tensor, data: Vec<f32>) -> Tensor {
+    Tensor {
+        shape: t.shape.clone(),
+        data,
+    }
+}
+
+/// Gradients of a convolution.
+pub struct ConvGrads {
+    /// `dL/dx` (None when not requested).
+    pub dx: Option<Tensor>,
+    /// `dL/dweight`, shape of the weight.
+    pub dw: Tensor,
+    /// `dL/dbias` when the convolution has a bias.
+    pub db: Option<Tensor>,
+}
+
+/// Backward of a convolution without epilogue. `x` is the forward input, `dy` the gradient of
+/// the output.
+pub fn conv2d_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> ConvGrads {
+    let db = c.bias.as_ref().map(|b| {
+        let [n, cout, oh, ow] = dims(dy);
+        let ohw = oh * ow;
+        let data: Vec<f32> = (0..cout)
+            .into_par_iter()
+            .map(|o| {
+                let mut s = 0.0f64;
+                for b in 0..n {
+                    let p = &dy.data[(b * cout + o) * ohw..(b * cout + o + 1) * ohw];
+                    s += p.iter().map(|&v| v as f64).sum::<f64>();
+                }
+                s as f32
+            })
+            .collect();
+        Tensor {
+            shape: b.shape.clone(),
+            data,
+        }
+    });
+    let (dx, dw) = if c.cin_per_group() == 1 && c.cout() == c.groups {
+        depthwise_backward(x, dy, c, need_dx)
+    } else {
+        gemm_conv_backward(x, dy, c, need_dx)
+    };
+    ConvGrads {
+        dx: dx.map(|d| like(x, d)),
+        dw: Tensor {
+            shape: c.weight.shape.clone(),
+            data: dw,
+        },
+        db,
+    }
+}
+
+fn parallelism() -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+fn gemm_conv_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    c: &Conv2d,
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let [n, cin, h, w] = dims(x);
+    let cout = dy.shape[1];
+    let k = (cin / c.groups) * c.kernel()[0] * c.kernel()[1];
+    let mut dx = if need_dx {
+        vec![0.0f32; x.data.len()]
+    } else {
+        Vec::new()
+    };
+    let threads = rayon::current_num_threads();
+    let per_item = |b0: usize, dxs: &mut [f32], par: gemm::Parallelism| -> Vec<f32> {
+        // Gradients of batch items b0.. (as many as `dxs` holds, or all remaining when dx is
+        // not needed), into a private dW.
+        let items = if need_dx {
+            dxs.len() / (cin * h * w)
+        } else {
+            n - b0
+        };
+        let mut dw = vec![0.0f32; cout * k];
+        let mut ws = Workspace::default();
+        for b in 0..items {
+            let dxb = if need_dx {
+                Some(&mut dxs[b * cin * h * w..(b + 1) * cin * h * w])
+            } else {
+                None
+            };
+            item_backward(x, dy, c, b0 + b, dxb, &mut dw, &mut ws, par);
+        }
+        dw
+    };
+    let dw = if threads > 1 && n > 1 {
+        // Batch items in parallel, one single-threaded GEMM stream per chunk (better than
+        // splitting the small per-item GEMMs), partial dW reduced at the end.
+        let chunk = n.div_ceil(threads);
+        let parts: Vec<Vec<f32>> = if need_dx {
+            dx.par_chunks_mut(chunk * cin * h * w)
+                .enumerate()
+                .map(|(i, d)| per_item(i * chunk, d, gemm::Parallelism::None))
+                .collect()
+        } else {
+            (0..n.div_ceil(chunk))
+                .into_par_iter()
+                .map(|i| {
+                    let mut dw = vec![0.0f32; cout * k];
+                    let mut ws = Workspace::default();
+                    for b in i * chunk..((i + 1) * chunk).min(n) {
+                        item_backward(x, dy, c, b, None, &mut dw, &mut ws, gemm::Parallelism::None);
+                    }
+                    dw
+                })
+                .collect()
+        };
+        let mut it = parts.into_iter();
+        let mut dw = it.next().unwrap_or_else(|| vec![0.0; cout * k]);
+        for p in it {
+            dw.iter_mut().zip(&p).for_each(|(d, s)| *d += s);
+        }
+        dw
+    } else {
+        per_item(0, &mut dx, parallelism())
+    };
+    (need_dx.then_some(dx), dw)
+}
+
+#[derive(Default)]
+struct Workspace {
+    col: Vec<f32>,
+    dcol: Vec<f32>,
+}
+
+/// dW (accumulated) and dX (written, when given) of batch item `b`.
+#[allow(clippy::too_many_arguments)]
+fn item_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    c: &Conv2d,
+    b: usize,
+    mut dxb: Option<&mut [f32]>,
+    dw: &mut [f32],
+    ws: &mut Workspace,
+    par: gemm::Parallelism,
+) {
+    let [_, cin, h, w] = dims(x);
+    let [_, cout, oh, ow] = dims(dy);
+    let (ohw, hw) = (oh * ow, h * w);
+    let groups = c.groups;
+    let (cin_g, cout_g) = (cin / groups, cout / groups);
+    let [kh, kw] = c.kernel();
+    let k = cin_g * kh * kw;
+    let direct = kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0];
+    if !direct {
+        ws.col.resize(k * ohw, 0.0);
+        if dxb.is_some() {
+            ws.dcol.resize(k * ohw, 0.0);
+        }
+    }
+    for g in 0..groups {
+        let xs = (b * cin + g * cin_g) * hw;
+        let xg = &x.data[xs..xs + cin_g * hw];
+        let ys = (b * cout + g * cout_g) * ohw;
+        let dyg = &dy.data[ys..ys + cout_g * ohw];
+        let wg = &c.weight.data[g * cout_g * k..(g + 1) * cout_g * k];
+        let colref: &[f32] = if direct {
+            xg
+        } else {
+            im2col(xg, [cin_g, h, w], c, [0, oh], ow, &mut ws.col[..k * ohw]);
+            &ws.col[..k * ohw]
+        };
+        // dW_g[cout_g, k] += dY_g[cout_g, ohw] * col[k, ohw]^T
+        // SAFETY: dst is cout_g x k row-major inside dw; lhs is cout_g x ohw row-major inside
+        // dyg; rhs element (p, kk) is colref[kk * ohw + p], in bounds (colref has k * ohw).
+        unsafe {
+            gemm::gemm(
+                cout_g,
+                k,
+                ohw,
+                dw.as_mut_ptr().add(g * cout_g * k),
+                1,
+                k as isize,
+                true,
+                dyg.as_ptr(),
+                1,
+                ohw as isize,
+                colref.as_ptr(),
+                ohw as isize,
+                1,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        let Some(dxb) = dxb.as_deref_mut() else {
+            continue;
+        };
+        let dxg = &mut dxb[g * cin_g * hw..(g + 1) * cin_g * hw];
+        // dcol[k, ohw] = W_g^T[k, cout_g] * dY_g[cout_g, ohw]
+        let dst: &mut [f32] = if direct { dxg } else { &mut ws.dcol[..k * ohw] };
+        // SAFETY: dst is k rows of ohw elements at row stride ohw (hw == ohw when direct);
+        // lhs element (kk, o) is wg[o * k + kk]; rhs is cout_g x ohw row-major inside dyg.
+        unsafe {
+            gemm::gemm(
+                k,
+                ohw,
+                cout_g,
+                dst.as_mut_ptr(),
+                1,
+                ohw as isize,
+                false,
+                wg.as_ptr(),
+                k as isize,
+                1,
+                dyg.as_ptr(),
+                1,
+                ohw as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        if !direct {
+            col2im(&ws.dcol[..k * ohw], [cin_g, h, w], c, [oh, ow], dxg);
+        }
+    }
+}
+
+/// Adjoint of `im2col` over the whole output: accumulates `dcol` (`[cin_g*kh*kw, oh*ow]`) into
+/// `dx` (`[cin_g, h, w]`), one task per input channel.
+fn col2im(dcol: &[f32], [_, h, w]: [usize; 3], c: &Conv2d, [oh, ow]: [usize; 2], dx: &mut [f32]) {
+    let [kh, kw] = c.kernel();
+    let [sy, sx] = c.stride;
+    let [py, px] = c.padding;
+    let [dly, dlx] = c.dilation;
+    let ohw = oh * ow;
+    dx.par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(ci, plane)| {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let row = &dcol[((ci * kh + ky) * kw + kx) * ohw..][..ohw];
+                    let (x0, x1) = valid_range(w, ow, sx, kx * dlx, px);
+                    if x0 >= x1 {
+                        continue;
+                    }
+                    for oy in 0..oh {
+                        let iy = oy * sy + ky * dly;
+                        if iy < py || iy - py >= h {
+                            continue;
+                        }
+                        let prow = &mut plane[(iy - py) * w..(iy - py + 1) * w];
+                        let drow = &row[oy * ow..(oy + 1) * ow];
+                        let ix0 = x0 * sx + kx * dlx - px;
+                        if sx == 1 {
+                            for (d, s) in prow[ix0..ix0 + (x1 - x0)].iter_mut().zip(&drow[x0..x1]) {
+                                *d += s;
+                            }
+                        } else {
+                            for (t, s) in drow[x0..x1].iter().enumerate() {
+                                prow[ix0 + t * sx] += s;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Direct depthwise backward: per `(n, c)` plane, dx and a partial dw, reduced over the batch.
+fn depthwise_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    c: &Conv2d,
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let [n, ch, h, w] = dims(x);
+    let [_, _, oh, ow] = dims(dy);
+    let [kh, kw] = c.kernel();
+    let [sy, sx] = c.stride;
+    let [py, px] = c.padding;
+    let [dly, dlx] = c.dilation;
+    let kk = kh * kw;
+    let mut dx = vec![0.0f32; x.data.len()];
+    let mut dwp = vec![0.0f32; n * ch * kk];
+    dx.par_chunks_mut(h * w)
+        .zip(dwp.par_chunks_mut(kk))
+        .enumerate()
+        .for_each(|(p, (dxp, dwq))| {
+            let o = p % ch;
+            let wk = &c.weight.data[o * kk..(o + 1) * kk];
+            let xp = &x.data[p * h * w..(p + 1) * h * w];
+            let dyp = &dy.data[p * oh * ow..(p + 1) * oh * ow];
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let (x0, x1) = valid_range(w, ow, sx, kx * dlx, px);
+                    let wv = wk[ky * kw + kx];
+                    let mut acc = 0.0f32;
+                    for oy in 0..oh {
+                        let iy = oy * sy + ky * dly;
+                        if iy < py || iy - py >= h {
+                            continue;
+                        }
+                        let r = (iy - py) * w;
+                        for ox in x0..x1 {
+                            let ix = ox * sx + kx * dlx - px;
+                            let g = dyp[oy * ow + ox];
+                            acc += g * xp[r + ix];
+                            dxp[r + ix] += wv * g;
+                        }
+                    }
+                    dwq[ky * kw + kx] = acc;
+                }
+            }
+        });
+    let mut dw = vec![0.0f32; ch * kk];
+    for (p, part) in dwp.chunks(kk).enumerate() {
+        let o = p % ch;
+        for (d, s) in dw[o * kk..(o + 1) * kk].iter_mut().zip(part) {
+            *d += s;
+        }
+    }
+    (need_dx.then_some(dx), dw)
+}
+
+/// Per-channel sums over batch and space of `f(dy, x)`, in f64.
+fn channel_sums2(
+    dy: &Tensor,
+    x: &Tensor,
+    f: impl Fn(f32, f32, usize) -> (f64, f64) + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    let [n, c, h, w] = dims(dy);
+    let hw = h * w;
+    let r: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut a, mut b) = (0.0f64, 0.0f64);
+            for bi in 0..n {
+                let off = (bi * c + ch) * hw;
+                for (&g, &v) in dy.data[off..off + hw].iter().zip(&x.data[off..off + hw]) {
+                    let (p, q) = f(g, v, ch);
+                    a += p;
+                    b += q;
+                }
+            }
+            (a as f32, b as f32)
+        })
+        .collect();
+    r.into_iter().unzip()
+}
+
+/// Batch norm backward. `mean`/`inv_std` are the statistics used in the forward pass (batch
+/// statistics in training mode, running ones in eval mode); `batch_stats` says whether they
+/// depend on `x` (training mode). Returns `(dx, dgamma, dbeta)`.
+pub fn batch_norm_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    gamma: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    batch_stats: bool,
+) -> (Tensor, Vec<f32>, Vec<f32>) {
+    let [n, c, h, w] = dims(x);
+    let hw = h * w;
+    let m = (n * hw) as f32;
+    // dbeta = sum dy, dgamma = sum dy * xhat
+    let (dbeta, dgamma) = channel_sums2(dy, x, |g, v, ch| {
+        (g as f64, (g * (v - mean[ch]) * inv_std[ch]) as f64)
+    });
+    let mut dx = vec![0.0f32; x.data.len()];
+    dx.par_chunks_mut(hw)
+        .with_min_len(planes_per_task(hw))
+        .enumerate()
+        .for_each(|(p, d)| {
+            let ch = p % c;
+            let (g, mu, is) = (gamma[ch], mean[ch], inv_std[ch]);
+            let s = &x.data[p * hw..(p + 1) * hw];
+            let gy = &dy.data[p * hw..(p + 1) * hw];
+            if batch_stats {
+                let k = g * is / m;
+                let (sb, sg) = (dbeta[ch], dgamma[ch]);
+                for ((d, &v), &gv) in d.iter_mut().zip(s).zip(gy) {
+                    let xhat = (v - mu) * is;
+                    *d = k * (m * gv - sb - xhat * sg);
+                }
+            } else {
+                let k = g * is;
+                for (d, &gv) in d.iter_mut().zip(gy) {
+                    *d = k * gv;
+                }
+            }
+        });
+    (like(x, dx), dgamma, dbeta)
+}
+
+/// Gradient through an activation given its output `y`.
+pub fn activation_backward(y: &Tensor, dy: &Tensor, act: Act) -> Tensor {
+    let mut d = dy.data.clone();
+    match act {
+        Act::None => {}
+        Act::Relu => d
+            .par_chunks_mut(1 << 14)
+            .zip(y.data.par_chunks(1 << 14))
+            .for_each(|(d, y)| {
+                d.iter_mut()
+                    .zip(y)
+                    .for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 })
+            }),
+        Act::Sigmoid => d
+            .par_chunks_mut(1 << 14)
+            .zip(y.data.par_chunks(1 << 14))
+            .for_each(|(d, y)| d.iter_mut().zip(y).for_each(|(d, &y)| *d *= y * (1.0 - y))),
+    }
+    like(dy, d)
+}
+
+/// `y = act(scale * x + shift)`: returns `(dx, dscale, dshift)` given the forward input and
+/// output.
+pub fn channel_affine_backward(
+    x: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    scale: &[f32],
+    act: Act,
+) -> (Tensor, Vec<f32>, Vec<f32>) {
+    let dz = activation_backward(y, dy, act);
+    let (dshift, dscale) = channel_sums2(&dz, x, |g, v, _| (g as f64, (g * v) as f64));
+    let [_, c, h, w] = dims(x);
+    let hw = h * w;
+    let mut dx = dz.data;
+    dx.par_chunks_mut(hw)
+        .enumerate()
+        .for_each(|(p, d)| d.iter_mut().for_each(|v| *v *= scale[p % c]));
+    (like(x, dx), dscale, dshift)
+}
+
+/// For each output element of a max pool, the flat in-plane index of the input element that
+/// won (the first maximum in window order, as the forward kernel picks it).
+pub fn max_pool_argmax(
+    x: &Tensor,
+    y: &Tensor,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Vec<u32> {
+    let [_, _, h, w] = dims(x);
+    let [_, _, oh, ow] = dims(y);
+    let mut idx = vec![0u32; y.data.len()];
+    idx.par_chunks_mut(oh * ow)
+        .zip(x.data.par_chunks(h * w).zip(y.data.par_chunks(oh * ow)))
+        .with_min_len(planes_per_task(oh * ow))
+        .for_each(|(ix, (s, d))| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let m = d[oy * ow + ox];
+                    let mut best = None;
+                    'win: for ky in 0..kernel[0] {
+                        let iy = oy * stride[0] + ky;
+                        if iy < padding[0] || iy - padding[0] >= h {
+                            continue;
+                        }
+                        for kx in 0..kernel[1] {
+                            let jx = ox * stride[1] + kx;
+                            if jx < padding[1] || jx - padding[1] >= w {
+                                continue;
+                            }
+                            let i = (iy - padding[0]) * w + jx - padding[1];
+                            if s[i] == m || (m.is_nan() && s[i].is_nan()) {
+                                best = Some(i);
+                                break 'win;
+                            }
+                        }
+                    }
+                    ix[oy * ow + ox] = best.unwrap_or(0) as u32;
+                }
+            }
+        });
+    idx
+}
+
+pub fn max_pool_backward(x: &Tensor, dy: &Tensor, argmax: &[u32]) -> Tensor {
+    let [_, _, h, w] = dims(x);
+    let [_, _, oh, ow] = dims(dy);
+    let mut dx = vec![0.0f32; x.data.len()];
+    dx.par_chunks_mut(h * w)
+        .zip(dy.data.par_chunks(oh * ow).zip(argmax.par_chunks(oh * ow)))
+        .with_min_len(planes_per_task(oh * ow))
+        .for_each(|(d, (g, ix))| {
+            for (&gv, &i) in g.iter().zip(ix) {
+                d[i as usize] += gv;
+            }
+        });
+    like(x, dx)
+}
+
+pub fn upsample_nearest_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
+    let [_, _, h, w] = dims(x);
+    let ow = w * f;
+    let mut dx = vec![0.0f32; x.data.len()];
+    dx.par_chunks_mut(h * w)
+        .zip(dy.data.par_chunks(h * f * ow))
+        .with_min_len(planes_per_task(h * f * ow))
+        .for_each(|(d, g)| {
+            for (oy, grow) in g.chunks_exact(ow).enumerate() {
+                let drow = &mut d[(oy / f) * w..(oy / f + 1) * w];
+                for (dv, gs) in drow.iter_mut().zip(grow.chunks_exact(f)) {
+                    *dv += gs.iter().sum::<f32>();
+                }
+            }
+        });
+    like(x, dx)
+}
+
+pub fn upsample_bilinear_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
+    let [_, _, h, w] = dims(x);
+    let (oh, ow) = (h * f, w * f);
+    let xt: Vec<(usize, usize, f32)> = (0..ow).map(|o| bilinear_taps(o, f, w)).collect();
+    let yt: Vec<(usize, usize, f32)> = (0..oh).map(|o| bilinear_taps(o, f, h)).collect();
+    let mut dx = vec![0.0f32; x.data.len()];
+    dx.par_chunks_mut(h * w)
+        .zip(dy.data.par_chunks(oh * ow))
+        .with_min_len(planes_per_task(oh * ow))
+        .for_each(|(d, g)| {
+            for (grow, &(y0, y1, ly)) in g.chunks_exact(ow).zip(&yt) {
+                for (&gv, &(x0, x1, lx)) in grow.iter().zip(&xt) {
+                    let top = (1.0 - ly) * gv;
+                    let bot = ly * gv;
+                    d[y0 * w + x0] += (1.0 - lx) * top;
+                    d[y0 * w + x1] += lx * top;
+                    d[y1 * w + x0] += (1.0 - lx) * bot;
+                    d[y1 * w + x1] += lx * bot;
+                }
+            }
+        });
+    like(x, dx)
+}
+
+/// Splits the gradient of a concatenation into one gradient per input (channel counts `cs`).
+pub fn concat_backward(dy: &Tensor, cs: &[usize]) -> Vec<Tensor> {
+    let [n, c, h, w] = dims(dy);
+    let hw = h * w;
+    let mut off = 0;
+    cs.iter()
+        .map(|&ci| {
+            let mut d = vec![0.0f32; n * ci * hw];
+            d.par_chunks_mut(ci * hw).enumerate().for_each(|(b, dst)| {
+                let s = (b * c + off) * hw;
+                dst.copy_from_slice(&dy.data[s..s + ci * hw]);
+            });
+            off += ci;
+            Tensor {
+                shape: vec![n, ci, h, w],
+                data: d,
+            }
+        })
+        .collect()
+}
+
+/// `y = alpha * skip + x`: returns `(dskip, dalpha)` (dx is dy itself).
+pub fn gated_add_backward(skip: &Tensor, dy: &Tensor, alpha: &[f32]) -> (Tensor, Vec<f32>) {
+    let (dalpha, _) = channel_sums2(dy, skip, |g, s, _| ((g * s) as f64, 0.0));
+    let [_, c, h, w] = dims(dy);
+    let hw = h * w;
+    let mut ds = dy.data.clone();
+    ds.par_chunks_mut(hw)
+        .with_min_len(planes_per_task(hw))
+        .enumerate()
+        .for_each(|(p, d)| d.iter_mut().for_each(|v| *v *= alpha[p % c]));
+    (like(skip, ds), dalpha)
+}
+
+/// Inverse permutation of the CRD pixel shuffle.
+pub fn pixel_shuffle_backward(x: &Tensor, dy: &Tensor, r: usize) -> Tensor {
+    let [_, _, h, w] = dims(x);
+    let ow = w * r;
+    let (ohw, hw) = (h * r * ow, h * w);
+    let mut dx = vec![0.0f32; x.data.len()];
+    // Input plane q = (b, ch*r*r + di*r + dj) reads output plane p = q / (r*r).
+    dx.par_chunks_mut(hw)
+        .with_min_len(planes_per_task(hw))
+        .enumerate()
+        .for_each(|(q, d)| {
+            let p = q / (r * r);
+            let (di, dj) = ((q % (r * r)) / r, q % r);
+            let g = &dy.data[p * ohw..(p + 1) * ohw];
+            for i in 0..h {
+                let grow = &g[(i * r + di) * ow..(i * r + di + 1) * ow];
+                for j in 0..w {
+                    d[i * w + j] = grow[j * r + dj];
+                }
+            }
+        });
+    like(x, dx)
+}

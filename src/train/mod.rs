@@ -1,0 +1,445 @@
+//! Training engine core: reverse-mode automatic differentiation over the graph IR, losses,
+//! Gaussian targets and optimisers.
+//!
+//! - [`forward_train`] runs the graph with the CPU executor's kernels (nothing is defined twice)
+//!   and keeps on a [`Tape`] everything the backward pass needs: every node's output, the batch
+//!   statistics of batch norms in training mode (and the updated running statistics, momentum
+//!   0.1 and unbiased variance as in PyTorch), and the argmax of every max pool.
+//! - [`backward`] walks the nodes in reverse topological order and returns [`Gradients`], keyed
+//!   by the parameter names of [`crate::weights::named_params`] (`<node>.weight`, `.bias`,
+//!   `.gamma`, `.beta`, `.alpha`, `.scale`, `.shift`), plus the gradients of the graph inputs.
+//!   Running statistics are not parameters and get no gradient.
+//!
+//! Training graphs must be as built (convolutions with the default epilogue): graphs rewritten
+//! by the inference fusion passes are refused.
+
+pub mod backward;
+pub mod loss;
+pub mod optim;
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use crate::cpu;
+use crate::error::{Error, Result};
+use crate::graph::{Act, Epilogue, Graph, NodeId, Op};
+use crate::tensor::Tensor;
+
+pub use loss::{
+    argmax_keypoints, gaussian_heatmaps, mse_loss, rce_loss, stack_batch, strip_final_sigmoid,
+};
+pub use optim::{step_lr, Adam, Optimizer, RmsProp};
+
+/// PyTorch's default batch-norm momentum for the running statistics.
+pub const BN_MOMENTUM: f32 = 0.1;
+
+/// How batch norms behave in [`forward_train`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnMode {
+    /// Normalise with the statistics of the batch (biased variance); the tape carries updated
+    /// running statistics (`running = 0.9 running + 0.1 batch`, unbiased variance).
+    Train,
+    /// Normalise with the running statistics (a fixed per-channel affine).
+    Eval,
+}
+
+/// Statistics a batch norm used in the forward pass.
+#[derive(Clone, Debug)]
+pub struct BnStats {
+    pub mean: Vec<f32>,
+    pub inv_std: Vec<f32>,
+    /// Whether they are batch statistics (depend on the input) or running ones.
+    pub batch: bool,
+}
+
+/// Updated running statistics of one batch norm after a training-mode forward pass.
+#[derive(Clone, Debug)]
+pub struct RunningUpdate {
+    pub node: NodeId,
+    pub mean: Tensor,
+    pub var: Tensor,
+}
+
+/// What [`backward`] needs from the forward pass.
+pub struct Tape {
+    /// Every node's output (index = node id).
+    pub values: Vec<Tensor>,
+    pub bn: Vec<Option<BnStats>>,
+    /// Per max-pool node, the flat in-plane index of the winning input of every output.
+    pub argmax: Vec<Option<Vec<u32>>>,
+    pub running: Vec<RunningUpdate>,
+    pub mode: BnMode,
+}
+
+impl Tape {
+    /// The graph outputs, in order.
+    pub fn outputs(&self, graph: &Graph) -> Vec<Tensor> {
+        graph
+            .outputs
+            .iter()
+            .map(|&o| self.values[o].clone())
+            .collect()
+    }
+
+    /// Writes the updated running statistics into the graph's batch norms (training mode only;
+    /// a no-op after an eval-mode pass).
+    pub fn apply_running_stats(&self, graph: &mut Graph) {
+        for u in &self.running {
+            if let Op::BatchNorm(bn) = &mut graph.nodes[u.node].op {
+                bn.mean = u.mean.clone();
+                bn.var = u.var.clone();
+            }
+        }
+    }
+}
+
+/// Gradients of a scalar loss.
+#[derive(Clone, Debug, Default)]
+pub struct Gradients {
+    /// By parameter name (every trainable parameter of the graph is present; parameters the
+    /// loss does not depend on get zeros).
+    pub params: BTreeMap<String, Tensor>,
+    /// Per graph input (in the order of `Graph::inputs`).
+    pub inputs: Vec<Tensor>,
+}
+
+impl Gradients {
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.params.get(name)
+    }
+
+    /// Global L2 norm of all parameter gradients.
+    pub fn norm(&self) -> f64 {
+        self.params
+            .values()
+            .flat_map(|t| t.data.iter())
+            .map(|&v| (v as f64) * (v as f64))
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    /// Multiplies every parameter gradient by `s` (e.g. for clipping).
+    pub fn scale(&mut self, s: f32) {
+        for t in self.params.values_mut() {
+            t.data.iter_mut().for_each(|v| *v *= s);
+        }
+    }
+}
+
+fn check_trainable(graph: &Graph) -> Result<()> {
+    for n in &graph.nodes {
+        if let Op::Conv2d(c) = &n.op {
+            if c.epilogue != Epilogue::default() || n.inputs.len() != 1 {
+                return Err(Error::Graph(format!(
+                    "node `{}`: training supports convolutions without a fused epilogue only \
+                     (train the unfused graph, then run the inference passes)",
+                    n.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the graph for training, keeping what [`backward`] needs. `inputs` as for
+/// [`cpu::run`].
+pub fn forward_train(graph: &Graph, inputs: &[Tensor], bn_mode: BnMode) -> Result<Tape> {
+    check_trainable(graph)?;
+    // Validates inputs and shapes exactly like the executor.
+    let prepared = cpu::prepare(graph, inputs)?;
+    let n = graph.nodes.len();
+    let mut values: Vec<Tensor> = Vec::with_capacity(n);
+    let mut bn = vec![None; n];
+    let mut argmax = vec![None; n];
+    let mut running = Vec::new();
+    for (id, node) in graph.nodes.iter().enumerate() {
+        let args: Vec<&Tensor> = node.inputs.iter().map(|&i| &values[i]).collect();
+        let v = match &node.op {
+            Op::Input { .. } => inputs[prepared.input_index[id]].clone(),
+            Op::BatchNorm(b) => {
+                let x = args[0];
+                let c = b.gamma.numel();
+                let (mean, var) = if bn_mode == BnMode::Train {
+                    let (mean, var) = batch_stats(x);
+                    let m = (x.numel() / c) as f32;
+                    let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+                    let rm = (0..c)
+                        .map(|i| (1.0 - BN_MOMENTUM) * b.mean.data[i] + BN_MOMENTUM * mean[i])
+                        .collect();
+                    let rv = (0..c)
+                        .map(|i| {
+                            (1.0 - BN_MOMENTUM) * b.var.data[i] + BN_MOMENTUM * var[i] * unbiased
+                        })
+                        .collect();
+                    running.push(RunningUpdate {
+                        node: id,
+                        mean: Tensor {
+                            shape: vec![c],
+                            data: rm,
+                        },
+                        var: Tensor {
+                            shape: vec![c],
+                            data: rv,
+                        },
+                    });
+                    (mean, var)
+                } else {
+                    (b.mean.data.clone(), b.var.data.clone())
+                };
+                let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + b.eps).sqrt()).collect();
+                let scale: Vec<f32> = (0..c).map(|i| b.gamma.data[i] * inv_std[i]).collect();
+                let shift: Vec<f32> = (0..c)
+                    .map(|i| b.beta.data[i] - mean[i] * scale[i])
+                    .collect();
+                // The executor's batch-norm kernel is this channel affine.
+                let op = Op::ChannelAffine {
+                    scale: Tensor {
+                        shape: vec![c],
+                        data: scale,
+                    },
+                    shift: Tensor {
+                        shape: vec![c],
+                        data: shift,
+                    },
+                    act: Act::None,
+                };
+                let y = cpu::eval_op(&node.name, &op, &args)?;
+                bn[id] = Some(BnStats {
+                    mean,
+                    inv_std,
+                    batch: bn_mode == BnMode::Train,
+                });
+                y
+            }
+            op => {
+                let y = cpu::eval_op(&node.name, op, &args)?;
+                if let Op::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                } = op
+                {
+                    argmax[id] = Some(backward::max_pool_argmax(
+                        args[0], &y, *kernel, *stride, *padding,
+                    ));
+                }
+                y
+            }
+        };
+        values.push(v);
+    }
+    Ok(Tape {
+        values,
+        bn,
+        argmax,
+        running,
+        mode: bn_mode,
+    })
+}
+
+/// Per-channel mean and biased variance over batch and space (f64 accumulation, two passes).
+fn batch_stats(x: &Tensor) -> (Vec<f32>, Vec<f32>) {
+    let [n, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let hw = h * w;
+    let m = (n * hw) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes = || (0..n).map(move |b| &x.data[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
+            let mean = planes()
+                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+                .sum::<f64>()
+                / m;
+            let var = planes()
+                .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                .sum::<f64>()
+                / m;
+            (mean as f32, var as f32)
+        })
+        .unzip()
+}
+
+fn accumulate(grads: &mut [Option<Tensor>], id: NodeId, g: Tensor) {
+    match &mut grads[id] {
+        None => grads[id] = Some(g),
+        Some(t) => t
+            .data
+            .par_chunks_mut(1 << 14)
+            .zip(g.data.par_chunks(1 << 14))
+            .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d += s)),
+    }
+}
+
+/// Reverse pass: `output_grads` holds `dL/d output` for every graph output (same shapes as the
+/// outputs on the tape). Returns the gradient of every trainable parameter and of every input.
+pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<Gradients> {
+    if tape.values.len() != graph.nodes.len() {
+        return Err(Error::Input(
+            "the tape was recorded on a different graph".into(),
+        ));
+    }
+    if output_grads.len() != graph.outputs.len() {
+        return Err(Error::Input(format!(
+            "the graph has {} output(s), got {} output gradient(s)",
+            graph.outputs.len(),
+            output_grads.len()
+        )));
+    }
+    let mut grads: Vec<Option<Tensor>> = vec![None; graph.nodes.len()];
+    for (k, (&o, g)) in graph.outputs.iter().zip(output_grads).enumerate() {
+        if g.shape != tape.values[o].shape || g.data.len() != tape.values[o].data.len() {
+            return Err(Error::Input(format!(
+                "gradient of output {k} has shape {:?}, the output has {:?}",
+                g.shape, tape.values[o].shape
+            )));
+        }
+        accumulate(&mut grads, o, g.clone());
+    }
+    let mut params: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut put = |name: &str, p: &str, shape: &[usize], data: Vec<f32>| {
+        params.insert(
+            format!("{name}.{p}"),
+            Tensor {
+                shape: shape.to_vec(),
+                data,
+            },
+        );
+    };
+    let mut input_grads: BTreeMap<NodeId, Tensor> = BTreeMap::new();
+    for id in (0..graph.nodes.len()).rev() {
+        let node = &graph.nodes[id];
+        let Some(dy) = grads[id].take() else {
+            continue;
+        };
+        let xs: Vec<&Tensor> = node.inputs.iter().map(|&i| &tape.values[i]).collect();
+        let y = &tape.values[id];
+        // dx is always computed, also for a convolution reading a graph input (cheap: the input
+        // has few channels), so input gradients are available.
+        match &node.op {
+            Op::Input { .. } => {
+                input_grads.insert(id, dy);
+            }
+            Op::Conv2d(c) => {
+                let g = backward::conv2d_backward(xs[0], &dy, c, true);
+                put(&node.name, "weight", &c.weight.shape, g.dw.data);
+                if let Some(db) = g.db {
+                    put(&node.name, "bias", &db.shape, db.data);
+                }
+                if let Some(dx) = g.dx {
+                    accumulate(&mut grads, node.inputs[0], dx);
+                }
+            }
+            Op::BatchNorm(b) => {
+                let st = tape.bn[id]
+                    .as_ref()
+                    .ok_or_else(|| Error::Input("tape lacks batch-norm statistics".into()))?;
+                let (dx, dgamma, dbeta) = backward::batch_norm_backward(
+                    xs[0],
+                    &dy,
+                    &b.gamma.data,
+                    &st.mean,
+                    &st.inv_std,
+                    st.batch,
+                );
+                put(&node.name, "gamma", &b.gamma.shape, dgamma);
+                put(&node.name, "beta", &b.beta.shape, dbeta);
+                accumulate(&mut grads, node.inputs[0], dx);
+            }
+            Op::ChannelAffine { scale, shift, act } => {
+                let (dx, dscale, dshift) =
+                    backward::channel_affine_backward(xs[0], y, &dy, &scale.data, *act);
+                put(&node.name, "scale", &scale.shape, dscale);
+                put(&node.name, "shift", &shift.shape, dshift);
+                accumulate(&mut grads, node.inputs[0], dx);
+            }
+            Op::Activation(act) => {
+                let dx = backward::activation_backward(y, &dy, *act);
+                accumulate(&mut grads, node.inputs[0], dx);
+            }
+            Op::MaxPool { .. } => {
+                let am = tape.argmax[id]
+                    .as_ref()
+                    .ok_or_else(|| Error::Input("tape lacks max-pool indices".into()))?;
+                let dx = backward::max_pool_backward(xs[0], &dy, am);
+                accumulate(&mut grads, node.inputs[0], dx);
+            }
+            Op::UpsampleNearest { factor } => {
+                let dx = backward::upsample_nearest_backward(xs[0], &dy, *factor);
+                accumulate(&mut grads, node.inputs[0], dx);
+            }
+            Op::UpsampleBilinear { factor } => {
+                let dx = backward::upsample_bilinear_backward(xs[0], &dy, *factor);
+                accumulate(&mut grads, node.inputs[0], dx);
+            }
+            Op::Concat => {
+                let cs: Vec<usize> = xs.iter().map(|t| t.shape[1]).collect();
+                for (&i, dx) in node.inputs.iter().zip(backward::concat_backward(&dy, &cs)) {
+                    accumulate(&mut grads, i, dx);
+                }
+            }
+            Op::Add => {
+                accumulate(&mut grads, node.inputs[1], dy.clone());
+                accumulate(&mut grads, node.inputs[0], dy);
+            }
+            Op::GatedAdd { alpha } => {
+                let (dskip, dalpha) = backward::gated_add_backward(xs[0], &dy, &alpha.data);
+                put(&node.name, "alpha", &alpha.shape, dalpha);
+                accumulate(&mut grads, node.inputs[0], dskip);
+                accumulate(&mut grads, node.inputs[1], dy);
+            }
+            Op::PixelShuffle { factor } => {
+                let dx = backward::pixel_shuffle_backward(xs[0], &dy, *factor);
+                accumulate(&mut grads, node.inputs[0], dx);
+            }
+        }
+    }
+    // Parameters the loss does not reach get zero gradients, so the map is complete.
+    for (name, t) in trainable_params(graph) {
+        params
+            .entry(name)
+            .or_insert_with(|| Tensor::zeros(t.shape.clone()));
+    }
+    let inputs = graph
+        .inputs()
+        .into_iter()
+        .map(|i| {
+            input_grads
+                .remove(&i)
+                .unwrap_or_else(|| Tensor::zeros(tape.values[i].shape.clone()))
+        })
+        .collect();
+    Ok(Gradients { params, inputs })
+}
+
+/// The trainable parameters of a graph by name: everything of
+/// [`crate::weights::named_params`] except batch-norm running statistics.
+pub fn trainable_params(graph: &Graph) -> Vec<(String, &Tensor)> {
+    crate::weights::named_params(graph)
+        .into_iter()
+        .filter(|(n, _)| !is_running_stat(n))
+        .collect()
+}
+
+pub(crate) fn is_running_stat(name: &str) -> bool {
+    name.ends_with(".running_mean") || name.ends_with(".running_var")
+}
+
+/// Forward (training mode), loss and backward in one call: `loss_fn` maps the graph outputs to
+/// `(loss, dL/d outputs)`. Returns the loss, the gradients and the tape (whose running
+/// statistics the caller may apply with [`Tape::apply_running_stats`]).
+pub fn train_step<F>(
+    graph: &Graph,
+    inputs: &[Tensor],
+    bn_mode: BnMode,
+    loss_fn: F,
+) -> Result<(f32, Gradients, Tape)>
+where
+    F: FnOnce(&[&Tensor]) -> Result<(f32, Vec<Tensor>)>,
+{
+    let tape = forward_train(graph, inputs, bn_mode)?;
+    let outs: Vec<&Tensor> = graph.outputs.iter().map(|&o| &tape.values[o]).collect();
+    let (loss, dout) = loss_fn(&outs)?;
+    let grads = backward(graph, &tape, &dout)?;
+    Ok((loss, grads, tape))
+}
