@@ -17,6 +17,8 @@ pub struct BenchRow {
     pub device: String,
     pub ms: f64,
     pub gflops: f64,
+    /// Activation and parameter bytes read and written, per second (memory-bound ops).
+    pub gb_s: f64,
     /// Wall time of a whole blocking run (upload, dispatches, readback), for the GPU.
     pub wall_ms: f64,
 }
@@ -107,19 +109,27 @@ pub fn bench_ops(
         }
         let g = single_op_graph(input, op)?;
         let flops = g.flops(input[0])? as f64;
+        let bytes: f64 = g.stats(input[0])?.iter().map(|s| s.bytes as f64).sum();
         let mut rng = Rng::new(7);
         let x = Tensor::new(input.to_vec(), rng.vec(input.iter().product(), -1.0, 1.0))?;
         let inputs = vec![x];
         if with_cpu {
             let cpu_ms = time_ms(reps, || crate::cpu::run(&g, &inputs).map(|_| ()))?;
-            let row = BenchRow { op: name.into(), device: "cpu".into(), ms: cpu_ms, gflops: flops / cpu_ms / 1e6, wall_ms: cpu_ms };
+            let row = BenchRow {
+                op: name.into(),
+                device: "cpu".into(),
+                ms: cpu_ms,
+                gflops: flops / cpu_ms / 1e6,
+                gb_s: bytes / cpu_ms / 1e6,
+                wall_ms: cpu_ms,
+            };
             report(&row);
             rows.push(row);
         }
         if let Some(ctx) = ctx {
             let (kernel, wall) = gpu_graph_ms(ctx, &g, input[0], &inputs, reps)?;
             let ms = if kernel.is_finite() { kernel } else { wall };
-            let row = BenchRow { op: name.into(), device: "gpu".into(), ms, gflops: flops / ms / 1e6, wall_ms: wall };
+            let row = BenchRow { op: name.into(), device: "gpu".into(), ms, gflops: flops / ms / 1e6, gb_s: bytes / ms / 1e6, wall_ms: wall };
             report(&row);
             rows.push(row);
         }

@@ -46,7 +46,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if a.json {
             println!("{}", serde_json::to_string(r).unwrap_or_default());
         } else {
-            println!("{:<30} {:<4} {:>10.3} ms {:>8.2} GFLOP/s   (wall {:.3} ms)", r.op, r.device, r.ms, r.gflops, r.wall_ms);
+            println!(
+                "{:<30} {:<4} {:>10.3} ms {:>8.2} GFLOP/s {:>7.2} GB/s   (wall {:.3} ms)",
+                r.op, r.device, r.ms, r.gflops, r.gb_s, r.wall_ms
+            );
         }
     };
     match a.suite {
