@@ -65,6 +65,22 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
 /// Same as [`run`] but returns every node's output (index = node id); used by tests and
 /// training.
 pub fn run_all(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    run_all_with(graph, inputs, eval_unchecked)
+}
+
+/// Evaluates one operator on explicit input tensors with the fast kernels and returns the
+/// node's output. `name` only labels errors. Shapes and parameters are checked like in [`run`];
+/// values are not (non-finite values propagate).
+pub fn eval_op(name: &str, op: &Op, inputs: &[&Tensor]) -> Result<Tensor> {
+    eval_op_with(name, op, inputs, eval_unchecked)
+}
+
+/// Evaluator of a validated, non-input operator with a known output shape: the fast path's or
+/// the reference's.
+type Eval = fn(&Op, &[&Tensor], [usize; 4]) -> Tensor;
+
+/// Every node's output with `eval`, keeping them all (shared by both implementations).
+fn run_all_with(graph: &Graph, inputs: &[Tensor], eval: Eval) -> Result<Vec<Tensor>> {
     let plan = prepare(graph, inputs)?;
     let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
     for (id, node) in graph.nodes.iter().enumerate() {
@@ -72,22 +88,19 @@ pub fn run_all(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
             inputs[plan.input_index[id]].clone()
         } else {
             let args: Vec<&Tensor> = node.inputs.iter().map(|&i| &values[i]).collect();
-            eval_unchecked(&node.op, &args, plan.shapes[id])
+            eval(&node.op, &args, plan.shapes[id])
         };
         values.push(v);
     }
     Ok(values)
 }
 
-/// Evaluates one operator on explicit input tensors with the fast kernels and returns the
-/// node's output. `name` only labels errors. Shapes and parameters are checked like in [`run`];
-/// values are not (non-finite values propagate).
-pub fn eval_op(name: &str, op: &Op, inputs: &[&Tensor]) -> Result<Tensor> {
+fn eval_op_with(name: &str, op: &Op, inputs: &[&Tensor], eval: Eval) -> Result<Tensor> {
     let shape = check_op(name, op, inputs)?;
     if let Op::Input { .. } = op {
         return Ok(inputs[0].clone());
     }
-    Ok(eval_unchecked(op, inputs, shape))
+    Ok(eval(op, inputs, shape))
 }
 
 /// Fast evaluation of a non-input operator whose inputs and parameters have been validated and

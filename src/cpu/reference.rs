@@ -2,7 +2,6 @@
 //! definitions literally (convolutions accumulate in f64). Slow on purpose; it is the ground
 //! truth the fast path and the GPU kernels are compared against.
 
-use super::{check_op, prepare};
 use crate::error::Result;
 use crate::graph::{Act, BatchNorm, Conv2d, Graph, Op, Residual};
 use crate::tensor::Tensor;
@@ -32,28 +31,13 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
 
 /// Runs the graph with the reference loops and returns every node's output (index = node id).
 pub fn run_all(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-    let plan = prepare(graph, inputs)?;
-    let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
-    for (id, node) in graph.nodes.iter().enumerate() {
-        let v = if let Op::Input { .. } = node.op {
-            inputs[plan.input_index[id]].clone()
-        } else {
-            let args: Vec<&Tensor> = node.inputs.iter().map(|&i| &values[i]).collect();
-            eval(&node.op, &args, plan.shapes[id])
-        };
-        values.push(v);
-    }
-    Ok(values)
+    super::run_all_with(graph, inputs, eval)
 }
 
 /// One operator on explicit input tensors: returns the node's output. `name` only labels
 /// errors; shapes and parameters are checked, values are not.
 pub fn eval_op(name: &str, op: &Op, inputs: &[&Tensor]) -> Result<Tensor> {
-    let shape = check_op(name, op, inputs)?;
-    if let Op::Input { .. } = op {
-        return Ok(inputs[0].clone());
-    }
-    Ok(eval(op, inputs, shape))
+    super::eval_op_with(name, op, inputs, eval)
 }
 
 fn eval(op: &Op, x: &[&Tensor], out: [usize; 4]) -> Tensor {
