@@ -19,6 +19,7 @@ pub mod rng;
 pub mod skeleton;
 pub mod tensor;
 pub mod train;
+pub mod trainer;
 pub mod weights;
 
 pub use error::{Error, Result};

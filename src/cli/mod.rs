@@ -7,6 +7,7 @@ mod models;
 mod predict;
 mod profile;
 mod run;
+mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use wgpose::gpu::GpuContext;
@@ -35,6 +36,8 @@ enum Command {
     Run(run::RunArgs),
     /// Writes a model as ONNX (opset 17) with its weights.
     Export(run::ExportArgs),
+    /// Trains a model on the CPU (LSP-extended): checkpoints, CSV log, curve PNG, final weights.
+    Train(train::TrainArgs),
     /// Prints the GPU adapter wgpu finds.
     Info,
 }
@@ -72,6 +75,7 @@ pub fn main() -> Result<()> {
         Command::Predict(a) => predict::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Export(a) => run::export(a),
+        Command::Train(a) => train::run(a),
         Command::Info => {
             let ctx = GpuContext::new()?;
             println!("adapter: {}", ctx.describe());

@@ -1,0 +1,231 @@
+//! Training augmentation: one annotated person -> network input, Gaussian targets and joint
+//! weights.
+//!
+//! The crop follows evaluation's framing (`wgpose eval --format lsp`): the LSP box (labelled
+//! joints enlarged by 25%, [`box_from_keypoints`]) cut with crop padding 1.0, here multiplied by a
+//! random scale (a scale above 1 shows more context, so the person looks smaller), rotated and
+//! optionally mirrored. Keypoints go through the very [`CropTransform`] the pixels are warped
+//! with, so they cannot disagree; after a mirror the joints also swap left and right
+//! ([`Skeleton::flip_permutation`]). Heatmap coordinates are input coordinates divided by the
+//! stride (continuous, pixel-centre convention of [`crate::pipeline::crop`] and
+//! [`crate::train::loss`]). Joints that are unlabelled or land outside the heatmap get an empty
+//! target and weight 0.
+//!
+//! Colour jitter acts on the sampled RGB in [0, 1] before ImageNet normalisation: brightness
+//! (multiply), contrast (blend with the crop's mean grey) and saturation (blend with the pixel's
+//! grey), each by a factor drawn from `[1 - c, 1 + c]`, applied in a random order, then clamped.
+
+use image::RgbImage;
+
+use crate::data::{box_from_keypoints, LSP_BOX_ENLARGE};
+use crate::error::{Error, Result};
+use crate::pipeline::crop::{CropConfig, CropTransform, ImageRef, Normalization};
+use crate::rng::Rng;
+use crate::skeleton::Skeleton;
+use crate::tensor::Tensor;
+use crate::train::gaussian_heatmaps;
+
+/// Ranges the random augmentation draws from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AugmentConfig {
+    /// Rotation uniform in `[-rotation_deg, rotation_deg]`.
+    pub rotation_deg: f32,
+    /// Crop scale uniform in `[scale.0, scale.1]` (multiplies the crop padding).
+    pub scale: (f32, f32),
+    /// Probability of a horizontal mirror.
+    pub flip_prob: f32,
+    /// Brightness / contrast / saturation factors uniform in `[1 - c, 1 + c]`.
+    pub color: f32,
+}
+
+impl Default for AugmentConfig {
+    /// +-30 degrees, scale 0.75-1.25, flip p = 0.5, colour +-20%.
+    fn default() -> Self {
+        AugmentConfig { rotation_deg: 30.0, scale: (0.75, 1.25), flip_prob: 0.5, color: 0.2 }
+    }
+}
+
+impl AugmentConfig {
+    /// No augmentation at all (validation framing).
+    pub fn none() -> Self {
+        AugmentConfig { rotation_deg: 0.0, scale: (1.0, 1.0), flip_prob: 0.0, color: 0.0 }
+    }
+}
+
+/// One draw of the augmentation parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AugmentParams {
+    pub rotation_deg: f32,
+    pub scale: f32,
+    pub flip: bool,
+    pub brightness: f32,
+    pub contrast: f32,
+    pub saturation: f32,
+    /// Order of the three colour operations (a permutation of 0, 1, 2).
+    pub color_order: [u8; 3],
+}
+
+impl AugmentParams {
+    /// The identity: evaluation framing.
+    pub fn identity() -> Self {
+        AugmentParams {
+            rotation_deg: 0.0,
+            scale: 1.0,
+            flip: false,
+            brightness: 1.0,
+            contrast: 1.0,
+            saturation: 1.0,
+            color_order: [0, 1, 2],
+        }
+    }
+
+    /// Draws parameters from `cfg` (a fixed number of draws, so the stream stays aligned).
+    pub fn draw(rng: &mut Rng, cfg: &AugmentConfig) -> Self {
+        let rot = rng.range(-1.0, 1.0) * cfg.rotation_deg;
+        let scale = rng.range(cfg.scale.0, cfg.scale.1);
+        let flip = rng.uniform() < cfg.flip_prob;
+        let mut f = || 1.0 + rng.range(-1.0, 1.0) * cfg.color;
+        let (brightness, contrast, saturation) = (f(), f(), f());
+        let mut order = [0u8, 1, 2];
+        for i in (1..3).rev() {
+            let j = rng.below(i + 1);
+            order.swap(i, j);
+        }
+        AugmentParams { rotation_deg: rot, scale, flip, brightness, contrast, saturation, color_order: order }
+    }
+}
+
+/// What the network trains on for one person.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// `[3, H, W]`, ImageNet-normalised.
+    pub input: Tensor,
+    /// `[K, h, w]` Gaussian targets.
+    pub target: Tensor,
+    /// Per joint: 1 supervised, 0 not.
+    pub weights: Vec<f32>,
+    /// Keypoints in heatmap coordinates after augmentation (`v = 0` for unsupervised joints),
+    /// in the output joint order (left/right swapped after a flip).
+    pub keypoints_hm: Vec<[f32; 3]>,
+    /// The image -> input transform used.
+    pub crop: CropTransform,
+}
+
+/// Geometry of the network's input and heatmaps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleShape {
+    pub input_w: usize,
+    pub input_h: usize,
+    pub heatmap_w: usize,
+    pub heatmap_h: usize,
+    pub joints: usize,
+    /// Gaussian sigma in heatmap pixels.
+    pub sigma: f32,
+}
+
+impl SampleShape {
+    /// Input stride (input pixels per heatmap pixel).
+    pub fn stride(&self) -> f32 {
+        self.input_w as f32 / self.heatmap_w as f32
+    }
+}
+
+/// The evaluation crop of a person (LSP box, padding `scale`, rotation and flip as given).
+pub fn person_crop(
+    keypoints: &[[f32; 3]],
+    shape: &SampleShape,
+    rotation_deg: f32,
+    scale: f32,
+    flip: bool,
+) -> Result<CropTransform> {
+    let bbox = box_from_keypoints(keypoints, LSP_BOX_ENLARGE)
+        .ok_or_else(|| Error::Input("no labelled joint: cannot form the person box".into()))?;
+    // A person whose joints all coincide yields a zero-size box; give it one pixel.
+    let bbox = [bbox[0], bbox[1], bbox[2].max(1.0), bbox[3].max(1.0)];
+    let cfg = CropConfig::default().with_padding(scale).with_rotation(rotation_deg).with_flip(flip);
+    CropTransform::from_box(bbox, shape.input_w, shape.input_h, &cfg)
+}
+
+/// Warps, jitters and normalises one person and builds its targets.
+pub fn make_sample(
+    image: &RgbImage,
+    keypoints: &[[f32; 3]],
+    skeleton: &Skeleton,
+    shape: &SampleShape,
+    p: &AugmentParams,
+) -> Result<Sample> {
+    let crop = person_crop(keypoints, shape, p.rotation_deg, p.scale, p.flip)?;
+    let (w, h) = (shape.input_w, shape.input_h);
+    let mut data = vec![0f32; 3 * w * h];
+    let unit = Normalization { mean: [0.0; 3], std: [1.0; 3] };
+    crate::pipeline::crop::warp_into(&ImageRef::from(image), &crop, w, h, &unit, &mut data)?;
+    color_jitter(&mut data, w * h, p);
+    let norm = Normalization::IMAGENET;
+    for c in 0..3 {
+        for v in &mut data[c * w * h..(c + 1) * w * h] {
+            *v = (*v - norm.mean[c]) / norm.std[c];
+        }
+    }
+    let kps = map_keypoints(keypoints, skeleton, &crop, shape, p.flip);
+    let (target, weights) = gaussian_heatmaps(&kps, shape.joints, shape.heatmap_h, shape.heatmap_w, shape.sigma);
+    Ok(Sample { input: Tensor { shape: vec![3, h, w], data }, target, weights, keypoints_hm: kps, crop })
+}
+
+/// Dataset keypoints (image pixels) -> heatmap coordinates through `crop`, with the left/right
+/// swap when `flipped`; joints unlabelled or outside the heatmap come out with `v = 0`.
+pub fn map_keypoints(
+    keypoints: &[[f32; 3]],
+    skeleton: &Skeleton,
+    crop: &CropTransform,
+    shape: &SampleShape,
+    flipped: bool,
+) -> Vec<[f32; 3]> {
+    let stride = shape.stride();
+    let mapped: Vec<[f32; 3]> = keypoints
+        .iter()
+        .map(|&[x, y, v]| {
+            if !(v > 0.0 && x.is_finite() && y.is_finite()) {
+                return [0.0, 0.0, 0.0];
+            }
+            let (u, t) = crop.map_to_input(x, y);
+            let (hx, hy) = (u / stride, t / stride);
+            let inside = hx >= 0.0 && hy >= 0.0 && hx < shape.heatmap_w as f32 && hy < shape.heatmap_h as f32;
+            [hx, hy, if inside { v } else { 0.0 }]
+        })
+        .collect();
+    if !flipped {
+        return mapped;
+    }
+    // After the mirror, the person's left side is where its right side was: the joint that
+    // ends up named `j` is the one that was `perm[j]`.
+    let perm = skeleton.flip_permutation();
+    (0..mapped.len()).map(|j| mapped[*perm.get(j).unwrap_or(&j)]).collect()
+}
+
+/// Brightness, contrast and saturation on CHW RGB in [0, 1], clamped back into [0, 1].
+pub fn color_jitter(data: &mut [f32], plane: usize, p: &AugmentParams) {
+    if p.brightness == 1.0 && p.contrast == 1.0 && p.saturation == 1.0 {
+        return;
+    }
+    let gray = |r: f32, g: f32, b: f32| 0.299 * r + 0.587 * g + 0.114 * b;
+    for &op in &p.color_order {
+        match op {
+            0 => data.iter_mut().for_each(|v| *v = (*v * p.brightness).clamp(0.0, 1.0)),
+            1 => {
+                let mean = (0..plane).map(|i| gray(data[i], data[plane + i], data[2 * plane + i]) as f64).sum::<f64>()
+                    as f32
+                    / plane.max(1) as f32;
+                data.iter_mut().for_each(|v| *v = (mean + p.contrast * (*v - mean)).clamp(0.0, 1.0));
+            }
+            _ => {
+                for i in 0..plane {
+                    let g = gray(data[i], data[plane + i], data[2 * plane + i]);
+                    for c in 0..3 {
+                        let v = &mut data[c * plane + i];
+                        *v = (g + p.saturation * (*v - g)).clamp(0.0, 1.0);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Training on the CPU around the engine of [`crate::train`]: datasets with augmentation and a
+//! threaded loader ([`dataset`], [`augment`]), saveable optimiser state ([`optim`]), the
+//! training-curve PNG ([`plot`]) and the `wgpose train` session ([`session`]: logging,
+//! validation PCK, checkpoints, resume, final weights with a model card).
+
+pub mod augment;
+pub mod dataset;
+pub mod optim;
+pub mod plot;
+pub mod session;
+
+pub use augment::{make_sample, AugmentConfig, AugmentParams, Sample, SampleShape};
+pub use dataset::{Batch, ImageCache, Loader, TrainSet};
+pub use session::{run, TrainArgs, TrainSummary};

@@ -1,0 +1,633 @@
+//! A training run: `wgpose train` end to end (data, loop, validation, logging, checkpoints,
+//! resume, curve, final weights).
+//!
+//! # Outputs (all in `--out`)
+//!
+//! - `train_log.csv`: `epoch,step,loss,lr,val_pck,images_per_s,elapsed_s`. A row every
+//!   `--log-every` steps (loss averaged over those steps, `val_pck` empty) and one per epoch end
+//!   (loss averaged over the epoch, `val_pck` = PCK@0.2 torso on the validation people, empty
+//!   without validation). `epoch` is 1-based; `step` counts optimiser steps over the whole run;
+//!   `images_per_s` is training throughput (augmentation overlapped, validation excluded);
+//!   `elapsed_s` is training wall time including earlier sessions of a resumed run.
+//! - `checkpoint-eNNN.safetensors` after epoch NNN: weights (running statistics included) with a
+//!   model card whose `epochs` is the number of completed epochs and whose extra keys hold
+//!   `train_step`, `train_seed`, `train_loss`, `train_optimizer`, `train_batch`, `train_lr`;
+//!   beside it `checkpoint-eNNN.optim.safetensors` with the optimiser state
+//!   ([`super::optim`]).
+//! - `curve.png`: loss per logged step and validation PCK per epoch ([`super::plot`]).
+//! - `<model>.safetensors`: the final weights with the full card (data, epochs, wall time,
+//!   validation PCK, GFLOPs), loadable by `--model <file>` of the other commands.
+//!
+//! # Resume
+//!
+//! `--resume checkpoint-eNNN.safetensors` loads the weights (and running statistics), the
+//! optimiser state from the `.optim.safetensors` beside it (a fresh optimiser, with a warning,
+//! when that file is missing), the step counter and the elapsed time, and continues with epoch
+//! NNN + 1 up to `--epochs` (a total, not a count of further epochs). Epoch orders and
+//! augmentations depend only on `(seed, epoch, position)`, so a resumed run draws the same
+//! batches the uninterrupted run would have (same `--seed`, `--batch`, `--limit`). Rows of an
+//! existing `train_log.csv` in `--out` from epochs after NNN are dropped, the rest is kept and
+//! appended to.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+
+use super::augment::{make_sample, AugmentConfig, AugmentParams, SampleShape};
+use super::dataset::{ImageCache, Loader, TrainSet};
+use super::optim::{Kind, Optim};
+use super::plot::write_curve;
+use crate::cpu;
+use crate::data::{lsp, Annotation};
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::metrics::{pck, PckNorm};
+use crate::models::{self, ModelConfig};
+use crate::pipeline::decode::{decode, DecodeConfig, HeatmapKind};
+use crate::tensor::Tensor;
+use crate::train::{mse_loss, rce_loss, stack_batch, step_lr, strip_final_sigmoid, train_step, BnMode};
+use crate::weights::{self, ModelCard};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DataFormat {
+    /// LSP / LSP-extended (`joints.mat` + `images/`).
+    Lsp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LossArg {
+    /// Heatmap MSE (summed over hourglass stacks: intermediate supervision).
+    Mse,
+    /// Regressive cross-entropy on logits (FasterPose): the final sigmoid is stripped.
+    Rce,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OptimArg {
+    Adam,
+    Rmsprop,
+}
+
+/// Options of `wgpose train`.
+#[derive(Args, Clone, Debug)]
+pub struct TrainArgs {
+    /// Named configuration (`wgpose models`), e.g. `sghg-1x64-lsp`.
+    #[arg(long)]
+    pub model: String,
+    #[arg(long, value_enum, default_value_t = DataFormat::Lsp)]
+    pub format: DataFormat,
+    /// Dataset folder (`joints.mat` + `images/`).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Training image numbers, inclusive.
+    #[arg(long, default_value = "1..8000")]
+    pub range: String,
+    /// Validation image numbers, inclusive (`none`: no validation).
+    #[arg(long, default_value = "8001..9000")]
+    pub val: String,
+    /// Total number of epochs (a resumed run continues up to this).
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// Multiply the learning rate by `--lr-gamma` every this many epochs (0: constant).
+    #[arg(long, default_value_t = 0)]
+    pub lr_step: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub lr_gamma: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Default: `rce` for sigmoid-output models (FasterPose), `mse` otherwise.
+    #[arg(long, value_enum)]
+    pub loss: Option<LossArg>,
+    #[arg(long, value_enum, default_value_t = OptimArg::Adam)]
+    pub optim: OptimArg,
+    #[arg(long, default_value = "train-out")]
+    pub out: PathBuf,
+    /// Checkpoint to continue from (`checkpoint-eNNN.safetensors`).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Images per epoch (a seeded random subset, different each epoch).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Validate on this many people (evenly spaced over the validation range).
+    #[arg(long)]
+    pub val_limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Square input size (a multiple of the model's size multiple); default: the config's.
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Gaussian sigma in heatmap pixels.
+    #[arg(long, default_value_t = 2.0)]
+    pub sigma: f32,
+    /// Loader threads building augmented batches ahead of the training step.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Batches each loader thread may build ahead.
+    #[arg(long, default_value_t = 2)]
+    pub prefetch: usize,
+    /// Decoded-image cache budget in MB.
+    #[arg(long, default_value_t = 3072)]
+    pub cache_mb: usize,
+    /// Log a CSV row (and refresh the progress line) every this many steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+    /// Turn augmentation off (debugging).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub final_weights: PathBuf,
+    pub epochs_done: usize,
+    pub steps: u64,
+    pub last_loss: f64,
+    pub val_pck: Option<f64>,
+    pub images_per_s: f64,
+    pub wall_time_s: f64,
+}
+
+/// `A..B` (inclusive, 1-based) as `wgpose eval` reads it.
+pub fn parse_range(s: &str) -> Result<RangeInclusive<usize>> {
+    let bad = || Error::Input(format!("range `{s}` is not A..B"));
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    let a: usize = a.trim().parse().map_err(|_| bad())?;
+    let b: usize = b.trim().trim_start_matches('=').parse().map_err(|_| bad())?;
+    if a == 0 || b < a {
+        return Err(Error::Input(format!("range `{s}` must satisfy 1 <= A <= B")));
+    }
+    Ok(a..=b)
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> Error {
+    Error::Io { path: path.display().to_string(), source: e }
+}
+
+/// One row of `train_log.csv`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogRow {
+    pub epoch: usize,
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f32,
+    pub val_pck: Option<f64>,
+    pub images_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+pub const CSV_HEADER: &str = "epoch,step,loss,lr,val_pck,images_per_s,elapsed_s";
+
+impl LogRow {
+    fn to_csv(&self) -> String {
+        format!(
+            "{},{},{:.6},{},{},{:.2},{:.1}",
+            self.epoch,
+            self.step,
+            self.loss,
+            self.lr,
+            self.val_pck.map_or(String::new(), |p| format!("{p:.4}")),
+            self.images_per_s,
+            self.elapsed_s
+        )
+    }
+
+    fn parse(line: &str) -> Option<LogRow> {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 7 {
+            return None;
+        }
+        Some(LogRow {
+            epoch: f[0].parse().ok()?,
+            step: f[1].parse().ok()?,
+            loss: f[2].parse().ok()?,
+            lr: f[3].parse().ok()?,
+            val_pck: if f[4].is_empty() { None } else { Some(f[4].parse().ok()?) },
+            images_per_s: f[5].parse().ok()?,
+            elapsed_s: f[6].parse().ok()?,
+        })
+    }
+}
+
+/// Reads a `train_log.csv` (rows that do not parse are skipped).
+pub fn read_log(path: &Path) -> Result<Vec<LogRow>> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    Ok(text.lines().skip(1).filter_map(LogRow::parse).collect())
+}
+
+struct Log {
+    path: PathBuf,
+    rows: Vec<LogRow>,
+}
+
+impl Log {
+    fn open(out: &Path, keep_until_epoch: Option<usize>) -> Result<Log> {
+        let path = out.join("train_log.csv");
+        let rows = match keep_until_epoch {
+            Some(e) if path.is_file() => read_log(&path)?.into_iter().filter(|r| r.epoch <= e).collect(),
+            _ => Vec::new(),
+        };
+        let mut text = format!("{CSV_HEADER}\n");
+        for r in &rows {
+            let _ = writeln!(text, "{}", r.to_csv());
+        }
+        std::fs::write(&path, text).map_err(|e| io_err(&path, e))?;
+        Ok(Log { path, rows })
+    }
+
+    fn push(&mut self, row: LogRow) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.path).map_err(|e| io_err(&self.path, e))?;
+        writeln!(f, "{}", row.to_csv()).map_err(|e| io_err(&self.path, e))?;
+        self.rows.push(row);
+        Ok(())
+    }
+
+    fn plot(&self, path: &Path) -> Result<()> {
+        let losses: Vec<(f64, f64)> =
+            self.rows.iter().filter(|r| r.val_pck.is_none()).map(|r| (r.step as f64, r.loss)).collect();
+        let pcks: Vec<(f64, f64)> = self.rows.iter().filter_map(|r| r.val_pck.map(|p| (r.step as f64, p))).collect();
+        write_curve(path, &losses, &pcks)
+    }
+}
+
+/// Validation people with their (unaugmented) crops' images cached.
+pub struct ValSet {
+    pub people: Vec<Annotation>,
+    pub shape: SampleShape,
+    cache: ImageCache,
+}
+
+impl ValSet {
+    /// At most `limit` people, evenly spaced over `people` (those with a labelled joint).
+    pub fn new(people: Vec<Annotation>, shape: SampleShape, limit: Option<usize>) -> Self {
+        let people: Vec<Annotation> = people.into_iter().filter(|a| a.num_labelled() > 0).collect();
+        let n = limit.unwrap_or(usize::MAX).min(people.len());
+        let picked =
+            if n == people.len() { people } else { (0..n).map(|i| people[i * people.len() / n].clone()).collect() };
+        ValSet { people: picked, shape, cache: ImageCache::new(usize::MAX) }
+    }
+
+    /// PCK@0.2 (torso) of `graph` on the validation people: network on the evaluation crop, the
+    /// last output decoded (DARK), keypoints mapped back to image pixels. `logits` says the
+    /// outputs are pre-sigmoid (an RCE-trained graph); `sigmoid` that they are probabilities.
+    pub fn pck(&self, graph: &Graph, batch: usize, logits: bool, sigmoid: bool) -> Result<f64> {
+        let kind = if logits || sigmoid { HeatmapKind::Sigmoid } else { HeatmapKind::Linear };
+        let dcfg = DecodeConfig::dark(kind, self.shape.sigma);
+        let mut preds: Vec<Vec<[f32; 3]>> = Vec::with_capacity(self.people.len());
+        for chunk in self.people.chunks(batch.max(1)) {
+            let mut inputs = Vec::new();
+            let mut crops = Vec::new();
+            for a in chunk {
+                let img = self.cache.get(&a.image)?;
+                let s = make_sample(&img, &a.keypoints, a.skeleton, &self.shape, &AugmentParams::identity())?;
+                inputs.push(s.input);
+                crops.push(s.crop);
+            }
+            let x = stack_batch(&inputs)?;
+            let outs = cpu::run(graph, std::slice::from_ref(&x))?;
+            let mut hm = outs.into_iter().last().ok_or_else(|| Error::Graph("the graph has no output".into()))?;
+            if logits {
+                hm.data.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
+            }
+            let stride = self.shape.input_w as f32 / hm.shape[3] as f32;
+            for (kps, crop) in decode(&hm, &dcfg)?.into_iter().zip(&crops) {
+                preds.push(
+                    kps.into_iter()
+                        .map(|k| {
+                            let k = k.to_image(crop, stride);
+                            [k.x, k.y, k.score]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Ok(pck(&preds, &self.people, 0.2, PckNorm::Torso)?.mean)
+    }
+}
+
+fn optim_path(ckpt: &Path) -> PathBuf {
+    let stem = ckpt.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    ckpt.with_file_name(format!("{stem}.optim.safetensors"))
+}
+
+/// The model configuration a run trains (with `--size`).
+pub fn model_config(a: &TrainArgs) -> Result<ModelConfig> {
+    let cfg = models::config(&a.model)?;
+    Ok(match a.size {
+        Some(s) => cfg.with_input([cfg.input[0], s, s]),
+        None => cfg,
+    })
+}
+
+/// Runs a training session.
+pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
+    let t_start = Instant::now();
+    let cfg = model_config(a)?;
+    let [_, hm_h, hm_w] = cfg.heatmap_shape();
+    let shape = SampleShape {
+        input_w: cfg.input[2],
+        input_h: cfg.input[1],
+        heatmap_w: hm_w,
+        heatmap_h: hm_h,
+        joints: cfg.joints,
+        sigma: a.sigma,
+    };
+    let loss_kind = a.loss.unwrap_or(if cfg.sigmoid_output() { LossArg::Rce } else { LossArg::Mse });
+    let mut graph = cfg.build(a.seed)?;
+    let mut logits = false;
+    if loss_kind == LossArg::Rce {
+        let (g, n) = strip_final_sigmoid(&graph);
+        if n == 0 {
+            eprintln!("warning: {} has no final sigmoid; RCE treats its outputs as logits", cfg.name);
+        }
+        graph = g;
+        logits = true;
+    }
+    if graph.outputs.len() != cfg.num_outputs() {
+        eprintln!("note: {} outputs, config says {}", graph.outputs.len(), cfg.num_outputs());
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
+
+    // Resume.
+    let kind = match a.optim {
+        OptimArg::Adam => Kind::Adam,
+        OptimArg::Rmsprop => Kind::RmsProp,
+    };
+    let mut optim = Optim::new(kind, a.weight_decay);
+    let (mut epoch0, mut step, mut prior_s) = (0usize, 0u64, 0.0f64);
+    if let Some(ck) = &a.resume {
+        let card = weights::load_into(ck, &mut graph)?;
+        epoch0 = card.epochs.unwrap_or(0);
+        step = card.extra.get("train_step").and_then(|s| s.parse().ok()).unwrap_or(0);
+        prior_s = card.wall_time_s.unwrap_or(0.0);
+        let op = optim_path(ck);
+        if op.is_file() {
+            optim = Optim::load(&op)?;
+            if optim.kind != kind {
+                return Err(Error::Input(format!(
+                    "{} holds {} state but --optim is {}",
+                    op.display(),
+                    optim.kind.as_str(),
+                    kind.as_str()
+                )));
+            }
+            optim.weight_decay = a.weight_decay;
+        } else {
+            eprintln!("warning: {} not found: the optimiser restarts", op.display());
+        }
+        eprintln!("resuming from {} after epoch {epoch0} (step {step})", ck.display());
+    }
+
+    // Data.
+    let DataFormat::Lsp = a.format;
+    let range = parse_range(&a.range)?;
+    let set = lsp::load_lsp(&a.root, Some(range.clone()), lsp::Visibility::Auto)?;
+    if !set.missing.is_empty() {
+        eprintln!("warning: {} training image(s) missing", set.missing.len());
+    }
+    let augment = if a.no_augment { AugmentConfig::none() } else { AugmentConfig::default() };
+    let train = Arc::new(TrainSet::new(set.annotations, shape, augment, a.cache_mb << 20));
+    if train.is_empty() {
+        return Err(Error::Input("no training people".into()));
+    }
+    let (val, val_desc) = if a.val.eq_ignore_ascii_case("none") {
+        (None, "no validation".to_string())
+    } else {
+        let r = parse_range(&a.val)?;
+        let vs = lsp::load_lsp(&a.root, Some(r.clone()), lsp::Visibility::Auto)?;
+        let v = ValSet::new(vs.annotations, shape, a.val_limit);
+        let desc = format!("val {}..{} ({} people)", r.start(), r.end(), v.people.len());
+        (Some(v).filter(|v| !v.people.is_empty()), desc)
+    };
+    let per_epoch = a.limit.unwrap_or(usize::MAX).min(train.len());
+    let training_data = format!(
+        "LSPET images {}..{} ({} people, {} per epoch), {val_desc}; augmentation: {}",
+        range.start(),
+        range.end(),
+        train.len(),
+        per_epoch,
+        if a.no_augment {
+            "none".to_string()
+        } else {
+            "rotation +-30 deg, scale 0.75-1.25, flip 0.5, colour +-20%".to_string()
+        }
+    );
+    eprintln!(
+        "training {} ({}x{}, {} params) with {} / {} on {training_data}",
+        cfg.name,
+        shape.input_w,
+        shape.input_h,
+        graph.param_count(),
+        match loss_kind {
+            LossArg::Mse => "MSE",
+            LossArg::Rce => "RCE",
+        },
+        kind.as_str()
+    );
+
+    let mut log = Log::open(&a.out, a.resume.as_ref().map(|_| epoch0))?;
+    let curve = a.out.join("curve.png");
+    // A resumed run that has no epoch left still reports the checkpoint's numbers.
+    let prev = log.rows.iter().rev().find(|r| r.epoch == epoch0 && r.val_pck.is_some());
+    let mut last_loss = prev.map_or(f64::NAN, |r| r.loss);
+    let mut val_pck = prev.and_then(|r| r.val_pck);
+    let mut ips = prev.map_or(0.0, |r| r.images_per_s);
+    let mut train_s = 0.0f64;
+    for epoch in epoch0..a.epochs {
+        let lr = step_lr(a.lr, a.lr_gamma, a.lr_step, epoch);
+        let order = train.epoch_order(a.seed, epoch, a.limit);
+        let loader = Loader::start(train.clone(), a.seed, epoch, order, a.batch, a.workers, a.prefetch);
+        let nb = loader.len();
+        let t_epoch = Instant::now();
+        let (mut sum, mut cnt, mut win_sum, mut win_cnt, mut imgs) = (0.0f64, 0usize, 0.0f64, 0usize, 0usize);
+        for (bi, b) in loader.enumerate() {
+            let b = b?;
+            let n = b.indices.len();
+            let (loss, grads, tape) =
+                train_step(&graph, std::slice::from_ref(&b.input), BnMode::Train, |outs| match loss_kind {
+                    LossArg::Mse => mse_loss(outs, &b.target, &b.weights),
+                    LossArg::Rce => rce_loss(outs, &b.target, &b.weights),
+                })?;
+            if !loss.is_finite() {
+                return Err(Error::Input(format!(
+                    "the loss became {loss} at step {} (epoch {}); try a lower --lr",
+                    step + 1,
+                    epoch + 1
+                )));
+            }
+            tape.apply_running_stats(&mut graph);
+            drop(tape);
+            optim.apply(&mut graph, &grads, lr)?;
+            step += 1;
+            imgs += n;
+            sum += loss as f64;
+            cnt += 1;
+            win_sum += loss as f64;
+            win_cnt += 1;
+            let el = t_epoch.elapsed().as_secs_f64();
+            ips = imgs as f64 / el.max(1e-9);
+            if win_cnt >= a.log_every.max(1) || bi + 1 == nb {
+                log.push(LogRow {
+                    epoch: epoch + 1,
+                    step,
+                    loss: win_sum / win_cnt as f64,
+                    lr,
+                    val_pck: None,
+                    images_per_s: ips,
+                    elapsed_s: prior_s + train_s + el,
+                })?;
+                if !a.quiet {
+                    eprint!(
+                        "\repoch {}/{} [{}/{}] step {step} loss {:.6} lr {lr:.2e} {:.1} img/s   ",
+                        epoch + 1,
+                        a.epochs,
+                        bi + 1,
+                        nb,
+                        win_sum / win_cnt as f64,
+                        ips
+                    );
+                }
+                win_sum = 0.0;
+                win_cnt = 0;
+            }
+        }
+        train_s += t_epoch.elapsed().as_secs_f64();
+        if !a.quiet {
+            eprintln!();
+        }
+        last_loss = sum / cnt.max(1) as f64;
+        val_pck = match &val {
+            Some(v) => {
+                let t = Instant::now();
+                let p = v.pck(&graph, a.batch, logits, cfg.sigmoid_output() && !logits)?;
+                eprintln!(
+                    "epoch {}: mean loss {last_loss:.6}, val PCK@0.2 {:.2}% ({} people, {:.1} s)",
+                    epoch + 1,
+                    100.0 * p,
+                    v.people.len(),
+                    t.elapsed().as_secs_f64()
+                );
+                Some(p)
+            }
+            None => {
+                eprintln!("epoch {}: mean loss {last_loss:.6}", epoch + 1);
+                None
+            }
+        };
+        log.push(LogRow {
+            epoch: epoch + 1,
+            step,
+            loss: last_loss,
+            lr,
+            val_pck,
+            images_per_s: ips,
+            elapsed_s: prior_s + train_s,
+        })?;
+        // Checkpoint.
+        let mut card = ModelCard::for_model(&cfg, &graph);
+        card.training_data = training_data.clone();
+        card.epochs = Some(epoch + 1);
+        card.wall_time_s = Some(prior_s + train_s);
+        card.metrics = metrics_text(last_loss, val_pck);
+        let ex = &mut card.extra;
+        ex.insert("train_step".into(), step.to_string());
+        ex.insert("train_seed".into(), a.seed.to_string());
+        ex.insert(
+            "train_loss".into(),
+            match loss_kind {
+                LossArg::Mse => "mse",
+                LossArg::Rce => "rce",
+            }
+            .into(),
+        );
+        ex.insert("train_optimizer".into(), kind.as_str().into());
+        ex.insert("train_batch".into(), a.batch.to_string());
+        ex.insert("train_lr".into(), lr.to_string());
+        if let Some(l) = a.limit {
+            ex.insert("train_limit".into(), l.to_string());
+        }
+        let ck = a.out.join(format!("checkpoint-e{:03}.safetensors", epoch + 1));
+        weights::save(&ck, &graph, &card)?;
+        optim.save(&optim_path(&ck))?;
+        log.plot(&curve)?;
+    }
+    // Final weights.
+    let wall = prior_s + train_s;
+    let mut card = ModelCard::for_model(&cfg, &graph);
+    card.training_data = training_data;
+    card.epochs = Some(a.epochs.max(epoch0));
+    card.wall_time_s = Some(wall);
+    card.metrics = metrics_text(last_loss, val_pck);
+    card.extra.insert(
+        "train_loss".into(),
+        match loss_kind {
+            LossArg::Mse => "mse",
+            LossArg::Rce => "rce",
+        }
+        .into(),
+    );
+    card.extra.insert("train_optimizer".into(), kind.as_str().into());
+    card.extra.insert("train_batch".into(), a.batch.to_string());
+    card.extra.insert("train_seed".into(), a.seed.to_string());
+    card.extra.insert("train_step".into(), step.to_string());
+    let final_path = a.out.join(format!("{}.safetensors", cfg.name));
+    weights::save(&final_path, &graph, &card)?;
+    log.plot(&curve)?;
+    eprintln!(
+        "wrote {} ({} epochs, {step} steps, {:.0} s training, {:.0} s this session)",
+        final_path.display(),
+        card.epochs.unwrap_or(0),
+        wall,
+        t_start.elapsed().as_secs_f64()
+    );
+    Ok(TrainSummary {
+        final_weights: final_path,
+        epochs_done: a.epochs.max(epoch0),
+        steps: step,
+        last_loss,
+        val_pck,
+        images_per_s: ips,
+        wall_time_s: wall,
+    })
+}
+
+fn metrics_text(loss: f64, pck: Option<f64>) -> String {
+    let mut s = String::new();
+    if let Some(p) = pck {
+        let _ = write!(s, "val_pck@0.2={p:.4};");
+    }
+    if loss.is_finite() {
+        let _ = write!(s, "train_loss={loss:.6}");
+    }
+    s
+}
+
+/// Convenience for tests and tools: the batches of one epoch built synchronously (no threads).
+pub fn epoch_batches(
+    set: &TrainSet,
+    seed: u64,
+    epoch: usize,
+    limit: Option<usize>,
+    batch: usize,
+) -> Result<Vec<(Tensor, Tensor)>> {
+    let order = set.epoch_order(seed, epoch, limit);
+    let n = if order.len() < batch { 1 } else { order.len() / batch };
+    (0..n)
+        .map(|b| {
+            let r = b * batch..((b + 1) * batch).min(order.len());
+            set.batch(seed, epoch, &order, r).map(|b| (b.input, b.target))
+        })
+        .collect()
+}

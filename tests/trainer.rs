@@ -1,0 +1,338 @@
+//! The training session around the engine: augmentation geometry, reproducible batches, the
+//! threaded loader, saveable optimiser state, and `wgpose train` end to end (with resume) on the
+//! LSP-extended fixtures.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Parser;
+use image::{Rgb, RgbImage};
+use wgpose::data::lsp::{load_lsp, Visibility};
+use wgpose::rng::Rng;
+use wgpose::skeleton::LSP14;
+use wgpose::train::{trainable_params, Gradients, Optimizer};
+use wgpose::trainer::dataset::{Loader, TrainSet};
+use wgpose::trainer::optim::{Kind, Optim};
+use wgpose::trainer::session::{epoch_batches, read_log, TrainArgs};
+use wgpose::trainer::{make_sample, AugmentConfig, AugmentParams, SampleShape};
+use wgpose::Tensor;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lspet")
+}
+
+fn shape128() -> SampleShape {
+    SampleShape { input_w: 128, input_h: 128, heatmap_w: 32, heatmap_h: 32, joints: 14, sigma: 2.0 }
+}
+
+/// A standing person's 14 joints in a 220 x 180 image (continuous coordinates).
+fn person() -> Vec<[f32; 3]> {
+    let p = [
+        (80.5, 150.5),  // right ankle
+        (82.5, 120.5),  // right knee
+        (85.5, 95.5),   // right hip
+        (105.5, 95.5),  // left hip
+        (110.5, 122.5), // left knee
+        (112.5, 152.5), // left ankle
+        (60.5, 80.5),   // right wrist
+        (70.5, 62.5),   // right elbow
+        (82.5, 45.5),   // right shoulder
+        (108.5, 45.5),  // left shoulder
+        (125.5, 60.5),  // left elbow
+        (135.5, 75.5),  // left wrist
+        (95.5, 40.5),   // neck
+        (96.5, 20.5),   // head top
+    ];
+    p.iter().map(|&(x, y)| [x, y, 2.0]).collect()
+}
+
+/// Black image with a white 5x5 dot centred on joint `j`.
+fn dot_image(kps: &[[f32; 3]], j: usize) -> RgbImage {
+    let mut img = RgbImage::new(220, 180);
+    let (cx, cy) = (kps[j][0].floor() as i32, kps[j][1].floor() as i32);
+    for y in cy - 2..=cy + 2 {
+        for x in cx - 2..=cx + 2 {
+            img.put_pixel(x as u32, y as u32, Rgb([255, 255, 255]));
+        }
+    }
+    img
+}
+
+/// `(x, y)` of the argmax of a `w x h` plane, as a continuous pixel centre.
+fn argmax(plane: &[f32], w: usize) -> (f32, f32) {
+    let (i, _) = plane.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+    ((i % w) as f32 + 0.5, (i / w) as f32 + 0.5)
+}
+
+#[test]
+fn augmented_targets_land_on_the_warped_joint() {
+    let kps = person();
+    let shape = shape128();
+    let perm = LSP14.flip_permutation();
+    let mut rng = Rng::new(7);
+    let mut flips = 0;
+    for trial in 0..24 {
+        // Joints spread over the body, including ones near the crop border.
+        let j = [0, 5, 6, 11, 13, 12, 8, 3][trial % 8];
+        let img = dot_image(&kps, j);
+        let mut p = AugmentParams::draw(&mut rng, &AugmentConfig::default());
+        p.flip = trial % 2 == 1;
+        flips += p.flip as usize;
+        let s = make_sample(&img, &kps, &LSP14, &shape, &p).unwrap();
+        // Brightest input pixel (sum over channels; normalisation is monotone per channel).
+        let plane = 128 * 128;
+        let lum: Vec<f32> =
+            (0..plane).map(|i| s.input.data[i] + s.input.data[plane + i] + s.input.data[2 * plane + i]).collect();
+        let (dx, dy) = argmax(&lum, 128);
+        let (hx, hy) = (dx / 4.0, dy / 4.0);
+        // After a flip the joint is called by its mirrored name.
+        let jj = if p.flip { perm[j] } else { j };
+        assert_eq!(s.weights[jj], 1.0, "trial {trial}: joint {jj} should be supervised");
+        let t = &s.target.data[jj * 32 * 32..(jj + 1) * 32 * 32];
+        let (tx, ty) = argmax(t, 32);
+        assert!(
+            (tx - hx).abs() <= 1.0 && (ty - hy).abs() <= 1.0,
+            "trial {trial} ({p:?}): target peak ({tx}, {ty}) vs warped dot ({hx}, {hy}) in heatmap px"
+        );
+        let k = s.keypoints_hm[jj];
+        assert!(
+            (k[0] - hx).abs() <= 0.75 && (k[1] - hy).abs() <= 0.75,
+            "trial {trial}: keypoint ({}, {}) vs dot ({hx}, {hy})",
+            k[0],
+            k[1]
+        );
+    }
+    assert_eq!(flips, 12);
+}
+
+#[test]
+fn flip_mirrors_and_swaps_left_and_right() {
+    let kps = person();
+    let shape = shape128();
+    let img = RgbImage::new(220, 180);
+    let mut p = AugmentParams::identity();
+    p.rotation_deg = 12.0;
+    p.scale = 1.1;
+    let a = make_sample(&img, &kps, &LSP14, &shape, &p).unwrap();
+    p.flip = true;
+    let b = make_sample(&img, &kps, &LSP14, &shape, &p).unwrap();
+    let perm = LSP14.flip_permutation();
+    for (j, &pj) in perm.iter().enumerate() {
+        let (ka, kb) = (a.keypoints_hm[j], b.keypoints_hm[pj]);
+        assert!((kb[0] - (32.0 - ka[0])).abs() < 1e-3, "joint {j}: {ka:?} vs {kb:?}");
+        assert!((kb[1] - ka[1]).abs() < 1e-3, "joint {j}: {ka:?} vs {kb:?}");
+    }
+    // The left ankle of the flipped sample is where the mirrored right ankle was.
+    assert!(b.keypoints_hm[5][0] > 16.0 || a.keypoints_hm[0][0] < 16.0);
+}
+
+#[test]
+fn unlabelled_and_outside_joints_get_no_weight() {
+    let mut kps = person();
+    kps[6] = [0.0, 0.0, 0.0]; // unlabelled
+    kps[11] = [400.0, 75.5, 2.0]; // far outside any crop of the rest (box grows, but fine)
+    let shape = shape128();
+    let img = RgbImage::new(220, 180);
+    // Small scale so that the far wrist, even though it widens the box, may fall out; check the
+    // invariant instead: weight 1 iff the mapped joint is inside the heatmap.
+    let mut p = AugmentParams::identity();
+    p.scale = 0.75;
+    let s = make_sample(&img, &kps, &LSP14, &shape, &p).unwrap();
+    assert_eq!(s.weights[6], 0.0);
+    assert!(s.target.data[6 * 1024..7 * 1024].iter().all(|&v| v == 0.0));
+    for (j, k) in s.keypoints_hm.iter().enumerate() {
+        let inside = k[0] >= 0.0 && k[1] >= 0.0 && k[0] < 32.0 && k[1] < 32.0;
+        let labelled = j != 6;
+        assert_eq!(s.weights[j] == 1.0, inside && labelled, "joint {j} at {k:?}");
+    }
+    // A joint pushed outside by the crop: shrink the crop around the body so the head leaves it.
+    let mut kps2 = person();
+    kps2[13] = [96.5, -300.0, 2.0];
+    let s2 = make_sample(&img, &kps2, &LSP14, &shape, &AugmentParams::identity()).unwrap();
+    for (j, k) in s2.keypoints_hm.iter().enumerate() {
+        let inside = k[0] >= 0.0 && k[1] >= 0.0 && k[0] < 32.0 && k[1] < 32.0;
+        assert_eq!(s2.weights[j] == 1.0, inside, "joint {j} at {k:?}");
+    }
+}
+
+fn fixture_set() -> TrainSet {
+    let set = load_lsp(&fixtures(), None, Visibility::Auto).unwrap();
+    let shape = SampleShape { input_w: 64, input_h: 64, heatmap_w: 16, heatmap_h: 16, joints: 14, sigma: 1.5 };
+    TrainSet::new(set.annotations, shape, AugmentConfig::default(), 64 << 20)
+}
+
+#[test]
+fn same_seed_same_batches_and_the_loader_agrees() {
+    let set = fixture_set();
+    assert!(set.len() >= 3, "fixtures hold {} people", set.len());
+    let a = epoch_batches(&set, 42, 0, None, 1).unwrap();
+    let b = epoch_batches(&set, 42, 0, None, 1).unwrap();
+    assert_eq!(a.len(), set.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.0.data, y.0.data);
+        assert_eq!(x.1.data, y.1.data);
+    }
+    let c = epoch_batches(&set, 43, 0, None, 1).unwrap();
+    assert!(a.iter().zip(&c).any(|(x, y)| x.0.data != y.0.data), "another seed, other batches");
+    let d = epoch_batches(&set, 42, 1, None, 1).unwrap();
+    assert!(a.iter().zip(&d).any(|(x, y)| x.0.data != y.0.data), "another epoch, other batches");
+    // Threaded loader with two workers: same batches, same order.
+    let set = Arc::new(set);
+    let order = set.epoch_order(42, 0, None);
+    let got: Vec<_> = Loader::start(set.clone(), 42, 0, order, 1, 2, 1).map(|b| b.unwrap()).collect();
+    assert_eq!(got.len(), a.len());
+    for (x, y) in got.iter().zip(&a) {
+        assert_eq!(x.input.data, y.0.data);
+        assert_eq!(x.target.data, y.1.data);
+    }
+    // An early drop of the loader does not hang.
+    let order = set.epoch_order(42, 0, None);
+    let mut l = Loader::start(set, 42, 0, order, 1, 2, 1);
+    let _ = l.next();
+    drop(l);
+}
+
+#[test]
+fn saveable_optimiser_matches_the_engine_and_round_trips() {
+    let cfg = wgpose::models::config("sghg-1x64-lsp").unwrap().with_input([3, 64, 64]);
+    for (kind, mut reference) in [(Kind::Adam, Optimizer::adam(1e-4)), (Kind::RmsProp, Optimizer::rmsprop(1e-4))] {
+        let mut g1 = cfg.build(1).unwrap();
+        let mut g2 = g1.clone();
+        let mut ours = Optim::new(kind, 1e-4);
+        let mut rng = Rng::new(3);
+        let grads: Vec<Gradients> = (0..3)
+            .map(|_| Gradients {
+                params: trainable_params(&g1)
+                    .into_iter()
+                    .map(|(n, t)| (n, Tensor { shape: t.shape.clone(), data: rng.vec(t.data.len(), -1.0, 1.0) }))
+                    .collect(),
+                inputs: vec![],
+            })
+            .collect();
+        for g in &grads[..2] {
+            reference.apply(&mut g1, g, 1e-3).unwrap();
+            ours.apply(&mut g2, g, 1e-3).unwrap();
+        }
+        // Save, reload, continue: still identical.
+        let dir = tempdir("optim");
+        let path = dir.join("o.safetensors");
+        ours.save(&path).unwrap();
+        let mut back = Optim::load(&path).unwrap();
+        assert_eq!(back.t, 2);
+        reference.apply(&mut g1, &grads[2], 1e-3).unwrap();
+        back.apply(&mut g2, &grads[2], 1e-3).unwrap();
+        for ((n, a), (_, b)) in wgpose::weights::named_params(&g1).into_iter().zip(wgpose::weights::named_params(&g2)) {
+            assert_eq!(a.data, b.data, "{kind:?}: parameter {n} differs");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wgpose-trainer-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+fn train_args(out: &Path, extra: &[&str]) -> TrainArgs {
+    let root = fixtures();
+    let mut v: Vec<String> = ["wgpose-train", "--model", "sghg-1x64-lsp", "--format", "lsp", "--root"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.push(root.display().to_string());
+    for s in [
+        "--range",
+        "1..2",
+        "--val",
+        "3..3",
+        "--size",
+        "64",
+        "--batch",
+        "2",
+        "--limit",
+        "2",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "5",
+        "--log-every",
+        "1",
+        "--quiet",
+        "--out",
+    ] {
+        v.push(s.to_string());
+    }
+    v.push(out.display().to_string());
+    v.extend(extra.iter().map(|s| s.to_string()));
+    Cli::parse_from(v).args
+}
+
+#[test]
+fn session_writes_everything_and_resume_continues() {
+    let dir = tempdir("session");
+    // Two epochs straight.
+    let full = dir.join("full");
+    let s = wgpose::trainer::run(&train_args(&full, &["--epochs", "2"])).unwrap();
+    assert_eq!(s.epochs_done, 2);
+    assert_eq!(s.steps, 2);
+    assert!(s.last_loss.is_finite());
+    assert!(s.val_pck.is_some());
+    for f in [
+        "train_log.csv",
+        "curve.png",
+        "checkpoint-e001.safetensors",
+        "checkpoint-e001.optim.safetensors",
+        "checkpoint-e002.safetensors",
+        "sghg-1x64-lsp.safetensors",
+    ] {
+        assert!(full.join(f).is_file(), "{f} missing");
+    }
+    let png = image::open(full.join("curve.png")).unwrap();
+    assert!(png.width() > 100 && png.height() > 100);
+    let log = read_log(&full.join("train_log.csv")).unwrap();
+    assert_eq!(log.iter().filter(|r| r.val_pck.is_some()).count(), 2);
+    assert_eq!(log.last().unwrap().epoch, 2);
+    let card = wgpose::weights::read_card(&full.join("sghg-1x64-lsp.safetensors")).unwrap();
+    assert_eq!(card.epochs, Some(2));
+    assert_eq!(card.input, Some([3, 64, 64]));
+    assert!(card.metrics.contains("val_pck@0.2="), "{}", card.metrics);
+    assert!(card.training_data.contains("LSPET images 1..2"), "{}", card.training_data);
+    assert!(card.gflops.unwrap() > 0.0 && card.wall_time_s.unwrap() > 0.0);
+    // The final weights load into a fresh graph of the same config.
+    let cfg = wgpose::models::config("sghg-1x64-lsp").unwrap().with_input([3, 64, 64]);
+    let mut g = cfg.build(0).unwrap();
+    wgpose::weights::load_into(&full.join("sghg-1x64-lsp.safetensors"), &mut g).unwrap();
+
+    // Stop after one epoch, then resume to two: the same weights as the straight run (same
+    // batches, optimiser state and running statistics restored).
+    let part = dir.join("part");
+    wgpose::trainer::run(&train_args(&part, &["--epochs", "1"])).unwrap();
+    let ck = part.join("checkpoint-e001.safetensors");
+    let s2 = wgpose::trainer::run(&train_args(&part, &["--epochs", "2", "--resume", ck.to_str().unwrap()])).unwrap();
+    assert_eq!(s2.steps, 2);
+    let log2 = read_log(&part.join("train_log.csv")).unwrap();
+    let epochs: Vec<usize> = log2.iter().filter(|r| r.val_pck.is_some()).map(|r| r.epoch).collect();
+    assert_eq!(epochs, vec![1, 2]);
+    let mut a = cfg.build(0).unwrap();
+    let mut b = cfg.build(0).unwrap();
+    wgpose::weights::load_into(&full.join("sghg-1x64-lsp.safetensors"), &mut a).unwrap();
+    wgpose::weights::load_into(&part.join("sghg-1x64-lsp.safetensors"), &mut b).unwrap();
+    let mut worst = 0f32;
+    for ((n, x), (_, y)) in wgpose::weights::named_params(&a).into_iter().zip(wgpose::weights::named_params(&b)) {
+        for (u, v) in x.data.iter().zip(&y.data) {
+            let d = (u - v).abs() / (1.0 + u.abs());
+            assert!(d < 1e-4, "{n}: {u} vs {v}");
+            worst = worst.max(d);
+        }
+    }
+    eprintln!("resumed vs straight: max rel diff {worst:e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
