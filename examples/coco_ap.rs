@@ -24,12 +24,7 @@ fn main() {
             let fields: Vec<String> = CocoKeypointStats::NAMES
                 .iter()
                 .zip(s.as_array())
-                .map(|(n, v)| {
-                    format!(
-                        "\"{n}\": {}",
-                        serde_json::to_string(&v).unwrap_or_else(|_| "null".into())
-                    )
-                })
+                .map(|(n, v)| format!("\"{n}\": {}", serde_json::to_string(&v).unwrap_or_else(|_| "null".into())))
                 .collect();
             println!("{{{}}}", fields.join(", "));
         }

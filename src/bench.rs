@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::gpu::{GpuContext, GpuModel};
-use crate::graph::{Conv2d, Epilogue, Graph, Op, Act};
+use crate::graph::{Act, Conv2d, Epilogue, Graph, Op};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -44,7 +44,11 @@ pub fn op_cases() -> Vec<(&'static str, [usize; 4], Op)> {
         ("conv7x7/2 3->64 @256x256", [1, 3, 256, 256], conv(3, 64, 7, 2, 1, Act::Relu)),
         ("depthwise3x3 128 @64x64", [1, 128, 64, 64], conv(128, 128, 3, 1, 128, Act::None)),
         ("pixel_shuffle x2 64 @64x64", [1, 64, 64, 64], Op::PixelShuffle { factor: 2 }),
-        ("max_pool 3x3/2 64 @128x128", [1, 64, 128, 128], Op::MaxPool { kernel: [3, 3], stride: [2, 2], padding: [1, 1] }),
+        (
+            "max_pool 3x3/2 64 @128x128",
+            [1, 64, 128, 128],
+            Op::MaxPool { kernel: [3, 3], stride: [2, 2], padding: [1, 1] },
+        ),
     ]
 }
 
@@ -129,7 +133,14 @@ pub fn bench_ops(
         if let Some(ctx) = ctx {
             let (kernel, wall) = gpu_graph_ms(ctx, &g, input[0], &inputs, reps)?;
             let ms = if kernel.is_finite() { kernel } else { wall };
-            let row = BenchRow { op: name.into(), device: "gpu".into(), ms, gflops: flops / ms / 1e6, gb_s: bytes / ms / 1e6, wall_ms: wall };
+            let row = BenchRow {
+                op: name.into(),
+                device: "gpu".into(),
+                ms,
+                gflops: flops / ms / 1e6,
+                gb_s: bytes / ms / 1e6,
+                wall_ms: wall,
+            };
             report(&row);
             rows.push(row);
         }

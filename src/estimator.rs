@@ -34,7 +34,12 @@ pub struct EstimatorOptions {
 
 impl Default for EstimatorOptions {
     fn default() -> Self {
-        EstimatorOptions { flip_test: false, decode: DecodeConfig::dark(HeatmapKind::Linear, 2.0), padding: 1.25, seed: 0 }
+        EstimatorOptions {
+            flip_test: false,
+            decode: DecodeConfig::dark(HeatmapKind::Linear, 2.0),
+            padding: 1.25,
+            seed: 0,
+        }
     }
 }
 
@@ -68,14 +73,27 @@ pub struct Estimator<'c> {
 impl<'c> Estimator<'c> {
     /// Builds the estimator for `config` with `weights` (else the shipped weights, else a random
     /// initialisation: see [`Estimator::weights`]), on the GPU when `ctx` is given.
-    pub fn new(config: &ModelConfig, weights: Option<&Path>, ctx: Option<&'c GpuContext>, mut opts: EstimatorOptions) -> Result<Self> {
-        let skeleton = Skeleton::for_joints(config.joints)
-            .ok_or_else(|| Error::Input(format!("{} predicts {} joints, not a known skeleton (14, 16, 17)", config.name, config.joints)))?;
+    pub fn new(
+        config: &ModelConfig,
+        weights: Option<&Path>,
+        ctx: Option<&'c GpuContext>,
+        mut opts: EstimatorOptions,
+    ) -> Result<Self> {
+        let skeleton = Skeleton::for_joints(config.joints).ok_or_else(|| {
+            Error::Input(format!(
+                "{} predicts {} joints, not a known skeleton (14, 16, 17)",
+                config.name, config.joints
+            ))
+        })?;
         let (graph, weights, _card) = load_model(config, weights, opts.seed)?;
         opts.decode.kind = if config.sigmoid_output() { HeatmapKind::Sigmoid } else { HeatmapKind::Linear };
         let graph = optimize_for_inference(&graph);
         let backend = match ctx {
-            Some(ctx) => Backend::Gpu { ctx, pre: GpuPreprocess::with_normalization(ctx, Normalization::IMAGENET)?, models: HashMap::new() },
+            Some(ctx) => Backend::Gpu {
+                ctx,
+                pre: GpuPreprocess::with_normalization(ctx, Normalization::IMAGENET)?,
+                models: HashMap::new(),
+            },
             None => Backend::Cpu,
         };
         Ok(Estimator { config: *config, weights, skeleton, graph, backend, opts })
@@ -147,11 +165,16 @@ impl<'c> Estimator<'c> {
         }
         let stride = self.config.input[2] as f32 / w as f32;
         let plane = k * h * w;
-        let take = |j: usize| Tensor { shape: vec![1, k, h, w], data: heatmaps.data[j * plane..(j + 1) * plane].to_vec() };
+        let take =
+            |j: usize| Tensor { shape: vec![1, k, h, w], data: heatmaps.data[j * plane..(j + 1) * plane].to_vec() };
         let mut poses = Vec::with_capacity(boxes.len());
         for (i, b) in boxes.iter().enumerate() {
             let first = i * per;
-            let maps = if self.opts.flip_test { average_flipped(&take(first), &take(first + 1), self.skeleton)? } else { take(first) };
+            let maps = if self.opts.flip_test {
+                average_flipped(&take(first), &take(first + 1), self.skeleton)?
+            } else {
+                take(first)
+            };
             let kps = decode(&maps, &self.opts.decode)?.remove(0);
             let keypoints: Vec<Keypoint> = kps.into_iter().map(|kp| kp.to_image(&crops[first], stride)).collect();
             let score = keypoints.iter().map(|k| k.score).sum::<f32>() / keypoints.len().max(1) as f32;
@@ -176,7 +199,8 @@ impl<'c> Estimator<'c> {
         }
         let model = models.get_mut(&batch).ok_or_else(|| Error::Gpu("model cache".into()))?;
         let pre: &GpuPreprocess = pre;
-        let outputs = model.run_with_prelude(|enc, arena, offset| prelude(pre, enc, arena, offset, in_w as u32, in_h as u32))?;
+        let outputs =
+            model.run_with_prelude(|enc, arena, offset| prelude(pre, enc, arena, offset, in_w as u32, in_h as u32))?;
         outputs.into_iter().last().ok_or_else(|| Error::Graph("the model produced no output".into()))
     }
 
@@ -211,7 +235,9 @@ impl<'c> Estimator<'c> {
             Backend::Gpu { ctx, .. } => {
                 let (w, h) = (image.width as u32, image.height as u32);
                 let src = upload_frame(ctx, &packed_rgba(image))?;
-                self.gpu_heatmaps(crops, |pre, enc, arena, offset, ow, oh| pre.encode(enc, &src, w, h, crops, arena, offset, ow, oh))
+                self.gpu_heatmaps(crops, |pre, enc, arena, offset, ow, oh| {
+                    pre.encode(enc, &src, w, h, crops, arena, offset, ow, oh)
+                })
             }
         }
     }
@@ -241,7 +267,11 @@ fn upload_frame(ctx: &GpuContext, rgba: &[u8]) -> Result<wgpu::Buffer> {
     use wgpu::util::DeviceExt;
     let max = ctx.device.limits().max_storage_buffer_binding_size as usize;
     if rgba.len() > max {
-        return Err(Error::TooLarge(format!("a {} MiB frame exceeds the device's {} MiB storage binding", rgba.len() >> 20, max >> 20)));
+        return Err(Error::TooLarge(format!(
+            "a {} MiB frame exceeds the device's {} MiB storage binding",
+            rgba.len() >> 20,
+            max >> 20
+        )));
     }
     Ok(ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("wgpose.frame"),

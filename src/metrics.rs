@@ -57,17 +57,13 @@ impl PckResult {
         let (c, t) = joints
             .iter()
             .filter(|&&j| j < self.total.len())
-            .fold((0usize, 0usize), |(c, t), &j| {
-                (c + self.correct[j], t + self.total[j])
-            });
+            .fold((0usize, 0usize), |(c, t), &j| (c + self.correct[j], t + self.total[j]));
         (t > 0).then(|| c as f64 / t as f64)
     }
 
     /// The mean leaving out some joints (MPII: pelvis and thorax, `&[6, 7]`).
     pub fn mean_excluding(&self, joints: &[usize]) -> Option<f64> {
-        let keep: Vec<usize> = (0..self.total.len())
-            .filter(|j| !joints.contains(j))
-            .collect();
+        let keep: Vec<usize> = (0..self.total.len()).filter(|j| !joints.contains(j)).collect();
         self.mean_over(&keep)
     }
 }
@@ -92,21 +88,13 @@ pub fn pck<const N: usize, P: AsRef<[[f32; N]]>>(
     norm: PckNorm,
 ) -> Result<PckResult> {
     if N < 2 {
-        return Err(Error::Input(format!(
-            "PCK needs predictions with x and y, got {N} values per joint"
-        )));
+        return Err(Error::Input(format!("PCK needs predictions with x and y, got {N} values per joint")));
     }
     if preds.len() != gts.len() {
-        return Err(Error::Input(format!(
-            "{} predictions for {} ground-truth people",
-            preds.len(),
-            gts.len()
-        )));
+        return Err(Error::Input(format!("{} predictions for {} ground-truth people", preds.len(), gts.len())));
     }
     if !(alpha.is_finite() && alpha > 0.0) {
-        return Err(Error::Input(format!(
-            "PCK threshold alpha = {alpha} must be positive"
-        )));
+        return Err(Error::Input(format!("PCK threshold alpha = {alpha} must be positive")));
     }
     let k = gts.first().map_or(0, |g| g.keypoints.len());
     let mut r = PckResult {
@@ -129,11 +117,7 @@ pub fn pck<const N: usize, P: AsRef<[[f32; N]]>>(
             )));
         }
         if p.len() != k {
-            return Err(Error::Input(format!(
-                "prediction {i} has {} joints, ground truth {} has {k}",
-                p.len(),
-                g.id
-            )));
+            return Err(Error::Input(format!("prediction {i} has {} joints, ground truth {} has {k}", p.len(), g.id)));
         }
         let Some(size) = norm_size(g, norm) else {
             r.skipped += 1;
@@ -161,32 +145,20 @@ pub fn pck<const N: usize, P: AsRef<[[f32; N]]>>(
         )));
     }
     r.mean = c as f64 / t as f64;
-    r.per_joint = r
-        .correct
-        .iter()
-        .zip(&r.total)
-        .map(|(&c, &t)| (t > 0).then(|| c as f64 / t as f64))
-        .collect();
+    r.per_joint = r.correct.iter().zip(&r.total).map(|(&c, &t)| (t > 0).then(|| c as f64 / t as f64)).collect();
     Ok(r)
 }
 
 /// PCKh@`alpha` (0.5 for the MPII benchmark).
-pub fn pckh<const N: usize, P: AsRef<[[f32; N]]>>(
-    preds: &[P],
-    gts: &[Annotation],
-    alpha: f64,
-) -> Result<PckResult> {
+pub fn pckh<const N: usize, P: AsRef<[[f32; N]]>>(preds: &[P], gts: &[Annotation], alpha: f64) -> Result<PckResult> {
     pck(preds, gts, alpha, PckNorm::Head)
 }
 
 /// COCO's per-keypoint sigmas as pycocotools defines them (`array([.26, ...]) / 10.0`), in f64
 /// so results match it to the last digits.
 pub fn coco_sigmas() -> [f64; 17] {
-    [
-        0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87,
-        0.89, 0.89,
-    ]
-    .map(|s| s / 10.0)
+    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
+        .map(|s| s / 10.0)
 }
 
 /// OKS between a detection and a ground truth, flat `[x, y, v] * K` each, as pycocotools'
@@ -219,10 +191,7 @@ fn oks_unchecked(dt: &[f64], gt: &[f64], bb: [f64; 4], area: f64, sigmas: &[f64]
         let (dx, dy) = if k1 > 0 {
             (xd - gt[3 * j], yd - gt[3 * j + 1])
         } else {
-            (
-                np_max(0.0, x0 - xd) + np_max(0.0, xd - x1),
-                np_max(0.0, y0 - yd) + np_max(0.0, yd - y1),
-            )
+            (np_max(0.0, x0 - xd) + np_max(0.0, xd - x1), np_max(0.0, y0 - yd) + np_max(0.0, yd - y1))
         };
         let var = (sigmas[j] * 2.0) * (sigmas[j] * 2.0);
         let e = (dx * dx + dy * dy) / var / (area + f64::EPSILON) / 2.0;
@@ -275,23 +244,13 @@ fn pairwise_sum(a: &[f64]) -> f64 {
 /// OKS of a `[x, y, score]` prediction against a COCO person annotation (needs its area and box).
 pub fn oks_annotation(pred: &[[f32; 3]], gt: &Annotation) -> Result<f64> {
     if gt.skeleton.len() != COCO17.len() {
-        return Err(Error::Input(format!(
-            "OKS needs a COCO17 person, {} is {}",
-            gt.id, gt.skeleton.name
-        )));
+        return Err(Error::Input(format!("OKS needs a COCO17 person, {} is {}", gt.id, gt.skeleton.name)));
     }
     let (Some(area), Some(bbox)) = (gt.area(), gt.bbox) else {
-        return Err(Error::Input(format!(
-            "OKS needs the area and box of {}",
-            gt.id
-        )));
+        return Err(Error::Input(format!("OKS needs the area and box of {}", gt.id)));
     };
     let dt: Vec<f64> = pred.iter().flat_map(|k| k.map(|v| v as f64)).collect();
-    let g: Vec<f64> = gt
-        .keypoints
-        .iter()
-        .flat_map(|k| k.map(|v| v as f64))
-        .collect();
+    let g: Vec<f64> = gt.keypoints.iter().flat_map(|k| k.map(|v| v as f64)).collect();
     oks(&dt, &g, bbox.map(|v| v as f64), area as f64, &coco_sigmas())
 }
 
@@ -314,9 +273,7 @@ pub struct CocoKeypointStats {
 }
 
 impl CocoKeypointStats {
-    pub const NAMES: [&'static str; 10] = [
-        "AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl",
-    ];
+    pub const NAMES: [&'static str; 10] = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"];
 
     /// In `COCOeval.stats` order.
     pub fn as_array(&self) -> [f64; 10] {
@@ -408,16 +365,11 @@ pub fn coco_keypoint_eval(gt: &CocoDataset, results: &[CocoResult]) -> Result<Co
     let img_set: HashSet<u64> = img_ids.iter().copied().collect();
     let cat_set: HashSet<u64> = cat_ids.iter().copied().collect();
 
-    let use_bbox = results
-        .first()
-        .is_some_and(|r| r.bbox.as_ref().is_some_and(|b| !b.is_empty()));
+    let use_bbox = results.first().is_some_and(|r| r.bbox.as_ref().is_some_and(|b| !b.is_empty()));
     let mut dts: HashMap<(u64, u64), Vec<Dt>> = HashMap::new();
     for (i, r) in results.iter().enumerate() {
         if !img_set.contains(&r.image_id) {
-            return Err(Error::Input(format!(
-                "result {i} is for image {}, which is not in {gt_name}",
-                r.image_id
-            )));
+            return Err(Error::Input(format!("result {i} is for image {}, which is not in {gt_name}", r.image_id)));
         }
         if r.keypoints.len() != 3 * nk {
             return Err(Error::Input(format!(
@@ -427,55 +379,40 @@ pub fn coco_keypoint_eval(gt: &CocoDataset, results: &[CocoResult]) -> Result<Co
             )));
         }
         if !r.score.is_finite() || r.keypoints.iter().any(|v| !v.is_finite()) {
-            return Err(Error::Input(format!(
-                "result {i} (image {}) has a non-finite number",
-                r.image_id
-            )));
+            return Err(Error::Input(format!("result {i} (image {}) has a non-finite number", r.image_id)));
         }
         let area = if use_bbox {
             match r.bbox.as_deref() {
                 Some(b) if b.len() >= 4 && b[2].is_finite() && b[3].is_finite() => b[2] * b[3],
-                _ => {
-                    return Err(Error::Input(format!(
-                        "result {i}: the first result has a bbox, this one has none"
-                    )))
-                }
+                _ => return Err(Error::Input(format!("result {i}: the first result has a bbox, this one has none"))),
             }
         } else {
             let xs = r.keypoints.iter().step_by(3);
             let ys = r.keypoints.iter().skip(1).step_by(3);
-            let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-                (lo.min(v), hi.max(v))
-            });
-            let (y0, y1) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-                (lo.min(v), hi.max(v))
-            });
+            let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let (y0, y1) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             (x1 - x0) * (y1 - y0)
         };
         if cat_set.contains(&r.category_id) {
-            dts.entry((r.image_id, r.category_id))
-                .or_default()
-                .push(Dt {
-                    id: i as u64 + 1,
-                    score: r.score,
-                    kps: &r.keypoints,
-                    area,
-                });
+            dts.entry((r.image_id, r.category_id)).or_default().push(Dt {
+                id: i as u64 + 1,
+                score: r.score,
+                kps: &r.keypoints,
+                area,
+            });
         }
     }
     let mut gts: HashMap<(u64, u64), Vec<Gt>> = HashMap::new();
     for a in &gt.annotations {
         if img_set.contains(&a.image_id) && cat_set.contains(&a.category_id) {
-            gts.entry((a.image_id, a.category_id))
-                .or_default()
-                .push(Gt {
-                    id: a.id,
-                    kps: &a.keypoints,
-                    bbox: a.bbox,
-                    area: a.area,
-                    iscrowd: a.iscrowd,
-                    ignore: a.iscrowd || a.num_keypoints == 0,
-                });
+            gts.entry((a.image_id, a.category_id)).or_default().push(Gt {
+                id: a.id,
+                kps: &a.keypoints,
+                bbox: a.bbox,
+                area: a.area,
+                iscrowd: a.iscrowd,
+                ignore: a.iscrowd || a.num_keypoints == 0,
+            });
         }
     }
 
@@ -496,11 +433,7 @@ pub fn coco_keypoint_eval(gt: &CocoDataset, results: &[CocoResult]) -> Result<Co
             let d_all = dts.get(&(img, cat)).unwrap_or(&empty_d);
             // computeOks: detections by descending score (stable), at most MAX_DETS.
             let mut d: Vec<&Dt> = d_all.iter().collect();
-            d.sort_by(|a, b| {
-                b.score
-                    .partial_cmp(&a.score)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            });
+            d.sort_by(|a, b| b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal));
             d.truncate(MAX_DETS);
             let mut ious = vec![vec![0.0f64; g.len()]; d.len()];
             if !g.is_empty() && !d.is_empty() {
@@ -545,11 +478,7 @@ pub fn coco_keypoint_eval(gt: &CocoDataset, results: &[CocoResult]) -> Result<Co
                 continue;
             }
             let mut inds: Vec<usize> = (0..scores.len()).collect();
-            inds.sort_by(|&i, &j| {
-                scores[j]
-                    .partial_cmp(&scores[i])
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            });
+            inds.sort_by(|&i, &j| scores[j].partial_cmp(&scores[i]).unwrap_or(std::cmp::Ordering::Equal));
             let nd = inds.len();
             for t in 0..t_n {
                 let (mut tp, mut fp) = (0u64, 0u64);
@@ -624,20 +553,11 @@ pub fn coco_keypoint_eval(gt: &CocoDataset, results: &[CocoResult]) -> Result<Co
 
 /// pycocotools `evaluateImg` for one image and category. `d` is already sorted and truncated,
 /// `ious[d][g]` in the ground truths' file order.
-fn evaluate_img(
-    g: &[Gt],
-    d: &[&Dt],
-    ious: &[Vec<f64>],
-    rng: [f64; 2],
-    thr: &[f64],
-) -> Option<ImgEval> {
+fn evaluate_img(g: &[Gt], d: &[&Dt], ious: &[Vec<f64>], rng: [f64; 2], thr: &[f64]) -> Option<ImgEval> {
     if g.is_empty() && d.is_empty() {
         return None;
     }
-    let ignore: Vec<bool> = g
-        .iter()
-        .map(|x| x.ignore || x.area < rng[0] || x.area > rng[1])
-        .collect();
+    let ignore: Vec<bool> = g.iter().map(|x| x.ignore || x.area < rng[0] || x.area > rng[1]).collect();
     // Ground truths not ignored first (stable).
     let mut gind: Vec<usize> = (0..g.len()).collect();
     gind.sort_by_key(|&i| ignore[i]);
@@ -681,10 +601,5 @@ fn evaluate_img(
             dt_ig[t][di] = dt_ig[t][di] || (dtm[t][di] == 0 && outside);
         }
     }
-    Some(ImgEval {
-        scores: d.iter().map(|x| x.score).collect(),
-        dtm,
-        dt_ig,
-        gt_ig,
-    })
+    Some(ImgEval { scores: d.iter().map(|x| x.score).collect(), dtm, dt_ig, gt_ig })
 }

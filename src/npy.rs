@@ -53,7 +53,10 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Tensor> {
     let n = checked_numel(&shape)?;
     let data_bytes = &bytes[start + hlen..];
     if data_bytes.len() != n * 4 {
-        return Err(fmt_err(path, format!("shape {shape:?} needs {} bytes of data, file has {}", n * 4, data_bytes.len())));
+        return Err(fmt_err(
+            path,
+            format!("shape {shape:?} needs {} bytes of data, file has {}", n * 4, data_bytes.len()),
+        ));
     }
     let data = data_bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     Tensor::new(shape, data)

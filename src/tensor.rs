@@ -15,10 +15,7 @@ impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         let n = checked_numel(&shape)?;
         if n != data.len() {
-            return Err(Error::Input(format!(
-                "tensor of shape {shape:?} needs {n} values, got {}",
-                data.len()
-            )));
+            return Err(Error::Input(format!("tensor of shape {shape:?} needs {n} values, got {}", data.len())));
         }
         Ok(Tensor { shape, data })
     }
@@ -53,9 +50,10 @@ impl Tensor {
 
 /// Product of dimensions, refusing overflow (an absurd shape must be an error, not a wrap).
 pub fn checked_numel(shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        Error::TooLarge(format!("shape {shape:?} has more elements than fit in memory"))
-    })
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::TooLarge(format!("shape {shape:?} has more elements than fit in memory")))
 }
 
 /// Largest absolute difference between two slices, and the largest relative one

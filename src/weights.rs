@@ -54,18 +54,9 @@ fn op_params(op: &Op) -> Vec<(&'static str, &Tensor)> {
             }
             v
         }
-        Op::BatchNorm(BatchNorm {
-            gamma,
-            beta,
-            mean,
-            var,
-            ..
-        }) => vec![
-            ("gamma", gamma),
-            ("beta", beta),
-            ("running_mean", mean),
-            ("running_var", var),
-        ],
+        Op::BatchNorm(BatchNorm { gamma, beta, mean, var, .. }) => {
+            vec![("gamma", gamma), ("beta", beta), ("running_mean", mean), ("running_var", var)]
+        }
         Op::ChannelAffine { scale, shift, .. } => vec![("scale", scale), ("shift", shift)],
         Op::GatedAdd { alpha } => vec![("alpha", alpha)],
         Op::Input { .. }
@@ -86,25 +77,14 @@ fn op_params_mut(op: &mut Op) -> Vec<(&'static str, &mut Tensor)> {
             if let Some(b) = &mut c.bias {
                 v.push(("bias", b));
             }
-            if let Some(Residual::GateResidual(a) | Residual::GateConv(a)) =
-                &mut c.epilogue.residual
-            {
+            if let Some(Residual::GateResidual(a) | Residual::GateConv(a)) = &mut c.epilogue.residual {
                 v.push(("alpha", a));
             }
             v
         }
-        Op::BatchNorm(BatchNorm {
-            gamma,
-            beta,
-            mean,
-            var,
-            ..
-        }) => vec![
-            ("gamma", gamma),
-            ("beta", beta),
-            ("running_mean", mean),
-            ("running_var", var),
-        ],
+        Op::BatchNorm(BatchNorm { gamma, beta, mean, var, .. }) => {
+            vec![("gamma", gamma), ("beta", beta), ("running_mean", mean), ("running_var", var)]
+        }
         Op::ChannelAffine { scale, shift, .. } => vec![("scale", scale), ("shift", shift)],
         Op::GatedAdd { alpha } => vec![("alpha", alpha)],
         Op::Input { .. }
@@ -127,11 +107,7 @@ pub fn named_params(graph: &Graph) -> Vec<(String, &Tensor)> {
     graph
         .nodes
         .iter()
-        .flat_map(|n| {
-            op_params(&n.op)
-                .into_iter()
-                .map(move |(p, t)| (format!("{}.{p}", n.name), t))
-        })
+        .flat_map(|n| op_params(&n.op).into_iter().map(move |(p, t)| (format!("{}.{p}", n.name), t)))
         .collect()
 }
 
@@ -142,9 +118,7 @@ pub fn named_params_mut(graph: &mut Graph) -> Vec<(String, &mut Tensor)> {
         .iter_mut()
         .flat_map(|n| {
             let name = &n.name;
-            op_params_mut(&mut n.op)
-                .into_iter()
-                .map(move |(p, t)| (format!("{name}.{p}"), t))
+            op_params_mut(&mut n.op).into_iter().map(move |(p, t)| (format!("{name}.{p}"), t))
         })
         .collect()
 }
@@ -307,9 +281,7 @@ fn card_from_metadata(map: &BTreeMap<String, String>) -> std::result::Result<Mod
     where
         T::Err: std::fmt::Display,
     {
-        v.trim()
-            .parse()
-            .map_err(|e| format!("model card: `{key}` = {v:?} is not a valid number ({e})"))
+        v.trim().parse().map_err(|e| format!("model card: `{key}` = {v:?} is not a valid number ({e})"))
     }
     let mut card = ModelCard::default();
     for (k, v) in map {
@@ -322,11 +294,7 @@ fn card_from_metadata(map: &BTreeMap<String, String>) -> std::result::Result<Mod
                     dims.iter().map(|d| d.trim().parse::<usize>()).collect();
                 match parsed.as_deref() {
                     Ok(&[c, h, w]) => card.input = Some([c, h, w]),
-                    _ => {
-                        return Err(format!(
-                            "model card: `input` = {v:?} is not of the form CxHxW (e.g. 3x128x128)"
-                        ))
-                    }
+                    _ => return Err(format!("model card: `input` = {v:?} is not of the form CxHxW (e.g. 3x128x128)")),
                 }
             }
             "joints" => card.joints = Some(num(k, v)?),
@@ -374,15 +342,8 @@ impl View for F32View<'_> {
 }
 
 fn non_finite_msg(name: &str, shape: &[usize], data: &[f32], i: usize) -> String {
-    let what = if data[i].is_nan() {
-        "NaN".to_string()
-    } else {
-        format!("{}", data[i])
-    };
-    format!(
-        "tensor `{name}` has {what} at index {i} (element {:?} of shape {shape:?})",
-        unravel(i, shape)
-    )
+    let what = if data[i].is_nan() { "NaN".to_string() } else { format!("{}", data[i]) };
+    format!("tensor `{name}` has {what} at index {i} (element {:?} of shape {shape:?})", unravel(i, shape))
 }
 
 fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
@@ -406,9 +367,7 @@ pub fn save(path: &Path, graph: &Graph, card: &ModelCard) -> Result<()> {
     card.validate()?;
     let params = named_params(graph);
     if let Some(d) = first_duplicate(params.iter().map(|(n, _)| n.as_str())) {
-        return Err(Error::Graph(format!(
-            "two parameters are both named `{d}`; node names must be unique"
-        )));
+        return Err(Error::Graph(format!("two parameters are both named `{d}`; node names must be unique")));
     }
     for (name, t) in &params {
         if t.shape.iter().product::<usize>() != t.data.len() {
@@ -438,22 +397,16 @@ pub fn save(path: &Path, graph: &Graph, card: &ModelCard) -> Result<()> {
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io_err = |source: io::Error| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
+    let io_err = |source: io::Error| Error::Io { path: path.display().to_string(), source };
     if path.is_dir() {
         return Err(io_err(io::Error::new(
             io::ErrorKind::IsADirectory,
             "is a directory; expected the path of a .safetensors file",
         )));
     }
-    let file_name = path.file_name().ok_or_else(|| {
-        io_err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path has no file name",
-        ))
-    })?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io_err(io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name")))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -465,10 +418,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let written = (|| -> io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -491,10 +441,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    let io_err = |source: io::Error| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
+    let io_err = |source: io::Error| Error::Io { path: path.display().to_string(), source };
     let meta = fs::metadata(path).map_err(io_err)?;
     if meta.is_dir() {
         return Err(io_err(io::Error::new(
@@ -539,17 +486,13 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed<'_>, String> {
         ));
     }
     if n > MAX_HEADER_BYTES {
-        return Err(format!(
-            "header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit"
-        ));
+        return Err(format!("header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit"));
     }
     let n = n as usize;
     let header = &bytes[8..8 + n];
     let data_len = (len - 8 - n) as u64;
-    let text =
-        std::str::from_utf8(header).map_err(|e| format!("header is not valid UTF-8: {e}"))?;
-    let json: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("header is not valid JSON: {e}"))?;
+    let text = std::str::from_utf8(header).map_err(|e| format!("header is not valid UTF-8: {e}"))?;
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("header is not valid JSON: {e}"))?;
     let serde_json::Value::Object(entries) = json else {
         return Err("header is not a JSON object".into());
     };
@@ -568,10 +511,8 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed<'_>, String> {
         let serde_json::Value::Object(info) = v else {
             return Err(bad("entry is not an object"));
         };
-        let dtype_str = info
-            .get("dtype")
-            .and_then(|d| d.as_str())
-            .ok_or_else(|| bad("missing or non-string `dtype`"))?;
+        let dtype_str =
+            info.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("missing or non-string `dtype`"))?;
         let dtype: Dtype = serde_json::from_value(serde_json::Value::String(dtype_str.into()))
             .map_err(|_| bad(&format!("unknown dtype `{dtype_str}`")))?;
         let shape: Vec<u64> = info
@@ -587,9 +528,7 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed<'_>, String> {
             .ok_or_else(|| bad("`data_offsets` is missing or not two non-negative integers"))?;
         let (b, e) = (offsets[0], offsets[1]);
         if b > e {
-            return Err(bad(&format!(
-                "data_offsets [{b}, {e}] end before they begin: file corrupted"
-            )));
+            return Err(bad(&format!("data_offsets [{b}, {e}] end before they begin: file corrupted")));
         }
         if e > data_len {
             return Err(bad(&format!(
@@ -618,27 +557,15 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed<'_>, String> {
         ));
     }
     // Offsets are now all in range; the crate checks they tile the data section exactly.
-    let (_, meta) =
-        SafeTensors::read_metadata(bytes).map_err(|e| format!("invalid safetensors file: {e}"))?;
-    let metadata: BTreeMap<String, String> = meta
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let tensors =
-        SafeTensors::deserialize(bytes).map_err(|e| format!("invalid safetensors file: {e}"))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format!("invalid safetensors file: {e}"))?;
+    let metadata: BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| format!("invalid safetensors file: {e}"))?;
     Ok(Parsed { tensors, metadata })
 }
 
 fn list(names: &[&str]) -> String {
     const SHOWN: usize = 8;
-    let mut s = names
-        .iter()
-        .take(SHOWN)
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut s = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
     if names.len() > SHOWN {
         s.push_str(&format!(" and {} more", names.len() - SHOWN));
     }
@@ -655,48 +582,27 @@ fn list(names: &[&str]) -> String {
 /// an unreadable path (missing, a directory) is [`Error::Io`]. On error `graph` is unchanged.
 pub fn load_into(path: &Path, graph: &mut Graph) -> Result<ModelCard> {
     let bytes = read_bytes(path)?;
-    let fmt = |msg: String| Error::Format {
-        path: path.display().to_string(),
-        msg,
-    };
+    let fmt = |msg: String| Error::Format { path: path.display().to_string(), msg };
     let parsed = parse(&bytes).map_err(fmt)?;
     let card = card_from_metadata(&parsed.metadata).map_err(fmt)?;
 
     let mut params = named_params_mut(graph);
     if let Some(d) = first_duplicate(params.iter().map(|(n, _)| n.as_str())) {
-        return Err(Error::Graph(format!(
-            "two parameters are both named `{d}`; node names must be unique"
-        )));
+        return Err(Error::Graph(format!("two parameters are both named `{d}`; node names must be unique")));
     }
     let wanted: BTreeSet<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
     let mut in_file: Vec<&str> = parsed.tensors.names();
     in_file.sort_unstable();
     let file_set: BTreeSet<&str> = in_file.iter().copied().collect();
-    let missing: Vec<&str> = params
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .filter(|n| !file_set.contains(n))
-        .collect();
-    let extra: Vec<&str> = in_file
-        .iter()
-        .copied()
-        .filter(|n| !wanted.contains(n))
-        .collect();
+    let missing: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).filter(|n| !file_set.contains(n)).collect();
+    let extra: Vec<&str> = in_file.iter().copied().filter(|n| !wanted.contains(n)).collect();
     if !missing.is_empty() || !extra.is_empty() {
         let mut parts = Vec::new();
         if !missing.is_empty() {
-            parts.push(format!(
-                "{} tensor(s) the graph needs are missing: {}",
-                missing.len(),
-                list(&missing)
-            ));
+            parts.push(format!("{} tensor(s) the graph needs are missing: {}", missing.len(), list(&missing)));
         }
         if !extra.is_empty() {
-            parts.push(format!(
-                "{} tensor(s) in the file are not used by the graph: {}",
-                extra.len(),
-                list(&extra)
-            ));
+            parts.push(format!("{} tensor(s) in the file are not used by the graph: {}", extra.len(), list(&extra)));
         }
         let hint = match card.config.as_str() {
             "" => String::new(),
@@ -711,10 +617,7 @@ pub fn load_into(path: &Path, graph: &mut Graph) -> Result<ModelCard> {
     // Decode and check everything before writing anything into the graph.
     let mut staged: Vec<Vec<f32>> = Vec::with_capacity(params.len());
     for (name, t) in &params {
-        let view = parsed
-            .tensors
-            .tensor(name)
-            .map_err(|e| fmt(format!("tensor `{name}`: {e}")))?;
+        let view = parsed.tensors.tensor(name).map_err(|e| fmt(format!("tensor `{name}`: {e}")))?;
         if view.dtype() != Dtype::F32 {
             return Err(fmt(format!(
                 "tensor `{name}` has dtype {:?}; expected F32 (wgpose does not convert dtypes)",
@@ -728,17 +631,10 @@ pub fn load_into(path: &Path, graph: &mut Graph) -> Result<ModelCard> {
                 t.shape
             )));
         }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let data: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         if data.len() != t.data.len() {
-            return Err(fmt(format!(
-                "tensor `{name}` has {} values; the graph expects {}",
-                data.len(),
-                t.data.len()
-            )));
+            return Err(fmt(format!("tensor `{name}` has {} values; the graph expects {}", data.len(), t.data.len())));
         }
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
             return Err(fmt(non_finite_msg(name, &t.shape, &data, i)));
@@ -755,10 +651,7 @@ pub fn load_into(path: &Path, graph: &mut Graph) -> Result<ModelCard> {
 /// layout is checked as by [`load_into`]).
 pub fn read_card(path: &Path) -> Result<ModelCard> {
     let bytes = read_bytes(path)?;
-    let fmt = |msg: String| Error::Format {
-        path: path.display().to_string(),
-        msg,
-    };
+    let fmt = |msg: String| Error::Format { path: path.display().to_string(), msg };
     let parsed = parse(&bytes).map_err(fmt)?;
     card_from_metadata(&parsed.metadata).map_err(fmt)
 }

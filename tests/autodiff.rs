@@ -26,10 +26,7 @@ const ATOL: f64 = 1e-4;
 
 fn rand_tensor(rng: &mut Rng, shape: &[usize]) -> Tensor {
     let n = shape.iter().product();
-    Tensor {
-        shape: shape.to_vec(),
-        data: (0..n).map(|_| rng.normal()).collect(),
-    }
+    Tensor { shape: shape.to_vec(), data: (0..n).map(|_| rng.normal()).collect() }
 }
 
 /// A minimal double-precision re-implementation of every operator's forward pass, only for the
@@ -101,20 +98,18 @@ mod f64ref {
                                 for kx in 0..kw {
                                     let wv = wt[((co * cin_g + ci) * kh + ky) * kw + kx];
                                     for oy in 0..oh {
-                                        let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize
-                                            - c.padding[0] as isize;
+                                        let iy =
+                                            (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.padding[0] as isize;
                                         if iy < 0 || iy >= h as isize {
                                             continue;
                                         }
                                         for ox in 0..ow {
-                                            let ix = (ox * c.stride[1] + kx * c.dilation[1])
-                                                as isize
+                                            let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize
                                                 - c.padding[1] as isize;
                                             if ix < 0 || ix >= w as isize {
                                                 continue;
                                             }
-                                            y[oy * ow + ox] +=
-                                                wv * xp[iy as usize * w + ix as usize];
+                                            y[oy * ow + ox] += wv * xp[iy as usize * w + ix as usize];
                                         }
                                     }
                                 }
@@ -124,10 +119,7 @@ mod f64ref {
                             y.iter_mut().for_each(|v| *v += bv[co]);
                         }
                     });
-                    T {
-                        s: [n, cout, oh, ow],
-                        d,
-                    }
+                    T { s: [n, cout, oh, ow], d }
                 }
                 Op::BatchNorm(bn) => {
                     let x = xs[0];
@@ -136,14 +128,10 @@ mod f64ref {
                     let (mean, var): (Vec<f64>, Vec<f64>) = if mode == BnMode::Train {
                         (0..c)
                             .map(|ch| {
-                                let vals = || {
-                                    (0..n).flat_map(move |b| {
-                                        x.d[(b * c + ch) * hw..(b * c + ch + 1) * hw].iter()
-                                    })
-                                };
+                                let vals =
+                                    || (0..n).flat_map(move |b| x.d[(b * c + ch) * hw..(b * c + ch + 1) * hw].iter());
                                 let m = vals().sum::<f64>() / (n * hw) as f64;
-                                let v =
-                                    vals().map(|v| (v - m).powi(2)).sum::<f64>() / (n * hw) as f64;
+                                let v = vals().map(|v| (v - m).powi(2)).sum::<f64>() / (n * hw) as f64;
                                 (m, v)
                             })
                             .unzip()
@@ -176,15 +164,8 @@ mod f64ref {
                             .collect();
                     T { s: x.s, d }
                 }
-                Op::Activation(a) => T {
-                    s: xs[0].s,
-                    d: xs[0].d.iter().map(|&v| act(v, *a)).collect(),
-                },
-                Op::MaxPool {
-                    kernel,
-                    stride,
-                    padding,
-                } => {
+                Op::Activation(a) => T { s: xs[0].s, d: xs[0].d.iter().map(|&v| act(v, *a)).collect() },
+                Op::MaxPool { kernel, stride, padding } => {
                     let x = xs[0];
                     let [n, c, h, w] = x.s;
                     let oh = (h + 2 * padding[0] - kernel[0]) / stride[0] + 1;
@@ -195,12 +176,9 @@ mod f64ref {
                             for ox in 0..ow {
                                 for ky in 0..kernel[0] {
                                     for kx in 0..kernel[1] {
-                                        let iy =
-                                            (oy * stride[0] + ky) as isize - padding[0] as isize;
-                                        let ix =
-                                            (ox * stride[1] + kx) as isize - padding[1] as isize;
-                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
-                                        {
+                                        let iy = (oy * stride[0] + ky) as isize - padding[0] as isize;
+                                        let ix = (ox * stride[1] + kx) as isize - padding[1] as isize;
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                                             continue;
                                         }
                                         let v = x.d[pl * h * w + iy as usize * w + ix as usize];
@@ -211,10 +189,7 @@ mod f64ref {
                             }
                         }
                     }
-                    T {
-                        s: [n, c, oh, ow],
-                        d,
-                    }
+                    T { s: [n, c, oh, ow], d }
                 }
                 Op::UpsampleNearest { factor: f } => {
                     let x = xs[0];
@@ -228,10 +203,7 @@ mod f64ref {
                             }
                         }
                     }
-                    T {
-                        s: [n, c, oh, ow],
-                        d,
-                    }
+                    T { s: [n, c, oh, ow], d }
                 }
                 Op::UpsampleBilinear { factor: f } => {
                     let x = xs[0];
@@ -250,10 +222,7 @@ mod f64ref {
                             }
                         }
                     }
-                    T {
-                        s: [n, c, oh, ow],
-                        d,
-                    }
+                    T { s: [n, c, oh, ow], d }
                 }
                 Op::Concat => {
                     let [n, _, h, w] = xs[0].s;
@@ -267,10 +236,7 @@ mod f64ref {
                     }
                     T { s: [n, c, h, w], d }
                 }
-                Op::Add => T {
-                    s: xs[0].s,
-                    d: xs[0].d.iter().zip(&xs[1].d).map(|(a, b)| a + b).collect(),
-                },
+                Op::Add => T { s: xs[0].s, d: xs[0].d.iter().zip(&xs[1].d).map(|(a, b)| a + b).collect() },
                 Op::GatedAdd { .. } => {
                     let al = pr("alpha");
                     let [_, c, h, w] = xs[1].s;
@@ -292,19 +258,13 @@ mod f64ref {
                         for ch in 0..co {
                             for i in 0..h * r {
                                 for j in 0..w * r {
-                                    let src = ((b * c + ch * r * r + (i % r) * r + j % r) * h
-                                        + i / r)
-                                        * w
-                                        + j / r;
+                                    let src = ((b * c + ch * r * r + (i % r) * r + j % r) * h + i / r) * w + j / r;
                                     d[((b * co + ch) * h * r + i) * w * r + j] = x.d[src];
                                 }
                             }
                         }
                     }
-                    T {
-                        s: [n, co, h * r, w * r],
-                        d,
-                    }
+                    T { s: [n, co, h * r, w * r], d }
                 }
             };
             vals.push(out);
@@ -314,29 +274,15 @@ mod f64ref {
 }
 
 fn to64(t: &Tensor) -> f64ref::T {
-    f64ref::T {
-        s: t.nchw().unwrap(),
-        d: t.data.iter().map(|&v| v as f64).collect(),
-    }
+    f64ref::T { s: t.nchw().unwrap(), d: t.data.iter().map(|&v| v as f64).collect() }
 }
 
 /// `L = sum_k <out_k, R_k>` in f64 with the f64 reference.
-fn probe_loss(
-    graph: &Graph,
-    p: &f64ref::Params,
-    inputs: &[f64ref::T],
-    mode: BnMode,
-    r: &[Tensor],
-) -> f64 {
+fn probe_loss(graph: &Graph, p: &f64ref::Params, inputs: &[f64ref::T], mode: BnMode, r: &[Tensor]) -> f64 {
     f64ref::forward(graph, p, inputs, mode)
         .iter()
         .zip(r)
-        .map(|(o, r)| {
-            o.d.iter()
-                .zip(&r.data)
-                .map(|(&a, &b)| a * b as f64)
-                .sum::<f64>()
-        })
+        .map(|(o, r)| o.d.iter().zip(&r.data).map(|(&a, &b)| a * b as f64).sum::<f64>())
         .sum()
 }
 
@@ -358,29 +304,16 @@ fn grad_check(
 ) -> (usize, Vec<String>) {
     let mut rng = Rng::new(seed);
     let tape = train::forward_train(graph, inputs, mode).unwrap();
-    let r: Vec<Tensor> = graph
-        .outputs
-        .iter()
-        .map(|&o| rand_tensor(&mut rng, &tape.values[o].shape))
-        .collect();
+    let r: Vec<Tensor> = graph.outputs.iter().map(|&o| rand_tensor(&mut rng, &tape.values[o].shape)).collect();
     let grads = train::backward(graph, &tape, &r).unwrap();
     // The reference agrees with the engine's forward pass.
     let p0 = f64ref::params(graph);
     let x64: Vec<f64ref::T> = inputs.iter().map(to64).collect();
-    for (o, &id) in f64ref::forward(graph, &p0, &x64, mode)
-        .iter()
-        .zip(&graph.outputs)
-    {
+    for (o, &id) in f64ref::forward(graph, &p0, &x64, mode).iter().zip(&graph.outputs) {
         let v = &tape.values[id].data;
         let scale = o.d.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        let err =
-            o.d.iter()
-                .zip(v)
-                .fold(0.0f64, |m, (a, &b)| m.max((a - b as f64).abs()));
-        assert!(
-            err <= 1e-4 * scale,
-            "f64 reference and CPU forward differ by {err}"
-        );
+        let err = o.d.iter().zip(v).fold(0.0f64, |m, (a, &b)| m.max((a - b as f64).abs()));
+        assert!(err <= 1e-4 * scale, "f64 reference and CPU forward differ by {err}");
     }
     let mut fails = Vec::new();
     let mut checked = 0;
@@ -429,9 +362,7 @@ fn grad_check(
             let a = gi.data[i] as f64;
             checked += 1;
             if !close(a, numeric, scale) {
-                fails.push(format!(
-                    "input{k}[{i}]: analytic {a:.6} numeric {numeric:.6}"
-                ));
+                fails.push(format!("input{k}[{i}]: analytic {a:.6} numeric {numeric:.6}"));
             }
         }
     }
@@ -441,12 +372,7 @@ fn grad_check(
 fn assert_grads(what: &str, graph: &Graph, inputs: &[Tensor], mode: BnMode) {
     let (n, fails) = grad_check(graph, inputs, mode, 400, None, 7);
     assert!(n > 0, "{what}: nothing checked");
-    assert!(
-        fails.is_empty(),
-        "{what}: {} of {n} coordinates differ:\n{}",
-        fails.len(),
-        fails.join("\n")
-    );
+    assert!(fails.is_empty(), "{what}: {} of {n} coordinates differ:\n{}", fails.len(), fails.join("\n"));
 }
 
 /// Random input in `[-1, 1]` with `|x| >= 0.1` (away from ReLU's kink).
@@ -474,13 +400,7 @@ fn distinct(rng: &mut Rng, shape: &[usize]) -> Tensor {
     for i in (1..n).rev() {
         p.swap(i, rng.below(i + 1));
     }
-    Tensor {
-        shape: shape.to_vec(),
-        data: p
-            .iter()
-            .map(|&v| 0.05 * v as f32 - 0.025 * n as f32)
-            .collect(),
-    }
+    Tensor { shape: shape.to_vec(), data: p.iter().map(|&v| 0.05 * v as f32 - 0.025 * n as f32).collect() }
 }
 
 fn one_conv(input: [usize; 4], spec: ConvSpec, seed: u64) -> (Graph, Vec<Tensor>) {
@@ -498,49 +418,17 @@ fn conv_gradients() {
     let cases: Vec<(&str, [usize; 4], ConvSpec)> = vec![
         ("3x3 pad 1", [2, 4, 6, 7], ConvSpec::new(5, 3).padding(1)),
         ("3x3 pad 0", [2, 4, 6, 7], ConvSpec::new(3, 3)),
-        (
-            "3x3 groups 2",
-            [2, 4, 6, 7],
-            ConvSpec::new(6, 3).padding(1).groups(2),
-        ),
-        (
-            "3x3 depthwise",
-            [2, 4, 6, 7],
-            ConvSpec::new(4, 3).padding(1).groups(4),
-        ),
-        (
-            "5x5 depthwise stride 2 dil 2",
-            [2, 3, 9, 8],
-            ConvSpec::new(3, 5)
-                .padding(2)
-                .stride(2)
-                .dilation(2)
-                .groups(3),
-        ),
-        (
-            "3x3 stride 2",
-            [2, 3, 7, 8],
-            ConvSpec::new(4, 3).padding(1).stride(2),
-        ),
-        (
-            "3x3 dilation 2",
-            [2, 3, 7, 8],
-            ConvSpec::new(4, 3).padding(2).dilation(2),
-        ),
-        (
-            "3x3 dilation 2 pad 0",
-            [1, 3, 7, 8],
-            ConvSpec::new(2, 3).dilation(2),
-        ),
+        ("3x3 groups 2", [2, 4, 6, 7], ConvSpec::new(6, 3).padding(1).groups(2)),
+        ("3x3 depthwise", [2, 4, 6, 7], ConvSpec::new(4, 3).padding(1).groups(4)),
+        ("5x5 depthwise stride 2 dil 2", [2, 3, 9, 8], ConvSpec::new(3, 5).padding(2).stride(2).dilation(2).groups(3)),
+        ("3x3 stride 2", [2, 3, 7, 8], ConvSpec::new(4, 3).padding(1).stride(2)),
+        ("3x3 dilation 2", [2, 3, 7, 8], ConvSpec::new(4, 3).padding(2).dilation(2)),
+        ("3x3 dilation 2 pad 0", [1, 3, 7, 8], ConvSpec::new(2, 3).dilation(2)),
         ("1x1", [2, 5, 4, 3], ConvSpec::new(3, 1)),
         ("1x1 no bias", [2, 5, 4, 3], ConvSpec::new(3, 1).no_bias()),
         ("1x1 stride 2", [2, 5, 5, 4], ConvSpec::new(3, 1).stride(2)),
         ("1x1 pad 1", [1, 3, 3, 4], ConvSpec::new(2, 1).padding(1)),
-        (
-            "7x7 stride 2 pad 3",
-            [2, 3, 9, 10],
-            ConvSpec::new(4, 7).stride(2).padding(3),
-        ),
+        ("7x7 stride 2 pad 3", [2, 3, 9, 10], ConvSpec::new(4, 7).stride(2).padding(3)),
         ("7x7 pad 0", [1, 2, 8, 7], ConvSpec::new(2, 7)),
     ];
     for (k, (what, shape, spec)) in cases.into_iter().enumerate() {
@@ -591,14 +479,10 @@ fn batch_norm_running_stats_follow_pytorch() {
     let (mut g, xs) = unary(op, x.clone());
     let tape = train::forward_train(&g, &xs, BnMode::Train).unwrap();
     tape.apply_running_stats(&mut g);
-    let Op::BatchNorm(bn) = &g.nodes[1].op else {
-        panic!()
-    };
+    let Op::BatchNorm(bn) = &g.nodes[1].op else { panic!() };
     for ch in 0..c {
-        let vals: Vec<f64> = (0..2)
-            .flat_map(|b| x.data[(b * c + ch) * 9..(b * c + ch + 1) * 9].to_vec())
-            .map(|v| v as f64)
-            .collect();
+        let vals: Vec<f64> =
+            (0..2).flat_map(|b| x.data[(b * c + ch) * 9..(b * c + ch + 1) * 9].to_vec()).map(|v| v as f64).collect();
         let m = vals.iter().sum::<f64>() / 18.0;
         let var_u = vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / 17.0;
         let old_m = [0.5, -0.5][ch];
@@ -607,16 +491,11 @@ fn batch_norm_running_stats_follow_pytorch() {
         assert!((bn.var.data[ch] as f64 - (0.9 * old_v + 0.1 * var_u)).abs() < 1e-5);
         // Outputs are normalised with the biased batch variance.
         let y = &tape.values[1].data;
-        let ys: Vec<f64> = (0..2)
-            .flat_map(|b| y[(b * c + ch) * 9..(b * c + ch + 1) * 9].to_vec())
-            .map(|v| v as f64)
-            .collect();
+        let ys: Vec<f64> =
+            (0..2).flat_map(|b| y[(b * c + ch) * 9..(b * c + ch + 1) * 9].to_vec()).map(|v| v as f64).collect();
         let ym = ys.iter().sum::<f64>() / 18.0;
         let yv = ys.iter().map(|v| (v - ym).powi(2)).sum::<f64>() / 18.0;
-        assert!(
-            ym.abs() < 1e-5 && (yv - 1.0).abs() < 1e-3,
-            "mean {ym} var {yv}"
-        );
+        assert!(ym.abs() < 1e-5 && (yv - 1.0).abs() < 1e-3, "mean {ym} var {yv}");
     }
 }
 
@@ -651,20 +530,8 @@ fn pooling_and_resampling_gradients() {
         ([3, 2], [1, 2], [1, 0], [1, 2, 5, 6]),
     ] {
         let x = distinct(&mut rng, &shape);
-        let (g, xs) = unary(
-            Op::MaxPool {
-                kernel,
-                stride,
-                padding,
-            },
-            x,
-        );
-        assert_grads(
-            &format!("max pool {kernel:?} {stride:?} {padding:?}"),
-            &g,
-            &xs,
-            BnMode::Eval,
-        );
+        let (g, xs) = unary(Op::MaxPool { kernel, stride, padding }, x);
+        assert_grads(&format!("max pool {kernel:?} {stride:?} {padding:?}"), &g, &xs, BnMode::Eval);
     }
     for f in [2, 3] {
         let x = rand_tensor(&mut rng, &[2, 2, 3, 4]);
@@ -706,10 +573,7 @@ fn multi_input_gradients() {
     let alpha = Tensor::new(vec![3], rng.vec(3, 0.2, 1.2)).unwrap();
     let ga = g.push("gate", Op::GatedAdd { alpha }, vec![a, s]).unwrap();
     g.outputs = vec![ga, s];
-    let xs = vec![
-        rand_tensor(&mut rng, &[2, 3, 4, 4]),
-        rand_tensor(&mut rng, &[2, 3, 4, 4]),
-    ];
+    let xs = vec![rand_tensor(&mut rng, &[2, 3, 4, 4]), rand_tensor(&mut rng, &[2, 3, 4, 4])];
     assert_grads("add / gated add", &g, &xs, BnMode::Eval);
 }
 
@@ -722,16 +586,8 @@ fn small_network() -> (Graph, Vec<Tensor>) {
     let n1 = b.batch_norm("bn1", c1).unwrap();
     let r1 = b.relu("r1", n1).unwrap();
     let p = b.max_pool("pool", r1, 2, 2, 0).unwrap();
-    let dw = b
-        .conv("dw", p, ConvSpec::new(8, 3).padding(1).groups(8))
-        .unwrap();
-    let g2 = b
-        .conv(
-            "g2",
-            dw,
-            ConvSpec::new(8, 3).padding(2).dilation(2).groups(2),
-        )
-        .unwrap();
+    let dw = b.conv("dw", p, ConvSpec::new(8, 3).padding(1).groups(8)).unwrap();
+    let g2 = b.conv("g2", dw, ConvSpec::new(8, 3).padding(2).dilation(2).groups(2)).unwrap();
     let ga = b.gated_add("gate", p, g2, 0.7).unwrap();
     let up = b.upsample_bilinear("up", ga, 2).unwrap();
     let un = b.upsample_nearest("un", ga, 2).unwrap();
@@ -739,9 +595,7 @@ fn small_network() -> (Graph, Vec<Tensor>) {
     let f = b.conv("fuse", cat, ConvSpec::new(8, 1)).unwrap();
     let ad = b.add("add", f, r1).unwrap();
     let ps = b.pixel_shuffle("ps", ad, 2).unwrap();
-    let s = b
-        .conv("s2", ps, ConvSpec::new(4, 3).stride(2).padding(1))
-        .unwrap();
+    let s = b.conv("s2", ps, ConvSpec::new(4, 3).stride(2).padding(1)).unwrap();
     let o = b.sigmoid("sig", s).unwrap();
     let g = b.finish(vec![o, f]).unwrap();
     let mut rng = Rng::new(12);
@@ -753,26 +607,14 @@ fn small_network() -> (Graph, Vec<Tensor>) {
 fn small_network_gradients() {
     let (g, xs) = small_network();
     let (n, fails) = grad_check(&g, &xs, BnMode::Train, 12, None, 13);
-    assert!(
-        fails.is_empty(),
-        "{} of {n} coordinates differ:\n{}",
-        fails.len(),
-        fails.join("\n")
-    );
+    assert!(fails.is_empty(), "{} of {n} coordinates differ:\n{}", fails.len(), fails.join("\n"));
     let (n, fails) = grad_check(&g, &xs, BnMode::Eval, 12, None, 14);
-    assert!(
-        fails.is_empty(),
-        "eval: {} of {n} coordinates differ:\n{}",
-        fails.len(),
-        fails.join("\n")
-    );
+    assert!(fails.is_empty(), "eval: {} of {n} coordinates differ:\n{}", fails.len(), fails.join("\n"));
 }
 
 fn hourglass() -> (Graph, Vec<Tensor>) {
     // sghg-1x64-lsp; depth 4 needs sides that are multiples of 64 (32x32 is refused), batch 2.
-    let cfg = wgpose::models::config("sghg-1x64-lsp")
-        .unwrap()
-        .with_input([3, 64, 64]);
+    let cfg = wgpose::models::config("sghg-1x64-lsp").unwrap().with_input([3, 64, 64]);
     let mut g = cfg.build(21).unwrap();
     // Random (non-identity) gates and BN affines so their gradients are generic.
     let mut rng = Rng::new(22);
@@ -793,26 +635,15 @@ fn hourglass_gradients() {
     // x 2 coordinates + 4 input coordinates, against the f64 reference.
     let (g, xs) = hourglass();
     let (n, fails) = grad_check(&g, &xs, BnMode::Train, 2, Some(30), 23);
-    eprintln!(
-        "hourglass: {n} coordinates checked, {} outside tolerance:\n{}",
-        fails.len(),
-        fails.join("\n")
-    );
-    assert!(
-        fails.is_empty(),
-        "{} of {n} coordinates differ",
-        fails.len()
-    );
+    eprintln!("hourglass: {n} coordinates checked, {} outside tolerance:\n{}", fails.len(), fails.join("\n"));
+    assert!(fails.is_empty(), "{} of {n} coordinates differ", fails.len());
 }
 
 #[test]
 fn losses_match_finite_differences() {
     let mut rng = Rng::new(31);
     let shape = [2, 3, 4, 5];
-    let target = Tensor {
-        shape: shape.to_vec(),
-        data: rng.vec(120, 0.0, 1.0),
-    };
+    let target = Tensor { shape: shape.to_vec(), data: rng.vec(120, 0.0, 1.0) };
     let weights = vec![1.0, 0.0, 1.0, 1.0, 0.5, 0.0];
     let outs = [rand_tensor(&mut rng, &shape), rand_tensor(&mut rng, &shape)];
     for rce in [false, true] {
@@ -835,10 +666,7 @@ fn losses_match_finite_differences() {
                 let lm = f(&o).0 as f64;
                 let num = (lp - lm) / 2e-2;
                 let a = g[k].data[i] as f64;
-                assert!(
-                    (a - num).abs() <= 1e-2 * a.abs() + 2e-5,
-                    "rce={rce} {k}/{i}: {a} vs {num}"
-                );
+                assert!((a - num).abs() <= 1e-2 * a.abs() + 2e-5, "rce={rce} {k}/{i}: {a} vs {num}");
             }
             // Zero-weight joints get zero gradient.
             assert!(g[k].data[20..40].iter().all(|&v| v == 0.0));
@@ -852,24 +680,12 @@ fn losses_match_finite_differences() {
     }
     assert!((l as f64 - s / 120.0).abs() < 1e-5);
     // RCE is stable for huge logits and equals BCE(sigmoid(z), y) for moderate ones.
-    let big = Tensor {
-        shape: vec![1, 1, 1, 2],
-        data: vec![1e4, -1e4],
-    };
-    let t = Tensor {
-        shape: vec![1, 1, 1, 2],
-        data: vec![1.0, 0.0],
-    };
+    let big = Tensor { shape: vec![1, 1, 1, 2], data: vec![1e4, -1e4] };
+    let t = Tensor { shape: vec![1, 1, 1, 2], data: vec![1.0, 0.0] };
     let (l, g) = train::rce_loss(&[&big], &t, &[1.0]).unwrap();
     assert!(l.abs() < 1e-6 && g[0].data.iter().all(|v| v.abs() < 1e-6));
-    let z = Tensor {
-        shape: vec![1, 1, 1, 1],
-        data: vec![0.3],
-    };
-    let y = Tensor {
-        shape: vec![1, 1, 1, 1],
-        data: vec![0.7],
-    };
+    let z = Tensor { shape: vec![1, 1, 1, 1], data: vec![0.3] };
+    let y = Tensor { shape: vec![1, 1, 1, 1], data: vec![0.7] };
     let (l, _) = train::rce_loss(&[&z], &y, &[1.0]).unwrap();
     let p = 1.0 / (1.0 + (-0.3f64).exp());
     let bce = -(0.7 * p.ln() + 0.3 * (1.0 - p).ln());
@@ -878,12 +694,7 @@ fn losses_match_finite_differences() {
 
 #[test]
 fn gaussian_targets_and_decoding() {
-    let kps = [
-        [3.5, 2.5, 1.0],
-        [0.0, 0.0, 0.0],
-        [7.2, 5.9, 2.0],
-        [-40.0, 3.0, 1.0],
-    ];
+    let kps = [[3.5, 2.5, 1.0], [0.0, 0.0, 0.0], [7.2, 5.9, 2.0], [-40.0, 3.0, 1.0]];
     let (t, w) = train::gaussian_heatmaps(&kps, 5, 6, 8, 1.5);
     assert_eq!(t.shape, vec![5, 6, 8]);
     assert_eq!(w, vec![1.0, 0.0, 1.0, 0.0, 0.0]);
@@ -930,12 +741,9 @@ fn optimisers() {
             let mut grads = train::Gradients::default();
             for (name, t) in wgpose::weights::named_params(&g) {
                 let d: Vec<f32> = t.data.iter().map(|v| 2.0 * (v - 3.0)).collect();
-                grads
-                    .params
-                    .insert(name, Tensor::new(t.shape.clone(), d).unwrap());
+                grads.params.insert(name, Tensor::new(t.shape.clone(), d).unwrap());
             }
-            opt.apply(&mut g, &grads, train::step_lr(0.1, 0.5, 150, step))
-                .unwrap();
+            opt.apply(&mut g, &grads, train::step_lr(0.1, 0.5, 150, step)).unwrap();
         }
         for (name, t) in wgpose::weights::named_params(&g) {
             assert!((t.data[0] - 3.0).abs() < 0.05, "{name}: {}", t.data[0]);
@@ -946,34 +754,20 @@ fn optimisers() {
     let mut g = g0.clone();
     let w0 = wgpose::weights::named_params(&g)[0].1.data[0];
     let mut grads = train::Gradients::default();
-    grads.params.insert(
-        "c.weight".into(),
-        Tensor::new(vec![1, 1, 1, 1], vec![0.3]).unwrap(),
-    );
-    grads
-        .params
-        .insert("c.bias".into(), Tensor::new(vec![1], vec![-5.0]).unwrap());
+    grads.params.insert("c.weight".into(), Tensor::new(vec![1, 1, 1, 1], vec![0.3]).unwrap());
+    grads.params.insert("c.bias".into(), Tensor::new(vec![1], vec![-5.0]).unwrap());
     let mut opt = Optimizer::adam(0.1);
     opt.apply(&mut g, &grads, 0.01).unwrap();
     let p = wgpose::weights::named_params(&g);
     let expect_w = w0 - 0.01 * 0.1 * w0 - 0.01;
-    assert!(
-        (p[0].1.data[0] - expect_w).abs() < 1e-5,
-        "{} vs {expect_w}",
-        p[0].1.data[0]
-    );
+    assert!((p[0].1.data[0] - expect_w).abs() < 1e-5, "{} vs {expect_w}", p[0].1.data[0]);
     assert!((p[1].1.data[0] - 0.01).abs() < 1e-5);
     assert_eq!(train::step_lr(1.0, 0.1, 10, 25), 0.1f32 * 0.1);
 }
 
 /// Synthetic batch: noise images with a bright blob per joint (at the keypoint, in a channel
 /// depending on the joint), and Gaussian targets.
-fn synthetic(
-    n: usize,
-    k: usize,
-    side: usize,
-    seed: u64,
-) -> (Tensor, Tensor, Vec<f32>, Vec<Vec<[f32; 3]>>) {
+fn synthetic(n: usize, k: usize, side: usize, seed: u64) -> (Tensor, Tensor, Vec<f32>, Vec<Vec<[f32; 3]>>) {
     let mut rng = Rng::new(seed);
     let hm = side / 4;
     let mut imgs = Vec::new();
@@ -981,9 +775,8 @@ fn synthetic(
     let mut ws = Vec::new();
     let mut kps_all = Vec::new();
     for _ in 0..n {
-        let kps: Vec<[f32; 3]> = (0..k)
-            .map(|_| [rng.below(hm) as f32 + 0.5, rng.below(hm) as f32 + 0.5, 1.0])
-            .collect();
+        let kps: Vec<[f32; 3]> =
+            (0..k).map(|_| [rng.below(hm) as f32 + 0.5, rng.below(hm) as f32 + 0.5, 1.0]).collect();
         let mut img = Tensor::zeros(vec![3, side, side]);
         for v in img.data.iter_mut() {
             *v = 0.1 * rng.normal();
@@ -1004,19 +797,12 @@ fn synthetic(
         ws.extend(w);
         kps_all.push(kps);
     }
-    (
-        train::stack_batch(&imgs).unwrap(),
-        train::stack_batch(&tgts).unwrap(),
-        ws,
-        kps_all,
-    )
+    (train::stack_batch(&imgs).unwrap(), train::stack_batch(&tgts).unwrap(), ws, kps_all)
 }
 
 #[test]
 fn overfits_tiny_batch() {
-    let cfg = wgpose::models::config("sghg-1x64-lsp")
-        .unwrap()
-        .with_input([3, 64, 64]);
+    let cfg = wgpose::models::config("sghg-1x64-lsp").unwrap().with_input([3, 64, 64]);
     let mut g = cfg.build(5).unwrap();
     let k = cfg.joints;
     let (x, target, weights, kps) = synthetic(2, k, 64, 77);
@@ -1027,10 +813,8 @@ fn overfits_tiny_batch() {
     let steps = 150;
     for step in 0..steps {
         let (loss, grads, tape) =
-            train::train_step(&g, std::slice::from_ref(&x), BnMode::Train, |o| {
-                train::mse_loss(o, &target, &weights)
-            })
-            .unwrap();
+            train::train_step(&g, std::slice::from_ref(&x), BnMode::Train, |o| train::mse_loss(o, &target, &weights))
+                .unwrap();
         tape.apply_running_stats(&mut g);
         opt.apply(&mut g, &grads, 2e-3).unwrap();
         first.get_or_insert(loss);
@@ -1040,10 +824,7 @@ fn overfits_tiny_batch() {
         }
     }
     let first = first.unwrap();
-    eprintln!(
-        "loss {first:.6} -> {last:.6} in {steps} steps, {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
+    eprintln!("loss {first:.6} -> {last:.6} in {steps} steps, {:.1} s", t0.elapsed().as_secs_f64());
     assert!(last < first / 20.0, "loss fell only from {first} to {last}");
     // Decoded keypoints (training-mode forward, as trained) within one heatmap pixel.
     let tape = train::forward_train(&g, std::slice::from_ref(&x), BnMode::Train).unwrap();
@@ -1057,12 +838,7 @@ fn overfits_tiny_batch() {
             }
         }
     }
-    assert_eq!(
-        bad,
-        0,
-        "{bad} of {} keypoints are more than 1 px off",
-        2 * k
-    );
+    assert_eq!(bad, 0, "{bad} of {} keypoints are more than 1 px off", 2 * k);
 }
 
 #[test]
@@ -1077,11 +853,7 @@ fn training_throughput() {
     let flops = g.flops(batch).unwrap() as f64 * 3.0;
     let run = || {
         let tape = train::forward_train(&g, std::slice::from_ref(&x), BnMode::Train).unwrap();
-        let dout: Vec<Tensor> = tape
-            .outputs(&g)
-            .into_iter()
-            .map(|t| Tensor::filled(t.shape.clone(), 1e-3))
-            .collect();
+        let dout: Vec<Tensor> = tape.outputs(&g).into_iter().map(|t| Tensor::filled(t.shape.clone(), 1e-3)).collect();
         let t1 = std::time::Instant::now();
         train::backward(&g, &tape, &dout).unwrap();
         t1.elapsed().as_secs_f64()
@@ -1111,10 +883,7 @@ fn api_contracts() {
     let tape = train::forward_train(&g, &xs, BnMode::Train).unwrap();
     let outs = tape.outputs(&g);
     let grads = train::backward(&g, &tape, &outs).unwrap();
-    let names: Vec<String> = train::trainable_params(&g)
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let names: Vec<String> = train::trainable_params(&g).into_iter().map(|(n, _)| n).collect();
     let keys: Vec<String> = grads.params.keys().cloned().collect();
     let mut sorted = names.clone();
     sorted.sort();
@@ -1144,9 +913,7 @@ fn api_contracts() {
         ([2, 4, 6, 5], ConvSpec::new(4, 3).groups(4).stride(2)),
     ] {
         let (g, x) = one_conv(shape, spec, 5);
-        let Op::Conv2d(c) = &g.nodes[1].op else {
-            panic!()
-        };
+        let Op::Conv2d(c) = &g.nodes[1].op else { panic!() };
         let y = wgpose::cpu::run(&g, &x).unwrap();
         let dy = rand_tensor(&mut rng, &y[0].shape);
         let a = train::backward::conv2d_backward(&x[0], &dy, c, true);

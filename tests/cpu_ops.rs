@@ -9,9 +9,7 @@
 
 use wgpose::cpu;
 use wgpose::graph::passes::optimize_for_inference;
-use wgpose::graph::{
-    Act, BatchNorm, Conv2d, ConvSpec, Epilogue, Graph, GraphBuilder, NodeId, Op, Residual,
-};
+use wgpose::graph::{Act, BatchNorm, Conv2d, ConvSpec, Epilogue, Graph, GraphBuilder, NodeId, Op, Residual};
 use wgpose::rng::Rng;
 use wgpose::{Error, Tensor};
 
@@ -51,8 +49,7 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
 
 /// Fast `eval_op` against reference `eval_op`.
 fn check_op(what: &str, op: &Op, inputs: &[&Tensor]) -> Tensor {
-    let want = cpu::reference::eval_op(what, op, inputs)
-        .unwrap_or_else(|e| panic!("{what}: reference: {e}"));
+    let want = cpu::reference::eval_op(what, op, inputs).unwrap_or_else(|e| panic!("{what}: reference: {e}"));
     let got = cpu::eval_op(what, op, inputs).unwrap_or_else(|e| panic!("{what}: fast: {e}"));
     assert_close(what, &got, &want);
     want
@@ -188,11 +185,7 @@ fn all_epilogues(rng: &mut Rng, cout: usize) -> Vec<Epilogue> {
                     2 => Some(Residual::GateResidual(vec1(rng, cout, -1.5, 1.5))),
                     _ => Some(Residual::GateConv(vec1(rng, cout, -1.5, 1.5))),
                 };
-                v.push(Epilogue {
-                    act,
-                    residual,
-                    post_act,
-                });
+                v.push(Epilogue { act, residual, post_act });
             }
         }
     }
@@ -203,11 +196,11 @@ fn all_epilogues(rng: &mut Rng, cout: usize) -> Vec<Epilogue> {
 fn conv_epilogues_match_reference() {
     let mut rng = Rng::new(2);
     let cases = [
-        ConvCase::new(2, 6, [9, 11], 5, 3).stride(2), // im2col + GEMM
-        ConvCase::new(2, 6, [9, 11], 10, 1),          // direct 1x1
+        ConvCase::new(2, 6, [9, 11], 5, 3).stride(2),   // im2col + GEMM
+        ConvCase::new(2, 6, [9, 11], 10, 1),            // direct 1x1
         ConvCase::new(1, 6, [13, 11], 10, 3).groups(2), // grouped
-        ConvCase::new(2, 7, [9, 11], 7, 3).groups(7), // depthwise
-        ConvCase::new(1, 64, [40, 44], 8, 3),         // tiled im2col
+        ConvCase::new(2, 7, [9, 11], 7, 3).groups(7),   // depthwise
+        ConvCase::new(1, 64, [40, 44], 8, 3),           // tiled im2col
     ];
     for case in cases {
         for ep in all_epilogues(&mut rng, case.cout) {
@@ -231,13 +224,7 @@ fn conv_epilogues_match_reference() {
 }
 
 /// Awkward activation shapes shared by the elementwise and resampling tests.
-const SHAPES: [[usize; 4]; 5] = [
-    [1, 3, 17, 23],
-    [2, 5, 7, 9],
-    [1, 1, 1, 1],
-    [2, 6, 1, 13],
-    [1, 33, 4, 4],
-];
+const SHAPES: [[usize; 4]; 5] = [[1, 3, 17, 23], [2, 5, 7, 9], [1, 1, 1, 1], [2, 6, 1, 13], [1, 33, 4, 4]];
 
 #[test]
 fn elementwise_ops_match_reference() {
@@ -255,25 +242,14 @@ fn elementwise_ops_match_reference() {
         };
         check_op(&format!("batch_norm {s:?}"), &Op::BatchNorm(bn), &[&x]);
         for act in [Act::None, Act::Relu, Act::Sigmoid] {
-            let op = Op::ChannelAffine {
-                scale: vec1(&mut rng, c, -2.0, 2.0),
-                shift: vec1(&mut rng, c, -1.0, 1.0),
-                act,
-            };
+            let op =
+                Op::ChannelAffine { scale: vec1(&mut rng, c, -2.0, 2.0), shift: vec1(&mut rng, c, -1.0, 1.0), act };
             check_op(&format!("channel_affine {act:?} {s:?}"), &op, &[&x]);
-            check_op(
-                &format!("activation {act:?} {s:?}"),
-                &Op::Activation(act),
-                &[&x],
-            );
+            check_op(&format!("activation {act:?} {s:?}"), &Op::Activation(act), &[&x]);
         }
         check_op(&format!("add {s:?}"), &Op::Add, &[&x, &y]);
         let alpha = vec1(&mut rng, c, -1.5, 1.5);
-        check_op(
-            &format!("gated_add {s:?}"),
-            &Op::GatedAdd { alpha },
-            &[&x, &y],
-        );
+        check_op(&format!("gated_add {s:?}"), &Op::GatedAdd { alpha }, &[&x, &y]);
     }
 }
 
@@ -283,16 +259,8 @@ fn pooling_and_resampling_match_reference() {
     for s in SHAPES {
         let x = rand_tensor(&mut rng, &s);
         for f in [1, 2, 3, 4] {
-            check_op(
-                &format!("upsample_nearest x{f} {s:?}"),
-                &Op::UpsampleNearest { factor: f },
-                &[&x],
-            );
-            check_op(
-                &format!("upsample_bilinear x{f} {s:?}"),
-                &Op::UpsampleBilinear { factor: f },
-                &[&x],
-            );
+            check_op(&format!("upsample_nearest x{f} {s:?}"), &Op::UpsampleNearest { factor: f }, &[&x]);
+            check_op(&format!("upsample_bilinear x{f} {s:?}"), &Op::UpsampleBilinear { factor: f }, &[&x]);
         }
         let pools = [
             ([2, 2], [2, 2], [0, 0]),
@@ -307,16 +275,8 @@ fn pooling_and_resampling_match_reference() {
             if s[2] + 2 * padding[0] < kernel[0] || s[3] + 2 * padding[1] < kernel[1] {
                 continue;
             }
-            let op = Op::MaxPool {
-                kernel,
-                stride,
-                padding,
-            };
-            check_op(
-                &format!("max_pool {kernel:?} {stride:?} {padding:?} {s:?}"),
-                &op,
-                &[&x],
-            );
+            let op = Op::MaxPool { kernel, stride, padding };
+            check_op(&format!("max_pool {kernel:?} {stride:?} {padding:?} {s:?}"), &op, &[&x]);
         }
     }
 }
@@ -334,11 +294,7 @@ fn concat_and_pixel_shuffle_match_reference() {
         check_op("concat_repeated", &Op::Concat, &[&a, &a]);
         for r in [1, 2, 3] {
             let x = rand_tensor(&mut rng, &[n, 5 * r * r, h, w]);
-            check_op(
-                &format!("pixel_shuffle x{r}"),
-                &Op::PixelShuffle { factor: r },
-                &[&x],
-            );
+            check_op(&format!("pixel_shuffle x{r}"), &Op::PixelShuffle { factor: r }, &[&x]);
         }
     }
 }
@@ -349,13 +305,7 @@ fn t(shape: &[usize], data: &[f32]) -> Tensor {
     Tensor::new(shape.to_vec(), data.to_vec()).unwrap()
 }
 
-fn conv_op(
-    weight: Tensor,
-    bias: Option<Tensor>,
-    stride: usize,
-    pad: usize,
-    epilogue: Epilogue,
-) -> Op {
+fn conv_op(weight: Tensor, bias: Option<Tensor>, stride: usize, pad: usize, epilogue: Epilogue) -> Op {
     Op::Conv2d(Conv2d {
         weight,
         bias,
@@ -370,18 +320,12 @@ fn conv_op(
 /// Evaluates on both paths, checks both against `want` exactly up to 1e-6.
 fn check_known(what: &str, op: &Op, inputs: &[&Tensor], want: &Tensor) {
     for (path, got) in [
-        (
-            "reference",
-            cpu::reference::eval_op(what, op, inputs).unwrap(),
-        ),
+        ("reference", cpu::reference::eval_op(what, op, inputs).unwrap()),
         ("fast", cpu::eval_op(what, op, inputs).unwrap()),
     ] {
         assert_eq!(got.shape, want.shape, "{what} ({path}): shape");
         for (i, (a, b)) in got.data.iter().zip(&want.data).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-6,
-                "{what} ({path}): element {i} is {a}, expected {b}"
-            );
+            assert!((a - b).abs() <= 1e-6, "{what} ({path}): element {i} is {a}, expected {b}");
         }
     }
 }
@@ -392,68 +336,27 @@ fn known_conv_3x3() {
     // Sobel-like kernel, zero padding 1: worked out by hand.
     let sobel = t(&[1, 1, 3, 3], &[1., 0., -1., 2., 0., -2., 1., 0., -1.]);
     let op = conv_op(sobel.clone(), None, 1, 1, Epilogue::default());
-    check_known(
-        "sobel",
-        &op,
-        &[&x],
-        &t(
-            &[1, 1, 3, 3],
-            &[-9., -6., 9., -20., -8., 20., -21., -6., 21.],
-        ),
-    );
+    check_known("sobel", &op, &[&x], &t(&[1, 1, 3, 3], &[-9., -6., 9., -20., -8., 20., -21., -6., 21.]));
     // Same with bias 10 and ReLU: max(0, v + 10).
-    let ep = Epilogue {
-        act: Act::Relu,
-        ..Default::default()
-    };
+    let ep = Epilogue { act: Act::Relu, ..Default::default() };
     let op = conv_op(sobel.clone(), Some(t(&[1], &[10.])), 1, 1, ep);
-    check_known(
-        "sobel+bias+relu",
-        &op,
-        &[&x],
-        &t(&[1, 1, 3, 3], &[1., 4., 19., 0., 2., 30., 0., 4., 31.]),
-    );
+    check_known("sobel+bias+relu", &op, &[&x], &t(&[1, 1, 3, 3], &[1., 4., 19., 0., 2., 30., 0., 4., 31.]));
     // Residual add then ReLU: relu(conv + r) with r = 5 everywhere.
-    let ep = Epilogue {
-        residual: Some(Residual::Add),
-        post_act: Act::Relu,
-        ..Default::default()
-    };
+    let ep = Epilogue { residual: Some(Residual::Add), post_act: Act::Relu, ..Default::default() };
     let r = Tensor::filled(vec![1, 1, 3, 3], 5.0);
     let op = conv_op(sobel.clone(), None, 1, 1, ep);
-    check_known(
-        "sobel+residual+relu",
-        &op,
-        &[&x, &r],
-        &t(&[1, 1, 3, 3], &[0., 0., 14., 0., 0., 25., 0., 0., 26.]),
-    );
+    check_known("sobel+residual+relu", &op, &[&x, &r], &t(&[1, 1, 3, 3], &[0., 0., 14., 0., 0., 25., 0., 0., 26.]));
     // Gated conv: 0.5 * conv + r.
-    let ep = Epilogue {
-        residual: Some(Residual::GateConv(t(&[1], &[0.5]))),
-        ..Default::default()
-    };
+    let ep = Epilogue { residual: Some(Residual::GateConv(t(&[1], &[0.5]))), ..Default::default() };
     let op = conv_op(sobel, None, 1, 1, ep);
-    check_known(
-        "sobel gate",
-        &op,
-        &[&x, &r],
-        &t(&[1, 1, 3, 3], &[0.5, 2., 9.5, -5., 1., 15., -5.5, 2., 15.5]),
-    );
+    check_known("sobel gate", &op, &[&x, &r], &t(&[1, 1, 3, 3], &[0.5, 2., 9.5, -5., 1., 15., -5.5, 2., 15.5]));
     // Laplacian, stride 2, padding 1: outputs at input positions (0,0), (0,2), (2,0), (2,2).
     let lap = t(&[1, 1, 3, 3], &[0., 1., 0., 1., -4., 1., 0., 1., 0.]);
     let op = conv_op(lap, None, 2, 1, Epilogue::default());
-    check_known(
-        "laplacian s2",
-        &op,
-        &[&x],
-        &t(&[1, 1, 2, 2], &[2., -4., -16., -22.]),
-    );
+    check_known("laplacian s2", &op, &[&x], &t(&[1, 1, 2, 2], &[2., -4., -16., -22.]));
     // Dilation 2, no padding, all-ones 3x3 kernel on x[i][j] = 5i + j (5x5): the single output
     // sums x at rows and columns {0, 2, 4}: 3*5*(0+2+4) + 3*(0+2+4) = 108.
-    let x5 = t(
-        &[1, 1, 5, 5],
-        &(0..25).map(|v| v as f32).collect::<Vec<_>>(),
-    );
+    let x5 = t(&[1, 1, 5, 5], &(0..25).map(|v| v as f32).collect::<Vec<_>>());
     let mut dil = Conv2d {
         weight: Tensor::filled(vec![1, 1, 3, 3], 1.0),
         bias: None,
@@ -463,12 +366,7 @@ fn known_conv_3x3() {
         groups: 1,
         epilogue: Epilogue::default(),
     };
-    check_known(
-        "dilation 2",
-        &Op::Conv2d(dil.clone()),
-        &[&x5],
-        &t(&[1, 1, 1, 1], &[108.]),
-    );
+    check_known("dilation 2", &Op::Conv2d(dil.clone()), &[&x5], &t(&[1, 1, 1, 1], &[108.]));
     // Same with padding 2: output (0,0) sums x at rows/cols {0, 2} = 0+2+10+12 = 24.
     dil.padding = [2, 2];
     let out = cpu::reference::eval_op("dil pad", &Op::Conv2d(dil), &[&x5]).unwrap();
@@ -484,42 +382,18 @@ fn known_conv_3x3() {
         groups: 2,
         epilogue: Epilogue::default(),
     });
-    check_known(
-        "groups 2",
-        &g2,
-        &[&t(&[1, 2, 1, 1], &[1., 2.])],
-        &t(&[1, 4, 1, 1], &[3., 5., 14., 23.]),
-    );
+    check_known("groups 2", &g2, &[&t(&[1, 2, 1, 1], &[1., 2.])], &t(&[1, 4, 1, 1], &[3., 5., 14., 23.]));
     // Two input channels to one output, 1x1: 2*a - b.
     let x2 = t(&[1, 2, 1, 2], &[1., 2., 10., 20.]);
-    let op = conv_op(
-        t(&[1, 2, 1, 1], &[2., -1.]),
-        None,
-        1,
-        0,
-        Epilogue::default(),
-    );
+    let op = conv_op(t(&[1, 2, 1, 1], &[2., -1.]), None, 1, 0, Epilogue::default());
     check_known("1x1 mix", &op, &[&x2], &t(&[1, 1, 1, 2], &[-8., -16.]));
 }
 
 #[test]
 fn known_pixel_shuffle_arange() {
-    let x = t(
-        &[1, 4, 2, 2],
-        &(0..16).map(|v| v as f32).collect::<Vec<_>>(),
-    );
-    let want = t(
-        &[1, 1, 4, 4],
-        &[
-            0., 4., 1., 5., 8., 12., 9., 13., 2., 6., 3., 7., 10., 14., 11., 15.,
-        ],
-    );
-    check_known(
-        "pixel_shuffle",
-        &Op::PixelShuffle { factor: 2 },
-        &[&x],
-        &want,
-    );
+    let x = t(&[1, 4, 2, 2], &(0..16).map(|v| v as f32).collect::<Vec<_>>());
+    let want = t(&[1, 1, 4, 4], &[0., 4., 1., 5., 8., 12., 9., 13., 2., 6., 3., 7., 10., 14., 11., 15.]);
+    check_known("pixel_shuffle", &Op::PixelShuffle { factor: 2 }, &[&x], &want);
 }
 
 #[test]
@@ -533,20 +407,10 @@ fn known_bilinear_matches_pytorch() {
         2.5, 2.75, 3.25, 3.5,
         3.0, 3.25, 3.75, 4.0,
     ]);
-    check_known(
-        "bilinear x2",
-        &Op::UpsampleBilinear { factor: 2 },
-        &[&x],
-        &want,
-    );
+    check_known("bilinear x2", &Op::UpsampleBilinear { factor: 2 }, &[&x], &want);
     // A 1x1 image stays constant at any factor.
     let one = t(&[1, 1, 1, 1], &[7.]);
-    check_known(
-        "bilinear 1x1",
-        &Op::UpsampleBilinear { factor: 3 },
-        &[&one],
-        &Tensor::filled(vec![1, 1, 3, 3], 7.),
-    );
+    check_known("bilinear 1x1", &Op::UpsampleBilinear { factor: 3 }, &[&one], &Tensor::filled(vec![1, 1, 3, 3], 7.));
 }
 
 #[test]
@@ -556,78 +420,25 @@ fn known_small_ops() {
         "nearest x2",
         &Op::UpsampleNearest { factor: 2 },
         &[&x],
-        &t(
-            &[1, 1, 4, 4],
-            &[
-                1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.,
-            ],
-        ),
+        &t(&[1, 1, 4, 4], &[1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.]),
     );
     // Padded positions never win: all-negative input, a zero pad would otherwise be the max.
     let neg = t(&[1, 1, 2, 2], &[-1., -2., -3., -4.]);
-    let pool = Op::MaxPool {
-        kernel: [3, 3],
-        stride: [1, 1],
-        padding: [1, 1],
-    };
-    check_known(
-        "max_pool negative",
-        &pool,
-        &[&neg],
-        &Tensor::filled(vec![1, 1, 2, 2], -1.),
-    );
-    let x4 = t(
-        &[1, 1, 4, 4],
-        &(0..16).map(|v| ((v * 7) % 16) as f32).collect::<Vec<_>>(),
-    );
+    let pool = Op::MaxPool { kernel: [3, 3], stride: [1, 1], padding: [1, 1] };
+    check_known("max_pool negative", &pool, &[&neg], &Tensor::filled(vec![1, 1, 2, 2], -1.));
+    let x4 = t(&[1, 1, 4, 4], &(0..16).map(|v| ((v * 7) % 16) as f32).collect::<Vec<_>>());
     // x4 = [[0,7,14,5],[12,3,10,1],[8,15,6,13],[4,11,2,9]]
-    let pool = Op::MaxPool {
-        kernel: [2, 2],
-        stride: [2, 2],
-        padding: [0, 0],
-    };
-    check_known(
-        "max_pool 2x2",
-        &pool,
-        &[&x4],
-        &t(&[1, 1, 2, 2], &[12., 14., 15., 13.]),
-    );
-    let bn = BatchNorm {
-        gamma: t(&[1], &[2.]),
-        beta: t(&[1], &[1.]),
-        mean: t(&[1], &[2.]),
-        var: t(&[1], &[3.]),
-        eps: 1.0,
-    };
+    let pool = Op::MaxPool { kernel: [2, 2], stride: [2, 2], padding: [0, 0] };
+    check_known("max_pool 2x2", &pool, &[&x4], &t(&[1, 1, 2, 2], &[12., 14., 15., 13.]));
+    let bn =
+        BatchNorm { gamma: t(&[1], &[2.]), beta: t(&[1], &[1.]), mean: t(&[1], &[2.]), var: t(&[1], &[3.]), eps: 1.0 };
     // (x - 2) / 2 * 2 + 1 = x - 1
-    check_known(
-        "batch_norm",
-        &Op::BatchNorm(bn),
-        &[&x],
-        &t(&[1, 1, 2, 2], &[0., 1., 2., 3.]),
-    );
+    check_known("batch_norm", &Op::BatchNorm(bn), &[&x], &t(&[1, 1, 2, 2], &[0., 1., 2., 3.]));
     let y = t(&[1, 2, 1, 1], &[1., 2.]);
     let z = t(&[1, 2, 1, 1], &[10., 20.]);
-    check_known(
-        "gated_add",
-        &Op::GatedAdd {
-            alpha: t(&[2], &[0.5, -1.]),
-        },
-        &[&y, &z],
-        &t(&[1, 2, 1, 1], &[10.5, 18.]),
-    );
-    check_known(
-        "concat",
-        &Op::Concat,
-        &[&z, &y],
-        &t(&[1, 4, 1, 1], &[10., 20., 1., 2.]),
-    );
-    check_known(
-        "sigmoid",
-        &Op::Activation(Act::Sigmoid),
-        &[&t(&[1, 1, 1, 1], &[0.])],
-        &t(&[1, 1, 1, 1], &[0.5]),
-    );
+    check_known("gated_add", &Op::GatedAdd { alpha: t(&[2], &[0.5, -1.]) }, &[&y, &z], &t(&[1, 2, 1, 1], &[10.5, 18.]));
+    check_known("concat", &Op::Concat, &[&z, &y], &t(&[1, 4, 1, 1], &[10., 20., 1., 2.]));
+    check_known("sigmoid", &Op::Activation(Act::Sigmoid), &[&t(&[1, 1, 1, 1], &[0.])], &t(&[1, 1, 1, 1], &[0.5]));
 }
 
 // ---- Graphs: fused on the fast path equals unfused on the reference.
@@ -660,43 +471,25 @@ fn random_graph(seed: u64) -> (Graph, Vec<[usize; 3]>) {
                 // conv - bn - relu, maybe strided
                 let cout = 2 + rng.below(9);
                 let k = [1, 3, 3, 5][rng.below(4)];
-                let stride = if h >= 8 && w >= 8 && rng.below(2) == 0 {
-                    2
-                } else {
-                    1
-                };
-                let y = b
-                    .conv(&name("conv"), cur, ConvSpec::new(cout, k).stride(stride))
-                    .unwrap();
+                let stride = if h >= 8 && w >= 8 && rng.below(2) == 0 { 2 } else { 1 };
+                let y = b.conv(&name("conv"), cur, ConvSpec::new(cout, k).stride(stride)).unwrap();
                 let y = b.batch_norm(&name("bn"), y).unwrap();
-                let y = if rng.below(4) > 0 {
-                    b.relu(&name("relu"), y).unwrap()
-                } else {
-                    y
-                };
+                let y = if rng.below(4) > 0 { b.relu(&name("relu"), y).unwrap() } else { y };
                 (y, [cout, (h - 1) / stride + 1, (w - 1) / stride + 1])
             }
             1 | 2 => {
                 // basic residual block, plain or gated skip
-                let y = b
-                    .conv(&name("conv1"), cur, ConvSpec::new(c, 3).no_bias())
-                    .unwrap();
+                let y = b.conv(&name("conv1"), cur, ConvSpec::new(c, 3).no_bias()).unwrap();
                 let y = b.batch_norm(&name("bn1"), y).unwrap();
                 let y = b.relu(&name("relu1"), y).unwrap();
-                let y = b
-                    .conv(&name("conv2"), y, ConvSpec::new(c, 3).no_bias())
-                    .unwrap();
+                let y = b.conv(&name("conv2"), y, ConvSpec::new(c, 3).no_bias()).unwrap();
                 let y = b.batch_norm(&name("bn2"), y).unwrap();
                 let sum = match rng.below(3) {
                     0 => b.add(&name("add"), cur, y).unwrap(),
                     1 => b.gated_add(&name("gate"), cur, y, 0.5).unwrap(),
                     _ => b.gated_add(&name("gate"), y, cur, 0.5).unwrap(),
                 };
-                let out = if rng.below(3) > 0 {
-                    b.relu(&name("relu2"), sum).unwrap()
-                } else {
-                    sum
-                };
+                let out = if rng.below(3) > 0 { b.relu(&name("relu2"), sum).unwrap() } else { sum };
                 (out, [c, h, w])
             }
             3 => {
@@ -711,15 +504,9 @@ fn random_graph(seed: u64) -> (Graph, Vec<[usize; 3]>) {
             }
             4 if h >= 4 && w >= 4 => {
                 if rng.below(2) == 0 {
-                    (
-                        b.max_pool(&name("pool"), cur, 2, 2, 0).unwrap(),
-                        [c, h / 2, w / 2],
-                    )
+                    (b.max_pool(&name("pool"), cur, 2, 2, 0).unwrap(), [c, h / 2, w / 2])
                 } else {
-                    (
-                        b.max_pool(&name("pool"), cur, 3, 2, 1).unwrap(),
-                        [c, (h - 1) / 2 + 1, (w - 1) / 2 + 1],
-                    )
+                    (b.max_pool(&name("pool"), cur, 3, 2, 1).unwrap(), [c, (h - 1) / 2 + 1, (w - 1) / 2 + 1])
                 }
             }
             5 if h <= 24 && w <= 24 => {
@@ -732,9 +519,7 @@ fn random_graph(seed: u64) -> (Graph, Vec<[usize; 3]>) {
             }
             6 => {
                 // depthwise separable
-                let y = b
-                    .conv(&name("dw"), cur, ConvSpec::new(c, 3).groups(c))
-                    .unwrap();
+                let y = b.conv(&name("dw"), cur, ConvSpec::new(c, 3).groups(c)).unwrap();
                 let y = b.batch_norm(&name("dw_bn"), y).unwrap();
                 let y = b.relu(&name("dw_relu"), y).unwrap();
                 let cout = 2 + rng.below(6);
@@ -743,31 +528,18 @@ fn random_graph(seed: u64) -> (Graph, Vec<[usize; 3]>) {
             }
             7 => {
                 // concat with an earlier node of the same size, then a lone batch norm + sigmoid
-                let same: Vec<_> = avail
-                    .iter()
-                    .filter(|(_, s)| s[1] == h && s[2] == w)
-                    .copied()
-                    .collect();
+                let same: Vec<_> = avail.iter().filter(|(_, s)| s[1] == h && s[2] == w).copied().collect();
                 let (other, [oc, _, _]) = same[rng.below(same.len())];
                 let y = b.concat(&name("cat"), &[cur, other]).unwrap();
                 let y = b.batch_norm(&name("bn"), y).unwrap();
-                let y = if rng.below(2) == 0 {
-                    b.sigmoid(&name("sig"), y).unwrap()
-                } else {
-                    y
-                };
+                let y = if rng.below(2) == 0 { b.sigmoid(&name("sig"), y).unwrap() } else { y };
                 (y, [c + oc, h, w])
             }
             _ => {
                 // sub-pixel upsampling
-                let y = b
-                    .conv(&name("ps_conv"), cur, ConvSpec::new(4 * c, 3))
-                    .unwrap();
+                let y = b.conv(&name("ps_conv"), cur, ConvSpec::new(4 * c, 3)).unwrap();
                 if h <= 24 && w <= 24 {
-                    (
-                        b.pixel_shuffle(&name("ps"), y, 2).unwrap(),
-                        [c, 2 * h, 2 * w],
-                    )
+                    (b.pixel_shuffle(&name("ps"), y, 2).unwrap(), [c, 2 * h, 2 * w])
                 } else {
                     (y, [4 * c, h, w])
                 }
@@ -795,10 +567,7 @@ fn fused_graph_on_fast_path_equals_unfused_on_reference() {
         fused_nodes += g.nodes.len() - fused.nodes.len();
         let mut rng = Rng::new(100 + seed);
         let batch = 1 + (seed as usize % 2);
-        let inputs: Vec<Tensor> = in_shapes
-            .iter()
-            .map(|s| rand_tensor(&mut rng, &[batch, s[0], s[1], s[2]]))
-            .collect();
+        let inputs: Vec<Tensor> = in_shapes.iter().map(|s| rand_tensor(&mut rng, &[batch, s[0], s[1], s[2]])).collect();
         let want = cpu::reference::run(&g, &inputs).unwrap();
         let got = cpu::run(&fused, &inputs).unwrap();
         assert_eq!(got.len(), want.len());
@@ -810,29 +579,15 @@ fn fused_graph_on_fast_path_equals_unfused_on_reference() {
         let all = cpu::run_all(&g, &inputs).unwrap();
         assert_eq!(all.len(), g.nodes.len());
         for (k, &o) in g.outputs.iter().enumerate() {
-            assert_close(
-                &format!("seed {seed} unfused output {k}"),
-                &fast_unfused[k],
-                &want[k],
-            );
-            assert_eq!(
-                all[o], fast_unfused[k],
-                "seed {seed}: run_all and run differ on output {k}"
-            );
+            assert_close(&format!("seed {seed} unfused output {k}"), &fast_unfused[k], &want[k]);
+            assert_eq!(all[o], fast_unfused[k], "seed {seed}: run_all and run differ on output {k}");
         }
         let ref_all = cpu::reference::run_all(&g, &inputs).unwrap();
         for (id, (a, b)) in all.iter().zip(&ref_all).enumerate() {
-            assert_close(
-                &format!("seed {seed} node {id} `{}`", g.nodes[id].name),
-                a,
-                b,
-            );
+            assert_close(&format!("seed {seed} node {id} `{}`", g.nodes[id].name), a, b);
         }
     }
-    assert!(
-        fused_nodes > 24,
-        "the passes should have fused many nodes, fused {fused_nodes}"
-    );
+    assert!(fused_nodes > 24, "the passes should have fused many nodes, fused {fused_nodes}");
 }
 
 #[test]
@@ -880,46 +635,29 @@ fn runners() -> [(&'static str, Runner); 4] {
 fn bad_inputs_are_errors() {
     let g = small_graph();
     let mut rng = Rng::new(7);
-    let good = [
-        rand_tensor(&mut rng, &[2, 3, 8, 9]),
-        rand_tensor(&mut rng, &[2, 4, 8, 9]),
-    ];
+    let good = [rand_tensor(&mut rng, &[2, 3, 8, 9]), rand_tensor(&mut rng, &[2, 4, 8, 9])];
     for (name, run) in runners() {
         assert!(run(&g, &good).is_ok(), "{name}: good inputs");
         let expect_input_err = |what: &str, r: wgpose::Result<Vec<Tensor>>, mention: &str| match r {
-            Err(Error::Input(msg)) => assert!(
-                msg.contains(mention),
-                "{name} {what}: message `{msg}` lacks `{mention}`"
-            ),
+            Err(Error::Input(msg)) => {
+                assert!(msg.contains(mention), "{name} {what}: message `{msg}` lacks `{mention}`")
+            }
             other => panic!("{name} {what}: expected Error::Input, got {other:?}"),
         };
         expect_input_err("no inputs", run(&g, &[]), "2 input");
         expect_input_err("one input", run(&g, &good[..1]), "2 input");
         let three = [good[0].clone(), good[1].clone(), good[1].clone()];
         expect_input_err("three inputs", run(&g, &three), "2 input");
-        expect_input_err(
-            "swapped",
-            run(&g, &[good[1].clone(), good[0].clone()]),
-            "image",
-        );
+        expect_input_err("swapped", run(&g, &[good[1].clone(), good[0].clone()]), "image");
         let wrong_w = [rand_tensor(&mut rng, &[2, 3, 8, 8]), good[1].clone()];
         expect_input_err("wrong width", run(&g, &wrong_w), "image");
         let three_d = [rand_tensor(&mut rng, &[3, 8, 9]), good[1].clone()];
         expect_input_err("3-D", run(&g, &three_d), "image");
-        let batch0 = [
-            Tensor::new(vec![0, 3, 8, 9], vec![]).unwrap(),
-            Tensor::new(vec![0, 4, 8, 9], vec![]).unwrap(),
-        ];
+        let batch0 = [Tensor::new(vec![0, 3, 8, 9], vec![]).unwrap(), Tensor::new(vec![0, 4, 8, 9], vec![]).unwrap()];
         expect_input_err("batch 0", run(&g, &batch0), "image");
         let mixed = [good[0].clone(), rand_tensor(&mut rng, &[1, 4, 8, 9])];
         expect_input_err("mixed batch", run(&g, &mixed), "extra");
-        let short = [
-            good[0].clone(),
-            Tensor {
-                shape: vec![2, 4, 8, 9],
-                data: vec![0.0; 10],
-            },
-        ];
+        let short = [good[0].clone(), Tensor { shape: vec![2, 4, 8, 9], data: vec![0.0; 10] }];
         expect_input_err("short data", run(&g, &short), "extra");
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let mut x = good[1].clone();
@@ -941,10 +679,7 @@ fn bad_inputs_are_errors() {
     for (name, run) in runners() {
         assert!(run(&no_out, &good).is_err(), "{name}: no outputs");
         assert!(run(&bad_weight, &good).is_err(), "{name}: short weight");
-        assert!(
-            run(&bad_channels, &good).is_err(),
-            "{name}: weight channels"
-        );
+        assert!(run(&bad_channels, &good).is_err(), "{name}: weight channels");
     }
 }
 
@@ -954,92 +689,41 @@ fn eval_op_bad_inputs_are_errors() {
     let x = rand_tensor(&mut rng, &[1, 4, 5, 5]);
     let conv = ConvCase::new(1, 4, [5, 5], 3, 3).conv(&mut rng, Epilogue::default());
     let op = Op::Conv2d(conv.clone());
-    let eval: [(&str, OpEval); 2] = [
-        ("fast", cpu::eval_op),
-        ("reference", cpu::reference::eval_op),
-    ];
+    let eval: [(&str, OpEval); 2] = [("fast", cpu::eval_op), ("reference", cpu::reference::eval_op)];
     for (name, eval) in eval {
         assert!(eval("c", &op, &[&x]).is_ok(), "{name}");
         let wrong_c = rand_tensor(&mut rng, &[1, 3, 5, 5]);
-        assert!(
-            matches!(eval("c", &op, &[&wrong_c]), Err(Error::Shape { .. })),
-            "{name}: channels"
-        );
+        assert!(matches!(eval("c", &op, &[&wrong_c]), Err(Error::Shape { .. })), "{name}: channels");
         assert!(eval("c", &op, &[]).is_err(), "{name}: no input");
-        assert!(
-            eval("c", &op, &[&x, &x]).is_err(),
-            "{name}: residual without epilogue"
-        );
+        assert!(eval("c", &op, &[&x, &x]).is_err(), "{name}: residual without epilogue");
         let flat = Tensor::zeros(vec![100]);
         assert!(eval("c", &op, &[&flat]).is_err(), "{name}: 1-D input");
-        let lying = Tensor {
-            shape: vec![1, 4, 5, 5],
-            data: vec![0.0; 3],
-        };
+        let lying = Tensor { shape: vec![1, 4, 5, 5], data: vec![0.0; 3] };
         assert!(eval("c", &op, &[&lying]).is_err(), "{name}: short data");
         let tiny = rand_tensor(&mut rng, &[1, 4, 1, 1]);
         let mut nopad = conv.clone();
         nopad.padding = [0, 0];
-        assert!(
-            eval("c", &Op::Conv2d(nopad), &[&tiny]).is_err(),
-            "{name}: kernel larger than input"
-        );
+        assert!(eval("c", &Op::Conv2d(nopad), &[&tiny]).is_err(), "{name}: kernel larger than input");
         let y = rand_tensor(&mut rng, &[2, 4, 5, 5]);
-        assert!(
-            eval("a", &Op::Add, &[&x, &y]).is_err(),
-            "{name}: add with different batch"
-        );
+        assert!(eval("a", &Op::Add, &[&x, &y]).is_err(), "{name}: add with different batch");
         let z = rand_tensor(&mut rng, &[1, 4, 5, 6]);
-        assert!(
-            eval("a", &Op::Concat, &[&x, &z]).is_err(),
-            "{name}: concat different width"
-        );
-        assert!(
-            eval("p", &Op::PixelShuffle { factor: 3 }, &[&x]).is_err(),
-            "{name}: pixel shuffle channels"
-        );
+        assert!(eval("a", &Op::Concat, &[&x, &z]).is_err(), "{name}: concat different width");
+        assert!(eval("p", &Op::PixelShuffle { factor: 3 }, &[&x]).is_err(), "{name}: pixel shuffle channels");
         let alpha = Tensor::zeros(vec![3]);
-        assert!(
-            eval("g", &Op::GatedAdd { alpha }, &[&x, &x]).is_err(),
-            "{name}: gate size"
-        );
-        let pool = Op::MaxPool {
-            kernel: [7, 7],
-            stride: [1, 1],
-            padding: [0, 0],
-        };
-        assert!(
-            eval("m", &pool, &[&x]).is_err(),
-            "{name}: pool larger than input"
-        );
-        assert!(
-            eval("i", &Op::Input { chw: [4, 5, 5] }, &[&x]).is_ok(),
-            "{name}: input op"
-        );
-        assert!(
-            eval("i", &Op::Input { chw: [4, 5, 6] }, &[&x]).is_err(),
-            "{name}: input op shape"
-        );
+        assert!(eval("g", &Op::GatedAdd { alpha }, &[&x, &x]).is_err(), "{name}: gate size");
+        let pool = Op::MaxPool { kernel: [7, 7], stride: [1, 1], padding: [0, 0] };
+        assert!(eval("m", &pool, &[&x]).is_err(), "{name}: pool larger than input");
+        assert!(eval("i", &Op::Input { chw: [4, 5, 5] }, &[&x]).is_ok(), "{name}: input op");
+        assert!(eval("i", &Op::Input { chw: [4, 5, 6] }, &[&x]).is_err(), "{name}: input op shape");
     }
 }
 
 // ---- Speed (release only): cargo test --release --test cpu_ops -- --ignored --nocapture
 
 fn bench_conv(label: &str, case: ConvCase) {
-    let ConvCase {
-        n,
-        cin,
-        hw: [hw, _],
-        cout,
-        k: [k, _],
-        groups,
-        ..
-    } = case;
+    let ConvCase { n, cin, hw: [hw, _], cout, k: [k, _], groups, .. } = case;
     let mut rng = Rng::new(11);
-    let ep = Epilogue {
-        act: Act::Relu,
-        ..Default::default()
-    };
+    let ep = Epilogue { act: Act::Relu, ..Default::default() };
     let conv = case.conv(&mut rng, ep);
     let x = case.input(&mut rng);
     let op = Op::Conv2d(conv.clone());
@@ -1071,24 +755,9 @@ fn bench_conv(label: &str, case: ConvCase) {
 fn conv_speed() {
     println!("rayon threads: {}", rayon::current_num_threads());
     bench_conv("3x3 64->64 @64x64", ConvCase::new(1, 64, [64, 64], 64, 3));
-    bench_conv(
-        "1x1 128->128 @64x64",
-        ConvCase::new(1, 128, [64, 64], 128, 1),
-    );
-    bench_conv(
-        "7x7 s2 3->64 @256x256",
-        ConvCase::new(1, 3, [256, 256], 64, 7).stride(2),
-    );
-    bench_conv(
-        "3x3 256->256 @16x16",
-        ConvCase::new(1, 256, [16, 16], 256, 3),
-    );
-    bench_conv(
-        "3x3 64->64 @128x128 batch 2",
-        ConvCase::new(2, 64, [128, 128], 64, 3),
-    );
-    bench_conv(
-        "3x3 depthwise 128 @64x64",
-        ConvCase::new(1, 128, [64, 64], 128, 3).groups(128),
-    );
+    bench_conv("1x1 128->128 @64x64", ConvCase::new(1, 128, [64, 64], 128, 1));
+    bench_conv("7x7 s2 3->64 @256x256", ConvCase::new(1, 3, [256, 256], 64, 7).stride(2));
+    bench_conv("3x3 256->256 @16x16", ConvCase::new(1, 256, [16, 16], 256, 3));
+    bench_conv("3x3 64->64 @128x128 batch 2", ConvCase::new(2, 64, [128, 128], 64, 3));
+    bench_conv("3x3 depthwise 128 @64x64", ConvCase::new(1, 128, [64, 64], 128, 3).groups(128));
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use wgpose::data::lsp::{detect_layout, Layout, Visibility};
 use wgpose::data::matfile::{parse_mat, read_mat};
 use wgpose::data::{
-    box_from_center_scale, box_from_keypoints, load_coco, load_lsp, load_mpii, mpii_box,
-    read_coco_results, write_coco_results, CocoResult, Extra,
+    box_from_center_scale, box_from_keypoints, load_coco, load_lsp, load_mpii, mpii_box, read_coco_results,
+    write_coco_results, CocoResult, Extra,
 };
 use wgpose::rng::Rng;
 use wgpose::skeleton::{COCO17, LSP14, MPII16};
@@ -22,9 +22,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn shared(sub: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(sub);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(sub);
     if p.exists() {
         Some(p)
     } else {
@@ -48,10 +46,7 @@ fn close(a: f32, b: f64) -> bool {
 fn assert_format_err<T: std::fmt::Debug>(r: wgpose::Result<T>, path: &Path) {
     match r {
         Err(Error::Format { path: p, .. }) => assert_eq!(p, path.display().to_string()),
-        other => panic!(
-            "expected a format error naming {}, got {other:?}",
-            path.display()
-        ),
+        other => panic!("expected a format error naming {}, got {other:?}", path.display()),
     }
 }
 
@@ -67,28 +62,10 @@ fn mat_bytes(name: &str, dims: &[i32], data: &[f64], compress: bool) -> Vec<u8> 
         }
     }
     let mut m = Vec::new();
-    el(
-        6,
-        &[6u32.to_le_bytes(), 0u32.to_le_bytes()].concat(),
-        &mut m,
-    );
-    el(
-        5,
-        &dims
-            .iter()
-            .flat_map(|d| d.to_le_bytes())
-            .collect::<Vec<u8>>(),
-        &mut m,
-    );
+    el(6, &[6u32.to_le_bytes(), 0u32.to_le_bytes()].concat(), &mut m);
+    el(5, &dims.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<u8>>(), &mut m);
     el(1, name.as_bytes(), &mut m);
-    el(
-        9,
-        &data
-            .iter()
-            .flat_map(|d| d.to_le_bytes())
-            .collect::<Vec<u8>>(),
-        &mut m,
-    );
+    el(9, &data.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<u8>>(), &mut m);
     let mut matrix = Vec::new();
     el(14, &m, &mut matrix);
     let mut f = format!("{:<116}", "MATLAB 5.0 MAT-file, written by wgpose tests").into_bytes();
@@ -165,10 +142,7 @@ fn matfile_missing_file_is_io_error_naming_it() {
 
 #[test]
 fn matfile_rejects_non_mat_and_v73() {
-    assert!(matches!(
-        parse_mat(b"hello", "a.mat"),
-        Err(Error::Format { .. })
-    ));
+    assert!(matches!(parse_mat(b"hello", "a.mat"), Err(Error::Format { .. })));
     let mut f = mat_bytes("x", &[1, 1], &[1.0], false);
     f[124..126].copy_from_slice(&0x0200u16.to_le_bytes());
     let e = parse_mat(&f, "a.mat").unwrap_err().to_string();
@@ -184,16 +158,10 @@ fn matfile_huge_claimed_sizes_are_errors_not_allocations() {
     assert!(matches!(parse_mat(&f, "a.mat"), Err(Error::Format { .. })));
     // Dimensions claim 2^31 x 2^31 x 1 elements (overflow-free check against the data).
     let huge = mat_bytes("joints", &[i32::MAX, i32::MAX, 1], &[1.0; 42], false);
-    assert!(matches!(
-        parse_mat(&huge, "a.mat"),
-        Err(Error::Format { .. })
-    ));
+    assert!(matches!(parse_mat(&huge, "a.mat"), Err(Error::Format { .. })));
     // Negative dimension.
     let neg = mat_bytes("joints", &[-14, 3, 1], &[1.0; 42], false);
-    assert!(matches!(
-        parse_mat(&neg, "a.mat"),
-        Err(Error::Format { .. })
-    ));
+    assert!(matches!(parse_mat(&neg, "a.mat"), Err(Error::Format { .. })));
     // Dimensions that do not match the data.
     let wrong = mat_bytes("joints", &[14, 3, 2], &[1.0; 42], true);
     let e = parse_mat(&wrong, "a.mat").unwrap_err().to_string();
@@ -228,14 +196,8 @@ fn matfile_huge_claimed_sizes_are_errors_not_allocations() {
 fn matfile_fuzz_truncations_and_flips() {
     let own = mat_bytes("joints", &[14, 3, 2], &[7.0; 84], false);
     let files: Vec<(String, Vec<u8>)> = vec![
-        (
-            "lspet.mat".into(),
-            std::fs::read(fixtures().join("lspet/joints.mat")).unwrap(),
-        ),
-        (
-            "lsp.mat".into(),
-            std::fs::read(fixtures().join("lsp/joints.mat")).unwrap(),
-        ),
+        ("lspet.mat".into(), std::fs::read(fixtures().join("lspet/joints.mat")).unwrap()),
+        ("lsp.mat".into(), std::fs::read(fixtures().join("lsp/joints.mat")).unwrap()),
         ("own.mat".into(), own),
     ];
     let mut rng = Rng::new(2024);
@@ -255,10 +217,7 @@ fn matfile_fuzz_truncations_and_flips() {
         // The real data ends with the file: cutting into it must fail.
         if name != "lsp.mat" {
             for n in 129..bytes.len() {
-                assert!(
-                    parse_mat(&bytes[..n], name).is_err(),
-                    "{name} cut at {n} parsed"
-                );
+                assert!(parse_mat(&bytes[..n], name).is_err(), "{name} cut at {n} parsed");
             }
         }
         for _ in 0..3000 {
@@ -302,59 +261,27 @@ fn lspet_fixture_loads_with_lspet_convention() {
     // R-ankle of image 1 has flag 0 and y = -26.1: not labelled, zeroed.
     assert_eq!(a.keypoints[0], [0.0, 0.0, 0.0]);
     let k = a.keypoints[1];
-    assert!(
-        close(k[0], 26.030943518527007) && close(k[1], 86.41022512126052) && k[2] == 2.0,
-        "{k:?}"
-    );
+    assert!(close(k[0], 26.030943518527007) && close(k[1], 86.41022512126052) && k[2] == 2.0, "{k:?}");
     assert_eq!(a.num_labelled(), 13);
     // Image 3: right arm (joints 6-8) not labelled.
     let c = &set.annotations[2];
-    assert_eq!(
-        (
-            c.keypoints[6][2],
-            c.keypoints[7][2],
-            c.keypoints[8][2],
-            c.keypoints[9][2]
-        ),
-        (0.0, 0.0, 0.0, 2.0)
-    );
-    assert!(
-        close(c.keypoints[0][0], 149.3138939081821) && close(c.keypoints[0][1], 195.50574921539373)
-    );
+    assert_eq!((c.keypoints[6][2], c.keypoints[7][2], c.keypoints[8][2], c.keypoints[9][2]), (0.0, 0.0, 0.0, 2.0));
+    assert!(close(c.keypoints[0][0], 149.3138939081821) && close(c.keypoints[0][1], 195.50574921539373));
     // The box: labelled joints' extent, enlarged by 25% about its centre.
     let b = a.bbox.unwrap();
     let lab: Vec<_> = a.keypoints.iter().filter(|k| k[2] > 0.0).collect();
-    let (x0, x1) = lab
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(l, h), k| (l.min(k[0]), h.max(k[0])));
-    let (y0, y1) = lab
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(l, h), k| (l.min(k[1]), h.max(k[1])));
+    let (x0, x1) = lab.iter().fold((f32::MAX, f32::MIN), |(l, h), k| (l.min(k[0]), h.max(k[0])));
+    let (y0, y1) = lab.iter().fold((f32::MAX, f32::MIN), |(l, h), k| (l.min(k[1]), h.max(k[1])));
     assert!((b[2] - 1.25 * (x1 - x0)).abs() < 1e-3 && (b[3] - 1.25 * (y1 - y0)).abs() < 1e-3);
-    assert!(
-        (b[0] + b[2] / 2.0 - (x0 + x1) / 2.0).abs() < 1e-3
-            && (b[1] + b[3] / 2.0 - (y0 + y1) / 2.0).abs() < 1e-3
-    );
+    assert!((b[0] + b[2] / 2.0 - (x0 + x1) / 2.0).abs() < 1e-3 && (b[1] + b[3] / 2.0 - (y0 + y1) / 2.0).abs() < 1e-3);
 }
 
 #[test]
 fn lsp_range_selection_and_missing_images() {
     let root = fixtures().join("lspet");
     let set = load_lsp(&root, Some(2..=5), Visibility::Auto).unwrap();
-    assert_eq!(
-        set.annotations
-            .iter()
-            .map(|a| a.id.as_str())
-            .collect::<Vec<_>>(),
-        ["im00002", "im00003"]
-    );
-    assert_eq!(
-        set.missing,
-        vec![
-            root.join("images/im00004.jpg"),
-            root.join("images/im00005.jpg")
-        ]
-    );
+    assert_eq!(set.annotations.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["im00002", "im00003"]);
+    assert_eq!(set.missing, vec![root.join("images/im00004.jpg"), root.join("images/im00005.jpg")]);
     let one = load_lsp(&root, Some(3..=3), Visibility::Auto).unwrap();
     assert_eq!((one.annotations.len(), one.missing.len()), (1, 0));
     // Outside the labels, empty, or starting at 0 (numbers are 1-based): errors naming the file.
@@ -382,9 +309,7 @@ fn lsp_fixture_detected_as_lsp_occluded_convention() {
     assert_eq!(a.keypoints[0][2], 1.0);
     assert_eq!(a.keypoints[5][2], 1.0);
     assert!(a.keypoints[1..5].iter().all(|k| k[2] == 2.0));
-    assert!(
-        close(a.keypoints[0][0], 75.7106374089376) && close(a.keypoints[0][1], 49.49394239849751)
-    );
+    assert!(close(a.keypoints[0][0], 75.7106374089376) && close(a.keypoints[0][1], 49.49394239849751));
     let b = &set.annotations[1];
     assert_eq!(b.keypoints[13][2], 1.0);
     assert!(close(b.keypoints[13][0], 84.11764705882352) && close(b.keypoints[13][1], 72.8));
@@ -392,10 +317,7 @@ fn lsp_fixture_detected_as_lsp_occluded_convention() {
     let forced = load_lsp(&root, None, Visibility::Lspet).unwrap();
     let a = &forced.annotations[0];
     assert_eq!(a.num_labelled(), 2);
-    assert_eq!(
-        (a.keypoints[0][2], a.keypoints[5][2], a.keypoints[1]),
-        (2.0, 2.0, [0.0, 0.0, 0.0])
-    );
+    assert_eq!((a.keypoints[0][2], a.keypoints[5][2], a.keypoints[1]), (2.0, 2.0, [0.0, 0.0, 0.0]));
     // And the other way round on LSP-extended: flag 0 -> visible with its junk coordinates.
     let forced = load_lsp(&fixtures().join("lspet"), Some(1..=1), Visibility::Lsp).unwrap();
     let k = forced.annotations[0].keypoints[0];
@@ -441,29 +363,12 @@ fn lspet_real_file_and_missing_test_images() {
     // Whole-array checksums from scipy: math.fsum(j.flatten('F')) and the sum of v * (i % 97).
     let j = &read_mat(&root.join("joints.mat")).unwrap()["joints"];
     let sum: f64 = j.data.iter().sum();
-    let weighted: f64 = j
-        .data
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v * (i % 97) as f64)
-        .sum();
+    let weighted: f64 = j.data.iter().enumerate().map(|(i, v)| v * (i % 97) as f64).sum();
     assert!((sum - 30598262.165915985).abs() < 1e-6, "{sum}");
     assert!((weighted - 1465901991.3305035).abs() < 1e-4, "{weighted}");
     let set = load_lsp(&root, Some(8999..=9002), Visibility::Auto).unwrap();
-    assert_eq!(
-        set.annotations
-            .iter()
-            .map(|a| a.id.as_str())
-            .collect::<Vec<_>>(),
-        ["im08999", "im09000"]
-    );
-    assert_eq!(
-        set.missing,
-        vec![
-            root.join("images/im09001.jpg"),
-            root.join("images/im09002.jpg")
-        ]
-    );
+    assert_eq!(set.annotations.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["im08999", "im09000"]);
+    assert_eq!(set.missing, vec![root.join("images/im09001.jpg"), root.join("images/im09002.jpg")]);
     let k = set.annotations[1].keypoints[13];
     assert!(close(k[0], 281.4928422906934) && close(k[1], 93.51395098621008) && k[2] == 2.0);
     // LSP-extended's images 9001-10000 were never distributed: all labels, no images.
@@ -472,17 +377,8 @@ fn lspet_real_file_and_missing_test_images() {
     let all = load_lsp(&root, None, Visibility::Auto).unwrap();
     assert_eq!((all.annotations.len(), all.missing.len()), (9000, 1000));
     // Unlabelled joints (flag 0, often negative coordinates) are visibility 0 everywhere.
-    assert!(all
-        .annotations
-        .iter()
-        .flat_map(|a| &a.keypoints)
-        .all(|k| k[2] == 2.0 || *k == [0.0, 0.0, 0.0]));
-    let unlabelled = all
-        .annotations
-        .iter()
-        .flat_map(|a| &a.keypoints)
-        .filter(|k| k[2] == 0.0)
-        .count();
+    assert!(all.annotations.iter().flat_map(|a| &a.keypoints).all(|k| k[2] == 2.0 || *k == [0.0, 0.0, 0.0]));
+    let unlabelled = all.annotations.iter().flat_map(|a| &a.keypoints).filter(|k| k[2] == 0.0).count();
     assert!(unlabelled > 10_000, "{unlabelled}");
 }
 
@@ -494,46 +390,28 @@ fn coco_fixture_loads_all_and_lists_persons_on_present_images() {
     let dir = fixtures().join("coco");
     let json = dir.join("test_coco.json");
     let ds = load_coco(&json, &dir).unwrap();
-    assert_eq!(
-        (ds.images.len(), ds.annotations.len(), ds.categories.len()),
-        (4, 14, 1)
-    );
+    assert_eq!((ds.images.len(), ds.annotations.len(), ds.categories.len()), (4, 14, 1));
     assert_eq!(ds.categories[0].keypoints.len(), 17);
     // Only 000000040083.jpg is in the fixture.
     assert_eq!(ds.missing_images.len(), 3);
     assert!(ds.image(40083).unwrap().exists && !ds.image(785).unwrap().exists);
     let p = ds.persons();
     // Image 40083 has 198196 (14 kps), 230195 (15 kps) and 1202706 (0 kps, left out).
-    assert_eq!(
-        p.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
-        ["198196", "230195"]
-    );
+    assert_eq!(p.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["198196", "230195"]);
     let a = &p[0];
     assert_eq!(a.skeleton, &COCO17);
     assert_eq!(a.image, dir.join("000000040083.jpg"));
-    assert_eq!(
-        &a.keypoints[..3],
-        &[[99.0, 144.0, 2.0], [104.0, 141.0, 2.0], [96.0, 137.0, 2.0]]
-    );
+    assert_eq!(&a.keypoints[..3], &[[99.0, 144.0, 2.0], [104.0, 141.0, 2.0], [96.0, 137.0, 2.0]]);
     assert_eq!(a.num_labelled(), 14);
     assert_eq!(a.bbox, Some([38.08, 110.95, 174.71, 174.71]));
     assert_eq!(
         a.extra,
-        Extra::Coco {
-            image_id: 40083,
-            ann_id: 198196,
-            area: 11025.219,
-            iscrowd: false,
-            num_keypoints: 14
-        }
+        Extra::Coco { image_id: 40083, ann_id: 198196, area: 11025.219, iscrowd: false, num_keypoints: 14 }
     );
     assert_eq!(a.coco_image_id(), Some(40083));
     // The evaluator's view keeps everything, including the person without keypoints.
     let z = ds.annotations.iter().find(|a| a.id == 1202706).unwrap();
-    assert_eq!(
-        (z.num_keypoints, z.iscrowd, z.keypoints.len()),
-        (0, false, 51)
-    );
+    assert_eq!((z.num_keypoints, z.iscrowd, z.keypoints.len()), (0, false, 51));
 }
 
 #[test]
@@ -568,29 +446,17 @@ fn coco_bad_json_is_an_error_naming_the_file() {
 fn coco_results_round_trip() {
     let d = scratch("cocores");
     let p = d.join("res.json");
-    let kps: Vec<[f32; 3]> = (0..17)
-        .map(|j| [j as f32 * 1.5, 100.0 - j as f32, 0.25 + j as f32 / 40.0])
-        .collect();
-    let res = vec![
-        CocoResult::new(785, &kps, 0.9),
-        CocoResult::new(40083, &kps[..], 0.125),
-    ];
+    let kps: Vec<[f32; 3]> = (0..17).map(|j| [j as f32 * 1.5, 100.0 - j as f32, 0.25 + j as f32 / 40.0]).collect();
+    let res = vec![CocoResult::new(785, &kps, 0.9), CocoResult::new(40083, &kps[..], 0.125)];
     write_coco_results(&p, &res).unwrap();
     let text = std::fs::read_to_string(&p).unwrap();
-    assert!(
-        text.starts_with(r#"[{"image_id":785,"category_id":1,"keypoints":[0.0,100.0,0.25,"#),
-        "{text}"
-    );
+    assert!(text.starts_with(r#"[{"image_id":785,"category_id":1,"keypoints":[0.0,100.0,0.25,"#), "{text}");
     assert!(!text.contains("bbox"));
     assert_eq!(read_coco_results(&p).unwrap(), res);
     let mut bad = res.clone();
     bad[1].score = f64::NAN;
     assert!(matches!(write_coco_results(&p, &bad), Err(Error::Input(_))));
-    std::fs::write(
-        &p,
-        r#"[{"image_id": 1, "category_id": 1, "keypoints": [1, 2], "score": 1}]"#,
-    )
-    .unwrap();
+    std::fs::write(&p, r#"[{"image_id": 1, "category_id": 1, "keypoints": [1, 2], "score": 1}]"#).unwrap();
     assert_format_err(read_coco_results(&p), &p);
     std::fs::write(&p, r#"{"image_id": 1}"#).unwrap();
     assert_format_err(read_coco_results(&p), &p);
@@ -602,19 +468,11 @@ fn coco_mini_loads() {
     let Some(root) = shared("coco-mini") else {
         return;
     };
-    let ds = load_coco(
-        &root.join("annotations/person_keypoints_val2017.json"),
-        &root.join("val2017"),
-    )
-    .unwrap();
+    let ds = load_coco(&root.join("annotations/person_keypoints_val2017.json"), &root.join("val2017")).unwrap();
     assert_eq!((ds.images.len(), ds.annotations.len()), (32, 93));
     assert!(ds.missing_images.is_empty());
     assert_eq!(ds.persons().len(), 68); // the README's "68 people with keypoints"
-    let ds = load_coco(
-        &root.join("annotations/person_keypoints_train2017.json"),
-        &root.join("train2017"),
-    )
-    .unwrap();
+    let ds = load_coco(&root.join("annotations/person_keypoints_train2017.json"), &root.join("train2017")).unwrap();
     assert_eq!(ds.persons().len(), 86);
 }
 
@@ -645,14 +503,7 @@ fn mpii_fixture_loads_hrnet_layout() {
     assert!((b[2] - side).abs() < 1e-3 && (b[3] - side).abs() < 1e-3);
     assert!((b[0] - (315.0 - side / 2.0)).abs() < 1e-3);
     assert!((b[1] - (220.0 + 15.0 * s - 1.0 - side / 2.0)).abs() < 1e-3);
-    assert_eq!(
-        a.extra,
-        Extra::Mpii {
-            center: [316.0, 220.0],
-            scale: s,
-            head_size: a.head_size()
-        }
-    );
+    assert_eq!(a.extra, Extra::Mpii { center: [316.0, 220.0], scale: s, head_size: a.head_size() });
 }
 
 #[test]
@@ -660,9 +511,7 @@ fn mpii_unlabelled_joints_headbox_and_bad_json() {
     let dir = fixtures().join("mpii");
     let d = scratch("mpii");
     let p = d.join("m.json");
-    let mut joints: Vec<[f64; 2]> = (0..16)
-        .map(|j| [100.0 + j as f64, 200.0 + 2.0 * j as f64])
-        .collect();
+    let mut joints: Vec<[f64; 2]> = (0..16).map(|j| [100.0 + j as f64, 200.0 + 2.0 * j as f64]).collect();
     joints[0] = [-1.0, -1.0];
     let mut vis = vec![1; 16];
     vis[0] = 0;
@@ -673,15 +522,7 @@ fn mpii_unlabelled_joints_headbox_and_bad_json() {
             serde_json::to_string(&vis).unwrap()
         )
     };
-    std::fs::write(
-        &p,
-        format!(
-            "[{}, {}]",
-            entry(""),
-            entry(r#", "headbox": [10, 20, 40, 60]"#)
-        ),
-    )
-    .unwrap();
+    std::fs::write(&p, format!("[{}, {}]", entry(""), entry(r#", "headbox": [10, 20, 40, 60]"#))).unwrap();
     let set = load_mpii(&p, &dir).unwrap();
     assert_eq!(set.annotations.len(), 2);
     let a = &set.annotations[0];
@@ -692,19 +533,9 @@ fn mpii_unlabelled_joints_headbox_and_bad_json() {
     // With a head box: 0.6 x its diagonal (30, 40) = 30.
     assert!((set.annotations[1].head_size().unwrap() - 30.0).abs() < 1e-4);
     // The test split has no joints: all unlabelled, no head size.
-    std::fs::write(
-        &p,
-        r#"[{"image": "052475643.jpg", "center": [300.0, 250.0], "scale": 2.0}]"#,
-    )
-    .unwrap();
+    std::fs::write(&p, r#"[{"image": "052475643.jpg", "center": [300.0, 250.0], "scale": 2.0}]"#).unwrap();
     let t = load_mpii(&p, &dir).unwrap();
-    assert_eq!(
-        (
-            t.annotations[0].num_labelled(),
-            t.annotations[0].head_size()
-        ),
-        (0, None)
-    );
+    assert_eq!((t.annotations[0].num_labelled(), t.annotations[0].head_size()), (0, None));
     // Bad files.
     for text in [
         "[{",
@@ -741,22 +572,11 @@ fn person_box_rules() {
     assert_eq!(box_from_keypoints(&k[2..], 1.25), None); // nothing labelled
     assert_eq!(box_from_keypoints(&[[5.0, 5.0, 2.0]], 1.25), None); // a single point
     assert_eq!(
-        box_from_keypoints(
-            &[[f32::NAN, 5.0, 2.0], [1.0, 1.0, 2.0], [3.0, 1.0, 2.0]],
-            1.0
-        ),
+        box_from_keypoints(&[[f32::NAN, 5.0, 2.0], [1.0, 1.0, 2.0], [3.0, 1.0, 2.0]], 1.0),
         Some([1.0, 1.0, 2.0, 0.0])
     );
-    assert_eq!(
-        box_from_center_scale([100.0, 100.0], 1.0),
-        [0.0, 0.0, 200.0, 200.0]
-    );
+    assert_eq!(box_from_center_scale([100.0, 100.0], 1.0), [0.0, 0.0, 200.0, 200.0]);
     assert_eq!(mpii_box([-1.0, -1.0], 1.0), None);
     let b = mpii_box([101.0, 89.0], 0.8).unwrap();
-    assert!(
-        b.iter()
-            .zip([0.0, 0.0, 200.0, 200.0])
-            .all(|(x, y)| (x - y).abs() < 1e-4),
-        "{b:?}"
-    );
+    assert!(b.iter().zip([0.0, 0.0, 200.0, 200.0]).all(|(x, y)| (x - y).abs() < 1e-4), "{b:?}");
 }

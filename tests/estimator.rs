@@ -75,7 +75,9 @@ fn every_image_layout_loads_and_bad_files_are_errors() {
     gray.save(dir.join("gray.png")).unwrap();
     let rgba = image::RgbaImage::from_fn(20, 30, |x, y| image::Rgba([x as u8, y as u8, 9, 100]));
     rgba.save(dir.join("rgba.png")).unwrap();
-    let deep = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_fn(16, 12, |x, _| image::Rgb([x as u16 * 4000, 0, 65535]));
+    let deep = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_fn(16, 12, |x, _| {
+        image::Rgb([x as u16 * 4000, 0, 65535])
+    });
     image::DynamicImage::ImageRgb16(deep).save(dir.join("deep.png")).unwrap();
     for f in ["gray.png", "rgba.png", "deep.png"] {
         let img = load_rgb(&dir.join(f)).unwrap();
@@ -127,16 +129,30 @@ fn a_frame_already_on_the_gpu_gives_the_same_poses() {
     let pitch = (w * 4).div_ceil(256) * 256;
     let mut bytes = vec![0u8; (pitch * h) as usize];
     for y in 0..h as usize {
-        bytes[y * pitch as usize..][..w as usize * 4].copy_from_slice(&rgba.as_raw()[y * w as usize * 4..][..w as usize * 4]);
+        bytes[y * pitch as usize..][..w as usize * 4]
+            .copy_from_slice(&rgba.as_raw()[y * w as usize * 4..][..w as usize * 4]);
     }
-    let buf = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: &bytes, usage: wgpu::BufferUsages::STORAGE });
-    let frame = wgpose::pipeline::preprocess_gpu::FrameLayout { width: w, height: h, row_stride: pitch / 4, offset: 0, bgra: false };
+    let buf = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: &bytes,
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+    let frame = wgpose::pipeline::preprocess_gpu::FrameLayout {
+        width: w,
+        height: h,
+        row_stride: pitch / 4,
+        offset: 0,
+        bgra: false,
+    };
     let mut est = Estimator::new(&small_model(), None, Some(&ctx), EstimatorOptions::default()).unwrap();
     let boxes = [[250.0, 40.0, 250.0, 360.0]];
     let a = est.estimate_gpu_frame(&buf, &frame, &boxes).unwrap();
     let b = est.estimate_batch(&ImageRef::from(&img.rgb), &boxes).unwrap();
     for (k, l) in a[0].keypoints.iter().zip(&b[0].keypoints) {
-        assert!((k.x - l.x).abs() < 1e-3 && (k.y - l.y).abs() < 1e-3 && (k.score - l.score).abs() < 1e-5, "{k:?} vs {l:?}");
+        assert!(
+            (k.x - l.x).abs() < 1e-3 && (k.y - l.y).abs() < 1e-3 && (k.score - l.score).abs() < 1e-5,
+            "{k:?} vs {l:?}"
+        );
     }
     let cpu = Estimator::new(&small_model(), None, None, EstimatorOptions::default());
     assert!(cpu.unwrap().estimate_gpu_frame(&buf, &frame, &boxes).is_err());

@@ -44,7 +44,17 @@ fn check(ctx: &GpuContext, what: &str, g: &Graph, batch: usize, seed: u64) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn conv_op(rng: &mut Rng, cin: usize, cout: usize, k: [usize; 2], stride: usize, pad: usize, dil: usize, groups: usize, bias: bool) -> Conv2d {
+fn conv_op(
+    rng: &mut Rng,
+    cin: usize,
+    cout: usize,
+    k: [usize; 2],
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    groups: usize,
+    bias: bool,
+) -> Conv2d {
     let cin_g = cin / groups;
     Conv2d {
         weight: random_tensor(rng, &[cout, cin_g, k[0], k[1]]),
@@ -69,15 +79,15 @@ fn conv2d_matches_reference() {
         ([2, 6, 10, 7], 6, [3, 3], 2, 1, 1, 6, false),  // depthwise, stride 2
         ([1, 3, 33, 31], 16, [7, 7], 2, 3, 1, 1, true), // stem
         ([1, 10, 7, 9], 9, [1, 1], 1, 0, 1, 1, true),
-        ([1, 5, 12, 10], 7, [3, 3], 1, 2, 2, 1, true),  // dilation 2
+        ([1, 5, 12, 10], 7, [3, 3], 1, 2, 2, 1, true), // dilation 2
         ([2, 4, 6, 6], 4, [5, 5], 1, 0, 1, 1, true),
-        ([1, 4, 9, 8], 6, [1, 3], 1, 0, 1, 2, true),    // non-square kernel
-        ([1, 12, 5, 5], 3, [3, 3], 2, 0, 1, 3, true),   // groups with 1 output per group
-        ([1, 16, 19, 21], 33, [3, 3], 1, 1, 1, 1, true), // cout not a multiple of 8
-        ([1, 130, 9, 10], 40, [3, 3], 1, 1, 1, 1, true), // weights split over 2 input chunks
+        ([1, 4, 9, 8], 6, [1, 3], 1, 0, 1, 2, true),      // non-square kernel
+        ([1, 12, 5, 5], 3, [3, 3], 2, 0, 1, 3, true),     // groups with 1 output per group
+        ([1, 16, 19, 21], 33, [3, 3], 1, 1, 1, 1, true),  // cout not a multiple of 8
+        ([1, 130, 9, 10], 40, [3, 3], 1, 1, 1, 1, true),  // weights split over 2 input chunks
         ([2, 1100, 3, 5], 20, [1, 1], 1, 0, 1, 1, false), // 1x1 split over 2 input chunks
-        ([1, 64, 6, 7], 80, [3, 3], 2, 1, 1, 2, true),  // groups on the tiled path, several blocks
-        ([1, 2, 40, 3], 16, [3, 3], 1, 1, 1, 1, true),  // narrower than one pixel tile
+        ([1, 64, 6, 7], 80, [3, 3], 2, 1, 1, 2, true),    // groups on the tiled path, several blocks
+        ([1, 2, 40, 3], 16, [3, 3], 1, 1, 1, 1, true),    // narrower than one pixel tile
     ];
     for (i, &(s, cout, k, st, p, d, g, bias)) in cases.iter().enumerate() {
         let op = Op::Conv2d(conv_op(&mut rng, s[1], cout, k, st, p, d, g, bias));
@@ -137,7 +147,11 @@ fn elementwise_ops_match_reference() {
         (
             "affine_relu",
             vec![s],
-            Op::ChannelAffine { scale: vec_param(&mut rng, c, -2.0, 2.0), shift: vec_param(&mut rng, c, -1.0, 1.0), act: Act::Relu },
+            Op::ChannelAffine {
+                scale: vec_param(&mut rng, c, -2.0, 2.0),
+                shift: vec_param(&mut rng, c, -1.0, 1.0),
+                act: Act::Relu,
+            },
         ),
         ("relu", vec![s], Op::Activation(Act::Relu)),
         ("sigmoid", vec![s], Op::Activation(Act::Sigmoid)),

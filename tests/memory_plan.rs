@@ -42,7 +42,12 @@ fn check_plan(g: &Graph, batch: usize) {
         assert!(p.lifetime[r].0 <= i.max(if matches!(g.nodes[i].op, Op::Input { .. }) { 0 } else { i }));
         for (j, node) in g.nodes.iter().enumerate() {
             if node.inputs.contains(&i) {
-                assert!(p.lifetime[r].1 >= j, "`{}` read by `{}` after its memory is freed", g.nodes[i].name, node.name);
+                assert!(
+                    p.lifetime[r].1 >= j,
+                    "`{}` read by `{}` after its memory is freed",
+                    g.nodes[i].name,
+                    node.name
+                );
             }
         }
     }

@@ -16,9 +16,7 @@ fn fixtures() -> PathBuf {
 
 /// An LSP person with left shoulder (9) at (0, 0) and right hip (2) at (30, 40): torso = 50.
 fn lsp_person() -> Annotation {
-    let mut kps: Vec<[f32; 3]> = (0..14)
-        .map(|j| [100.0 + 7.0 * j as f32, 50.0 + 3.0 * j as f32, 2.0])
-        .collect();
+    let mut kps: Vec<[f32; 3]> = (0..14).map(|j| [100.0 + 7.0 * j as f32, 50.0 + 3.0 * j as f32, 2.0]).collect();
     kps[9] = [0.0, 0.0, 2.0];
     kps[2] = [30.0, 40.0, 1.0];
     Annotation {
@@ -56,10 +54,7 @@ fn pck_threshold_is_inclusive_and_alpha_torso_plus_eps_fails() {
     let mut p = exact(&g[0]);
     p[0][0] += 10.0;
     let r = pck(&[p.clone()], &g, 0.2, PckNorm::Torso).unwrap();
-    assert_eq!(
-        r.correct[0], 1,
-        "a shift of exactly alpha * torso is within"
-    );
+    assert_eq!(r.correct[0], 1, "a shift of exactly alpha * torso is within");
     p[0][0] += 0.001;
     let r = pck(&[p.clone()], &g, 0.2, PckNorm::Torso).unwrap();
     assert_eq!((r.correct[0], r.total[0]), (0, 1));
@@ -69,10 +64,7 @@ fn pck_threshold_is_inclusive_and_alpha_torso_plus_eps_fails() {
     let mut p = exact(&g[0]);
     p[5][0] += 6.0;
     p[5][1] += 8.0;
-    assert_eq!(
-        pck(&[p.clone()], &g, 0.2, PckNorm::Torso).unwrap().correct[5],
-        1
-    );
+    assert_eq!(pck(&[p.clone()], &g, 0.2, PckNorm::Torso).unwrap().correct[5], 1);
     p[5][1] += 0.01;
     assert_eq!(pck(&[p], &g, 0.2, PckNorm::Torso).unwrap().correct[5], 0);
 }
@@ -104,32 +96,14 @@ fn pck_counts_only_labelled_joints_and_skips_people_without_a_size() {
 fn pck_errors() {
     let g = vec![lsp_person()];
     let p = vec![exact(&g[0])];
-    assert!(matches!(
-        pck(&p, &[], 0.2, PckNorm::Torso),
-        Err(Error::Input(_))
-    ));
-    assert!(matches!(
-        pck(&[vec![[0.0f32; 2]; 13]], &g, 0.2, PckNorm::Torso),
-        Err(Error::Input(_))
-    ));
-    assert!(matches!(
-        pck(&p, &g, 0.0, PckNorm::Torso),
-        Err(Error::Input(_))
-    ));
-    assert!(matches!(
-        pck(&p, &g, f64::NAN, PckNorm::Torso),
-        Err(Error::Input(_))
-    ));
+    assert!(matches!(pck(&p, &[], 0.2, PckNorm::Torso), Err(Error::Input(_))));
+    assert!(matches!(pck(&[vec![[0.0f32; 2]; 13]], &g, 0.2, PckNorm::Torso), Err(Error::Input(_))));
+    assert!(matches!(pck(&p, &g, 0.0, PckNorm::Torso), Err(Error::Input(_))));
+    assert!(matches!(pck(&p, &g, f64::NAN, PckNorm::Torso), Err(Error::Input(_))));
     // LSP has no head size: everyone skipped, nothing to count.
-    assert!(matches!(
-        pck(&p, &g, 0.5, PckNorm::Head),
-        Err(Error::Input(_))
-    ));
+    assert!(matches!(pck(&p, &g, 0.5, PckNorm::Head), Err(Error::Input(_))));
     let empty: Vec<Vec<[f32; 2]>> = Vec::new();
-    assert!(matches!(
-        pck(&empty, &[], 0.2, PckNorm::Torso),
-        Err(Error::Input(_))
-    ));
+    assert!(matches!(pck(&empty, &[], 0.2, PckNorm::Torso), Err(Error::Input(_))));
 }
 
 #[test]
@@ -144,20 +118,14 @@ fn pck_box_uses_the_larger_box_side() {
 
 #[test]
 fn pckh_with_mpii_head_size() {
-    let kps: Vec<[f32; 3]> = (0..16)
-        .map(|j| [10.0 * j as f32, 5.0 * j as f32, 2.0])
-        .collect();
+    let kps: Vec<[f32; 3]> = (0..16).map(|j| [10.0 * j as f32, 5.0 * j as f32, 2.0]).collect();
     let g = vec![Annotation {
         image: PathBuf::from("a.jpg"),
         keypoints: kps,
         bbox: None,
         skeleton: &MPII16,
         id: "a.jpg#0".into(),
-        extra: Extra::Mpii {
-            center: [0.0, 0.0],
-            scale: 1.0,
-            head_size: Some(20.0),
-        },
+        extra: Extra::Mpii { center: [0.0, 0.0], scale: 1.0, head_size: Some(20.0) },
     }];
     let mut p = exact(&g[0]);
     p[6][0] += 10.0; // pelvis: exactly 0.5 * head, in
@@ -206,9 +174,7 @@ fn oks_case() -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         };
         d1.extend_from_slice(&[x, y, 0.9]);
     }
-    let d2: Vec<f64> = (0..17)
-        .flat_map(|j| [250.0 + 5.0 * j as f64, 190.0 + 20.0 * j as f64, 0.5])
-        .collect();
+    let d2: Vec<f64> = (0..17).flat_map(|j| [250.0 + 5.0 * j as f64, 190.0 + 20.0 * j as f64, 0.5]).collect();
     (g, d1, d2)
 }
 
@@ -219,22 +185,10 @@ fn oks_matches_pycocotools_including_the_no_keypoint_box_rule() {
     let g2 = vec![0.0; 51];
     let (b1, b2) = ([80.0, 30.0, 60.0, 90.0], [300.0, 200.0, 30.0, 40.0]);
     let rel = |a: f64, b: f64| (a - b).abs() <= 1e-14 * b.abs();
-    assert!(rel(
-        oks(&d1, &g, b1, 5000.0, &s).unwrap(),
-        0.5092933147278471
-    ));
-    assert!(rel(
-        oks(&d2, &g, b1, 5000.0, &s).unwrap(),
-        7.621330245109958e-120
-    ));
-    assert!(rel(
-        oks(&d1, &g2, b2, 1200.0, &s).unwrap(),
-        4.2237715342392336e-119
-    ));
-    assert!(rel(
-        oks(&d2, &g2, b2, 1200.0, &s).unwrap(),
-        0.07692670604187211
-    ));
+    assert!(rel(oks(&d1, &g, b1, 5000.0, &s).unwrap(), 0.5092933147278471));
+    assert!(rel(oks(&d2, &g, b1, 5000.0, &s).unwrap(), 7.621330245109958e-120));
+    assert!(rel(oks(&d1, &g2, b2, 1200.0, &s).unwrap(), 4.2237715342392336e-119));
+    assert!(rel(oks(&d2, &g2, b2, 1200.0, &s).unwrap(), 0.07692670604187211));
     assert!(oks(&d1[..50], &g, b1, 5000.0, &s).is_err());
 }
 
@@ -268,42 +222,15 @@ fn coco_ap_tiny_case_matches_pycocotools() {
             ann(1, g, 4, 5000.0, [80.0, 30.0, 60.0, 90.0]),
             ann(2, vec![0.0; 51], 0, 1200.0, [300.0, 200.0, 30.0, 40.0]),
         ],
-        categories: vec![CocoCategory {
-            id: 1,
-            name: "person".into(),
-            keypoints: vec![],
-        }],
+        categories: vec![CocoCategory { id: 1, name: "person".into(), keypoints: vec![] }],
         missing_images: vec![],
     };
     let res = vec![
-        CocoResult {
-            image_id: 1,
-            category_id: 1,
-            keypoints: d1,
-            score: 0.9,
-            bbox: None,
-        },
-        CocoResult {
-            image_id: 1,
-            category_id: 1,
-            keypoints: d2,
-            score: 0.8,
-            bbox: None,
-        },
+        CocoResult { image_id: 1, category_id: 1, keypoints: d1, score: 0.9, bbox: None },
+        CocoResult { image_id: 1, category_id: 1, keypoints: d2, score: 0.8, bbox: None },
     ];
     let s = coco_keypoint_eval(&ds, &res).unwrap().as_array();
-    let want = [
-        0.09999999999999999,
-        0.9999999999999999,
-        0.0,
-        0.09999999999999999,
-        -1.0,
-        0.1,
-        1.0,
-        0.0,
-        0.1,
-        -1.0,
-    ];
+    let want = [0.09999999999999999, 0.9999999999999999, 0.0, 0.09999999999999999, -1.0, 0.1, 1.0, 0.0, 0.1, -1.0];
     for (i, (a, b)) in s.iter().zip(want).enumerate() {
         assert!((a - b).abs() < 1e-12, "stat {i}: {a} vs pycocotools {b}");
     }
@@ -327,11 +254,7 @@ fn coco_ap_of_perfect_predictions_is_one() {
         .map(|a| CocoResult {
             image_id: a.image_id,
             category_id: 1,
-            keypoints: a
-                .keypoints
-                .chunks(3)
-                .flat_map(|k| [k[0], k[1], 1.0])
-                .collect(),
+            keypoints: a.keypoints.chunks(3).flat_map(|k| [k[0], k[1], 1.0]).collect(),
             score: 1.0,
             bbox: None,
         })
@@ -383,10 +306,7 @@ fn coco_ap_matches_pycocotools_on_fixture_results() {
         let res = read_coco_results(&fixtures().join("coco").join(file)).unwrap();
         let got = coco_keypoint_eval(&gt, &res).unwrap().as_array();
         for (i, (a, b)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-12,
-                "{file} stat {i}: ours {a}, pycocotools {b}"
-            );
+            assert!((a - b).abs() <= 1e-12, "{file} stat {i}: ours {a}, pycocotools {b}");
         }
     }
 }
@@ -398,29 +318,14 @@ fn coco_ap_edge_cases() {
     let s = coco_keypoint_eval(&gt, &[]).unwrap();
     assert_eq!((s.ap, s.ar, s.ap_large), (0.0, 0.0, 0.0));
     // A result for an image that is not in the ground truth (pycocotools asserts).
-    let r = CocoResult {
-        image_id: 12345,
-        category_id: 1,
-        keypoints: vec![1.0; 51],
-        score: 0.5,
-        bbox: None,
-    };
-    assert!(matches!(
-        coco_keypoint_eval(&gt, std::slice::from_ref(&r)),
-        Err(Error::Input(_))
-    ));
+    let r = CocoResult { image_id: 12345, category_id: 1, keypoints: vec![1.0; 51], score: 0.5, bbox: None };
+    assert!(matches!(coco_keypoint_eval(&gt, std::slice::from_ref(&r)), Err(Error::Input(_))));
     let mut short = r.clone();
     short.image_id = 785;
     short.keypoints.pop();
-    assert!(matches!(
-        coco_keypoint_eval(&gt, &[short]),
-        Err(Error::Input(_))
-    ));
+    assert!(matches!(coco_keypoint_eval(&gt, &[short]), Err(Error::Input(_))));
     let mut nan = r;
     nan.image_id = 785;
     nan.score = f64::NAN;
-    assert!(matches!(
-        coco_keypoint_eval(&gt, &[nan]),
-        Err(Error::Input(_))
-    ));
+    assert!(matches!(coco_keypoint_eval(&gt, &[nan]), Err(Error::Input(_))));
 }

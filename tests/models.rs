@@ -16,9 +16,7 @@ fn built() -> Vec<(ModelConfig, wgpose::graph::Graph)> {
     configs()
         .into_iter()
         .map(|c| {
-            let g = c
-                .build(0)
-                .unwrap_or_else(|e| panic!("{} does not build: {e}", c.name));
+            let g = c.build(0).unwrap_or_else(|e| panic!("{} does not build: {e}", c.name));
             (c, g)
         })
         .collect()
@@ -73,12 +71,7 @@ fn every_config_builds_with_stride_4_heatmaps_at_batch_1_and_2() {
         let inputs = g.inputs();
         assert_eq!(inputs.len(), 1, "{}", c.name);
         assert_eq!(g.nodes[inputs[0]].name, "input", "{}", c.name);
-        assert_eq!(
-            g.nodes[inputs[0]].op,
-            Op::Input { chw: c.input },
-            "{}",
-            c.name
-        );
+        assert_eq!(g.nodes[inputs[0]].op, Op::Input { chw: c.input }, "{}", c.name);
         assert_eq!(c.input[0], 3, "{}", c.name);
         assert_eq!(g.outputs.len(), c.num_outputs(), "{}", c.name);
         if c.family != Family::SoftGatedHourglass {
@@ -89,13 +82,7 @@ fn every_config_builds_with_stride_4_heatmaps_at_batch_1_and_2() {
         for n in [1, 2] {
             let shapes = g.shapes(n).unwrap();
             for &o in &g.outputs {
-                assert_eq!(
-                    shapes[o],
-                    [n, k, h, w],
-                    "{} output {}",
-                    c.name,
-                    g.nodes[o].name
-                );
+                assert_eq!(shapes[o], [n, k, h, w], "{} output {}", c.name, g.nodes[o].name);
             }
         }
         // The last node producing each output is what the family promises.
@@ -110,13 +97,8 @@ fn every_config_builds_with_stride_4_heatmaps_at_batch_1_and_2() {
 
 #[test]
 fn hourglass_outputs_one_heatmap_per_stack_in_order() {
-    for c in configs()
-        .into_iter()
-        .filter(|c| c.family == Family::SoftGatedHourglass)
-    {
-        let Arch::Hourglass(a) = &c.arch else {
-            unreachable!()
-        };
+    for c in configs().into_iter().filter(|c| c.family == Family::SoftGatedHourglass) {
+        let Arch::Hourglass(a) = &c.arch else { unreachable!() };
         let g = c.build(1).unwrap();
         assert_eq!(g.outputs.len(), a.stacks, "{}", c.name);
         for (s, &o) in g.outputs.iter().enumerate() {
@@ -124,16 +106,10 @@ fn hourglass_outputs_one_heatmap_per_stack_in_order() {
         }
         assert!(g.outputs.windows(2).all(|w| w[0] < w[1]));
         // One soft gate per residual block, initialised to 1.
-        let gates: Vec<_> = g
-            .nodes
-            .iter()
-            .filter(|n| matches!(n.op, Op::GatedAdd { .. }))
-            .collect();
+        let gates: Vec<_> = g.nodes.iter().filter(|n| matches!(n.op, Op::GatedAdd { .. })).collect();
         assert!(!gates.is_empty());
         for n in gates {
-            let Op::GatedAdd { alpha } = &n.op else {
-                unreachable!()
-            };
+            let Op::GatedAdd { alpha } = &n.op else { unreachable!() };
             assert!(alpha.data.iter().all(|&v| v == 1.0), "{}", n.name);
             assert!(n.name.ends_with(".gate"), "{}", n.name);
         }
@@ -145,27 +121,15 @@ fn node_names_are_unique_dotted_paths() {
     for (c, g) in built() {
         let mut seen = HashSet::new();
         for n in &g.nodes {
-            assert!(
-                seen.insert(n.name.as_str()),
-                "{}: duplicate node name {}",
-                c.name,
-                n.name
-            );
+            assert!(seen.insert(n.name.as_str()), "{}: duplicate node name {}", c.name, n.name);
             if n.name == "input" {
                 continue;
             }
-            assert!(
-                n.name.contains('.'),
-                "{}: node name `{}` is not a dotted path",
-                c.name,
-                n.name
-            );
+            assert!(n.name.contains('.'), "{}: node name `{}` is not a dotted path", c.name, n.name);
             for seg in n.name.split('.') {
                 assert!(
                     !seg.is_empty()
-                        && seg
-                            .chars()
-                            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'),
+                        && seg.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'),
                     "{}: bad segment `{seg}` in `{}`",
                     c.name,
                     n.name
@@ -181,17 +145,10 @@ fn convs_followed_only_by_batch_norm_have_no_bias() {
         let consumers = g.consumers();
         for (id, n) in g.nodes.iter().enumerate() {
             let Op::Conv2d(conv) = &n.op else { continue };
-            let to_bn = !consumers[id].is_empty()
-                && consumers[id]
-                    .iter()
-                    .all(|&k| matches!(g.nodes[k].op, Op::BatchNorm(_)));
+            let to_bn =
+                !consumers[id].is_empty() && consumers[id].iter().all(|&k| matches!(g.nodes[k].op, Op::BatchNorm(_)));
             if to_bn {
-                assert!(
-                    conv.bias.is_none(),
-                    "{}: `{}` feeds a batch norm but has a bias",
-                    c.name,
-                    n.name
-                );
+                assert!(conv.bias.is_none(), "{}: `{}` feeds a batch norm but has a bias", c.name, n.name);
             }
         }
     }
@@ -205,12 +162,7 @@ fn params_are_near_the_papers() {
         };
         let ours = g.param_count() as f64 / 1e6;
         let rel = (ours - paper).abs() / paper;
-        assert!(
-            rel <= PARAM_BAND,
-            "{}: {ours:.2}M params vs paper {paper}M ({:.0}% off)",
-            c.name,
-            rel * 100.0
-        );
+        assert!(rel <= PARAM_BAND, "{}: {ours:.2}M params vs paper {paper}M ({:.0}% off)", c.name, rel * 100.0);
     }
 }
 
@@ -236,21 +188,9 @@ fn with_joints_and_with_input_rebuild_and_bad_sizes_are_refused() {
         for &o in &g.outputs {
             assert_eq!(shapes[o], [1, 5, 2 * m / 4, 3 * m / 4], "{}", c.name);
         }
-        assert!(
-            matches!(c.with_input([3, m + 4, m]).build(0), Err(Error::Input(_))),
-            "{}",
-            c.name
-        );
-        assert!(
-            matches!(c.with_input([0, m, m]).build(0), Err(Error::Input(_))),
-            "{}",
-            c.name
-        );
-        assert!(
-            matches!(c.with_joints(0).build(0), Err(Error::Input(_))),
-            "{}",
-            c.name
-        );
+        assert!(matches!(c.with_input([3, m + 4, m]).build(0), Err(Error::Input(_))), "{}", c.name);
+        assert!(matches!(c.with_input([0, m, m]).build(0), Err(Error::Input(_))), "{}", c.name);
+        assert!(matches!(c.with_joints(0).build(0), Err(Error::Input(_))), "{}", c.name);
     }
 }
 
@@ -268,21 +208,11 @@ fn inference_passes_fold_every_conv_batch_norm() {
         assert_eq!(o.outputs.len(), g.outputs.len());
         // Batch norms that survive are only the pre-activation ones (not after a conv).
         for n in &o.nodes {
-            assert!(
-                !matches!(n.op, Op::BatchNorm(_)),
-                "{}: `{}` not folded",
-                c.name,
-                n.name
-            );
+            assert!(!matches!(n.op, Op::BatchNorm(_)), "{}: `{}` not folded", c.name, n.name);
         }
         assert_eq!(o.shapes(2).unwrap().len(), o.nodes.len());
         for (&a, &b) in g.outputs.iter().zip(&o.outputs) {
-            assert_eq!(
-                g.shapes(1).unwrap()[a],
-                o.shapes(1).unwrap()[b],
-                "{}",
-                c.name
-            );
+            assert_eq!(g.shapes(1).unwrap()[a], o.shapes(1).unwrap()[b], "{}", c.name);
         }
     }
 }
@@ -307,15 +237,8 @@ fn small_configs_run_on_the_cpu() {
                 assert!(a.data.iter().all(|&v| (0.0..=1.0).contains(&v)), "{name}");
             }
             let scale = a.data.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-            let diff = a
-                .data
-                .iter()
-                .zip(&b.data)
-                .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-            assert!(
-                diff <= 1e-3 * scale,
-                "{name}: fused differs by {diff} (scale {scale})"
-            );
+            let diff = a.data.iter().zip(&b.data).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(diff <= 1e-3 * scale, "{name}: fused differs by {diff} (scale {scale})");
         }
     }
 }
@@ -326,16 +249,7 @@ fn table() {
     println!();
     println!(
         "{:<24} {:>11} {:>4} {:>9} {:>8} {:>9} {:>8} {:>8} {:>10} {:>10}",
-        "config",
-        "input",
-        "K",
-        "params(M)",
-        "paper",
-        "GFLOPs",
-        "GMACs",
-        "paper",
-        "GMACs@256",
-        "nodes"
+        "config", "input", "K", "params(M)", "paper", "GFLOPs", "GMACs", "paper", "GMACs@256", "nodes"
     );
     for (c, g) in built() {
         let params = g.param_count() as f64 / 1e6;
@@ -379,8 +293,7 @@ fn breakdown() {
             let macs = match &n.op {
                 Op::Conv2d(conv) => {
                     let [kh, kw] = conv.kernel();
-                    shapes[id].iter().product::<usize>() as u64
-                        * (conv.cin_per_group() * kh * kw) as u64
+                    shapes[id].iter().product::<usize>() as u64 * (conv.cin_per_group() * kh * kw) as u64
                 }
                 _ => 0,
             };
@@ -394,29 +307,17 @@ fn breakdown() {
         }
         println!("\n{} ({}x{})", c.name, c.input[1], c.input[2]);
         for (k, p, m) in rows.into_iter().filter(|r| r.1 > 0) {
-            println!(
-                "  {k:<28} {:>8.3}M params {:>8.3} GMACs",
-                p as f64 / 1e6,
-                m as f64 / 1e9
-            );
+            println!("  {k:<28} {:>8.3}M params {:>8.3} GMACs", p as f64 / 1e6, m as f64 / 1e9);
         }
     }
 }
 
 #[test]
 fn hourglass_stem_pool_first_is_cheaper_with_the_same_outputs() {
-    for c in configs()
-        .into_iter()
-        .filter(|c| c.family == Family::SoftGatedHourglass)
-    {
-        let Arch::Hourglass(a) = &c.arch else {
-            unreachable!()
-        };
+    for c in configs().into_iter().filter(|c| c.family == Family::SoftGatedHourglass) {
+        let Arch::Hourglass(a) = &c.arch else { unreachable!() };
         let mut light = c;
-        light.arch = Arch::Hourglass(HourglassArch {
-            stem_pool_first: true,
-            ..*a
-        });
+        light.arch = Arch::Hourglass(HourglassArch { stem_pool_first: true, ..*a });
         let (g, l) = (c.build(0).unwrap(), light.build(0).unwrap());
         assert_eq!(g.param_count(), l.param_count(), "{}", c.name);
         let (gm, lm) = (conv_macs(&g, 1).unwrap(), conv_macs(&l, 1).unwrap());
@@ -425,11 +326,6 @@ fn hourglass_stem_pool_first_is_cheaper_with_the_same_outputs() {
         for (&x, &y) in g.outputs.iter().zip(&l.outputs) {
             assert_eq!(gs[x], ls[y], "{}", c.name);
         }
-        println!(
-            "{:<16} GMACs {:.3}, with stem_pool_first {:.3}",
-            c.name,
-            gm as f64 / 1e9,
-            lm as f64 / 1e9
-        );
+        println!("{:<16} GMACs {:.3}, with stem_pool_first {:.3}", c.name, gm as f64 / 1e9, lm as f64 / 1e9);
     }
 }

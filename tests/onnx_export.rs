@@ -24,9 +24,7 @@ use std::io::Cursor;
 use tract_onnx::pb;
 use tract_onnx::prelude::{tvec, Framework, InferenceModelExt};
 use wgpose::graph::passes::optimize_for_inference;
-use wgpose::graph::{
-    Act, BatchNorm, Conv2d, ConvSpec, Epilogue, Graph, GraphBuilder, Op, Residual,
-};
+use wgpose::graph::{Act, BatchNorm, Conv2d, ConvSpec, Epilogue, Graph, GraphBuilder, Op, Residual};
 use wgpose::rng::Rng;
 use wgpose::{cpu, onnx, Tensor};
 
@@ -50,17 +48,9 @@ fn run_tract(bytes: &[u8], inputs: &[Tensor]) -> Vec<Tensor> {
         .unwrap_or_else(|e| panic!("tract cannot optimise the exported model: {e:?}"))
         .into_runnable()
         .unwrap();
-    let ins = inputs
-        .iter()
-        .map(|t| {
-            tract_onnx::prelude::Tensor::from_shape(&t.shape, &t.data)
-                .unwrap()
-                .into()
-        })
-        .collect();
-    let outs = model
-        .run(ins)
-        .unwrap_or_else(|e| panic!("tract run failed: {e:?}"));
+    let ins =
+        inputs.iter().map(|t| tract_onnx::prelude::Tensor::from_shape(&t.shape, &t.data).unwrap().into()).collect();
+    let outs = model.run(ins).unwrap_or_else(|e| panic!("tract run failed: {e:?}"));
     outs.iter()
         .map(|o| {
             let v = o.to_array_view::<f32>().unwrap();
@@ -94,18 +84,14 @@ fn check_graph(what: &str, graph: &Graph, n: usize, fixed_batch: bool, seed: u64
             _ => unreachable!(),
         })
         .collect();
-    let bytes = onnx::export(graph, fixed_batch.then_some(n))
-        .unwrap_or_else(|e| panic!("{what}: export: {e}"));
+    let bytes = onnx::export(graph, fixed_batch.then_some(n)).unwrap_or_else(|e| panic!("{what}: export: {e}"));
     let want = cpu::run(graph, &inputs).unwrap_or_else(|e| panic!("{what}: cpu::run: {e}"));
     let got = run_tract(&bytes, &inputs);
     assert_eq!(got.len(), want.len(), "{what}: number of outputs");
     let mut worst = 0f32;
     for (k, (g, w)) in got.iter().zip(&want).enumerate() {
         let e = rel_err(g, w);
-        assert!(
-            e <= TOL,
-            "{what}: output {k}: relative error {e:e} > {TOL:e}"
-        );
+        assert!(e <= TOL, "{what}: output {k}: relative error {e:e} > {TOL:e}");
         worst = worst.max(e);
     }
     worst
@@ -114,11 +100,8 @@ fn check_graph(what: &str, graph: &Graph, n: usize, fixed_batch: bool, seed: u64
 /// A graph of one node `op` applied to inputs of the given `[c, h, w]` shapes.
 fn single(name: &str, op: Op, ins: &[[usize; 3]]) -> Graph {
     let mut g = Graph::new();
-    let ids: Vec<usize> = ins
-        .iter()
-        .enumerate()
-        .map(|(k, &chw)| g.push(format!("in{k}"), Op::Input { chw }, vec![]).unwrap())
-        .collect();
+    let ids: Vec<usize> =
+        ins.iter().enumerate().map(|(k, &chw)| g.push(format!("in{k}"), Op::Input { chw }, vec![]).unwrap()).collect();
     let y = g.push(name, op, ids).unwrap();
     g.outputs = vec![y];
     g.shapes(1).unwrap();
@@ -146,9 +129,7 @@ struct ConvCase {
 fn conv_op(rng: &mut Rng, c: &ConvCase) -> Op {
     let cin_g = c.cin / c.groups;
     let std = (2.0 / (cin_g * c.k[0] * c.k[1]) as f32).sqrt();
-    let w: Vec<f32> = (0..c.cout * cin_g * c.k[0] * c.k[1])
-        .map(|_| rng.normal() * std)
-        .collect();
+    let w: Vec<f32> = (0..c.cout * cin_g * c.k[0] * c.k[1]).map(|_| rng.normal() * std).collect();
     Op::Conv2d(Conv2d {
         weight: Tensor::new(vec![c.cout, cin_g, c.k[0], c.k[1]], w).unwrap(),
         bias: c.bias.then(|| vec1(rng, c.cout, -0.5, 0.5)),
@@ -163,115 +144,23 @@ fn conv_op(rng: &mut Rng, c: &ConvCase) -> Op {
 #[test]
 fn conv_variants() {
     let mut rng = Rng::new(1);
-    let base = ConvCase {
-        cin: 3,
-        cout: 5,
-        k: [3, 3],
-        stride: [1, 1],
-        pad: [1, 1],
-        dil: [1, 1],
-        groups: 1,
-        bias: true,
-    };
+    let base = ConvCase { cin: 3, cout: 5, k: [3, 3], stride: [1, 1], pad: [1, 1], dil: [1, 1], groups: 1, bias: true };
     let cases = [
         ("conv3x3", ConvCase { ..base }),
-        (
-            "conv3x3.nobias",
-            ConvCase {
-                bias: false,
-                ..base
-            },
-        ),
-        (
-            "conv1x1",
-            ConvCase {
-                k: [1, 1],
-                pad: [0, 0],
-                cout: 7,
-                ..base
-            },
-        ),
-        (
-            "conv3x3.stride2",
-            ConvCase {
-                stride: [2, 2],
-                ..base
-            },
-        ),
-        (
-            "conv3x3.dilation2",
-            ConvCase {
-                dil: [2, 2],
-                pad: [2, 2],
-                ..base
-            },
-        ),
-        (
-            "conv.k1x3.rect",
-            ConvCase {
-                k: [1, 3],
-                pad: [0, 1],
-                stride: [1, 2],
-                ..base
-            },
-        ),
-        (
-            "conv.k5.pad0",
-            ConvCase {
-                k: [5, 5],
-                pad: [0, 0],
-                ..base
-            },
-        ),
-        (
-            "conv.k4.stride2.pad1",
-            ConvCase {
-                k: [4, 4],
-                stride: [2, 2],
-                pad: [1, 1],
-                ..base
-            },
-        ),
-        (
-            "conv.groups3",
-            ConvCase {
-                cin: 6,
-                cout: 9,
-                groups: 3,
-                ..base
-            },
-        ),
-        (
-            "conv.depthwise",
-            ConvCase {
-                cin: 6,
-                cout: 6,
-                groups: 6,
-                ..base
-            },
-        ),
+        ("conv3x3.nobias", ConvCase { bias: false, ..base }),
+        ("conv1x1", ConvCase { k: [1, 1], pad: [0, 0], cout: 7, ..base }),
+        ("conv3x3.stride2", ConvCase { stride: [2, 2], ..base }),
+        ("conv3x3.dilation2", ConvCase { dil: [2, 2], pad: [2, 2], ..base }),
+        ("conv.k1x3.rect", ConvCase { k: [1, 3], pad: [0, 1], stride: [1, 2], ..base }),
+        ("conv.k5.pad0", ConvCase { k: [5, 5], pad: [0, 0], ..base }),
+        ("conv.k4.stride2.pad1", ConvCase { k: [4, 4], stride: [2, 2], pad: [1, 1], ..base }),
+        ("conv.groups3", ConvCase { cin: 6, cout: 9, groups: 3, ..base }),
+        ("conv.depthwise", ConvCase { cin: 6, cout: 6, groups: 6, ..base }),
         (
             "conv.depthwise.stride2.dil2",
-            ConvCase {
-                cin: 4,
-                cout: 4,
-                groups: 4,
-                stride: [2, 2],
-                dil: [2, 2],
-                pad: [2, 2],
-                ..base
-            },
+            ConvCase { cin: 4, cout: 4, groups: 4, stride: [2, 2], dil: [2, 2], pad: [2, 2], ..base },
         ),
-        (
-            "conv.depthwise.multiplier2",
-            ConvCase {
-                cin: 4,
-                cout: 8,
-                groups: 4,
-                bias: false,
-                ..base
-            },
-        ),
+        ("conv.depthwise.multiplier2", ConvCase { cin: 4, cout: 8, groups: 4, bias: false, ..base }),
     ];
     for (k, (name, c)) in cases.iter().enumerate() {
         let op = conv_op(&mut rng, c);
@@ -292,46 +181,24 @@ fn batch_norm_and_affine() {
     };
     check_single("bn", Op::BatchNorm(bn), &[[c, 17, 23]], 200);
     for (k, act) in [Act::None, Act::Relu, Act::Sigmoid].into_iter().enumerate() {
-        let op = Op::ChannelAffine {
-            scale: vec1(&mut rng, c, -1.5, 1.5),
-            shift: vec1(&mut rng, c, -0.5, 0.5),
-            act,
-        };
-        check_single(
-            &format!("affine.{act:?}"),
-            op,
-            &[[c, 17, 23]],
-            210 + k as u64,
-        );
+        let op = Op::ChannelAffine { scale: vec1(&mut rng, c, -1.5, 1.5), shift: vec1(&mut rng, c, -0.5, 0.5), act };
+        check_single(&format!("affine.{act:?}"), op, &[[c, 17, 23]], 210 + k as u64);
     }
 }
 
 #[test]
 fn activations() {
     for (k, act) in [Act::Relu, Act::Sigmoid, Act::None].into_iter().enumerate() {
-        check_single(
-            &format!("act.{act:?}"),
-            Op::Activation(act),
-            &[[3, 17, 23]],
-            300 + k as u64,
-        );
+        check_single(&format!("act.{act:?}"), Op::Activation(act), &[[3, 17, 23]], 300 + k as u64);
     }
 }
 
 #[test]
 fn max_pool() {
-    let cases = [
-        ([3, 3], [2, 2], [1, 1]),
-        ([2, 2], [2, 2], [0, 0]),
-        ([3, 3], [1, 1], [1, 1]),
-        ([3, 2], [2, 1], [1, 0]),
-    ];
+    let cases =
+        [([3, 3], [2, 2], [1, 1]), ([2, 2], [2, 2], [0, 0]), ([3, 3], [1, 1], [1, 1]), ([3, 2], [2, 1], [1, 0])];
     for (k, (kernel, stride, padding)) in cases.into_iter().enumerate() {
-        let op = Op::MaxPool {
-            kernel,
-            stride,
-            padding,
-        };
+        let op = Op::MaxPool { kernel, stride, padding };
         check_single(&format!("pool{k}"), op, &[[3, 17, 23]], 400 + k as u64);
     }
 }
@@ -339,12 +206,7 @@ fn max_pool() {
 #[test]
 fn nearest_upsample() {
     for (k, f) in [1, 2, 3, 4].into_iter().enumerate() {
-        check_single(
-            &format!("up_nearest{f}"),
-            Op::UpsampleNearest { factor: f },
-            &[[3, 17, 23]],
-            500 + k as u64,
-        );
+        check_single(&format!("up_nearest{f}"), Op::UpsampleNearest { factor: f }, &[[3, 17, 23]], 500 + k as u64);
     }
 }
 
@@ -390,19 +252,14 @@ fn bilinear_upsample() {
                             let top = (1.0 - lx) * at(y0, x0) + lx * at(y0, x1);
                             let bot = (1.0 - lx) * at(y1, x0) + lx * at(y1, x1);
                             let model = (1.0 - ly) * top + ly * bot;
-                            edge_vs_tract_model =
-                                edge_vs_tract_model.max((got.data[i] - model).abs());
+                            edge_vs_tract_model = edge_vs_tract_model.max((got.data[i] - model).abs());
                         }
                     }
                 }
             }
         }
         let scale = 1.0 + want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(
-            interior / scale <= TOL,
-            "{what}: interior relative error {:e}",
-            interior / scale
-        );
+        assert!(interior / scale <= TOL, "{what}: interior relative error {:e}", interior / scale);
         assert!(
             edge_vs_tract_model / scale <= TOL,
             "{what}: tract's low-edge rows no longer extrapolate ({:e}); tract may have been fixed, \
@@ -415,50 +272,18 @@ fn bilinear_upsample() {
 #[test]
 fn concat_add_gated_add() {
     let mut rng = Rng::new(7);
-    check_single(
-        "concat3",
-        Op::Concat,
-        &[[3, 17, 23], [1, 17, 23], [4, 17, 23]],
-        700,
-    );
+    check_single("concat3", Op::Concat, &[[3, 17, 23], [1, 17, 23], [4, 17, 23]], 700);
     check_single("concat1", Op::Concat, &[[3, 17, 23]], 701);
     check_single("add", Op::Add, &[[5, 17, 23], [5, 17, 23]], 702);
-    check_single(
-        "gated_add",
-        Op::GatedAdd {
-            alpha: vec1(&mut rng, 5, -1.0, 1.5),
-        },
-        &[[5, 17, 23], [5, 17, 23]],
-        703,
-    );
+    check_single("gated_add", Op::GatedAdd { alpha: vec1(&mut rng, 5, -1.0, 1.5) }, &[[5, 17, 23], [5, 17, 23]], 703);
 }
 
 #[test]
 fn pixel_shuffle() {
-    check_single(
-        "shuffle2",
-        Op::PixelShuffle { factor: 2 },
-        &[[12, 17, 23]],
-        800,
-    );
-    check_single(
-        "shuffle3",
-        Op::PixelShuffle { factor: 3 },
-        &[[18, 7, 5]],
-        801,
-    );
-    check_single(
-        "shuffle4",
-        Op::PixelShuffle { factor: 4 },
-        &[[32, 5, 9]],
-        802,
-    );
-    check_single(
-        "shuffle1",
-        Op::PixelShuffle { factor: 1 },
-        &[[3, 5, 9]],
-        803,
-    );
+    check_single("shuffle2", Op::PixelShuffle { factor: 2 }, &[[12, 17, 23]], 800);
+    check_single("shuffle3", Op::PixelShuffle { factor: 3 }, &[[18, 7, 5]], 801);
+    check_single("shuffle4", Op::PixelShuffle { factor: 4 }, &[[32, 5, 9]], 802);
+    check_single("shuffle1", Op::PixelShuffle { factor: 1 }, &[[3, 5, 9]], 803);
 }
 
 /// Which `Add` / `GatedAdd` follows the convolution, and so which residual the fusion makes.
@@ -513,26 +338,13 @@ fn every_fused_epilogue() {
                 let g = epilogue_graph(act, res, post, seed);
                 let fused = optimize_for_inference(&g);
                 // The fusion did what this case is about: one conv carrying the epilogue.
-                let convs: Vec<&Conv2d> = fused
-                    .nodes
-                    .iter()
-                    .filter_map(|n| {
-                        if let Op::Conv2d(c) = &n.op {
-                            Some(c)
-                        } else {
-                            None
-                        }
-                    })
-                    .collect();
+                let convs: Vec<&Conv2d> =
+                    fused.nodes.iter().filter_map(|n| if let Op::Conv2d(c) = &n.op { Some(c) } else { None }).collect();
                 assert_eq!(convs.len(), 1, "{what}");
                 let e = &convs[0].epilogue;
                 // Without a residual, a lone post activation becomes the conv's activation and a
                 // second one stays a node of its own.
-                let want_act = if res == Res::None && act == Act::None {
-                    post
-                } else {
-                    act
-                };
+                let want_act = if res == Res::None && act == Act::None { post } else { act };
                 assert_eq!(e.act, want_act, "{what}: act");
                 let got_res = match &e.residual {
                     None => Res::None,
@@ -558,25 +370,14 @@ fn every_fused_epilogue() {
 #[test]
 fn hand_built_epilogues() {
     let mut rng = Rng::new(11);
-    let c = ConvCase {
-        cin: 3,
-        cout: 6,
-        k: [3, 3],
-        stride: [2, 2],
-        pad: [1, 1],
-        dil: [1, 1],
-        groups: 1,
-        bias: true,
-    };
+    let c = ConvCase { cin: 3, cout: 6, k: [3, 3], stride: [2, 2], pad: [1, 1], dil: [1, 1], groups: 1, bias: true };
     let acts = [Act::None, Act::Relu, Act::Sigmoid];
     let mut seed = 1000;
     for act in acts {
         for post in acts {
             for res in 0..4 {
                 seed += 1;
-                let Op::Conv2d(mut conv) = conv_op(&mut rng, &c) else {
-                    unreachable!()
-                };
+                let Op::Conv2d(mut conv) = conv_op(&mut rng, &c) else { unreachable!() };
                 conv.epilogue = Epilogue {
                     act,
                     residual: match res {
@@ -596,13 +397,7 @@ fn hand_built_epilogues() {
                 }
                 let y = g.push("y", Op::Conv2d(conv), ins).unwrap();
                 g.outputs = vec![y];
-                check_graph(
-                    &format!("hand epilogue act={act:?} res={res} post={post:?}"),
-                    &g,
-                    2,
-                    false,
-                    seed,
-                );
+                check_graph(&format!("hand epilogue act={act:?} res={res} post={post:?}"), &g, 2, false, seed);
             }
         }
     }
@@ -618,13 +413,7 @@ fn model_graph(name: &str) -> Graph {
 fn model_sghg() {
     let g = model_graph("sghg-1x64-lsp");
     let e1 = check_graph("sghg-1x64-lsp", &g, 1, false, 41);
-    let e2 = check_graph(
-        "sghg-1x64-lsp (optimised)",
-        &optimize_for_inference(&g),
-        2,
-        true,
-        42,
-    );
+    let e2 = check_graph("sghg-1x64-lsp (optimised)", &optimize_for_inference(&g), 2, true, 42);
     eprintln!("sghg-1x64-lsp: relative error {e1:e} unoptimised, {e2:e} optimised");
 }
 
@@ -632,13 +421,7 @@ fn model_sghg() {
 fn model_fasterpose() {
     let g = model_graph("fasterpose-r18-s16-lsp");
     let e1 = check_graph("fasterpose-r18-s16-lsp", &g, 1, false, 43);
-    let e2 = check_graph(
-        "fasterpose-r18-s16-lsp (optimised)",
-        &optimize_for_inference(&g),
-        2,
-        true,
-        44,
-    );
+    let e2 = check_graph("fasterpose-r18-s16-lsp (optimised)", &optimize_for_inference(&g), 2, true, 44);
     eprintln!("fasterpose-r18-s16-lsp: relative error {e1:e} unoptimised, {e2:e} optimised");
 }
 
@@ -649,45 +432,22 @@ fn model_fasterpose() {
 #[test]
 fn model_ldcrn() {
     let g = model_graph("ldcrn-w16-lsp");
-    let bilinear = g
-        .nodes
-        .iter()
-        .filter(|n| matches!(n.op, Op::UpsampleBilinear { .. }))
-        .count();
-    assert!(
-        bilinear > 0,
-        "ldcrn is expected to contain bilinear upsampling"
-    );
+    let bilinear = g.nodes.iter().filter(|n| matches!(n.op, Op::UpsampleBilinear { .. })).count();
+    assert!(bilinear > 0, "ldcrn is expected to contain bilinear upsampling");
     let mut g_nearest = g.clone();
     for n in &mut g_nearest.nodes {
         if let Op::UpsampleBilinear { factor } = n.op {
             n.op = Op::UpsampleNearest { factor };
         }
     }
-    let e1 = check_graph(
-        "ldcrn-w16-lsp (bilinear -> nearest)",
-        &g_nearest,
-        1,
-        false,
-        45,
-    );
-    let e2 = check_graph(
-        "ldcrn-w16-lsp (bilinear -> nearest, optimised)",
-        &optimize_for_inference(&g_nearest),
-        2,
-        true,
-        46,
-    );
-    eprintln!(
-        "ldcrn-w16-lsp (bilinear -> nearest): relative error {e1:e} unoptimised, {e2:e} optimised"
-    );
+    let e1 = check_graph("ldcrn-w16-lsp (bilinear -> nearest)", &g_nearest, 1, false, 45);
+    let e2 =
+        check_graph("ldcrn-w16-lsp (bilinear -> nearest, optimised)", &optimize_for_inference(&g_nearest), 2, true, 46);
+    eprintln!("ldcrn-w16-lsp (bilinear -> nearest): relative error {e1:e} unoptimised, {e2:e} optimised");
     // The real graph still loads and runs in tract, with the expected output shape.
     let x = rand_tensor(&mut Rng::new(47), &[1, 3, 64, 64]);
     let want = cpu::run(&g, std::slice::from_ref(&x)).unwrap();
-    let got = run_tract(
-        &onnx::export(&optimize_for_inference(&g), None).unwrap(),
-        &[x],
-    );
+    let got = run_tract(&onnx::export(&optimize_for_inference(&g), None).unwrap(), &[x]);
     assert_eq!(got[0].shape, want[0].shape);
 }
 
@@ -733,29 +493,16 @@ fn file_round_trip() {
     assert_eq!(dims(&graph.input[0]), ["N", "3", "64", "64"]);
     assert_eq!(dims(&graph.output[0]), ["N", "14", "16", "16"]);
     // Initializers are named after their nodes; every conv weight is there.
-    let inits: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     for n in &g.nodes {
         if let Op::Conv2d(c) = &n.op {
-            assert!(
-                inits.contains(format!("{}.weight", n.name).as_str()),
-                "{}.weight",
-                n.name
-            );
-            assert_eq!(
-                c.bias.is_some(),
-                inits.contains(format!("{}.bias", n.name).as_str())
-            );
+            assert!(inits.contains(format!("{}.weight", n.name).as_str()), "{}.weight", n.name);
+            assert_eq!(c.bias.is_some(), inits.contains(format!("{}.bias", n.name).as_str()));
         }
     }
     for t in &graph.initializer {
         assert_eq!(t.data_type, 1);
-        assert_eq!(
-            t.raw_data.len(),
-            4 * t.dims.iter().product::<i64>() as usize,
-            "{}",
-            t.name
-        );
+        assert_eq!(t.raw_data.len(), 4 * t.dims.iter().product::<i64>() as usize, "{}", t.name);
     }
     // Nodes are named after the tensor they produce, and names are unique.
     let mut seen = std::collections::HashSet::new();
@@ -765,32 +512,15 @@ fn file_round_trip() {
         assert!(seen.insert(n.name.clone()), "duplicate node {}", n.name);
     }
     // The model built from the file runs (at a batch the file did not fix).
-    let model = tract_onnx::onnx()
-        .model_for_path(&path)
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
+    let model = tract_onnx::onnx().model_for_path(&path).unwrap().into_optimized().unwrap().into_runnable().unwrap();
     let x = rand_tensor(&mut Rng::new(3), &[3, 3, 64, 64]);
-    let out = model
-        .run(tvec!(tract_onnx::prelude::Tensor::from_shape(
-            &x.shape, &x.data
-        )
-        .unwrap()
-        .into()))
-        .unwrap();
+    let out = model.run(tvec!(tract_onnx::prelude::Tensor::from_shape(&x.shape, &x.data).unwrap().into())).unwrap();
     assert_eq!(out[0].shape(), [3, 14, 16, 16]);
 
     // A fixed batch is written as a dimension value.
     let bytes = onnx::export(&g, Some(4)).unwrap();
-    let proto = tract_onnx::onnx()
-        .proto_model_for_read(&mut Cursor::new(&bytes))
-        .unwrap();
-    assert_eq!(
-        dims(&proto.graph.as_ref().unwrap().input[0]),
-        ["4", "3", "64", "64"]
-    );
+    let proto = tract_onnx::onnx().proto_model_for_read(&mut Cursor::new(&bytes)).unwrap();
+    assert_eq!(dims(&proto.graph.as_ref().unwrap().input[0]), ["4", "3", "64", "64"]);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -799,15 +529,9 @@ fn file_round_trip() {
 #[test]
 fn naming_edge_cases() {
     let mut g = Graph::new();
-    let x = g
-        .push("image in", Op::Input { chw: [2, 5, 7] }, vec![])
-        .unwrap();
-    let a = g
-        .push("relu\"1", Op::Activation(Act::Relu), vec![x])
-        .unwrap();
-    let b = g
-        .push("input", Op::Activation(Act::Sigmoid), vec![a])
-        .unwrap();
+    let x = g.push("image in", Op::Input { chw: [2, 5, 7] }, vec![]).unwrap();
+    let a = g.push("relu\"1", Op::Activation(Act::Relu), vec![x]).unwrap();
+    let b = g.push("input", Op::Activation(Act::Sigmoid), vec![a]).unwrap();
     let c = g.push("", Op::Add, vec![a, b]).unwrap();
     g.outputs = vec![c, b, x, c];
     let ins = onnx::input_names(&g);
@@ -824,12 +548,8 @@ fn naming_edge_cases() {
     }
     // Two inputs: named after their nodes.
     let mut g = Graph::new();
-    let p = g
-        .push("left", Op::Input { chw: [2, 5, 7] }, vec![])
-        .unwrap();
-    let q = g
-        .push("right/img", Op::Input { chw: [2, 5, 7] }, vec![])
-        .unwrap();
+    let p = g.push("left", Op::Input { chw: [2, 5, 7] }, vec![]).unwrap();
+    let q = g.push("right/img", Op::Input { chw: [2, 5, 7] }, vec![]).unwrap();
     let s = g.push("sum", Op::Add, vec![p, q]).unwrap();
     g.outputs = vec![s];
     assert_eq!(onnx::input_names(&g), ["left", "right/img"]);
@@ -839,26 +559,12 @@ fn naming_edge_cases() {
 #[test]
 fn export_errors() {
     let g = model_graph("sghg-1x64-lsp");
-    assert!(matches!(
-        onnx::export(&g, Some(0)),
-        Err(wgpose::Error::Input(_))
-    ));
-    let bad = std::env::temp_dir()
-        .join("wgpose-no-such-dir")
-        .join("x")
-        .join("m.onnx");
-    assert!(matches!(
-        onnx::export_to_file(&g, None, &bad),
-        Err(wgpose::Error::Io { .. })
-    ));
+    assert!(matches!(onnx::export(&g, Some(0)), Err(wgpose::Error::Input(_))));
+    let bad = std::env::temp_dir().join("wgpose-no-such-dir").join("x").join("m.onnx");
+    assert!(matches!(onnx::export_to_file(&g, None, &bad), Err(wgpose::Error::Io { .. })));
     // Parameter data that does not match its shape is refused rather than written.
     let mut broken = g.clone();
-    let Some(Op::Conv2d(c)) = broken
-        .nodes
-        .iter_mut()
-        .map(|n| &mut n.op)
-        .find(|op| matches!(op, Op::Conv2d(_)))
-    else {
+    let Some(Op::Conv2d(c)) = broken.nodes.iter_mut().map(|n| &mut n.op).find(|op| matches!(op, Op::Conv2d(_))) else {
         unreachable!()
     };
     c.weight.data.pop();
@@ -878,12 +584,10 @@ fn export_errors() {
 #[test]
 #[ignore = "writes files and needs python3 with onnxruntime; see the doc comment"]
 fn dump_for_onnxruntime() {
-    let dir = std::path::PathBuf::from(std::env::var("WGPOSE_ONNX_DUMP").unwrap_or_else(|_| {
-        std::env::temp_dir()
-            .join("wgpose-onnx-dump")
-            .display()
-            .to_string()
-    }));
+    let dir = std::path::PathBuf::from(
+        std::env::var("WGPOSE_ONNX_DUMP")
+            .unwrap_or_else(|_| std::env::temp_dir().join("wgpose-onnx-dump").display().to_string()),
+    );
     std::fs::create_dir_all(&dir).unwrap();
     let have_ort = std::process::Command::new("python3")
         .args(["-c", "import onnxruntime, numpy"])
@@ -898,52 +602,17 @@ fn dump_for_onnxruntime() {
         cases.push((name.to_string(), g));
     }
     for f in [2, 3, 4] {
-        cases.push((
-            format!("up_bilinear{f}"),
-            single("up", Op::UpsampleBilinear { factor: f }, &[[3, 17, 23]]),
-        ));
-        cases.push((
-            format!("up_nearest{f}"),
-            single("up", Op::UpsampleNearest { factor: f }, &[[3, 17, 23]]),
-        ));
+        cases.push((format!("up_bilinear{f}"), single("up", Op::UpsampleBilinear { factor: f }, &[[3, 17, 23]])));
+        cases.push((format!("up_nearest{f}"), single("up", Op::UpsampleNearest { factor: f }, &[[3, 17, 23]])));
     }
-    let pool = Op::MaxPool {
-        kernel: [3, 3],
-        stride: [2, 2],
-        padding: [1, 1],
-    };
+    let pool = Op::MaxPool { kernel: [3, 3], stride: [2, 2], padding: [1, 1] };
     cases.push(("pool3s2p1".into(), single("pool", pool, &[[3, 17, 23]])));
-    cases.push((
-        "shuffle3".into(),
-        single("shuffle", Op::PixelShuffle { factor: 3 }, &[[18, 7, 5]]),
-    ));
+    cases.push(("shuffle3".into(), single("shuffle", Op::PixelShuffle { factor: 3 }, &[[18, 7, 5]])));
     let mut rng = Rng::new(77);
-    let base = ConvCase {
-        cin: 6,
-        cout: 9,
-        k: [3, 3],
-        stride: [2, 2],
-        pad: [2, 2],
-        dil: [2, 2],
-        groups: 3,
-        bias: true,
-    };
-    cases.push((
-        "conv.groups3.s2.d2".into(),
-        single("conv", conv_op(&mut rng, &base), &[[6, 17, 23]]),
-    ));
-    let dw = ConvCase {
-        cout: 6,
-        groups: 6,
-        stride: [1, 1],
-        dil: [1, 1],
-        pad: [1, 1],
-        ..base
-    };
-    cases.push((
-        "conv.depthwise".into(),
-        single("conv", conv_op(&mut rng, &dw), &[[6, 17, 23]]),
-    ));
+    let base = ConvCase { cin: 6, cout: 9, k: [3, 3], stride: [2, 2], pad: [2, 2], dil: [2, 2], groups: 3, bias: true };
+    cases.push(("conv.groups3.s2.d2".into(), single("conv", conv_op(&mut rng, &base), &[[6, 17, 23]])));
+    let dw = ConvCase { cout: 6, groups: 6, stride: [1, 1], dil: [1, 1], pad: [1, 1], ..base };
+    cases.push(("conv.depthwise".into(), single("conv", conv_op(&mut rng, &dw), &[[6, 17, 23]])));
     let acts = [Act::None, Act::Relu, Act::Sigmoid];
     for act in acts {
         for res in [Res::None, Res::Add, Res::GateResidual, Res::GateConv] {
@@ -956,9 +625,7 @@ fn dump_for_onnxruntime() {
 
     let mut failed = Vec::new();
     for (k, (stem, g)) in cases.iter().enumerate() {
-        let Op::Input { chw: [c, h, w] } = g.nodes[g.inputs()[0]].op else {
-            unreachable!()
-        };
+        let Op::Input { chw: [c, h, w] } = g.nodes[g.inputs()[0]].op else { unreachable!() };
         let x = rand_tensor(&mut Rng::new(60 + k as u64), &[2, c, h, w]);
         let y = cpu::run(g, std::slice::from_ref(&x)).unwrap().remove(0);
         let model = dir.join(format!("{stem}.onnx"));
@@ -982,21 +649,14 @@ fn dump_for_onnxruntime() {
     }
     assert!(failed.is_empty(), "onnx_parity.py failed on {failed:?}");
     if !have_ort {
-        eprintln!(
-            "python3 cannot import onnxruntime + numpy: files written to {}, parity not run",
-            dir.display()
-        );
+        eprintln!("python3 cannot import onnxruntime + numpy: files written to {}, parity not run", dir.display());
     }
 }
 
 /// A little-endian f32 `.npy` (format 1.0) of `t`.
 fn write_npy(path: &std::path::Path, t: &Tensor) {
     let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
-    let shape = if shape.len() == 1 {
-        format!("({},)", shape[0])
-    } else {
-        format!("({})", shape.join(", "))
-    };
+    let shape = if shape.len() == 1 { format!("({},)", shape[0]) } else { format!("({})", shape.join(", ")) };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
@@ -1016,12 +676,8 @@ fn write_npy(path: &std::path::Path, t: &Tensor) {
 fn every_config_exports() {
     for cfg in wgpose::models::configs() {
         let g = cfg.build(1).unwrap();
-        for (what, g) in [
-            ("", g.clone()),
-            (" (optimised)", optimize_for_inference(&g)),
-        ] {
-            let bytes =
-                onnx::export(&g, None).unwrap_or_else(|e| panic!("{}{what}: {e}", cfg.name));
+        for (what, g) in [("", g.clone()), (" (optimised)", optimize_for_inference(&g))] {
+            let bytes = onnx::export(&g, None).unwrap_or_else(|e| panic!("{}{what}: {e}", cfg.name));
             let proto = tract_onnx::onnx()
                 .proto_model_for_read(&mut Cursor::new(&bytes))
                 .unwrap_or_else(|e| panic!("{}{what}: tract cannot parse: {e:?}", cfg.name));
@@ -1030,12 +686,7 @@ fn every_config_exports() {
             // Parameters plus running statistics plus the 4-float Resize scales.
             assert!(stored >= 4 * g.param_count(), "{}{what}", cfg.name);
             assert_eq!(graph.output.len(), cfg.num_outputs(), "{}{what}", cfg.name);
-            eprintln!(
-                "{}{what}: {} nodes, {} bytes",
-                cfg.name,
-                graph.node.len(),
-                bytes.len()
-            );
+            eprintln!("{}{what}: {} nodes, {} bytes", cfg.name, graph.node.len(), bytes.len());
         }
     }
 }

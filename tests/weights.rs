@@ -39,11 +39,7 @@ impl Drop for TempDir {
 fn randomise(g: &mut Graph, seed: u64) {
     let mut rng = Rng::new(seed);
     for (name, t) in named_params_mut(g) {
-        let (lo, hi) = if name.ends_with("running_var") {
-            (0.5, 1.5)
-        } else {
-            (-0.5, 0.5)
-        };
+        let (lo, hi) = if name.ends_with("running_var") { (0.5, 1.5) } else { (-0.5, 0.5) };
         for v in &mut t.data {
             *v = rng.range(lo, hi);
         }
@@ -51,10 +47,7 @@ fn randomise(g: &mut Graph, seed: u64) {
 }
 
 fn snapshot(g: &Graph) -> Vec<(String, Tensor)> {
-    named_params(g)
-        .into_iter()
-        .map(|(n, t)| (n, t.clone()))
-        .collect()
+    named_params(g).into_iter().map(|(n, t)| (n, t.clone())).collect()
 }
 
 fn input_for(name: &str, seed: u64) -> Tensor {
@@ -129,31 +122,18 @@ fn expect_format(dir: &TempDir, file: &str, bytes: &[u8], needles: &[&str]) -> S
     let err = load_into(&p, &mut g).expect_err(&format!("{file}: loading must fail"));
     let msg = match &err {
         Error::Format { path, msg } => {
-            assert!(
-                path.contains(file),
-                "{file}: error path `{path}` does not name the file"
-            );
+            assert!(path.contains(file), "{file}: error path `{path}` does not name the file");
             msg.clone()
         }
         other => panic!("{file}: expected a Format error, got {other:?}"),
     };
     for n in needles {
-        assert!(
-            msg.contains(n),
-            "{file}: message `{msg}` does not mention `{n}`"
-        );
+        assert!(msg.contains(n), "{file}: message `{msg}` does not mention `{n}`");
     }
-    assert_eq!(
-        snapshot(&g),
-        before,
-        "{file}: a failed load modified the graph"
-    );
+    assert_eq!(snapshot(&g), before, "{file}: a failed load modified the graph");
     let full = err.to_string();
     eprintln!("{full}");
-    assert!(
-        full.contains(file),
-        "{file}: Display `{full}` does not name the file"
-    );
+    assert!(full.contains(file), "{file}: Display `{full}` does not name the file");
     msg
 }
 
@@ -175,11 +155,7 @@ fn round_trip_each_family() {
         let mut g2 = cfg.build(2).unwrap();
         randomise(&mut g2, 22);
         let p1 = snapshot(&g1);
-        assert_ne!(
-            snapshot(&g2),
-            p1,
-            "{name}: the two graphs must start different"
-        );
+        assert_ne!(snapshot(&g2), p1, "{name}: the two graphs must start different");
         let got_card = load_into(&path, &mut g2).unwrap();
         assert_eq!(got_card, card, "{name}: card");
 
@@ -189,10 +165,7 @@ fn round_trip_each_family() {
             assert_eq!(n1, n2);
             assert_eq!(t1.shape, t2.shape, "{name}: {n1} shape");
             assert!(
-                t1.data
-                    .iter()
-                    .zip(&t2.data)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                t1.data.iter().zip(&t2.data).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{name}: {n1} differs after the round trip"
             );
         }
@@ -240,10 +213,7 @@ fn fused_graph_round_trip_covers_gates_and_affines() {
         }
     }
     for s in ["weight", "bias", "alpha", "scale", "shift"] {
-        assert!(
-            suffixes.contains(s),
-            "no fused small graph has a `.{s}` tensor"
-        );
+        assert!(suffixes.contains(s), "no fused small graph has a `.{s}` tensor");
     }
 }
 
@@ -266,16 +236,12 @@ fn card_round_trip() {
     card.metrics = "val_pck@0.2=0.71;val_loss=0.0012".into();
     card.gflops = Some(0.1 + 0.2); // not exactly representable in short decimal: must round trip
     card.extra.insert("git_commit".into(), "abc123".into());
-    card.extra
-        .insert("notes".into(), "ünïcode, \"quotes\" and\nnewlines".into());
+    card.extra.insert("notes".into(), "ünïcode, \"quotes\" and\nnewlines".into());
 
     let meta = card.to_metadata();
     assert_eq!(meta["input"], "3x128x128");
     assert_eq!(meta["joints"], "14");
-    assert_eq!(
-        meta["normalisation"],
-        "mean=0.485,0.456,0.406;std=0.229,0.224,0.225"
-    );
+    assert_eq!(meta["normalisation"], "mean=0.485,0.456,0.406;std=0.229,0.224,0.225");
     assert_eq!(ModelCard::from_metadata(&meta).unwrap(), card);
 
     let path = dir.join("card.safetensors");
@@ -327,25 +293,11 @@ fn names_are_unique_and_follow_the_scheme() {
             let params = named_params(&g);
             let mut seen = HashSet::new();
             for (n, _) in &params {
-                assert!(
-                    seen.insert(n.clone()),
-                    "{} ({form}): duplicate parameter name {n}",
-                    cfg.name
-                );
+                assert!(seen.insert(n.clone()), "{} ({form}): duplicate parameter name {n}", cfg.name);
                 let suffix = n.rsplit('.').next().unwrap();
                 assert!(
-                    [
-                        "weight",
-                        "bias",
-                        "gamma",
-                        "beta",
-                        "running_mean",
-                        "running_var",
-                        "alpha",
-                        "scale",
-                        "shift"
-                    ]
-                    .contains(&suffix),
+                    ["weight", "bias", "gamma", "beta", "running_mean", "running_var", "alpha", "scale", "shift"]
+                        .contains(&suffix),
                     "{}: unexpected parameter name {n}",
                     cfg.name
                 );
@@ -361,10 +313,7 @@ fn names_are_unique_and_follow_the_scheme() {
             assert_eq!(learnable, g.param_count(), "{} ({form})", cfg.name);
             // named_params_mut gives the same names in the same order.
             let mut g2 = g.clone();
-            let mut_names: Vec<String> = named_params_mut(&mut g2)
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
+            let mut_names: Vec<String> = named_params_mut(&mut g2).into_iter().map(|(n, _)| n).collect();
             let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
             assert_eq!(mut_names, names);
         }
@@ -377,13 +326,7 @@ fn names_are_unique_and_follow_the_scheme() {
 #[test]
 fn names_are_stable() {
     /// (config, first ten names, first gate, last three names, count)
-    type Snapshot = (
-        &'static str,
-        &'static [&'static str],
-        &'static str,
-        &'static [&'static str],
-        usize,
-    );
+    type Snapshot = (&'static str, &'static [&'static str], &'static str, &'static [&'static str], usize);
     let expect: [Snapshot; 3] = [
         (
             "sghg-1x64-lsp",
@@ -400,11 +343,7 @@ fn names_are_stable() {
                 "stem.block1.c1.conv.weight",
             ],
             "stem.block1.gate.alpha",
-            &[
-                "stack0.lin.bn.running_var",
-                "stack0.heatmap.weight",
-                "stack0.heatmap.bias",
-            ],
+            &["stack0.lin.bn.running_var", "stack0.heatmap.weight", "stack0.heatmap.bias"],
             292,
         ),
         (
@@ -422,11 +361,7 @@ fn names_are_stable() {
                 "backbone.layer1.0.bn1.running_var",
             ],
             "",
-            &[
-                "backbone.layer3.1.bn2.running_var",
-                "head.conv.weight",
-                "head.conv.bias",
-            ],
+            &["backbone.layer3.1.bn2.running_var", "head.conv.weight", "head.conv.bias"],
             77,
         ),
         (
@@ -453,19 +388,10 @@ fn names_are_stable() {
         let g = config(name).unwrap().build(0).unwrap();
         let names: Vec<String> = named_params(&g).into_iter().map(|(n, _)| n).collect();
         let got_first: Vec<&str> = names.iter().take(10).map(String::as_str).collect();
-        let got_gate = names
-            .iter()
-            .find(|n| n.ends_with(".alpha"))
-            .map_or("", String::as_str);
-        let got_last: Vec<&str> = names[names.len().saturating_sub(3)..]
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let got_gate = names.iter().find(|n| n.ends_with(".alpha")).map_or("", String::as_str);
+        let got_last: Vec<&str> = names[names.len().saturating_sub(3)..].iter().map(String::as_str).collect();
         if got_first != first || got_gate != gate || got_last != last || names.len() != count {
-            report += &format!(
-                "        ({name:?}, &{got_first:?}, {got_gate:?}, &{got_last:?}, {}),\n",
-                names.len()
-            );
+            report += &format!("        ({name:?}, &{got_first:?}, {got_gate:?}, &{got_last:?}, {}),\n", names.len());
         }
     }
     assert!(report.is_empty(), "parameter names changed; now:\n{report}");
@@ -483,42 +409,19 @@ fn missing_and_extra_tensors_are_named() {
     let meta = BTreeMap::new();
 
     let victim = raw[3].name.clone();
-    let fewer: Vec<Raw> = raw_of(&g)
-        .into_iter()
-        .filter(|t| t.name != victim)
-        .collect();
-    expect_format(
-        &dir,
-        "missing.safetensors",
-        &encode(&fewer, &meta),
-        &["missing", &victim],
-    );
+    let fewer: Vec<Raw> = raw_of(&g).into_iter().filter(|t| t.name != victim).collect();
+    expect_format(&dir, "missing.safetensors", &encode(&fewer, &meta), &["missing", &victim]);
 
     let mut more = raw_of(&g);
-    more.push(Raw {
-        name: "head.bogus.weight".into(),
-        dtype: "F32",
-        shape: vec![2],
-        bytes: vec![0; 8],
-    });
-    expect_format(
-        &dir,
-        "extra.safetensors",
-        &encode(&more, &meta),
-        &["not used", "head.bogus.weight"],
-    );
+    more.push(Raw { name: "head.bogus.weight".into(), dtype: "F32", shape: vec![2], bytes: vec![0; 8] });
+    expect_format(&dir, "extra.safetensors", &encode(&more, &meta), &["not used", "head.bogus.weight"]);
 
     // A file from another config: both lists, and the card's config as a hint.
     let other = config("sghg-1x64-lsp").unwrap().build(0).unwrap();
     let p = dir.join("other.safetensors");
     save(&p, &other, &card_for("sghg-1x64-lsp", &other)).unwrap();
     let bytes = std::fs::read(&p).unwrap();
-    expect_format(
-        &dir,
-        "other-config.safetensors",
-        &bytes,
-        &["missing", "not used", "sghg-1x64-lsp"],
-    );
+    expect_format(&dir, "other-config.safetensors", &bytes, &["missing", "not used", "sghg-1x64-lsp"]);
 }
 
 #[test]
@@ -526,10 +429,7 @@ fn shape_mismatch_names_tensor_and_both_shapes() {
     let dir = TempDir::new("shape");
     let g = small_graph();
     let mut raw = raw_of(&g);
-    let i = raw
-        .iter()
-        .position(|t| t.shape.len() == 4 && t.shape[0] > 1)
-        .unwrap();
+    let i = raw.iter().position(|t| t.shape.len() == 4 && t.shape[0] > 1).unwrap();
     let want = raw[i].shape.clone();
     let numel: usize = want.iter().product();
     raw[i].shape = vec![numel]; // same byte count, wrong shape
@@ -546,56 +446,30 @@ fn shape_mismatch_names_tensor_and_both_shapes() {
 fn wrong_dtypes_are_named_not_converted() {
     let dir = TempDir::new("dtype");
     let g = small_graph();
-    for (dtype, width) in [
-        ("F16", 2),
-        ("BF16", 2),
-        ("F64", 8),
-        ("I64", 8),
-        ("I32", 4),
-        ("U8", 1),
-    ] {
+    for (dtype, width) in [("F16", 2), ("BF16", 2), ("F64", 8), ("I64", 8), ("I32", 4), ("U8", 1)] {
         let mut raw = raw_of(&g);
         let numel = raw[0].bytes.len() / 4;
         raw[0].dtype = dtype;
         raw[0].bytes = vec![0; numel * width];
         let name = raw[0].name.clone();
-        expect_format(
-            &dir,
-            &format!("{dtype}.safetensors"),
-            &encode(&raw, &BTreeMap::new()),
-            &[&name, dtype, "F32"],
-        );
+        expect_format(&dir, &format!("{dtype}.safetensors"), &encode(&raw, &BTreeMap::new()), &[&name, dtype, "F32"]);
     }
     let mut raw = raw_of(&g);
     raw[0].dtype = "F17";
     let name = raw[0].name.clone();
-    expect_format(
-        &dir,
-        "unknown-dtype.safetensors",
-        &encode(&raw, &BTreeMap::new()),
-        &[&name, "F17"],
-    );
+    expect_format(&dir, "unknown-dtype.safetensors", &encode(&raw, &BTreeMap::new()), &[&name, "F17"]);
 }
 
 #[test]
 fn non_finite_values_are_named_with_their_index() {
     let dir = TempDir::new("nan");
     let g = small_graph();
-    for (what, v) in [
-        ("NaN", f32::NAN),
-        ("inf", f32::INFINITY),
-        ("-inf", f32::NEG_INFINITY),
-    ] {
+    for (what, v) in [("NaN", f32::NAN), ("inf", f32::INFINITY), ("-inf", f32::NEG_INFINITY)] {
         let mut raw = raw_of(&g);
         let k = raw.len() / 2;
         raw[k].bytes[4 * 3..4 * 4].copy_from_slice(&v.to_le_bytes());
         let name = raw[k].name.clone();
-        expect_format(
-            &dir,
-            &format!("{what}.safetensors"),
-            &encode(&raw, &BTreeMap::new()),
-            &[&name, what, "index 3"],
-        );
+        expect_format(&dir, &format!("{what}.safetensors"), &encode(&raw, &BTreeMap::new()), &[&name, what, "index 3"]);
     }
     // And save refuses to write what load would refuse to read.
     let mut g = small_graph();
@@ -623,30 +497,15 @@ fn corrupted_and_truncated_files_are_format_errors() {
     // Header length beyond the file.
     let mut b = good.clone();
     b[..8].copy_from_slice(&(good.len() as u64 * 2).to_le_bytes());
-    expect_format(
-        &dir,
-        "header-len.safetensors",
-        &b,
-        &["header length", "beyond the end"],
-    );
+    expect_format(&dir, "header-len.safetensors", &b, &["header length", "beyond the end"]);
     let mut b = good.clone();
     b[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     expect_format(&dir, "header-max.safetensors", &b, &["header length"]);
 
     // Truncated in the header and in the data.
-    expect_format(
-        &dir,
-        "cut-header.safetensors",
-        &good[..8 + n / 2],
-        &["header length"],
-    );
+    expect_format(&dir, "cut-header.safetensors", &good[..8 + n / 2], &["header length"]);
     let last = raw.last().unwrap().name.clone();
-    expect_format(
-        &dir,
-        "cut-data.safetensors",
-        &good[..good.len() - 3],
-        &[&last, "truncated"],
-    );
+    expect_format(&dir, "cut-data.safetensors", &good[..good.len() - 3], &[&last, "truncated"]);
     // Trailing garbage.
     let mut b = good.clone();
     b.extend([1, 2, 3, 4]);
@@ -667,10 +526,7 @@ fn corrupted_and_truncated_files_are_format_errors() {
     // Data offsets out of range, reversed, or not matching the shape.
     let name = raw[1].name.clone();
     for (file, offsets) in [
-        (
-            "offsets-beyond.safetensors",
-            serde_json::json!([0, 1u64 << 62]),
-        ),
+        ("offsets-beyond.safetensors", serde_json::json!([0, 1u64 << 62])),
         ("offsets-reversed.safetensors", serde_json::json!([8, 4])),
         ("offsets-size.safetensors", serde_json::json!([0, 4])),
         ("offsets-bad.safetensors", serde_json::json!("zero")),
@@ -727,10 +583,7 @@ fn unreadable_paths_are_io_errors() {
         other => panic!("expected an Io error for a missing file, got {other:?}"),
     }
     // Saving onto a directory, or into a directory that does not exist.
-    assert!(matches!(
-        save(&dir.0, &g, &ModelCard::default()),
-        Err(Error::Io { .. })
-    ));
+    assert!(matches!(save(&dir.0, &g, &ModelCard::default()), Err(Error::Io { .. })));
     let p = dir.join("no/such/dir/w.safetensors");
     match save(&p, &g, &ModelCard::default()) {
         Err(Error::Io { path, .. }) => assert!(path.contains("w.safetensors")),
@@ -752,10 +605,8 @@ fn save_is_atomic_and_overwrites() {
     assert_eq!(load_into(&p, &mut g2).unwrap(), card);
     assert_eq!(g2, g);
     // No temporary file is left behind.
-    let names: Vec<String> = std::fs::read_dir(&dir.0)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let names: Vec<String> =
+        std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["w.safetensors".to_string()]);
     // A relative path without a directory part works too.
     let cwd_file = Path::new("wgpose-weights-relative-test.safetensors");
@@ -789,11 +640,7 @@ fn fuzzed_files_never_panic() {
             // Mostly hit the length prefix and the header, where structure lives.
             let flips = 1 + rng.below(4);
             for _ in 0..flips {
-                let at = if rng.uniform() < 0.8 {
-                    rng.below(8 + n)
-                } else {
-                    rng.below(b.len())
-                };
+                let at = if rng.uniform() < 0.8 { rng.below(8 + n) } else { rng.below(b.len()) };
                 b[at] ^= 1 << rng.below(8);
             }
         }
@@ -803,37 +650,23 @@ fn fuzzed_files_never_panic() {
         let r = load_into(&fuzz, &mut g2);
         let c = read_card(&fuzz);
         if truncate {
-            assert!(
-                r.is_err(),
-                "trial {trial}: a file truncated to {} bytes loaded",
-                b.len()
-            );
+            assert!(r.is_err(), "trial {trial}: a file truncated to {} bytes loaded", b.len());
         }
         match r {
             Ok(_) => assert!(c.is_ok()),
             Err(e) => {
                 errors += 1;
                 assert!(matches!(e, Error::Format { .. }), "trial {trial}: {e:?}");
-                assert_eq!(
-                    snapshot(&g2),
-                    before,
-                    "trial {trial}: a failed load modified the graph"
-                );
+                assert_eq!(snapshot(&g2), before, "trial {trial}: a failed load modified the graph");
             }
         }
     }
-    assert!(
-        errors > trials / 4,
-        "only {errors} of {trials} corruptions were detected"
-    );
+    assert!(errors > trials / 4, "only {errors} of {trials} corruptions were detected");
     // Pure noise.
     for len in [1usize, 7, 8, 9, 64, 4096] {
         let b: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
         std::fs::write(&fuzz, &b).unwrap();
         let mut g2 = small_graph();
-        assert!(
-            matches!(load_into(&fuzz, &mut g2), Err(Error::Format { .. })),
-            "noise of {len} bytes"
-        );
+        assert!(matches!(load_into(&fuzz, &mut g2), Err(Error::Format { .. })), "noise of {len} bytes");
     }
 }

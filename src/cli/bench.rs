@@ -69,7 +69,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     Some([h, w]) => cfg.with_input([cfg.input[0], h, w]),
                     None => cfg,
                 };
-                let rows = wgpose::bench::bench_model(ctx.as_ref(), &cfg, a.batch, a.reps.max(1), a.device != DeviceArg::Gpu)?;
+                let rows =
+                    wgpose::bench::bench_model(ctx.as_ref(), &cfg, a.batch, a.reps.max(1), a.device != DeviceArg::Gpu)?;
                 for r in rows {
                     if a.json {
                         println!("{}", serde_json::to_string(&r).unwrap_or_default());

@@ -61,7 +61,10 @@ fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<usize>> {
 
 fn first_json(dir: &Path) -> Result<PathBuf> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
-    let mut jsons: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+    let mut jsons: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
     jsons.sort();
     jsons.into_iter().next().ok_or_else(|| Error::Input(format!("no annotation .json in {}", dir.display())))
 }
@@ -133,19 +136,22 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         let Some((_, img)) = cache.as_ref() else { continue };
         let s = img.scale;
-        let pose = match est.estimate(&ImageRef::from(&img.rgb), Some([bbox[0] / s, bbox[1] / s, bbox[2] / s, bbox[3] / s])) {
-            Ok(p) => p,
-            Err(e) => {
-                unreadable.push((gt.image.clone(), e.to_string()));
-                continue;
-            }
-        };
+        let pose =
+            match est.estimate(&ImageRef::from(&img.rgb), Some([bbox[0] / s, bbox[1] / s, bbox[2] / s, bbox[3] / s])) {
+                Ok(p) => p,
+                Err(e) => {
+                    unreadable.push((gt.image.clone(), e.to_string()));
+                    continue;
+                }
+            };
         let kps: Vec<[f32; 3]> = mapping
             .iter()
-            .map(|m| m.map_or([f32::NAN, f32::NAN, 0.0], |j| {
-                let k = pose.keypoints[j];
-                [k.x * s, k.y * s, k.score]
-            }))
+            .map(|m| {
+                m.map_or([f32::NAN, f32::NAN, 0.0], |j| {
+                    let k = pose.keypoints[j];
+                    [k.x * s, k.y * s, k.score]
+                })
+            })
             .collect();
         preds.push(kps);
         gts.push(gt.clone());
@@ -159,7 +165,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
     for (p, why) in &unreadable {
         eprintln!("skipped {}: {why}", p.display());
     }
-    println!("{} people evaluated in {:.1} s ({:.2} people/s), {} skipped", gts.len(), elapsed, gts.len() as f64 / elapsed, unreadable.len());
+    println!(
+        "{} people evaluated in {:.1} s ({:.2} people/s), {} skipped",
+        gts.len(),
+        elapsed,
+        gts.len() as f64 / elapsed,
+        unreadable.len()
+    );
     if gts.is_empty() {
         return Err(Error::Input("no image could be evaluated".into()));
     }
@@ -194,7 +206,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 let mut m = serde_json::Map::new();
                 for (gt, p) in gts.iter().zip(&preds) {
                     let name = gt.image.file_name().map_or_else(|| gt.id.clone(), |n| n.to_string_lossy().into_owned());
-                    m.insert(name, serde_json::json!(p.iter().map(|k| k.map(|v| if v.is_finite() { v } else { -1.0 })).collect::<Vec<_>>()));
+                    m.insert(
+                        name,
+                        serde_json::json!(p
+                            .iter()
+                            .map(|k| k.map(|v| if v.is_finite() { v } else { -1.0 }))
+                            .collect::<Vec<_>>()),
+                    );
                 }
                 let text = serde_json::to_string(&m).map_err(|e| Error::Input(e.to_string()))?;
                 std::fs::write(out, text).map_err(|e| Error::Io { path: out.display().to_string(), source: e })?;
@@ -207,7 +225,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 .zip(&preds)
                 .filter_map(|(gt, p)| {
                     let score = p.iter().map(|k| k[2]).sum::<f32>() / p.len().max(1) as f32;
-                    let kp: Vec<[f32; 3]> = p.iter().map(|k| if k[0].is_finite() { *k } else { [0.0, 0.0, 0.0] }).collect();
+                    let kp: Vec<[f32; 3]> =
+                        p.iter().map(|k| if k[0].is_finite() { *k } else { [0.0, 0.0, 0.0] }).collect();
                     gt.coco_image_id().map(|id| coco::CocoResult::new(id, &kp, score))
                 })
                 .collect();

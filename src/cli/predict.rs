@@ -91,7 +91,8 @@ pub fn run(a: PredictArgs) -> Result<()> {
         match result {
             Ok((pose, mut img, scale)) => {
                 let kps: Vec<[f32; 3]> = pose.keypoints.iter().map(|k| [k.x, k.y, k.score]).collect();
-                let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+                let name =
+                    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
                 if a.json.is_none() {
                     println!("{name}: score {:.3}", pose.score);
                     for (j, k) in kps.iter().enumerate() {
@@ -100,11 +101,13 @@ pub fn run(a: PredictArgs) -> Result<()> {
                 }
                 json.insert(name.clone(), serde_json::json!(kps));
                 if let Some(out) = &a.overlay {
-                    let target = if images.len() > 1 { out.join(Path::new(&name).with_extension("png")) } else { out.clone() };
+                    let target =
+                        if images.len() > 1 { out.join(Path::new(&name).with_extension("png")) } else { out.clone() };
                     // Drawn on the working image (at most WORK_SIDE pixels on its longest side).
                     let on_canvas: Vec<[f32; 3]> = kps.iter().map(|k| [k[0] / scale, k[1] / scale, k[2]]).collect();
                     wgpose::overlay::draw_skeleton(&mut img, pose.skeleton, &on_canvas, a.threshold);
-                    img.save(&target).map_err(|e| Error::Format { path: target.display().to_string(), msg: e.to_string() })?;
+                    img.save(&target)
+                        .map_err(|e| Error::Format { path: target.display().to_string(), msg: e.to_string() })?;
                     eprintln!("wrote {}", target.display());
                 }
             }

@@ -91,7 +91,10 @@ pub fn run(a: ProfileArgs) -> Result<()> {
     if a.sort {
         table.sort_by(|x, y| y.ns.total_cmp(&x.ns));
     }
-    println!("{:<44} {:<17} {:>9} {:>6} {:>8} {:>9} {:>7}", "layer", "kind", "ms", "share", "GFLOP/s", "MB moved", "GB/s");
+    println!(
+        "{:<44} {:<17} {:>9} {:>6} {:>8} {:>9} {:>7}",
+        "layer", "kind", "ms", "share", "GFLOP/s", "MB moved", "GB/s"
+    );
     for r in &table {
         println!(
             "{:<44} {:<17} {:>9.3} {:>5.1}% {:>8.2} {:>9.2} {:>7.2}",

@@ -65,7 +65,12 @@ pub fn run(a: RunArgs) -> Result<()> {
     let [n, c, h, w] = x.nchw()?;
     let cfg = config(&a.model)?;
     if c != cfg.input[0] {
-        return Err(Error::Input(format!("{} takes {} input channels, {} has {c}", cfg.name, cfg.input[0], a.input.display())));
+        return Err(Error::Input(format!(
+            "{} takes {} input channels, {} has {c}",
+            cfg.name,
+            cfg.input[0],
+            a.input.display()
+        )));
     }
     let cfg = sized(cfg, Some([h, w]));
     let (graph, source, _) = load_model(&cfg, a.weights.as_deref(), a.seed)?;

@@ -38,10 +38,7 @@ pub fn conv2d(x: &Tensor, residual: Option<&Tensor>, c: &Conv2d, out: [usize; 4]
     } else {
         gemm_conv(x, c, out, &ep, &mut y);
     }
-    Tensor {
-        shape: out.to_vec(),
-        data: y,
-    }
+    Tensor { shape: out.to_vec(), data: y }
 }
 
 /// The epilogue with its per-channel parameters borrowed.
@@ -58,20 +55,13 @@ impl<'a> EpilogueRef<'a> {
         EpilogueRef {
             bias: c.bias.as_ref().map(|b| &b.data[..]),
             act: c.epilogue.act,
-            residual: c
-                .epilogue
-                .residual
-                .as_ref()
-                .zip(residual.map(|r| &r.data[..])),
+            residual: c.epilogue.residual.as_ref().zip(residual.map(|r| &r.data[..])),
             post_act: c.epilogue.post_act,
         }
     }
 
     fn is_identity(&self) -> bool {
-        self.bias.is_none()
-            && self.act == Act::None
-            && self.residual.is_none()
-            && self.post_act == Act::None
+        self.bias.is_none() && self.act == Act::None && self.residual.is_none() && self.post_act == Act::None
     }
 
     /// Applies the epilogue to `v`, a run of channel `o`'s outputs that starts at element
@@ -112,11 +102,7 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
     // Output rows per tile (for the direct 1x1 case, tiles only keep the epilogue in cache).
     let rows = (TILE_ELEMS / (k * ow).max(1)).clamp(1, oh);
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
 
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
@@ -168,16 +154,11 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
                     }
                     if !ep.is_identity() {
                         let c0 = oy0 * ow;
-                        yt.par_chunks_mut(ohw)
-                            .with_min_len(planes_per_task(cols))
-                            .enumerate()
-                            .for_each(|(i, plane)| {
-                                ep.apply(
-                                    &mut plane[c0..c0 + cols],
-                                    g * cout_g + i,
-                                    y0 + i * ohw + c0,
-                                );
-                            });
+                        yt.par_chunks_mut(ohw).with_min_len(planes_per_task(cols)).enumerate().for_each(
+                            |(i, plane)| {
+                                ep.apply(&mut plane[c0..c0 + cols], g * cout_g + i, y0 + i * ohw + c0);
+                            },
+                        );
                     }
                 }
             }
@@ -192,14 +173,7 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
 /// One task fills the `kw` rows of one `(ci, ky)`: they read the same input rows, so with a
 /// horizontal stride each input row is split once into its `sx` phases, after which every row
 /// segment is a contiguous copy.
-pub fn im2col(
-    x: &[f32],
-    [_, h, w]: [usize; 3],
-    c: &Conv2d,
-    [oy0, oy1]: [usize; 2],
-    ow: usize,
-    buf: &mut [f32],
-) {
+pub fn im2col(x: &[f32], [_, h, w]: [usize; 3], c: &Conv2d, [oy0, oy1]: [usize; 2], ow: usize, buf: &mut [f32]) {
     let [kh, kw] = c.kernel();
     let [sy, sx] = c.stride;
     let [py, px] = c.padding;
@@ -212,55 +186,44 @@ pub fn im2col(
         .map(|kx| {
             let (x0, x1) = valid_range(w, ow, sx, kx * dx, px);
             let off = (kx * dx) as isize - px as isize;
-            (
-                x0,
-                x1,
-                off.rem_euclid(sx as isize) as usize,
-                off.div_euclid(sx as isize),
-            )
+            (x0, x1, off.rem_euclid(sx as isize) as usize, off.div_euclid(sx as isize))
         })
         .collect();
     let block_len = kw * cols;
-    buf.par_chunks_mut(block_len)
-        .with_min_len(planes_per_task(block_len))
-        .enumerate()
-        .for_each(|(r, block)| {
-            let (ci, ky) = (r / kh, r % kh);
-            let plane = &x[ci * h * w..(ci + 1) * h * w];
-            let mut phases = vec![0.0f32; if sx > 1 { sx * pl } else { 0 }];
-            for (t, oy) in (oy0..oy1).enumerate() {
-                let iy = oy * sy + ky * dy;
-                if iy < py || iy - py >= h {
-                    for kx in 0..kw {
-                        block[kx * cols + t * ow..kx * cols + (t + 1) * ow].fill(0.0);
-                    }
-                    continue;
+    buf.par_chunks_mut(block_len).with_min_len(planes_per_task(block_len)).enumerate().for_each(|(r, block)| {
+        let (ci, ky) = (r / kh, r % kh);
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        let mut phases = vec![0.0f32; if sx > 1 { sx * pl } else { 0 }];
+        for (t, oy) in (oy0..oy1).enumerate() {
+            let iy = oy * sy + ky * dy;
+            if iy < py || iy - py >= h {
+                for kx in 0..kw {
+                    block[kx * cols + t * ow..kx * cols + (t + 1) * ow].fill(0.0);
                 }
-                let src = &plane[(iy - py) * w..(iy - py + 1) * w];
-                let src: &[f32] = if sx == 1 {
-                    src
-                } else {
-                    for ph in 0..sx.min(w) {
-                        for (d, s) in phases[ph * pl..(ph + 1) * pl]
-                            .iter_mut()
-                            .zip(src[ph..].iter().step_by(sx))
-                        {
-                            *d = *s;
-                        }
+                continue;
+            }
+            let src = &plane[(iy - py) * w..(iy - py + 1) * w];
+            let src: &[f32] = if sx == 1 {
+                src
+            } else {
+                for ph in 0..sx.min(w) {
+                    for (d, s) in phases[ph * pl..(ph + 1) * pl].iter_mut().zip(src[ph..].iter().step_by(sx)) {
+                        *d = *s;
                     }
-                    &phases
-                };
-                for (kx, &(x0, x1, ph, shift)) in taps.iter().enumerate() {
-                    let seg = &mut block[kx * cols + t * ow..kx * cols + (t + 1) * ow];
-                    seg[..x0].fill(0.0);
-                    seg[x1..].fill(0.0);
-                    if x0 < x1 {
-                        let start = ph * pl + (x0 as isize + shift) as usize;
-                        seg[x0..x1].copy_from_slice(&src[start..start + (x1 - x0)]);
-                    }
+                }
+                &phases
+            };
+            for (kx, &(x0, x1, ph, shift)) in taps.iter().enumerate() {
+                let seg = &mut block[kx * cols + t * ow..kx * cols + (t + 1) * ow];
+                seg[..x0].fill(0.0);
+                seg[x1..].fill(0.0);
+                if x0 < x1 {
+                    let start = ph * pl + (x0 as isize + shift) as usize;
+                    seg[x0..x1].copy_from_slice(&src[start..start + (x1 - x0)]);
                 }
             }
-        });
+        }
+    });
 }
 
 /// Direct depthwise convolution, one task per group of `(n, c)` planes, epilogue included.
@@ -277,9 +240,7 @@ fn depthwise(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
         stride: c.stride,
         pad: c.padding,
         dil: c.dilation,
-        xr: (0..kw)
-            .map(|kx| valid_range(w, ow, c.stride[1], kx * c.dilation[1], c.padding[1]))
-            .collect(),
+        xr: (0..kw).map(|kx| valid_range(w, ow, c.stride[1], kx * c.dilation[1], c.padding[1])).collect(),
     };
     #[cfg(target_arch = "x86_64")]
     let avx2 = is_x86_feature_detected!("avx2");
@@ -326,9 +287,7 @@ unsafe fn depthwise_plane_avx2(g: &DwGeom, d: &mut [f32], s: &[f32], wk: &[f32])
 /// kernel `wk`.
 #[inline(always)]
 fn depthwise_plane(g: &DwGeom, d: &mut [f32], s: &[f32], wk: &[f32]) {
-    let DwGeom {
-        h, w, ow, kh, kw, ..
-    } = *g;
+    let DwGeom { h, w, ow, kh, kw, .. } = *g;
     let ([sy, sx], [py, px], [dy, dx]) = (g.stride, g.pad, g.dil);
     for (oy, drow) in d.chunks_exact_mut(ow).enumerate() {
         for ky in 0..kh {

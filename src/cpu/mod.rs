@@ -113,15 +113,9 @@ fn eval_unchecked(op: &Op, x: &[&Tensor], out: [usize; 4]) -> Tensor {
             let (scale, shift) = bn.scale_shift();
             ops::channel_affine(x[0], &scale, &shift, crate::graph::Act::None)
         }
-        Op::ChannelAffine { scale, shift, act } => {
-            ops::channel_affine(x[0], &scale.data, &shift.data, *act)
-        }
+        Op::ChannelAffine { scale, shift, act } => ops::channel_affine(x[0], &scale.data, &shift.data, *act),
         Op::Activation(act) => ops::activation(x[0], *act),
-        Op::MaxPool {
-            kernel,
-            stride,
-            padding,
-        } => ops::max_pool(x[0], *kernel, *stride, *padding, out),
+        Op::MaxPool { kernel, stride, padding } => ops::max_pool(x[0], *kernel, *stride, *padding, out),
         Op::UpsampleNearest { factor } => ops::upsample_nearest(x[0], *factor),
         Op::UpsampleBilinear { factor } => ops::upsample_bilinear(x[0], *factor),
         Op::Concat => ops::concat(x, out),
@@ -132,9 +126,7 @@ fn eval_unchecked(op: &Op, x: &[&Tensor], out: [usize; 4]) -> Tensor {
 }
 
 fn available<'a>(values: &'a [Option<Cow<'_, Tensor>>], id: NodeId) -> &'a Tensor {
-    values[id]
-        .as_deref()
-        .expect("a node's inputs are computed before it and kept until their last use")
+    values[id].as_deref().expect("a node's inputs are computed before it and kept until their last use")
 }
 
 /// For every node, the last node that reads it; graph outputs (and nodes nobody reads) get
@@ -168,11 +160,7 @@ pub(crate) fn prepare(graph: &Graph, inputs: &[Tensor]) -> Result<Prepared> {
         return Err(Error::Input(format!(
             "the graph has {} input(s) ({}), got {} tensor(s)",
             input_ids.len(),
-            input_ids
-                .iter()
-                .map(|&i| format!("`{}`", graph.nodes[i].name))
-                .collect::<Vec<_>>()
-                .join(", "),
+            input_ids.iter().map(|&i| format!("`{}`", graph.nodes[i].name)).collect::<Vec<_>>().join(", "),
             inputs.len()
         )));
     }
@@ -180,9 +168,7 @@ pub(crate) fn prepare(graph: &Graph, inputs: &[Tensor]) -> Result<Prepared> {
     let mut input_index = vec![0; graph.nodes.len()];
     for (k, (&id, t)) in input_ids.iter().zip(inputs).enumerate() {
         let node = &graph.nodes[id];
-        let Op::Input { chw } = node.op else {
-            unreachable!()
-        };
+        let Op::Input { chw } = node.op else { unreachable!() };
         check_tensor_len(&format!("input `{}`", node.name), t)?;
         let n = match t.shape[..] {
             [n, c, h, w] if [c, h, w] == chw && n >= 1 => n,
@@ -214,10 +200,7 @@ pub(crate) fn prepare(graph: &Graph, inputs: &[Tensor]) -> Result<Prepared> {
         check_params(&node.name, &node.op)?;
     }
     let shapes = graph.shapes(batch.unwrap_or(1))?;
-    Ok(Prepared {
-        shapes,
-        input_index,
-    })
+    Ok(Prepared { shapes, input_index })
 }
 
 /// Checks one operator applied to explicit tensors and returns its output shape.
@@ -226,22 +209,13 @@ pub(crate) fn check_op(name: &str, op: &Op, inputs: &[&Tensor]) -> Result<[usize
     let mut shapes = Vec::with_capacity(inputs.len());
     for (k, t) in inputs.iter().enumerate() {
         check_tensor_len(&format!("input {k} of `{name}`"), t)?;
-        let s = t.nchw().map_err(|_| {
-            Error::Input(format!(
-                "input {k} of `{name}` must be 4-D NCHW, got shape {:?}",
-                t.shape
-            ))
-        })?;
+        let s = t
+            .nchw()
+            .map_err(|_| Error::Input(format!("input {k} of `{name}` must be 4-D NCHW, got shape {:?}", t.shape)))?;
         shapes.push(s);
     }
     if let Some(s) = shapes.iter().find(|s| s[0] != shapes[0][0]) {
-        return Err(Error::shape(
-            name,
-            format!(
-                "inputs have different batch sizes ({} and {})",
-                shapes[0][0], s[0]
-            ),
-        ));
+        return Err(Error::shape(name, format!("inputs have different batch sizes ({} and {})", shapes[0][0], s[0])));
     }
     if let Op::Input { chw } = op {
         return match shapes[..] {
@@ -255,13 +229,7 @@ pub(crate) fn check_op(name: &str, op: &Op, inputs: &[&Tensor]) -> Result<[usize
     // Reuse the graph's shape inference on a one-operator graph.
     let mut g = Graph::new();
     for (k, s) in shapes.iter().enumerate() {
-        g.push(
-            format!("{name}.in{k}"),
-            Op::Input {
-                chw: [s[1], s[2], s[3]],
-            },
-            vec![],
-        )?;
+        g.push(format!("{name}.in{k}"), Op::Input { chw: [s[1], s[2], s[3]] }, vec![])?;
     }
     let id = g.push(name, op.clone(), (0..shapes.len()).collect())?;
     g.outputs = vec![id];
@@ -296,16 +264,9 @@ pub(crate) fn check_params(name: &str, op: &Op) -> Result<()> {
             }
         }
         Op::BatchNorm(b) => {
-            params.extend([
-                ("gamma", &b.gamma),
-                ("beta", &b.beta),
-                ("mean", &b.mean),
-                ("var", &b.var),
-            ]);
+            params.extend([("gamma", &b.gamma), ("beta", &b.beta), ("mean", &b.mean), ("var", &b.var)]);
         }
-        Op::ChannelAffine { scale, shift, .. } => {
-            params.extend([("scale", scale), ("shift", shift)])
-        }
+        Op::ChannelAffine { scale, shift, .. } => params.extend([("scale", scale), ("shift", shift)]),
         Op::GatedAdd { alpha } => params.push(("alpha", alpha)),
         _ => {}
     }
@@ -314,11 +275,7 @@ pub(crate) fn check_params(name: &str, op: &Op) -> Result<()> {
         if n != t.data.len() {
             return Err(Error::shape(
                 name,
-                format!(
-                    "{what} has shape {:?} but holds {} values",
-                    t.shape,
-                    t.data.len()
-                ),
+                format!("{what} has shape {:?} but holds {} values", t.shape, t.data.len()),
             ));
         }
     }

@@ -33,72 +33,41 @@ pub fn channel_affine(x: &Tensor, scale: &[f32], shift: &[f32], act: Act) -> Ten
     let [_, c, h, w] = dims(x);
     let hw = h * w;
     let mut y = vec![0.0f32; x.data.len()];
-    y.par_chunks_mut(hw)
-        .zip(x.data.par_chunks(hw))
-        .with_min_len(planes_per_task(hw))
-        .enumerate()
-        .for_each(|(p, (d, s))| {
+    y.par_chunks_mut(hw).zip(x.data.par_chunks(hw)).with_min_len(planes_per_task(hw)).enumerate().for_each(
+        |(p, (d, s))| {
             let (a, b) = (scale[p % c], shift[p % c]);
             d.iter_mut().zip(s).for_each(|(d, &s)| *d = a * s + b);
             act_in_place(d, act);
-        });
-    Tensor {
-        shape: x.shape.clone(),
-        data: y,
-    }
+        },
+    );
+    Tensor { shape: x.shape.clone(), data: y }
 }
 
 pub fn activation(x: &Tensor, act: Act) -> Tensor {
     let mut y = x.data.clone();
     if act != Act::None {
-        y.par_chunks_mut(MIN_TASK_ELEMS)
-            .for_each(|d| act_in_place(d, act));
+        y.par_chunks_mut(MIN_TASK_ELEMS).for_each(|d| act_in_place(d, act));
     }
-    Tensor {
-        shape: x.shape.clone(),
-        data: y,
-    }
+    Tensor { shape: x.shape.clone(), data: y }
 }
 
 /// Range of output positions `o` whose input position `o * stride + k - pad` lies in `[0, len)`,
 /// where `k` is the tap's offset (`ky * dilation`); clipped to `[0, out_len)`.
-pub(crate) fn valid_range(
-    len: usize,
-    out_len: usize,
-    stride: usize,
-    k: usize,
-    pad: usize,
-) -> (usize, usize) {
+pub(crate) fn valid_range(len: usize, out_len: usize, stride: usize, k: usize, pad: usize) -> (usize, usize) {
     // o * stride + k >= pad
-    let lo = if pad > k {
-        (pad - k).div_ceil(stride)
-    } else {
-        0
-    };
+    let lo = if pad > k { (pad - k).div_ceil(stride) } else { 0 };
     // o * stride + k - pad <= len - 1
-    let hi = if len + pad > k {
-        ((len - 1 + pad - k) / stride + 1).min(out_len)
-    } else {
-        0
-    };
+    let hi = if len + pad > k { ((len - 1 + pad - k) / stride + 1).min(out_len) } else { 0 };
     (lo.min(hi), hi)
 }
 
 /// Max pooling; padded positions never win (PyTorch semantics), NaN propagates.
-pub fn max_pool(
-    x: &Tensor,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-    out: [usize; 4],
-) -> Tensor {
+pub fn max_pool(x: &Tensor, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], out: [usize; 4]) -> Tensor {
     let [_, _, h, w] = dims(x);
     let [_, _, oh, ow] = out;
     let mut y = vec![0.0f32; out.iter().product()];
-    y.par_chunks_mut(oh * ow)
-        .zip(x.data.par_chunks(h * w))
-        .with_min_len(planes_per_task(oh * ow))
-        .for_each(|(d, s)| {
+    y.par_chunks_mut(oh * ow).zip(x.data.par_chunks(h * w)).with_min_len(planes_per_task(oh * ow)).for_each(
+        |(d, s)| {
             d.fill(f32::NEG_INFINITY);
             for ky in 0..kernel[0] {
                 let (y0, y1) = valid_range(h, oh, stride[0], ky, padding[0]);
@@ -118,21 +87,17 @@ pub fn max_pool(
                     }
                 }
             }
-        });
-    Tensor {
-        shape: out.to_vec(),
-        data: y,
-    }
+        },
+    );
+    Tensor { shape: out.to_vec(), data: y }
 }
 
 pub fn upsample_nearest(x: &Tensor, f: usize) -> Tensor {
     let [n, c, h, w] = dims(x);
     let (oh, ow) = (h * f, w * f);
     let mut y = vec![0.0f32; n * c * oh * ow];
-    y.par_chunks_mut(oh * ow)
-        .zip(x.data.par_chunks(h * w))
-        .with_min_len(planes_per_task(oh * ow))
-        .for_each(|(d, s)| {
+    y.par_chunks_mut(oh * ow).zip(x.data.par_chunks(h * w)).with_min_len(planes_per_task(oh * ow)).for_each(
+        |(d, s)| {
             for (i, block) in d.chunks_exact_mut(f * ow).enumerate() {
                 let (first, rest) = block.split_at_mut(ow);
                 for (o, &v) in first.chunks_exact_mut(f).zip(&s[i * w..(i + 1) * w]) {
@@ -142,11 +107,9 @@ pub fn upsample_nearest(x: &Tensor, f: usize) -> Tensor {
                     r.copy_from_slice(first);
                 }
             }
-        });
-    Tensor {
-        shape: vec![n, c, oh, ow],
-        data: y,
-    }
+        },
+    );
+    Tensor { shape: vec![n, c, oh, ow], data: y }
 }
 
 /// Taps of output `o` along an axis upsampled by `f` from `len` samples: half-pixel centres,
@@ -164,10 +127,8 @@ pub fn upsample_bilinear(x: &Tensor, f: usize) -> Tensor {
     let xt: Vec<(usize, usize, f32)> = (0..ow).map(|o| bilinear_taps(o, f, w)).collect();
     let yt: Vec<(usize, usize, f32)> = (0..oh).map(|o| bilinear_taps(o, f, h)).collect();
     let mut y = vec![0.0f32; n * c * oh * ow];
-    y.par_chunks_mut(oh * ow)
-        .zip(x.data.par_chunks(h * w))
-        .with_min_len(planes_per_task(oh * ow))
-        .for_each(|(d, s)| {
+    y.par_chunks_mut(oh * ow).zip(x.data.par_chunks(h * w)).with_min_len(planes_per_task(oh * ow)).for_each(
+        |(d, s)| {
             for (drow, &(y0, y1, ly)) in d.chunks_exact_mut(ow).zip(&yt) {
                 let r0 = &s[y0 * w..(y0 + 1) * w];
                 let r1 = &s[y1 * w..(y1 + 1) * w];
@@ -177,11 +138,9 @@ pub fn upsample_bilinear(x: &Tensor, f: usize) -> Tensor {
                     *v = (1.0 - ly) * top + ly * bot;
                 }
             }
-        });
-    Tensor {
-        shape: vec![n, c, oh, ow],
-        data: y,
-    }
+        },
+    );
+    Tensor { shape: vec![n, c, oh, ow], data: y }
 }
 
 /// Channel concatenation; `out` is the concatenated shape.
@@ -189,44 +148,24 @@ pub fn concat(xs: &[&Tensor], out: [usize; 4]) -> Tensor {
     let [_, c, h, w] = out;
     let hw = h * w;
     // For every output channel: (input, channel in that input).
-    let src: Vec<(usize, usize)> = xs
-        .iter()
-        .enumerate()
-        .flat_map(|(k, x)| (0..x.shape[1]).map(move |ch| (k, ch)))
-        .collect();
+    let src: Vec<(usize, usize)> =
+        xs.iter().enumerate().flat_map(|(k, x)| (0..x.shape[1]).map(move |ch| (k, ch))).collect();
     let mut y = vec![0.0f32; out.iter().product()];
-    y.par_chunks_mut(hw)
-        .with_min_len(planes_per_task(hw))
-        .enumerate()
-        .for_each(|(p, d)| {
-            let (b, ch) = (p / c, p % c);
-            let (k, xc) = src[ch];
-            let plane = b * xs[k].shape[1] + xc;
-            d.copy_from_slice(&xs[k].data[plane * hw..(plane + 1) * hw]);
-        });
-    Tensor {
-        shape: out.to_vec(),
-        data: y,
-    }
+    y.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
+        let (b, ch) = (p / c, p % c);
+        let (k, xc) = src[ch];
+        let plane = b * xs[k].shape[1] + xc;
+        d.copy_from_slice(&xs[k].data[plane * hw..(plane + 1) * hw]);
+    });
+    Tensor { shape: out.to_vec(), data: y }
 }
 
 pub fn add(a: &Tensor, b: &Tensor) -> Tensor {
     let mut y = vec![0.0f32; a.data.len()];
     y.par_chunks_mut(MIN_TASK_ELEMS)
-        .zip(
-            a.data
-                .par_chunks(MIN_TASK_ELEMS)
-                .zip(b.data.par_chunks(MIN_TASK_ELEMS)),
-        )
-        .for_each(|(d, (a, b))| {
-            d.iter_mut()
-                .zip(a.iter().zip(b))
-                .for_each(|(d, (a, b))| *d = a + b)
-        });
-    Tensor {
-        shape: a.shape.clone(),
-        data: y,
-    }
+        .zip(a.data.par_chunks(MIN_TASK_ELEMS).zip(b.data.par_chunks(MIN_TASK_ELEMS)))
+        .for_each(|(d, (a, b))| d.iter_mut().zip(a.iter().zip(b)).for_each(|(d, (a, b))| *d = a + b));
+    Tensor { shape: a.shape.clone(), data: y }
 }
 
 /// `alpha[c] * skip + x`
@@ -240,14 +179,9 @@ pub fn gated_add(skip: &Tensor, x: &Tensor, alpha: &[f32]) -> Tensor {
         .enumerate()
         .for_each(|(p, (d, (s, x)))| {
             let a = alpha[p % c];
-            d.iter_mut()
-                .zip(s.iter().zip(x))
-                .for_each(|(d, (s, x))| *d = a * s + x);
+            d.iter_mut().zip(s.iter().zip(x)).for_each(|(d, (s, x))| *d = a * s + x);
         });
-    Tensor {
-        shape: x.shape.clone(),
-        data: y,
-    }
+    Tensor { shape: x.shape.clone(), data: y }
 }
 
 /// Depth to space, `out[n, c, h*r + i, w*r + j] = in[n, c*r*r + i*r + j, h, w]`.
@@ -256,27 +190,21 @@ pub fn pixel_shuffle(x: &Tensor, r: usize) -> Tensor {
     let co = c / (r * r);
     let (oh, ow) = (h * r, w * r);
     let mut y = vec![0.0f32; n * co * oh * ow];
-    y.par_chunks_mut(oh * ow)
-        .with_min_len(planes_per_task(oh * ow))
-        .enumerate()
-        .for_each(|(p, d)| {
-            // Output plane p = (b, ch) reads input planes (b, ch*r*r .. (ch+1)*r*r).
-            let base = p * r * r;
-            for i in 0..h {
-                for di in 0..r {
-                    let drow = &mut d[(i * r + di) * ow..(i * r + di + 1) * ow];
-                    for dj in 0..r {
-                        let plane = base + di * r + dj;
-                        let srow = &x.data[(plane * h + i) * w..(plane * h + i + 1) * w];
-                        for (j, &v) in srow.iter().enumerate() {
-                            drow[j * r + dj] = v;
-                        }
+    y.par_chunks_mut(oh * ow).with_min_len(planes_per_task(oh * ow)).enumerate().for_each(|(p, d)| {
+        // Output plane p = (b, ch) reads input planes (b, ch*r*r .. (ch+1)*r*r).
+        let base = p * r * r;
+        for i in 0..h {
+            for di in 0..r {
+                let drow = &mut d[(i * r + di) * ow..(i * r + di + 1) * ow];
+                for dj in 0..r {
+                    let plane = base + di * r + dj;
+                    let srow = &x.data[(plane * h + i) * w..(plane * h + i + 1) * w];
+                    for (j, &v) in srow.iter().enumerate() {
+                        drow[j * r + dj] = v;
                     }
                 }
             }
-        });
-    Tensor {
-        shape: vec![n, co, oh, ow],
-        data: y,
-    }
+        }
+    });
+    Tensor { shape: vec![n, co, oh, ow], data: y }
 }

@@ -16,13 +16,7 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         let t = if graph.outputs.iter().filter(|&&x| x == o).count() > 1 {
             all[o].clone()
         } else {
-            std::mem::replace(
-                &mut all[o],
-                Tensor {
-                    shape: Vec::new(),
-                    data: Vec::new(),
-                },
-            )
+            std::mem::replace(&mut all[o], Tensor { shape: Vec::new(), data: Vec::new() })
         };
         out.push(t);
     }
@@ -45,15 +39,9 @@ fn eval(op: &Op, x: &[&Tensor], out: [usize; 4]) -> Tensor {
         Op::Input { .. } => unreachable!("input nodes are not evaluated"),
         Op::Conv2d(c) => conv2d(x[0], x.get(1).copied(), c, out),
         Op::BatchNorm(bn) => batch_norm(x[0], bn),
-        Op::ChannelAffine { scale, shift, act } => {
-            channel_affine(x[0], &scale.data, &shift.data, *act)
-        }
+        Op::ChannelAffine { scale, shift, act } => channel_affine(x[0], &scale.data, &shift.data, *act),
         Op::Activation(act) => map(x[0], |_, v| act.apply(v)),
-        Op::MaxPool {
-            kernel,
-            stride,
-            padding,
-        } => max_pool(x[0], *kernel, *stride, *padding, out),
+        Op::MaxPool { kernel, stride, padding } => max_pool(x[0], *kernel, *stride, *padding, out),
         Op::UpsampleNearest { factor } => upsample_nearest(x[0], *factor),
         Op::UpsampleBilinear { factor } => upsample_bilinear(x[0], *factor),
         Op::Concat => concat(x, out),
@@ -75,16 +63,8 @@ fn at(t: &Tensor, n: usize, c: usize, h: usize, w: usize) -> f32 {
 /// Applies `f(channel, value)` to every element.
 fn map(x: &Tensor, f: impl Fn(usize, f32) -> f32) -> Tensor {
     let [_, c, h, w] = dims(x);
-    let data = x
-        .data
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| f(i / (h * w) % c, v))
-        .collect();
-    Tensor {
-        shape: x.shape.clone(),
-        data,
-    }
+    let data = x.data.iter().enumerate().map(|(i, &v)| f(i / (h * w) % c, v)).collect();
+    Tensor { shape: x.shape.clone(), data }
 }
 
 /// `y = post_act( act(conv + bias) (+) residual )`, zero padding, groups, stride, dilation.
@@ -104,10 +84,8 @@ pub fn conv2d(x: &Tensor, residual: Option<&Tensor>, c: &Conv2d, out: [usize; 4]
                     for ci in 0..cin_g {
                         for ky in 0..kh {
                             for kx in 0..kw {
-                                let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize
-                                    - c.padding[0] as isize;
-                                let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize
-                                    - c.padding[1] as isize;
+                                let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.padding[0] as isize;
+                                let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize - c.padding[1] as isize;
                                 if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                                     continue;
                                 }
@@ -120,12 +98,7 @@ pub fn conv2d(x: &Tensor, residual: Option<&Tensor>, c: &Conv2d, out: [usize; 4]
                     let mut v = c.epilogue.act.apply(acc as f32);
                     if let Some(r) = residual {
                         let rv = at(r, b, o, oy, ox);
-                        v = match c
-                            .epilogue
-                            .residual
-                            .as_ref()
-                            .expect("checked by shape inference")
-                        {
+                        v = match c.epilogue.residual.as_ref().expect("checked by shape inference") {
                             Residual::Add => v + rv,
                             Residual::GateResidual(a) => v + a.data[o] * rv,
                             Residual::GateConv(a) => a.data[o] * v + rv,
@@ -144,8 +117,7 @@ pub fn conv2d(x: &Tensor, residual: Option<&Tensor>, c: &Conv2d, out: [usize; 4]
 /// `BatchNorm::scale_shift`, so that the fast path's use of it is checked).
 pub fn batch_norm(x: &Tensor, bn: &BatchNorm) -> Tensor {
     map(x, |c, v| {
-        let norm =
-            (v as f64 - bn.mean.data[c] as f64) / (bn.var.data[c] as f64 + bn.eps as f64).sqrt();
+        let norm = (v as f64 - bn.mean.data[c] as f64) / (bn.var.data[c] as f64 + bn.eps as f64).sqrt();
         (norm * bn.gamma.data[c] as f64 + bn.beta.data[c] as f64) as f32
     })
 }
@@ -156,13 +128,7 @@ pub fn channel_affine(x: &Tensor, scale: &[f32], shift: &[f32], act: Act) -> Ten
 }
 
 /// Max over the window's positions inside the input; padded positions never win.
-pub fn max_pool(
-    x: &Tensor,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-    out: [usize; 4],
-) -> Tensor {
+pub fn max_pool(x: &Tensor, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], out: [usize; 4]) -> Tensor {
     let [n, c, h, w] = dims(x);
     let [_, _, oh, ow] = out;
     let mut y = Tensor::zeros(out.to_vec());
@@ -259,17 +225,8 @@ pub fn concat(xs: &[&Tensor], out: [usize; 4]) -> Tensor {
 /// `gate(c) * a + b` (plain add with a gate of 1, gated add with `alpha`).
 fn add(a: &Tensor, b: &Tensor, gate: impl Fn(usize) -> f32) -> Tensor {
     let [_, c, h, w] = dims(a);
-    let data = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .enumerate()
-        .map(|(i, (&s, &x))| gate(i / (h * w) % c) * s + x)
-        .collect();
-    Tensor {
-        shape: a.shape.clone(),
-        data,
-    }
+    let data = a.data.iter().zip(&b.data).enumerate().map(|(i, (&s, &x))| gate(i / (h * w) % c) * s + x).collect();
+    Tensor { shape: a.shape.clone(), data }
 }
 
 /// `out[n, c, h*r + i, w*r + j] = in[n, c*r*r + i*r + j, h, w]`

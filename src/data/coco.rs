@@ -110,24 +110,18 @@ struct RawCat {
 }
 
 fn format_err(path: &Path, msg: impl Into<String>) -> Error {
-    Error::Format {
-        path: path.display().to_string(),
-        msg: msg.into(),
-    }
+    Error::Format { path: path.display().to_string(), msg: msg.into() }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        source: e,
-    })
+    std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })
 }
 
 /// Loads a COCO keypoints JSON; image files are looked up in `image_dir`.
 pub fn load_coco(json: &Path, image_dir: &Path) -> Result<CocoDataset> {
     let bytes = read(json)?;
-    let raw: RawFile = serde_json::from_slice(&bytes)
-        .map_err(|e| format_err(json, format!("invalid COCO JSON: {e}")))?;
+    let raw: RawFile =
+        serde_json::from_slice(&bytes).map_err(|e| format_err(json, format!("invalid COCO JSON: {e}")))?;
     let mut seen = HashSet::new();
     let mut images = Vec::with_capacity(raw.images.len());
     let mut missing_images = Vec::new();
@@ -140,38 +134,21 @@ pub fn load_coco(json: &Path, image_dir: &Path) -> Result<CocoDataset> {
         if !exists {
             missing_images.push(path.clone());
         }
-        images.push(CocoImage {
-            id: im.id,
-            file_name: im.file_name,
-            width: im.width,
-            height: im.height,
-            path,
-            exists,
-        });
+        images.push(CocoImage { id: im.id, file_name: im.file_name, width: im.width, height: im.height, path, exists });
     }
     let mut seen = HashSet::new();
     let mut annotations = Vec::with_capacity(raw.annotations.len());
     for a in raw.annotations {
         if !seen.insert(a.id) {
-            return Err(format_err(
-                json,
-                format!("duplicate annotation id {}", a.id),
-            ));
+            return Err(format_err(json, format!("duplicate annotation id {}", a.id)));
         }
         if a.keypoints.len() % 3 != 0 {
             return Err(format_err(
                 json,
-                format!(
-                    "annotation {}: {} keypoint values, not a multiple of 3",
-                    a.id,
-                    a.keypoints.len()
-                ),
+                format!("annotation {}: {} keypoint values, not a multiple of 3", a.id, a.keypoints.len()),
             ));
         }
-        if a.category_id == PERSON_CATEGORY
-            && !a.keypoints.is_empty()
-            && a.keypoints.len() != 3 * COCO17.len()
-        {
+        if a.category_id == PERSON_CATEGORY && !a.keypoints.is_empty() && a.keypoints.len() != 3 * COCO17.len() {
             return Err(format_err(
                 json,
                 format!(
@@ -183,10 +160,7 @@ pub fn load_coco(json: &Path, image_dir: &Path) -> Result<CocoDataset> {
             ));
         }
         if a.keypoints.iter().chain(&a.bbox).any(|v| !v.is_finite()) || !a.area.is_finite() {
-            return Err(format_err(
-                json,
-                format!("annotation {}: non-finite number", a.id),
-            ));
+            return Err(format_err(json, format!("annotation {}: non-finite number", a.id)));
         }
         let counted = a.keypoints.chunks_exact(3).filter(|k| k[2] > 0.0).count() as u32;
         annotations.push(CocoAnnotation {
@@ -200,15 +174,8 @@ pub fn load_coco(json: &Path, image_dir: &Path) -> Result<CocoDataset> {
             iscrowd: a.iscrowd != 0,
         });
     }
-    let categories = raw
-        .categories
-        .into_iter()
-        .map(|c| CocoCategory {
-            id: c.id,
-            name: c.name,
-            keypoints: c.keypoints,
-        })
-        .collect();
+    let categories =
+        raw.categories.into_iter().map(|c| CocoCategory { id: c.id, name: c.name, keypoints: c.keypoints }).collect();
     Ok(CocoDataset {
         json: json.to_path_buf(),
         image_dir: image_dir.to_path_buf(),
@@ -228,8 +195,7 @@ impl CocoDataset {
     /// People for training and PCK/OKS lists: person annotations that are not crowd, have
     /// `num_keypoints > 0` and 17 keypoints, on images that exist on disk. In file order.
     pub fn persons(&self) -> Vec<Annotation> {
-        let by_id: std::collections::HashMap<u64, &CocoImage> =
-            self.images.iter().map(|i| (i.id, i)).collect();
+        let by_id: std::collections::HashMap<u64, &CocoImage> = self.images.iter().map(|i| (i.id, i)).collect();
         self.annotations
             .iter()
             .filter(|a| a.category_id == PERSON_CATEGORY && !a.iscrowd && a.num_keypoints > 0)
@@ -238,11 +204,7 @@ impl CocoDataset {
                 let im = by_id.get(&a.image_id).filter(|i| i.exists)?;
                 Some(Annotation {
                     image: im.path.clone(),
-                    keypoints: a
-                        .keypoints
-                        .chunks_exact(3)
-                        .map(|k| [k[0] as f32, k[1] as f32, k[2] as f32])
-                        .collect(),
+                    keypoints: a.keypoints.chunks_exact(3).map(|k| [k[0] as f32, k[1] as f32, k[2] as f32]).collect(),
                     bbox: Some(a.bbox.map(|v| v as f32)),
                     skeleton: &COCO17,
                     id: a.id.to_string(),
@@ -289,10 +251,7 @@ impl CocoResult {
 
 /// Writes results as COCO results JSON.
 pub fn write_coco_results(path: &Path, results: &[CocoResult]) -> Result<()> {
-    if let Some(r) = results
-        .iter()
-        .find(|r| r.keypoints.iter().any(|v| !v.is_finite()) || !r.score.is_finite())
-    {
+    if let Some(r) = results.iter().find(|r| r.keypoints.iter().any(|v| !v.is_finite()) || !r.score.is_finite()) {
         return Err(Error::Input(format!(
             "{}: result for image {} has a non-finite number",
             path.display(),
@@ -300,25 +259,19 @@ pub fn write_coco_results(path: &Path, results: &[CocoResult]) -> Result<()> {
         )));
     }
     let text = serde_json::to_vec(results).map_err(|e| format_err(path, e.to_string()))?;
-    std::fs::write(path, text).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        source: e,
-    })
+    std::fs::write(path, text).map_err(|e| Error::Io { path: path.display().to_string(), source: e })
 }
 
 /// Reads a COCO results JSON (a list of detections).
 pub fn read_coco_results(path: &Path) -> Result<Vec<CocoResult>> {
     let bytes = read(path)?;
-    let results: Vec<CocoResult> = serde_json::from_slice(&bytes)
-        .map_err(|e| format_err(path, format!("invalid COCO results JSON: {e}")))?;
+    let results: Vec<CocoResult> =
+        serde_json::from_slice(&bytes).map_err(|e| format_err(path, format!("invalid COCO results JSON: {e}")))?;
     for (i, r) in results.iter().enumerate() {
         if r.keypoints.len() % 3 != 0 {
             return Err(format_err(
                 path,
-                format!(
-                    "result {i}: {} keypoint values, not a multiple of 3",
-                    r.keypoints.len()
-                ),
+                format!("result {i}: {} keypoint values, not a multiple of 3", r.keypoints.len()),
             ));
         }
     }

@@ -24,10 +24,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use super::matfile::read_mat;
-use super::{
-    box_from_keypoints, Annotation, AnnotationSet, Extra, LSP_BOX_ENLARGE, V_MISSING, V_OCCLUDED,
-    V_VISIBLE,
-};
+use super::{box_from_keypoints, Annotation, AnnotationSet, Extra, LSP_BOX_ENLARGE, V_MISSING, V_OCCLUDED, V_VISIBLE};
 use crate::skeleton::LSP14;
 use crate::{Error, Result};
 
@@ -54,26 +51,14 @@ pub enum Layout {
 
 /// Loads LSP or LSP-extended from `root` (`joints.mat` and `images/`). `range` selects 1-based
 /// image numbers (None: all labels in the file); it must lie within the labels the file has.
-pub fn load_lsp(
-    root: &Path,
-    range: Option<RangeInclusive<usize>>,
-    convention: Visibility,
-) -> Result<AnnotationSet> {
+pub fn load_lsp(root: &Path, range: Option<RangeInclusive<usize>>, convention: Visibility) -> Result<AnnotationSet> {
     let mat_path = root.join("joints.mat");
     let name = mat_path.display().to_string();
-    let ferr = |msg: String| Error::Format {
-        path: name.clone(),
-        msg,
-    };
+    let ferr = |msg: String| Error::Format { path: name.clone(), msg };
     let vars = read_mat(&mat_path)?;
-    let joints = vars
-        .get("joints")
-        .ok_or_else(|| ferr("no variable `joints`".into()))?;
+    let joints = vars.get("joints").ok_or_else(|| ferr("no variable `joints`".into()))?;
     let (layout, n) = layout_of(&joints.dims).ok_or_else(|| {
-        ferr(format!(
-            "`joints` is {:?}; expected 3 x 14 x N (LSP) or 14 x 3 x N (LSP-extended)",
-            joints.dims
-        ))
+        ferr(format!("`joints` is {:?}; expected 3 x 14 x N (LSP) or 14 x 3 x N (LSP-extended)", joints.dims))
     })?;
     let convention = match (convention, layout) {
         (Visibility::Auto, Layout::CoordsFirst) => Visibility::Lsp,
@@ -102,9 +87,7 @@ pub fn load_lsp(
         for j in 0..14 {
             let (x, y, flag) = (at(j, 0, i), at(j, 1, i), at(j, 2, i));
             if flag != 0.0 && flag != 1.0 {
-                return Err(ferr(format!(
-                    "image {number}, joint {j}: visibility flag {flag} is not 0 or 1"
-                )));
+                return Err(ferr(format!("image {number}, joint {j}: visibility flag {flag} is not 0 or 1")));
             }
             let v = match (convention, flag == 1.0) {
                 (Visibility::Lspet, true) => V_VISIBLE,
@@ -154,19 +137,10 @@ fn image_path(root: &Path, number: usize, digits: usize, other: usize) -> PathBu
 pub fn detect_layout(root: &Path) -> Result<(Layout, usize)> {
     let mat_path = root.join("joints.mat");
     let vars = read_mat(&mat_path)?;
-    let ferr = |msg: String| Error::Format {
-        path: mat_path.display().to_string(),
-        msg,
-    };
-    let joints = vars
-        .get("joints")
-        .ok_or_else(|| ferr("no variable `joints`".into()))?;
-    layout_of(&joints.dims).ok_or_else(|| {
-        ferr(format!(
-            "`joints` is {:?}; expected 3 x 14 x N or 14 x 3 x N",
-            joints.dims
-        ))
-    })
+    let ferr = |msg: String| Error::Format { path: mat_path.display().to_string(), msg };
+    let joints = vars.get("joints").ok_or_else(|| ferr("no variable `joints`".into()))?;
+    layout_of(&joints.dims)
+        .ok_or_else(|| ferr(format!("`joints` is {:?}; expected 3 x 14 x N or 14 x 3 x N", joints.dims)))
 }
 
 /// MATLAB drops trailing singleton dimensions: a single person is 14 x 3 or 3 x 14.

@@ -70,10 +70,7 @@ const MI_UTF32: u32 = 18;
 
 /// Reads every numeric variable of a MAT-file.
 pub fn read_mat(path: &Path) -> Result<HashMap<String, MatArray>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        source: e,
-    })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
     parse_mat(&bytes, &path.display().to_string())
 }
 
@@ -100,51 +97,34 @@ struct Tag {
 
 impl Parser<'_> {
     fn err(&self, msg: impl Into<String>) -> Error {
-        Error::Format {
-            path: self.name.to_string(),
-            msg: msg.into(),
-        }
+        Error::Format { path: self.name.to_string(), msg: msg.into() }
     }
 
     fn u16_at(&self, b: &[u8], at: usize) -> Option<u16> {
         let s: [u8; 2] = b.get(at..at.checked_add(2)?)?.try_into().ok()?;
-        Some(if self.big {
-            u16::from_be_bytes(s)
-        } else {
-            u16::from_le_bytes(s)
-        })
+        Some(if self.big { u16::from_be_bytes(s) } else { u16::from_le_bytes(s) })
     }
 
     fn u32_at(&self, b: &[u8], at: usize) -> Option<u32> {
         let s: [u8; 4] = b.get(at..at.checked_add(4)?)?.try_into().ok()?;
-        Some(if self.big {
-            u32::from_be_bytes(s)
-        } else {
-            u32::from_le_bytes(s)
-        })
+        Some(if self.big { u32::from_be_bytes(s) } else { u32::from_le_bytes(s) })
     }
 
     fn file(&mut self, b: &[u8]) -> Result<HashMap<String, MatArray>> {
         if b.len() < 128 {
-            return Err(self.err(format!(
-                "{} bytes: too short for a MAT-file header (128 bytes)",
-                b.len()
-            )));
+            return Err(self.err(format!("{} bytes: too short for a MAT-file header (128 bytes)", b.len())));
         }
-        self.big = match &b[126..128] {
-            b"IM" => false,
-            b"MI" => true,
-            _ => {
-                return Err(self.err(
+        self.big =
+            match &b[126..128] {
+                b"IM" => false,
+                b"MI" => true,
+                _ => return Err(self.err(
                     "not a MATLAB 5 MAT-file (no endianness indicator at byte 126; MATLAB v4 files are not supported)",
-                ))
-            }
-        };
+                )),
+            };
         let version = self.u16_at(b, 124).unwrap_or(0);
         if version == 0x0200 {
-            return Err(
-                self.err("MATLAB v7.3 (HDF5) MAT-files are not supported; save with -v7 or -v6")
-            );
+            return Err(self.err("MATLAB v7.3 (HDF5) MAT-files are not supported; save with -v7 or -v6"));
         }
         if version != 0x0100 {
             return Err(self.err(format!("unsupported MAT-file version 0x{version:04x}")));
@@ -156,9 +136,7 @@ impl Parser<'_> {
 
     /// Reads the tag at `pos` of `b`; `top` elements are not padded (compressed ones never are).
     fn tag(&self, b: &[u8], pos: usize, top: bool) -> Result<Tag> {
-        let w = self
-            .u32_at(b, pos)
-            .ok_or_else(|| self.err(format!("truncated element tag at byte {pos}")))?;
+        let w = self.u32_at(b, pos).ok_or_else(|| self.err(format!("truncated element tag at byte {pos}")))?;
         if w >> 16 != 0 {
             // Small data element: type and size packed in 4 bytes, data in the next 4.
             let n = (w >> 16) as usize;
@@ -168,17 +146,10 @@ impl Parser<'_> {
             if pos + 8 > b.len() {
                 return Err(self.err(format!("truncated small element at byte {pos}")));
             }
-            return Ok(Tag {
-                ty: w & 0xffff,
-                n,
-                start: pos + 4,
-                next: pos + 8,
-            });
+            return Ok(Tag { ty: w & 0xffff, n, start: pos + 4, next: pos + 8 });
         }
-        let n = self
-            .u32_at(b, pos + 4)
-            .ok_or_else(|| self.err(format!("truncated element tag at byte {pos}")))?
-            as usize;
+        let n =
+            self.u32_at(b, pos + 4).ok_or_else(|| self.err(format!("truncated element tag at byte {pos}")))? as usize;
         let start = pos + 8;
         let avail = b.len() - start.min(b.len());
         if n > avail {
@@ -187,26 +158,11 @@ impl Parser<'_> {
             )));
         }
         let end = start + n;
-        let next = if top || w == MI_COMPRESSED {
-            end
-        } else {
-            (end + 7) & !7
-        };
-        Ok(Tag {
-            ty: w,
-            n,
-            start,
-            next: next.min(b.len()),
-        })
+        let next = if top || w == MI_COMPRESSED { end } else { (end + 7) & !7 };
+        Ok(Tag { ty: w, n, start, next: next.min(b.len()) })
     }
 
-    fn elements(
-        &self,
-        b: &[u8],
-        mut pos: usize,
-        top: bool,
-        vars: &mut HashMap<String, MatArray>,
-    ) -> Result<()> {
+    fn elements(&self, b: &[u8], mut pos: usize, top: bool, vars: &mut HashMap<String, MatArray>) -> Result<()> {
         while pos < b.len() {
             let t = self.tag(b, pos, top)?;
             let data = &b[t.start..t.start + t.n];
@@ -238,11 +194,7 @@ impl Parser<'_> {
     /// claims, so memory grows with data that is really there, never with a claimed size alone.
     fn inflate(&self, data: &[u8], pos: usize) -> Result<Vec<u8>> {
         let err = |m: String| self.err(format!("compressed element at byte {pos}: {m}"));
-        let limit = MAX_INFLATED.min(
-            data.len()
-                .saturating_mul(MAX_INFLATE_RATIO)
-                .saturating_add(4096),
-        );
+        let limit = MAX_INFLATED.min(data.len().saturating_mul(MAX_INFLATE_RATIO).saturating_add(4096));
         let mut dec = flate2::read::ZlibDecoder::new(data);
         let mut head = [0u8; 8];
         dec.read_exact(&mut head).map_err(|e| err(e.to_string()))?;
@@ -257,14 +209,9 @@ impl Parser<'_> {
         }
         let mut out = Vec::with_capacity(total.min(data.len().saturating_mul(8)).max(8));
         out.extend_from_slice(&head);
-        dec.take((total - 8) as u64)
-            .read_to_end(&mut out)
-            .map_err(|e| err(e.to_string()))?;
+        dec.take((total - 8) as u64).read_to_end(&mut out).map_err(|e| err(e.to_string()))?;
         if out.len() < total {
-            return Err(err(format!(
-                "inner element claims {n} bytes but the stream holds {}",
-                out.len() - 8
-            )));
+            return Err(err(format!("inner element claims {n} bytes but the stream holds {}", out.len() - 8)));
         }
         Ok(out)
     }
@@ -285,9 +232,7 @@ impl Parser<'_> {
                 flags.n
             )));
         }
-        let f0 = self
-            .u32_at(b, flags.start)
-            .ok_or_else(|| self.err(at("truncated flags")))?;
+        let f0 = self.u32_at(b, flags.start).ok_or_else(|| self.err(at("truncated flags")))?;
         let class_id = f0 & 0xff;
         let logical = f0 & 0x0200 != 0;
         let class = match class_id {
@@ -317,9 +262,7 @@ impl Parser<'_> {
         }
         let mut dims = Vec::with_capacity(dt.n / 4);
         for i in 0..dt.n / 4 {
-            let d = self
-                .u32_at(b, dt.start + 4 * i)
-                .ok_or_else(|| self.err(at("truncated dimensions")))? as i32;
+            let d = self.u32_at(b, dt.start + 4 * i).ok_or_else(|| self.err(at("truncated dimensions")))? as i32;
             if d < 0 {
                 return Err(self.err(format!("{}: negative dimension {d}", at("dimensions"))));
             }
@@ -332,32 +275,19 @@ impl Parser<'_> {
         // Name.
         let nt = self.tag(b, dt.next, false)?;
         if nt.ty != MI_INT8 && nt.ty != MI_UINT8 && nt.ty != MI_UTF8 {
-            return Err(self.err(format!(
-                "{}: expected miINT8 text, got type {}",
-                at("name"),
-                nt.ty
-            )));
+            return Err(self.err(format!("{}: expected miINT8 text, got type {}", at("name"), nt.ty)));
         }
         let name = String::from_utf8_lossy(&b[nt.start..nt.start + nt.n]).into_owned();
         // Real part.
         if nt.next >= b.len() {
             if count == 0 {
-                return Ok(Some((
-                    name,
-                    MatArray {
-                        dims,
-                        data: Vec::new(),
-                        class,
-                    },
-                )));
+                return Ok(Some((name, MatArray { dims, data: Vec::new(), class })));
             }
             return Err(self.err(format!("variable `{name}`: missing real part")));
         }
         let rt = self.tag(b, nt.next, false)?;
         let raw = &b[rt.start..rt.start + rt.n];
-        let data = self
-            .numbers(rt.ty, raw)
-            .map_err(|m| self.err(format!("variable `{name}`: {m}")))?;
+        let data = self.numbers(rt.ty, raw).map_err(|m| self.err(format!("variable `{name}`: {m}")))?;
         if data.len() != count {
             return Err(self.err(format!(
                 "variable `{name}`: dimensions {dims:?} need {count} values but the real part holds {}",
@@ -376,10 +306,7 @@ impl Parser<'_> {
             t => return Err(format!("real part has non-numeric type {t}")),
         };
         if !raw.len().is_multiple_of(size) {
-            return Err(format!(
-                "real part of {} bytes is not a multiple of {size}",
-                raw.len()
-            ));
+            return Err(format!("real part of {} bytes is not a multiple of {size}", raw.len()));
         }
         let big = self.big;
         let chunks = raw.chunks_exact(size);
@@ -387,77 +314,26 @@ impl Parser<'_> {
             MI_INT8 => chunks.map(|c| c[0] as i8 as f64).collect(),
             MI_UINT8 | MI_UTF8 => chunks.map(|c| c[0] as f64).collect(),
             MI_INT16 => chunks
-                .map(|c| {
-                    fix2(
-                        c,
-                        big,
-                        |a| i16::from_le_bytes(a) as f64,
-                        |a| i16::from_be_bytes(a) as f64,
-                    )
-                })
+                .map(|c| fix2(c, big, |a| i16::from_le_bytes(a) as f64, |a| i16::from_be_bytes(a) as f64))
                 .collect(),
             MI_UINT16 | MI_UTF16 => chunks
-                .map(|c| {
-                    fix2(
-                        c,
-                        big,
-                        |a| u16::from_le_bytes(a) as f64,
-                        |a| u16::from_be_bytes(a) as f64,
-                    )
-                })
+                .map(|c| fix2(c, big, |a| u16::from_le_bytes(a) as f64, |a| u16::from_be_bytes(a) as f64))
                 .collect(),
             MI_INT32 => chunks
-                .map(|c| {
-                    fix4(
-                        c,
-                        big,
-                        |a| i32::from_le_bytes(a) as f64,
-                        |a| i32::from_be_bytes(a) as f64,
-                    )
-                })
+                .map(|c| fix4(c, big, |a| i32::from_le_bytes(a) as f64, |a| i32::from_be_bytes(a) as f64))
                 .collect(),
             MI_UINT32 | MI_UTF32 => chunks
-                .map(|c| {
-                    fix4(
-                        c,
-                        big,
-                        |a| u32::from_le_bytes(a) as f64,
-                        |a| u32::from_be_bytes(a) as f64,
-                    )
-                })
+                .map(|c| fix4(c, big, |a| u32::from_le_bytes(a) as f64, |a| u32::from_be_bytes(a) as f64))
                 .collect(),
             MI_SINGLE => chunks
-                .map(|c| {
-                    fix4(
-                        c,
-                        big,
-                        |a| f32::from_le_bytes(a) as f64,
-                        |a| f32::from_be_bytes(a) as f64,
-                    )
-                })
+                .map(|c| fix4(c, big, |a| f32::from_le_bytes(a) as f64, |a| f32::from_be_bytes(a) as f64))
                 .collect(),
-            MI_DOUBLE => chunks
-                .map(|c| fix8(c, big, f64::from_le_bytes, f64::from_be_bytes))
-                .collect(),
+            MI_DOUBLE => chunks.map(|c| fix8(c, big, f64::from_le_bytes, f64::from_be_bytes)).collect(),
             MI_INT64 => chunks
-                .map(|c| {
-                    fix8(
-                        c,
-                        big,
-                        |a| i64::from_le_bytes(a) as f64,
-                        |a| i64::from_be_bytes(a) as f64,
-                    )
-                })
+                .map(|c| fix8(c, big, |a| i64::from_le_bytes(a) as f64, |a| i64::from_be_bytes(a) as f64))
                 .collect(),
             _ => chunks
-                .map(|c| {
-                    fix8(
-                        c,
-                        big,
-                        |a| u64::from_le_bytes(a) as f64,
-                        |a| u64::from_be_bytes(a) as f64,
-                    )
-                })
+                .map(|c| fix8(c, big, |a| u64::from_le_bytes(a) as f64, |a| u64::from_be_bytes(a) as f64))
                 .collect(),
         };
         Ok(v)
@@ -519,11 +395,7 @@ mod tests {
         let mut f = vec![b' '; 116];
         f[..10].copy_from_slice(b"MATLAB 5.0");
         f.extend_from_slice(&[0; 8]);
-        f.extend_from_slice(&if big {
-            0x0100u16.to_be_bytes()
-        } else {
-            0x0100u16.to_le_bytes()
-        });
+        f.extend_from_slice(&if big { 0x0100u16.to_be_bytes() } else { 0x0100u16.to_le_bytes() });
         f.extend_from_slice(if big { b"MI" } else { b"IM" });
         let mut m = Vec::new();
         for v in [MI_UINT32, 8, 10, 0, MI_INT32, 8, 2, 3, (1 << 16) | MI_INT8] {

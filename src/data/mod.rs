@@ -60,20 +60,10 @@ pub enum Extra {
     /// LSP / LSP-extended: the 1-based image number.
     Lsp { number: usize },
     /// COCO: what OKS and the results file need.
-    Coco {
-        image_id: u64,
-        ann_id: u64,
-        area: f32,
-        iscrowd: bool,
-        num_keypoints: u32,
-    },
+    Coco { image_id: u64, ann_id: u64, area: f32, iscrowd: bool, num_keypoints: u32 },
     /// MPII: centre and scale as in the file (1-based, not adjusted), and the PCKh head size in
     /// pixels when it can be formed (see [`mpii`]).
-    Mpii {
-        center: [f32; 2],
-        scale: f32,
-        head_size: Option<f32>,
-    },
+    Mpii { center: [f32; 2], scale: f32, head_size: Option<f32> },
 }
 
 impl Annotation {
@@ -136,10 +126,7 @@ pub struct AnnotationSet {
 pub fn box_from_keypoints(kps: &[[f32; 3]], enlarge: f32) -> Option<[f32; 4]> {
     let mut lo = [f32::INFINITY; 2];
     let mut hi = [f32::NEG_INFINITY; 2];
-    for k in kps
-        .iter()
-        .filter(|k| k[2] > 0.0 && k[0].is_finite() && k[1].is_finite())
-    {
+    for k in kps.iter().filter(|k| k[2] > 0.0 && k[0].is_finite() && k[1].is_finite()) {
         for d in 0..2 {
             lo[d] = lo[d].min(k[d]);
             hi[d] = hi[d].max(k[d]);

@@ -46,21 +46,11 @@ struct RawEntry {
 /// Loads an HRNet-layout MPII JSON; images are `image_dir/image`.
 pub fn load_mpii(json: &Path, image_dir: &Path) -> Result<AnnotationSet> {
     let name = json.display().to_string();
-    let ferr = |msg: String| Error::Format {
-        path: name.clone(),
-        msg,
-    };
-    let bytes = std::fs::read(json).map_err(|e| Error::Io {
-        path: name.clone(),
-        source: e,
-    })?;
-    let raw: Vec<RawEntry> =
-        serde_json::from_slice(&bytes).map_err(|e| ferr(format!("invalid MPII JSON: {e}")))?;
+    let ferr = |msg: String| Error::Format { path: name.clone(), msg };
+    let bytes = std::fs::read(json).map_err(|e| Error::Io { path: name.clone(), source: e })?;
+    let raw: Vec<RawEntry> = serde_json::from_slice(&bytes).map_err(|e| ferr(format!("invalid MPII JSON: {e}")))?;
     let k = MPII16.len();
-    let (neck, top) = (
-        MPII16.index("upper_neck").unwrap_or(8),
-        MPII16.index("head_top").unwrap_or(9),
-    );
+    let (neck, top) = (MPII16.index("upper_neck").unwrap_or(8), MPII16.index("head_top").unwrap_or(9));
     let mut set = AnnotationSet::default();
     let mut missing_seen = std::collections::HashSet::new();
     for (idx, e) in raw.into_iter().enumerate() {
@@ -68,11 +58,7 @@ pub fn load_mpii(json: &Path, image_dir: &Path) -> Result<AnnotationSet> {
         let joints = e.joints.unwrap_or_else(|| vec![[-1.0, -1.0]; k]);
         let vis = e.joints_vis.unwrap_or_else(|| vec![0.0; k]);
         if joints.len() != k || vis.len() != k {
-            return Err(at(&format!(
-                "{} joints and {} joints_vis, expected {k}",
-                joints.len(),
-                vis.len()
-            )));
+            return Err(at(&format!("{} joints and {} joints_vis, expected {k}", joints.len(), vis.len())));
         }
         if !(e.scale.is_finite() && e.center.iter().all(|v| v.is_finite())) {
             return Err(at("non-finite centre or scale"));
@@ -89,9 +75,7 @@ pub fn load_mpii(json: &Path, image_dir: &Path) -> Result<AnnotationSet> {
             })
             .collect();
         let head_size = match e.headbox {
-            Some(b) => {
-                Some(SC_BIAS * ((b[2] - b[0]).powi(2) + (b[3] - b[1]).powi(2)).sqrt() as f32)
-            }
+            Some(b) => Some(SC_BIAS * ((b[2] - b[0]).powi(2) + (b[3] - b[1]).powi(2)).sqrt() as f32),
             None if keypoints[neck][2] > 0.0 && keypoints[top][2] > 0.0 => {
                 let (a, b) = (keypoints[neck], keypoints[top]);
                 Some(((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt())
@@ -114,11 +98,7 @@ pub fn load_mpii(json: &Path, image_dir: &Path) -> Result<AnnotationSet> {
             keypoints,
             skeleton: &MPII16,
             id: format!("{}#{idx}", e.image),
-            extra: Extra::Mpii {
-                center,
-                scale,
-                head_size,
-            },
+            extra: Extra::Mpii { center, scale, head_size },
         });
     }
     Ok(set)

@@ -63,7 +63,12 @@ impl GpuContext {
     }
 
     /// Wraps a device opened elsewhere (for instance by a windowing toolkit's renderer).
-    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, adapter_info: wgpu::AdapterInfo, timestamps: bool) -> Self {
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter_info: wgpu::AdapterInfo,
+        timestamps: bool,
+    ) -> Self {
         let lost = Arc::new(Mutex::new(None));
         let flag = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {

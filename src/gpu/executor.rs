@@ -108,12 +108,7 @@ impl<'c> GpuModel<'c> {
 
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("wgpose.layout"),
-            entries: &[
-                storage_entry(0, false),
-                storage_entry(1, true),
-                uniform_entry(2),
-                uniform_entry(3),
-            ],
+            entries: &[storage_entry(0, false), storage_entry(1, true), uniform_entry(2), uniform_entry(3)],
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("wgpose.pipeline_layout"),
@@ -128,7 +123,8 @@ impl<'c> GpuModel<'c> {
             }
             let (src, entry) = d.kernel.source();
             let module = modules.entry(src).or_insert_with(|| {
-                let desc = wgpu::ShaderModuleDescriptor { label: Some(entry), source: wgpu::ShaderSource::Wgsl(src.into()) };
+                let desc =
+                    wgpu::ShaderModuleDescriptor { label: Some(entry), source: wgpu::ShaderSource::Wgsl(src.into()) };
                 // SAFETY: loop bounding guards against loops that never end. Every loop in
                 // shaders/ is a counted `for` over a bound taken from a uniform or a constant,
                 // so it always ends; bounds checks on memory accesses stay on. Without the
@@ -137,7 +133,10 @@ impl<'c> GpuModel<'c> {
                 unsafe {
                     device.create_shader_module_trusted(
                         desc,
-                        wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() },
+                        wgpu::ShaderRuntimeChecks {
+                            force_loop_bounding: false,
+                            ..wgpu::ShaderRuntimeChecks::checked()
+                        },
                     )
                 }
             });
@@ -247,7 +246,8 @@ impl<'c> GpuModel<'c> {
         for (&id, t) in self.graph.inputs().iter().zip(inputs) {
             self.ctx.queue.write_buffer(&self.arena, self.plan.views[id].offset as u64 * 4, bytes_of(&t.data));
         }
-        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.run") });
+        let mut enc =
+            self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.run") });
         self.record(&mut enc, timing);
         Ok(enc.finish())
     }
@@ -256,7 +256,8 @@ impl<'c> GpuModel<'c> {
     fn record(&self, enc: &mut wgpu::CommandEncoder, timing: Option<&[wgpu::QuerySet]>) {
         match timing {
             None => {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpose"), timestamp_writes: None });
+                let mut pass = enc
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpose"), timestamp_writes: None });
                 for (i, d) in self.dispatches.iter().enumerate() {
                     pass.set_pipeline(&self.pipelines[&d.kernel]);
                     pass.set_bind_group(0, &self.bind_groups[i], &[]);
@@ -302,7 +303,8 @@ impl<'c> GpuModel<'c> {
     ) -> Result<Vec<Tensor>> {
         let (arena, offset) = self.input_target()?;
         let cmd = self.ctx.scoped("recording the inference", || {
-            let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.run") });
+            let mut enc =
+                self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.run") });
             prelude(&mut enc, arena, offset)?;
             self.record(&mut enc, None);
             Ok(enc.finish())
@@ -315,7 +317,8 @@ impl<'c> GpuModel<'c> {
     }
 
     fn read_outputs(&self) -> Result<Vec<Tensor>> {
-        let view = self.staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("reading results: {e}")))?;
+        let view =
+            self.staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("reading results: {e}")))?;
         let mut out = Vec::new();
         for &(id, _, len, at) in &self.outputs {
             let bytes = &view[at as usize..(at + len) as usize];
@@ -399,7 +402,8 @@ impl<'c> GpuModel<'c> {
         });
         let ticks: Vec<u64> = self.ctx.scoped("profiling the inference", || {
             let cmd = self.encode(inputs, Some(&sets))?;
-            let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.resolve") });
+            let mut enc =
+                device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.resolve") });
             for (s, set) in sets.iter().enumerate() {
                 let count = (n_queries - s * QUERIES_PER_SET).min(QUERIES_PER_SET) as u32;
                 enc.resolve_query_set(set, 0..count, &resolve, (s * QUERIES_PER_SET * 8) as u64);

@@ -163,21 +163,50 @@ fn elementwise(
     let x1 = x1.unwrap_or(View { offset: 0, batch_stride: 0 });
     let mut un = [0u32; 40];
     un[..16].copy_from_slice(&[
-        u(n)?, u(c)?, u(h * w)?, act.code(),
-        u(x0.offset)?, u(x0.batch_stride)?, u(x1.offset)?, u(x1.batch_stride)?,
-        u(y.offset)?, u(y.batch_stride)?, s.unwrap_or(0), t.unwrap_or(0),
-        sb.unwrap_or(0), flags, row, 0,
+        u(n)?,
+        u(c)?,
+        u(h * w)?,
+        act.code(),
+        u(x0.offset)?,
+        u(x0.batch_stride)?,
+        u(x1.offset)?,
+        u(x1.batch_stride)?,
+        u(y.offset)?,
+        u(y.batch_stride)?,
+        s.unwrap_or(0),
+        t.unwrap_or(0),
+        sb.unwrap_or(0),
+        flags,
+        row,
+        0,
     ]);
     Ok(Dispatch { node, kernel: Kernel::Elementwise, uniform: un, workgroups, window: 0 })
 }
 
-fn resample(node: NodeId, kernel: Kernel, ins: [usize; 4], out: [usize; 4], x: View, y: View, factor: usize) -> Result<Dispatch> {
+fn resample(
+    node: NodeId,
+    kernel: Kernel,
+    ins: [usize; 4],
+    out: [usize; 4],
+    x: View,
+    y: View,
+    factor: usize,
+) -> Result<Dispatch> {
     let (workgroups, row) = flat_grid(out.iter().product())?;
     let mut un = [0u32; 40];
     un[..12].copy_from_slice(&[
-        u(out[0])?, u(out[1])?, u(ins[2])?, u(ins[3])?,
-        u(out[2])?, u(out[3])?, u(factor)?, row,
-        u(x.offset)?, u(x.batch_stride)?, u(y.offset)?, u(y.batch_stride)?,
+        u(out[0])?,
+        u(out[1])?,
+        u(ins[2])?,
+        u(ins[3])?,
+        u(out[2])?,
+        u(out[3])?,
+        u(factor)?,
+        row,
+        u(x.offset)?,
+        u(x.batch_stride)?,
+        u(y.offset)?,
+        u(y.batch_stride)?,
     ]);
     Ok(Dispatch { node, kernel, uniform: un, workgroups, window: 0 })
 }
@@ -223,10 +252,23 @@ pub fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack) -> Result<Vec<D
                 let i = ins[0];
                 let mut un = [0u32; 40];
                 un[..17].copy_from_slice(&[
-                    u(shape[0])?, u(shape[1])?, u(i[2])?, u(i[3])?,
-                    u(shape[2])?, u(shape[3])?, u(kernel[0])?, u(kernel[1])?,
-                    u(stride[0])?, u(stride[1])?, u(padding[0])?, u(padding[1])?,
-                    u(xv[0].offset)?, u(xv[0].batch_stride)?, u(y.offset)?, u(y.batch_stride)?, row,
+                    u(shape[0])?,
+                    u(shape[1])?,
+                    u(i[2])?,
+                    u(i[3])?,
+                    u(shape[2])?,
+                    u(shape[3])?,
+                    u(kernel[0])?,
+                    u(kernel[1])?,
+                    u(stride[0])?,
+                    u(stride[1])?,
+                    u(padding[0])?,
+                    u(padding[1])?,
+                    u(xv[0].offset)?,
+                    u(xv[0].batch_stride)?,
+                    u(y.offset)?,
+                    u(y.batch_stride)?,
+                    row,
                 ]);
                 out.push(Dispatch { node: id, kernel: Kernel::MaxPool, uniform: un, workgroups, window: 0 });
             }
@@ -236,7 +278,9 @@ pub fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack) -> Result<Vec<D
             Op::UpsampleBilinear { factor } => {
                 out.push(resample(id, Kernel::UpsampleBilinear, ins[0], shape, xv[0], y, *factor)?)
             }
-            Op::PixelShuffle { factor } => out.push(resample(id, Kernel::PixelShuffle, ins[0], shape, xv[0], y, *factor)?),
+            Op::PixelShuffle { factor } => {
+                out.push(resample(id, Kernel::PixelShuffle, ins[0], shape, xv[0], y, *factor)?)
+            }
         }
     }
     Ok(out)
@@ -273,14 +317,38 @@ fn conv(
     let e = &c.epilogue;
     let mut base: Uniform = [0; 40];
     base[..32].copy_from_slice(&[
-        u(n)?, u(cin)?, u(h)?, u(w)?,
-        u(cout)?, u(oh)?, u(ow)?, u(kh)?,
-        u(kw)?, u(c.stride[0])?, u(c.stride[1])?, u(c.padding[0])?,
-        u(c.padding[1])?, u(c.dilation[0])?, u(c.dilation[1])?, u(g)?,
-        u(cin_g)?, u(cout_g)?, 0, u(xv[0].offset)?,
-        u(xv[0].batch_stride)?, u(y.offset)?, u(y.batch_stride)?, u(r.offset)?,
-        u(r.batch_stride)?, w_off, b_off, g_off,
-        e.act.code(), res_mode, e.post_act.code(), c.bias.is_some() as u32,
+        u(n)?,
+        u(cin)?,
+        u(h)?,
+        u(w)?,
+        u(cout)?,
+        u(oh)?,
+        u(ow)?,
+        u(kh)?,
+        u(kw)?,
+        u(c.stride[0])?,
+        u(c.stride[1])?,
+        u(c.padding[0])?,
+        u(c.padding[1])?,
+        u(c.dilation[0])?,
+        u(c.dilation[1])?,
+        u(g)?,
+        u(cin_g)?,
+        u(cout_g)?,
+        0,
+        u(xv[0].offset)?,
+        u(xv[0].batch_stride)?,
+        u(y.offset)?,
+        u(y.batch_stride)?,
+        u(r.offset)?,
+        u(r.batch_stride)?,
+        w_off,
+        b_off,
+        g_off,
+        e.act.code(),
+        res_mode,
+        e.post_act.code(),
+        c.bias.is_some() as u32,
     ]);
     if direct {
         let mut un = base;
@@ -334,7 +402,8 @@ fn conv(
                 let mut un = base;
                 let mode = u32::from(chunk > 0) | if chunk + 1 == n_chunks { 2 } else { 0 };
                 un[32..37].copy_from_slice(&[u(ci0)?, u(ci_n)?, u(cb0)?, u(gi)?, mode]);
-                let workgroups = [grid_dim(tiles, "conv pixels")?, grid_dim(m, "conv channels")?, grid_dim(n, "batch")?];
+                let workgroups =
+                    [grid_dim(tiles, "conv pixels")?, grid_dim(m, "conv channels")?, grid_dim(n, "batch")?];
                 dispatches.push(Dispatch { node: id, kernel, uniform: un, workgroups, window });
                 cb0 += m;
             }

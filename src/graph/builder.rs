@@ -21,7 +21,15 @@ pub struct ConvSpec {
 
 impl ConvSpec {
     pub fn new(cout: usize, k: usize) -> Self {
-        ConvSpec { cout, kernel: [k, k], stride: [1, 1], padding: [k / 2, k / 2], dilation: [1, 1], groups: 1, bias: true }
+        ConvSpec {
+            cout,
+            kernel: [k, k],
+            stride: [1, 1],
+            padding: [k / 2, k / 2],
+            dilation: [1, 1],
+            groups: 1,
+            bias: true,
+        }
     }
     pub fn stride(mut self, s: usize) -> Self {
         self.stride = [s, s];

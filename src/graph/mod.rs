@@ -9,8 +9,8 @@ mod op;
 pub mod passes;
 mod shape;
 
-pub use op::{Act, BatchNorm, Conv2d, Epilogue, Op, Residual};
 pub use builder::{ConvSpec, GraphBuilder};
+pub use op::{Act, BatchNorm, Conv2d, Epilogue, Op, Residual};
 pub use shape::{NodeStats, MAX_TENSOR_ELEMENTS};
 
 use crate::error::{Error, Result};
@@ -39,12 +39,7 @@ impl Graph {
 
     /// Ids of the input nodes, in order of creation.
     pub fn inputs(&self) -> Vec<NodeId> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| matches!(n.op, Op::Input { .. }))
-            .map(|(i, _)| i)
-            .collect()
+        self.nodes.iter().enumerate().filter(|(_, n)| matches!(n.op, Op::Input { .. })).map(|(i, _)| i).collect()
     }
 
     /// Appends a node; its inputs must already exist (this keeps the order topological).

@@ -101,12 +101,9 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// Inference-time form `y = scale * x + shift`.
     pub fn scale_shift(&self) -> (Vec<f32>, Vec<f32>) {
-        let scale: Vec<f32> = (0..self.gamma.numel())
-            .map(|c| self.gamma.data[c] / (self.var.data[c] + self.eps).sqrt())
-            .collect();
-        let shift = (0..self.gamma.numel())
-            .map(|c| self.beta.data[c] - self.mean.data[c] * scale[c])
-            .collect();
+        let scale: Vec<f32> =
+            (0..self.gamma.numel()).map(|c| self.gamma.data[c] / (self.var.data[c] + self.eps).sqrt()).collect();
+        let shift = (0..self.gamma.numel()).map(|c| self.beta.data[c] - self.mean.data[c] * scale[c]).collect();
         (scale, shift)
     }
 }
@@ -145,9 +142,7 @@ impl Op {
     pub fn kind(&self) -> &'static str {
         match self {
             Op::Input { .. } => "input",
-            Op::Conv2d(c) if c.groups > 1 && c.groups == c.cout() && c.cin_per_group() == 1 => {
-                "depthwise_conv2d"
-            }
+            Op::Conv2d(c) if c.groups > 1 && c.groups == c.cout() && c.cin_per_group() == 1 => "depthwise_conv2d",
             Op::Conv2d(_) => "conv2d",
             Op::BatchNorm(_) => "batch_norm",
             Op::ChannelAffine { .. } => "channel_affine",

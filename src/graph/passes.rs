@@ -68,9 +68,8 @@ pub fn fold_batch_norm(g: &Graph) -> Graph {
                 for (i, w) in c.weight.data.iter_mut().enumerate() {
                     *w *= scale[i / per_out];
                 }
-                let bias: Vec<f32> = (0..c.cout())
-                    .map(|o| c.bias.as_ref().map_or(0.0, |b| b.data[o]) * scale[o] + shift[o])
-                    .collect();
+                let bias: Vec<f32> =
+                    (0..c.cout()).map(|o| c.bias.as_ref().map_or(0.0, |b| b.data[o]) * scale[o] + shift[o]).collect();
                 c.bias = Some(Tensor { shape: vec![c.cout()], data: bias });
                 emitted.push((id, Node { name: node.name.clone(), op: Op::Conv2d(c), inputs: node.inputs.clone() }));
             }
@@ -146,7 +145,9 @@ pub fn fuse_residual_adds(g: &Graph) -> Graph {
         };
         // Prefer the later producer: its other operand is then surely computed already.
         let choice = match &node.op {
-            Op::Add => [(b, a), (a, b)].into_iter().find(|&(c, _)| fusable(c, id, &alias)).map(|(c, r)| (c, r, Residual::Add)),
+            Op::Add => {
+                [(b, a), (a, b)].into_iter().find(|&(c, _)| fusable(c, id, &alias)).map(|(c, r)| (c, r, Residual::Add))
+            }
             Op::GatedAdd { alpha } => {
                 if fusable(b, id, &alias) {
                     Some((b, a, Residual::GateResidual(alpha.clone())))

@@ -135,8 +135,12 @@ fn infer(name: &str, op: &Op, ins: &[[usize; 4]], batch: usize) -> Result<[usize
             if cin / c.groups != c.cin_per_group() {
                 return Err(Error::shape(
                     name,
-                    format!("input has {cin} channels but weight {:?} with {} groups expects {}",
-                        c.weight.shape, c.groups, c.cin_per_group() * c.groups),
+                    format!(
+                        "input has {cin} channels but weight {:?} with {} groups expects {}",
+                        c.weight.shape,
+                        c.groups,
+                        c.cin_per_group() * c.groups
+                    ),
                 ));
             }
             if let Some(b) = &c.bias {

@@ -64,23 +64,18 @@ pub struct FasterPoseArch {
 impl FasterPoseArch {
     pub(super) fn validate(&self) -> Result<()> {
         if ![8, 16, 32].contains(&self.stride) {
-            return Err(Error::Input(format!(
-                "backbone output stride must be 8, 16 or 32, got {}",
-                self.stride
-            )));
+            return Err(Error::Input(format!("backbone output stride must be 8, 16 or 32, got {}", self.stride)));
         }
         if self.base_width == 0 {
-            return Err(Error::Input(
-                "backbone base width must be at least 1".into(),
-            ));
+            return Err(Error::Input("backbone base width must be at least 1".into()));
         }
         match self.head {
-            Head::LowRes { kernel } if kernel % 2 == 0 => Err(Error::Input(format!(
-                "low-resolution head kernel must be odd, got {kernel}"
-            ))),
-            Head::SimpleBaseline { width: 0 } => Err(Error::Input(
-                "SimpleBaseline head width must be at least 1".into(),
-            )),
+            Head::LowRes { kernel } if kernel % 2 == 0 => {
+                Err(Error::Input(format!("low-resolution head kernel must be odd, got {kernel}")))
+            }
+            Head::SimpleBaseline { width: 0 } => {
+                Err(Error::Input("SimpleBaseline head width must be at least 1".into()))
+            }
             _ => Ok(()),
         }
     }
@@ -105,12 +100,7 @@ fn fp(
         paper_params: paper.map(|p| p.0),
         paper_gflops: paper.map(|p| p.1),
         note,
-        arch: Arch::FasterPose(FasterPoseArch {
-            backbone,
-            stride,
-            head,
-            base_width: 64,
-        }),
+        arch: Arch::FasterPose(FasterPoseArch { backbone, stride, head, base_width: 64 }),
     }
 }
 
@@ -125,11 +115,9 @@ const NOTE_LR32: &str = "FasterPose low-resolution head on stride-32 features: 1
      the whole SimpleBaseline head); the paper gives no per-configuration counts we could check. The abstract claims \
      58% fewer FLOPs than SimpleBaseline: at 256x192 ours are 3.62 vs 8.58 GFLOPs on ResNet-18 (-58%) and 8.26 vs \
      14.42 on ResNet-50 (-43%).";
-const NOTE_LR16: &str =
-    "FasterPose low-resolution head on stride-16 features (ResNet stopped after layer3): 3x3 \
+const NOTE_LR16: &str = "FasterPose low-resolution head on stride-16 features (ResNet stopped after layer3): 3x3 \
      conv to K*16 channels + pixel shuffle x4 + sigmoid. No per-configuration paper counts.";
-const NOTE_SB: &str =
-    "SimpleBaseline head for comparison: three (nearest x2 upsample + 3x3 conv 256 + BN + ReLU) \
+const NOTE_SB: &str = "SimpleBaseline head for comparison: three (nearest x2 upsample + 3x3 conv 256 + BN + ReLU) \
      stages instead of 4x4 transposed convs, then 1x1 conv to K linear heatmaps.";
 
 pub(super) fn configs() -> Vec<ModelConfig> {
@@ -188,19 +176,9 @@ pub(super) fn configs() -> Vec<ModelConfig> {
 }
 
 /// Basic block (`conv3x3 s - BN - ReLU - conv3x3 - BN (+ identity / projection) - ReLU`).
-fn basic_block(
-    b: &mut GraphBuilder,
-    p: &str,
-    x: NodeId,
-    width: usize,
-    stride: usize,
-) -> Result<NodeId> {
+fn basic_block(b: &mut GraphBuilder, p: &str, x: NodeId, width: usize, stride: usize) -> Result<NodeId> {
     let cin = b.channels(x);
-    let y = b.conv(
-        &format!("{p}.conv1"),
-        x,
-        ConvSpec::new(width, 3).stride(stride).no_bias(),
-    )?;
+    let y = b.conv(&format!("{p}.conv1"), x, ConvSpec::new(width, 3).stride(stride).no_bias())?;
     let y = b.batch_norm(&format!("{p}.bn1"), y)?;
     let y = b.relu(&format!("{p}.relu1"), y)?;
     let y = b.conv(&format!("{p}.conv2"), y, ConvSpec::new(width, 3).no_bias())?;
@@ -211,23 +189,13 @@ fn basic_block(
 }
 
 /// Bottleneck (torchvision v1.5: the stride sits on the 3x3 convolution), expansion 4.
-fn bottleneck(
-    b: &mut GraphBuilder,
-    p: &str,
-    x: NodeId,
-    width: usize,
-    stride: usize,
-) -> Result<NodeId> {
+fn bottleneck(b: &mut GraphBuilder, p: &str, x: NodeId, width: usize, stride: usize) -> Result<NodeId> {
     let cin = b.channels(x);
     let out = 4 * width;
     let y = b.conv(&format!("{p}.conv1"), x, ConvSpec::new(width, 1).no_bias())?;
     let y = b.batch_norm(&format!("{p}.bn1"), y)?;
     let y = b.relu(&format!("{p}.relu1"), y)?;
-    let y = b.conv(
-        &format!("{p}.conv2"),
-        y,
-        ConvSpec::new(width, 3).stride(stride).no_bias(),
-    )?;
+    let y = b.conv(&format!("{p}.conv2"), y, ConvSpec::new(width, 3).stride(stride).no_bias())?;
     let y = b.batch_norm(&format!("{p}.bn2"), y)?;
     let y = b.relu(&format!("{p}.relu2"), y)?;
     let y = b.conv(&format!("{p}.conv3"), y, ConvSpec::new(out, 1).no_bias())?;
@@ -237,22 +205,11 @@ fn bottleneck(
     b.relu(&format!("{p}.relu3"), s)
 }
 
-fn shortcut(
-    b: &mut GraphBuilder,
-    p: &str,
-    x: NodeId,
-    cin: usize,
-    cout: usize,
-    stride: usize,
-) -> Result<NodeId> {
+fn shortcut(b: &mut GraphBuilder, p: &str, x: NodeId, cin: usize, cout: usize, stride: usize) -> Result<NodeId> {
     if cin == cout && stride == 1 {
         return Ok(x);
     }
-    let y = b.conv(
-        &format!("{p}.downsample.conv"),
-        x,
-        ConvSpec::new(cout, 1).stride(stride).no_bias(),
-    )?;
+    let y = b.conv(&format!("{p}.downsample.conv"), x, ConvSpec::new(cout, 1).stride(stride).no_bias())?;
     b.batch_norm(&format!("{p}.downsample.bn"), y)
 }
 
@@ -279,12 +236,7 @@ fn backbone(b: &mut GraphBuilder, x: NodeId, a: &FasterPoseArch) -> Result<NodeI
     Ok(x)
 }
 
-pub(super) fn build(
-    a: &FasterPoseArch,
-    input: [usize; 3],
-    joints: usize,
-    seed: u64,
-) -> Result<Graph> {
+pub(super) fn build(a: &FasterPoseArch, input: [usize; 3], joints: usize, seed: u64) -> Result<Graph> {
     a.validate()?;
     let mut b = GraphBuilder::new(seed);
     let x = b.input("input", input)?;

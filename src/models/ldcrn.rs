@@ -77,9 +77,7 @@ impl LdcrnArch {
         .contains(&0)
             || self.modules.contains(&0)
         {
-            return Err(Error::Input(format!(
-                "LDCRN hyper-parameters must all be at least 1: {self:?}"
-            )));
+            return Err(Error::Input(format!("LDCRN hyper-parameters must all be at least 1: {self:?}")));
         }
         Ok(())
     }
@@ -130,11 +128,7 @@ fn dense_layer(b: &mut GraphBuilder, p: &str, x: NodeId, a: &LdcrnArch) -> Resul
     let side = b.batch_norm(&format!("{p}.side.bn"), side)?;
     let y = b.batch_norm(&format!("{p}.bn1"), x)?;
     let y = b.relu(&format!("{p}.relu1"), y)?;
-    let y = b.conv(
-        &format!("{p}.conv1"),
-        y,
-        ConvSpec::new(a.bn_size * g, 1).no_bias(),
-    )?;
+    let y = b.conv(&format!("{p}.conv1"), y, ConvSpec::new(a.bn_size * g, 1).no_bias())?;
     let y = b.batch_norm(&format!("{p}.bn2"), y)?;
     let y = b.relu(&format!("{p}.relu2"), y)?;
     let y = b.conv(&format!("{p}.conv2"), y, ConvSpec::new(g, 3).no_bias())?;
@@ -146,11 +140,7 @@ fn dense_layer(b: &mut GraphBuilder, p: &str, x: NodeId, a: &LdcrnArch) -> Resul
 fn dense_block(b: &mut GraphBuilder, p: &str, x: NodeId, a: &LdcrnArch) -> Result<NodeId> {
     let mut feats = vec![x];
     for i in 0..a.layers {
-        let input = if i == 0 {
-            x
-        } else {
-            b.concat(&format!("{p}.layer{i}.cat"), &feats)?
-        };
+        let input = if i == 0 { x } else { b.concat(&format!("{p}.layer{i}.cat"), &feats)? };
         let y = dense_layer(b, &format!("{p}.layer{i}"), input, a)?;
         feats.push(y);
     }
@@ -184,11 +174,7 @@ fn module(b: &mut GraphBuilder, p: &str, xs: &[NodeId], a: &LdcrnArch) -> Result
     for (i, &x) in xs.iter().enumerate() {
         let mut y = x;
         for k in 0..a.blocks_per_branch {
-            let q = if a.blocks_per_branch == 1 {
-                format!("{p}.b{i}")
-            } else {
-                format!("{p}.b{i}.{k}")
-            };
+            let q = if a.blocks_per_branch == 1 { format!("{p}.b{i}") } else { format!("{p}.b{i}.{k}") };
             y = dense_block(b, &format!("{q}.dense"), y, a)?;
             y = transition(b, &format!("{q}.trans"), y, widths[i])?;
         }
@@ -239,21 +225,13 @@ fn transition_layer(
         let w = a.width << i;
         if i < prev.len() {
             let x = prev[i];
-            xs.push(if b.channels(x) == w {
-                x
-            } else {
-                conv_bn(b, &format!("{p}.b{i}"), x, w, 3, 1, true)?
-            });
+            xs.push(if b.channels(x) == w { x } else { conv_bn(b, &format!("{p}.b{i}"), x, w, 3, 1, true)? });
         } else {
             let mut x = *prev.last().expect("at least one branch");
             let n = i + 1 - prev.len();
             for k in 0..n {
                 let c = if k + 1 == n { w } else { b.channels(x) };
-                let q = if n == 1 {
-                    format!("{p}.b{i}")
-                } else {
-                    format!("{p}.b{i}.down{k}")
-                };
+                let q = if n == 1 { format!("{p}.b{i}") } else { format!("{p}.b{i}.down{k}") };
                 x = conv_bn(b, &q, x, c, 3, 2, true)?;
             }
             xs.push(x);
@@ -294,11 +272,7 @@ pub(super) fn build(a: &LdcrnArch, input: [usize; 3], joints: usize, seed: u64) 
 
     // Pyramid fusion, top-down.
     let n = ys.len();
-    let mut f = b.conv(
-        &format!("fusion.lat{}", n - 1),
-        ys[n - 1],
-        ConvSpec::new(a.width, 1),
-    )?;
+    let mut f = b.conv(&format!("fusion.lat{}", n - 1), ys[n - 1], ConvSpec::new(a.width, 1))?;
     for i in (0..n - 1).rev() {
         let up = b.upsample_bilinear(&format!("fusion.up{}", i + 1), f, 2)?;
         let lat = b.conv(&format!("fusion.lat{i}"), ys[i], ConvSpec::new(a.width, 1))?;

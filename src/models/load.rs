@@ -46,7 +46,11 @@ pub fn shipped_weights_path(name: &str) -> PathBuf {
 
 /// Builds `cfg` and fills in weights: `weights` if given, else the shipped file if present, else
 /// a random initialisation from `seed`. Returns the card when weights were loaded.
-pub fn load_model(cfg: &ModelConfig, weights: Option<&Path>, seed: u64) -> Result<(Graph, WeightsSource, Option<ModelCard>)> {
+pub fn load_model(
+    cfg: &ModelConfig,
+    weights: Option<&Path>,
+    seed: u64,
+) -> Result<(Graph, WeightsSource, Option<ModelCard>)> {
     let mut graph = cfg.build(seed)?;
     let (source, path) = match weights {
         Some(p) => (WeightsSource::File(p.to_path_buf()), Some(p.to_path_buf())),
@@ -93,7 +97,8 @@ pub fn calibrate_batch_norms(graph: &mut Graph, inputs: &[crate::Tensor]) -> Res
         }
         let x_ids = graph.nodes[id].inputs.clone();
         if let Op::BatchNorm(bn) = &mut graph.nodes[id].op {
-            let x = values[x_ids[0]].as_ref().ok_or_else(|| crate::Error::Graph("input evaluated out of order".into()))?;
+            let x =
+                values[x_ids[0]].as_ref().ok_or_else(|| crate::Error::Graph("input evaluated out of order".into()))?;
             let [n, c, h, w] = x.nchw()?;
             let count = (n * h * w) as f64;
             let mut var = vec![0f64; c];

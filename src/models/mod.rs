@@ -20,8 +20,8 @@
 //! compare with them.
 
 pub mod fasterpose;
-pub mod load;
 pub mod ldcrn;
+pub mod load;
 pub mod soft_gated_hourglass;
 
 use crate::error::{Error, Result};
@@ -96,10 +96,7 @@ pub fn config(name: &str) -> Result<ModelConfig> {
         return Ok(*c);
     }
     let names: Vec<&str> = all.iter().map(|c| c.name).collect();
-    Err(Error::Input(format!(
-        "unknown model `{name}`; known models: {}",
-        names.join(", ")
-    )))
+    Err(Error::Input(format!("unknown model `{name}`; known models: {}", names.join(", "))))
 }
 
 impl ModelConfig {
@@ -165,16 +162,10 @@ impl ModelConfig {
         let [c, h, w] = self.input;
         let m = self.size_multiple();
         if c == 0 {
-            return Err(Error::Input(format!(
-                "model `{}`: the input needs at least one channel",
-                self.name
-            )));
+            return Err(Error::Input(format!("model `{}`: the input needs at least one channel", self.name)));
         }
         if self.joints == 0 {
-            return Err(Error::Input(format!(
-                "model `{}`: needs at least one joint",
-                self.name
-            )));
+            return Err(Error::Input(format!("model `{}`: needs at least one joint", self.name)));
         }
         if h == 0 || w == 0 || h % m != 0 || w % m != 0 {
             return Err(Error::Input(format!(
@@ -209,13 +200,7 @@ pub(crate) mod blocks {
     use crate::graph::{ConvSpec, GraphBuilder, NodeId};
 
     /// `conv (no bias) -> batch_norm [-> relu]`, named `<p>.conv`, `<p>.bn`, `<p>.relu`.
-    pub fn conv_bn(
-        b: &mut GraphBuilder,
-        p: &str,
-        x: NodeId,
-        spec: ConvSpec,
-        relu: bool,
-    ) -> Result<NodeId> {
+    pub fn conv_bn(b: &mut GraphBuilder, p: &str, x: NodeId, spec: ConvSpec, relu: bool) -> Result<NodeId> {
         let y = b.conv(&format!("{p}.conv"), x, spec.no_bias())?;
         let y = b.batch_norm(&format!("{p}.bn"), y)?;
         if relu {
@@ -226,12 +211,7 @@ pub(crate) mod blocks {
     }
 
     /// Pre-activation `batch_norm -> relu -> conv`, named `<p>.bn`, `<p>.relu`, `<p>.conv`.
-    pub fn bn_relu_conv(
-        b: &mut GraphBuilder,
-        p: &str,
-        x: NodeId,
-        spec: ConvSpec,
-    ) -> Result<NodeId> {
+    pub fn bn_relu_conv(b: &mut GraphBuilder, p: &str, x: NodeId, spec: ConvSpec) -> Result<NodeId> {
         let y = b.batch_norm(&format!("{p}.bn"), x)?;
         let y = b.relu(&format!("{p}.relu"), y)?;
         b.conv(&format!("{p}.conv"), y, spec)

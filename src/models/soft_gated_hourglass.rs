@@ -56,15 +56,7 @@ pub struct HourglassArch {
 
 impl HourglassArch {
     pub fn new(stacks: usize, channels: usize) -> Self {
-        HourglassArch {
-            stacks,
-            channels,
-            depth: 4,
-            blocks: 1,
-            stem_width: 64,
-            gate_init: 1.0,
-            stem_pool_first: false,
-        }
+        HourglassArch { stacks, channels, depth: 4, blocks: 1, stem_width: 64, gate_init: 1.0, stem_pool_first: false }
     }
 
     pub(super) fn validate(&self) -> Result<()> {
@@ -74,16 +66,10 @@ impl HourglassArch {
             )));
         }
         if self.channels < 4 {
-            return Err(Error::Input(format!(
-                "hourglass width must be at least 4, got {}",
-                self.channels
-            )));
+            return Err(Error::Input(format!("hourglass width must be at least 4, got {}", self.channels)));
         }
         if self.depth > 8 {
-            return Err(Error::Input(format!(
-                "hourglass depth {} is too deep (at most 8)",
-                self.depth
-            )));
+            return Err(Error::Input(format!("hourglass depth {} is too deep (at most 8)", self.depth)));
         }
         Ok(())
     }
@@ -187,33 +173,16 @@ fn block(b: &mut GraphBuilder, p: &str, x: NodeId, cout: usize, gate: f32) -> Re
 }
 
 /// `n` blocks in sequence: `<p>` when n == 1, else `<p>0`, `<p>1`, ...
-fn blocks_seq(
-    b: &mut GraphBuilder,
-    p: &str,
-    mut x: NodeId,
-    cout: usize,
-    n: usize,
-    gate: f32,
-) -> Result<NodeId> {
+fn blocks_seq(b: &mut GraphBuilder, p: &str, mut x: NodeId, cout: usize, n: usize, gate: f32) -> Result<NodeId> {
     for i in 0..n.max(1) {
-        let name = if n <= 1 {
-            p.to_string()
-        } else {
-            format!("{p}{i}")
-        };
+        let name = if n <= 1 { p.to_string() } else { format!("{p}{i}") };
         x = block(b, &name, x, cout, gate)?;
     }
     Ok(x)
 }
 
 /// One level of the hourglass (`level` = remaining depth), nodes under `<p>.d<level>`.
-fn hourglass(
-    b: &mut GraphBuilder,
-    p: &str,
-    x: NodeId,
-    level: usize,
-    a: &HourglassArch,
-) -> Result<NodeId> {
+fn hourglass(b: &mut GraphBuilder, p: &str, x: NodeId, level: usize, a: &HourglassArch) -> Result<NodeId> {
     let c = a.channels;
     let q = format!("{p}.d{level}");
     let skip = blocks_seq(b, &format!("{q}.skip"), x, c, a.blocks, a.gate_init)?;
@@ -230,24 +199,13 @@ fn hourglass(
     b.conv(&format!("{q}.merge.conv"), cat, ConvSpec::new(c, 1))
 }
 
-pub(super) fn build(
-    a: &HourglassArch,
-    input: [usize; 3],
-    joints: usize,
-    seed: u64,
-) -> Result<Graph> {
+pub(super) fn build(a: &HourglassArch, input: [usize; 3], joints: usize, seed: u64) -> Result<Graph> {
     a.validate()?;
     let mut b = GraphBuilder::new(seed);
     let c = a.channels;
     let g = a.gate_init;
     let x = b.input("input", input)?;
-    let x = blocks::conv_bn(
-        &mut b,
-        "stem.conv1",
-        x,
-        ConvSpec::new(a.stem_width, 7).stride(2),
-        true,
-    )?;
+    let x = blocks::conv_bn(&mut b, "stem.conv1", x, ConvSpec::new(a.stem_width, 7).stride(2), true)?;
     let mid = c.min(128);
     let x = if a.stem_pool_first {
         let x = b.max_pool("stem.pool", x, 2, 2, 0)?;

@@ -92,18 +92,11 @@ pub fn export(graph: &Graph, batch: Option<usize>) -> Result<Vec<u8>> {
         )));
     }
     let mut names = Names::plan(graph);
-    let mut g = GraphWriter {
-        nodes: Vec::new(),
-        inits: Vec::new(),
-    };
+    let mut g = GraphWriter { nodes: Vec::new(), inits: Vec::new() };
     let mut inputs = Vec::new();
 
     for (id, node) in graph.nodes.iter().enumerate() {
-        let x: Vec<String> = node
-            .inputs
-            .iter()
-            .map(|&i| names.value[i].clone())
-            .collect();
+        let x: Vec<String> = node.inputs.iter().map(|&i| names.value[i].clone()).collect();
         let base = names.value[id].clone();
         let mut chain = Chain::new(&base);
         match &node.op {
@@ -134,9 +127,7 @@ pub fn export(graph: &Graph, batch: Option<usize>) -> Result<Vec<u8>> {
                 chain.act(c.epilogue.act, ".act");
                 match &c.epilogue.residual {
                     None => {}
-                    Some(Residual::Add) => {
-                        chain.step("Add", ".add", vec![Arg::Prev, Arg::name(&x[1])], vec![])
-                    }
+                    Some(Residual::Add) => chain.step("Add", ".add", vec![Arg::Prev, Arg::name(&x[1])], vec![]),
                     Some(Residual::GateResidual(alpha)) => {
                         let a = g.init(&mut names, &base, "alpha", alpha, &channel_dims(alpha))?;
                         // The gated residual is its own little branch, named `<name>.gate`.
@@ -154,20 +145,12 @@ pub fn export(graph: &Graph, batch: Option<usize>) -> Result<Vec<u8>> {
             }
             Op::BatchNorm(bn) => {
                 let mut args = vec![Arg::name(&x[0])];
-                for (suffix, t) in [
-                    ("gamma", &bn.gamma),
-                    ("beta", &bn.beta),
-                    ("running_mean", &bn.mean),
-                    ("running_var", &bn.var),
-                ] {
+                for (suffix, t) in
+                    [("gamma", &bn.gamma), ("beta", &bn.beta), ("running_mean", &bn.mean), ("running_var", &bn.var)]
+                {
                     args.push(Arg::Name(g.init(&mut names, &base, suffix, t, &t.shape)?));
                 }
-                chain.step(
-                    "BatchNormalization",
-                    ".bn",
-                    args,
-                    vec![float("epsilon", bn.eps)],
-                );
+                chain.step("BatchNormalization", ".bn", args, vec![float("epsilon", bn.eps)]);
             }
             Op::ChannelAffine { scale, shift, act } => {
                 let s = g.init(&mut names, &base, "scale", scale, &channel_dims(scale))?;
@@ -177,36 +160,20 @@ pub fn export(graph: &Graph, batch: Option<usize>) -> Result<Vec<u8>> {
                 chain.act(*act, ".act");
             }
             Op::Activation(act) => {
-                chain.step(
-                    act_op(*act).unwrap_or("Identity"),
-                    ".act",
-                    vec![Arg::name(&x[0])],
-                    vec![],
-                );
+                chain.step(act_op(*act).unwrap_or("Identity"), ".act", vec![Arg::name(&x[0])], vec![]);
             }
-            Op::MaxPool {
-                kernel,
-                stride,
-                padding,
-            } => {
+            Op::MaxPool { kernel, stride, padding } => {
                 let [ph, pw] = *padding;
                 chain.step(
                     "MaxPool",
                     ".pool",
                     vec![Arg::name(&x[0])],
-                    vec![
-                        ints("kernel_shape", kernel),
-                        ints("strides", stride),
-                        ints("pads", &[ph, pw, ph, pw]),
-                    ],
+                    vec![ints("kernel_shape", kernel), ints("strides", stride), ints("pads", &[ph, pw, ph, pw])],
                 );
             }
             Op::UpsampleNearest { factor } | Op::UpsampleBilinear { factor } => {
                 let f = *factor as f32;
-                let scales = Tensor {
-                    shape: vec![4],
-                    data: vec![1.0, 1.0, f, f],
-                };
+                let scales = Tensor { shape: vec![4], data: vec![1.0, 1.0, f, f] };
                 let s = g.init(&mut names, &base, "scales", &scales, &[4])?;
                 let attrs = if matches!(node.op, Op::UpsampleNearest { .. }) {
                     vec![
@@ -215,33 +182,15 @@ pub fn export(graph: &Graph, batch: Option<usize>) -> Result<Vec<u8>> {
                         string("nearest_mode", "floor"),
                     ]
                 } else {
-                    vec![
-                        string("mode", "linear"),
-                        string("coordinate_transformation_mode", "half_pixel"),
-                    ]
+                    vec![string("mode", "linear"), string("coordinate_transformation_mode", "half_pixel")]
                 };
                 // Inputs X, roi (absent: the empty name), scales.
-                chain.step(
-                    "Resize",
-                    ".resize",
-                    vec![Arg::name(&x[0]), Arg::name(""), Arg::Name(s)],
-                    attrs,
-                );
+                chain.step("Resize", ".resize", vec![Arg::name(&x[0]), Arg::name(""), Arg::Name(s)], attrs);
             }
             Op::Concat => {
-                chain.step(
-                    "Concat",
-                    ".concat",
-                    x.iter().map(|n| Arg::name(n)).collect(),
-                    vec![int("axis", 1)],
-                );
+                chain.step("Concat", ".concat", x.iter().map(|n| Arg::name(n)).collect(), vec![int("axis", 1)]);
             }
-            Op::Add => chain.step(
-                "Add",
-                ".add",
-                vec![Arg::name(&x[0]), Arg::name(&x[1])],
-                vec![],
-            ),
+            Op::Add => chain.step("Add", ".add", vec![Arg::name(&x[0]), Arg::name(&x[1])], vec![]),
             Op::GatedAdd { alpha } => {
                 let a = g.init(&mut names, &base, "alpha", alpha, &channel_dims(alpha))?;
                 chain.step("Mul", ".gate", vec![Arg::name(&x[0]), Arg::Name(a)], vec![]);
@@ -305,20 +254,13 @@ pub fn export(graph: &Graph, batch: Option<usize>) -> Result<Vec<u8>> {
 pub fn export_to_file(graph: &Graph, batch: Option<usize>, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     let bytes = export(graph, batch)?;
-    std::fs::write(path, bytes).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::write(path, bytes).map_err(|source| Error::Io { path: path.display().to_string(), source })
 }
 
 /// The ONNX names of the graph inputs, in the order of [`Graph::inputs`].
 pub fn input_names(graph: &Graph) -> Vec<String> {
     let names = Names::plan(graph);
-    graph
-        .inputs()
-        .into_iter()
-        .map(|i| names.value[i].clone())
-        .collect()
+    graph.inputs().into_iter().map(|i| names.value[i].clone()).collect()
 }
 
 /// The ONNX names of the graph outputs, in the order of `graph.outputs`.
@@ -331,15 +273,7 @@ fn sanitize(name: &str, id: NodeId) -> String {
     if name.is_empty() {
         return format!("node{id}");
     }
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_./:-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "_./:-".contains(c) { c } else { '_' }).collect()
 }
 
 /// Tensor names: one per node output, one per graph output, plus a set of every name in use so
@@ -352,18 +286,11 @@ struct Names {
 
 impl Names {
     fn plan(graph: &Graph) -> Names {
-        let mut names = Names {
-            value: vec![String::new(); graph.nodes.len()],
-            outputs: Vec::new(),
-            used: HashSet::new(),
-        };
+        let mut names =
+            Names { value: vec![String::new(); graph.nodes.len()], outputs: Vec::new(), used: HashSet::new() };
         let inputs = graph.inputs();
         for &i in &inputs {
-            let want = if inputs.len() == 1 {
-                INPUT_NAME.to_string()
-            } else {
-                sanitize(&graph.nodes[i].name, i)
-            };
+            let want = if inputs.len() == 1 { INPUT_NAME.to_string() } else { sanitize(&graph.nodes[i].name, i) };
             names.value[i] = names.fresh(want);
         }
         // Outputs next, so they keep their node's name whenever possible.
@@ -472,19 +399,11 @@ struct Chain {
 
 impl Chain {
     fn new(base: &str) -> Self {
-        Chain {
-            base: base.to_string(),
-            steps: Vec::new(),
-        }
+        Chain { base: base.to_string(), steps: Vec::new() }
     }
 
     fn step(&mut self, op: &'static str, suffix: &'static str, inputs: Vec<Arg>, attrs: Vec<Attr>) {
-        self.steps.push(Step {
-            op,
-            suffix,
-            inputs,
-            attrs,
-        });
+        self.steps.push(Step { op, suffix, inputs, attrs });
     }
 
     fn act(&mut self, act: Act, suffix: &'static str) {
@@ -497,11 +416,7 @@ impl Chain {
         let last = self.steps.len().saturating_sub(1);
         let mut prev = String::new();
         for (i, s) in self.steps.into_iter().enumerate() {
-            let out = if i == last {
-                self.base.clone()
-            } else {
-                names.fresh(format!("{}{}", self.base, s.suffix))
-            };
+            let out = if i == last { self.base.clone() } else { names.fresh(format!("{}{}", self.base, s.suffix)) };
             let inputs = s
                 .inputs
                 .into_iter()
@@ -590,14 +505,7 @@ impl GraphWriter {
     }
 
     /// Adds the f32 initializer `<base>.<suffix>` with the given dims and returns its name.
-    fn init(
-        &mut self,
-        names: &mut Names,
-        base: &str,
-        suffix: &str,
-        t: &Tensor,
-        dims: &[usize],
-    ) -> Result<String> {
+    fn init(&mut self, names: &mut Names, base: &str, suffix: &str, t: &Tensor, dims: &[usize]) -> Result<String> {
         let want: usize = dims.iter().product();
         if t.data.len() != want || t.shape.iter().product::<usize>() != want {
             return Err(Error::Graph(format!(

@@ -97,10 +97,7 @@ mod tests {
         assert_eq!(m.clone().into_bytes(), [0x08, 0x96, 0x01]);
         let mut m = Msg::new();
         m.string(2, "testing");
-        assert_eq!(
-            m.into_bytes(),
-            [0x12, 0x07, b't', b'e', b's', b't', b'i', b'n', b'g']
-        );
+        assert_eq!(m.into_bytes(), [0x12, 0x07, b't', b'e', b's', b't', b'i', b'n', b'g']);
         let mut m = Msg::new();
         m.int(1, -1);
         assert_eq!(m.len(), 11);

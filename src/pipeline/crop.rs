@@ -28,10 +28,7 @@ pub struct Normalization {
 
 impl Normalization {
     /// ImageNet statistics on RGB in [0, 1]: what every network of this crate is trained with.
-    pub const IMAGENET: Normalization = Normalization {
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-    };
+    pub const IMAGENET: Normalization = Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 
     fn check(&self) -> Result<()> {
         if self.mean.iter().chain(&self.std).any(|v| !v.is_finite()) || self.std.contains(&0.0) {
@@ -70,11 +67,7 @@ pub struct CropConfig {
 
 impl Default for CropConfig {
     fn default() -> Self {
-        CropConfig {
-            padding: 1.25,
-            rotation_deg: 0.0,
-            flip: false,
-        }
+        CropConfig { padding: 1.25, rotation_deg: 0.0, flip: false }
     }
 }
 
@@ -97,10 +90,7 @@ impl CropConfig {
 pub type Affine = [[f64; 3]; 2];
 
 fn apply(m: &Affine, x: f64, y: f64) -> (f64, f64) {
-    (
-        m[0][0] * x + m[0][1] * y + m[0][2],
-        m[1][0] * x + m[1][1] * y + m[1][2],
-    )
+    (m[0][0] * x + m[0][1] * y + m[0][2], m[1][0] * x + m[1][1] * y + m[1][2])
 }
 
 /// The image -> network-input transform of one crop, with its inverse.
@@ -117,14 +107,10 @@ pub struct CropTransform {
 
 fn check_box(bbox: [f32; 4]) -> Result<()> {
     if bbox.iter().any(|v| !v.is_finite()) {
-        return Err(Error::Input(format!(
-            "person box {bbox:?} holds a non-finite value"
-        )));
+        return Err(Error::Input(format!("person box {bbox:?} holds a non-finite value")));
     }
     if bbox[2] <= 0.0 || bbox[3] <= 0.0 {
-        return Err(Error::Input(format!(
-            "person box {bbox:?} has zero or negative size"
-        )));
+        return Err(Error::Input(format!("person box {bbox:?} has zero or negative size")));
     }
     Ok(())
 }
@@ -138,9 +124,7 @@ pub fn validate_box(bbox: [f32; 4], img_w: usize, img_h: usize) -> Result<()> {
     let [x, y, w, h] = bbox;
     let (iw, ih) = (img_w as f32, img_h as f32);
     if x >= iw || y >= ih || x + w <= 0.0 || y + h <= 0.0 {
-        return Err(Error::Input(format!(
-            "person box {bbox:?} lies entirely outside the {img_w}x{img_h} image"
-        )));
+        return Err(Error::Input(format!("person box {bbox:?} lies entirely outside the {img_w}x{img_h} image")));
     }
     Ok(())
 }
@@ -181,19 +165,13 @@ impl CropTransform {
         cfg: &CropConfig,
     ) -> Result<Self> {
         if center.iter().chain(&size).any(|v| !v.is_finite()) {
-            return Err(Error::Input(format!(
-                "crop centre {center:?} / size {size:?} holds a non-finite value"
-            )));
+            return Err(Error::Input(format!("crop centre {center:?} / size {size:?} holds a non-finite value")));
         }
         if size[0] <= 0.0 || size[1] <= 0.0 {
-            return Err(Error::Input(format!(
-                "crop size {size:?} is zero or negative"
-            )));
+            return Err(Error::Input(format!("crop size {size:?} is zero or negative")));
         }
         if !(cfg.padding.is_finite() && cfg.padding > 0.0 && cfg.rotation_deg.is_finite()) {
-            return Err(Error::Input(format!(
-                "crop padding must be positive and rotation finite, got {cfg:?}"
-            )));
+            return Err(Error::Input(format!("crop padding must be positive and rotation finite, got {cfg:?}")));
         }
         check_out(out_w, out_h)?;
         let aspect = out_w as f64 / out_h as f64;
@@ -208,10 +186,7 @@ impl CropTransform {
         let (a, b) = (fx * s * cos, fx * s * sin);
         let (d, e) = (-s * sin, s * cos);
         let (cx, cy) = (center[0] as f64, center[1] as f64);
-        let forward = [
-            [a, b, 0.5 * out_w as f64 - a * cx - b * cy],
-            [d, e, 0.5 * out_h as f64 - d * cx - e * cy],
-        ];
+        let forward = [[a, b, 0.5 * out_w as f64 - a * cx - b * cy], [d, e, 0.5 * out_h as f64 - d * cx - e * cy]];
         Self::from_matrix(forward, out_w, out_h)
     }
 
@@ -220,27 +195,11 @@ impl CropTransform {
         check_out(out_w, out_h)?;
         let [[a, b, c], [d, e, f]] = forward;
         let det = a * e - b * d;
-        let inverse = [
-            [e / det, -b / det, (b * f - e * c) / det],
-            [-d / det, a / det, (d * c - a * f) / det],
-        ];
-        if forward
-            .iter()
-            .chain(&inverse)
-            .flatten()
-            .any(|v| !v.is_finite())
-            || det == 0.0
-        {
-            return Err(Error::Input(format!(
-                "crop transform {forward:?} is not finite and invertible"
-            )));
+        let inverse = [[e / det, -b / det, (b * f - e * c) / det], [-d / det, a / det, (d * c - a * f) / det]];
+        if forward.iter().chain(&inverse).flatten().any(|v| !v.is_finite()) || det == 0.0 {
+            return Err(Error::Input(format!("crop transform {forward:?} is not finite and invertible")));
         }
-        Ok(CropTransform {
-            forward,
-            inverse,
-            out_w,
-            out_h,
-        })
+        Ok(CropTransform { forward, inverse, out_w, out_h })
     }
 
     /// Image -> input matrix.
@@ -281,11 +240,7 @@ impl CropTransform {
     /// (4 for every network here; `input_w / heatmap_w` in general). Heatmap coordinates are
     /// continuous too, so this is `map_to_image(stride * x, stride * y)`.
     pub fn map_heatmap_to_image(&self, x: f32, y: f32, stride: f32) -> (f32, f32) {
-        let (u, v) = apply(
-            &self.inverse,
-            stride as f64 * x as f64,
-            stride as f64 * y as f64,
-        );
+        let (u, v) = apply(&self.inverse, stride as f64 * x as f64, stride as f64 * y as f64);
         (u as f32, v as f32)
     }
 
@@ -299,8 +254,7 @@ impl CropTransform {
     /// this is false warps to pure padding.
     pub fn overlaps_image(&self, img_w: usize, img_h: usize) -> bool {
         let (ow, oh) = (self.out_w as f64, self.out_h as f64);
-        let corners =
-            [(0.0, 0.0), (ow, 0.0), (0.0, oh), (ow, oh)].map(|(u, v)| apply(&self.inverse, u, v));
+        let corners = [(0.0, 0.0), (ow, 0.0), (0.0, oh), (ow, oh)].map(|(u, v)| apply(&self.inverse, u, v));
         // Separating-axis test between the image rectangle and the crop's parallelogram: the
         // image's axes, then the parallelogram's edge normals.
         let (iw, ih) = (img_w as f64, img_h as f64);
@@ -327,9 +281,7 @@ impl CropTransform {
 
 fn check_out(out_w: usize, out_h: usize) -> Result<()> {
     if out_w == 0 || out_h == 0 {
-        return Err(Error::Input(format!(
-            "crop output size {out_w}x{out_h} is empty"
-        )));
+        return Err(Error::Input(format!("crop output size {out_w}x{out_h} is empty")));
     }
     Ok(())
 }
@@ -388,14 +340,10 @@ impl<'a> ImageRef<'a> {
         format: PixelFormat,
     ) -> Result<Self> {
         if width == 0 || height == 0 {
-            return Err(Error::Input(format!(
-                "image of size {width}x{height} is empty"
-            )));
+            return Err(Error::Input(format!("image of size {width}x{height} is empty")));
         }
         let row = width * format.bytes_per_pixel();
-        let need = stride
-            .checked_mul(height - 1)
-            .and_then(|v| v.checked_add(row));
+        let need = stride.checked_mul(height - 1).and_then(|v| v.checked_add(row));
         if stride < row || need.is_none_or(|n| data.len() < n) {
             return Err(Error::Input(format!(
                 "a {width}x{height} {format:?} image with a row stride of {stride} bytes needs {} bytes, got {}",
@@ -403,13 +351,7 @@ impl<'a> ImageRef<'a> {
                 data.len()
             )));
         }
-        Ok(ImageRef {
-            data,
-            width,
-            height,
-            stride,
-            format,
-        })
+        Ok(ImageRef { data, width, height, stride, format })
     }
 
     pub fn rgb(data: &'a [u8], width: usize, height: usize) -> Result<Self> {
@@ -424,44 +366,21 @@ impl<'a> ImageRef<'a> {
 impl<'a> From<&'a image::RgbImage> for ImageRef<'a> {
     fn from(img: &'a image::RgbImage) -> Self {
         let (w, h) = (img.width() as usize, img.height() as usize);
-        ImageRef {
-            data: img.as_raw(),
-            width: w,
-            height: h,
-            stride: 3 * w,
-            format: PixelFormat::Rgb8,
-        }
+        ImageRef { data: img.as_raw(), width: w, height: h, stride: 3 * w, format: PixelFormat::Rgb8 }
     }
 }
 
 impl<'a> From<&'a image::RgbaImage> for ImageRef<'a> {
     fn from(img: &'a image::RgbaImage) -> Self {
         let (w, h) = (img.width() as usize, img.height() as usize);
-        ImageRef {
-            data: img.as_raw(),
-            width: w,
-            height: h,
-            stride: 4 * w,
-            format: PixelFormat::Rgba8,
-        }
+        ImageRef { data: img.as_raw(), width: w, height: h, stride: 4 * w, format: PixelFormat::Rgba8 }
     }
 }
 
 /// The crop warped to `out_w x out_h` and normalised with ImageNet statistics: `[1, 3, out_h,
 /// out_w]`. See [`warp_batch`].
-pub fn warp_rgb(
-    image: &ImageRef,
-    crop: &CropTransform,
-    out_w: usize,
-    out_h: usize,
-) -> Result<Tensor> {
-    warp_batch(
-        image,
-        std::slice::from_ref(crop),
-        out_w,
-        out_h,
-        &Normalization::IMAGENET,
-    )
+pub fn warp_rgb(image: &ImageRef, crop: &CropTransform, out_w: usize, out_h: usize) -> Result<Tensor> {
+    warp_batch(image, std::slice::from_ref(crop), out_w, out_h, &Normalization::IMAGENET)
 }
 
 /// Every crop warped into one `[crops.len(), 3, out_h, out_w]` tensor. Errors when a crop was
@@ -480,10 +399,7 @@ pub fn warp_batch(
     for (crop, out) in crops.iter().zip(data.chunks_exact_mut(per)) {
         warp_into(image, crop, out_w, out_h, norm, out)?;
     }
-    Ok(Tensor {
-        shape: vec![crops.len(), 3, out_h, out_w],
-        data,
-    })
+    Ok(Tensor { shape: vec![crops.len(), 3, out_h, out_w], data })
 }
 
 /// One crop into `out` (`3 * out_h * out_w` values, CHW).
@@ -502,11 +418,7 @@ pub fn warp_into(
         )));
     }
     if out.len() != 3 * out_w * out_h {
-        return Err(Error::Input(format!(
-            "warp output needs {} values, got {}",
-            3 * out_w * out_h,
-            out.len()
-        )));
+        return Err(Error::Input(format!("warp output needs {} values, got {}", 3 * out_w * out_h, out.len())));
     }
     let m = crop.inverse_f32();
     let (w, h) = (image.width as i64, image.height as i64);

@@ -52,11 +52,7 @@ impl Keypoint {
     /// pixels per heatmap pixel, through the crop the input was cut with.
     pub fn to_image(self, crop: &CropTransform, stride: f32) -> Keypoint {
         let (x, y) = crop.map_heatmap_to_image(self.x, self.y, stride);
-        Keypoint {
-            x,
-            y,
-            score: self.score,
-        }
+        Keypoint { x, y, score: self.score }
     }
 }
 
@@ -88,25 +84,17 @@ pub struct DecodeConfig {
 
 impl DecodeConfig {
     pub fn quarter(kind: HeatmapKind) -> Self {
-        DecodeConfig {
-            kind,
-            refinement: Refinement::Quarter,
-        }
+        DecodeConfig { kind, refinement: Refinement::Quarter }
     }
 
     pub fn dark(kind: HeatmapKind, sigma: f32) -> Self {
-        DecodeConfig {
-            kind,
-            refinement: Refinement::Dark { sigma },
-        }
+        DecodeConfig { kind, refinement: Refinement::Dark { sigma } }
     }
 
     fn check(&self) -> Result<()> {
         if let Refinement::Dark { sigma } = self.refinement {
             if !(sigma.is_finite() && sigma > 0.0 && sigma <= 64.0) {
-                return Err(Error::Input(format!(
-                    "DARK sigma must be in (0, 64], got {sigma}"
-                )));
+                return Err(Error::Input(format!("DARK sigma must be in (0, 64], got {sigma}")));
             }
         }
         Ok(())
@@ -125,20 +113,11 @@ pub fn decode(heatmaps: &Tensor, cfg: &DecodeConfig) -> Result<Vec<Vec<Keypoint>
     cfg.check()?;
     let [n, k, h, w] = heatmaps.nchw()?;
     if h == 0 || w == 0 {
-        return Err(Error::Input(format!(
-            "heatmaps of shape {:?} are empty",
-            heatmaps.shape
-        )));
+        return Err(Error::Input(format!("heatmaps of shape {:?} are empty", heatmaps.shape)));
     }
     let plane = h * w;
     Ok((0..n)
-        .map(|b| {
-            (0..k)
-                .map(|j| {
-                    decode_unchecked(&heatmaps.data[(b * k + j) * plane..][..plane], w, h, cfg)
-                })
-                .collect()
-        })
+        .map(|b| (0..k).map(|j| decode_unchecked(&heatmaps.data[(b * k + j) * plane..][..plane], w, h, cfg)).collect())
         .collect())
 }
 
@@ -146,22 +125,14 @@ pub fn decode(heatmaps: &Tensor, cfg: &DecodeConfig) -> Result<Vec<Vec<Keypoint>
 pub fn decode_map(map: &[f32], w: usize, h: usize, cfg: &DecodeConfig) -> Result<Keypoint> {
     cfg.check()?;
     if w == 0 || h == 0 || map.len() != w * h {
-        return Err(Error::Input(format!(
-            "a {w}x{h} heatmap needs {} values, got {}",
-            w * h,
-            map.len()
-        )));
+        return Err(Error::Input(format!("a {w}x{h} heatmap needs {} values, got {}", w * h, map.len())));
     }
     Ok(decode_unchecked(map, w, h, cfg))
 }
 
 fn decode_unchecked(map: &[f32], w: usize, h: usize, cfg: &DecodeConfig) -> Keypoint {
     if map.iter().any(|v| !v.is_finite()) {
-        return Keypoint {
-            x: 0.5 * w as f32,
-            y: 0.5 * h as f32,
-            score: 0.0,
-        };
+        return Keypoint { x: 0.5 * w as f32, y: 0.5 * h as f32, score: 0.0 };
     }
     // First maximum in row-major order (a constant map decodes to pixel (0, 0)).
     let mut best = 0;
@@ -176,16 +147,8 @@ fn decode_unchecked(map: &[f32], w: usize, h: usize, cfg: &DecodeConfig) -> Keyp
     let quarter = |lo: f64, hi: f64| 0.25 * (hi - lo).signum() * ((hi != lo) as u8 as f64);
     let x_ok = px > 0 && px + 1 < w;
     let y_ok = py > 0 && py + 1 < h;
-    let qx = if x_ok {
-        quarter(at(px - 1, py), at(px + 1, py))
-    } else {
-        0.0
-    };
-    let qy = if y_ok {
-        quarter(at(px, py - 1), at(px, py + 1))
-    } else {
-        0.0
-    };
+    let qx = if x_ok { quarter(at(px - 1, py), at(px + 1, py)) } else { 0.0 };
+    let qy = if y_ok { quarter(at(px, py - 1), at(px, py + 1)) } else { 0.0 };
     let (dx, dy) = match cfg.refinement {
         Refinement::None => (0.0, 0.0),
         Refinement::Quarter => (qx, qy),
@@ -194,11 +157,7 @@ fn decode_unchecked(map: &[f32], w: usize, h: usize, cfg: &DecodeConfig) -> Keyp
             (dx.unwrap_or(qx), dy.unwrap_or(qy))
         }
     };
-    Keypoint {
-        x: (px as f64 + 0.5 + dx) as f32,
-        y: (py as f64 + 0.5 + dy) as f32,
-        score,
-    }
+    Keypoint { x: (px as f64 + 0.5 + dx) as f32, y: (py as f64 + 0.5 + dy) as f32, score }
 }
 
 /// DARK's Newton step from the argmax `(px, py)` on the log of the Gaussian-smoothed map, per
@@ -221,35 +180,18 @@ fn decode_unchecked(map: &[f32], w: usize, h: usize, cfg: &DecodeConfig) -> Keyp
 ///   non-invertible Hessian, or a step that leaves the argmax's neighbourhood) each axis falls
 ///   back to its own 1-D Newton step `-g / dxx` under the same conditions. An axis where the
 ///   argmax lies on the border has no central difference and gets no step.
-fn dark_step(
-    map: &[f32],
-    w: usize,
-    h: usize,
-    px: usize,
-    py: usize,
-    sigma: f64,
-) -> (Option<f64>, Option<f64>) {
+fn dark_step(map: &[f32], w: usize, h: usize, px: usize, py: usize, sigma: f64) -> (Option<f64>, Option<f64>) {
     let x_ok = px > 0 && px + 1 < w;
     let y_ok = py > 0 && py + 1 < h;
     let r = (3.0 * sigma).ceil().max(1.0) as usize;
     // Kernel radius per axis: as large as the training sigma asks, but no larger than keeps
     // every tap of the 3x3 neighbourhood's blur inside the map. (A border axis is not refined,
     // so it is not blurred.)
-    let rx = if x_ok {
-        r.min(px - 1).min(w - 2 - px)
-    } else {
-        0
-    };
-    let ry = if y_ok {
-        r.min(py - 1).min(h - 2 - py)
-    } else {
-        0
-    };
+    let rx = if x_ok { r.min(px - 1).min(w - 2 - px) } else { 0 };
+    let ry = if y_ok { r.min(py - 1).min(h - 2 - py) } else { 0 };
     let kernel = |r: usize| {
-        let k: Vec<f64> = (0..=2 * r)
-            .map(|i| i as f64 - r as f64)
-            .map(|d| (-d * d / (2.0 * sigma * sigma)).exp())
-            .collect();
+        let k: Vec<f64> =
+            (0..=2 * r).map(|i| i as f64 - r as f64).map(|d| (-d * d / (2.0 * sigma * sigma)).exp()).collect();
         let sum: f64 = k.iter().sum();
         k.into_iter().map(|v| v / sum).collect::<Vec<f64>>()
     };
@@ -262,21 +204,13 @@ fn dark_step(
         let y = clamp(py as isize - 1 - ry as isize + ri as isize, h);
         for (ci, out) in row.iter_mut().enumerate() {
             let x0 = px as isize - 1 + ci as isize - rx as isize;
-            *out = kx
-                .iter()
-                .enumerate()
-                .map(|(k, g)| g * map[y * w + clamp(x0 + k as isize, w)] as f64)
-                .sum();
+            *out = kx.iter().enumerate().map(|(k, g)| g * map[y * w + clamp(x0 + k as isize, w)] as f64).sum();
         }
     }
     let mut b = [[0f64; 3]; 3];
     for (yi, brow) in b.iter_mut().enumerate() {
         for (ci, out) in brow.iter_mut().enumerate() {
-            *out = ky
-                .iter()
-                .enumerate()
-                .map(|(k, g)| g * hpass[yi + k][ci])
-                .sum();
+            *out = ky.iter().enumerate().map(|(k, g)| g * hpass[yi + k][ci]).sum();
         }
     }
     let centre = b[1][1];
@@ -311,10 +245,7 @@ fn dark_step(
     let dx = step_1d(x_ok, gx, dxx);
     let dy = step_1d(y_ok, gy, dyy);
     // On a border axis the caller's quarter step is 0 too: say so explicitly.
-    (
-        if x_ok { dx } else { Some(0.0) },
-        if y_ok { dy } else { Some(0.0) },
-    )
+    (if x_ok { dx } else { Some(0.0) }, if y_ok { dy } else { Some(0.0) })
 }
 
 /// The flip test: averages `heatmaps` (of the crop) with `flipped` (of the horizontally flipped

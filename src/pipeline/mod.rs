@@ -17,10 +17,7 @@ pub mod decode;
 pub mod preprocess_gpu;
 pub mod smoothing;
 
-pub use crop::{
-    validate_box, warp_batch, warp_rgb, CropConfig, CropTransform, ImageRef, Normalization,
-    PixelFormat,
-};
+pub use crop::{validate_box, warp_batch, warp_rgb, CropConfig, CropTransform, ImageRef, Normalization, PixelFormat};
 pub use decode::{average_flipped, decode, DecodeConfig, HeatmapKind, Keypoint, Refinement};
 pub use preprocess_gpu::{FrameLayout, GpuPreprocess, OutputLayout};
 pub use smoothing::{OneEuroConfig, OneEuroFilter, PoseSmoother};

@@ -42,13 +42,7 @@ pub struct FrameLayout {
 impl FrameLayout {
     /// A tightly packed RGBA frame at the start of the buffer.
     pub fn rgba(width: u32, height: u32) -> Self {
-        FrameLayout {
-            width,
-            height,
-            row_stride: width,
-            offset: 0,
-            bgra: false,
-        }
+        FrameLayout { width, height, row_stride: width, offset: 0, bgra: false }
     }
 }
 
@@ -66,12 +60,7 @@ pub struct OutputLayout {
 
 impl OutputLayout {
     pub fn packed(out_w: u32, out_h: u32, offset: u64) -> Self {
-        OutputLayout {
-            out_w,
-            out_h,
-            offset,
-            batch_stride: 3 * out_w as u64 * out_h as u64,
-        }
+        OutputLayout { out_w, out_h, offset, batch_stride: 3 * out_w as u64 * out_h as u64 }
     }
 }
 
@@ -84,11 +73,7 @@ pub struct GpuPreprocess {
 }
 
 fn u32_of(v: u64, what: &str) -> Result<u32> {
-    u32::try_from(v).map_err(|_| {
-        Error::TooLarge(format!(
-            "{what} ({v}) does not fit the kernel's 32-bit indices"
-        ))
-    })
+    u32::try_from(v).map_err(|_| Error::TooLarge(format!("{what} ({v}) does not fit the kernel's 32-bit indices")))
 }
 
 impl GpuPreprocess {
@@ -108,11 +93,7 @@ impl GpuPreprocess {
             let entry = |binding, ty| wgpu::BindGroupLayoutEntry {
                 binding,
                 visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty,
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
+                ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
                 count: None,
             };
             let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -141,12 +122,7 @@ impl GpuPreprocess {
                 compilation_options: Default::default(),
                 cache: None,
             });
-            Ok(GpuPreprocess {
-                device: device.clone(),
-                pipeline,
-                layout,
-                norm,
-            })
+            Ok(GpuPreprocess { device: device.clone(), pipeline, layout, norm })
         })
     }
 
@@ -206,27 +182,18 @@ impl GpuPreprocess {
         for c in crops {
             if c.out_size() != (ow as usize, oh as usize) {
                 let (cw, ch) = c.out_size();
-                return Err(Error::Input(format!(
-                    "crop built for a {cw}x{ch} output, warped to {ow}x{oh}"
-                )));
+                return Err(Error::Input(format!("crop built for a {cw}x{ch} output, warped to {ow}x{oh}")));
             }
         }
         if frame.width == 0 || frame.height == 0 || frame.row_stride < frame.width {
-            return Err(Error::Input(format!(
-                "frame layout {frame:?} is empty or its rows overlap"
-            )));
+            return Err(Error::Input(format!("frame layout {frame:?} is empty or its rows overlap")));
         }
         for (buf, what) in [(src, "source frame"), (dst, "destination")] {
             if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
-                return Err(Error::Input(format!(
-                    "the {what} buffer needs STORAGE usage, has {:?}",
-                    buf.usage()
-                )));
+                return Err(Error::Input(format!("the {what} buffer needs STORAGE usage, has {:?}", buf.usage())));
             }
         }
-        let src_words = frame.offset as u64
-            + frame.row_stride as u64 * (frame.height as u64 - 1)
-            + frame.width as u64;
+        let src_words = frame.offset as u64 + frame.row_stride as u64 * (frame.height as u64 - 1) + frame.width as u64;
         u32_of(src_words, "source frame words")?;
         if src_words * 4 > src.size() {
             return Err(Error::Input(format!(
@@ -237,10 +204,7 @@ impl GpuPreprocess {
         }
         let plane = ow as u64 * oh as u64;
         if out.batch_stride < 3 * plane {
-            return Err(Error::Input(format!(
-                "batch stride {} is under 3 * {ow} * {oh}",
-                out.batch_stride
-            )));
+            return Err(Error::Input(format!("batch stride {} is under 3 * {ow} * {oh}", out.batch_stride)));
         }
         let dst_elems = out.offset + (crops.len() as u64 - 1) * out.batch_stride + 3 * plane;
         u32_of(dst_elems, "destination elements")?;
@@ -254,16 +218,8 @@ impl GpuPreprocess {
             )));
         }
         // Bind only the ranges used (the destination may be a large activation arena).
-        let src_binding = wgpu::BufferBinding {
-            buffer: src,
-            offset: 0,
-            size: wgpu::BufferSize::new(src_words * 4),
-        };
-        let dst_binding = wgpu::BufferBinding {
-            buffer: dst,
-            offset: 0,
-            size: wgpu::BufferSize::new(dst_elems * 4),
-        };
+        let src_binding = wgpu::BufferBinding { buffer: src, offset: 0, size: wgpu::BufferSize::new(src_words * 4) };
+        let dst_binding = wgpu::BufferBinding { buffer: dst, offset: 0, size: wgpu::BufferSize::new(dst_elems * 4) };
 
         let mut groups = Vec::new();
         for (k, chunk) in crops.chunks(MAX_CROPS_PER_DISPATCH).enumerate() {
@@ -296,29 +252,18 @@ impl GpuPreprocess {
                     words[at + 4 + j] = m[3 + j].to_bits();
                 }
             }
-            let uniform = self
-                .device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("wgpose.preprocess.params"),
-                    contents: bytemuck::cast_slice(&words),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
+            let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("wgpose.preprocess.params"),
+                contents: bytemuck::cast_slice(&words),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
             let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("wgpose.preprocess"),
                 layout: &self.layout,
                 entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: wgpu::BindingResource::Buffer(src_binding.clone()),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: wgpu::BindingResource::Buffer(dst_binding.clone()),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: uniform.as_entire_binding(),
-                    },
+                    wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(src_binding.clone()) },
+                    wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::Buffer(dst_binding.clone()) },
+                    wgpu::BindGroupEntry { binding: 2, resource: uniform.as_entire_binding() },
                 ],
             });
             groups.push((group, chunk.len() as u32));
@@ -351,18 +296,12 @@ impl GpuPreprocess {
     ) -> Result<Tensor> {
         let need = w as u64 * h as u64 * 4;
         if w == 0 || h == 0 || rgba.len() as u64 != need {
-            return Err(Error::Input(format!(
-                "a {w}x{h} RGBA frame needs {need} bytes, got {}",
-                rgba.len()
-            )));
+            return Err(Error::Input(format!("a {w}x{h} RGBA frame needs {need} bytes, got {}", rgba.len())));
         }
         let shape = vec![crops.len(), 3, out_h as usize, out_w as usize];
         let len = crate::tensor::checked_numel(&shape)?;
         if len == 0 {
-            return Ok(Tensor {
-                shape,
-                data: Vec::new(),
-            });
+            return Ok(Tensor { shape, data: Vec::new() });
         }
         ctx.scoped("preprocessing crops", || {
             let device = &ctx.device;
@@ -384,9 +323,8 @@ impl GpuPreprocess {
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
-            let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wgpose.preprocess"),
-            });
+            let mut enc =
+                device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.preprocess") });
             self.encode(&mut enc, &src, w, h, crops, &dst, 0, out_w, out_h)?;
             enc.copy_buffer_to_buffer(&dst, 0, &staging, 0, bytes);
             ctx.queue.submit([enc.finish()]);
@@ -402,17 +340,12 @@ impl GpuPreprocess {
                 Ok(Err(e)) => return Err(Error::Gpu(format!("mapping the crops: {e}"))),
                 Err(_) => return Err(Error::DeviceLost("the readback never completed".into())),
             }
-            let view = staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| Error::Gpu(format!("reading the crops: {e}")))?;
+            let view =
+                staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("reading the crops: {e}")))?;
             let data: Vec<f32> = bytemuck::pod_collect_to_vec(&view);
             drop(view);
             staging.unmap();
-            Ok(Tensor {
-                shape: shape.clone(),
-                data,
-            })
+            Ok(Tensor { shape: shape.clone(), data })
         })
     }
 }

@@ -20,30 +20,19 @@ pub struct OneEuroConfig {
 
 impl Default for OneEuroConfig {
     fn default() -> Self {
-        OneEuroConfig {
-            min_cutoff: 1.0,
-            beta: 0.0,
-            d_cutoff: 1.0,
-        }
+        OneEuroConfig { min_cutoff: 1.0, beta: 0.0, d_cutoff: 1.0 }
     }
 }
 
 impl OneEuroConfig {
     pub fn new(min_cutoff: f32, beta: f32) -> Self {
-        OneEuroConfig {
-            min_cutoff,
-            beta,
-            d_cutoff: 1.0,
-        }
+        OneEuroConfig { min_cutoff, beta, d_cutoff: 1.0 }
     }
 
     fn check(&self) -> Result<()> {
         let ok = |v: f32| v.is_finite() && v > 0.0;
-        if !(ok(self.min_cutoff) && ok(self.d_cutoff) && self.beta.is_finite() && self.beta >= 0.0)
-        {
-            return Err(Error::Input(format!(
-                "One Euro cutoffs must be positive and beta non-negative, got {self:?}"
-            )));
+        if !(ok(self.min_cutoff) && ok(self.d_cutoff) && self.beta.is_finite() && self.beta >= 0.0) {
+            return Err(Error::Input(format!("One Euro cutoffs must be positive and beta non-negative, got {self:?}")));
         }
         Ok(())
     }
@@ -131,11 +120,7 @@ impl PoseSmoother {
     /// half a second without an observation.
     pub fn new(joints: usize, cfg: OneEuroConfig) -> Result<Self> {
         let f = OneEuroFilter::new(cfg)?;
-        Ok(PoseSmoother {
-            filters: vec![[f.clone(), f]; joints],
-            min_score: 0.2,
-            max_gap: 0.5,
-        })
+        Ok(PoseSmoother { filters: vec![[f.clone(), f]; joints], min_score: 0.2, max_gap: 0.5 })
     }
 
     pub fn len(&self) -> usize {
@@ -148,10 +133,7 @@ impl PoseSmoother {
 
     /// Forgets every joint's history (a new person, a cut in the video).
     pub fn reset(&mut self) {
-        self.filters
-            .iter_mut()
-            .flatten()
-            .for_each(OneEuroFilter::reset);
+        self.filters.iter_mut().flatten().for_each(OneEuroFilter::reset);
     }
 
     /// Smooths one frame's keypoints (image coordinates) observed at time `t` in seconds.
@@ -175,11 +157,7 @@ impl PoseSmoother {
                     fx.reset();
                     fy.reset();
                 }
-                Keypoint {
-                    x: fx.filter(t, kp.x),
-                    y: fy.filter(t, kp.y),
-                    score: kp.score,
-                }
+                Keypoint { x: fx.filter(t, kp.x), y: fy.filter(t, kp.y), score: kp.score }
             })
             .collect())
     }

@@ -18,10 +18,7 @@ fn dims(t: &Tensor) -> [usize; 4] {
 }
 
 fn like(t: &Tensor, data: Vec<f32>) -> Tensor {
-    Tensor {
-        shape: t.shape.clone(),
-        data,
-    }
+    Tensor { shape: t.shape.clone(), data }
 }
 
 /// Gradients of a convolution.
@@ -51,24 +48,14 @@ pub fn conv2d_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> Co
                 s as f32
             })
             .collect();
-        Tensor {
-            shape: b.shape.clone(),
-            data,
-        }
+        Tensor { shape: b.shape.clone(), data }
     });
     let (dx, dw) = if c.cin_per_group() == 1 && c.cout() == c.groups {
         depthwise_backward(x, dy, c, need_dx)
     } else {
         gemm_conv_backward(x, dy, c, need_dx)
     };
-    ConvGrads {
-        dx: dx.map(|d| like(x, d)),
-        dw: Tensor {
-            shape: c.weight.shape.clone(),
-            data: dw,
-        },
-        db,
-    }
+    ConvGrads { dx: dx.map(|d| like(x, d)), dw: Tensor { shape: c.weight.shape.clone(), data: dw }, db }
 }
 
 fn parallelism() -> gemm::Parallelism {
@@ -80,37 +67,20 @@ fn parallelism() -> gemm::Parallelism {
     }
 }
 
-fn gemm_conv_backward(
-    x: &Tensor,
-    dy: &Tensor,
-    c: &Conv2d,
-    need_dx: bool,
-) -> (Option<Vec<f32>>, Vec<f32>) {
+fn gemm_conv_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> (Option<Vec<f32>>, Vec<f32>) {
     let [n, cin, h, w] = dims(x);
     let cout = dy.shape[1];
     let k = (cin / c.groups) * c.kernel()[0] * c.kernel()[1];
-    let mut dx = if need_dx {
-        vec![0.0f32; x.data.len()]
-    } else {
-        Vec::new()
-    };
+    let mut dx = if need_dx { vec![0.0f32; x.data.len()] } else { Vec::new() };
     let threads = rayon::current_num_threads();
     let per_item = |b0: usize, dxs: &mut [f32], par: gemm::Parallelism| -> Vec<f32> {
         // Gradients of batch items b0.. (as many as `dxs` holds, or all remaining when dx is
         // not needed), into a private dW.
-        let items = if need_dx {
-            dxs.len() / (cin * h * w)
-        } else {
-            n - b0
-        };
+        let items = if need_dx { dxs.len() / (cin * h * w) } else { n - b0 };
         let mut dw = vec![0.0f32; cout * k];
         let mut ws = Workspace::default();
         for b in 0..items {
-            let dxb = if need_dx {
-                Some(&mut dxs[b * cin * h * w..(b + 1) * cin * h * w])
-            } else {
-                None
-            };
+            let dxb = if need_dx { Some(&mut dxs[b * cin * h * w..(b + 1) * cin * h * w]) } else { None };
             item_backward(x, dy, c, b0 + b, dxb, &mut dw, &mut ws, par);
         }
         dw
@@ -264,46 +234,39 @@ fn col2im(dcol: &[f32], [_, h, w]: [usize; 3], c: &Conv2d, [oh, ow]: [usize; 2],
     let [py, px] = c.padding;
     let [dly, dlx] = c.dilation;
     let ohw = oh * ow;
-    dx.par_chunks_mut(h * w)
-        .enumerate()
-        .for_each(|(ci, plane)| {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    let row = &dcol[((ci * kh + ky) * kw + kx) * ohw..][..ohw];
-                    let (x0, x1) = valid_range(w, ow, sx, kx * dlx, px);
-                    if x0 >= x1 {
+    dx.par_chunks_mut(h * w).enumerate().for_each(|(ci, plane)| {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = &dcol[((ci * kh + ky) * kw + kx) * ohw..][..ohw];
+                let (x0, x1) = valid_range(w, ow, sx, kx * dlx, px);
+                if x0 >= x1 {
+                    continue;
+                }
+                for oy in 0..oh {
+                    let iy = oy * sy + ky * dly;
+                    if iy < py || iy - py >= h {
                         continue;
                     }
-                    for oy in 0..oh {
-                        let iy = oy * sy + ky * dly;
-                        if iy < py || iy - py >= h {
-                            continue;
+                    let prow = &mut plane[(iy - py) * w..(iy - py + 1) * w];
+                    let drow = &row[oy * ow..(oy + 1) * ow];
+                    let ix0 = x0 * sx + kx * dlx - px;
+                    if sx == 1 {
+                        for (d, s) in prow[ix0..ix0 + (x1 - x0)].iter_mut().zip(&drow[x0..x1]) {
+                            *d += s;
                         }
-                        let prow = &mut plane[(iy - py) * w..(iy - py + 1) * w];
-                        let drow = &row[oy * ow..(oy + 1) * ow];
-                        let ix0 = x0 * sx + kx * dlx - px;
-                        if sx == 1 {
-                            for (d, s) in prow[ix0..ix0 + (x1 - x0)].iter_mut().zip(&drow[x0..x1]) {
-                                *d += s;
-                            }
-                        } else {
-                            for (t, s) in drow[x0..x1].iter().enumerate() {
-                                prow[ix0 + t * sx] += s;
-                            }
+                    } else {
+                        for (t, s) in drow[x0..x1].iter().enumerate() {
+                            prow[ix0 + t * sx] += s;
                         }
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 /// Direct depthwise backward: per `(n, c)` plane, dx and a partial dw, reduced over the batch.
-fn depthwise_backward(
-    x: &Tensor,
-    dy: &Tensor,
-    c: &Conv2d,
-    need_dx: bool,
-) -> (Option<Vec<f32>>, Vec<f32>) {
+fn depthwise_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> (Option<Vec<f32>>, Vec<f32>) {
     let [n, ch, h, w] = dims(x);
     let [_, _, oh, ow] = dims(dy);
     let [kh, kw] = c.kernel();
@@ -313,36 +276,33 @@ fn depthwise_backward(
     let kk = kh * kw;
     let mut dx = vec![0.0f32; x.data.len()];
     let mut dwp = vec![0.0f32; n * ch * kk];
-    dx.par_chunks_mut(h * w)
-        .zip(dwp.par_chunks_mut(kk))
-        .enumerate()
-        .for_each(|(p, (dxp, dwq))| {
-            let o = p % ch;
-            let wk = &c.weight.data[o * kk..(o + 1) * kk];
-            let xp = &x.data[p * h * w..(p + 1) * h * w];
-            let dyp = &dy.data[p * oh * ow..(p + 1) * oh * ow];
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    let (x0, x1) = valid_range(w, ow, sx, kx * dlx, px);
-                    let wv = wk[ky * kw + kx];
-                    let mut acc = 0.0f32;
-                    for oy in 0..oh {
-                        let iy = oy * sy + ky * dly;
-                        if iy < py || iy - py >= h {
-                            continue;
-                        }
-                        let r = (iy - py) * w;
-                        for ox in x0..x1 {
-                            let ix = ox * sx + kx * dlx - px;
-                            let g = dyp[oy * ow + ox];
-                            acc += g * xp[r + ix];
-                            dxp[r + ix] += wv * g;
-                        }
+    dx.par_chunks_mut(h * w).zip(dwp.par_chunks_mut(kk)).enumerate().for_each(|(p, (dxp, dwq))| {
+        let o = p % ch;
+        let wk = &c.weight.data[o * kk..(o + 1) * kk];
+        let xp = &x.data[p * h * w..(p + 1) * h * w];
+        let dyp = &dy.data[p * oh * ow..(p + 1) * oh * ow];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let (x0, x1) = valid_range(w, ow, sx, kx * dlx, px);
+                let wv = wk[ky * kw + kx];
+                let mut acc = 0.0f32;
+                for oy in 0..oh {
+                    let iy = oy * sy + ky * dly;
+                    if iy < py || iy - py >= h {
+                        continue;
                     }
-                    dwq[ky * kw + kx] = acc;
+                    let r = (iy - py) * w;
+                    for ox in x0..x1 {
+                        let ix = ox * sx + kx * dlx - px;
+                        let g = dyp[oy * ow + ox];
+                        acc += g * xp[r + ix];
+                        dxp[r + ix] += wv * g;
+                    }
                 }
+                dwq[ky * kw + kx] = acc;
             }
-        });
+        }
+    });
     let mut dw = vec![0.0f32; ch * kk];
     for (p, part) in dwp.chunks(kk).enumerate() {
         let o = p % ch;
@@ -354,11 +314,7 @@ fn depthwise_backward(
 }
 
 /// Per-channel sums over batch and space of `f(dy, x)`, in f64.
-fn channel_sums2(
-    dy: &Tensor,
-    x: &Tensor,
-    f: impl Fn(f32, f32, usize) -> (f64, f64) + Sync,
-) -> (Vec<f32>, Vec<f32>) {
+fn channel_sums2(dy: &Tensor, x: &Tensor, f: impl Fn(f32, f32, usize) -> (f64, f64) + Sync) -> (Vec<f32>, Vec<f32>) {
     let [n, c, h, w] = dims(dy);
     let hw = h * w;
     let r: Vec<(f32, f32)> = (0..c)
@@ -394,32 +350,27 @@ pub fn batch_norm_backward(
     let hw = h * w;
     let m = (n * hw) as f32;
     // dbeta = sum dy, dgamma = sum dy * xhat
-    let (dbeta, dgamma) = channel_sums2(dy, x, |g, v, ch| {
-        (g as f64, (g * (v - mean[ch]) * inv_std[ch]) as f64)
-    });
+    let (dbeta, dgamma) = channel_sums2(dy, x, |g, v, ch| (g as f64, (g * (v - mean[ch]) * inv_std[ch]) as f64));
     let mut dx = vec![0.0f32; x.data.len()];
-    dx.par_chunks_mut(hw)
-        .with_min_len(planes_per_task(hw))
-        .enumerate()
-        .for_each(|(p, d)| {
-            let ch = p % c;
-            let (g, mu, is) = (gamma[ch], mean[ch], inv_std[ch]);
-            let s = &x.data[p * hw..(p + 1) * hw];
-            let gy = &dy.data[p * hw..(p + 1) * hw];
-            if batch_stats {
-                let k = g * is / m;
-                let (sb, sg) = (dbeta[ch], dgamma[ch]);
-                for ((d, &v), &gv) in d.iter_mut().zip(s).zip(gy) {
-                    let xhat = (v - mu) * is;
-                    *d = k * (m * gv - sb - xhat * sg);
-                }
-            } else {
-                let k = g * is;
-                for (d, &gv) in d.iter_mut().zip(gy) {
-                    *d = k * gv;
-                }
+    dx.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
+        let ch = p % c;
+        let (g, mu, is) = (gamma[ch], mean[ch], inv_std[ch]);
+        let s = &x.data[p * hw..(p + 1) * hw];
+        let gy = &dy.data[p * hw..(p + 1) * hw];
+        if batch_stats {
+            let k = g * is / m;
+            let (sb, sg) = (dbeta[ch], dgamma[ch]);
+            for ((d, &v), &gv) in d.iter_mut().zip(s).zip(gy) {
+                let xhat = (v - mu) * is;
+                *d = k * (m * gv - sb - xhat * sg);
             }
-        });
+        } else {
+            let k = g * is;
+            for (d, &gv) in d.iter_mut().zip(gy) {
+                *d = k * gv;
+            }
+        }
+    });
     (like(x, dx), dgamma, dbeta)
 }
 
@@ -431,11 +382,7 @@ pub fn activation_backward(y: &Tensor, dy: &Tensor, act: Act) -> Tensor {
         Act::Relu => d
             .par_chunks_mut(1 << 14)
             .zip(y.data.par_chunks(1 << 14))
-            .for_each(|(d, y)| {
-                d.iter_mut()
-                    .zip(y)
-                    .for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 })
-            }),
+            .for_each(|(d, y)| d.iter_mut().zip(y).for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 })),
         Act::Sigmoid => d
             .par_chunks_mut(1 << 14)
             .zip(y.data.par_chunks(1 << 14))
@@ -458,9 +405,7 @@ pub fn channel_affine_backward(
     let [_, c, h, w] = dims(x);
     let hw = h * w;
     let mut dx = dz.data;
-    dx.par_chunks_mut(hw)
-        .enumerate()
-        .for_each(|(p, d)| d.iter_mut().for_each(|v| *v *= scale[p % c]));
+    dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| d.iter_mut().for_each(|v| *v *= scale[p % c]));
     (like(x, dx), dscale, dshift)
 }
 
@@ -527,17 +472,16 @@ pub fn upsample_nearest_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
     let [_, _, h, w] = dims(x);
     let ow = w * f;
     let mut dx = vec![0.0f32; x.data.len()];
-    dx.par_chunks_mut(h * w)
-        .zip(dy.data.par_chunks(h * f * ow))
-        .with_min_len(planes_per_task(h * f * ow))
-        .for_each(|(d, g)| {
+    dx.par_chunks_mut(h * w).zip(dy.data.par_chunks(h * f * ow)).with_min_len(planes_per_task(h * f * ow)).for_each(
+        |(d, g)| {
             for (oy, grow) in g.chunks_exact(ow).enumerate() {
                 let drow = &mut d[(oy / f) * w..(oy / f + 1) * w];
                 for (dv, gs) in drow.iter_mut().zip(grow.chunks_exact(f)) {
                     *dv += gs.iter().sum::<f32>();
                 }
             }
-        });
+        },
+    );
     like(x, dx)
 }
 
@@ -547,10 +491,8 @@ pub fn upsample_bilinear_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
     let xt: Vec<(usize, usize, f32)> = (0..ow).map(|o| bilinear_taps(o, f, w)).collect();
     let yt: Vec<(usize, usize, f32)> = (0..oh).map(|o| bilinear_taps(o, f, h)).collect();
     let mut dx = vec![0.0f32; x.data.len()];
-    dx.par_chunks_mut(h * w)
-        .zip(dy.data.par_chunks(oh * ow))
-        .with_min_len(planes_per_task(oh * ow))
-        .for_each(|(d, g)| {
+    dx.par_chunks_mut(h * w).zip(dy.data.par_chunks(oh * ow)).with_min_len(planes_per_task(oh * ow)).for_each(
+        |(d, g)| {
             for (grow, &(y0, y1, ly)) in g.chunks_exact(ow).zip(&yt) {
                 for (&gv, &(x0, x1, lx)) in grow.iter().zip(&xt) {
                     let top = (1.0 - ly) * gv;
@@ -561,7 +503,8 @@ pub fn upsample_bilinear_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
                     d[y1 * w + x1] += lx * bot;
                 }
             }
-        });
+        },
+    );
     like(x, dx)
 }
 
@@ -578,10 +521,7 @@ pub fn concat_backward(dy: &Tensor, cs: &[usize]) -> Vec<Tensor> {
                 dst.copy_from_slice(&dy.data[s..s + ci * hw]);
             });
             off += ci;
-            Tensor {
-                shape: vec![n, ci, h, w],
-                data: d,
-            }
+            Tensor { shape: vec![n, ci, h, w], data: d }
         })
         .collect()
 }
@@ -606,19 +546,16 @@ pub fn pixel_shuffle_backward(x: &Tensor, dy: &Tensor, r: usize) -> Tensor {
     let (ohw, hw) = (h * r * ow, h * w);
     let mut dx = vec![0.0f32; x.data.len()];
     // Input plane q = (b, ch*r*r + di*r + dj) reads output plane p = q / (r*r).
-    dx.par_chunks_mut(hw)
-        .with_min_len(planes_per_task(hw))
-        .enumerate()
-        .for_each(|(q, d)| {
-            let p = q / (r * r);
-            let (di, dj) = ((q % (r * r)) / r, q % r);
-            let g = &dy.data[p * ohw..(p + 1) * ohw];
-            for i in 0..h {
-                let grow = &g[(i * r + di) * ow..(i * r + di + 1) * ow];
-                for j in 0..w {
-                    d[i * w + j] = grow[j * r + dj];
-                }
+    dx.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(q, d)| {
+        let p = q / (r * r);
+        let (di, dj) = ((q % (r * r)) / r, q % r);
+        let g = &dy.data[p * ohw..(p + 1) * ohw];
+        for i in 0..h {
+            let grow = &g[(i * r + di) * ow..(i * r + di + 1) * ow];
+            for j in 0..w {
+                d[i * w + j] = grow[j * r + dj];
             }
-        });
+        }
+    });
     like(x, dx)
 }

@@ -26,18 +26,11 @@ fn check(outputs: &[&Tensor], target: &Tensor, weights: &[f32]) -> Result<[usize
     }
     for (k, o) in outputs.iter().enumerate() {
         if o.shape != target.shape {
-            return Err(Error::Input(format!(
-                "output {k} has shape {:?}, the target {:?}",
-                o.shape, target.shape
-            )));
+            return Err(Error::Input(format!("output {k} has shape {:?}, the target {:?}", o.shape, target.shape)));
         }
     }
     if weights.len() != s[0] * s[1] {
-        return Err(Error::Input(format!(
-            "expected {} joint weights (N*K), got {}",
-            s[0] * s[1],
-            weights.len()
-        )));
+        return Err(Error::Input(format!("expected {} joint weights (N*K), got {}", s[0] * s[1], weights.len())));
     }
     Ok(s)
 }
@@ -45,11 +38,7 @@ fn check(outputs: &[&Tensor], target: &Tensor, weights: &[f32]) -> Result<[usize
 /// Weighted heatmap MSE summed over stacks:
 /// `L = sum_stacks sum_{n,k,p} w[n,k] (pred - target)^2 / (N K H W)`.
 /// Returns the loss and `dL/d output` for each output.
-pub fn mse_loss(
-    outputs: &[&Tensor],
-    target: &Tensor,
-    weights: &[f32],
-) -> Result<(f32, Vec<Tensor>)> {
+pub fn mse_loss(outputs: &[&Tensor], target: &Tensor, weights: &[f32]) -> Result<(f32, Vec<Tensor>)> {
     let [n, k, h, w] = check(outputs, target, weights)?;
     let hw = h * w;
     let denom = (n * k * hw) as f64;
@@ -60,21 +49,14 @@ pub fn mse_loss(
         for (p, wt) in weights.iter().enumerate() {
             let r = p * hw..(p + 1) * hw;
             let mut s = 0.0f64;
-            for ((d, &y), &t) in g[r.clone()]
-                .iter_mut()
-                .zip(&o.data[r.clone()])
-                .zip(&target.data[r])
-            {
+            for ((d, &y), &t) in g[r.clone()].iter_mut().zip(&o.data[r.clone()]).zip(&target.data[r]) {
                 let e = y - t;
                 s += (e as f64) * (e as f64);
                 *d = (2.0 * *wt as f64 * e as f64 / denom) as f32;
             }
             total += *wt as f64 * s;
         }
-        grads.push(Tensor {
-            shape: o.shape.clone(),
-            data: g,
-        });
+        grads.push(Tensor { shape: o.shape.clone(), data: g });
     }
     Ok(((total / denom) as f32, grads))
 }
@@ -84,11 +66,7 @@ pub fn mse_loss(
 /// `max(z, 0) - z y + log(1 + exp(-|z|))`, weighted per joint, averaged over `N K H W` and summed
 /// over stacks. The gradient is `w (sigmoid(z) - y) / (N K H W)`. The network must expose
 /// logits: see [`strip_final_sigmoid`].
-pub fn rce_loss(
-    logits: &[&Tensor],
-    target: &Tensor,
-    weights: &[f32],
-) -> Result<(f32, Vec<Tensor>)> {
+pub fn rce_loss(logits: &[&Tensor], target: &Tensor, weights: &[f32]) -> Result<(f32, Vec<Tensor>)> {
     let [n, k, h, w] = check(logits, target, weights)?;
     let hw = h * w;
     let denom = (n * k * hw) as f64;
@@ -99,11 +77,7 @@ pub fn rce_loss(
         for (p, wt) in weights.iter().enumerate() {
             let r = p * hw..(p + 1) * hw;
             let mut s = 0.0f64;
-            for ((d, &z), &y) in g[r.clone()]
-                .iter_mut()
-                .zip(&o.data[r.clone()])
-                .zip(&target.data[r])
-            {
+            for ((d, &z), &y) in g[r.clone()].iter_mut().zip(&o.data[r.clone()]).zip(&target.data[r]) {
                 let (z, y) = (z as f64, y as f64);
                 s += z.max(0.0) - z * y + (-z.abs()).exp().ln_1p();
                 let sig = 1.0 / (1.0 + (-z).exp());
@@ -111,10 +85,7 @@ pub fn rce_loss(
             }
             total += *wt as f64 * s;
         }
-        grads.push(Tensor {
-            shape: o.shape.clone(),
-            data: g,
-        });
+        grads.push(Tensor { shape: o.shape.clone(), data: g });
     }
     Ok(((total / denom) as f32, grads))
 }
@@ -155,13 +126,7 @@ pub fn strip_final_sigmoid(graph: &Graph) -> (Graph, usize) {
 /// keypoint). Unlabelled joints, and labelled joints more than `3 sigma` outside the heatmap,
 /// get an all-zero map and weight 0; others weight 1. Joints beyond `keypoints.len()` count as
 /// unlabelled.
-pub fn gaussian_heatmaps(
-    keypoints: &[[f32; 3]],
-    k: usize,
-    h: usize,
-    w: usize,
-    sigma: f32,
-) -> (Tensor, Vec<f32>) {
+pub fn gaussian_heatmaps(keypoints: &[[f32; 3]], k: usize, h: usize, w: usize, sigma: f32) -> (Tensor, Vec<f32>) {
     let mut t = Tensor::zeros(vec![k, h, w]);
     let mut weights = vec![0.0f32; k];
     let s2 = 2.0 * sigma * sigma;
@@ -189,14 +154,9 @@ pub fn gaussian_heatmaps(
 
 /// Stacks per-sample tensors of equal shape `[..]` into a batch `[N, ..]`.
 pub fn stack_batch(ts: &[Tensor]) -> Result<Tensor> {
-    let first = ts
-        .first()
-        .ok_or_else(|| Error::Input("cannot stack zero tensors".into()))?;
+    let first = ts.first().ok_or_else(|| Error::Input("cannot stack zero tensors".into()))?;
     if let Some(t) = ts.iter().find(|t| t.shape != first.shape) {
-        return Err(Error::Input(format!(
-            "cannot stack tensors of shapes {:?} and {:?}",
-            first.shape, t.shape
-        )));
+        return Err(Error::Input(format!("cannot stack tensors of shapes {:?} and {:?}", first.shape, t.shape)));
     }
     let mut shape = vec![ts.len()];
     shape.extend(&first.shape);

@@ -26,9 +26,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Act, Epilogue, Graph, NodeId, Op};
 use crate::tensor::Tensor;
 
-pub use loss::{
-    argmax_keypoints, gaussian_heatmaps, mse_loss, rce_loss, stack_batch, strip_final_sigmoid,
-};
+pub use loss::{argmax_keypoints, gaussian_heatmaps, mse_loss, rce_loss, stack_batch, strip_final_sigmoid};
 pub use optim::{step_lr, Adam, Optimizer, RmsProp};
 
 /// PyTorch's default batch-norm momentum for the running statistics.
@@ -75,11 +73,7 @@ pub struct Tape {
 impl Tape {
     /// The graph outputs, in order.
     pub fn outputs(&self, graph: &Graph) -> Vec<Tensor> {
-        graph
-            .outputs
-            .iter()
-            .map(|&o| self.values[o].clone())
-            .collect()
+        graph.outputs.iter().map(|&o| self.values[o].clone()).collect()
     }
 
     /// Writes the updated running statistics into the graph's batch norms (training mode only;
@@ -111,12 +105,7 @@ impl Gradients {
 
     /// Global L2 norm of all parameter gradients.
     pub fn norm(&self) -> f64 {
-        self.params
-            .values()
-            .flat_map(|t| t.data.iter())
-            .map(|&v| (v as f64) * (v as f64))
-            .sum::<f64>()
-            .sqrt()
+        self.params.values().flat_map(|t| t.data.iter()).map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt()
     }
 
     /// Multiplies every parameter gradient by `s` (e.g. for clipping).
@@ -164,24 +153,13 @@ pub fn forward_train(graph: &Graph, inputs: &[Tensor], bn_mode: BnMode) -> Resul
                     let (mean, var) = batch_stats(x);
                     let m = (x.numel() / c) as f32;
                     let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
-                    let rm = (0..c)
-                        .map(|i| (1.0 - BN_MOMENTUM) * b.mean.data[i] + BN_MOMENTUM * mean[i])
-                        .collect();
-                    let rv = (0..c)
-                        .map(|i| {
-                            (1.0 - BN_MOMENTUM) * b.var.data[i] + BN_MOMENTUM * var[i] * unbiased
-                        })
-                        .collect();
+                    let rm = (0..c).map(|i| (1.0 - BN_MOMENTUM) * b.mean.data[i] + BN_MOMENTUM * mean[i]).collect();
+                    let rv =
+                        (0..c).map(|i| (1.0 - BN_MOMENTUM) * b.var.data[i] + BN_MOMENTUM * var[i] * unbiased).collect();
                     running.push(RunningUpdate {
                         node: id,
-                        mean: Tensor {
-                            shape: vec![c],
-                            data: rm,
-                        },
-                        var: Tensor {
-                            shape: vec![c],
-                            data: rv,
-                        },
+                        mean: Tensor { shape: vec![c], data: rm },
+                        var: Tensor { shape: vec![c], data: rv },
                     });
                     (mean, var)
                 } else {
@@ -189,53 +167,28 @@ pub fn forward_train(graph: &Graph, inputs: &[Tensor], bn_mode: BnMode) -> Resul
                 };
                 let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + b.eps).sqrt()).collect();
                 let scale: Vec<f32> = (0..c).map(|i| b.gamma.data[i] * inv_std[i]).collect();
-                let shift: Vec<f32> = (0..c)
-                    .map(|i| b.beta.data[i] - mean[i] * scale[i])
-                    .collect();
+                let shift: Vec<f32> = (0..c).map(|i| b.beta.data[i] - mean[i] * scale[i]).collect();
                 // The executor's batch-norm kernel is this channel affine.
                 let op = Op::ChannelAffine {
-                    scale: Tensor {
-                        shape: vec![c],
-                        data: scale,
-                    },
-                    shift: Tensor {
-                        shape: vec![c],
-                        data: shift,
-                    },
+                    scale: Tensor { shape: vec![c], data: scale },
+                    shift: Tensor { shape: vec![c], data: shift },
                     act: Act::None,
                 };
                 let y = cpu::eval_op(&node.name, &op, &args)?;
-                bn[id] = Some(BnStats {
-                    mean,
-                    inv_std,
-                    batch: bn_mode == BnMode::Train,
-                });
+                bn[id] = Some(BnStats { mean, inv_std, batch: bn_mode == BnMode::Train });
                 y
             }
             op => {
                 let y = cpu::eval_op(&node.name, op, &args)?;
-                if let Op::MaxPool {
-                    kernel,
-                    stride,
-                    padding,
-                } = op
-                {
-                    argmax[id] = Some(backward::max_pool_argmax(
-                        args[0], &y, *kernel, *stride, *padding,
-                    ));
+                if let Op::MaxPool { kernel, stride, padding } = op {
+                    argmax[id] = Some(backward::max_pool_argmax(args[0], &y, *kernel, *stride, *padding));
                 }
                 y
             }
         };
         values.push(v);
     }
-    Ok(Tape {
-        values,
-        bn,
-        argmax,
-        running,
-        mode: bn_mode,
-    })
+    Ok(Tape { values, bn, argmax, running, mode: bn_mode })
 }
 
 /// Per-channel mean and biased variance over batch and space (f64 accumulation, two passes).
@@ -247,14 +200,8 @@ fn batch_stats(x: &Tensor) -> (Vec<f32>, Vec<f32>) {
         .into_par_iter()
         .map(|ch| {
             let planes = || (0..n).map(move |b| &x.data[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
-            let mean = planes()
-                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                .sum::<f64>()
-                / m;
-            let var = planes()
-                .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-                .sum::<f64>()
-                / m;
+            let mean = planes().map(|p| p.iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() / m;
+            let var = planes().map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()).sum::<f64>() / m;
             (mean as f32, var as f32)
         })
         .unzip()
@@ -275,9 +222,7 @@ fn accumulate(grads: &mut [Option<Tensor>], id: NodeId, g: Tensor) {
 /// outputs on the tape). Returns the gradient of every trainable parameter and of every input.
 pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<Gradients> {
     if tape.values.len() != graph.nodes.len() {
-        return Err(Error::Input(
-            "the tape was recorded on a different graph".into(),
-        ));
+        return Err(Error::Input("the tape was recorded on a different graph".into()));
     }
     if output_grads.len() != graph.outputs.len() {
         return Err(Error::Input(format!(
@@ -298,13 +243,7 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
     }
     let mut params: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut put = |name: &str, p: &str, shape: &[usize], data: Vec<f32>| {
-        params.insert(
-            format!("{name}.{p}"),
-            Tensor {
-                shape: shape.to_vec(),
-                data,
-            },
-        );
+        params.insert(format!("{name}.{p}"), Tensor { shape: shape.to_vec(), data });
     };
     let mut input_grads: BTreeMap<NodeId, Tensor> = BTreeMap::new();
     for id in (0..graph.nodes.len()).rev() {
@@ -331,24 +270,15 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
                 }
             }
             Op::BatchNorm(b) => {
-                let st = tape.bn[id]
-                    .as_ref()
-                    .ok_or_else(|| Error::Input("tape lacks batch-norm statistics".into()))?;
-                let (dx, dgamma, dbeta) = backward::batch_norm_backward(
-                    xs[0],
-                    &dy,
-                    &b.gamma.data,
-                    &st.mean,
-                    &st.inv_std,
-                    st.batch,
-                );
+                let st = tape.bn[id].as_ref().ok_or_else(|| Error::Input("tape lacks batch-norm statistics".into()))?;
+                let (dx, dgamma, dbeta) =
+                    backward::batch_norm_backward(xs[0], &dy, &b.gamma.data, &st.mean, &st.inv_std, st.batch);
                 put(&node.name, "gamma", &b.gamma.shape, dgamma);
                 put(&node.name, "beta", &b.beta.shape, dbeta);
                 accumulate(&mut grads, node.inputs[0], dx);
             }
             Op::ChannelAffine { scale, shift, act } => {
-                let (dx, dscale, dshift) =
-                    backward::channel_affine_backward(xs[0], y, &dy, &scale.data, *act);
+                let (dx, dscale, dshift) = backward::channel_affine_backward(xs[0], y, &dy, &scale.data, *act);
                 put(&node.name, "scale", &scale.shape, dscale);
                 put(&node.name, "shift", &shift.shape, dshift);
                 accumulate(&mut grads, node.inputs[0], dx);
@@ -358,9 +288,7 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
                 accumulate(&mut grads, node.inputs[0], dx);
             }
             Op::MaxPool { .. } => {
-                let am = tape.argmax[id]
-                    .as_ref()
-                    .ok_or_else(|| Error::Input("tape lacks max-pool indices".into()))?;
+                let am = tape.argmax[id].as_ref().ok_or_else(|| Error::Input("tape lacks max-pool indices".into()))?;
                 let dx = backward::max_pool_backward(xs[0], &dy, am);
                 accumulate(&mut grads, node.inputs[0], dx);
             }
@@ -396,18 +324,12 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
     }
     // Parameters the loss does not reach get zero gradients, so the map is complete.
     for (name, t) in trainable_params(graph) {
-        params
-            .entry(name)
-            .or_insert_with(|| Tensor::zeros(t.shape.clone()));
+        params.entry(name).or_insert_with(|| Tensor::zeros(t.shape.clone()));
     }
     let inputs = graph
         .inputs()
         .into_iter()
-        .map(|i| {
-            input_grads
-                .remove(&i)
-                .unwrap_or_else(|| Tensor::zeros(tape.values[i].shape.clone()))
-        })
+        .map(|i| input_grads.remove(&i).unwrap_or_else(|| Tensor::zeros(tape.values[i].shape.clone())))
         .collect();
     Ok(Gradients { params, inputs })
 }
@@ -415,10 +337,7 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
 /// The trainable parameters of a graph by name: everything of
 /// [`crate::weights::named_params`] except batch-norm running statistics.
 pub fn trainable_params(graph: &Graph) -> Vec<(String, &Tensor)> {
-    crate::weights::named_params(graph)
-        .into_iter()
-        .filter(|(n, _)| !is_running_stat(n))
-        .collect()
+    crate::weights::named_params(graph).into_iter().filter(|(n, _)| !is_running_stat(n)).collect()
 }
 
 pub(crate) fn is_running_stat(name: &str) -> bool {
@@ -428,12 +347,7 @@ pub(crate) fn is_running_stat(name: &str) -> bool {
 /// Forward (training mode), loss and backward in one call: `loss_fn` maps the graph outputs to
 /// `(loss, dL/d outputs)`. Returns the loss, the gradients and the tape (whose running
 /// statistics the caller may apply with [`Tape::apply_running_stats`]).
-pub fn train_step<F>(
-    graph: &Graph,
-    inputs: &[Tensor],
-    bn_mode: BnMode,
-    loss_fn: F,
-) -> Result<(f32, Gradients, Tape)>
+pub fn train_step<F>(graph: &Graph, inputs: &[Tensor], bn_mode: BnMode, loss_fn: F) -> Result<(f32, Gradients, Tape)>
 where
     F: FnOnce(&[&Tensor]) -> Result<(f32, Vec<Tensor>)>,
 {

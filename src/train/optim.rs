@@ -49,22 +49,13 @@ pub struct Adam {
 
 impl Default for Adam {
     fn default() -> Self {
-        Adam {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            state: HashMap::new(),
-        }
+        Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, state: HashMap::new() }
     }
 }
 
 impl Adam {
     pub fn new(weight_decay: f32) -> Self {
-        Adam {
-            weight_decay,
-            ..Default::default()
-        }
+        Adam { weight_decay, ..Default::default() }
     }
 }
 
@@ -80,21 +71,13 @@ pub struct RmsProp {
 
 impl Default for RmsProp {
     fn default() -> Self {
-        RmsProp {
-            alpha: 0.99,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            state: HashMap::new(),
-        }
+        RmsProp { alpha: 0.99, eps: 1e-8, weight_decay: 0.0, state: HashMap::new() }
     }
 }
 
 impl RmsProp {
     pub fn new(weight_decay: f32) -> Self {
-        RmsProp {
-            weight_decay,
-            ..Default::default()
-        }
+        RmsProp { weight_decay, ..Default::default() }
     }
 }
 
@@ -126,11 +109,7 @@ impl Optimizer {
                     p.data.len()
                 )));
             }
-            let wd = if decays(&name) {
-                self.weight_decay()
-            } else {
-                0.0
-            };
+            let wd = if decays(&name) { self.weight_decay() } else { 0.0 };
             match self {
                 Optimizer::Adam(a) => {
                     let st = a.state.entry(name).or_insert_with(|| AdamState {
@@ -143,13 +122,7 @@ impl Optimizer {
                     let bc2 = 1.0 - (a.beta2 as f64).powi(st.t as i32);
                     let step = (lr as f64 / bc1) as f32;
                     let bc2s = bc2.sqrt() as f32;
-                    for (((p, &g), m), v) in p
-                        .data
-                        .iter_mut()
-                        .zip(&g.data)
-                        .zip(st.m.iter_mut())
-                        .zip(st.v.iter_mut())
-                    {
+                    for (((p, &g), m), v) in p.data.iter_mut().zip(&g.data).zip(st.m.iter_mut()).zip(st.v.iter_mut()) {
                         if wd != 0.0 {
                             *p -= lr * wd * *p;
                         }
@@ -159,10 +132,7 @@ impl Optimizer {
                     }
                 }
                 Optimizer::RmsProp(r) => {
-                    let sq = r
-                        .state
-                        .entry(name)
-                        .or_insert_with(|| vec![0.0; g.data.len()]);
+                    let sq = r.state.entry(name).or_insert_with(|| vec![0.0; g.data.len()]);
                     for ((p, &g), s) in p.data.iter_mut().zip(&g.data).zip(sq.iter_mut()) {
                         let g = g + wd * *p;
                         *s = r.alpha * *s + (1.0 - r.alpha) * g * g;
