@@ -6,9 +6,11 @@ set -euo pipefail
 need=()
 # The desktop demo (demo/): winit's X11 libraries (dlopened at run time), Xvfb + xauth for its
 # headless screenshot test. (Its optional `camera` feature also needs libclang-dev: nokhwa's
-# V4L2 bindings are generated with bindgen; the feature is off by default, so not installed here.)
+# V4L2 bindings are generated with bindgen; the feature is off by default, so it is installed
+# only with WGPOSE_CAMERA=1.)
 for pkg in mesa-vulkan-drivers libvulkan1 build-essential pkg-config \
-  xvfb xauth libx11-6 libx11-xcb1 libxcursor1 libxi6 libxkbcommon0 libxkbcommon-x11-0; do
+  xvfb xauth libx11-6 libx11-xcb1 libxcursor1 libxi6 libxkbcommon0 libxkbcommon-x11-0 \
+  ${WGPOSE_CAMERA:+libclang-dev}; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
