@@ -58,6 +58,8 @@ impl<'c> GpuModel<'c> {
     /// Optimises the graph for inference (batch-norm folding, epilogue fusion), plans memory and
     /// builds everything a run needs, for a fixed batch size.
     pub fn compile(ctx: &'c GpuContext, graph: &Graph, batch: usize) -> Result<Self> {
+        // The passes assume a well-formed graph (they index by node id); check it first.
+        graph.validate()?;
         Self::compile_with(ctx, &optimize_for_inference(graph), batch)
     }
 

@@ -227,7 +227,7 @@ fn transition_layer(
             let x = prev[i];
             xs.push(if b.channels(x) == w { x } else { conv_bn(b, &format!("{p}.b{i}"), x, w, 3, 1, true)? });
         } else {
-            let mut x = *prev.last().expect("at least one branch");
+            let mut x = *prev.last().ok_or_else(|| crate::Error::Graph(format!("{p}: no branch to extend")))?;
             let n = i + 1 - prev.len();
             for k in 0..n {
                 let c = if k + 1 == n { w } else { b.channels(x) };

@@ -9,7 +9,11 @@
 //! decayed (the usual practice; decaying gates or BN scales shrinks the function, not the
 //! complexity).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::{tensor::View, Dtype, SafeTensors};
 
 use super::Gradients;
 use crate::error::{Error, Result};
@@ -29,75 +33,71 @@ pub fn step_lr(lr: f32, gamma: f32, step: usize, epoch: usize) -> f32 {
     lr * gamma.powi((epoch / step) as i32)
 }
 
-#[derive(Clone, Debug)]
-struct AdamState {
-    m: Vec<f32>,
-    v: Vec<f32>,
-    t: u64,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Adam,
+    RmsProp,
 }
 
-/// Adam with bias correction (PyTorch's `Adam`); with `weight_decay > 0` the decay is decoupled
-/// (AdamW: `p -= lr * weight_decay * p` before the Adam update).
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Adam => "adam",
+            Kind::RmsProp => "rmsprop",
+        }
+    }
+}
+
+/// Adam (PyTorch's, with bias correction and decoupled weight decay) or RMSprop (`alpha = 0.99`,
+/// `eps = 1e-8`, L2 decay), weight decay on `.weight` parameters only (see [`decays`]). The state
+/// is public and can be saved with [`Optimizer::save`] (checkpoints, `--resume`).
+///
+/// State file: safetensors with `adam.m.<param>`, `adam.v.<param>` (Adam) or
+/// `rmsprop.sq.<param>` (RMSprop) tensors and metadata `optimizer`, `adam_step`, `beta1`,
+/// `beta2`, `alpha`, `eps`, `weight_decay`.
 #[derive(Clone, Debug)]
-pub struct Adam {
+pub struct Optimizer {
+    pub kind: Kind,
     pub beta1: f32,
     pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    state: HashMap<String, AdamState>,
-}
-
-impl Default for Adam {
-    fn default() -> Self {
-        Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, state: HashMap::new() }
-    }
-}
-
-impl Adam {
-    pub fn new(weight_decay: f32) -> Self {
-        Adam { weight_decay, ..Default::default() }
-    }
-}
-
-/// RMSprop as PyTorch's (`alpha = 0.99`, `eps = 1e-8` added outside the square root, no
-/// momentum, not centred). Weight decay is classic L2 (`g += weight_decay * p`), as in PyTorch.
-#[derive(Clone, Debug)]
-pub struct RmsProp {
     pub alpha: f32,
     pub eps: f32,
     pub weight_decay: f32,
-    state: HashMap<String, Vec<f32>>,
-}
-
-impl Default for RmsProp {
-    fn default() -> Self {
-        RmsProp { alpha: 0.99, eps: 1e-8, weight_decay: 0.0, state: HashMap::new() }
-    }
-}
-
-impl RmsProp {
-    pub fn new(weight_decay: f32) -> Self {
-        RmsProp { weight_decay, ..Default::default() }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub enum Optimizer {
-    Adam(Adam),
-    RmsProp(RmsProp),
+    /// Adam's step count (bias correction).
+    pub t: u64,
+    /// Adam: first moment; RMSprop: mean square.
+    pub m: HashMap<String, Vec<f32>>,
+    /// Adam: second moment (unused by RMSprop).
+    pub v: HashMap<String, Vec<f32>>,
 }
 
 impl Optimizer {
     pub fn adam(weight_decay: f32) -> Self {
-        Optimizer::Adam(Adam::new(weight_decay))
+        Self::new(Kind::Adam, weight_decay)
     }
 
     pub fn rmsprop(weight_decay: f32) -> Self {
-        Optimizer::RmsProp(RmsProp::new(weight_decay))
+        Self::new(Kind::RmsProp, weight_decay)
     }
 
-    /// One update of every parameter that has a gradient, with learning rate `lr`.
+    pub fn new(kind: Kind, weight_decay: f32) -> Self {
+        Optimizer {
+            kind,
+            beta1: 0.9,
+            beta2: 0.999,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay,
+            t: 0,
+            m: HashMap::new(),
+            v: HashMap::new(),
+        }
+    }
+
+    /// One update of every parameter that has a gradient.
     pub fn apply(&mut self, graph: &mut Graph, grads: &Gradients, lr: f32) -> Result<()> {
+        self.t += 1;
+        let t = self.t;
         for (name, p) in named_params_mut(graph) {
             let Some(g) = grads.params.get(&name) else {
                 continue;
@@ -109,34 +109,32 @@ impl Optimizer {
                     p.data.len()
                 )));
             }
-            let wd = if decays(&name) { self.weight_decay() } else { 0.0 };
-            match self {
-                Optimizer::Adam(a) => {
-                    let st = a.state.entry(name).or_insert_with(|| AdamState {
-                        m: vec![0.0; g.data.len()],
-                        v: vec![0.0; g.data.len()],
-                        t: 0,
-                    });
-                    st.t += 1;
-                    let bc1 = 1.0 - (a.beta1 as f64).powi(st.t as i32);
-                    let bc2 = 1.0 - (a.beta2 as f64).powi(st.t as i32);
+            let wd = if decays(&name) { self.weight_decay } else { 0.0 };
+            let n = g.data.len();
+            match self.kind {
+                Kind::Adam => {
+                    let m = self.m.entry(name.clone()).or_insert_with(|| vec![0.0; n]);
+                    let v = self.v.entry(name).or_insert_with(|| vec![0.0; n]);
+                    let bc1 = 1.0 - (self.beta1 as f64).powi(t as i32);
+                    let bc2 = 1.0 - (self.beta2 as f64).powi(t as i32);
                     let step = (lr as f64 / bc1) as f32;
                     let bc2s = bc2.sqrt() as f32;
-                    for (((p, &g), m), v) in p.data.iter_mut().zip(&g.data).zip(st.m.iter_mut()).zip(st.v.iter_mut()) {
+                    let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+                    for (((p, &g), m), v) in p.data.iter_mut().zip(&g.data).zip(m.iter_mut()).zip(v.iter_mut()) {
                         if wd != 0.0 {
                             *p -= lr * wd * *p;
                         }
-                        *m = a.beta1 * *m + (1.0 - a.beta1) * g;
-                        *v = a.beta2 * *v + (1.0 - a.beta2) * g * g;
-                        *p -= step * *m / (v.sqrt() / bc2s + a.eps);
+                        *m = b1 * *m + (1.0 - b1) * g;
+                        *v = b2 * *v + (1.0 - b2) * g * g;
+                        *p -= step * *m / (v.sqrt() / bc2s + eps);
                     }
                 }
-                Optimizer::RmsProp(r) => {
-                    let sq = r.state.entry(name).or_insert_with(|| vec![0.0; g.data.len()]);
+                Kind::RmsProp => {
+                    let sq = self.m.entry(name).or_insert_with(|| vec![0.0; n]);
                     for ((p, &g), s) in p.data.iter_mut().zip(&g.data).zip(sq.iter_mut()) {
                         let g = g + wd * *p;
-                        *s = r.alpha * *s + (1.0 - r.alpha) * g * g;
-                        *p -= lr * g / (s.sqrt() + r.eps);
+                        *s = self.alpha * *s + (1.0 - self.alpha) * g * g;
+                        *p -= lr * g / (s.sqrt() + self.eps);
                     }
                 }
             }
@@ -144,10 +142,98 @@ impl Optimizer {
         Ok(())
     }
 
-    fn weight_decay(&self) -> f32 {
-        match self {
-            Optimizer::Adam(a) => a.weight_decay,
-            Optimizer::RmsProp(r) => r.weight_decay,
+    /// Writes the state (see the module docs).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut meta = HashMap::new();
+        meta.insert("optimizer".to_string(), self.kind.as_str().to_string());
+        meta.insert("adam_step".to_string(), self.t.to_string());
+        meta.insert("beta1".to_string(), self.beta1.to_string());
+        meta.insert("beta2".to_string(), self.beta2.to_string());
+        meta.insert("alpha".to_string(), self.alpha.to_string());
+        meta.insert("eps".to_string(), self.eps.to_string());
+        meta.insert("weight_decay".to_string(), self.weight_decay.to_string());
+        let mut views: Vec<(String, Vec1)> = Vec::new();
+        match self.kind {
+            Kind::Adam => {
+                for (k, m) in &self.m {
+                    views.push((format!("adam.m.{k}"), Vec1(m, [m.len()])));
+                }
+                for (k, v) in &self.v {
+                    views.push((format!("adam.v.{k}"), Vec1(v, [v.len()])));
+                }
+            }
+            Kind::RmsProp => {
+                for (k, s) in &self.m {
+                    views.push((format!("rmsprop.sq.{k}"), Vec1(s, [s.len()])));
+                }
+            }
         }
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Format {
+            path: path.display().to_string(),
+            msg: format!("cannot serialise the optimiser state: {e}"),
+        })?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| Error::Io { path: path.display().to_string(), source: e })
+    }
+
+    /// Reads a state written by [`save`](Self::save).
+    pub fn load(path: &Path) -> Result<Optimizer> {
+        let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+        let fmt = |msg: String| Error::Format { path: path.display().to_string(), msg };
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| fmt(format!("invalid safetensors: {e}")))?;
+        let meta: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
+        let get = |k: &str| meta.get(k).ok_or_else(|| fmt(format!("optimiser state lacks `{k}`")));
+        let num = |k: &str| -> Result<f32> {
+            get(k)?.parse::<f32>().map_err(|_| fmt(format!("bad `{k}` in the optimiser state")))
+        };
+        let kind = match get("optimizer")?.as_str() {
+            "adam" => Kind::Adam,
+            "rmsprop" => Kind::RmsProp,
+            o => return Err(fmt(format!("unknown optimiser `{o}`"))),
+        };
+        let mut o = Optimizer::new(kind, num("weight_decay")?);
+        o.beta1 = num("beta1")?;
+        o.beta2 = num("beta2")?;
+        o.alpha = num("alpha")?;
+        o.eps = num("eps")?;
+        o.t = get("adam_step")?.parse().map_err(|_| fmt("bad `adam_step`".into()))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| fmt(format!("invalid safetensors: {e}")))?;
+        for (name, view) in st.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(fmt(format!("`{name}` is not F32")));
+            }
+            let data: Vec<f32> =
+                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            if let Some(k) = name.strip_prefix("adam.m.") {
+                o.m.insert(k.to_string(), data);
+            } else if let Some(k) = name.strip_prefix("adam.v.") {
+                o.v.insert(k.to_string(), data);
+            } else if let Some(k) = name.strip_prefix("rmsprop.sq.") {
+                o.m.insert(k.to_string(), data);
+            } else {
+                return Err(fmt(format!("unexpected tensor `{name}`")));
+            }
+        }
+        Ok(o)
+    }
+}
+
+struct Vec1<'a>(&'a [f32], [usize; 1]);
+
+impl View for Vec1<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.1
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.0.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.0.len() * 4
     }
 }

@@ -49,7 +49,7 @@ impl ImageCache {
     /// The decoded image (from the cache, or decoded now and cached if the budget allows).
     /// Images `load_rgb` would downscale are refused: the annotations are in original pixels.
     pub fn get(&self, path: &PathBuf) -> Result<Arc<RgbImage>> {
-        if let Some(img) = self.map.lock().unwrap().get(path) {
+        if let Some(img) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(path) {
             return Ok(img.clone());
         }
         let loaded = load_rgb(path)?;
@@ -63,7 +63,7 @@ impl ImageCache {
         let img = Arc::new(loaded.rgb);
         let size = img.as_raw().len();
         if self.bytes.load(Ordering::Relaxed) + size <= self.budget {
-            let mut m = self.map.lock().unwrap();
+            let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
             if !m.contains_key(path) {
                 self.bytes.fetch_add(size, Ordering::Relaxed);
                 m.insert(path.clone(), img.clone());
@@ -78,7 +78,7 @@ impl ImageCache {
     }
 
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap().len()
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub fn is_empty(&self) -> bool {
