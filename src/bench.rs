@@ -248,3 +248,200 @@ pub fn bench_model(
     }
     Ok(rows)
 }
+
+/// Training FLOPs per image as a multiple of the forward FLOPs: the backward pass costs about
+/// twice the forward (the gradient with respect to the input plus the one with respect to the
+/// weights), so forward + backward is 3x forward.
+pub const TRAIN_FLOPS_PER_FORWARD: f64 = 3.0;
+
+/// One row of `wgpose bench train`: the CPU training step of one config.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainBenchRow {
+    pub model: String,
+    pub batch: usize,
+    /// `[c, h, w]` of one input image.
+    pub input: [usize; 3],
+    /// Trainable parameters.
+    pub params: usize,
+    /// The loss of the step, as `wgpose train` picks it: `mse`, or `rce` on logits for
+    /// sigmoid-output models.
+    pub loss: String,
+    /// Forward FLOPs per image of the training graph (multiply-add = 2).
+    pub fwd_gflops_per_image: f64,
+    /// [`TRAIN_FLOPS_PER_FORWARD`] x the forward FLOPs.
+    pub train_gflops_per_image: f64,
+    pub images_per_s: f64,
+    /// Median wall time of one step (forward, loss, backward, optimiser update).
+    pub ms_per_step: f64,
+    /// Training FLOPs per second: `train_gflops_per_image * images_per_s`.
+    pub gflop_s: f64,
+    /// Rayon threads the executor ran on.
+    pub threads: usize,
+}
+
+/// The configurations `wgpose bench train` measures by default: every config trained on LSP
+/// (name ending in `-lsp`).
+pub fn train_configs() -> Vec<crate::models::ModelConfig> {
+    crate::models::configs().into_iter().filter(|c| c.name.ends_with("-lsp")).collect()
+}
+
+/// Benchmarks the CPU training step of every [`train_configs`] entry whose name contains
+/// `filter`, with the input size overridden by `size` (`[h, w]`), at `batch` images per step,
+/// reporting each row as it is measured. See [`bench_train_config`].
+pub fn bench_train(
+    filter: Option<&str>,
+    size: Option<[usize; 2]>,
+    batch: usize,
+    reps: usize,
+    mut report: impl FnMut(&TrainBenchRow),
+) -> Result<Vec<TrainBenchRow>> {
+    let mut rows = Vec::new();
+    for cfg in train_configs() {
+        if filter.is_some_and(|f| !cfg.name.contains(f)) {
+            continue;
+        }
+        let cfg = match size {
+            Some([h, w]) => cfg.with_input([cfg.input[0], h, w]),
+            None => cfg,
+        };
+        let row = bench_train_config(&cfg, batch, reps)?;
+        report(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Median time of the training step `wgpose train` performs, on random data: the graph built
+/// from `cfg` (seed 0), its final sigmoid stripped and RCE as the loss for sigmoid-output models
+/// (MSE otherwise), batch norms in training mode, running statistics written back, and an Adam
+/// update (lr 1e-3, no weight decay). Inputs are uniform in [-1, 1) and targets are Gaussian
+/// heatmaps (sigma 2) around random keypoints, about 10% of joints unlabelled (fixed seeds).
+/// One warm-up step (which also allocates the optimiser state), then `reps` timed steps.
+pub fn bench_train_config(cfg: &crate::models::ModelConfig, batch: usize, reps: usize) -> Result<TrainBenchRow> {
+    use crate::error::Error;
+    use crate::train::{gaussian_heatmaps, mse_loss, rce_loss, stack_batch, train_step, BnMode, Optimizer};
+
+    if batch == 0 {
+        return Err(Error::Input("the training benchmark needs a batch of at least 1".into()));
+    }
+    let rce = cfg.sigmoid_output();
+    let mut graph = cfg.build(0)?;
+    if rce {
+        graph = crate::train::strip_final_sigmoid(&graph).0;
+    }
+    let shapes = graph.shapes(batch)?;
+    let inputs = graph.inputs();
+    let &[input_id] = inputs.as_slice() else {
+        return Err(Error::Graph(format!("{}: expected one graph input, found {}", cfg.name, inputs.len())));
+    };
+    let &first_out =
+        graph.outputs.first().ok_or_else(|| Error::Graph(format!("{}: the graph has no output", cfg.name)))?;
+    let [_, k, h, w] = shapes[first_out];
+
+    let mut rng = Rng::new(5);
+    let xs = shapes[input_id];
+    let x = Tensor::new(xs.to_vec(), rng.vec(xs.iter().product(), -1.0, 1.0))?;
+    let mut targets = Vec::with_capacity(batch);
+    let mut weights = Vec::with_capacity(batch * k);
+    for _ in 0..batch {
+        let kps: Vec<[f32; 3]> = (0..k)
+            .map(|_| {
+                let v = if rng.uniform() < 0.1 { 0.0 } else { 1.0 };
+                [rng.range(0.0, w as f32), rng.range(0.0, h as f32), v]
+            })
+            .collect();
+        let (t, wt) = gaussian_heatmaps(&kps, k, h, w, 2.0);
+        targets.push(t);
+        weights.extend(wt);
+    }
+    let target = stack_batch(&targets)?;
+
+    let fwd_flops = graph.flops(batch)? as f64 / batch as f64;
+    let params = graph.param_count();
+    let mut optim = Optimizer::adam(0.0);
+    let lr = 1e-3;
+    let ms = time_ms(reps.max(1), || {
+        let (loss, grads, tape) = train_step(&graph, std::slice::from_ref(&x), BnMode::Train, |outs| {
+            if rce {
+                rce_loss(outs, &target, &weights)
+            } else {
+                mse_loss(outs, &target, &weights)
+            }
+        })?;
+        if !loss.is_finite() {
+            return Err(Error::Input(format!("{}: the benchmark step's loss became {loss}", cfg.name)));
+        }
+        tape.apply_running_stats(&mut graph);
+        drop(tape);
+        optim.apply(&mut graph, &grads, lr)
+    })?;
+    let fwd_gflops_per_image = fwd_flops / 1e9;
+    let train_gflops_per_image = TRAIN_FLOPS_PER_FORWARD * fwd_gflops_per_image;
+    let images_per_s = batch as f64 / (ms / 1e3);
+    Ok(TrainBenchRow {
+        model: cfg.name.into(),
+        batch,
+        input: cfg.input,
+        params,
+        loss: if rce { "rce" } else { "mse" }.into(),
+        fwd_gflops_per_image,
+        train_gflops_per_image,
+        images_per_s,
+        ms_per_step: ms,
+        gflop_s: train_gflops_per_image * images_per_s,
+        threads: rayon::current_num_threads(),
+    })
+}
+
+/// Side of the square f32 GEMM [`gemm_peak_gflops`] times.
+pub const PEAK_GEMM_N: usize = 1024;
+
+/// The measured CPU peak: GFLOP/s of a `1024 x 1024 x 1024` f32 GEMM (`2 n^3` FLOPs) through the
+/// `gemm` crate exactly as the CPU executor's convolutions call it (row-major, overwrite, rayon
+/// parallelism over `threads_hint` threads, or single-threaded for 1; 0 means
+/// `rayon::current_num_threads()`). Median of 5 runs after a warm-up.
+pub fn gemm_peak_gflops(threads_hint: usize) -> f64 {
+    const REPS: usize = 5;
+    let n = PEAK_GEMM_N;
+    let threads = if threads_hint == 0 { rayon::current_num_threads() } else { threads_hint };
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let mut rng = Rng::new(17);
+    let a = rng.vec(n * n, -1.0, 1.0);
+    let b = rng.vec(n * n, -1.0, 1.0);
+    let mut c = vec![0.0f32; n * n];
+    let mut run = || {
+        // SAFETY: `a`, `b` and `c` are `n x n` row-major (column stride 1, row stride `n`), so
+        // every element the GEMM reads or writes is in bounds; `c` does not alias `a` or `b`.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    };
+    run();
+    let mut t = Vec::with_capacity(REPS);
+    for _ in 0..REPS {
+        let s = Instant::now();
+        run();
+        t.push(s.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / median(t) / 1e9
+}

@@ -105,15 +105,32 @@ fn hourglass_outputs_one_heatmap_per_stack_in_order() {
             assert_eq!(g.nodes[o].name, format!("stack{s}.heatmap"), "{}", c.name);
         }
         assert!(g.outputs.windows(2).all(|w| w[0] < w[1]));
-        // One soft gate per residual block, initialised to 1.
+        // One soft gate per residual block, initialised to 1 (none in the identity-skip ablation).
         let gates: Vec<_> = g.nodes.iter().filter(|n| matches!(n.op, Op::GatedAdd { .. })).collect();
-        assert!(!gates.is_empty());
+        assert_eq!(gates.is_empty(), !a.gated, "{}", c.name);
         for n in gates {
             let Op::GatedAdd { alpha } = &n.op else { unreachable!() };
             assert!(alpha.data.iter().all(|&v| v == 1.0), "{}", n.name);
             assert!(n.name.ends_with(".gate"), "{}", n.name);
         }
     }
+}
+
+#[test]
+fn identity_skip_ablation_differs_from_the_soft_gated_net_only_by_its_gates() {
+    let gated = config("sghg-1x64-lsp").unwrap().build(1).unwrap();
+    let plain = config("hg-identity-1x64-lsp").unwrap().build(1).unwrap();
+    let gates: Vec<_> = gated.nodes.iter().filter(|n| matches!(n.op, Op::GatedAdd { .. })).collect();
+    let adds: Vec<_> = plain.nodes.iter().filter(|n| n.name.ends_with(".add")).collect();
+    assert_eq!(gates.len(), adds.len());
+    for (g, a) in gates.iter().zip(&adds) {
+        assert!(matches!(a.op, Op::Add));
+        assert_eq!(g.name.trim_end_matches(".gate"), a.name.trim_end_matches(".add"));
+    }
+    let gate_params: usize =
+        gates.iter().map(|n| if let Op::GatedAdd { alpha } = &n.op { alpha.data.len() } else { 0 }).sum();
+    assert_eq!(gated.param_count(), plain.param_count() + gate_params);
+    assert_eq!(gated.nodes.len(), plain.nodes.len());
 }
 
 #[test]

@@ -1,7 +1,7 @@
-//! `wgpose bench ops`.
+//! `wgpose bench ops|models|train`.
 
 use clap::{Args, ValueEnum};
-use wgpose::bench::{bench_ops, BenchRow};
+use wgpose::bench::{bench_ops, bench_train, gemm_peak_gflops, BenchRow, TrainBenchRow, PEAK_GEMM_N};
 use wgpose::Result;
 
 use super::{open_gpu, DeviceArg};
@@ -12,6 +12,9 @@ pub enum Suite {
     Ops,
     /// Whole networks: latency, first-call latency, GFLOP/s and memory per config.
     Models,
+    /// CPU training step (forward + backward + optimiser) per trainable config: images/s and
+    /// GFLOP/s next to the measured GEMM peak.
+    Train,
 }
 
 #[derive(Args)]
@@ -28,14 +31,21 @@ pub struct BenchArgs {
     /// Only the cases (ops or model names) that contain this text.
     #[arg(long)]
     filter: Option<String>,
-    /// Input size HxW for `models`, overriding each config's own (e.g. 128x128).
+    /// Input size HxW for `models` and `train`, overriding each config's own (e.g. 128x128).
     #[arg(long)]
     size: Option<String>,
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// Images per run (default: 1 for `models`, 16 for `train`).
+    #[arg(long)]
+    batch: Option<usize>,
 }
 
+/// Batch of `bench train` when `--batch` is not given (the `wgpose train` default).
+const TRAIN_BATCH: usize = 16;
+
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.suite == Suite::Train {
+        return run_train(&a);
+    }
     let ctx = open_gpu(a.device)?;
     if let Some(c) = &ctx {
         if !a.json {
@@ -69,8 +79,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     Some([h, w]) => cfg.with_input([cfg.input[0], h, w]),
                     None => cfg,
                 };
-                let rows =
-                    wgpose::bench::bench_model(ctx.as_ref(), &cfg, a.batch, a.reps.max(1), a.device != DeviceArg::Gpu)?;
+                let rows = wgpose::bench::bench_model(
+                    ctx.as_ref(),
+                    &cfg,
+                    a.batch.unwrap_or(1),
+                    a.reps.max(1),
+                    a.device != DeviceArg::Gpu,
+                )?;
                 for r in rows {
                     if a.json {
                         println!("{}", serde_json::to_string(&r).unwrap_or_default());
@@ -93,6 +108,67 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Suite::Ops => {
             bench_ops(ctx.as_ref(), a.reps.max(1), a.filter.as_deref(), a.device != DeviceArg::Gpu, print)?;
         }
+        // Handled before any GPU is opened.
+        Suite::Train => return run_train(&a),
+    }
+    Ok(())
+}
+
+/// `wgpose bench train`: CPU only, no GPU is opened.
+fn run_train(a: &BenchArgs) -> Result<()> {
+    if a.device == DeviceArg::Gpu {
+        eprintln!("note: `bench train` measures the CPU training step; --device gpu is ignored");
+    }
+    let size = a.size.as_deref().map(super::profile::parse_size).transpose()?;
+    let batch = a.batch.unwrap_or(TRAIN_BATCH);
+    let threads = rayon::current_num_threads();
+    let peak = gemm_peak_gflops(threads);
+    let pct = |r: &TrainBenchRow| 100.0 * r.gflop_s / peak;
+    if !a.json {
+        println!(
+            "CPU threads: {threads}   measured CPU peak (f32 GEMM {n}x{n}x{n}): {peak:.1} GFLOP/s",
+            n = PEAK_GEMM_N
+        );
+        println!(
+            "{:<24} {:>5} {:>9} {:>10} {:>13} {:>8} {:>10} {:>9} {:>7}",
+            "model", "batch", "input", "params (M)", "fwd GFLOPs/img", "img/s", "ms/step", "GFLOP/s", "% peak"
+        );
+    }
+    let rows = bench_train(a.filter.as_deref(), size, batch, a.reps.max(1), |r| {
+        if a.json {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("gemm_peak_gflops".into(), peak.into());
+                o.insert("pct_of_peak".into(), pct(r).into());
+            }
+            println!("{v}");
+        } else {
+            println!(
+                "{:<24} {:>5} {:>9} {:>10.2} {:>13.3} {:>8.2} {:>10.1} {:>9.2} {:>6.1}%",
+                r.model,
+                r.batch,
+                format!("{}x{}", r.input[1], r.input[2]),
+                r.params as f64 / 1e6,
+                r.fwd_gflops_per_image,
+                r.images_per_s,
+                r.ms_per_step,
+                r.gflop_s,
+                pct(r)
+            );
+        }
+    })?;
+    if !a.json {
+        if rows.is_empty() {
+            println!("(no trainable config matches the filter)");
+        }
+        println!(
+            "\nStep = forward (batch-norm batch statistics) + loss (MSE; RCE on logits for sigmoid-output models) + backward"
+        );
+        println!("+ Adam update, on random inputs and Gaussian targets; median of --reps steps after 1 warm-up.");
+        println!("Training FLOPs per image = 3 x forward FLOPs (convention: backward ~ 2x forward, gradient wrt input");
+        println!(
+            "+ gradient wrt weights); GFLOP/s = 3 x fwd GFLOPs/img x img/s; % peak is relative to the GEMM above."
+        );
     }
     Ok(())
 }

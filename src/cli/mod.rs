@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Benchmarks: `ops` (single layers on both executors).
+    /// Benchmarks: `ops` (single layers), `models` (whole networks), `train` (CPU training step).
     Bench(bench::BenchArgs),
     /// Per-layer GPU time of a model from timestamp queries, as a table and optionally a Chrome trace.
     Profile(profile::ProfileArgs),

@@ -48,6 +48,10 @@ pub struct HourglassArch {
     pub stem_width: usize,
     /// Initial value of every soft gate.
     pub gate_init: f32,
+    /// Soft gates on the skips (the paper's block); false gives the plain identity skip
+    /// `concat(a, b, c) + skip` of the original hourglass block, for the ablation: the network
+    /// loses only the per-channel gates (`C` parameters per block).
+    pub gated: bool,
     /// Max-pool right after the 7x7 convolution, so the first stem block runs at stride 4
     /// instead of 2 (false in every named config: the brief's / Newell's stem). Saves ~0.9 GMACs
     /// at 256x256 for C >= 128, which is about the gap between our and the paper's FLOPs.
@@ -56,7 +60,21 @@ pub struct HourglassArch {
 
 impl HourglassArch {
     pub fn new(stacks: usize, channels: usize) -> Self {
-        HourglassArch { stacks, channels, depth: 4, blocks: 1, stem_width: 64, gate_init: 1.0, stem_pool_first: false }
+        HourglassArch {
+            stacks,
+            channels,
+            depth: 4,
+            blocks: 1,
+            stem_width: 64,
+            gate_init: 1.0,
+            gated: true,
+            stem_pool_first: false,
+        }
+    }
+
+    /// The gate every block gets: `Some(gate_init)`, or None for the identity skip.
+    fn gate(&self) -> Option<f32> {
+        self.gated.then_some(self.gate_init)
     }
 
     pub(super) fn validate(&self) -> Result<()> {
@@ -152,11 +170,18 @@ pub(super) fn configs() -> Vec<ModelConfig> {
             None,
             "Small CPU-trainable variant of sghg-1x64: 128x128 input, LSP 14 joints, 32x32 heatmaps.",
         ),
+        ModelConfig {
+            name: "hg-identity-1x64-lsp",
+            note: "Ablation of sghg-1x64-lsp: the same network with the plain identity skip (no soft gates); \
+                   it has 1,088 fewer parameters (the gates), 0.2% of the total.",
+            arch: Arch::Hourglass(HourglassArch { gated: false, ..HourglassArch::new(1, 64) }),
+            ..hg("", 1, 64, 128, LSP, None, "")
+        },
     ]
 }
 
 /// The soft-gated residual block `cin -> cout`, nodes under `p`.
-fn block(b: &mut GraphBuilder, p: &str, x: NodeId, cout: usize, gate: f32) -> Result<NodeId> {
+fn block(b: &mut GraphBuilder, p: &str, x: NodeId, cout: usize, gate: Option<f32>) -> Result<NodeId> {
     let cin = b.channels(x);
     let (c1, c2) = (cout / 2, cout / 4);
     let c3 = cout - c1 - c2;
@@ -169,11 +194,21 @@ fn block(b: &mut GraphBuilder, p: &str, x: NodeId, cout: usize, gate: f32) -> Re
     } else {
         blocks::bn_relu_conv(b, &format!("{p}.proj"), x, ConvSpec::new(cout, 1).no_bias())?
     };
-    b.gated_add(&format!("{p}.gate"), skip, cat, gate)
+    match gate {
+        Some(alpha) => b.gated_add(&format!("{p}.gate"), skip, cat, alpha),
+        None => b.add(&format!("{p}.add"), skip, cat),
+    }
 }
 
 /// `n` blocks in sequence: `<p>` when n == 1, else `<p>0`, `<p>1`, ...
-fn blocks_seq(b: &mut GraphBuilder, p: &str, mut x: NodeId, cout: usize, n: usize, gate: f32) -> Result<NodeId> {
+fn blocks_seq(
+    b: &mut GraphBuilder,
+    p: &str,
+    mut x: NodeId,
+    cout: usize,
+    n: usize,
+    gate: Option<f32>,
+) -> Result<NodeId> {
     for i in 0..n.max(1) {
         let name = if n <= 1 { p.to_string() } else { format!("{p}{i}") };
         x = block(b, &name, x, cout, gate)?;
@@ -185,15 +220,15 @@ fn blocks_seq(b: &mut GraphBuilder, p: &str, mut x: NodeId, cout: usize, n: usiz
 fn hourglass(b: &mut GraphBuilder, p: &str, x: NodeId, level: usize, a: &HourglassArch) -> Result<NodeId> {
     let c = a.channels;
     let q = format!("{p}.d{level}");
-    let skip = blocks_seq(b, &format!("{q}.skip"), x, c, a.blocks, a.gate_init)?;
+    let skip = blocks_seq(b, &format!("{q}.skip"), x, c, a.blocks, a.gate())?;
     let low = b.max_pool(&format!("{q}.pool"), x, 2, 2, 0)?;
-    let low = blocks_seq(b, &format!("{q}.down"), low, c, a.blocks, a.gate_init)?;
+    let low = blocks_seq(b, &format!("{q}.down"), low, c, a.blocks, a.gate())?;
     let low = if level > 1 {
         hourglass(b, p, low, level - 1, a)?
     } else {
-        blocks_seq(b, &format!("{q}.bottom"), low, c, a.blocks, a.gate_init)?
+        blocks_seq(b, &format!("{q}.bottom"), low, c, a.blocks, a.gate())?
     };
-    let low = blocks_seq(b, &format!("{q}.up"), low, c, a.blocks, a.gate_init)?;
+    let low = blocks_seq(b, &format!("{q}.up"), low, c, a.blocks, a.gate())?;
     let up = b.upsample_nearest(&format!("{q}.upsample"), low, 2)?;
     let cat = b.concat(&format!("{q}.merge.cat"), &[up, skip])?;
     b.conv(&format!("{q}.merge.conv"), cat, ConvSpec::new(c, 1))
@@ -203,7 +238,7 @@ pub(super) fn build(a: &HourglassArch, input: [usize; 3], joints: usize, seed: u
     a.validate()?;
     let mut b = GraphBuilder::new(seed);
     let c = a.channels;
-    let g = a.gate_init;
+    let g = a.gate();
     let x = b.input("input", input)?;
     let x = blocks::conv_bn(&mut b, "stem.conv1", x, ConvSpec::new(a.stem_width, 7).stride(2), true)?;
     let mid = c.min(128);
