@@ -84,7 +84,7 @@ fn parse_args() -> Result<Args, String> {
         None => {
             let all = wgpose::models::configs();
             *all.iter()
-                .find(|c| c.name == "sghg-1x64-lsp")
+                .find(|c| c.name == wgpose::models::DEFAULT_MODEL)
                 .or_else(|| all.iter().find(|c| c.name.ends_with("-lsp")))
                 .unwrap_or(&all[0])
         }

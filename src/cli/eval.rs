@@ -12,8 +12,9 @@ use wgpose::pipeline::crop::ImageRef;
 use wgpose::skeleton::Skeleton;
 use wgpose::{Error, Result};
 
-use super::predict::{resolve_model, DEFAULT_MODEL};
+use super::predict::resolve_model;
 use super::{open_gpu, DeviceArg};
+use wgpose::models::DEFAULT_MODEL;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {

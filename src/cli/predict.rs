@@ -11,8 +11,7 @@ use wgpose::{Error, Result};
 
 use super::{open_gpu, DeviceArg};
 
-/// The default model of `predict` and the demo.
-pub const DEFAULT_MODEL: &str = "sghg-1x64-lsp";
+use wgpose::models::DEFAULT_MODEL;
 
 #[derive(Args)]
 pub struct PredictArgs {

@@ -81,6 +81,10 @@ const COCO: usize = 17;
 const MPII: usize = 16;
 const LSP: usize = 14;
 
+/// The default model of `wgpose predict`, `wgpose eval` and the demo: the shipped weights with the
+/// best validation accuracy for their cost (see `models/README.md`).
+pub const DEFAULT_MODEL: &str = "sghg-1x64-lsp";
+
 /// Every named configuration.
 pub fn configs() -> Vec<ModelConfig> {
     let mut v = soft_gated_hourglass::configs();
