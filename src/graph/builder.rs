@@ -17,6 +17,8 @@ pub struct ConvSpec {
     pub dilation: [usize; 2],
     pub groups: usize,
     pub bias: bool,
+    /// Standard deviation of the normal initial weights; None: Kaiming (fan-in).
+    pub init_std: Option<f32>,
 }
 
 impl ConvSpec {
@@ -29,6 +31,7 @@ impl ConvSpec {
             dilation: [1, 1],
             groups: 1,
             bias: true,
+            init_std: None,
         }
     }
     pub fn stride(mut self, s: usize) -> Self {
@@ -45,6 +48,11 @@ impl ConvSpec {
     }
     pub fn groups(mut self, g: usize) -> Self {
         self.groups = g;
+        self
+    }
+    /// Normal initialisation with this standard deviation instead of Kaiming's.
+    pub fn init_std(mut self, std: f32) -> Self {
+        self.init_std = Some(std);
         self
     }
     pub fn no_bias(mut self) -> Self {
@@ -83,12 +91,13 @@ impl GraphBuilder {
         self.push(name, Op::Input { chw }, vec![], chw[0])
     }
 
-    /// Convolution with Kaiming-normal weights (fan-in) and zero bias.
+    /// Convolution with Kaiming-normal weights (fan-in, unless the spec sets `init_std`) and zero
+    /// bias.
     pub fn conv(&mut self, name: &str, x: NodeId, s: ConvSpec) -> Result<NodeId> {
         let cin = self.channels[x];
         let cin_g = cin / s.groups.max(1);
         let fan_in = (cin_g * s.kernel[0] * s.kernel[1]).max(1);
-        let std = (2.0 / fan_in as f32).sqrt();
+        let std = s.init_std.unwrap_or((2.0 / fan_in as f32).sqrt());
         let n = s.cout * cin_g * s.kernel[0] * s.kernel[1];
         let w: Vec<f32> = (0..n).map(|_| self.rng.normal() * std).collect();
         let bias = if s.bias {
