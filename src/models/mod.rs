@@ -83,7 +83,7 @@ const LSP: usize = 14;
 
 /// The default model of `wgpose predict`, `wgpose eval` and the demo: the shipped weights with the
 /// best validation accuracy for their cost (see `models/README.md`).
-pub const DEFAULT_MODEL: &str = "sghg-1x64-lsp";
+pub const DEFAULT_MODEL: &str = "fasterpose-r18-s16-lsp";
 
 /// Every named configuration.
 pub fn configs() -> Vec<ModelConfig> {
