@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use crate::cpu::gemm::{matmul, Mat, MatMut, Parallelism};
 use crate::error::Result;
 use crate::gpu::{GpuContext, GpuModel};
 use crate::graph::{Act, Conv2d, Epilogue, Graph, Op};
@@ -404,37 +405,13 @@ pub fn gemm_peak_gflops(threads_hint: usize) -> f64 {
     const REPS: usize = 5;
     let n = PEAK_GEMM_N;
     let threads = if threads_hint == 0 { rayon::current_num_threads() } else { threads_hint };
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let mut rng = Rng::new(17);
     let a = rng.vec(n * n, -1.0, 1.0);
     let b = rng.vec(n * n, -1.0, 1.0);
     let mut c = vec![0.0f32; n * n];
     let mut run = || {
-        // SAFETY: `a`, `b` and `c` are `n x n` row-major (column stride 1, row stride `n`), so
-        // every element the GEMM reads or writes is in bounds; `c` does not alias `a` or `b`.
-        unsafe {
-            gemm::gemm(
-                n,
-                n,
-                n,
-                c.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                1,
-                n as isize,
-                b.as_ptr(),
-                1,
-                n as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+        matmul(MatMut::rows(&mut c, n, n, n), Mat::rows(&a, n, n, n), Mat::rows(&b, n, n, n), false, par);
     };
     run();
     let mut t = Vec::with_capacity(REPS);

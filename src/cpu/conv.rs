@@ -1,7 +1,7 @@
 //! Fast CPU convolution.
 //!
 //! - General case: per batch item and group, `out[cout_g, oh*ow] = W[cout_g, K] x B[K, oh*ow]`
-//!   with `K = cin_g*kh*kw` through `gemm::gemm`, where `B` is the im2col matrix. The output is
+//!   with `K = cin_g*kh*kw` through `super::gemm::matmul`, where `B` is the im2col matrix. The output is
 //!   processed in tiles of whole output rows so the im2col buffer stays small (and is reused
 //!   across calls), and the epilogue runs on each tile right after its GEMM, while it is still in
 //!   cache.
@@ -15,6 +15,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::gemm::{matmul, Mat, MatMut, Parallelism};
 use super::ops::{act_in_place, planes_per_task, valid_range};
 use crate::graph::{Act, Conv2d, Residual};
 use crate::tensor::Tensor;
@@ -102,7 +103,7 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
     // Output rows per tile (for the direct 1x1 case, tiles only keep the epilogue in cache).
     let rows = (TILE_ELEMS / (k * ow).max(1)).clamp(1, oh);
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
 
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
@@ -125,33 +126,13 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
                         (buf, cols)
                     };
                     let yt = &mut y[y0..y0 + cout_g * ohw];
-                    // SAFETY: dst is `cout_g` rows of `cols` elements at row stride `ohw`
-                    // starting at `oy0 * ow` inside `yt`; lhs is `cout_g x k` row-major inside
-                    // `wg`; rhs is `k` rows of `cols` elements at row stride `rhs_rs` inside
-                    // `rhs` (im2col tile or the input slice itself). All ranges are in bounds.
-                    unsafe {
-                        gemm::gemm(
-                            cout_g,
-                            cols,
-                            k,
-                            yt.as_mut_ptr().add(oy0 * ow),
-                            1,
-                            ohw as isize,
-                            false,
-                            wg.as_ptr(),
-                            1,
-                            k as isize,
-                            rhs.as_ptr(),
-                            1,
-                            rhs_rs as isize,
-                            0.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
-                            par,
-                        );
-                    }
+                    matmul(
+                        MatMut::rows(&mut yt[oy0 * ow..], cout_g, cols, ohw),
+                        Mat::rows(wg, cout_g, k, k),
+                        Mat::rows(rhs, k, cols, rhs_rs),
+                        false,
+                        par,
+                    );
                     if !ep.is_identity() {
                         let c0 = oy0 * ow;
                         yt.par_chunks_mut(ohw).with_min_len(planes_per_task(cols)).enumerate().for_each(

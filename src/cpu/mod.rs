@@ -13,6 +13,7 @@
 //! parameters are all `Err`.
 
 pub mod conv;
+pub mod gemm;
 pub mod ops;
 pub mod reference;
 

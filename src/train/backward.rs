@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use crate::cpu::conv::im2col;
+use crate::cpu::gemm::{matmul, Mat, MatMut, Parallelism};
 use crate::cpu::ops::{bilinear_taps, planes_per_task, valid_range};
 use crate::graph::{Act, Conv2d};
 use crate::tensor::Tensor;
@@ -58,12 +59,12 @@ pub fn conv2d_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> Co
     ConvGrads { dx: dx.map(|d| like(x, d)), dw: Tensor { shape: c.weight.shape.clone(), data: dw }, db }
 }
 
-fn parallelism() -> gemm::Parallelism {
+fn parallelism() -> Parallelism {
     let threads = rayon::current_num_threads();
     if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
+        Parallelism::Rayon(threads)
     } else {
-        gemm::Parallelism::None
+        Parallelism::None
     }
 }
 
@@ -73,7 +74,7 @@ fn gemm_conv_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> (Op
     let k = (cin / c.groups) * c.kernel()[0] * c.kernel()[1];
     let mut dx = if need_dx { vec![0.0f32; x.data.len()] } else { Vec::new() };
     let threads = rayon::current_num_threads();
-    let per_item = |b0: usize, dxs: &mut [f32], par: gemm::Parallelism| -> Vec<f32> {
+    let per_item = |b0: usize, dxs: &mut [f32], par: Parallelism| -> Vec<f32> {
         // Gradients of batch items b0.. (as many as `dxs` holds, or all remaining when dx is
         // not needed), into a private dW.
         let items = if need_dx { dxs.len() / (cin * h * w) } else { n - b0 };
@@ -92,7 +93,7 @@ fn gemm_conv_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> (Op
         let parts: Vec<Vec<f32>> = if need_dx {
             dx.par_chunks_mut(chunk * cin * h * w)
                 .enumerate()
-                .map(|(i, d)| per_item(i * chunk, d, gemm::Parallelism::None))
+                .map(|(i, d)| per_item(i * chunk, d, Parallelism::None))
                 .collect()
         } else {
             (0..n.div_ceil(chunk))
@@ -101,7 +102,7 @@ fn gemm_conv_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> (Op
                     let mut dw = vec![0.0f32; cout * k];
                     let mut ws = Workspace::default();
                     for b in i * chunk..((i + 1) * chunk).min(n) {
-                        item_backward(x, dy, c, b, None, &mut dw, &mut ws, gemm::Parallelism::None);
+                        item_backward(x, dy, c, b, None, &mut dw, &mut ws, Parallelism::None);
                     }
                     dw
                 })
@@ -135,7 +136,7 @@ fn item_backward(
     mut dxb: Option<&mut [f32]>,
     dw: &mut [f32],
     ws: &mut Workspace,
-    par: gemm::Parallelism,
+    par: Parallelism,
 ) {
     let [_, cin, h, w] = dims(x);
     let [_, cout, oh, ow] = dims(dy);
@@ -164,62 +165,26 @@ fn item_backward(
             &ws.col[..k * ohw]
         };
         // dW_g[cout_g, k] += dY_g[cout_g, ohw] * col[k, ohw]^T
-        // SAFETY: dst is cout_g x k row-major inside dw; lhs is cout_g x ohw row-major inside
-        // dyg; rhs element (p, kk) is colref[kk * ohw + p], in bounds (colref has k * ohw).
-        unsafe {
-            gemm::gemm(
-                cout_g,
-                k,
-                ohw,
-                dw.as_mut_ptr().add(g * cout_g * k),
-                1,
-                k as isize,
-                true,
-                dyg.as_ptr(),
-                1,
-                ohw as isize,
-                colref.as_ptr(),
-                ohw as isize,
-                1,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+        matmul(
+            MatMut::rows(&mut dw[g * cout_g * k..], cout_g, k, k),
+            Mat::rows(dyg, cout_g, ohw, ohw),
+            Mat::transposed(colref, ohw, k, ohw),
+            true,
+            par,
+        );
         let Some(dxb) = dxb.as_deref_mut() else {
             continue;
         };
         let dxg = &mut dxb[g * cin_g * hw..(g + 1) * cin_g * hw];
         // dcol[k, ohw] = W_g^T[k, cout_g] * dY_g[cout_g, ohw]
         let dst: &mut [f32] = if direct { dxg } else { &mut ws.dcol[..k * ohw] };
-        // SAFETY: dst is k rows of ohw elements at row stride ohw (hw == ohw when direct);
-        // lhs element (kk, o) is wg[o * k + kk]; rhs is cout_g x ohw row-major inside dyg.
-        unsafe {
-            gemm::gemm(
-                k,
-                ohw,
-                cout_g,
-                dst.as_mut_ptr(),
-                1,
-                ohw as isize,
-                false,
-                wg.as_ptr(),
-                k as isize,
-                1,
-                dyg.as_ptr(),
-                1,
-                ohw as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+        matmul(
+            MatMut::rows(dst, k, ohw, ohw),
+            Mat::transposed(wg, k, cout_g, k),
+            Mat::rows(dyg, cout_g, ohw, ohw),
+            false,
+            par,
+        );
         if !direct {
             col2im(&ws.dcol[..k * ohw], [cin_g, h, w], c, [oh, ow], dxg);
         }
