@@ -336,3 +336,58 @@ fn session_writes_everything_and_resume_continues() {
     eprintln!("resumed vs straight: max rel diff {worst:e}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn cosine_schedule_warms_up_then_decays_to_the_floor() {
+    use wgpose::trainer::session::schedule_lr;
+    let a = Cli::parse_from([
+        "t",
+        "--model",
+        "sghg-1x64-lsp",
+        "--root",
+        "x",
+        "--lr",
+        "1e-3",
+        "--lr-min",
+        "1e-5",
+        "--schedule",
+        "cosine",
+        "--warmup",
+        "10",
+    ])
+    .args;
+    // Warm-up: linear from lr/10 at step 0 to the cosine value at step 9.
+    assert!((schedule_lr(&a, 0, 0, 1000) - 1e-4).abs() < 1e-9);
+    assert!(schedule_lr(&a, 0, 5, 1000) < schedule_lr(&a, 0, 9, 1000));
+    // Half way: the mean of the two ends; at the end: the floor.
+    assert!((schedule_lr(&a, 0, 500, 1000) - 5.05e-4).abs() < 1e-8);
+    assert!((schedule_lr(&a, 3, 1000, 1000) - 1e-5).abs() < 1e-9);
+    // Monotone after the warm-up.
+    let lrs: Vec<f32> = (10..1000).map(|s| schedule_lr(&a, 0, s, 1000)).collect();
+    assert!(lrs.windows(2).all(|w| w[1] <= w[0]));
+}
+
+#[test]
+fn box_shift_moves_the_crop_and_half_body_frames_one_half() {
+    use wgpose::trainer::augment::{half_body_keypoints, person_crop, person_crop_jittered};
+    let kps = person();
+    let shape = shape128();
+    let c0 = person_crop(&kps, &shape, 0.0, 1.0, false).unwrap();
+    let c1 = person_crop_jittered(&kps, &shape, 0.0, 1.0, false, [0.1, -0.2]).unwrap();
+    // The same image point moves left/down in the input when the box moves right/up.
+    let (u0, v0) = c0.map_to_input(96.0, 90.0);
+    let (u1, v1) = c1.map_to_input(96.0, 90.0);
+    assert!(u1 < u0 - 1.0 && v1 > v0 + 1.0, "({u0}, {v0}) -> ({u1}, {v1})");
+    // Upper half: arms, shoulders, neck, head only; lower: hips, knees, ankles only.
+    let up = half_body_keypoints(&kps, &LSP14, true).unwrap();
+    let low = half_body_keypoints(&kps, &LSP14, false).unwrap();
+    for j in 0..14 {
+        let lower_joint = j < 6;
+        assert_eq!(up[j][2] > 0.0, !lower_joint, "joint {j}");
+        assert_eq!(low[j][2] > 0.0, lower_joint, "joint {j}");
+    }
+    // Too few labelled joints: no half-body crop.
+    let mut few = kps.clone();
+    few.iter_mut().skip(7).for_each(|k| k[2] = 0.0);
+    assert!(half_body_keypoints(&few, &LSP14, true).is_none());
+}

@@ -36,19 +36,58 @@ pub struct AugmentConfig {
     pub flip_prob: f32,
     /// Brightness / contrast / saturation factors uniform in `[1 - c, 1 + c]`.
     pub color: f32,
+    /// Box jitter: the crop centre moves by up to this fraction of the box's width / height
+    /// on each axis (a detector's boxes are loose and shifted; the pose network must cope).
+    pub shift: f32,
+    /// Probability of a half-body crop (upper or lower body joints only, as in HRNet), drawn
+    /// only for people with at least 8 labelled joints.
+    pub half_body_prob: f32,
 }
 
 impl Default for AugmentConfig {
     /// +-30 degrees, scale 0.75-1.25, flip p = 0.5, colour +-20%.
     fn default() -> Self {
-        AugmentConfig { rotation_deg: 30.0, scale: (0.75, 1.25), flip_prob: 0.5, color: 0.2 }
+        AugmentConfig {
+            rotation_deg: 30.0,
+            scale: (0.75, 1.25),
+            flip_prob: 0.5,
+            color: 0.2,
+            shift: 0.0,
+            half_body_prob: 0.0,
+        }
     }
 }
 
 impl AugmentConfig {
     /// No augmentation at all (validation framing).
     pub fn none() -> Self {
-        AugmentConfig { rotation_deg: 0.0, scale: (1.0, 1.0), flip_prob: 0.0, color: 0.0 }
+        AugmentConfig {
+            rotation_deg: 0.0,
+            scale: (1.0, 1.0),
+            flip_prob: 0.0,
+            color: 0.0,
+            shift: 0.0,
+            half_body_prob: 0.0,
+        }
+    }
+
+    /// Words for the model card.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "rotation +-{} deg, scale {}-{}, flip {}, colour +-{}%",
+            self.rotation_deg,
+            self.scale.0,
+            self.scale.1,
+            self.flip_prob,
+            (self.color * 100.0).round()
+        );
+        if self.shift > 0.0 {
+            s += &format!(", box shift +-{}", self.shift);
+        }
+        if self.half_body_prob > 0.0 {
+            s += &format!(", half body {}", self.half_body_prob);
+        }
+        s
     }
 }
 
@@ -63,6 +102,10 @@ pub struct AugmentParams {
     pub saturation: f32,
     /// Order of the three colour operations (a permutation of 0, 1, 2).
     pub color_order: [u8; 3],
+    /// Crop centre shift as fractions of the box's width and height.
+    pub shift: [f32; 2],
+    /// Half-body crop: `None`, or `Some(true)` upper body / `Some(false)` lower body.
+    pub half_body: Option<bool>,
 }
 
 impl AugmentParams {
@@ -76,6 +119,8 @@ impl AugmentParams {
             contrast: 1.0,
             saturation: 1.0,
             color_order: [0, 1, 2],
+            shift: [0.0, 0.0],
+            half_body: None,
         }
     }
 
@@ -91,7 +136,31 @@ impl AugmentParams {
             let j = rng.below(i + 1);
             order.swap(i, j);
         }
-        AugmentParams { rotation_deg: rot, scale, flip, brightness, contrast, saturation, color_order: order }
+        // Draws added later come last, and only when enabled, so that a configuration without
+        // them keeps the exact stream (and batches) it had before they existed.
+        let shift = if cfg.shift > 0.0 {
+            [rng.range(-1.0, 1.0) * cfg.shift, rng.range(-1.0, 1.0) * cfg.shift]
+        } else {
+            [0.0, 0.0]
+        };
+        let half_body = if cfg.half_body_prob > 0.0 {
+            let hb = rng.uniform();
+            let upper = rng.uniform() < 0.5;
+            (hb < cfg.half_body_prob).then_some(upper)
+        } else {
+            None
+        };
+        AugmentParams {
+            rotation_deg: rot,
+            scale,
+            flip,
+            brightness,
+            contrast,
+            saturation,
+            color_order: order,
+            shift,
+            half_body,
+        }
     }
 }
 
@@ -138,10 +207,23 @@ pub fn person_crop(
     scale: f32,
     flip: bool,
 ) -> Result<CropTransform> {
+    person_crop_jittered(keypoints, shape, rotation_deg, scale, flip, [0.0, 0.0])
+}
+
+/// [`person_crop`] with the box centre moved by `shift` (fractions of the box's size).
+pub fn person_crop_jittered(
+    keypoints: &[[f32; 3]],
+    shape: &SampleShape,
+    rotation_deg: f32,
+    scale: f32,
+    flip: bool,
+    shift: [f32; 2],
+) -> Result<CropTransform> {
     let bbox = box_from_keypoints(keypoints, LSP_BOX_ENLARGE)
         .ok_or_else(|| Error::Input("no labelled joint: cannot form the person box".into()))?;
     // A person whose joints all coincide yields a zero-size box; give it one pixel.
-    let bbox = [bbox[0], bbox[1], bbox[2].max(1.0), bbox[3].max(1.0)];
+    let (w, h) = (bbox[2].max(1.0), bbox[3].max(1.0));
+    let bbox = [bbox[0] + shift[0] * w, bbox[1] + shift[1] * h, w, h];
     let cfg = CropConfig::default().with_padding(scale).with_rotation(rotation_deg).with_flip(flip);
     CropTransform::from_box(bbox, shape.input_w, shape.input_h, &cfg)
 }
@@ -154,7 +236,12 @@ pub fn make_sample(
     shape: &SampleShape,
     p: &AugmentParams,
 ) -> Result<Sample> {
-    let crop = person_crop(keypoints, shape, p.rotation_deg, p.scale, p.flip)?;
+    let box_kps = match p.half_body {
+        Some(upper) => half_body_keypoints(keypoints, skeleton, upper),
+        None => None,
+    };
+    let crop =
+        person_crop_jittered(box_kps.as_deref().unwrap_or(keypoints), shape, p.rotation_deg, p.scale, p.flip, p.shift)?;
     let (w, h) = (shape.input_w, shape.input_h);
     let mut data = vec![0f32; 3 * w * h];
     let unit = Normalization { mean: [0.0; 3], std: [1.0; 3] };
@@ -169,6 +256,25 @@ pub fn make_sample(
     let kps = map_keypoints(keypoints, skeleton, &crop, shape, p.flip);
     let (target, weights) = gaussian_heatmaps(&kps, shape.joints, shape.heatmap_h, shape.heatmap_w, shape.sigma);
     Ok(Sample { input: Tensor { shape: vec![3, h, w], data }, target, weights, keypoints_hm: kps, crop })
+}
+
+/// The keypoints a half-body crop is framed on: the upper-body (head, neck, shoulders, elbows,
+/// wrists) or lower-body (hips, knees, ankles) joints, with the others unlabelled. `None` when
+/// fewer than 8 joints are labelled or the chosen half has fewer than 2 (HRNet's rule), or the
+/// skeleton does not name its joints that way. Targets keep every joint: those outside the
+/// crop get weight 0 through [`map_keypoints`].
+pub fn half_body_keypoints(keypoints: &[[f32; 3]], skeleton: &Skeleton, upper: bool) -> Option<Vec<[f32; 3]>> {
+    let labelled = keypoints.iter().filter(|k| k[2] > 0.0).count();
+    if labelled < 8 || skeleton.joints.len() != keypoints.len() {
+        return None;
+    }
+    let is_lower = |name: &str| ["hip", "knee", "ankle"].iter().any(|p| name.contains(p));
+    let kept: Vec<[f32; 3]> = keypoints
+        .iter()
+        .zip(skeleton.joints.iter())
+        .map(|(k, name)| if is_lower(name) != upper { *k } else { [k[0], k[1], 0.0] })
+        .collect();
+    (kept.iter().filter(|k| k[2] > 0.0).count() >= 2).then_some(kept)
 }
 
 /// Dataset keypoints (image pixels) -> heatmap coordinates through `crop`, with the left/right

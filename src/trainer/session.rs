@@ -67,6 +67,15 @@ pub enum LossArg {
     Rce,
 }
 
+/// Learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    /// `--lr` multiplied by `--lr-gamma` every `--lr-step` epochs.
+    Step,
+    /// Cosine decay per step from `--lr` to `--lr-min` over the whole run (`--epochs`).
+    Cosine,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OptimArg {
     Adam,
@@ -114,6 +123,28 @@ pub struct TrainArgs {
     /// Checkpoint to continue from (`checkpoint-eNNN.safetensors`).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Warm start: initial weights (e.g. the shipped `models/<config>.safetensors`) for a new
+    /// run with a fresh optimiser and schedule; the card counts their training crops too.
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
+    /// Training crops behind `--init` when its card does not say (older cards count
+    /// `epochs x train_limit`, wrong for runs whose per-epoch limit changed).
+    #[arg(long, requires = "init")]
+    pub init_crops: Option<u64>,
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Step)]
+    pub schedule: ScheduleArg,
+    /// Final learning rate of the cosine schedule.
+    #[arg(long, default_value_t = 0.0)]
+    pub lr_min: f32,
+    /// Linear learning-rate warm-up over this many steps (both schedules).
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
+    /// Box jitter: the crop centre moves by up to this fraction of the box size per axis.
+    #[arg(long, default_value_t = 0.0)]
+    pub shift: f32,
+    /// Probability of a half-body crop (people with >= 8 labelled joints).
+    #[arg(long, default_value_t = 0.0)]
+    pub half_body: f32,
     /// Images per epoch (a seeded random subset, different each epoch).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -146,6 +177,23 @@ pub struct TrainArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The learning rate of optimiser step `step` (0-based) in epoch `epoch` of a run of
+/// `total_steps` steps.
+pub fn schedule_lr(a: &TrainArgs, epoch: usize, step: u64, total_steps: u64) -> f32 {
+    let base = match a.schedule {
+        ScheduleArg::Step => step_lr(a.lr, a.lr_gamma, a.lr_step, epoch),
+        ScheduleArg::Cosine => {
+            let t = (step as f64 / total_steps.max(1) as f64).min(1.0);
+            (a.lr_min as f64 + 0.5 * (a.lr - a.lr_min) as f64 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
+        }
+    };
+    if step < a.warmup {
+        base * (step + 1) as f32 / a.warmup as f32
+    } else {
+        base
+    }
 }
 
 /// What a finished run reports.
@@ -367,11 +415,31 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     };
     let mut optim = Optim::new(kind, a.weight_decay);
     let (mut epoch0, mut step, mut prior_s) = (0usize, 0u64, 0.0f64);
+    // Crops seen by the weights before this run (warm start), for the card.
+    let mut prior_crops = 0u64;
+    let mut init_desc = String::new();
+    if let Some(w) = &a.init {
+        let card = weights::load_into(w, &mut graph)?;
+        prior_crops = a
+            .init_crops
+            .or_else(|| card.extra.get("train_crops_total").and_then(|s| s.parse().ok()))
+            .unwrap_or_else(|| {
+                let per = card.extra.get("train_limit").and_then(|s| s.parse::<u64>().ok()).unwrap_or(8000);
+                per * card.epochs.unwrap_or(0) as u64
+            });
+        prior_s = card.wall_time_s.unwrap_or(0.0);
+        init_desc = format!("; warm start from {} ({} crops before)", w.display(), prior_crops);
+        eprintln!("warm start from {} ({prior_crops} crops, {:.0} s of training before)", w.display(), prior_s);
+    }
     if let Some(ck) = &a.resume {
         let card = weights::load_into(ck, &mut graph)?;
         epoch0 = card.epochs.unwrap_or(0);
         step = card.extra.get("train_step").and_then(|s| s.parse().ok()).unwrap_or(0);
         prior_s = card.wall_time_s.unwrap_or(0.0);
+        prior_crops = card.extra.get("train_prior_crops").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if let Some(d) = card.extra.get("train_init") {
+            init_desc = format!("; warm start from {d} ({prior_crops} crops before)");
+        }
         let op = optim_path(ck);
         if op.is_file() {
             optim = Optim::load(&op)?;
@@ -397,7 +465,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     if !set.missing.is_empty() {
         eprintln!("warning: {} training image(s) missing", set.missing.len());
     }
-    let augment = if a.no_augment { AugmentConfig::none() } else { AugmentConfig::default() };
+    let augment = if a.no_augment {
+        AugmentConfig::none()
+    } else {
+        AugmentConfig { shift: a.shift, half_body_prob: a.half_body, ..AugmentConfig::default() }
+    };
     let train = Arc::new(TrainSet::new(set.annotations, shape, augment, a.cache_mb << 20));
     if train.is_empty() {
         return Err(Error::Input("no training people".into()));
@@ -413,17 +485,19 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     };
     let per_epoch = a.limit.unwrap_or(usize::MAX).min(train.len());
     let training_data = format!(
-        "LSPET images {}..{} ({} people, {} per epoch), {val_desc}; augmentation: {}",
+        "LSPET images {}..{} ({} people, {} per epoch), {val_desc}; augmentation: {}; schedule: {}{init_desc}",
         range.start(),
         range.end(),
         train.len(),
         per_epoch,
-        if a.no_augment {
-            "none".to_string()
-        } else {
-            "rotation +-30 deg, scale 0.75-1.25, flip 0.5, colour +-20%".to_string()
-        }
+        if a.no_augment { "none".to_string() } else { augment.describe() },
+        match a.schedule {
+            ScheduleArg::Step => format!("lr {} x{} every {} epochs", a.lr, a.lr_gamma, a.lr_step),
+            ScheduleArg::Cosine => format!("cosine {} -> {}", a.lr, a.lr_min),
+        } + &if a.warmup > 0 { format!(", warm-up {} steps", a.warmup) } else { String::new() }
     );
+    let batches_per_epoch = if per_epoch < a.batch.max(1) { 1 } else { per_epoch / a.batch.max(1) } as u64;
+    let total_steps = batches_per_epoch * a.epochs as u64;
     eprintln!(
         "training {} ({}x{}, {} params) with {} / {} on {training_data}",
         cfg.name,
@@ -446,7 +520,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let mut ips = prev.map_or(0.0, |r| r.images_per_s);
     let mut train_s = 0.0f64;
     for epoch in epoch0..a.epochs {
-        let lr = step_lr(a.lr, a.lr_gamma, a.lr_step, epoch);
+        let mut lr = schedule_lr(a, epoch, step, total_steps);
         let order = train.epoch_order(a.seed, epoch, a.limit);
         let loader = Loader::start(train.clone(), a.seed, epoch, order, a.batch, a.workers, a.prefetch);
         let nb = loader.len();
@@ -454,6 +528,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         let (mut sum, mut cnt, mut win_sum, mut win_cnt, mut imgs) = (0.0f64, 0usize, 0.0f64, 0usize, 0usize);
         for (bi, b) in loader.enumerate() {
             let b = b?;
+            lr = schedule_lr(a, epoch, step, total_steps);
             let n = b.indices.len();
             let (loss, grads, tape) =
                 train_step(&graph, std::slice::from_ref(&b.input), BnMode::Train, |outs| match loss_kind {
@@ -558,6 +633,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         if let Some(l) = a.limit {
             ex.insert("train_limit".into(), l.to_string());
         }
+        ex.insert("train_prior_crops".into(), prior_crops.to_string());
+        ex.insert("train_crops_total".into(), (prior_crops + step * a.batch as u64).to_string());
+        if let Some(w) = &a.init {
+            ex.insert("train_init".into(), w.display().to_string());
+        }
         let ck = a.out.join(format!("checkpoint-e{:03}.safetensors", epoch + 1));
         weights::save(&ck, &graph, &card)?;
         optim.save(&optim_path(&ck))?;
@@ -582,6 +662,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     card.extra.insert("train_batch".into(), a.batch.to_string());
     card.extra.insert("train_seed".into(), a.seed.to_string());
     card.extra.insert("train_step".into(), step.to_string());
+    card.extra.insert("train_prior_crops".into(), prior_crops.to_string());
+    card.extra.insert("train_crops_total".into(), (prior_crops + step * a.batch as u64).to_string());
+    if let Some(w) = &a.init {
+        card.extra.insert("train_init".into(), w.display().to_string());
+    }
     let final_path = a.out.join(format!("{}.safetensors", cfg.name));
     weights::save(&final_path, &graph, &card)?;
     log.plot(&curve)?;
