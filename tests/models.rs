@@ -35,6 +35,7 @@ fn config_names_are_unique_and_resolve() {
             (Family::SoftGatedHourglass, Arch::Hourglass(_))
                 | (Family::FasterPose, Arch::FasterPose(_))
                 | (Family::Ldcrn, Arch::Ldcrn(_))
+                | (Family::PersonDetector, Arch::FasterPose(_))
         );
         assert!(fam_ok, "{}: family and arch disagree", c.name);
         assert!(!c.note.is_empty(), "{}: empty note", c.name);

@@ -22,6 +22,7 @@
 pub mod fasterpose;
 pub mod ldcrn;
 pub mod load;
+pub mod person_detector;
 pub mod soft_gated_hourglass;
 
 use crate::error::{Error, Result};
@@ -30,6 +31,7 @@ use crate::graph::{Graph, Op};
 pub use fasterpose::{Backbone, FasterPoseArch, Head};
 pub use ldcrn::LdcrnArch;
 pub use load::{calibrate_batch_norms, load_model, shipped_weights_path, WeightsSource};
+pub use person_detector::{DEFAULT_DETECTOR, DETECTOR_CHANNELS};
 pub use soft_gated_hourglass::HourglassArch;
 
 /// Network family of a configuration.
@@ -38,6 +40,8 @@ pub enum Family {
     SoftGatedHourglass,
     FasterPose,
     Ldcrn,
+    /// Not a pose network: [`person_detector`] (its "joints" are its output maps).
+    PersonDetector,
 }
 
 impl Family {
@@ -46,6 +50,7 @@ impl Family {
             Family::SoftGatedHourglass => "soft-gated-hourglass",
             Family::FasterPose => "fasterpose",
             Family::Ldcrn => "ldcrn",
+            Family::PersonDetector => "person-detector",
         }
     }
 }
@@ -90,6 +95,7 @@ pub fn configs() -> Vec<ModelConfig> {
     let mut v = soft_gated_hourglass::configs();
     v.extend(fasterpose::configs());
     v.extend(ldcrn::configs());
+    v.extend(person_detector::configs());
     v
 }
 

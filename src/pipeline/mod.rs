@@ -14,10 +14,12 @@
 
 pub mod crop;
 pub mod decode;
+pub mod detect;
 pub mod preprocess_gpu;
 pub mod smoothing;
 
 pub use crop::{validate_box, warp_batch, warp_rgb, CropConfig, CropTransform, ImageRef, Normalization, PixelFormat};
 pub use decode::{average_flipped, decode, DecodeConfig, HeatmapKind, Keypoint, Refinement};
+pub use detect::{box_ap, box_iou, decode_detections, letterbox, nms, BoxMetrics, DetectConfig, Detection};
 pub use preprocess_gpu::{FrameLayout, GpuPreprocess, OutputLayout};
 pub use smoothing::{OneEuroConfig, OneEuroFilter, PoseSmoother};

@@ -90,6 +90,48 @@ pub fn rce_loss(logits: &[&Tensor], target: &Tensor, weights: &[f32]) -> Result<
     Ok(((total / denom) as f32, grads))
 }
 
+/// The person detector's loss on logits `[N, 3, H, W]` (centre, width, height) against targets
+/// `[N, 4, H, W]` (centre Gaussian, width, height, size mask; see
+/// [`crate::trainer::detection`]): binary cross-entropy with soft targets (as [`rce_loss`]) on
+/// the centre map at every cell, plus the same cross-entropy on the two size maps where the
+/// mask is 1, both summed and divided by `N H W` (so a person's size cells weigh as much as its
+/// centre cells; CenterNet weighs size by 0.1 against a focal loss normalised per object, which
+/// puts the two at a similar ratio). Returns the loss and `dL/d logits`.
+pub fn detection_loss(logits: &Tensor, target: &Tensor) -> Result<(f32, Tensor)> {
+    let [n, c, h, w] = logits.nchw()?;
+    let t = target.nchw()?;
+    if c != 3 || t != [n, 4, h, w] {
+        return Err(Error::Input(format!(
+            "detection loss needs logits [N, 3, H, W] and targets [N, 4, H, W], got {:?} and {:?}",
+            logits.shape, target.shape
+        )));
+    }
+    let hw = h * w;
+    let denom = (n * hw) as f64;
+    let mut g = vec![0.0f32; logits.data.len()];
+    let mut total = 0.0f64;
+    let bce = |z: f64, y: f64| z.max(0.0) - z * y + (-z.abs()).exp().ln_1p();
+    for b in 0..n {
+        let z = &logits.data[b * 3 * hw..(b + 1) * 3 * hw];
+        let y = &target.data[b * 4 * hw..(b + 1) * 4 * hw];
+        let gz = &mut g[b * 3 * hw..(b + 1) * 3 * hw];
+        let mask = &y[3 * hw..];
+        for ch in 0..3 {
+            for p in 0..hw {
+                let m = if ch == 0 { 1.0 } else { mask[p] as f64 };
+                if m == 0.0 {
+                    continue;
+                }
+                let (zz, yy) = (z[ch * hw + p] as f64, y[ch * hw + p] as f64);
+                total += m * bce(zz, yy);
+                let sig = 1.0 / (1.0 + (-zz).exp());
+                gz[ch * hw + p] = (m * (sig - yy) / denom) as f32;
+            }
+        }
+    }
+    Ok(((total / denom) as f32, Tensor { shape: logits.shape.clone(), data: g }))
+}
+
 /// The same graph with every output that is a sigmoid node (`Op::Activation(Sigmoid)`, or a
 /// `ChannelAffine` whose fused activation is a sigmoid) replaced by its pre-activation, so the
 /// outputs are logits for [`rce_loss`]. For an affine, the sigmoid is removed from the node itself

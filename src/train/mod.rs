@@ -26,7 +26,9 @@ use crate::error::{Error, Result};
 use crate::graph::{Act, Epilogue, Graph, NodeId, Op};
 use crate::tensor::Tensor;
 
-pub use loss::{argmax_keypoints, gaussian_heatmaps, mse_loss, rce_loss, stack_batch, strip_final_sigmoid};
+pub use loss::{
+    argmax_keypoints, detection_loss, gaussian_heatmaps, mse_loss, rce_loss, stack_batch, strip_final_sigmoid,
+};
 pub use optim::{step_lr, Kind as OptimizerKind, Optimizer};
 
 /// PyTorch's default batch-norm momentum for the running statistics.

@@ -108,6 +108,37 @@ pub struct TrainSet {
     pub cache: ImageCache,
 }
 
+/// What the loader draws batches from: pose people ([`TrainSet`]) or whole images for the
+/// person detector ([`super::detection::DetectionSet`]).
+pub trait BatchSource: Send + Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Builds the batch of positions `positions` of `order` (a deterministic function of
+    /// `(seed, epoch, position)`).
+    fn batch(&self, seed: u64, epoch: usize, order: &[usize], positions: std::ops::Range<usize>) -> Result<Batch>;
+
+    /// The samples of epoch `epoch` in order: a seeded shuffle, cut to `limit`.
+    fn epoch_order(&self, seed: u64, epoch: usize, limit: Option<usize>) -> Vec<usize> {
+        shuffled_order(self.len(), seed, epoch, limit)
+    }
+}
+
+/// `0..n` shuffled by Fisher-Yates seeded with `(seed, epoch)`, cut to `limit`.
+pub fn shuffled_order(n: usize, seed: u64, epoch: usize, limit: Option<usize>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(mix_seed(&[seed, epoch as u64, 0x5151]));
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    order.truncate(limit.unwrap_or(usize::MAX).min(order.len()));
+    order
+}
+
 /// SplitMix-style mixing of several words into one seed.
 pub fn mix_seed(words: &[u64]) -> u64 {
     let mut h = 0x243F_6A88_85A3_08D3u64;
@@ -134,13 +165,7 @@ impl TrainSet {
 
     /// The people of epoch `epoch` in order: a seeded shuffle, cut to `limit`.
     pub fn epoch_order(&self, seed: u64, epoch: usize, limit: Option<usize>) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.people.len()).collect();
-        let mut rng = Rng::new(mix_seed(&[seed, epoch as u64, 0x5151]));
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i + 1));
-        }
-        order.truncate(limit.unwrap_or(usize::MAX).min(order.len()));
-        order
+        shuffled_order(self.people.len(), seed, epoch, limit)
     }
 
     /// The augmentation parameters of position `pos` in epoch `epoch`.
@@ -150,7 +175,13 @@ impl TrainSet {
     }
 
     /// Builds the batch of the given positions of `order`.
-    pub fn batch(&self, seed: u64, epoch: usize, order: &[usize], positions: std::ops::Range<usize>) -> Result<Batch> {
+    pub fn batch_of(
+        &self,
+        seed: u64,
+        epoch: usize,
+        order: &[usize],
+        positions: std::ops::Range<usize>,
+    ) -> Result<Batch> {
         let mut inputs = Vec::with_capacity(positions.len());
         let mut targets = Vec::with_capacity(positions.len());
         let mut weights = Vec::new();
@@ -167,6 +198,16 @@ impl TrainSet {
             indices.push(idx);
         }
         Ok(Batch { input: stack_batch(&inputs)?, target: stack_batch(&targets)?, weights, indices })
+    }
+}
+
+impl BatchSource for TrainSet {
+    fn len(&self) -> usize {
+        self.people.len()
+    }
+
+    fn batch(&self, seed: u64, epoch: usize, order: &[usize], positions: std::ops::Range<usize>) -> Result<Batch> {
+        self.batch_of(seed, epoch, order, positions)
     }
 }
 
@@ -188,7 +229,7 @@ impl Loader {
     /// of `batch` (the last partial batch is dropped, as batch norm dislikes tiny batches,
     /// unless the whole epoch is smaller than one batch).
     pub fn start(
-        set: Arc<TrainSet>,
+        set: Arc<dyn BatchSource>,
         seed: u64,
         epoch: usize,
         order: Vec<usize>,

@@ -5,10 +5,11 @@
 
 pub mod augment;
 pub mod dataset;
+pub mod detection;
 pub mod optim;
 pub mod plot;
 pub mod session;
 
 pub use augment::{make_sample, AugmentConfig, AugmentParams, Sample, SampleShape};
-pub use dataset::{Batch, ImageCache, Loader, TrainSet};
+pub use dataset::{Batch, BatchSource, ImageCache, Loader, TrainSet};
 pub use session::{run, TrainArgs, TrainSummary};

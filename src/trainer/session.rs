@@ -39,7 +39,8 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 
 use super::augment::{make_sample, AugmentConfig, AugmentParams, SampleShape};
-use super::dataset::{ImageCache, Loader, TrainSet};
+use super::dataset::{BatchSource, ImageCache, Loader, TrainSet};
+use super::detection::{images_with_boxes, DetectAugment, DetectShape, DetectValSet, DetectionSet};
 use super::optim::{Kind, Optim};
 use super::plot::write_curve;
 use crate::cpu;
@@ -47,10 +48,10 @@ use crate::data::{lsp, Annotation};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::metrics::{pck, PckNorm};
-use crate::models::{self, ModelConfig};
+use crate::models::{self, Family, ModelConfig};
 use crate::pipeline::decode::{decode, DecodeConfig, HeatmapKind};
 use crate::tensor::Tensor;
-use crate::train::{mse_loss, rce_loss, stack_batch, step_lr, strip_final_sigmoid, train_step, BnMode};
+use crate::train::{detection_loss, mse_loss, rce_loss, stack_batch, step_lr, strip_final_sigmoid, train_step, BnMode};
 use crate::weights::{self, ModelCard};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -200,6 +201,8 @@ pub fn schedule_lr(a: &TrainArgs, epoch: usize, step: u64, total_steps: u64) -> 
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
     pub final_weights: PathBuf,
+    /// What `val_pck` holds: `PCK@0.2` (pose) or `box AP@0.5` (detector).
+    pub val_metric: &'static str,
     pub epochs_done: usize,
     pub steps: u64,
     pub last_loss: f64,
@@ -310,6 +313,50 @@ impl Log {
     }
 }
 
+/// What a run validates with after each epoch: pose PCK ([`ValSet`]) or detector box AP
+/// ([`DetectValSet`]). The score lands in the log's `val_pck` column and the card's metrics.
+pub trait Validator {
+    /// The score in [0, 1] of `graph` (`logits`: outputs are pre-sigmoid; `sigmoid`: they are
+    /// probabilities already).
+    fn score(&self, graph: &Graph, batch: usize, logits: bool, sigmoid: bool) -> Result<f64>;
+    /// How many samples it scores.
+    fn len(&self) -> usize;
+    /// What the score is, e.g. `PCK@0.2`.
+    fn metric(&self) -> &'static str;
+    /// What a sample is, e.g. `people`.
+    fn unit(&self) -> &'static str;
+}
+
+impl Validator for ValSet {
+    fn score(&self, graph: &Graph, batch: usize, logits: bool, sigmoid: bool) -> Result<f64> {
+        self.pck(graph, batch, logits, sigmoid)
+    }
+    fn len(&self) -> usize {
+        self.people.len()
+    }
+    fn metric(&self) -> &'static str {
+        "PCK@0.2"
+    }
+    fn unit(&self) -> &'static str {
+        "people"
+    }
+}
+
+impl Validator for DetectValSet {
+    fn score(&self, graph: &Graph, batch: usize, logits: bool, _sigmoid: bool) -> Result<f64> {
+        Ok(self.metrics(graph, batch, logits)?.ap)
+    }
+    fn len(&self) -> usize {
+        self.images.len()
+    }
+    fn metric(&self) -> &'static str {
+        "box AP@0.5"
+    }
+    fn unit(&self) -> &'static str {
+        "images"
+    }
+}
+
 /// Validation people with their (unaugmented) crops' images cached.
 pub struct ValSet {
     pub people: Vec<Annotation>,
@@ -392,6 +439,13 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         joints: cfg.joints,
         sigma: a.sigma,
     };
+    // The person detector trains on its own targets and loss (centre + size cross-entropy on
+    // logits); the pose networks on heatmaps with MSE or RCE.
+    let detector = cfg.family == Family::PersonDetector;
+    let val_key = if detector { "val_box_ap@0.5" } else { "val_pck@0.2" };
+    if detector && a.loss == Some(LossArg::Mse) {
+        return Err(Error::Input(format!("{} trains with its detection loss; --loss mse does not apply", cfg.name)));
+    }
     let loss_kind = a.loss.unwrap_or(if cfg.sigmoid_output() { LossArg::Rce } else { LossArg::Mse });
     let mut graph = cfg.build(a.seed)?;
     let mut logits = false;
@@ -470,27 +524,51 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     } else {
         AugmentConfig { shift: a.shift, half_body_prob: a.half_body, ..AugmentConfig::default() }
     };
-    let train = Arc::new(TrainSet::new(set.annotations, shape, augment, a.cache_mb << 20));
+    let val_people = if a.val.eq_ignore_ascii_case("none") {
+        None
+    } else {
+        let r = parse_range(&a.val)?;
+        Some((r.clone(), lsp::load_lsp(&a.root, Some(r), lsp::Visibility::Auto)?.annotations))
+    };
+    let (train, val, val_desc, aug_desc): (Arc<dyn BatchSource>, Option<Box<dyn Validator>>, String, String) =
+        if detector {
+            let dshape = DetectShape { input_w: shape.input_w, input_h: shape.input_h, map_w: hm_w, map_h: hm_h };
+            let daug = if a.no_augment { DetectAugment::none() } else { DetectAugment::default() };
+            let set = DetectionSet::new(images_with_boxes(&set.annotations), dshape, daug, a.cache_mb << 20);
+            let (val, desc) = match val_people {
+                None => (None, "no validation".to_string()),
+                Some((r, people)) => {
+                    let v = DetectValSet::new(images_with_boxes(&people), dshape, a.val_limit);
+                    let desc = format!("val {}..{} ({} images, box AP@0.5)", r.start(), r.end(), v.images.len());
+                    (Some(Box::new(v) as Box<dyn Validator>).filter(|v| v.len() > 0), desc)
+                }
+            };
+            let aug_desc = daug.describe();
+            (Arc::new(set), val, desc, aug_desc)
+        } else {
+            let set = TrainSet::new(set.annotations, shape, augment, a.cache_mb << 20);
+            let (val, desc) = match val_people {
+                None => (None, "no validation".to_string()),
+                Some((r, people)) => {
+                    let v = ValSet::new(people, shape, a.val_limit);
+                    let desc = format!("val {}..{} ({} people)", r.start(), r.end(), v.people.len());
+                    (Some(Box::new(v) as Box<dyn Validator>).filter(|v| v.len() > 0), desc)
+                }
+            };
+            (Arc::new(set), val, desc, augment.describe())
+        };
     if train.is_empty() {
         return Err(Error::Input("no training people".into()));
     }
-    let (val, val_desc) = if a.val.eq_ignore_ascii_case("none") {
-        (None, "no validation".to_string())
-    } else {
-        let r = parse_range(&a.val)?;
-        let vs = lsp::load_lsp(&a.root, Some(r.clone()), lsp::Visibility::Auto)?;
-        let v = ValSet::new(vs.annotations, shape, a.val_limit);
-        let desc = format!("val {}..{} ({} people)", r.start(), r.end(), v.people.len());
-        (Some(v).filter(|v| !v.people.is_empty()), desc)
-    };
     let per_epoch = a.limit.unwrap_or(usize::MAX).min(train.len());
     let training_data = format!(
-        "LSPET images {}..{} ({} people, {} per epoch), {val_desc}; augmentation: {}; schedule: {}{init_desc}",
+        "LSPET images {}..{} ({} {}, {} per epoch), {val_desc}; augmentation: {}; schedule: {}{init_desc}",
         range.start(),
         range.end(),
         train.len(),
+        if detector { "whole images" } else { "people" },
         per_epoch,
-        if a.no_augment { "none".to_string() } else { augment.describe() },
+        if a.no_augment { "none".to_string() } else { aug_desc },
         match a.schedule {
             ScheduleArg::Step => format!("lr {} x{} every {} epochs", a.lr, a.lr_gamma, a.lr_step),
             ScheduleArg::Cosine => format!("cosine {} -> {}", a.lr, a.lr_min),
@@ -532,6 +610,10 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             let n = b.indices.len();
             let (loss, grads, tape) =
                 train_step(&graph, std::slice::from_ref(&b.input), BnMode::Train, |outs| match loss_kind {
+                    _ if detector => {
+                        let last = outs.last().ok_or_else(|| Error::Graph("the graph has no output".into()))?;
+                        detection_loss(last, &b.target).map(|(l, g)| (l, vec![g]))
+                    }
                     LossArg::Mse => mse_loss(outs, &b.target, &b.weights),
                     LossArg::Rce => rce_loss(outs, &b.target, &b.weights),
                 })?;
@@ -586,12 +668,14 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         val_pck = match &val {
             Some(v) => {
                 let t = Instant::now();
-                let p = v.pck(&graph, a.batch, logits, cfg.sigmoid_output() && !logits)?;
+                let p = v.score(&graph, a.batch, logits, cfg.sigmoid_output() && !logits)?;
                 eprintln!(
-                    "epoch {}: mean loss {last_loss:.6}, val PCK@0.2 {:.2}% ({} people, {:.1} s)",
+                    "epoch {}: mean loss {last_loss:.6}, val {} {:.2}% ({} {}, {:.1} s)",
                     epoch + 1,
+                    v.metric(),
                     100.0 * p,
-                    v.people.len(),
+                    v.len(),
+                    v.unit(),
                     t.elapsed().as_secs_f64()
                 );
                 Some(p)
@@ -615,7 +699,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         card.training_data = training_data.clone();
         card.epochs = Some(epoch + 1);
         card.wall_time_s = Some(prior_s + train_s);
-        card.metrics = metrics_text(last_loss, val_pck);
+        card.metrics = metrics_text(val_key, last_loss, val_pck);
         let ex = &mut card.extra;
         ex.insert("train_step".into(), step.to_string());
         ex.insert("train_seed".into(), a.seed.to_string());
@@ -649,7 +733,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     card.training_data = training_data;
     card.epochs = Some(a.epochs.max(epoch0));
     card.wall_time_s = Some(wall);
-    card.metrics = metrics_text(last_loss, val_pck);
+    card.metrics = metrics_text(val_key, last_loss, val_pck);
     card.extra.insert(
         "train_loss".into(),
         match loss_kind {
@@ -679,6 +763,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     );
     Ok(TrainSummary {
         final_weights: final_path,
+        val_metric: if detector { "box AP@0.5" } else { "PCK@0.2" },
         epochs_done: a.epochs.max(epoch0),
         steps: step,
         last_loss,
@@ -688,10 +773,10 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     })
 }
 
-fn metrics_text(loss: f64, pck: Option<f64>) -> String {
+fn metrics_text(key: &str, loss: f64, score: Option<f64>) -> String {
     let mut s = String::new();
-    if let Some(p) = pck {
-        let _ = write!(s, "val_pck@0.2={p:.4};");
+    if let Some(p) = score {
+        let _ = write!(s, "{key}={p:.4};");
     }
     if loss.is_finite() {
         let _ = write!(s, "train_loss={loss:.6}");
@@ -712,7 +797,7 @@ pub fn epoch_batches(
     (0..n)
         .map(|b| {
             let r = b * batch..((b + 1) * batch).min(order.len());
-            set.batch(seed, epoch, &order, r).map(|b| (b.input, b.target))
+            set.batch_of(seed, epoch, &order, r).map(|b| (b.input, b.target))
         })
         .collect()
 }
