@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cpu;
 pub mod data;
+pub mod detector;
 pub mod error;
 pub mod estimator;
 pub mod gpu;

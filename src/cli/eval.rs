@@ -5,10 +5,12 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use wgpose::data::{box_from_keypoints, coco, lsp, mpii, Annotation};
+use wgpose::detector::PersonDetector;
 use wgpose::estimator::{Estimator, EstimatorOptions};
 use wgpose::image_io::load_rgb;
 use wgpose::metrics::{self, PckNorm};
 use wgpose::pipeline::crop::ImageRef;
+use wgpose::pipeline::detect::{box_ap, DetectConfig, Detection};
 use wgpose::skeleton::Skeleton;
 use wgpose::{Error, Result};
 
@@ -21,6 +23,16 @@ pub enum Format {
     Lsp,
     Coco,
     Mpii,
+}
+
+/// Where the person boxes come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BoxSource {
+    /// The dataset's ground truth (LSP: the labelled joints' box enlarged by 25%).
+    Gt,
+    /// The person detector on the whole image, top-scoring person (LSP only): the "in the wild"
+    /// number. An image where nothing is detected counts every joint as missed.
+    Detected,
 }
 
 #[derive(Args)]
@@ -47,6 +59,15 @@ pub struct EvalArgs {
     /// Evaluate at most this many people (quick checks).
     #[arg(long)]
     limit: Option<usize>,
+    #[arg(long, value_enum, default_value_t = BoxSource::Gt)]
+    boxes: BoxSource,
+    /// Person detector for `--boxes detected`: a config name or a weights file.
+    #[arg(long, default_value = wgpose::models::DEFAULT_DETECTOR)]
+    detector: String,
+    #[arg(long, default_value_t = 0)]
+    refine: usize,
+    #[arg(long, default_value_t = 0.3)]
+    refine_threshold: f32,
 }
 
 fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<usize>> {
@@ -103,6 +124,24 @@ pub fn run(a: EvalArgs) -> Result<()> {
         return Err(Error::Input("no people to evaluate".into()));
     }
     let dataset_skeleton: &'static Skeleton = people[0].skeleton;
+    if a.boxes == BoxSource::Detected && a.format != Format::Lsp {
+        return Err(Error::Input("--boxes detected is implemented for --format lsp (one person per image)".into()));
+    }
+    let detector = match a.boxes {
+        BoxSource::Detected => {
+            let (dcfg, dweights) = resolve_model(&a.detector)?;
+            let d = PersonDetector::new(
+                &dcfg,
+                dweights.as_deref(),
+                DetectConfig { score_threshold: 0.05, ..Default::default() },
+            )?;
+            eprintln!("detector {}: {}", dcfg.name, d.weights);
+            Some(d)
+        }
+        BoxSource::Gt => None,
+    };
+    let mut det_found: Vec<Vec<Detection>> = Vec::new();
+    let mut det_gt: Vec<Vec<[f32; 4]>> = Vec::new();
     let (cfg, weights) = resolve_model(&a.model)?;
     let ctx = open_gpu(a.device)?;
     let opts = EstimatorOptions { flip_test: a.flip, padding, ..Default::default() };
@@ -137,14 +176,54 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         let Some((_, img)) = cache.as_ref() else { continue };
         let s = img.scale;
-        let pose =
-            match est.estimate(&ImageRef::from(&img.rgb), Some([bbox[0] / s, bbox[1] / s, bbox[2] / s, bbox[3] / s])) {
-                Ok(p) => p,
+        let mut work_box = Some([bbox[0] / s, bbox[1] / s, bbox[2] / s, bbox[3] / s]);
+        if let Some(d) = &detector {
+            // Working-image pixels in, working-image boxes out; the metrics compare in original ones.
+            let dets = match d.detect_lsp_boxes(&ImageRef::from(&img.rgb)) {
+                Ok(v) => v,
                 Err(e) => {
                     unreadable.push((gt.image.clone(), e.to_string()));
                     continue;
                 }
             };
+            work_box = dets.first().map(|t| t.bbox);
+            det_found.push(
+                dets.iter()
+                    .map(|t| Detection {
+                        bbox: [t.bbox[0] * s, t.bbox[1] * s, t.bbox[2] * s, t.bbox[3] * s],
+                        score: t.score,
+                    })
+                    .collect(),
+            );
+            det_gt.push(vec![bbox]);
+        }
+        let Some(work_box) = work_box else {
+            // Nobody detected: every joint of this person is a miss.
+            preds.push(vec![[f32::NAN, f32::NAN, 0.0]; mapping.len()]);
+            gts.push(gt.clone());
+            continue;
+        };
+        let mut pose = match est.estimate(&ImageRef::from(&img.rgb), Some(work_box)) {
+            Ok(p) => p,
+            Err(e) => {
+                unreadable.push((gt.image.clone(), e.to_string()));
+                continue;
+            }
+        };
+        if detector.is_some() {
+            for _ in 0..a.refine {
+                let kps: Vec<[f32; 3]> = pose
+                    .keypoints
+                    .iter()
+                    .map(|k| [k.x, k.y, if k.score >= a.refine_threshold { 1.0 } else { 0.0 }])
+                    .collect();
+                let Some(b) = box_from_keypoints(&kps, 1.25) else { break };
+                match est.estimate(&ImageRef::from(&img.rgb), Some(b)) {
+                    Ok(p) => pose = p,
+                    Err(_) => break,
+                }
+            }
+        }
         let kps: Vec<[f32; 3]> = mapping
             .iter()
             .map(|m| {
@@ -175,6 +254,19 @@ pub fn run(a: EvalArgs) -> Result<()> {
     );
     if gts.is_empty() {
         return Err(Error::Input("no image could be evaluated".into()));
+    }
+    if detector.is_some() {
+        let m = box_ap(&det_found, &det_gt, 0.5)?;
+        let undetected = det_found.iter().filter(|d| d.is_empty()).count();
+        println!(
+            "person boxes (IoU 0.5): AP {:.1}, recall {:.1} ({} people, {} detections, {} images with none); \
+             pose on the top detection",
+            100.0 * m.ap,
+            100.0 * m.recall,
+            m.gt,
+            m.detections,
+            undetected
+        );
     }
     match a.format {
         Format::Lsp | Format::Mpii => {
