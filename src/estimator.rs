@@ -290,7 +290,7 @@ fn last_output(outputs: Vec<Tensor>) -> Result<Tensor> {
 
 /// The image as tightly packed RGBA8, the layout the preprocessing kernel reads (one u32 per
 /// pixel). Camera frames that already are RGBA skip the conversion.
-fn packed_rgba<'a>(image: &ImageRef<'a>) -> std::borrow::Cow<'a, [u8]> {
+pub(crate) fn packed_rgba<'a>(image: &ImageRef<'a>) -> std::borrow::Cow<'a, [u8]> {
     use crate::pipeline::crop::PixelFormat;
     let (w, h) = (image.width, image.height);
     if image.format == PixelFormat::Rgba8 && image.stride == 4 * w {
@@ -308,7 +308,7 @@ fn packed_rgba<'a>(image: &ImageRef<'a>) -> std::borrow::Cow<'a, [u8]> {
     std::borrow::Cow::Owned(out)
 }
 
-fn upload_frame(ctx: &GpuContext, rgba: &[u8]) -> Result<wgpu::Buffer> {
+pub(crate) fn upload_frame(ctx: &GpuContext, rgba: &[u8]) -> Result<wgpu::Buffer> {
     use wgpu::util::DeviceExt;
     let max = ctx.device.limits().max_storage_buffer_binding_size as usize;
     if rgba.len() > max {

@@ -127,7 +127,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.boxes == BoxSource::Detected && a.format != Format::Lsp {
         return Err(Error::Input("--boxes detected is implemented for --format lsp (one person per image)".into()));
     }
-    let detector = match a.boxes {
+    let mut detector = match a.boxes {
         BoxSource::Detected => {
             let (dcfg, dweights) = resolve_model(&a.detector)?;
             let d = PersonDetector::new(
@@ -177,7 +177,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let Some((_, img)) = cache.as_ref() else { continue };
         let s = img.scale;
         let mut work_box = Some([bbox[0] / s, bbox[1] / s, bbox[2] / s, bbox[3] / s]);
-        if let Some(d) = &detector {
+        if let Some(d) = &mut detector {
             // Working-image pixels in, working-image boxes out; the metrics compare in original ones.
             let dets = match d.detect_lsp_boxes(&ImageRef::from(&img.rgb)) {
                 Ok(v) => v,
