@@ -1,6 +1,17 @@
 //! Subcommands of the `wgpose` binary. Library code stays in the library; this only parses
 //! arguments, picks a device and prints.
 
+// `println!` / `print!` of every subcommand go through `write_stdout`: std's versions panic when
+// stdout cannot be written (`wgpose models > /dev/full`), a command-line tool reports it instead.
+// Defined before the `mod` lines so their textual scope covers the subcommands and shadows std's.
+macro_rules! println {
+    () => { $crate::cli::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
+}
+
 mod bench;
 mod eval;
 mod models;
@@ -63,6 +74,30 @@ pub fn open_gpu(device: DeviceArg) -> Result<Option<GpuContext>> {
             Ok(None)
         }
     }
+}
+
+/// Writes to stdout; when that fails (a full disk, a closed descriptor) says so and exits with
+/// status 1 instead of panicking. A closed pipe never gets here: SIGPIPE ends the process first
+/// (see main.rs).
+pub fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args) {
+        stdout_failed(e);
+    }
+}
+
+/// Flushes what `print!` left in stdout's buffer, with the same error handling.
+pub fn flush_stdout() {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().flush() {
+        stdout_failed(e);
+    }
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
 }
 
 pub fn main() -> Result<()> {

@@ -61,6 +61,9 @@ fn sized(cfg: ModelConfig, size: Option<[usize; 2]>) -> ModelConfig {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
+    if a.device == DeviceArg::Both {
+        return Err(Error::Input("--device both is for benchmarks; run uses one device: gpu or cpu".into()));
+    }
     let x = wgpose::npy::read(&a.input)?;
     let [n, c, h, w] = x.nchw()?;
     let cfg = config(&a.model)?;
