@@ -100,7 +100,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let missing = ds.missing_images.clone();
             let persons = ds.persons();
             if persons.is_empty() {
-                return Err(Error::Input(format!("no people to evaluate in {}: {}", json.display(), ds.persons_summary())));
+                return Err(Error::Input(format!(
+                    "no people to evaluate in {}: {}",
+                    json.display(),
+                    ds.persons_summary()
+                )));
             }
             (persons, missing, 1.25, Some(ds))
         }

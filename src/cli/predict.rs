@@ -129,8 +129,12 @@ fn overlay_names(images: &[PathBuf]) -> Vec<PathBuf> {
             if counts[&s] == 1 {
                 PathBuf::from(s).with_extension("png")
             } else {
-                let flat: String =
-                    p.display().to_string().chars().map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' }).collect();
+                let flat: String = p
+                    .display()
+                    .to_string()
+                    .chars()
+                    .map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' })
+                    .collect();
                 PathBuf::from(format!("{flat}.png"))
             }
         })
