@@ -18,6 +18,7 @@ mod models;
 mod predict;
 mod profile;
 mod run;
+mod soak;
 mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -49,6 +50,8 @@ enum Command {
     Export(run::ExportArgs),
     /// Trains a model on the CPU (LSP-extended): checkpoints, CSV log, curve PNG, final weights.
     Train(train::TrainArgs),
+    /// Thousands of frames through the Estimator on each executor, resident memory at intervals.
+    Soak(soak::SoakArgs),
     /// Prints the GPU adapter wgpu finds.
     Info,
 }
@@ -111,6 +114,7 @@ pub fn main() -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Export(a) => run::export(a),
         Command::Train(a) => train::run(a),
+        Command::Soak(a) => soak::run(a),
         Command::Info => {
             let ctx = GpuContext::new()?;
             println!("adapter: {}", ctx.describe());
