@@ -418,3 +418,14 @@ fn keypoints_stay_inside_a_very_thin_image() {
         assert!((0.0..=1.0).contains(&score));
     }
 }
+
+// Soak: a short run of `wgpose soak` on the CPU executor. Memory after warm-up must stay within
+// 64 MiB (the long run in the README grows by a few MiB at most); this is a memory bound only.
+#[test]
+fn a_short_soak_keeps_memory_flat() {
+    let o = wgpose(&["soak", "--frames", "150", "--every", "50", "--device", "cpu", "--margin-mib", "64"]);
+    assert_ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.matches("RSS").count(), 3, "{out}");
+    assert!(out.contains("largest growth after warm-up"), "{out}");
+}
