@@ -234,6 +234,11 @@ fn coco_ap_tiny_case_matches_pycocotools() {
     for (i, (a, b)) in s.iter().zip(want).enumerate() {
         assert!((a - b).abs() < 1e-12, "stat {i}: {a} vs pycocotools {b}");
     }
+    // Issue 15: a negative area used to give every metric -1 without an error.
+    let mut bad = ds.clone();
+    bad.annotations[0].area = -5000.0;
+    let e = coco_keypoint_eval(&bad, &res).unwrap_err().to_string();
+    assert!(e.contains("annotation 1") && e.contains("-5000"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------
