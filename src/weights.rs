@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 
 use crate::error::{Error, Result};
-use crate::graph::{BatchNorm, Graph, Op, Residual};
+use crate::graph::{param_name, Graph};
 use crate::models::ModelConfig;
 use crate::tensor::Tensor;
 
@@ -42,85 +42,19 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 // Parameter names
 // ---------------------------------------------------------------------------------------------
 
-fn op_params(op: &Op) -> Vec<(&'static str, &Tensor)> {
-    match op {
-        Op::Conv2d(c) => {
-            let mut v = vec![("weight", &c.weight)];
-            if let Some(b) = &c.bias {
-                v.push(("bias", b));
-            }
-            if let Some(Residual::GateResidual(a) | Residual::GateConv(a)) = &c.epilogue.residual {
-                v.push(("alpha", a));
-            }
-            v
-        }
-        Op::BatchNorm(BatchNorm { gamma, beta, mean, var, .. }) => {
-            vec![("gamma", gamma), ("beta", beta), ("running_mean", mean), ("running_var", var)]
-        }
-        Op::ChannelAffine { scale, shift, .. } => vec![("scale", scale), ("shift", shift)],
-        Op::GatedAdd { alpha } => vec![("alpha", alpha)],
-        Op::Input { .. }
-        | Op::Activation(_)
-        | Op::MaxPool { .. }
-        | Op::UpsampleNearest { .. }
-        | Op::UpsampleBilinear { .. }
-        | Op::Concat
-        | Op::Add
-        | Op::PixelShuffle { .. } => Vec::new(),
-    }
-}
-
-fn op_params_mut(op: &mut Op) -> Vec<(&'static str, &mut Tensor)> {
-    match op {
-        Op::Conv2d(c) => {
-            let mut v = vec![("weight", &mut c.weight)];
-            if let Some(b) = &mut c.bias {
-                v.push(("bias", b));
-            }
-            if let Some(Residual::GateResidual(a) | Residual::GateConv(a)) = &mut c.epilogue.residual {
-                v.push(("alpha", a));
-            }
-            v
-        }
-        Op::BatchNorm(BatchNorm { gamma, beta, mean, var, .. }) => {
-            vec![("gamma", gamma), ("beta", beta), ("running_mean", mean), ("running_var", var)]
-        }
-        Op::ChannelAffine { scale, shift, .. } => vec![("scale", scale), ("shift", shift)],
-        Op::GatedAdd { alpha } => vec![("alpha", alpha)],
-        Op::Input { .. }
-        | Op::Activation(_)
-        | Op::MaxPool { .. }
-        | Op::UpsampleNearest { .. }
-        | Op::UpsampleBilinear { .. }
-        | Op::Concat
-        | Op::Add
-        | Op::PixelShuffle { .. } => Vec::new(),
-    }
-}
-
-/// Every learnable parameter and statistic of a graph, by stable name: `<node>.weight`,
-/// `<node>.bias` (convolutions), `<node>.gamma`, `<node>.beta`, `<node>.running_mean`,
-/// `<node>.running_var` (batch norms), `<node>.alpha` (gated adds, or a gate fused into a
-/// convolution), `<node>.scale`, `<node>.shift` (channel affines). In node order, and within a
-/// node in the order listed here.
+/// Every learnable parameter and statistic of a graph, by stable name `<node>.<suffix>`
+/// ([`param_name`]): `<node>.weight`, `<node>.bias` (convolutions), `<node>.gamma`,
+/// `<node>.beta`, `<node>.running_mean`, `<node>.running_var` (batch norms), `<node>.alpha`
+/// (gated adds, or a gate fused into a convolution), `<node>.scale`, `<node>.shift` (channel
+/// affines). In node order, and within a node in the order of [`Op::params`](crate::graph::Op::params), which is where
+/// the list lives ([`ParamKind::name`](crate::graph::ParamKind::name) gives the suffixes).
 pub fn named_params(graph: &Graph) -> Vec<(String, &Tensor)> {
-    graph
-        .nodes
-        .iter()
-        .flat_map(|n| op_params(&n.op).into_iter().map(move |(p, t)| (format!("{}.{p}", n.name), t)))
-        .collect()
+    graph.params().into_iter().map(|(node, kind, t)| (param_name(node, kind), t)).collect()
 }
 
 /// [`named_params`] with mutable access (same names, same order).
 pub fn named_params_mut(graph: &mut Graph) -> Vec<(String, &mut Tensor)> {
-    graph
-        .nodes
-        .iter_mut()
-        .flat_map(|n| {
-            let name = &n.name;
-            op_params_mut(&mut n.op).into_iter().map(move |(p, t)| (format!("{name}.{p}"), t))
-        })
-        .collect()
+    graph.params_mut().into_iter().map(|(node, kind, t)| (param_name(node, kind), t)).collect()
 }
 
 /// The first name that occurs twice, if any.

@@ -4,10 +4,10 @@
 //! survives graph clones and is independent of node order. Parameters without a gradient in the
 //! [`Gradients`] map (and batch-norm running statistics, which never have one) are left alone.
 //!
-//! Weight decay applies to convolution weights only (names ending in `.weight`): biases,
-//! batch-norm `gamma`/`beta`, channel-affine `scale`/`shift` and soft gates `alpha` are not
-//! decayed (the usual practice; decaying gates or BN scales shrinks the function, not the
-//! complexity).
+//! Weight decay applies to convolution weights only
+//! ([`ParamKind::decays`](crate::graph::ParamKind::decays)): biases, batch-norm `gamma`/`beta`,
+//! channel-affine `scale`/`shift` and soft gates `alpha` are not decayed (the usual practice;
+//! decaying gates or BN scales shrinks the function, not the complexity).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -17,13 +17,7 @@ use safetensors::{tensor::View, Dtype, SafeTensors};
 
 use super::Gradients;
 use crate::error::{Error, Result};
-use crate::graph::Graph;
-use crate::weights::named_params_mut;
-
-/// Whether weight decay applies to the parameter called `name`.
-pub fn decays(name: &str) -> bool {
-    name.ends_with(".weight")
-}
+use crate::graph::{param_name, Graph};
 
 /// Step schedule: `lr * gamma^floor(epoch / step)` (`step == 0` means constant).
 pub fn step_lr(lr: f32, gamma: f32, step: usize, epoch: usize) -> f32 {
@@ -49,8 +43,9 @@ impl Kind {
 }
 
 /// Adam (PyTorch's, with bias correction and decoupled weight decay) or RMSprop (`alpha = 0.99`,
-/// `eps = 1e-8`, L2 decay), weight decay on `.weight` parameters only (see [`decays`]). The state
-/// is public and can be saved with [`Optimizer::save`] (checkpoints, `--resume`).
+/// `eps = 1e-8`, L2 decay), weight decay on convolution weights only (see
+/// [`ParamKind::decays`](crate::graph::ParamKind::decays)). The state is public and can be saved
+/// with [`Optimizer::save`] (checkpoints, `--resume`).
 ///
 /// State file: safetensors with `adam.m.<param>`, `adam.v.<param>` (Adam) or
 /// `rmsprop.sq.<param>` (RMSprop) tensors and metadata `optimizer`, `adam_step`, `beta1`,
@@ -98,7 +93,8 @@ impl Optimizer {
     pub fn apply(&mut self, graph: &mut Graph, grads: &Gradients, lr: f32) -> Result<()> {
         self.t += 1;
         let t = self.t;
-        for (name, p) in named_params_mut(graph) {
+        for (node, kind, p) in graph.params_mut() {
+            let name = param_name(node, kind);
             let Some(g) = grads.params.get(&name) else {
                 continue;
             };
@@ -109,7 +105,7 @@ impl Optimizer {
                     p.data.len()
                 )));
             }
-            let wd = if decays(&name) { self.weight_decay } else { 0.0 };
+            let wd = if kind.decays() { self.weight_decay } else { 0.0 };
             let n = g.data.len();
             match self.kind {
                 Kind::Adam => {
