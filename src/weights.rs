@@ -253,26 +253,46 @@ fn card_from_metadata(map: &BTreeMap<String, String>) -> std::result::Result<Mod
 // Saving
 // ---------------------------------------------------------------------------------------------
 
-/// A graph parameter as a safetensors F32 view (borrowed bytes on little-endian targets).
-struct F32View<'a>(&'a Tensor);
+/// An f32 tensor as a safetensors F32 view (borrowed bytes on little-endian targets).
+struct F32View<'a> {
+    shape: Vec<usize>,
+    data: &'a [f32],
+}
 
 impl View for F32View<'_> {
     fn dtype(&self) -> Dtype {
         Dtype::F32
     }
     fn shape(&self) -> &[usize] {
-        &self.0.shape
+        &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
         if cfg!(target_endian = "little") {
-            Cow::Borrowed(bytemuck::cast_slice(&self.0.data))
+            Cow::Borrowed(bytemuck::cast_slice(self.data))
         } else {
-            Cow::Owned(self.0.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+            Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
         }
     }
     fn data_len(&self) -> usize {
-        self.0.data.len() * 4
+        self.data.len() * 4
     }
+}
+
+/// Writes f32 tensors `(name, shape, values)` and string metadata as a safetensors file,
+/// atomically (see [`save`]): the one safetensors writer, shared by weight files and the
+/// optimiser state. `what` names the content in errors. Shapes must match the value counts.
+pub(crate) fn write_safetensors<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, Vec<usize>, &'a [f32])>,
+    metadata: HashMap<String, String>,
+    what: &str,
+) -> Result<()> {
+    let views = tensors.into_iter().map(|(name, shape, data)| (name, F32View { shape, data }));
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Format {
+        path: path.display().to_string(),
+        msg: format!("cannot serialise {what}: {e}"),
+    })?;
+    write_atomic(path, &bytes)
 }
 
 fn non_finite_msg(name: &str, shape: &[usize], data: &[f32], i: usize) -> String {
@@ -320,12 +340,8 @@ pub fn save(path: &Path, graph: &Graph, card: &ModelCard) -> Result<()> {
         }
     }
     let meta: HashMap<String, String> = card.to_metadata().into_iter().collect();
-    let views = params.iter().map(|(n, t)| (n.as_str(), F32View(t)));
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Format {
-        path: path.display().to_string(),
-        msg: format!("cannot serialise the weights: {e}"),
-    })?;
-    write_atomic(path, &bytes)
+    let tensors = params.iter().map(|(n, t)| (n.as_str(), t.shape.clone(), t.data.as_slice()));
+    write_safetensors(path, tensors, meta, "the weights")
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
