@@ -3,6 +3,8 @@
 mod context;
 mod executor;
 pub mod kernels;
+pub(crate) mod setup;
+pub mod uniforms;
 
 pub use context::{GpuContext, NO_ADAPTER_HELP};
 pub use executor::{GpuModel, NodeTime};
