@@ -38,7 +38,10 @@ struct ConvParams {
     // Input channels of this dispatch's chunk, first output-channel block, group, and whether
     // to add to what earlier chunks wrote (1) / apply the epilogue (2).
     ci0: u32, ci_n: u32, cb0: u32, g0: u32,
-    mode: u32, pad0: u32, pad1: u32, pad2: u32,
+    // Where this dispatch starts in the whole grid: a grid larger than the device's
+    // workgroups-per-dimension limit is split over several dispatches (kernels.rs). `x0` counts
+    // invocations, `y0` and `z0` workgroups.
+    mode: u32, x0: u32, y0: u32, z0: u32,
 }
 
 @group(0) @binding(2) var<uniform> p: ConvParams;
@@ -135,19 +138,20 @@ fn store_tile(t: Tile, n: u32, g: u32, cb: u32, oy: u32, ox0: u32) {
 @compute @workgroup_size(CONV_TILED_WG)
 fn conv2d_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tiles_x = (p.ow + TN - 1u) / TN;
+    let tile = gid.x + p.x0;
     // Whole SIMD groups past the end leave at once; lavapipe ends a loop when no lane is active.
-    if (gid.x >= tiles_x * p.oh) {
+    if (tile >= tiles_x * p.oh) {
         return;
     }
-    let tile = gid.x;
     let oy = tile / tiles_x;
     let ox0 = (tile % tiles_x) * TN;
-    let n = wid.z;
+    let n = wid.z + p.z0;
+    let cb = wid.y + p.y0;
     let iy0 = i32(oy * p.sh) - i32(p.ph);
     let ix0 = i32(ox0 * p.sw) - i32(p.pw);
     var t: Tile;
     // Window layout: [block][k in chunk][TM / 4] vec4s; `wi` walks k.
-    var wi = wid.y * p.ci_n * p.kh * p.kw * 4u;
+    var wi = cb * p.ci_n * p.kh * p.kw * 4u;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * p.h * p.w;
     for (var ci = 0u; ci < p.ci_n; ci++) {
         let base = ch0 + ci * p.h * p.w;
@@ -170,8 +174,8 @@ fn conv2d_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
             }
         }
     }
-    if (gid.x < tiles_x * p.oh) {
-        store_tile(t, n, p.g0, p.cb0 + wid.y, oy, ox0);
+    if (tile < tiles_x * p.oh) {
+        store_tile(t, n, p.g0, p.cb0 + cb, oy, ox0);
     }
 }
 
@@ -180,17 +184,18 @@ fn conv2d_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
 @compute @workgroup_size(CONV_TILED_WG)
 fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tiles_x = (p.ow + TN - 1u) / TN;
-    if (gid.x >= tiles_x * p.oh) {
+    let tile = gid.x + p.x0;
+    if (tile >= tiles_x * p.oh) {
         return;
     }
-    let tile = gid.x;
     let oy = tile / tiles_x;
     let ox0 = (tile % tiles_x) * TN;
-    let n = wid.z;
+    let n = wid.z + p.z0;
+    let cb = wid.y + p.y0;
     let iy0 = i32(oy) - i32(p.ph);
     let ix0 = i32(ox0) - i32(p.pw);
     var t: Tile;
-    var wi = wid.y * p.ci_n * 9u * 4u;
+    var wi = cb * p.ci_n * 9u * 4u;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * p.h * p.w;
     for (var ci = 0u; ci < p.ci_n; ci++) {
         let base = ch0 + ci * p.h * p.w;
@@ -216,8 +221,8 @@ fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
             }
         }
     }
-    if (gid.x < tiles_x * p.oh) {
-        store_tile(t, n, p.g0, p.cb0 + wid.y, oy, ox0);
+    if (tile < tiles_x * p.oh) {
+        store_tile(t, n, p.g0, p.cb0 + cb, oy, ox0);
     }
 }
 
@@ -226,13 +231,14 @@ fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
 @compute @workgroup_size(CONV_TILED_WG)
 fn conv2d_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let hw = p.h * p.w;
-    let pix0 = gid.x * TN;
+    let pix0 = (gid.x + p.x0) * TN;
     if (pix0 >= hw) {
         return;
     }
-    let n = wid.z;
+    let n = wid.z + p.z0;
+    let cb = wid.y + p.y0;
     var t: Tile;
-    var wi = wid.y * p.ci_n * 4u;
+    var wi = cb * p.ci_n * 4u;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * hw;
     var idx: array<u32, TN>;
     for (var j = 0u; j < TN; j++) {
@@ -255,7 +261,7 @@ fn conv2d_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
     }
     // Flattened pixels are rows of width `ow` = w for the store.
     if (pix0 < hw) {
-        store_tile_flat(t, n, p.g0, p.cb0 + wid.y, pix0);
+        store_tile_flat(t, n, p.g0, p.cb0 + cb, pix0);
     }
 }
 
@@ -280,13 +286,13 @@ fn store_tile_flat(t: Tile, n: u32, g: u32, cb: u32, pix0: u32) {
 @compute @workgroup_size(CONV_DIRECT_WG)
 fn conv2d_direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let ohw = p.oh * p.ow;
-    let pix0 = gid.x * TD;
+    let pix0 = (gid.x + p.x0) * TD;
     if (pix0 >= ohw) {
         return;
     }
-    let c = wid.y;
+    let c = wid.y + p.y0;
     let g = c / p.cout_g;
-    let n = wid.z;
+    let n = wid.z + p.z0;
     var iy0: array<i32, 4>;
     var ix0: array<i32, 4>;
     for (var j = 0u; j < TD; j++) {

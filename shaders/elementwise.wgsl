@@ -20,10 +20,15 @@ const EW_HAS_SB: u32 = 8u;
 
 @group(0) @binding(2) var<uniform> p: EwParams;
 
-// The grid is 2-D (x wraps at `row` workgroups) so tensors above 65535 * 256 elements fit.
+// The grid is 3-D (x wraps at `row` workgroups, y at the device's per-dimension limit) so
+// tensors above 65535 * 256 elements fit.
 @compute @workgroup_size(256)
-fn elementwise(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let i = (wid.y * p.row + wid.x) * 256u + li;
+fn elementwise(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = ((wid.z * nwg.y + wid.y) * p.row + wid.x) * 256u + li;
     let chw = p.c * p.hw;
     if (i >= p.n * chw) {
         return;

@@ -13,8 +13,12 @@ struct PoolParams {
 @group(0) @binding(2) var<uniform> p: PoolParams;
 
 @compute @workgroup_size(256)
-fn max_pool(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let i = (wid.y * p.row + wid.x) * 256u + li;
+fn max_pool(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = ((wid.z * nwg.y + wid.y) * p.row + wid.x) * 256u + li;
     let per_n = p.c * p.oh * p.ow;
     if (i >= p.n * per_n) {
         return;

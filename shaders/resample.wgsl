@@ -20,8 +20,9 @@ struct Out {
     r: u32,
 }
 
-fn locate(li: u32, wid: vec3<u32>) -> Out {
-    let i = (wid.y * p.row + wid.x) * 256u + li;
+// x wraps at `row` workgroups, y at the device's per-dimension limit (see kernels.rs).
+fn locate(li: u32, wid: vec3<u32>, nwg: vec3<u32>) -> Out {
+    let i = ((wid.z * nwg.y + wid.y) * p.row + wid.x) * 256u + li;
     let per_n = p.c * p.oh * p.ow;
     var o: Out;
     o.valid = i < p.n * per_n;
@@ -38,8 +39,12 @@ fn load(n: u32, c: u32, y: u32, x: u32) -> f32 {
 }
 
 @compute @workgroup_size(256)
-fn upsample_nearest(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let o = locate(li, wid);
+fn upsample_nearest(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let o = locate(li, wid, nwg);
     if (!o.valid) {
         return;
     }
@@ -49,8 +54,12 @@ fn upsample_nearest(@builtin(local_invocation_index) li: u32, @builtin(workgroup
 // Half-pixel centres: source = (dst + 0.5) / factor - 0.5, clamped at 0, as PyTorch with
 // align_corners = false and ONNX Resize (linear, half_pixel).
 @compute @workgroup_size(256)
-fn upsample_bilinear(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let o = locate(li, wid);
+fn upsample_bilinear(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let o = locate(li, wid, nwg);
     if (!o.valid) {
         return;
     }
@@ -69,8 +78,12 @@ fn upsample_bilinear(@builtin(local_invocation_index) li: u32, @builtin(workgrou
 }
 
 @compute @workgroup_size(256)
-fn pixel_shuffle(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let o = locate(li, wid);
+fn pixel_shuffle(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let o = locate(li, wid, nwg);
     if (!o.valid) {
         return;
     }

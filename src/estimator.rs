@@ -116,7 +116,7 @@ impl<'c> Estimator<'c> {
         }
         let crops = self.crops_for(boxes, image.width, image.height)?;
         let heatmaps = self.heatmaps(image, &crops)?;
-        self.poses_from(&heatmaps, &crops, boxes)
+        self.poses_from(&heatmaps, &crops, boxes, [image.width, image.height])
     }
 
     /// Like [`estimate_batch`](Self::estimate_batch) for a frame that is already on the GPU: a
@@ -141,7 +141,7 @@ impl<'c> Estimator<'c> {
             let out = crate::pipeline::preprocess_gpu::OutputLayout::packed(out_w, out_h, offset);
             pre.encode_layout(enc, src, frame, &crops, arena, &out)
         })?;
-        self.poses_from(&heatmaps, &crops, boxes)
+        self.poses_from(&heatmaps, &crops, boxes, [w, h])
     }
 
     fn crops_for(&self, boxes: &[[f32; 4]], img_w: usize, img_h: usize) -> Result<Vec<CropTransform>> {
@@ -157,7 +157,13 @@ impl<'c> Estimator<'c> {
         Ok(crops)
     }
 
-    fn poses_from(&self, heatmaps: &Tensor, crops: &[CropTransform], boxes: &[[f32; 4]]) -> Result<Vec<Pose>> {
+    fn poses_from(
+        &self,
+        heatmaps: &Tensor,
+        crops: &[CropTransform],
+        boxes: &[[f32; 4]],
+        image_size: [usize; 2],
+    ) -> Result<Vec<Pose>> {
         let [n, k, h, w] = heatmaps.nchw()?;
         let per = if self.opts.flip_test { 2 } else { 1 };
         if n != boxes.len() * per {
@@ -176,7 +182,8 @@ impl<'c> Estimator<'c> {
                 take(first)
             };
             let kps = decode(&maps, &self.opts.decode)?.remove(0);
-            let keypoints: Vec<Keypoint> = kps.into_iter().map(|kp| kp.to_image(&crops[first], stride)).collect();
+            let keypoints: Vec<Keypoint> =
+                kps.into_iter().map(|kp| inside_image(kp.to_image(&crops[first], stride), image_size)).collect();
             let score = keypoints.iter().map(|k| k.score).sum::<f32>() / keypoints.len().max(1) as f32;
             poses.push(Pose { keypoints, skeleton: self.skeleton, bbox: *b, score });
         }
@@ -241,6 +248,17 @@ impl<'c> Estimator<'c> {
             }
         }
     }
+}
+
+/// A keypoint that decoded outside the image (the crop of a thin or off-centre box reaches far
+/// beyond it) is moved to the nearest point of the image and its score set to 0: the network
+/// did not see the person there, and a coordinate thousands of pixels away helps no caller.
+fn inside_image(k: Keypoint, [w, h]: [usize; 2]) -> Keypoint {
+    let (w, h) = (w as f32, h as f32);
+    if (0.0..=w).contains(&k.x) && (0.0..=h).contains(&k.y) {
+        return k;
+    }
+    Keypoint { x: k.x.clamp(0.0, w), y: k.y.clamp(0.0, h), score: 0.0 }
 }
 
 /// The image as tightly packed RGBA8, the layout the preprocessing kernel reads (one u32 per

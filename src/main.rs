@@ -4,7 +4,9 @@ mod cli;
 
 fn main() {
     restore_default_sigpipe();
-    if let Err(e) = cli::main() {
+    let result = cli::main();
+    cli::flush_stdout();
+    if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

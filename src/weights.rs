@@ -589,6 +589,16 @@ pub fn load_into(path: &Path, graph: &mut Graph) -> Result<ModelCard> {
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
             return Err(fmt(non_finite_msg(name, &t.shape, &data, i)));
         }
+        // A variance below zero makes the batch norm's 1/sqrt(var + eps) NaN (or huge): garbage
+        // out of every later layer, so it is as corrupt as a NaN.
+        if name.ends_with(".running_var") {
+            if let Some(i) = data.iter().position(|v| *v < 0.0) {
+                return Err(fmt(format!(
+                    "tensor `{name}` has the negative variance {} at index {i}; batch-norm variances are >= 0",
+                    data[i]
+                )));
+            }
+        }
         staged.push(data);
     }
     for ((_, t), data) in params.iter_mut().zip(staged) {

@@ -60,6 +60,12 @@ fn first_json(dir: &Path) -> Result<PathBuf> {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    if a.device == DeviceArg::Both {
+        return Err(Error::Input("--device both is for benchmarks; eval runs on one device: gpu or cpu".into()));
+    }
+    if a.limit == Some(0) {
+        return Err(Error::Input("--limit must be at least 1".into()));
+    }
     let range = a.range.as_deref().map(parse_range).transpose()?;
     // People to evaluate, and the crop padding that matches each benchmark's box rule.
     let (people, missing, padding, coco_gt) = match a.format {
@@ -81,7 +87,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
             };
             let ds = coco::load_coco(&json, &dir)?;
             let missing = ds.missing_images.clone();
-            (ds.persons(), missing, 1.25, Some(ds))
+            let persons = ds.persons();
+            if persons.is_empty() {
+                return Err(Error::Input(format!(
+                    "no people to evaluate in {}: {}",
+                    json.display(),
+                    ds.persons_summary()
+                )));
+            }
+            (persons, missing, 1.25, Some(ds))
         }
     };
     if !missing.is_empty() {
@@ -99,6 +113,18 @@ pub fn run(a: EvalArgs) -> Result<()> {
     eprintln!("model {}: {}; {}", cfg.name, est.weights, if est.on_gpu() { "GPU" } else { "CPU executor" });
     // Model joints -> dataset joints by name; dataset joints the model lacks count as misses.
     let mapping = est.skeleton.mapping_to(dataset_skeleton);
+    let unmapped: Vec<&str> =
+        mapping.iter().zip(dataset_skeleton.joints).filter(|(m, _)| m.is_none()).map(|(_, j)| *j).collect();
+    if !unmapped.is_empty() {
+        eprintln!(
+            "warning: {} predicts {} joints, the dataset labels {}: {} of them ({}) have no prediction and count as misses",
+            cfg.name,
+            est.skeleton.joints.len(),
+            dataset_skeleton.joints.len(),
+            unmapped.len(),
+            unmapped.join(", ")
+        );
+    }
 
     let t0 = Instant::now();
     let mut preds: Vec<Vec<[f32; 3]>> = Vec::new();
@@ -153,7 +179,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     eprintln!();
     let elapsed = t0.elapsed().as_secs_f64();
     for (p, why) in &unreadable {
-        eprintln!("skipped {}: {why}", p.display());
+        // Reading and decoding errors name the file already.
+        let named = why.contains(&p.display().to_string());
+        eprintln!("skipped {}", if named { why.clone() } else { format!("{}: {why}", p.display()) });
     }
     println!(
         "{} people evaluated in {:.1} s ({:.2} people/s), {} skipped",

@@ -1,12 +1,24 @@
 //! Subcommands of the `wgpose` binary. Library code stays in the library; this only parses
 //! arguments, picks a device and prints.
 
+// `println!` / `print!` of every subcommand go through `write_stdout`: std's versions panic when
+// stdout cannot be written (`wgpose models > /dev/full`), a command-line tool reports it instead.
+// Defined before the `mod` lines so their textual scope covers the subcommands and shadows std's.
+macro_rules! println {
+    () => { $crate::cli::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
+}
+
 mod bench;
 mod eval;
 mod models;
 mod predict;
 mod profile;
 mod run;
+mod soak;
 mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -38,6 +50,8 @@ enum Command {
     Export(run::ExportArgs),
     /// Trains a model on the CPU (LSP-extended): checkpoints, CSV log, curve PNG, final weights.
     Train(train::TrainArgs),
+    /// Thousands of frames through the Estimator on each executor, resident memory at intervals.
+    Soak(soak::SoakArgs),
     /// Prints the GPU adapter wgpu finds.
     Info,
 }
@@ -65,6 +79,30 @@ pub fn open_gpu(device: DeviceArg) -> Result<Option<GpuContext>> {
     }
 }
 
+/// Writes to stdout; when that fails (a full disk, a closed descriptor) says so and exits with
+/// status 1 instead of panicking. A closed pipe never gets here: SIGPIPE ends the process first
+/// (see main.rs).
+pub fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args) {
+        stdout_failed(e);
+    }
+}
+
+/// Flushes what `print!` left in stdout's buffer, with the same error handling.
+pub fn flush_stdout() {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().flush() {
+        stdout_failed(e);
+    }
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -76,6 +114,7 @@ pub fn main() -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Export(a) => run::export(a),
         Command::Train(a) => train::run(a),
+        Command::Soak(a) => soak::run(a),
         Command::Info => {
             let ctx = GpuContext::new()?;
             println!("adapter: {}", ctx.describe());

@@ -6,7 +6,7 @@ use clap::Args;
 use wgpose::estimator::{Estimator, EstimatorOptions, Pose};
 use wgpose::image_io::load_rgb;
 use wgpose::models::{config, ModelConfig};
-use wgpose::pipeline::crop::ImageRef;
+use wgpose::pipeline::crop::{validate_box, ImageRef};
 use wgpose::{Error, Result};
 
 use super::{open_gpu, DeviceArg};
@@ -54,8 +54,24 @@ pub fn parse_bbox(s: &str) -> Result<[f32; 4]> {
 /// A config name, or a weights file whose card says which config it belongs to.
 pub fn resolve_model(model: &str) -> Result<(ModelConfig, Option<PathBuf>)> {
     let p = Path::new(model);
+    if p.is_dir() {
+        return Err(Error::Input(format!(
+            "--model {model} is a directory; give a config name (see `wgpose models`) or a .safetensors file"
+        )));
+    }
     if model.ends_with(".safetensors") || p.is_file() {
         let card = wgpose::weights::read_card(p)?;
+        if card.config.trim().is_empty() {
+            return Err(Error::Format {
+                path: p.display().to_string(),
+                msg: "no model card (its metadata names no `config`), so the network it belongs to is unknown; \
+                      run it with `wgpose run --model NAME --weights FILE`"
+                    .into(),
+            });
+        }
+        if card.epochs == Some(0) {
+            eprintln!("warning: {model} was trained for 0 epochs: its weights are a random initialisation");
+        }
         let mut cfg = config(&card.config)?;
         if let Some(input) = card.input {
             cfg = cfg.with_input(input);
@@ -68,7 +84,73 @@ pub fn resolve_model(model: &str) -> Result<(ModelConfig, Option<PathBuf>)> {
     Ok((config(model)?, None))
 }
 
+/// Checks every argument before a model is loaded or an image decoded.
+fn validate(a: &PredictArgs) -> Result<()> {
+    if !(a.threshold.is_finite() && (0.0..=1.0).contains(&a.threshold)) {
+        return Err(Error::Input(format!("--threshold {} must be a number from 0 to 1", a.threshold)));
+    }
+    if a.device == DeviceArg::Both {
+        return Err(Error::Input("--device both is for benchmarks; predict runs on one device: gpu or cpu".into()));
+    }
+    let several = a.images.len() > 1;
+    if let Some(out) = &a.overlay {
+        if !several && out.is_dir() {
+            return Err(Error::Input(format!(
+                "--overlay {} is a directory; with one image it names the PNG to write",
+                out.display()
+            )));
+        }
+        if several && out.exists() && !out.is_dir() {
+            return Err(Error::Input(format!(
+                "--overlay {} is a file; with several images it names a directory",
+                out.display()
+            )));
+        }
+    }
+    if let Some(json) = a.json.as_ref().filter(|p| p.is_dir()) {
+        return Err(Error::Input(format!("--json {} is a directory", json.display())));
+    }
+    Ok(())
+}
+
+/// Overlay file names for several images: `stem.png`, unless two inputs share a stem
+/// (`a/x.jpg` and `b/x.jpg`, or `x.jpg` and `x.png`), then the path as given with its separators
+/// and dots turned into `_` so no overlay overwrites another.
+fn overlay_names(images: &[PathBuf]) -> Vec<PathBuf> {
+    let stem = |p: &Path| p.file_stem().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let mut counts = std::collections::HashMap::new();
+    for p in images {
+        *counts.entry(stem(p)).or_insert(0usize) += 1;
+    }
+    images
+        .iter()
+        .map(|p| {
+            let s = stem(p);
+            if counts[&s] == 1 {
+                PathBuf::from(s).with_extension("png")
+            } else {
+                let flat: String = p
+                    .display()
+                    .to_string()
+                    .chars()
+                    .map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' })
+                    .collect();
+                PathBuf::from(format!("{flat}.png"))
+            }
+        })
+        .collect()
+}
+
+/// An image error names its file already when it comes from reading or decoding it.
+fn describe_failure(path: &Path, e: &Error) -> String {
+    match e {
+        Error::Io { .. } | Error::Format { .. } => e.to_string(),
+        _ => format!("{}: {e}", path.display()),
+    }
+}
+
 pub fn run(a: PredictArgs) -> Result<()> {
+    validate(&a)?;
     let images = if a.images.is_empty() {
         vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/sample.jpg")]
     } else {
@@ -83,46 +165,50 @@ pub fn run(a: PredictArgs) -> Result<()> {
     if let Some(dir) = a.overlay.as_ref().filter(|_| images.len() > 1) {
         std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
     }
+    let overlay_files = overlay_names(&images);
+    // Keyed by the path as given, so two inputs with the same file name keep both results.
     let mut json = serde_json::Map::new();
     let mut failed = 0;
-    for path in &images {
+    for (path, overlay_file) in images.iter().zip(&overlay_files) {
         let result = predict_one(&mut est, path, bbox);
         match result {
             Ok((pose, mut img, scale)) => {
                 let kps: Vec<[f32; 3]> = pose.keypoints.iter().map(|k| [k.x, k.y, k.score]).collect();
-                let name =
-                    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+                let name = path.display().to_string();
                 if a.json.is_none() {
                     println!("{name}: score {:.3}", pose.score);
                     for (j, k) in kps.iter().enumerate() {
                         println!("  {:<16} {:>8.1} {:>8.1}  {:.3}", pose.skeleton.joints[j], k[0], k[1], k[2]);
                     }
                 }
-                json.insert(name.clone(), serde_json::json!(kps));
+                json.insert(name, serde_json::json!(kps));
                 if let Some(out) = &a.overlay {
-                    let target =
-                        if images.len() > 1 { out.join(Path::new(&name).with_extension("png")) } else { out.clone() };
+                    let target = if images.len() > 1 { out.join(overlay_file) } else { out.clone() };
                     // Drawn on the working image (at most WORK_SIDE pixels on its longest side).
                     let on_canvas: Vec<[f32; 3]> = kps.iter().map(|k| [k[0] / scale, k[1] / scale, k[2]]).collect();
                     wgpose::overlay::draw_skeleton(&mut img, pose.skeleton, &on_canvas, a.threshold);
-                    img.save(&target)
-                        .map_err(|e| Error::Format { path: target.display().to_string(), msg: e.to_string() })?;
-                    eprintln!("wrote {}", target.display());
+                    match img.save(&target) {
+                        Ok(()) => eprintln!("wrote {}", target.display()),
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("error: {}: {e}", target.display());
+                        }
+                    }
                 }
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("error: {}: {e}", path.display());
+                eprintln!("error: {}", describe_failure(path, &e));
             }
         }
     }
-    if let Some(out) = &a.json {
+    if let Some(out) = a.json.as_ref().filter(|_| !json.is_empty()) {
         let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Input(e.to_string()))?;
         std::fs::write(out, text).map_err(|e| Error::Io { path: out.display().to_string(), source: e })?;
         eprintln!("wrote {}", out.display());
     }
-    if failed == images.len() {
-        return Err(Error::Input(format!("none of the {} image(s) could be processed", images.len())));
+    if failed > 0 {
+        return Err(Error::Input(format!("{failed} of the {} image(s) failed (see above)", images.len())));
     }
     Ok(())
 }
@@ -131,6 +217,11 @@ pub fn run(a: PredictArgs) -> Result<()> {
 /// `WORK_SIDE` pixels) to draw on, and `original / working` scale.
 fn predict_one(est: &mut Estimator, path: &Path, bbox: Option<[f32; 4]>) -> Result<(Pose, image::RgbImage, f32)> {
     let img = load_rgb(path)?;
+    if let Some(b) = bbox {
+        // Checked in original pixels, before any executor sees the box.
+        let [w, h] = img.original_size;
+        validate_box(b, w as usize, h as usize)?;
+    }
     let s = img.scale;
     let work_box = bbox.map(|b| [b[0] / s, b[1] / s, b[2] / s, b[3] / s]);
     let mut pose = est.estimate(&ImageRef::from(&img.rgb), work_box)?;

@@ -61,6 +61,9 @@ fn sized(cfg: ModelConfig, size: Option<[usize; 2]>) -> ModelConfig {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
+    if a.device == DeviceArg::Both {
+        return Err(Error::Input("--device both is for benchmarks; run uses one device: gpu or cpu".into()));
+    }
     let x = wgpose::npy::read(&a.input)?;
     let [n, c, h, w] = x.nchw()?;
     let cfg = config(&a.model)?;
@@ -75,10 +78,23 @@ pub fn run(a: RunArgs) -> Result<()> {
     let cfg = sized(cfg, Some([h, w]));
     let (graph, source, _) = load_model(&cfg, a.weights.as_deref(), a.seed)?;
     eprintln!("{}: {source}", cfg.name);
-    let outputs = match open_gpu(a.device)? {
-        Some(ctx) => {
+    let ctx = open_gpu(a.device)?;
+    // An input too large for the device's buffers still runs: on the CPU, with a notice.
+    let gpu_model = match &ctx {
+        Some(ctx) => match GpuModel::compile(ctx, &graph, n) {
+            Ok(m) => Some((ctx, m)),
+            Err(Error::TooLarge(why)) => {
+                eprintln!("warning: too large for {}: {why}; running on the CPU executor", ctx.describe());
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let outputs = match gpu_model {
+        Some((ctx, mut model)) => {
             eprintln!("device: {}", ctx.describe());
-            GpuModel::compile(&ctx, &graph, n)?.run(std::slice::from_ref(&x))?
+            model.run(std::slice::from_ref(&x))?
         }
         None => {
             eprintln!("device: CPU executor");

@@ -69,8 +69,8 @@ pub struct CocoDataset {
 #[derive(Deserialize)]
 struct RawFile {
     images: Vec<RawImage>,
-    #[serde(default)]
-    annotations: Vec<RawAnn>,
+    /// Required: a file without it (an image-info list) has nothing to evaluate.
+    annotations: Option<Vec<RawAnn>>,
     #[serde(default)]
     categories: Vec<RawCat>,
 }
@@ -136,9 +136,13 @@ pub fn load_coco(json: &Path, image_dir: &Path) -> Result<CocoDataset> {
         }
         images.push(CocoImage { id: im.id, file_name: im.file_name, width: im.width, height: im.height, path, exists });
     }
+    let raw_annotations = raw.annotations.ok_or_else(|| {
+        format_err(json, "no `annotations` list: not a keypoints annotation file (an image-info file?)")
+    })?;
+    let image_ids: HashSet<u64> = images.iter().map(|i| i.id).collect();
     let mut seen = HashSet::new();
-    let mut annotations = Vec::with_capacity(raw.annotations.len());
-    for a in raw.annotations {
+    let mut annotations = Vec::with_capacity(raw_annotations.len());
+    for a in raw_annotations {
         if !seen.insert(a.id) {
             return Err(format_err(json, format!("duplicate annotation id {}", a.id)));
         }
@@ -161,6 +165,16 @@ pub fn load_coco(json: &Path, image_dir: &Path) -> Result<CocoDataset> {
         }
         if a.keypoints.iter().chain(&a.bbox).any(|v| !v.is_finite()) || !a.area.is_finite() {
             return Err(format_err(json, format!("annotation {}: non-finite number", a.id)));
+        }
+        // OKS divides by the area: a negative one turns every metric into -1 (nothing matched).
+        if a.area < 0.0 || a.bbox[2] < 0.0 || a.bbox[3] < 0.0 {
+            return Err(format_err(
+                json,
+                format!("annotation {}: negative area {} or box size {:?}", a.id, a.area, &a.bbox[2..]),
+            ));
+        }
+        if !image_ids.contains(&a.image_id) {
+            return Err(format_err(json, format!("annotation {}: image_id {} is not in `images`", a.id, a.image_id)));
         }
         let counted = a.keypoints.chunks_exact(3).filter(|k| k[2] > 0.0).count() as u32;
         annotations.push(CocoAnnotation {
@@ -190,6 +204,29 @@ impl CocoDataset {
     /// The image entry with this id.
     pub fn image(&self, id: u64) -> Option<&CocoImage> {
         self.images.iter().find(|i| i.id == id)
+    }
+
+    /// Why [`persons`](Self::persons) is empty (or short): how many annotations each of its
+    /// filters left out, for an error message that says more than "no people".
+    pub fn persons_summary(&self) -> String {
+        let by_id: std::collections::HashMap<u64, &CocoImage> = self.images.iter().map(|i| (i.id, i)).collect();
+        let count = |f: &dyn Fn(&CocoAnnotation) -> bool| self.annotations.iter().filter(|a| f(a)).count();
+        let other = count(&|a| a.category_id != PERSON_CATEGORY);
+        let crowd = count(&|a| a.category_id == PERSON_CATEGORY && a.iscrowd);
+        let unlabelled = count(&|a| a.category_id == PERSON_CATEGORY && !a.iscrowd && a.num_keypoints == 0);
+        let off_disk = count(&|a| {
+            a.category_id == PERSON_CATEGORY
+                && !a.iscrowd
+                && a.num_keypoints > 0
+                && by_id.get(&a.image_id).is_none_or(|i| !i.exists)
+        });
+        format!(
+            "{} annotation(s) on {} image(s): {other} not of the person category (id {PERSON_CATEGORY}), {crowd} crowd, \
+             {unlabelled} without labelled keypoints, {off_disk} on images missing from {}",
+            self.annotations.len(),
+            self.images.len(),
+            self.image_dir.display()
+        )
     }
 
     /// People for training and PCK/OKS lists: person annotations that are not crowd, have

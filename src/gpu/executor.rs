@@ -67,13 +67,26 @@ impl<'c> GpuModel<'c> {
 
     /// Like `compile`, but runs the graph exactly as given (no passes).
     pub fn compile_with(ctx: &'c GpuContext, graph: &Graph, batch: usize) -> Result<Self> {
-        ctx.scoped("compiling the graph", || Self::build(ctx, graph.clone(), batch))
+        Self::compile_with_grid_limit(ctx, graph, batch, u32::MAX)
     }
 
-    fn build(ctx: &'c GpuContext, graph: Graph, batch: usize) -> Result<Self> {
+    /// [`compile_with`](Self::compile_with) with at most `max_workgroups` workgroups per grid
+    /// dimension (and never more than the device allows). Grids beyond the limit are folded or
+    /// split over several dispatches; a low limit lets tests exercise that on small tensors.
+    pub fn compile_with_grid_limit(
+        ctx: &'c GpuContext,
+        graph: &Graph,
+        batch: usize,
+        max_workgroups: u32,
+    ) -> Result<Self> {
+        ctx.scoped("compiling the graph", || Self::build(ctx, graph.clone(), batch, max_workgroups))
+    }
+
+    fn build(ctx: &'c GpuContext, graph: Graph, batch: usize, max_workgroups: u32) -> Result<Self> {
         let plan = plan(&graph, batch)?;
         let mut pack = ParamPack::default();
-        let dispatches = lower(&graph, &plan, &mut pack)?;
+        let max_workgroups = max_workgroups.min(ctx.device.limits().max_compute_workgroups_per_dimension);
+        let dispatches = lower(&graph, &plan, &mut pack, max_workgroups)?;
         let limits = ctx.device.limits();
         let arena_bytes = (plan.arena_len.max(64) * 4) as u64;
         let param_bytes = (pack.data.len().max(4) * 4) as u64;

@@ -138,30 +138,58 @@ pub const CONV_DIRECT_WG: usize = 64;
 pub const CONV_TILED_WG: usize = 8;
 /// Workgroup size of the one-element-per-invocation kernels.
 pub const FLAT_WG: usize = 256;
-const MAX_GRID: usize = 65535;
 
 fn u(v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::TooLarge(format!("{v} does not fit the kernels' 32-bit indices")))
 }
 
-fn grid_dim(v: usize, what: &str) -> Result<u32> {
-    if v > MAX_GRID {
-        return Err(Error::TooLarge(format!("{what}: {v} workgroups along one axis exceeds {MAX_GRID}")));
+/// A 3-D grid for `total` elements at 256 per workgroup with at most `max` workgroups per
+/// dimension; returns (workgroups, row length). The kernels fold the grid back into one index
+/// (x wraps at `row`, y at the dispatched y extent), so any tensor the 32-bit indices can address
+/// fits whatever the device's per-dimension limit.
+fn flat_grid(total: usize, max: usize) -> Result<([u32; 3], u32)> {
+    let wgs = total.div_ceil(FLAT_WG).max(1);
+    let row = wgs.min(max);
+    let rows = wgs.div_ceil(row);
+    let ny = rows.min(max);
+    let nz = rows.div_ceil(ny);
+    if nz > max {
+        return Err(Error::TooLarge(format!("{total} elements need more than {max}^3 workgroups")));
     }
-    u(v.max(1))
+    Ok(([u(row)?, u(ny)?, u(nz)?], u(row)?))
 }
 
-/// A 2-D grid for `total` elements at 256 per workgroup; returns (workgroups, row length).
-fn flat_grid(total: usize) -> Result<([u32; 3], u32)> {
-    let wgs = total.div_ceil(FLAT_WG);
-    let row = wgs.clamp(1, MAX_GRID);
-    let rows = wgs.div_ceil(row);
-    Ok(([grid_dim(row, "flat grid")?, grid_dim(rows, "flat grid")?, 1], u(row)?))
+/// The dispatches of one convolution covering a `grid` of workgroups of `wg_size` invocations
+/// (along x) with at most `max` workgroups per dimension: one when it fits, else one per block of
+/// the grid, each with its start in `ConvParams::x0` (invocations), `y0` and `z0` (workgroups).
+fn split_grid(
+    node: NodeId,
+    kernel: Kernel,
+    params: ConvParams,
+    window: u32,
+    grid: [usize; 3],
+    wg_size: usize,
+    max: usize,
+) -> Result<Vec<Dispatch>> {
+    let grid = grid.map(|g| g.max(1));
+    let mut out = Vec::new();
+    for z0 in (0..grid[2]).step_by(max) {
+        for y0 in (0..grid[1]).step_by(max) {
+            for x0 in (0..grid[0]).step_by(max) {
+                let uniform = Uniforms::Conv(ConvParams { x0: u(x0 * wg_size)?, y0: u(y0)?, z0: u(z0)?, ..params });
+                let workgroups =
+                    [u((grid[0] - x0).min(max))?, u((grid[1] - y0).min(max))?, u((grid[2] - z0).min(max))?];
+                out.push(Dispatch { node, kernel, uniform, workgroups, window });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Elementwise `y = act(s*x0 + t + sb*x1)` over a `[n, c, h*w]` region.
 #[allow(clippy::too_many_arguments)]
 fn elementwise(
+    max: usize,
     node: NodeId,
     shape: [usize; 4],
     x0: View,
@@ -173,7 +201,7 @@ fn elementwise(
     act: Act,
 ) -> Result<Dispatch> {
     let [n, c, h, w] = shape;
-    let (workgroups, row) = flat_grid(n * c * h * w)?;
+    let (workgroups, row) = flat_grid(n * c * h * w, max)?;
     let flag = |on: bool, bit: u32| if on { bit } else { 0 };
     let flags = flag(s.is_some(), EW_HAS_S)
         | flag(t.is_some(), EW_HAS_T)
@@ -202,6 +230,7 @@ fn elementwise(
 }
 
 fn resample(
+    max: usize,
     node: NodeId,
     kernel: Kernel,
     ins: [usize; 4],
@@ -210,7 +239,7 @@ fn resample(
     y: View,
     factor: usize,
 ) -> Result<Dispatch> {
-    let (workgroups, row) = flat_grid(out.iter().product())?;
+    let (workgroups, row) = flat_grid(out.iter().product(), max)?;
     let un = ResampleParams {
         n: u(out[0])?,
         c: u(out[1])?,
@@ -232,8 +261,11 @@ fn resample(
     Ok(Dispatch { node, kernel, uniform: Uniforms::Resample(un), workgroups, window: 0 })
 }
 
-/// Turns every node of `g` into dispatches, packing parameters as it goes.
-pub fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack) -> Result<Vec<Dispatch>> {
+/// Turns every node of `g` into dispatches, packing parameters as it goes. `max_workgroups` is
+/// the device's limit per grid dimension (`max_compute_workgroups_per_dimension`); larger grids
+/// are folded into more dimensions or split over several dispatches.
+pub fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack, max_workgroups: u32) -> Result<Vec<Dispatch>> {
+    let max = (max_workgroups as usize).max(1);
     let mut out = Vec::new();
     for (id, node) in g.nodes.iter().enumerate() {
         let shape = plan.shapes[id];
@@ -242,34 +274,34 @@ pub fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack) -> Result<Vec<D
         let xv: Vec<View> = node.inputs.iter().map(|&i| plan.views[i]).collect();
         match &node.op {
             Op::Input { .. } => {}
-            Op::Conv2d(c) => out.extend(conv(id, c, ins[0], shape, &xv, y, pack)?),
+            Op::Conv2d(c) => out.extend(conv(id, c, ins[0], shape, &xv, y, pack, max)?),
             Op::BatchNorm(bn) => {
                 let (scale, shift) = bn.scale_shift();
                 let (s, t) = (pack.push(&scale), pack.push(&shift));
-                out.push(elementwise(id, shape, xv[0], None, y, Some(s), Some(t), None, Act::None)?);
+                out.push(elementwise(max, id, shape, xv[0], None, y, Some(s), Some(t), None, Act::None)?);
             }
             Op::ChannelAffine { scale, shift, act } => {
                 let (s, t) = (pack.push(&scale.data), pack.push(&shift.data));
-                out.push(elementwise(id, shape, xv[0], None, y, Some(s), Some(t), None, *act)?);
+                out.push(elementwise(max, id, shape, xv[0], None, y, Some(s), Some(t), None, *act)?);
             }
-            Op::Activation(act) => out.push(elementwise(id, shape, xv[0], None, y, None, None, None, *act)?),
-            Op::Add => out.push(elementwise(id, shape, xv[0], Some(xv[1]), y, None, None, None, Act::None)?),
+            Op::Activation(act) => out.push(elementwise(max, id, shape, xv[0], None, y, None, None, None, *act)?),
+            Op::Add => out.push(elementwise(max, id, shape, xv[0], Some(xv[1]), y, None, None, None, Act::None)?),
             Op::GatedAdd { alpha } => {
                 let s = pack.push(&alpha.data);
-                out.push(elementwise(id, shape, xv[0], Some(xv[1]), y, Some(s), None, None, Act::None)?);
+                out.push(elementwise(max, id, shape, xv[0], Some(xv[1]), y, Some(s), None, None, Act::None)?);
             }
             Op::Concat => {
                 let mut c_off = 0;
                 for (k, &s) in ins.iter().enumerate() {
                     if !plan.concat_input_in_place(g, id, k) {
                         let slice = View { offset: y.offset + c_off * s[2] * s[3], batch_stride: y.batch_stride };
-                        out.push(elementwise(id, s, xv[k], None, slice, None, None, None, Act::None)?);
+                        out.push(elementwise(max, id, s, xv[k], None, slice, None, None, None, Act::None)?);
                     }
                     c_off += s[1];
                 }
             }
             Op::MaxPool { kernel, stride, padding } => {
-                let (workgroups, row) = flat_grid(shape.iter().product())?;
+                let (workgroups, row) = flat_grid(shape.iter().product(), max)?;
                 let i = ins[0];
                 let un = PoolParams {
                     n: u(shape[0])?,
@@ -297,13 +329,13 @@ pub fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack) -> Result<Vec<D
                 out.push(Dispatch { node: id, kernel: Kernel::MaxPool, uniform, workgroups, window: 0 });
             }
             Op::UpsampleNearest { factor } => {
-                out.push(resample(id, Kernel::UpsampleNearest, ins[0], shape, xv[0], y, *factor)?)
+                out.push(resample(max, id, Kernel::UpsampleNearest, ins[0], shape, xv[0], y, *factor)?)
             }
             Op::UpsampleBilinear { factor } => {
-                out.push(resample(id, Kernel::UpsampleBilinear, ins[0], shape, xv[0], y, *factor)?)
+                out.push(resample(max, id, Kernel::UpsampleBilinear, ins[0], shape, xv[0], y, *factor)?)
             }
             Op::PixelShuffle { factor } => {
-                out.push(resample(id, Kernel::PixelShuffle, ins[0], shape, xv[0], y, *factor)?)
+                out.push(resample(max, id, Kernel::PixelShuffle, ins[0], shape, xv[0], y, *factor)?)
             }
         }
     }
@@ -318,6 +350,7 @@ fn conv(
     xv: &[View],
     y: View,
     pack: &mut ParamPack,
+    max: usize,
 ) -> Result<Vec<Dispatch>> {
     let [n, cin, h, w] = ins;
     let [_, cout, oh, ow] = out;
@@ -377,15 +410,14 @@ fn conv(
         cb0: 0,
         g0: 0,
         mode: 0,
-        pad0: 0,
-        pad1: 0,
-        pad2: 0,
+        x0: 0,
+        y0: 0,
+        z0: 0,
     };
     if direct {
-        let uniform = Uniforms::Conv(ConvParams { ci_n: u(cin_g)?, mode: CONV_EPILOGUE, ..base });
+        let un = ConvParams { ci_n: u(cin_g)?, mode: CONV_EPILOGUE, ..base };
         let tiles = (oh * ow).div_ceil(CONV_TD).div_ceil(CONV_DIRECT_WG);
-        let workgroups = [grid_dim(tiles, "conv pixels")?, grid_dim(cout, "conv channels")?, grid_dim(n, "batch")?];
-        return Ok(vec![Dispatch { node: id, kernel: Kernel::ConvDirect, uniform, workgroups, window: 0 }]);
+        return split_grid(id, Kernel::ConvDirect, un, 0, [tiles, cout, n], CONV_DIRECT_WG, max);
     }
     // Split input channels into chunks whose 16-channel weight block fits one window, and
     // group as many output-channel blocks per dispatch as the window holds.
@@ -431,9 +463,7 @@ fn conv(
                 let mode =
                     if chunk > 0 { CONV_ACCUMULATE } else { 0 } | if chunk + 1 == n_chunks { CONV_EPILOGUE } else { 0 };
                 let un = ConvParams { ci0: u(ci0)?, ci_n: u(ci_n)?, cb0: u(cb0)?, g0: u(gi)?, mode, ..base };
-                let workgroups =
-                    [grid_dim(tiles, "conv pixels")?, grid_dim(m, "conv channels")?, grid_dim(n, "batch")?];
-                dispatches.push(Dispatch { node: id, kernel, uniform: Uniforms::Conv(un), workgroups, window });
+                dispatches.extend(split_grid(id, kernel, un, window, [tiles, m, n], CONV_TILED_WG, max)?);
                 cb0 += m;
             }
         }

@@ -95,9 +95,12 @@ uniform_block! {
         pub g0: u32,
         /// Bits of [`conv_mode`].
         pub mode: u32,
-        pub pad0: u32,
-        pub pad1: u32,
-        pub pad2: u32,
+        /// Where this dispatch starts in the whole grid (a grid beyond the device's
+        /// workgroups-per-dimension limit is split over several dispatches): `x0` in
+        /// invocations, `y0` and `z0` in workgroups.
+        pub x0: u32,
+        pub y0: u32,
+        pub z0: u32,
     }
 }
 

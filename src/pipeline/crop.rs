@@ -115,16 +115,28 @@ fn check_box(bbox: [f32; 4]) -> Result<()> {
     Ok(())
 }
 
+/// How much larger than the image's longest side a person box may be.
+pub const MAX_BOX_TO_IMAGE: f32 = 4.0;
+
 /// Checks a box `[x, y, w, h]` against a `img_w x img_h` image: finite, positive size, and
 /// overlapping the image by a positive area. The crop itself is defined for any finite box of
 /// positive size (a crop outside the image is all padding); this is the check for callers that
-/// would rather skip such boxes.
+/// would rather skip such boxes. Boxes more than [`MAX_BOX_TO_IMAGE`] times the image's longest
+/// side are refused too.
 pub fn validate_box(bbox: [f32; 4], img_w: usize, img_h: usize) -> Result<()> {
     check_box(bbox)?;
     let [x, y, w, h] = bbox;
     let (iw, ih) = (img_w as f32, img_h as f32);
     if x >= iw || y >= ih || x + w <= 0.0 || y + h <= 0.0 {
         return Err(Error::Input(format!("person box {bbox:?} lies entirely outside the {img_w}x{img_h} image")));
+    }
+    // A box far larger than the image (1e20 pixels) would put the whole image inside a few
+    // pixels of the crop and map keypoints to absurd coordinates; no person box is that big.
+    let limit = MAX_BOX_TO_IMAGE * iw.max(ih);
+    if w > limit || h > limit {
+        return Err(Error::Input(format!(
+            "person box {bbox:?} is more than {MAX_BOX_TO_IMAGE}x the {img_w}x{img_h} image's longest side"
+        )));
     }
     Ok(())
 }

@@ -177,6 +177,9 @@ pub struct TrainArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Write into an `--out` folder that already holds a run (its files are overwritten).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The learning rate of optimiser step `step` (0-based) in epoch `epoch` of a run of
@@ -367,8 +370,98 @@ pub fn model_config(a: &TrainArgs) -> Result<ModelConfig> {
     })
 }
 
+/// Checks every argument before anything is built, loaded or written: a bad value should cost
+/// a second, not an epoch (or silently train something else than asked).
+pub fn validate(a: &TrainArgs) -> Result<()> {
+    let bad = |msg: String| Err(Error::Input(msg));
+    let positive = |name: &str, v: f32| {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            bad(format!("--{name} {v} must be a finite number above 0"))
+        }
+    };
+    let fraction = |name: &str, v: f32, below_one: bool| {
+        if v.is_finite() && v >= 0.0 && (v < 1.0 || (!below_one && v == 1.0)) {
+            Ok(())
+        } else {
+            bad(format!("--{name} {v} must be a number from 0 to {}", if below_one { "below 1" } else { "1" }))
+        }
+    };
+    for (name, v) in [("epochs", a.epochs), ("batch", a.batch), ("workers", a.workers)] {
+        if v == 0 {
+            return bad(format!("--{name} must be at least 1"));
+        }
+    }
+    for (name, v) in [("prefetch", a.prefetch), ("log-every", a.log_every)] {
+        if v == 0 {
+            return bad(format!("--{name} must be at least 1"));
+        }
+    }
+    for (name, v) in [("limit", a.limit), ("val-limit", a.val_limit), ("size", a.size)] {
+        if v == Some(0) {
+            return bad(format!("--{name} must be at least 1"));
+        }
+    }
+    positive("lr", a.lr)?;
+    positive("lr-gamma", a.lr_gamma)?;
+    positive("sigma", a.sigma)?;
+    if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+        return bad(format!("--weight-decay {} must be a finite number, 0 or above", a.weight_decay));
+    }
+    if !(a.lr_min.is_finite() && a.lr_min >= 0.0 && a.lr_min <= a.lr) {
+        return bad(format!("--lr-min {} must be a finite number from 0 to --lr ({})", a.lr_min, a.lr));
+    }
+    fraction("shift", a.shift, true)?;
+    fraction("half-body", a.half_body, false)?;
+    let cfg = model_config(a)?;
+    let DataFormat::Lsp = a.format;
+    if cfg.joints != 14 {
+        return bad(format!(
+            "{} predicts {} joints but LSP data labels 14; train an `-lsp` config (see `wgpose models`)",
+            cfg.name, cfg.joints
+        ));
+    }
+    parse_range(&a.range)?;
+    if !a.val.eq_ignore_ascii_case("none") {
+        let r = parse_range(&a.val)?;
+        let vs = lsp::load_lsp(&a.root, Some(r.clone()), lsp::Visibility::Auto)?;
+        if vs.annotations.is_empty() {
+            return bad(format!(
+                "--val {}..{}: no labelled image of that range is in {} ({} missing); use `--val none` for no validation",
+                r.start(),
+                r.end(),
+                a.root.join("images").display(),
+                vs.missing.len()
+            ));
+        }
+    }
+    for (name, f) in [("--resume", &a.resume), ("--init", &a.init)] {
+        if let Some(f) = f.as_ref().filter(|f| !f.is_file()) {
+            return bad(format!("{name} {}: no such file", f.display()));
+        }
+    }
+    if a.resume.is_none() && !a.force && holds_a_run(&a.out) {
+        return bad(format!(
+            "--out {} already holds a training run; continue it with --resume CHECKPOINT, \
+             overwrite it with --force, or choose another --out",
+            a.out.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `dir` holds what a run writes (its log or any weights file).
+fn holds_a_run(dir: &Path) -> bool {
+    dir.join("train_log.csv").exists()
+        || std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        })
+}
+
 /// Runs a training session.
 pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
+    validate(a)?;
     let t_start = Instant::now();
     let cfg = model_config(a)?;
     let [_, hm_h, hm_w] = cfg.heatmap_shape();
