@@ -23,6 +23,8 @@
 //
 // conv2d_direct: one output channel x TD pixels per invocation, for convolutions with few output
 // channels per group (depthwise), where channel tiles would be mostly padding.
+//
+// common.wgsl (bindings 0 and 1, `param`, `activate`) is prepended to this file.
 
 struct ConvParams {
     n: u32, cin: u32, h: u32, w: u32,
@@ -42,32 +44,27 @@ struct ConvParams {
     mode: u32, x0: u32, y0: u32, z0: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> arena: array<f32>;
-@group(0) @binding(1) var<storage, read> params: array<vec4<f32>>;
 @group(0) @binding(2) var<uniform> p: ConvParams;
 @group(0) @binding(3) var<uniform> wts: array<vec4<f32>, 4096>;
 
+// Tile and workgroup sizes; src/gpu/kernels.rs has constants of the same names (CONV_TM,
+// CONV_TN, CONV_TD for TM, TN, TD), checked by tests/shaders.rs.
 const TN: u32 = 4u;
 // Workgroups of 8: small late layers (8x8 pixels) still spread over several workgroups, and so
 // over every CPU thread of a software driver; on GPUs 8 is a fraction of a wave but these
 // kernels are bound by loads there too.
-const CONV_WG: u32 = 8u;
+const CONV_TILED_WG: u32 = 8u;
+const CONV_DIRECT_WG: u32 = 64u;
 const TM: u32 = 16u;
 const TD: u32 = 4u;
 
-fn param(i: u32) -> f32 {
-    return params[i >> 2u][i & 3u];
-}
-
-fn activate(v: f32, a: u32) -> f32 {
-    if (a == 1u) {
-        return max(v, 0.0);
-    }
-    if (a == 2u) {
-        return 1.0 / (1.0 + exp(-v));
-    }
-    return v;
-}
+// `res_mode` and `mode` values (src/gpu/uniforms.rs).
+const RES_NONE: u32 = 0u;
+const RES_ADD: u32 = 1u;
+const RES_GATE_RESIDUAL: u32 = 2u;
+const RES_GATE_CONV: u32 = 3u;
+const CONV_ACCUMULATE: u32 = 1u;
+const CONV_EPILOGUE: u32 = 2u;
 
 // Applies bias, activations and the residual to one accumulated value and stores it.
 fn epilogue(acc: f32, n: u32, c: u32, pix: u32) {
@@ -77,11 +74,11 @@ fn epilogue(acc: f32, n: u32, c: u32, pix: u32) {
         v += param(p.b_off + c);
     }
     v = activate(v, p.act);
-    if (p.res_mode != 0u) {
+    if (p.res_mode != RES_NONE) {
         let r = arena[p.r_off + n * p.r_bs + c * ohw + pix];
-        if (p.res_mode == 1u) {
+        if (p.res_mode == RES_ADD) {
             v += r;
-        } else if (p.res_mode == 2u) {
+        } else if (p.res_mode == RES_GATE_RESIDUAL) {
             v += param(p.g_off + c) * r;
         } else {
             v = param(p.g_off + c) * v + r;
@@ -95,10 +92,10 @@ fn epilogue(acc: f32, n: u32, c: u32, pix: u32) {
 fn finish(sum: f32, n: u32, c: u32, pix: u32) {
     var v = sum;
     let at = p.y_off + n * p.y_bs + c * p.oh * p.ow + pix;
-    if ((p.mode & 1u) != 0u) {
+    if ((p.mode & CONV_ACCUMULATE) != 0u) {
         v += arena[at];
     }
-    if ((p.mode & 2u) != 0u) {
+    if ((p.mode & CONV_EPILOGUE) != 0u) {
         epilogue(v, n, c, pix);
     } else {
         arena[at] = v;
@@ -138,7 +135,7 @@ fn store_tile(t: Tile, n: u32, g: u32, cb: u32, oy: u32, ox0: u32) {
 }
 
 // Any kernel size, stride, dilation and groups.
-@compute @workgroup_size(CONV_WG)
+@compute @workgroup_size(CONV_TILED_WG)
 fn conv2d_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tiles_x = (p.ow + TN - 1u) / TN;
     let tile = gid.x + p.x0;
@@ -184,7 +181,7 @@ fn conv2d_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
 
 // 3x3, stride 1, dilation 1 (most layers): the TN + 2 inputs of a kernel row are loaded once
 // and shared by the three taps, 6 loads instead of 12.
-@compute @workgroup_size(CONV_WG)
+@compute @workgroup_size(CONV_TILED_WG)
 fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tiles_x = (p.ow + TN - 1u) / TN;
     let tile = gid.x + p.x0;
@@ -231,7 +228,7 @@ fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
 
 // 1x1, stride 1, no padding: a plain GEMM over flattened pixels; no bounds arithmetic at all
 // (the last tile re-reads clamped pixels and stores only the real ones).
-@compute @workgroup_size(CONV_WG)
+@compute @workgroup_size(CONV_TILED_WG)
 fn conv2d_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let hw = p.h * p.w;
     let pix0 = (gid.x + p.x0) * TN;
@@ -286,7 +283,7 @@ fn store_tile_flat(t: Tile, n: u32, g: u32, cb: u32, pix0: u32) {
 }
 
 // Weights for conv2d_direct keep the original [cout][cin_g][kh][kw] layout.
-@compute @workgroup_size(64)
+@compute @workgroup_size(CONV_DIRECT_WG)
 fn conv2d_direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let ohw = p.oh * p.ow;
     let pix0 = (gid.x + p.x0) * TD;

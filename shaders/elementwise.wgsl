@@ -3,7 +3,7 @@
 // with each of s, t, x1 and sb optional. This one kernel covers a batch norm that could not be
 // folded (affine + activation), a lone ReLU / sigmoid, the residual add, the soft-gated add
 // (s = alpha on the skip) and the channel-slice copy a concat needs when an input could not be
-// written in place.
+// written in place. common.wgsl (bindings 0 and 1, `param`, `activate`) is prepended.
 
 struct EwParams {
     n: u32, c: u32, hw: u32, act: u32,
@@ -12,24 +12,13 @@ struct EwParams {
     sb_off: u32, flags: u32, row: u32, pad0: u32,
 }
 
-// flags: 1 = has s, 2 = has t, 4 = has x1, 8 = has sb
-@group(0) @binding(0) var<storage, read_write> arena: array<f32>;
-@group(0) @binding(1) var<storage, read> params: array<vec4<f32>>;
+// `flags` bits (src/gpu/uniforms.rs).
+const EW_HAS_S: u32 = 1u;
+const EW_HAS_T: u32 = 2u;
+const EW_HAS_X1: u32 = 4u;
+const EW_HAS_SB: u32 = 8u;
+
 @group(0) @binding(2) var<uniform> p: EwParams;
-
-fn param(i: u32) -> f32 {
-    return params[i >> 2u][i & 3u];
-}
-
-fn activate(v: f32, a: u32) -> f32 {
-    if (a == 1u) {
-        return max(v, 0.0);
-    }
-    if (a == 2u) {
-        return 1.0 / (1.0 + exp(-v));
-    }
-    return v;
-}
 
 // The grid is 3-D (x wraps at `row` workgroups, y at the device's per-dimension limit) so
 // tensors above 65535 * 256 elements fit.
@@ -48,15 +37,15 @@ fn elementwise(
     let r = i % chw;
     let c = r / p.hw;
     var v = arena[p.x0_off + n * p.x0_bs + r];
-    if ((p.flags & 1u) != 0u) {
+    if ((p.flags & EW_HAS_S) != 0u) {
         v *= param(p.s_off + c);
     }
-    if ((p.flags & 2u) != 0u) {
+    if ((p.flags & EW_HAS_T) != 0u) {
         v += param(p.t_off + c);
     }
-    if ((p.flags & 4u) != 0u) {
+    if ((p.flags & EW_HAS_X1) != 0u) {
         var b = arena[p.x1_off + n * p.x1_bs + r];
-        if ((p.flags & 8u) != 0u) {
+        if ((p.flags & EW_HAS_SB) != 0u) {
             b *= param(p.sb_off + c);
         }
         v += b;

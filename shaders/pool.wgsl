@@ -1,5 +1,6 @@
 // Max pooling over an NCHW view; positions in the padding never win (PyTorch semantics), and
 // the planner guarantees padding <= kernel / 2 so every window holds a real value.
+// common.wgsl (bindings 0 and 1) is prepended.
 
 struct PoolParams {
     n: u32, c: u32, h: u32, w: u32,
@@ -9,8 +10,6 @@ struct PoolParams {
     row: u32, pad0: u32, pad1: u32, pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> arena: array<f32>;
-@group(0) @binding(1) var<storage, read> params: array<vec4<f32>>;
 @group(0) @binding(2) var<uniform> p: PoolParams;
 
 @compute @workgroup_size(256)

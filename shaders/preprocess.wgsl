@@ -13,7 +13,7 @@
 // Branch-free apart from the bounds check at the top: taps are loaded at clamped indices and
 // weighted by 0 when outside (lavapipe runs both sides of an `if` anyway). No loops.
 
-struct Params {
+struct PreprocessParams {
     src_w: u32, src_h: u32, src_stride: u32, src_off: u32,
     out_w: u32, out_h: u32, n: u32, dst_off: u32,
     dst_bs: u32, bgra: u32, pad0: u32, pad1: u32,
@@ -25,7 +25,7 @@ struct Params {
 
 @group(0) @binding(0) var<storage, read> src: array<u32>;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<uniform> p: Params;
+@group(0) @binding(2) var<uniform> p: PreprocessParams;
 
 // Tap (x, y) as RGB in [0, 1] times its weight, zero outside the frame.
 fn tap(x: i32, y: i32, wgt: f32) -> vec3<f32> {

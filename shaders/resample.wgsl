@@ -1,6 +1,6 @@
 // Resolution changes over NCHW views: nearest and bilinear upsampling by an integer factor and
 // pixel shuffle (depth to space, PyTorch / ONNX "CRD" channel order). One output element per
-// invocation; `c` is the output channel count.
+// invocation; `c` is the output channel count. common.wgsl (bindings 0 and 1) is prepended.
 
 struct ResampleParams {
     n: u32, c: u32, h: u32, w: u32,
@@ -9,8 +9,6 @@ struct ResampleParams {
     pad0: u32, pad1: u32, pad2: u32, pad3: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> arena: array<f32>;
-@group(0) @binding(1) var<storage, read> params: array<vec4<f32>>;
 @group(0) @binding(2) var<uniform> p: ResampleParams;
 
 struct Out {

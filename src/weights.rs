@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 
 use crate::error::{Error, Result};
-use crate::graph::{BatchNorm, Graph, Op, Residual};
+use crate::graph::{param_name, Graph};
 use crate::models::ModelConfig;
 use crate::tensor::Tensor;
 
@@ -42,85 +42,19 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 // Parameter names
 // ---------------------------------------------------------------------------------------------
 
-fn op_params(op: &Op) -> Vec<(&'static str, &Tensor)> {
-    match op {
-        Op::Conv2d(c) => {
-            let mut v = vec![("weight", &c.weight)];
-            if let Some(b) = &c.bias {
-                v.push(("bias", b));
-            }
-            if let Some(Residual::GateResidual(a) | Residual::GateConv(a)) = &c.epilogue.residual {
-                v.push(("alpha", a));
-            }
-            v
-        }
-        Op::BatchNorm(BatchNorm { gamma, beta, mean, var, .. }) => {
-            vec![("gamma", gamma), ("beta", beta), ("running_mean", mean), ("running_var", var)]
-        }
-        Op::ChannelAffine { scale, shift, .. } => vec![("scale", scale), ("shift", shift)],
-        Op::GatedAdd { alpha } => vec![("alpha", alpha)],
-        Op::Input { .. }
-        | Op::Activation(_)
-        | Op::MaxPool { .. }
-        | Op::UpsampleNearest { .. }
-        | Op::UpsampleBilinear { .. }
-        | Op::Concat
-        | Op::Add
-        | Op::PixelShuffle { .. } => Vec::new(),
-    }
-}
-
-fn op_params_mut(op: &mut Op) -> Vec<(&'static str, &mut Tensor)> {
-    match op {
-        Op::Conv2d(c) => {
-            let mut v = vec![("weight", &mut c.weight)];
-            if let Some(b) = &mut c.bias {
-                v.push(("bias", b));
-            }
-            if let Some(Residual::GateResidual(a) | Residual::GateConv(a)) = &mut c.epilogue.residual {
-                v.push(("alpha", a));
-            }
-            v
-        }
-        Op::BatchNorm(BatchNorm { gamma, beta, mean, var, .. }) => {
-            vec![("gamma", gamma), ("beta", beta), ("running_mean", mean), ("running_var", var)]
-        }
-        Op::ChannelAffine { scale, shift, .. } => vec![("scale", scale), ("shift", shift)],
-        Op::GatedAdd { alpha } => vec![("alpha", alpha)],
-        Op::Input { .. }
-        | Op::Activation(_)
-        | Op::MaxPool { .. }
-        | Op::UpsampleNearest { .. }
-        | Op::UpsampleBilinear { .. }
-        | Op::Concat
-        | Op::Add
-        | Op::PixelShuffle { .. } => Vec::new(),
-    }
-}
-
-/// Every learnable parameter and statistic of a graph, by stable name: `<node>.weight`,
-/// `<node>.bias` (convolutions), `<node>.gamma`, `<node>.beta`, `<node>.running_mean`,
-/// `<node>.running_var` (batch norms), `<node>.alpha` (gated adds, or a gate fused into a
-/// convolution), `<node>.scale`, `<node>.shift` (channel affines). In node order, and within a
-/// node in the order listed here.
+/// Every learnable parameter and statistic of a graph, by stable name `<node>.<suffix>`
+/// ([`param_name`]): `<node>.weight`, `<node>.bias` (convolutions), `<node>.gamma`,
+/// `<node>.beta`, `<node>.running_mean`, `<node>.running_var` (batch norms), `<node>.alpha`
+/// (gated adds, or a gate fused into a convolution), `<node>.scale`, `<node>.shift` (channel
+/// affines). In node order, and within a node in the order of [`Op::params`](crate::graph::Op::params), which is where
+/// the list lives ([`ParamKind::name`](crate::graph::ParamKind::name) gives the suffixes).
 pub fn named_params(graph: &Graph) -> Vec<(String, &Tensor)> {
-    graph
-        .nodes
-        .iter()
-        .flat_map(|n| op_params(&n.op).into_iter().map(move |(p, t)| (format!("{}.{p}", n.name), t)))
-        .collect()
+    graph.params().into_iter().map(|(node, kind, t)| (param_name(node, kind), t)).collect()
 }
 
 /// [`named_params`] with mutable access (same names, same order).
 pub fn named_params_mut(graph: &mut Graph) -> Vec<(String, &mut Tensor)> {
-    graph
-        .nodes
-        .iter_mut()
-        .flat_map(|n| {
-            let name = &n.name;
-            op_params_mut(&mut n.op).into_iter().map(move |(p, t)| (format!("{name}.{p}"), t))
-        })
-        .collect()
+    graph.params_mut().into_iter().map(|(node, kind, t)| (param_name(node, kind), t)).collect()
 }
 
 /// The first name that occurs twice, if any.
@@ -319,26 +253,46 @@ fn card_from_metadata(map: &BTreeMap<String, String>) -> std::result::Result<Mod
 // Saving
 // ---------------------------------------------------------------------------------------------
 
-/// A graph parameter as a safetensors F32 view (borrowed bytes on little-endian targets).
-struct F32View<'a>(&'a Tensor);
+/// An f32 tensor as a safetensors F32 view (borrowed bytes on little-endian targets).
+struct F32View<'a> {
+    shape: Vec<usize>,
+    data: &'a [f32],
+}
 
 impl View for F32View<'_> {
     fn dtype(&self) -> Dtype {
         Dtype::F32
     }
     fn shape(&self) -> &[usize] {
-        &self.0.shape
+        &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
         if cfg!(target_endian = "little") {
-            Cow::Borrowed(bytemuck::cast_slice(&self.0.data))
+            Cow::Borrowed(bytemuck::cast_slice(self.data))
         } else {
-            Cow::Owned(self.0.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+            Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
         }
     }
     fn data_len(&self) -> usize {
-        self.0.data.len() * 4
+        self.data.len() * 4
     }
+}
+
+/// Writes f32 tensors `(name, shape, values)` and string metadata as a safetensors file,
+/// atomically (see [`save`]): the one safetensors writer, shared by weight files and the
+/// optimiser state. `what` names the content in errors. Shapes must match the value counts.
+pub(crate) fn write_safetensors<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, Vec<usize>, &'a [f32])>,
+    metadata: HashMap<String, String>,
+    what: &str,
+) -> Result<()> {
+    let views = tensors.into_iter().map(|(name, shape, data)| (name, F32View { shape, data }));
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Format {
+        path: path.display().to_string(),
+        msg: format!("cannot serialise {what}: {e}"),
+    })?;
+    write_atomic(path, &bytes)
 }
 
 fn non_finite_msg(name: &str, shape: &[usize], data: &[f32], i: usize) -> String {
@@ -386,12 +340,8 @@ pub fn save(path: &Path, graph: &Graph, card: &ModelCard) -> Result<()> {
         }
     }
     let meta: HashMap<String, String> = card.to_metadata().into_iter().collect();
-    let views = params.iter().map(|(n, t)| (n.as_str(), F32View(t)));
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Format {
-        path: path.display().to_string(),
-        msg: format!("cannot serialise the weights: {e}"),
-    })?;
-    write_atomic(path, &bytes)
+    let tensors = params.iter().map(|(n, t)| (n.as_str(), t.shape.clone(), t.data.as_slice()));
+    write_safetensors(path, tensors, meta, "the weights")
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use wgpose::data::{box_from_keypoints, coco, lsp, mpii, Annotation};
+use wgpose::data::{box_from_keypoints, coco, lsp, mpii, parse_range, Annotation};
 use wgpose::detector::PersonDetector;
 use wgpose::estimator::{Estimator, EstimatorOptions};
 use wgpose::image_io::load_rgb;
@@ -68,17 +68,6 @@ pub struct EvalArgs {
     refine: usize,
     #[arg(long, default_value_t = 0.3)]
     refine_threshold: f32,
-}
-
-fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<usize>> {
-    let bad = || Error::Input(format!("range `{s}` is not A..B"));
-    let (a, b) = s.split_once("..").ok_or_else(bad)?;
-    let a: usize = a.trim().parse().map_err(|_| bad())?;
-    let b: usize = b.trim().trim_start_matches('=').parse().map_err(|_| bad())?;
-    if a == 0 || b < a {
-        return Err(Error::Input(format!("range `{s}` must satisfy 1 <= A <= B")));
-    }
-    Ok(a..=b)
 }
 
 fn first_json(dir: &Path) -> Result<PathBuf> {

@@ -20,7 +20,7 @@ pub mod reference;
 use std::borrow::Cow;
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId, Op, Residual};
+use crate::graph::{Graph, NodeId, Op};
 use crate::tensor::{checked_numel, Tensor};
 
 /// Runs the graph on the fast path and returns the graph outputs in order.
@@ -253,30 +253,12 @@ fn check_tensor_len(what: &str, t: &Tensor) -> Result<()> {
 /// Every parameter tensor holds as many values as its shape says (the fields are public, so this
 /// is not guaranteed by construction); shapes proper are checked by shape inference.
 pub(crate) fn check_params(name: &str, op: &Op) -> Result<()> {
-    let mut params: Vec<(&str, &Tensor)> = Vec::new();
-    match op {
-        Op::Conv2d(c) => {
-            params.push(("weight", &c.weight));
-            if let Some(b) = &c.bias {
-                params.push(("bias", b));
-            }
-            if let Some(Residual::GateResidual(a) | Residual::GateConv(a)) = &c.epilogue.residual {
-                params.push(("gate", a));
-            }
-        }
-        Op::BatchNorm(b) => {
-            params.extend([("gamma", &b.gamma), ("beta", &b.beta), ("mean", &b.mean), ("var", &b.var)]);
-        }
-        Op::ChannelAffine { scale, shift, .. } => params.extend([("scale", scale), ("shift", shift)]),
-        Op::GatedAdd { alpha } => params.push(("alpha", alpha)),
-        _ => {}
-    }
-    for (what, t) in params {
+    for (kind, t) in op.params() {
         let n = checked_numel(&t.shape)?;
         if n != t.data.len() {
             return Err(Error::shape(
                 name,
-                format!("{what} has shape {:?} but holds {} values", t.shape, t.data.len()),
+                format!("{} has shape {:?} but holds {} values", kind.name(), t.shape, t.data.len()),
             ));
         }
     }

@@ -13,8 +13,10 @@
 //! - loaders return annotations only for images present on disk, and list the image files that
 //!   are labelled but absent (LSP-extended ships labels for 10000 images but only 9000 images).
 
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
+use crate::error::{Error, Result};
 use crate::skeleton::Skeleton;
 
 pub mod coco;
@@ -25,6 +27,19 @@ pub mod mpii;
 pub use coco::{load_coco, read_coco_results, write_coco_results, CocoDataset, CocoResult};
 pub use lsp::load_lsp;
 pub use mpii::load_mpii;
+
+/// An image range `A..B` (or `A..=B`), 1-based and inclusive, as `wgpose eval --range` and
+/// `wgpose-train --range` / `--val` read it.
+pub fn parse_range(s: &str) -> Result<RangeInclusive<usize>> {
+    let bad = || Error::Input(format!("range `{s}` is not A..B"));
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    let a: usize = a.trim().parse().map_err(|_| bad())?;
+    let b: usize = b.trim().trim_start_matches('=').parse().map_err(|_| bad())?;
+    if a == 0 || b < a {
+        return Err(Error::Input(format!("range `{s}` must satisfy 1 <= A <= B")));
+    }
+    Ok(a..=b)
+}
 
 /// Visibility value of a missing or unlabelled joint.
 pub const V_MISSING: f32 = 0.0;

@@ -9,6 +9,7 @@ use wgpu::util::DeviceExt;
 use super::context::GpuContext;
 use super::kernels::{lower, Dispatch, Kernel, ParamPack};
 use super::readback::{read_buffer, read_buffer_async};
+use super::setup::{self, storage, UNIFORM};
 use crate::error::{Error, Result};
 use crate::graph::memory::{plan, MemoryPlan};
 use crate::graph::passes::optimize_for_inference;
@@ -17,7 +18,8 @@ use crate::tensor::Tensor;
 
 /// Uniform slots are spaced by WebGPU's default `minUniformBufferOffsetAlignment`.
 const UNIFORM_STRIDE: u64 = 256;
-const UNIFORM_BYTES: u64 = std::mem::size_of::<super::kernels::Uniform>() as u64;
+const UNIFORM_BYTES: u64 = super::uniforms::Uniforms::MAX_BYTES as u64;
+const _: () = assert!(UNIFORM_BYTES <= UNIFORM_STRIDE);
 const WINDOW_BYTES: u64 = (super::kernels::WINDOW_FLOATS * 4) as u64;
 /// WebGPU caps a query set at 4096 queries; two per timed dispatch.
 const QUERIES_PER_SET: usize = 4096;
@@ -121,7 +123,8 @@ impl GpuModel {
         let mut uniform_bytes = vec![0u8; (dispatches.len().max(1) as u64 * UNIFORM_STRIDE) as usize];
         for (i, d) in dispatches.iter().enumerate() {
             let at = i * UNIFORM_STRIDE as usize;
-            uniform_bytes[at..at + UNIFORM_BYTES as usize].copy_from_slice(bytemuck::cast_slice(&d.uniform));
+            let block = d.uniform.as_bytes();
+            uniform_bytes[at..at + block.len()].copy_from_slice(block);
         }
         let uniforms = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("wgpose.uniforms"),
@@ -129,15 +132,7 @@ impl GpuModel {
             usage: wgpu::BufferUsages::UNIFORM,
         });
 
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("wgpose.layout"),
-            entries: &[storage_entry(0, false), storage_entry(1, true), uniform_entry(2), uniform_entry(3)],
-        });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("wgpose.pipeline_layout"),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
+        let layouts = setup::layouts(device, "wgpose", &[storage(false), storage(true), UNIFORM, UNIFORM]);
         let mut modules: HashMap<&'static str, wgpu::ShaderModule> = HashMap::new();
         let mut pipelines = HashMap::new();
         for d in &dispatches {
@@ -163,14 +158,7 @@ impl GpuModel {
                     )
                 }
             });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&pipeline_layout),
-                module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            });
+            let pipeline = setup::compute_pipeline(device, &layouts, module, entry);
             pipelines.insert(d.kernel, pipeline);
         }
         let bind_groups = dispatches
@@ -179,7 +167,7 @@ impl GpuModel {
             .map(|(i, d)| {
                 device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: None,
-                    layout: &layout,
+                    layout: &layouts.group,
                     entries: &[
                         wgpu::BindGroupEntry { binding: 0, resource: arena.as_entire_binding() },
                         wgpu::BindGroupEntry { binding: 1, resource: params.as_entire_binding() },
@@ -466,31 +454,5 @@ impl GpuModel {
             e.ns += ns;
         }
         Ok((outputs, per_node.into_iter().flatten().collect()))
-    }
-}
-
-fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    }
-}
-
-fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
     }
 }

@@ -9,13 +9,28 @@ use crate::error::{Error, Result};
 use crate::graph::memory::{MemoryPlan, View};
 use crate::graph::{Act, Graph, NodeId, Op, Residual};
 
-pub const CONV2D_WGSL: &str = include_str!("../../shaders/conv2d.wgsl");
-pub const ELEMENTWISE_WGSL: &str = include_str!("../../shaders/elementwise.wgsl");
-pub const POOL_WGSL: &str = include_str!("../../shaders/pool.wgsl");
-pub const RESAMPLE_WGSL: &str = include_str!("../../shaders/resample.wgsl");
+use super::uniforms::{
+    conv_mode::{CONV_ACCUMULATE, CONV_EPILOGUE},
+    ew_flags::{EW_HAS_S, EW_HAS_SB, EW_HAS_T, EW_HAS_X1},
+    res_mode::{RES_ADD, RES_GATE_CONV, RES_GATE_RESIDUAL, RES_NONE},
+    ConvParams, EwParams, PoolParams, ResampleParams, Uniforms,
+};
 
-/// Every (file, entry point) pair, for validation tests and pipeline creation.
+/// WGSL shared by the graph kernels (the arena and parameter bindings, `param`, `activate`);
+/// prepended to each of their files at compile time.
+pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+pub const CONV2D_WGSL: &str =
+    concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/conv2d.wgsl"));
+pub const ELEMENTWISE_WGSL: &str =
+    concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/elementwise.wgsl"));
+pub const POOL_WGSL: &str = concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/pool.wgsl"));
+pub const RESAMPLE_WGSL: &str =
+    concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/resample.wgsl"));
+
+/// Every shader file with its full source (after prepending common.wgsl) and entry points, for
+/// validation tests and pipeline creation. common.wgsl is listed too: it validates on its own.
 pub const SHADERS: &[(&str, &str, &[&str])] = &[
+    ("common.wgsl", COMMON_WGSL, &[]),
     ("conv2d.wgsl", CONV2D_WGSL, &["conv2d_tiled", "conv2d_3x3", "conv2d_1x1", "conv2d_direct"]),
     ("elementwise.wgsl", ELEMENTWISE_WGSL, &["elementwise"]),
     ("pool.wgsl", POOL_WGSL, &["max_pool"]),
@@ -64,9 +79,6 @@ impl Kernel {
     }
 }
 
-/// Uniform block of one dispatch: 40 u32, interpreted by the kernel's params struct.
-pub type Uniform = [u32; 40];
-
 /// Size of the uniform weight window the tiled convolution reads (WebGPU's default
 /// `maxUniformBufferBindingSize`), in f32.
 pub const WINDOW_FLOATS: usize = 16384;
@@ -75,7 +87,7 @@ pub const WINDOW_FLOATS: usize = 16384;
 pub struct Dispatch {
     pub node: NodeId,
     pub kernel: Kernel,
-    pub uniform: Uniform,
+    pub uniform: Uniforms,
     pub workgroups: [u32; 3],
     /// Offset in f32 of the 64 KiB uniform window of the parameter buffer this dispatch reads.
     pub window: u32,
@@ -112,17 +124,20 @@ impl ParamPack {
     }
 }
 
-/// Conv tiles cover 16 output channels per invocation...
-const CONV_TM: usize = 16;
-/// ... and 4 pixels of one output row; 64 invocations per workgroup.
-const CONV_TN: usize = 4;
-/// The direct (depthwise) kernel computes 4 pixels per invocation.
-const CONV_TD: usize = 4;
-const CONV_WG: usize = 64;
-/// Workgroup size of the tiled convolutions (CONV_WG in conv2d.wgsl).
-const CONV_TILED_WG: usize = 8;
+// Tile sizes and workgroup sizes; conv2d.wgsl declares the same names (tests/shaders.rs checks
+// the values and the entry points' workgroup sizes).
+/// Conv tiles cover 16 output channels per invocation (`TM` in conv2d.wgsl)...
+pub const CONV_TM: usize = 16;
+/// ... and 4 pixels of one output row (`TN`).
+pub const CONV_TN: usize = 4;
+/// The direct (depthwise) kernel computes 4 pixels per invocation (`TD`).
+pub const CONV_TD: usize = 4;
+/// Workgroup size of the direct convolution.
+pub const CONV_DIRECT_WG: usize = 64;
+/// Workgroup size of the tiled convolutions (`conv2d_tiled`, `conv2d_3x3`, `conv2d_1x1`).
+pub const CONV_TILED_WG: usize = 8;
 /// Workgroup size of the one-element-per-invocation kernels.
-const FLAT_WG: usize = 256;
+pub const FLAT_WG: usize = 256;
 
 fn u(v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::TooLarge(format!("{v} does not fit the kernels' 32-bit indices")))
@@ -144,20 +159,27 @@ fn flat_grid(total: usize, max: usize) -> Result<([u32; 3], u32)> {
     Ok(([u(row)?, u(ny)?, u(nz)?], u(row)?))
 }
 
-/// The dispatches covering a `grid` of workgroups of `wg_size` invocations (along x) with at most
-/// `max` workgroups per dimension: one when it fits, else one per block of the grid, each with
-/// its start in uniform slots 37..39 (`x0` in invocations, `y0`, `z0` in workgroups; see
-/// conv2d.wgsl).
-fn split_grid(base: Dispatch, grid: [usize; 3], wg_size: usize, max: usize) -> Result<Vec<Dispatch>> {
+/// The dispatches of one convolution covering a `grid` of workgroups of `wg_size` invocations
+/// (along x) with at most `max` workgroups per dimension: one when it fits, else one per block of
+/// the grid, each with its start in `ConvParams::x0` (invocations), `y0` and `z0` (workgroups).
+fn split_grid(
+    node: NodeId,
+    kernel: Kernel,
+    params: ConvParams,
+    window: u32,
+    grid: [usize; 3],
+    wg_size: usize,
+    max: usize,
+) -> Result<Vec<Dispatch>> {
     let grid = grid.map(|g| g.max(1));
     let mut out = Vec::new();
     for z0 in (0..grid[2]).step_by(max) {
         for y0 in (0..grid[1]).step_by(max) {
             for x0 in (0..grid[0]).step_by(max) {
-                let mut d = base.clone();
-                d.uniform[37..40].copy_from_slice(&[u(x0 * wg_size)?, u(y0)?, u(z0)?]);
-                d.workgroups = [u((grid[0] - x0).min(max))?, u((grid[1] - y0).min(max))?, u((grid[2] - z0).min(max))?];
-                out.push(d);
+                let uniform = Uniforms::Conv(ConvParams { x0: u(x0 * wg_size)?, y0: u(y0)?, z0: u(z0)?, ..params });
+                let workgroups =
+                    [u((grid[0] - x0).min(max))?, u((grid[1] - y0).min(max))?, u((grid[2] - z0).min(max))?];
+                out.push(Dispatch { node, kernel, uniform, workgroups, window });
             }
         }
     }
@@ -180,28 +202,31 @@ fn elementwise(
 ) -> Result<Dispatch> {
     let [n, c, h, w] = shape;
     let (workgroups, row) = flat_grid(n * c * h * w, max)?;
-    let flags = s.map_or(0, |_| 1) | t.map_or(0, |_| 2) | x1.map_or(0, |_| 4) | sb.map_or(0, |_| 8);
+    let flag = |on: bool, bit: u32| if on { bit } else { 0 };
+    let flags = flag(s.is_some(), EW_HAS_S)
+        | flag(t.is_some(), EW_HAS_T)
+        | flag(x1.is_some(), EW_HAS_X1)
+        | flag(sb.is_some(), EW_HAS_SB);
     let x1 = x1.unwrap_or(View { offset: 0, batch_stride: 0 });
-    let mut un = [0u32; 40];
-    un[..16].copy_from_slice(&[
-        u(n)?,
-        u(c)?,
-        u(h * w)?,
-        act.code(),
-        u(x0.offset)?,
-        u(x0.batch_stride)?,
-        u(x1.offset)?,
-        u(x1.batch_stride)?,
-        u(y.offset)?,
-        u(y.batch_stride)?,
-        s.unwrap_or(0),
-        t.unwrap_or(0),
-        sb.unwrap_or(0),
+    let un = EwParams {
+        n: u(n)?,
+        c: u(c)?,
+        hw: u(h * w)?,
+        act: act.code(),
+        x0_off: u(x0.offset)?,
+        x0_bs: u(x0.batch_stride)?,
+        x1_off: u(x1.offset)?,
+        x1_bs: u(x1.batch_stride)?,
+        y_off: u(y.offset)?,
+        y_bs: u(y.batch_stride)?,
+        s_off: s.unwrap_or(0),
+        t_off: t.unwrap_or(0),
+        sb_off: sb.unwrap_or(0),
         flags,
         row,
-        0,
-    ]);
-    Ok(Dispatch { node, kernel: Kernel::Elementwise, uniform: un, workgroups, window: 0 })
+        pad0: 0,
+    };
+    Ok(Dispatch { node, kernel: Kernel::Elementwise, uniform: Uniforms::Elementwise(un), workgroups, window: 0 })
 }
 
 fn resample(
@@ -215,22 +240,25 @@ fn resample(
     factor: usize,
 ) -> Result<Dispatch> {
     let (workgroups, row) = flat_grid(out.iter().product(), max)?;
-    let mut un = [0u32; 40];
-    un[..12].copy_from_slice(&[
-        u(out[0])?,
-        u(out[1])?,
-        u(ins[2])?,
-        u(ins[3])?,
-        u(out[2])?,
-        u(out[3])?,
-        u(factor)?,
+    let un = ResampleParams {
+        n: u(out[0])?,
+        c: u(out[1])?,
+        h: u(ins[2])?,
+        w: u(ins[3])?,
+        oh: u(out[2])?,
+        ow: u(out[3])?,
+        factor: u(factor)?,
         row,
-        u(x.offset)?,
-        u(x.batch_stride)?,
-        u(y.offset)?,
-        u(y.batch_stride)?,
-    ]);
-    Ok(Dispatch { node, kernel, uniform: un, workgroups, window: 0 })
+        x_off: u(x.offset)?,
+        x_bs: u(x.batch_stride)?,
+        y_off: u(y.offset)?,
+        y_bs: u(y.batch_stride)?,
+        pad0: 0,
+        pad1: 0,
+        pad2: 0,
+        pad3: 0,
+    };
+    Ok(Dispatch { node, kernel, uniform: Uniforms::Resample(un), workgroups, window: 0 })
 }
 
 /// Turns every node of `g` into dispatches, packing parameters as it goes. `max_workgroups` is
@@ -275,27 +303,30 @@ pub fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack, max_workgroups:
             Op::MaxPool { kernel, stride, padding } => {
                 let (workgroups, row) = flat_grid(shape.iter().product(), max)?;
                 let i = ins[0];
-                let mut un = [0u32; 40];
-                un[..17].copy_from_slice(&[
-                    u(shape[0])?,
-                    u(shape[1])?,
-                    u(i[2])?,
-                    u(i[3])?,
-                    u(shape[2])?,
-                    u(shape[3])?,
-                    u(kernel[0])?,
-                    u(kernel[1])?,
-                    u(stride[0])?,
-                    u(stride[1])?,
-                    u(padding[0])?,
-                    u(padding[1])?,
-                    u(xv[0].offset)?,
-                    u(xv[0].batch_stride)?,
-                    u(y.offset)?,
-                    u(y.batch_stride)?,
+                let un = PoolParams {
+                    n: u(shape[0])?,
+                    c: u(shape[1])?,
+                    h: u(i[2])?,
+                    w: u(i[3])?,
+                    oh: u(shape[2])?,
+                    ow: u(shape[3])?,
+                    kh: u(kernel[0])?,
+                    kw: u(kernel[1])?,
+                    sh: u(stride[0])?,
+                    sw: u(stride[1])?,
+                    ph: u(padding[0])?,
+                    pw: u(padding[1])?,
+                    x_off: u(xv[0].offset)?,
+                    x_bs: u(xv[0].batch_stride)?,
+                    y_off: u(y.offset)?,
+                    y_bs: u(y.batch_stride)?,
                     row,
-                ]);
-                out.push(Dispatch { node: id, kernel: Kernel::MaxPool, uniform: un, workgroups, window: 0 });
+                    pad0: 0,
+                    pad1: 0,
+                    pad2: 0,
+                };
+                let uniform = Uniforms::Pool(un);
+                out.push(Dispatch { node: id, kernel: Kernel::MaxPool, uniform, workgroups, window: 0 });
             }
             Op::UpsampleNearest { factor } => {
                 out.push(resample(max, id, Kernel::UpsampleNearest, ins[0], shape, xv[0], y, *factor)?)
@@ -333,56 +364,60 @@ fn conv(
     let direct = cout_g < 8 || kk * CONV_TM > WINDOW_FLOATS;
     let b_off = c.bias.as_ref().map_or(0, |b| pack.push(&b.data));
     let (res_mode, g_off) = match &c.epilogue.residual {
-        None => (0, 0),
-        Some(Residual::Add) => (1, 0),
-        Some(Residual::GateResidual(a)) => (2, pack.push(&a.data)),
-        Some(Residual::GateConv(a)) => (3, pack.push(&a.data)),
+        None => (RES_NONE, 0),
+        Some(Residual::Add) => (RES_ADD, 0),
+        Some(Residual::GateResidual(a)) => (RES_GATE_RESIDUAL, pack.push(&a.data)),
+        Some(Residual::GateConv(a)) => (RES_GATE_CONV, pack.push(&a.data)),
     };
     let w_off = if direct { pack.push(&c.weight.data) } else { 0 };
     let r = xv.get(1).copied().unwrap_or(View { offset: 0, batch_stride: 0 });
     let e = &c.epilogue;
-    let mut base: Uniform = [0; 40];
-    base[..32].copy_from_slice(&[
-        u(n)?,
-        u(cin)?,
-        u(h)?,
-        u(w)?,
-        u(cout)?,
-        u(oh)?,
-        u(ow)?,
-        u(kh)?,
-        u(kw)?,
-        u(c.stride[0])?,
-        u(c.stride[1])?,
-        u(c.padding[0])?,
-        u(c.padding[1])?,
-        u(c.dilation[0])?,
-        u(c.dilation[1])?,
-        u(g)?,
-        u(cin_g)?,
-        u(cout_g)?,
-        0,
-        u(xv[0].offset)?,
-        u(xv[0].batch_stride)?,
-        u(y.offset)?,
-        u(y.batch_stride)?,
-        u(r.offset)?,
-        u(r.batch_stride)?,
+    let base = ConvParams {
+        n: u(n)?,
+        cin: u(cin)?,
+        h: u(h)?,
+        w: u(w)?,
+        cout: u(cout)?,
+        oh: u(oh)?,
+        ow: u(ow)?,
+        kh: u(kh)?,
+        kw: u(kw)?,
+        sh: u(c.stride[0])?,
+        sw: u(c.stride[1])?,
+        ph: u(c.padding[0])?,
+        pw: u(c.padding[1])?,
+        dh: u(c.dilation[0])?,
+        dw: u(c.dilation[1])?,
+        groups: u(g)?,
+        cin_g: u(cin_g)?,
+        cout_g: u(cout_g)?,
+        co_pad: 0,
+        x_off: u(xv[0].offset)?,
+        x_bs: u(xv[0].batch_stride)?,
+        y_off: u(y.offset)?,
+        y_bs: u(y.batch_stride)?,
+        r_off: u(r.offset)?,
+        r_bs: u(r.batch_stride)?,
         w_off,
         b_off,
         g_off,
-        e.act.code(),
+        act: e.act.code(),
         res_mode,
-        e.post_act.code(),
-        c.bias.is_some() as u32,
-    ]);
+        post_act: e.post_act.code(),
+        has_bias: c.bias.is_some() as u32,
+        ci0: 0,
+        ci_n: 0,
+        cb0: 0,
+        g0: 0,
+        mode: 0,
+        x0: 0,
+        y0: 0,
+        z0: 0,
+    };
     if direct {
-        let mut un = base;
-        un[32..36].copy_from_slice(&[0, u(cin_g)?, 0, 0]);
-        un[36] = 2;
-        let tiles = (oh * ow).div_ceil(CONV_TD).div_ceil(CONV_WG);
-        let d = Dispatch { node: id, kernel: Kernel::ConvDirect, uniform: un, workgroups: [0; 3], window: 0 };
-        return split_grid(d, [tiles, cout, n], CONV_WG, max);
+        let un = ConvParams { ci_n: u(cin_g)?, mode: CONV_EPILOGUE, ..base };
+        let tiles = (oh * ow).div_ceil(CONV_TD).div_ceil(CONV_DIRECT_WG);
+        return split_grid(id, Kernel::ConvDirect, un, 0, [tiles, cout, n], CONV_DIRECT_WG, max);
     }
     // Split input channels into chunks whose 16-channel weight block fits one window, and
     // group as many output-channel blocks per dispatch as the window holds.
@@ -425,11 +460,10 @@ fn conv(
                     }
                 }
                 let window = pack.push_window(&win);
-                let mut un = base;
-                let mode = u32::from(chunk > 0) | if chunk + 1 == n_chunks { 2 } else { 0 };
-                un[32..37].copy_from_slice(&[u(ci0)?, u(ci_n)?, u(cb0)?, u(gi)?, mode]);
-                let d = Dispatch { node: id, kernel, uniform: un, workgroups: [0; 3], window };
-                dispatches.extend(split_grid(d, [tiles, m, n], CONV_TILED_WG, max)?);
+                let mode =
+                    if chunk > 0 { CONV_ACCUMULATE } else { 0 } | if chunk + 1 == n_chunks { CONV_EPILOGUE } else { 0 };
+                let un = ConvParams { ci0: u(ci0)?, ci_n: u(ci_n)?, cb0: u(cb0)?, g0: u(gi)?, mode, ..base };
+                dispatches.extend(split_grid(id, kernel, un, window, [tiles, m, n], CONV_TILED_WG, max)?);
                 cb0 += m;
             }
         }

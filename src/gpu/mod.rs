@@ -4,6 +4,8 @@ mod context;
 mod executor;
 pub mod kernels;
 pub mod readback;
+pub(crate) mod setup;
+pub mod uniforms;
 
 pub use context::{is_software_adapter, GpuContext, NO_ADAPTER_HELP};
 pub use executor::{GpuModel, NodeTime};

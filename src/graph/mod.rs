@@ -10,10 +10,11 @@ pub mod passes;
 mod shape;
 
 pub use builder::{ConvSpec, GraphBuilder};
-pub use op::{Act, BatchNorm, Conv2d, Epilogue, Op, Residual};
+pub use op::{param_name, Act, BatchNorm, Conv2d, Epilogue, Op, ParamKind, Residual};
 pub use shape::{NodeStats, MAX_TENSOR_ELEMENTS};
 
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 
 pub type NodeId = usize;
 
@@ -89,5 +90,23 @@ impl Graph {
     /// Total learnable parameters.
     pub fn param_count(&self) -> usize {
         self.nodes.iter().map(|n| n.op.param_count()).sum()
+    }
+
+    /// Every parameter and statistic of the graph as `(node name, kind, tensor)`: the nodes in
+    /// order, each node's parameters in the order of [`Op::params`].
+    pub fn params(&self) -> Vec<(&str, ParamKind, &Tensor)> {
+        self.nodes.iter().flat_map(|n| n.op.params().into_iter().map(move |(k, t)| (n.name.as_str(), k, t))).collect()
+    }
+
+    /// [`Graph::params`] with mutable access to the tensors (same order).
+    pub fn params_mut(&mut self) -> Vec<(&str, ParamKind, &mut Tensor)> {
+        self.nodes
+            .iter_mut()
+            .flat_map(|n| {
+                let Node { name, op, .. } = n;
+                let name = name.as_str();
+                op.params_mut().into_iter().map(move |(k, t)| (name, k, t))
+            })
+            .collect()
     }
 }

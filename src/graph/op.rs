@@ -108,6 +108,43 @@ impl BatchNorm {
     }
 }
 
+/// The body of [`Op::params`] and [`Op::params_mut`] (`ref` or `ref mut` bindings), so the list
+/// is written once.
+macro_rules! param_list {
+    ($op:expr, $($r:tt)+) => {
+        match $op {
+            Op::Conv2d(Conv2d { $($r)+ weight, $($r)+ bias, epilogue: Epilogue { $($r)+ residual, .. }, .. }) => {
+                let mut v = vec![(ParamKind::Weight, weight)];
+                if let Some(b) = bias {
+                    v.push((ParamKind::Bias, b));
+                }
+                if let Some(Residual::GateResidual(a) | Residual::GateConv(a)) = residual {
+                    v.push((ParamKind::SoftGate, a));
+                }
+                v
+            }
+            Op::BatchNorm(BatchNorm { $($r)+ gamma, $($r)+ beta, $($r)+ mean, $($r)+ var, .. }) => vec![
+                (ParamKind::BnGamma, gamma),
+                (ParamKind::BnBeta, beta),
+                (ParamKind::BnRunningMean, mean),
+                (ParamKind::BnRunningVar, var),
+            ],
+            Op::ChannelAffine { $($r)+ scale, $($r)+ shift, .. } => {
+                vec![(ParamKind::AffineScale, scale), (ParamKind::AffineShift, shift)]
+            }
+            Op::GatedAdd { $($r)+ alpha } => vec![(ParamKind::SoftGate, alpha)],
+            Op::Input { .. }
+            | Op::Activation(_)
+            | Op::MaxPool { .. }
+            | Op::UpsampleNearest { .. }
+            | Op::UpsampleBilinear { .. }
+            | Op::Concat
+            | Op::Add
+            | Op::PixelShuffle { .. } => Vec::new(),
+        }
+    };
+}
+
 /// The operators of the IR. Every node produces one NCHW tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -158,20 +195,95 @@ impl Op {
         }
     }
 
+    /// The operator's parameters and statistics, in their stable order: the one list that
+    /// weight files, ONNX initializers, the executors' checks, autodiff and the optimiser all
+    /// read. Each tensor carries its own shape.
+    pub fn params(&self) -> Vec<(ParamKind, &Tensor)> {
+        param_list!(*self, ref)
+    }
+
+    /// [`Op::params`] with mutable access (same kinds, same order).
+    pub fn params_mut(&mut self) -> Vec<(ParamKind, &mut Tensor)> {
+        param_list!(*self, ref mut)
+    }
+
     /// Learnable parameters (PyTorch's count: running statistics are not parameters).
     pub fn param_count(&self) -> usize {
+        self.params().iter().filter(|(k, _)| k.trainable()).map(|(_, t)| t.numel()).sum()
+    }
+}
+
+/// What one parameter tensor of an operator is. [`ParamKind::name`] is the suffix of its stable
+/// name `<node>.<suffix>` in weight files, ONNX initializers and gradient maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ParamKind {
+    /// Convolution weight `[cout, cin / groups, kh, kw]`.
+    Weight,
+    /// Convolution bias `[cout]`.
+    Bias,
+    /// Batch-norm scale `[c]`.
+    BnGamma,
+    /// Batch-norm shift `[c]`.
+    BnBeta,
+    /// Batch-norm running mean `[c]` (a statistic, not trained).
+    BnRunningMean,
+    /// Batch-norm running variance `[c]` (a statistic, not trained).
+    BnRunningVar,
+    /// Channel-affine scale `[c]`.
+    AffineScale,
+    /// Channel-affine shift `[c]`.
+    AffineShift,
+    /// Soft gate `alpha` `[c]` of a gated add, or of a gate fused into a convolution.
+    SoftGate,
+}
+
+impl ParamKind {
+    pub const ALL: [ParamKind; 9] = [
+        ParamKind::Weight,
+        ParamKind::Bias,
+        ParamKind::BnGamma,
+        ParamKind::BnBeta,
+        ParamKind::BnRunningMean,
+        ParamKind::BnRunningVar,
+        ParamKind::AffineScale,
+        ParamKind::AffineShift,
+        ParamKind::SoftGate,
+    ];
+
+    /// Suffix of the parameter's stable name (the tensor names of the weight files).
+    pub fn name(self) -> &'static str {
         match self {
-            Op::Conv2d(c) => {
-                let mut n = c.weight.numel() + c.bias.as_ref().map_or(0, |b| b.numel());
-                if let Some(Residual::GateResidual(a) | Residual::GateConv(a)) = &c.epilogue.residual {
-                    n += a.numel();
-                }
-                n
-            }
-            Op::BatchNorm(b) => b.gamma.numel() + b.beta.numel(),
-            Op::ChannelAffine { scale, shift, .. } => scale.numel() + shift.numel(),
-            Op::GatedAdd { alpha } => alpha.numel(),
-            _ => 0,
+            ParamKind::Weight => "weight",
+            ParamKind::Bias => "bias",
+            ParamKind::BnGamma => "gamma",
+            ParamKind::BnBeta => "beta",
+            ParamKind::BnRunningMean => "running_mean",
+            ParamKind::BnRunningVar => "running_var",
+            ParamKind::AffineScale => "scale",
+            ParamKind::AffineShift => "shift",
+            ParamKind::SoftGate => "alpha",
         }
     }
+
+    /// Whether training updates it (running statistics are updated by the forward pass instead).
+    pub fn trainable(self) -> bool {
+        !matches!(self, ParamKind::BnRunningMean | ParamKind::BnRunningVar)
+    }
+
+    /// Whether weight decay applies: convolution weights only (decaying biases, gates or
+    /// batch-norm scales shrinks the function, not its complexity).
+    pub fn decays(self) -> bool {
+        self == ParamKind::Weight
+    }
+
+    /// Whether it is a per-channel vector `[c]` over the operator's output channels (everything
+    /// but convolution weights).
+    pub fn per_channel(self) -> bool {
+        self != ParamKind::Weight
+    }
+}
+
+/// The stable name `<node>.<suffix>` of a parameter: the one place these names are built.
+pub fn param_name(node: &str, kind: ParamKind) -> String {
+    format!("{node}.{}", kind.name())
 }

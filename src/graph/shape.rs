@@ -1,6 +1,6 @@
 //! Shape inference, and the parameter, FLOP and memory-traffic counts that follow from shapes.
 
-use super::{Graph, Op, Residual};
+use super::{Graph, Op};
 use crate::error::{Error, Result};
 use crate::tensor::checked_numel;
 
@@ -99,7 +99,19 @@ fn expect_channels(name: &str, what: &str, t: &crate::tensor::Tensor, c: usize) 
     Ok(())
 }
 
+/// Output shape of `op` on inputs of shapes `ins`, after checking that every per-channel
+/// parameter ([`ParamKind::per_channel`](super::ParamKind::per_channel)) has one value per output channel.
 fn infer(name: &str, op: &Op, ins: &[[usize; 4]], batch: usize) -> Result<[usize; 4]> {
+    let out = infer_output(name, op, ins, batch)?;
+    for (kind, t) in op.params() {
+        if kind.per_channel() {
+            expect_channels(name, kind.name(), t, out[1])?;
+        }
+    }
+    Ok(out)
+}
+
+fn infer_output(name: &str, op: &Op, ins: &[[usize; 4]], batch: usize) -> Result<[usize; 4]> {
     match op {
         Op::Input { chw } => {
             expect_inputs(name, ins, 0)?;
@@ -143,37 +155,16 @@ fn infer(name: &str, op: &Op, ins: &[[usize; 4]], batch: usize) -> Result<[usize
                     ),
                 ));
             }
-            if let Some(b) = &c.bias {
-                expect_channels(name, "bias", b, c.cout())?;
-            }
             let [oh, ow] = c
                 .out_hw(h, w)
                 .ok_or_else(|| Error::shape(name, format!("kernel {kh}x{kw} does not fit input {h}x{w}")))?;
             let out = [n, c.cout(), oh, ow];
-            if let Some(r) = &c.epilogue.residual {
-                if ins[1] != out {
-                    return Err(Error::shape(name, format!("residual {:?} does not match output {out:?}", ins[1])));
-                }
-                if let Residual::GateResidual(a) | Residual::GateConv(a) = r {
-                    expect_channels(name, "gate", a, c.cout())?;
-                }
+            if c.epilogue.residual.is_some() && ins[1] != out {
+                return Err(Error::shape(name, format!("residual {:?} does not match output {out:?}", ins[1])));
             }
             Ok(out)
         }
-        Op::BatchNorm(b) => {
-            expect_inputs(name, ins, 1)?;
-            for (what, t) in [("gamma", &b.gamma), ("beta", &b.beta), ("mean", &b.mean), ("var", &b.var)] {
-                expect_channels(name, what, t, ins[0][1])?;
-            }
-            Ok(ins[0])
-        }
-        Op::ChannelAffine { scale, shift, .. } => {
-            expect_inputs(name, ins, 1)?;
-            expect_channels(name, "scale", scale, ins[0][1])?;
-            expect_channels(name, "shift", shift, ins[0][1])?;
-            Ok(ins[0])
-        }
-        Op::Activation(_) => {
+        Op::BatchNorm(_) | Op::ChannelAffine { .. } | Op::Activation(_) => {
             expect_inputs(name, ins, 1)?;
             Ok(ins[0])
         }
@@ -223,9 +214,6 @@ fn infer(name: &str, op: &Op, ins: &[[usize; 4]], batch: usize) -> Result<[usize
             expect_inputs(name, ins, 2)?;
             if ins[0] != ins[1] {
                 return Err(Error::shape(name, format!("cannot add {:?} and {:?}", ins[0], ins[1])));
-            }
-            if let Op::GatedAdd { alpha } = op {
-                expect_channels(name, "alpha", alpha, ins[0][1])?;
             }
             Ok(ins[0])
         }

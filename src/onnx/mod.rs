@@ -52,11 +52,11 @@
 
 mod proto;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::graph::{Act, Graph, NodeId, Op, Residual};
+use crate::graph::{Act, Graph, NodeId, Op, ParamKind, Residual};
 use crate::tensor::Tensor;
 use proto::Msg;
 
@@ -99,16 +99,21 @@ pub fn export(graph: &Graph, batch: Option<usize>) -> Result<Vec<u8>> {
         let x: Vec<String> = node.inputs.iter().map(|&i| names.value[i].clone()).collect();
         let base = names.value[id].clone();
         let mut chain = Chain::new(&base);
+        // Every parameter becomes an initializer `<name>.<suffix>`, in the order of `Op::params`.
+        let mut inits: HashMap<ParamKind, String> = HashMap::new();
+        for (kind, t) in node.op.params() {
+            inits.insert(kind, g.init(&mut names, &base, kind.name(), t, &initializer_dims(kind, t))?);
+        }
+        let p = |kind: ParamKind| Arg::Name(inits[&kind].clone());
         match &node.op {
             Op::Input { .. } => {
                 inputs.push(value_info(&base, shapes[id], batch));
                 continue;
             }
             Op::Conv2d(c) => {
-                let w = g.init(&mut names, &base, "weight", &c.weight, &c.weight.shape)?;
-                let mut conv_in = vec![Arg::name(&x[0]), Arg::Name(w)];
-                if let Some(b) = &c.bias {
-                    conv_in.push(Arg::Name(g.init(&mut names, &base, "bias", b, &b.shape)?));
+                let mut conv_in = vec![Arg::name(&x[0]), p(ParamKind::Weight)];
+                if c.bias.is_some() {
+                    conv_in.push(p(ParamKind::Bias));
                 }
                 let [kh, kw] = c.kernel();
                 let [ph, pw] = c.padding;
@@ -128,35 +133,33 @@ pub fn export(graph: &Graph, batch: Option<usize>) -> Result<Vec<u8>> {
                 match &c.epilogue.residual {
                     None => {}
                     Some(Residual::Add) => chain.step("Add", ".add", vec![Arg::Prev, Arg::name(&x[1])], vec![]),
-                    Some(Residual::GateResidual(alpha)) => {
-                        let a = g.init(&mut names, &base, "alpha", alpha, &channel_dims(alpha))?;
+                    Some(Residual::GateResidual(_)) => {
+                        let a = inits[&ParamKind::SoftGate].clone();
                         // The gated residual is its own little branch, named `<name>.gate`.
                         let gate = names.fresh(format!("{base}.gate"));
                         g.node("Mul", &gate, vec![x[1].clone(), a], vec![]);
                         chain.step("Add", ".add", vec![Arg::Prev, Arg::Name(gate)], vec![]);
                     }
-                    Some(Residual::GateConv(alpha)) => {
-                        let a = g.init(&mut names, &base, "alpha", alpha, &channel_dims(alpha))?;
-                        chain.step("Mul", ".gate", vec![Arg::Prev, Arg::Name(a)], vec![]);
+                    Some(Residual::GateConv(_)) => {
+                        chain.step("Mul", ".gate", vec![Arg::Prev, p(ParamKind::SoftGate)], vec![]);
                         chain.step("Add", ".add", vec![Arg::Prev, Arg::name(&x[1])], vec![]);
                     }
                 }
                 chain.act(c.epilogue.post_act, ".post");
             }
             Op::BatchNorm(bn) => {
-                let mut args = vec![Arg::name(&x[0])];
-                for (suffix, t) in
-                    [("gamma", &bn.gamma), ("beta", &bn.beta), ("running_mean", &bn.mean), ("running_var", &bn.var)]
-                {
-                    args.push(Arg::Name(g.init(&mut names, &base, suffix, t, &t.shape)?));
-                }
+                let args = vec![
+                    Arg::name(&x[0]),
+                    p(ParamKind::BnGamma),
+                    p(ParamKind::BnBeta),
+                    p(ParamKind::BnRunningMean),
+                    p(ParamKind::BnRunningVar),
+                ];
                 chain.step("BatchNormalization", ".bn", args, vec![float("epsilon", bn.eps)]);
             }
-            Op::ChannelAffine { scale, shift, act } => {
-                let s = g.init(&mut names, &base, "scale", scale, &channel_dims(scale))?;
-                let t = g.init(&mut names, &base, "shift", shift, &channel_dims(shift))?;
-                chain.step("Mul", ".mul", vec![Arg::name(&x[0]), Arg::Name(s)], vec![]);
-                chain.step("Add", ".add", vec![Arg::Prev, Arg::Name(t)], vec![]);
+            Op::ChannelAffine { act, .. } => {
+                chain.step("Mul", ".mul", vec![Arg::name(&x[0]), p(ParamKind::AffineScale)], vec![]);
+                chain.step("Add", ".add", vec![Arg::Prev, p(ParamKind::AffineShift)], vec![]);
                 chain.act(*act, ".act");
             }
             Op::Activation(act) => {
@@ -191,9 +194,8 @@ pub fn export(graph: &Graph, batch: Option<usize>) -> Result<Vec<u8>> {
                 chain.step("Concat", ".concat", x.iter().map(|n| Arg::name(n)).collect(), vec![int("axis", 1)]);
             }
             Op::Add => chain.step("Add", ".add", vec![Arg::name(&x[0]), Arg::name(&x[1])], vec![]),
-            Op::GatedAdd { alpha } => {
-                let a = g.init(&mut names, &base, "alpha", alpha, &channel_dims(alpha))?;
-                chain.step("Mul", ".gate", vec![Arg::name(&x[0]), Arg::Name(a)], vec![]);
+            Op::GatedAdd { .. } => {
+                chain.step("Mul", ".gate", vec![Arg::name(&x[0]), p(ParamKind::SoftGate)], vec![]);
                 chain.step("Add", ".add", vec![Arg::Prev, Arg::name(&x[1])], vec![]);
             }
             Op::PixelShuffle { factor } => {
@@ -444,22 +446,22 @@ fn channel_dims(t: &Tensor) -> Vec<usize> {
     vec![1, t.numel(), 1, 1]
 }
 
-fn param_bytes(op: &Op) -> usize {
-    let t = |t: &Tensor| 4 * t.numel();
-    match op {
-        Op::Conv2d(c) => {
-            t(&c.weight)
-                + c.bias.as_ref().map_or(0, t)
-                + match &c.epilogue.residual {
-                    Some(Residual::GateResidual(a) | Residual::GateConv(a)) => t(a),
-                    _ => 0,
-                }
-        }
-        Op::BatchNorm(b) => t(&b.gamma) + t(&b.beta) + t(&b.mean) + t(&b.var),
-        Op::ChannelAffine { scale, shift, .. } => t(scale) + t(shift),
-        Op::GatedAdd { alpha } => t(alpha),
-        _ => 0,
+/// Dims of a parameter's initializer: per-channel vectors that meet NCHW tensors in `Mul` / `Add`
+/// get `[1, C, 1, 1]`; the others (Conv and BatchNormalization inputs) keep their shape.
+fn initializer_dims(kind: ParamKind, t: &Tensor) -> Vec<usize> {
+    match kind {
+        ParamKind::SoftGate | ParamKind::AffineScale | ParamKind::AffineShift => channel_dims(t),
+        ParamKind::Weight
+        | ParamKind::Bias
+        | ParamKind::BnGamma
+        | ParamKind::BnBeta
+        | ParamKind::BnRunningMean
+        | ParamKind::BnRunningVar => t.shape.clone(),
     }
+}
+
+fn param_bytes(op: &Op) -> usize {
+    op.params().iter().map(|(_, t)| 4 * t.numel()).sum()
 }
 
 /// `ValueInfoProto` of an f32 NCHW tensor; the batch dimension symbolic unless `batch` is given.

@@ -9,6 +9,8 @@ use wgpu::util::DeviceExt;
 
 use super::crop::{CropTransform, Normalization};
 use crate::error::{Error, Result};
+use crate::gpu::setup::{self, storage, UNIFORM};
+use crate::gpu::uniforms::PreprocessParams;
 use crate::gpu::GpuContext;
 use crate::tensor::Tensor;
 
@@ -16,9 +18,7 @@ use crate::tensor::Tensor;
 pub const PREPROCESS_WGSL: &str = include_str!("../../shaders/preprocess.wgsl");
 
 /// Crops per dispatch: the size of the transform array in the shader's uniform block.
-pub const MAX_CROPS_PER_DISPATCH: usize = 64;
-/// `Params` in preprocess.wgsl: 12 u32, mean, std, 2 vec4 per crop.
-const UNIFORM_WORDS: usize = 12 + 4 + 4 + 8 * MAX_CROPS_PER_DISPATCH;
+pub use crate::gpu::uniforms::MAX_CROPS_PER_DISPATCH;
 const WG: u32 = 8;
 const MAX_GRID: u32 = 65535;
 
@@ -88,39 +88,14 @@ impl GpuPreprocess {
         }
         ctx.scoped("compiling the preprocessing kernel", || {
             let device = &ctx.device;
-            let entry = |binding, ty| wgpu::BindGroupLayoutEntry {
-                binding,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
-                count: None,
-            };
-            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("wgpose.preprocess.layout"),
-                entries: &[
-                    entry(0, wgpu::BufferBindingType::Storage { read_only: true }),
-                    entry(1, wgpu::BufferBindingType::Storage { read_only: false }),
-                    entry(2, wgpu::BufferBindingType::Uniform),
-                ],
-            });
-            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("wgpose.preprocess.pipeline_layout"),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
+            let layouts = setup::layouts(device, "wgpose.preprocess", &[storage(true), storage(false), UNIFORM]);
             // No loops in this shader, so the default (checked) module is as fast as a trusted one.
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some("preprocess.wgsl"),
                 source: wgpu::ShaderSource::Wgsl(PREPROCESS_WGSL.into()),
             });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("preprocess"),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some("preprocess"),
-                compilation_options: Default::default(),
-                cache: None,
-            });
-            Ok(GpuPreprocess { device: device.clone(), pipeline, layout, norm })
+            let pipeline = setup::compute_pipeline(device, &layouts, &module, "preprocess");
+            Ok(GpuPreprocess { device: device.clone(), pipeline, layout: layouts.group, norm })
         })
     }
 
@@ -222,37 +197,33 @@ impl GpuPreprocess {
         let mut groups = Vec::new();
         for (k, chunk) in crops.chunks(MAX_CROPS_PER_DISPATCH).enumerate() {
             let dst_off = out.offset + (k * MAX_CROPS_PER_DISPATCH) as u64 * out.batch_stride;
-            let mut words = vec![0u32; UNIFORM_WORDS];
-            words[..12].copy_from_slice(&[
-                frame.width,
-                frame.height,
-                frame.row_stride,
-                frame.offset,
-                ow,
-                oh,
-                chunk.len() as u32,
-                u32_of(dst_off, "destination offset")?,
-                u32_of(out.batch_stride, "batch stride")?,
-                frame.bgra as u32,
-                0,
-                0,
-            ]);
-            for c in 0..3 {
-                words[12 + c] = self.norm.mean[c].to_bits();
-                words[16 + c] = self.norm.std[c].to_bits();
-            }
-            words[19] = 1f32.to_bits();
+            let [m0, m1, m2] = self.norm.mean;
+            let [s0, s1, s2] = self.norm.std;
+            let mut params = PreprocessParams {
+                src_w: frame.width,
+                src_h: frame.height,
+                src_stride: frame.row_stride,
+                src_off: frame.offset,
+                out_w: ow,
+                out_h: oh,
+                n: chunk.len() as u32,
+                dst_off: u32_of(dst_off, "destination offset")?,
+                dst_bs: u32_of(out.batch_stride, "batch stride")?,
+                bgra: frame.bgra as u32,
+                pad0: 0,
+                pad1: 0,
+                mean: [m0, m1, m2, 0.0],
+                stdev: [s0, s1, s2, 1.0],
+                crops: [[0.0; 4]; 2 * MAX_CROPS_PER_DISPATCH],
+            };
             for (i, crop) in chunk.iter().enumerate() {
                 let m = crop.inverse_f32();
-                let at = 20 + 8 * i;
-                for j in 0..3 {
-                    words[at + j] = m[j].to_bits();
-                    words[at + 4 + j] = m[3 + j].to_bits();
-                }
+                params.crops[2 * i] = [m[0], m[1], m[2], 0.0];
+                params.crops[2 * i + 1] = [m[3], m[4], m[5], 0.0];
             }
             let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("wgpose.preprocess.params"),
-                contents: bytemuck::cast_slice(&words),
+                contents: bytemuck::bytes_of(&params),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
             let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::cpu;
 use crate::error::{Error, Result};
-use crate::graph::{Act, Epilogue, Graph, NodeId, Op};
+use crate::graph::{param_name, Act, Epilogue, Graph, NodeId, Op, ParamKind};
 use crate::tensor::Tensor;
 
 pub use loss::{
@@ -244,8 +244,8 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
         accumulate(&mut grads, o, g.clone());
     }
     let mut params: BTreeMap<String, Tensor> = BTreeMap::new();
-    let mut put = |name: &str, p: &str, shape: &[usize], data: Vec<f32>| {
-        params.insert(format!("{name}.{p}"), Tensor { shape: shape.to_vec(), data });
+    let mut put = |name: &str, kind: ParamKind, shape: &[usize], data: Vec<f32>| {
+        params.insert(param_name(name, kind), Tensor { shape: shape.to_vec(), data });
     };
     let mut input_grads: BTreeMap<NodeId, Tensor> = BTreeMap::new();
     for id in (0..graph.nodes.len()).rev() {
@@ -263,9 +263,9 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
             }
             Op::Conv2d(c) => {
                 let g = backward::conv2d_backward(xs[0], &dy, c, true);
-                put(&node.name, "weight", &c.weight.shape, g.dw.data);
+                put(&node.name, ParamKind::Weight, &c.weight.shape, g.dw.data);
                 if let Some(db) = g.db {
-                    put(&node.name, "bias", &db.shape, db.data);
+                    put(&node.name, ParamKind::Bias, &db.shape, db.data);
                 }
                 if let Some(dx) = g.dx {
                     accumulate(&mut grads, node.inputs[0], dx);
@@ -275,14 +275,14 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
                 let st = tape.bn[id].as_ref().ok_or_else(|| Error::Input("tape lacks batch-norm statistics".into()))?;
                 let (dx, dgamma, dbeta) =
                     backward::batch_norm_backward(xs[0], &dy, &b.gamma.data, &st.mean, &st.inv_std, st.batch);
-                put(&node.name, "gamma", &b.gamma.shape, dgamma);
-                put(&node.name, "beta", &b.beta.shape, dbeta);
+                put(&node.name, ParamKind::BnGamma, &b.gamma.shape, dgamma);
+                put(&node.name, ParamKind::BnBeta, &b.beta.shape, dbeta);
                 accumulate(&mut grads, node.inputs[0], dx);
             }
             Op::ChannelAffine { scale, shift, act } => {
                 let (dx, dscale, dshift) = backward::channel_affine_backward(xs[0], y, &dy, &scale.data, *act);
-                put(&node.name, "scale", &scale.shape, dscale);
-                put(&node.name, "shift", &shift.shape, dshift);
+                put(&node.name, ParamKind::AffineScale, &scale.shape, dscale);
+                put(&node.name, ParamKind::AffineShift, &shift.shape, dshift);
                 accumulate(&mut grads, node.inputs[0], dx);
             }
             Op::Activation(act) => {
@@ -314,7 +314,7 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
             }
             Op::GatedAdd { alpha } => {
                 let (dskip, dalpha) = backward::gated_add_backward(xs[0], &dy, &alpha.data);
-                put(&node.name, "alpha", &alpha.shape, dalpha);
+                put(&node.name, ParamKind::SoftGate, &alpha.shape, dalpha);
                 accumulate(&mut grads, node.inputs[0], dskip);
                 accumulate(&mut grads, node.inputs[1], dy);
             }
@@ -337,13 +337,10 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
 }
 
 /// The trainable parameters of a graph by name: everything of
-/// [`crate::weights::named_params`] except batch-norm running statistics.
+/// [`crate::weights::named_params`] except batch-norm running statistics
+/// ([`ParamKind::trainable`]).
 pub fn trainable_params(graph: &Graph) -> Vec<(String, &Tensor)> {
-    crate::weights::named_params(graph).into_iter().filter(|(n, _)| !is_running_stat(n)).collect()
-}
-
-pub(crate) fn is_running_stat(name: &str) -> bool {
-    name.ends_with(".running_mean") || name.ends_with(".running_var")
+    graph.params().into_iter().filter(|(_, k, _)| k.trainable()).map(|(n, k, t)| (param_name(n, k), t)).collect()
 }
 
 /// Forward (training mode), loss and backward in one call: `loss_fn` maps the graph outputs to

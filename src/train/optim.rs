@@ -4,26 +4,20 @@
 //! survives graph clones and is independent of node order. Parameters without a gradient in the
 //! [`Gradients`] map (and batch-norm running statistics, which never have one) are left alone.
 //!
-//! Weight decay applies to convolution weights only (names ending in `.weight`): biases,
-//! batch-norm `gamma`/`beta`, channel-affine `scale`/`shift` and soft gates `alpha` are not
-//! decayed (the usual practice; decaying gates or BN scales shrinks the function, not the
-//! complexity).
+//! Weight decay applies to convolution weights only
+//! ([`ParamKind::decays`](crate::graph::ParamKind::decays)): biases, batch-norm `gamma`/`beta`,
+//! channel-affine `scale`/`shift` and soft gates `alpha` are not decayed (the usual practice;
+//! decaying gates or BN scales shrinks the function, not the complexity).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use safetensors::{tensor::View, Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensors};
 
 use super::Gradients;
 use crate::error::{Error, Result};
-use crate::graph::Graph;
-use crate::weights::named_params_mut;
-
-/// Whether weight decay applies to the parameter called `name`.
-pub fn decays(name: &str) -> bool {
-    name.ends_with(".weight")
-}
+use crate::graph::{param_name, Graph};
+use crate::weights::write_safetensors;
 
 /// Step schedule: `lr * gamma^floor(epoch / step)` (`step == 0` means constant).
 pub fn step_lr(lr: f32, gamma: f32, step: usize, epoch: usize) -> f32 {
@@ -49,8 +43,9 @@ impl Kind {
 }
 
 /// Adam (PyTorch's, with bias correction and decoupled weight decay) or RMSprop (`alpha = 0.99`,
-/// `eps = 1e-8`, L2 decay), weight decay on `.weight` parameters only (see [`decays`]). The state
-/// is public and can be saved with [`Optimizer::save`] (checkpoints, `--resume`).
+/// `eps = 1e-8`, L2 decay), weight decay on convolution weights only (see
+/// [`ParamKind::decays`](crate::graph::ParamKind::decays)). The state is public and can be saved
+/// with [`Optimizer::save`] (checkpoints, `--resume`).
 ///
 /// State file: safetensors with `adam.m.<param>`, `adam.v.<param>` (Adam) or
 /// `rmsprop.sq.<param>` (RMSprop) tensors and metadata `optimizer`, `adam_step`, `beta1`,
@@ -98,7 +93,8 @@ impl Optimizer {
     pub fn apply(&mut self, graph: &mut Graph, grads: &Gradients, lr: f32) -> Result<()> {
         self.t += 1;
         let t = self.t;
-        for (name, p) in named_params_mut(graph) {
+        for (node, kind, p) in graph.params_mut() {
+            let name = param_name(node, kind);
             let Some(g) = grads.params.get(&name) else {
                 continue;
             };
@@ -109,7 +105,7 @@ impl Optimizer {
                     p.data.len()
                 )));
             }
-            let wd = if decays(&name) { self.weight_decay } else { 0.0 };
+            let wd = if kind.decays() { self.weight_decay } else { 0.0 };
             let n = g.data.len();
             match self.kind {
                 Kind::Adam => {
@@ -152,31 +148,17 @@ impl Optimizer {
         meta.insert("alpha".to_string(), self.alpha.to_string());
         meta.insert("eps".to_string(), self.eps.to_string());
         meta.insert("weight_decay".to_string(), self.weight_decay.to_string());
-        let mut views: Vec<(String, Vec1)> = Vec::new();
+        let mut tensors: Vec<(String, &[f32])> = Vec::new();
         match self.kind {
             Kind::Adam => {
-                for (k, m) in &self.m {
-                    views.push((format!("adam.m.{k}"), Vec1(m, [m.len()])));
-                }
-                for (k, v) in &self.v {
-                    views.push((format!("adam.v.{k}"), Vec1(v, [v.len()])));
-                }
+                tensors.extend(self.m.iter().map(|(k, m)| (format!("adam.m.{k}"), m.as_slice())));
+                tensors.extend(self.v.iter().map(|(k, v)| (format!("adam.v.{k}"), v.as_slice())));
             }
-            Kind::RmsProp => {
-                for (k, s) in &self.m {
-                    views.push((format!("rmsprop.sq.{k}"), Vec1(s, [s.len()])));
-                }
-            }
+            Kind::RmsProp => tensors.extend(self.m.iter().map(|(k, s)| (format!("rmsprop.sq.{k}"), s.as_slice()))),
         }
-        views.sort_by(|a, b| a.0.cmp(&b.0));
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Format {
-            path: path.display().to_string(),
-            msg: format!("cannot serialise the optimiser state: {e}"),
-        })?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes)
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|e| Error::Io { path: path.display().to_string(), source: e })
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let views = tensors.iter().map(|(name, data)| (name.as_str(), vec![data.len()], *data));
+        write_safetensors(path, views, meta, "the optimiser state")
     }
 
     /// Reads a state written by [`save`](Self::save).
@@ -218,22 +200,5 @@ impl Optimizer {
             }
         }
         Ok(o)
-    }
-}
-
-struct Vec1<'a>(&'a [f32], [usize; 1]);
-
-impl View for Vec1<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.1
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.0.iter().flat_map(|v| v.to_le_bytes()).collect())
-    }
-    fn data_len(&self) -> usize {
-        self.0.len() * 4
     }
 }

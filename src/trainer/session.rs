@@ -31,7 +31,6 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +43,7 @@ use super::detection::{images_with_boxes, DetectAugment, DetectShape, DetectValS
 use super::optim::{Kind, Optim};
 use super::plot::write_curve;
 use crate::cpu;
+pub use crate::data::parse_range;
 use crate::data::{lsp, Annotation};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -212,18 +212,6 @@ pub struct TrainSummary {
     pub val_pck: Option<f64>,
     pub images_per_s: f64,
     pub wall_time_s: f64,
-}
-
-/// `A..B` (inclusive, 1-based) as `wgpose eval` reads it.
-pub fn parse_range(s: &str) -> Result<RangeInclusive<usize>> {
-    let bad = || Error::Input(format!("range `{s}` is not A..B"));
-    let (a, b) = s.split_once("..").ok_or_else(bad)?;
-    let a: usize = a.trim().parse().map_err(|_| bad())?;
-    let b: usize = b.trim().trim_start_matches('=').parse().map_err(|_| bad())?;
-    if a == 0 || b < a {
-        return Err(Error::Input(format!("range `{s}` must satisfy 1 <= A <= B")));
-    }
-    Ok(a..=b)
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
