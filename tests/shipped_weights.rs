@@ -19,7 +19,6 @@ use wgpose::gpu::GpuContext;
 use wgpose::image_io::{load_rgb, LoadedImage};
 use wgpose::metrics::{pck, PckNorm};
 use wgpose::models::{calibrate_batch_norms, config, ModelConfig, WeightsSource};
-use wgpose::pipeline::crop::ImageRef;
 use wgpose::skeleton::LSP14;
 use wgpose::weights::{read_card, ModelCard};
 
@@ -131,17 +130,20 @@ fn predict(est: &mut Estimator, people: &[Person]) -> Result<Vec<Vec<[f32; 3]>>,
     for p in people {
         let bbox = box_from_keypoints(&p.gt.keypoints, LSP_BOX_ENLARGE)
             .ok_or_else(|| format!("{}: no person box", p.gt.id))?;
-        let s = p.image.scale;
+        // The front door takes the loaded image whole: box and keypoints in original pixels.
         let pose = est
-            .estimate(&ImageRef::from(&p.image.rgb), Some(bbox.map(|v| v / s)))
-            .map_err(|e| format!("{}: {e}", p.gt.id))?;
+            .estimate(&p.image, bbox)
+            .map_err(|e| format!("{}: {e}", p.gt.id))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{}: no pose", p.gt.id))?;
         out.push(
             mapping
                 .iter()
                 .map(|m| {
                     m.map_or([f32::NAN, f32::NAN, 0.0], |j| {
                         let k = pose.keypoints[j];
-                        [k.x * s, k.y * s, k.score]
+                        [k.x, k.y, k.score]
                     })
                 })
                 .collect(),

@@ -5,15 +5,14 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use wgpose::data::{box_from_keypoints, coco, lsp, mpii, Annotation};
-use wgpose::estimator::{Estimator, EstimatorOptions};
+use wgpose::estimator::EstimatorOptions;
 use wgpose::image_io::load_rgb;
 use wgpose::metrics::{self, PckNorm};
-use wgpose::pipeline::crop::ImageRef;
 use wgpose::skeleton::Skeleton;
 use wgpose::{Error, Result};
 
 use super::predict::resolve_model;
-use super::{open_gpu, DeviceArg};
+use super::{open_estimator, DeviceArg};
 use wgpose::models::DEFAULT_MODEL;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -42,7 +41,9 @@ pub struct EvalArgs {
     json: Option<PathBuf>,
     #[arg(long)]
     flip: bool,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+    /// `auto`: the GPU unless the adapter is a software one (then the CPU executor, which is
+    /// faster there); the choice and its reason are printed.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
     /// Evaluate at most this many people (quick checks).
     #[arg(long)]
@@ -104,10 +105,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     let dataset_skeleton: &'static Skeleton = people[0].skeleton;
     let (cfg, weights) = resolve_model(&a.model)?;
-    let ctx = open_gpu(a.device)?;
     let opts = EstimatorOptions { flip_test: a.flip, padding, ..Default::default() };
-    let mut est = Estimator::new(&cfg, weights.as_deref(), ctx.as_ref(), opts)?;
-    eprintln!("model {}: {}; {}", cfg.name, est.weights, if est.on_gpu() { "GPU" } else { "CPU executor" });
+    let mut est = open_estimator(&cfg, weights.as_deref(), a.device, opts)?;
+    eprintln!("model {}: {}; {}", cfg.name, est.weights, est.device_choice());
     // Model joints -> dataset joints by name; dataset joints the model lacks count as misses.
     let mapping = est.skeleton.mapping_to(dataset_skeleton);
 
@@ -136,21 +136,24 @@ pub fn run(a: EvalArgs) -> Result<()> {
             }
         }
         let Some((_, img)) = cache.as_ref() else { continue };
-        let s = img.scale;
-        let pose =
-            match est.estimate(&ImageRef::from(&img.rgb), Some([bbox[0] / s, bbox[1] / s, bbox[2] / s, bbox[3] / s])) {
-                Ok(p) => p,
-                Err(e) => {
-                    unreadable.push((gt.image.clone(), e.to_string()));
-                    continue;
-                }
-            };
+        // Box and keypoints in the original image's pixels (the estimator applies the scale).
+        let pose = match est.estimate(img, bbox) {
+            Ok(mut poses) if !poses.is_empty() => poses.remove(0),
+            Ok(_) => {
+                unreadable.push((gt.image.clone(), "no pose".into()));
+                continue;
+            }
+            Err(e) => {
+                unreadable.push((gt.image.clone(), e.to_string()));
+                continue;
+            }
+        };
         let kps: Vec<[f32; 3]> = mapping
             .iter()
             .map(|m| {
                 m.map_or([f32::NAN, f32::NAN, 0.0], |j| {
                     let k = pose.keypoints[j];
-                    [k.x * s, k.y * s, k.score]
+                    [k.x, k.y, k.score]
                 })
             })
             .collect();

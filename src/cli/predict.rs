@@ -3,13 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use wgpose::estimator::{Estimator, EstimatorOptions, Pose};
 use wgpose::image_io::load_rgb;
 use wgpose::models::{config, ModelConfig};
-use wgpose::pipeline::crop::ImageRef;
-use wgpose::{Error, Result};
+use wgpose::{Error, Estimator, EstimatorOptions, Pose, Result};
 
-use super::{open_gpu, DeviceArg};
+use super::{open_estimator, DeviceArg};
 
 use wgpose::models::DEFAULT_MODEL;
 
@@ -30,7 +28,9 @@ pub struct PredictArgs {
     /// Write the image with the skeleton drawn on it (PNG); a directory when several images.
     #[arg(long)]
     overlay: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+    /// `auto`: the GPU unless the adapter is a software one (then the CPU executor, which is
+    /// faster there); the choice and its reason are printed.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
     /// Average with the mirrored image (flip test).
     #[arg(long)]
@@ -55,15 +55,7 @@ pub fn parse_bbox(s: &str) -> Result<[f32; 4]> {
 pub fn resolve_model(model: &str) -> Result<(ModelConfig, Option<PathBuf>)> {
     let p = Path::new(model);
     if model.ends_with(".safetensors") || p.is_file() {
-        let card = wgpose::weights::read_card(p)?;
-        let mut cfg = config(&card.config)?;
-        if let Some(input) = card.input {
-            cfg = cfg.with_input(input);
-        }
-        if let Some(j) = card.joints {
-            cfg = cfg.with_joints(j);
-        }
-        return Ok((cfg, Some(p.to_path_buf())));
+        return Ok((ModelConfig::from_weights_file(p)?, Some(p.to_path_buf())));
     }
     Ok((config(model)?, None))
 }
@@ -76,10 +68,9 @@ pub fn run(a: PredictArgs) -> Result<()> {
     };
     let bbox = a.bbox.as_deref().map(parse_bbox).transpose()?;
     let (cfg, weights) = resolve_model(&a.model)?;
-    let ctx = open_gpu(a.device)?;
     let opts = EstimatorOptions { flip_test: a.flip, ..Default::default() };
-    let mut est = Estimator::new(&cfg, weights.as_deref(), ctx.as_ref(), opts)?;
-    eprintln!("model {}: {}; {}", cfg.name, est.weights, if est.on_gpu() { "GPU" } else { "CPU executor" });
+    let mut est = open_estimator(&cfg, weights.as_deref(), a.device, opts)?;
+    eprintln!("model {}: {}; {}", cfg.name, est.weights, est.device_choice());
     if let Some(dir) = a.overlay.as_ref().filter(|_| images.len() > 1) {
         std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
     }
@@ -131,13 +122,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
 /// `WORK_SIDE` pixels) to draw on, and `original / working` scale.
 fn predict_one(est: &mut Estimator, path: &Path, bbox: Option<[f32; 4]>) -> Result<(Pose, image::RgbImage, f32)> {
     let img = load_rgb(path)?;
-    let s = img.scale;
-    let work_box = bbox.map(|b| [b[0] / s, b[1] / s, b[2] / s, b[3] / s]);
-    let mut pose = est.estimate(&ImageRef::from(&img.rgb), work_box)?;
-    for k in &mut pose.keypoints {
-        k.x *= s;
-        k.y *= s;
-    }
-    pose.bbox = bbox.unwrap_or([0.0, 0.0, img.original_size[0] as f32, img.original_size[1] as f32]);
-    Ok((pose, img.rgb, s))
+    // No --bbox: `Boxes::Auto`, today the whole image.
+    let pose = est.estimate(&img, bbox)?.into_iter().next().ok_or_else(|| Error::Input("no person found".into()))?;
+    Ok((pose, img.rgb, img.scale))
 }
