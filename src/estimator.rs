@@ -7,14 +7,20 @@
 //! decoding them on the CPU costs less than another kernel and readback would save). On the CPU
 //! the same steps run with the CPU warp and executor.
 
+mod device;
+mod input;
+
 use std::collections::HashMap;
 use std::path::Path;
+
+pub use device::{Device, DeviceChoice};
+pub use input::{Boxes, Picture};
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuModel};
 use crate::graph::passes::optimize_for_inference;
 use crate::graph::Graph;
-use crate::models::{load_model, ModelConfig, WeightsSource};
+use crate::models::{config, load_model, ModelConfig, WeightsSource};
 use crate::pipeline::crop::{warp_batch, CropConfig, CropTransform, ImageRef, Normalization};
 use crate::pipeline::decode::{average_flipped, decode, DecodeConfig, HeatmapKind, Keypoint};
 use crate::pipeline::preprocess_gpu::GpuPreprocess;
@@ -26,9 +32,12 @@ use crate::tensor::Tensor;
 pub struct EstimatorOptions {
     /// Average with the horizontally mirrored crop (left/right swapped): slower, more accurate.
     pub flip_test: bool,
+    /// How heatmaps become keypoints (DARK refinement by default). The heatmap kind is set from
+    /// the network's output when the estimator is built.
     pub decode: DecodeConfig,
     /// Crop padding around the person box (1.25 = 25% margin).
     pub padding: f32,
+    /// Seed of the random initialisation used when a config has no trained weights.
     pub seed: u64,
 }
 
@@ -46,10 +55,11 @@ impl Default for EstimatorOptions {
 /// One person's keypoints.
 #[derive(Clone, Debug)]
 pub struct Pose {
-    /// In original image pixels, in the skeleton's joint order.
+    /// In the picture's coordinates (see [`Picture`]), in the skeleton's joint order.
     pub keypoints: Vec<Keypoint>,
+    /// Joint names, limbs and left/right pairs of `keypoints`.
     pub skeleton: &'static Skeleton,
-    /// The person box the crop was taken from, `[x, y, w, h]`.
+    /// The person box the crop was taken from, `[x, y, w, h]`, in the picture's coordinates.
     pub bbox: [f32; 4],
     /// Mean keypoint confidence.
     pub score: f32,
@@ -60,17 +70,83 @@ enum Backend {
     Cpu,
 }
 
+/// A pose network ready to run on pictures, on the GPU or the CPU executor.
+///
+/// ```no_run
+/// use wgpose::{Device, Estimator};
+///
+/// let mut est = Estimator::from_name("fasterpose-r18-s16-lsp", Device::Auto)?;
+/// eprintln!("running on the {}", est.device_choice());
+/// let photo = wgpose::image_io::load_rgb("person.jpg".as_ref())?;
+/// // No box: the whole picture (a person detector will find people here later).
+/// for pose in est.estimate(&photo, wgpose::Boxes::Auto)? {
+///     for (name, k) in pose.skeleton.joints.iter().zip(&pose.keypoints) {
+///         println!("{name}: ({:.0}, {:.0}) score {:.2}", k.x, k.y, k.score);
+///     }
+/// }
+/// // One person box [x, y, w, h] in the photo's pixels.
+/// let poses = est.estimate(&photo, &[[120.0, 40.0, 200.0, 420.0]])?;
+/// # Ok::<(), wgpose::Error>(())
+/// ```
 pub struct Estimator {
+    /// The network's configuration.
     pub config: ModelConfig,
+    /// Where the weights came from (a file, the shipped weights, or a random initialisation).
     pub weights: WeightsSource,
+    /// The joints the network predicts, in output order.
     pub skeleton: &'static Skeleton,
     /// The inference-optimised graph (also what the CPU backend runs).
     graph: Graph,
     backend: Backend,
     opts: EstimatorOptions,
+    choice: DeviceChoice,
 }
 
 impl Estimator {
+    /// The named configuration (see [`crate::models::configs`]) with its shipped weights (a
+    /// random initialisation when none ship: see [`Estimator::weights`]), default options, on
+    /// `device`.
+    pub fn from_name(name: &str, device: Device) -> Result<Self> {
+        Self::with_options(&config(name)?, None, device, EstimatorOptions::default())
+    }
+
+    /// The network stored in a `.safetensors` weights file written by wgpose (its model card
+    /// names the configuration), default options, on `device`.
+    pub fn from_file(path: impl AsRef<Path>, device: Device) -> Result<Self> {
+        let path = path.as_ref();
+        Self::with_options(&ModelConfig::from_weights_file(path)?, Some(path), device, EstimatorOptions::default())
+    }
+
+    /// The general constructor: `config` with `weights` (else the shipped weights, else a random
+    /// initialisation), `opts`, on `device`.
+    pub fn with_options(
+        config: &ModelConfig,
+        weights: Option<&Path>,
+        device: Device,
+        opts: EstimatorOptions,
+    ) -> Result<Self> {
+        let (ctx, choice) = device.open()?;
+        let mut est = Self::new(config, weights, ctx.as_ref(), opts)?;
+        est.choice = choice;
+        Ok(est)
+    }
+
+    /// Like [`Estimator::with_options`] on a device opened elsewhere (a renderer's, to share it):
+    /// `device` decides whether the network runs on `ctx` or on the CPU executor
+    /// ([`Device::choose`]).
+    pub fn with_context(
+        config: &ModelConfig,
+        weights: Option<&Path>,
+        ctx: &GpuContext,
+        device: Device,
+        opts: EstimatorOptions,
+    ) -> Result<Self> {
+        let (ctx, choice) = device.choose(ctx.clone());
+        let mut est = Self::new(config, weights, ctx.as_ref(), opts)?;
+        est.choice = choice;
+        Ok(est)
+    }
+
     /// Builds the estimator for `config` with `weights` (else the shipped weights, else a random
     /// initialisation: see [`Estimator::weights`]), on the GPU when `ctx` is given.
     pub fn new(
@@ -96,20 +172,71 @@ impl Estimator {
             },
             None => Backend::Cpu,
         };
-        Ok(Estimator { config: *config, weights, skeleton, graph, backend, opts })
+        let choice = DeviceChoice::given(ctx);
+        Ok(Estimator { config: *config, weights, skeleton, graph, backend, opts, choice })
     }
 
+    /// Whether the network runs on the GPU (else on the CPU executor).
     pub fn on_gpu(&self) -> bool {
         matches!(self.backend, Backend::Gpu { .. })
     }
 
-    /// Keypoints of the person in `bbox` (`[x, y, w, h]`, default: the whole image).
-    pub fn estimate(&mut self, image: &ImageRef, bbox: Option<[f32; 4]>) -> Result<Pose> {
-        let b = bbox.unwrap_or([0.0, 0.0, image.width as f32, image.height as f32]);
-        self.estimate_batch(image, &[b]).map(|mut v| v.remove(0))
+    /// The executor this estimator runs on and why (for `Device::Auto`: the adapter found and
+    /// the rule applied).
+    /// The GPU context the network runs on, if it runs on one (to put more work on the same
+    /// device, e.g. the person detector).
+    pub fn gpu_context(&self) -> Option<&GpuContext> {
+        match &self.backend {
+            Backend::Gpu { ctx, .. } => Some(ctx),
+            Backend::Cpu => None,
+        }
     }
 
-    /// Keypoints for several people of one image: all crops go through the network in one batch.
+    pub fn device_choice(&self) -> &DeviceChoice {
+        &self.choice
+    }
+
+    /// The options it was built with (decoding as adjusted to the network's output).
+    pub fn options(&self) -> &EstimatorOptions {
+        &self.opts
+    }
+
+    /// The people's poses in `image`: one [`Pose`] per box of `boxes` (in that order), or for
+    /// [`Boxes::Auto`] the people found (today: the whole picture as one person's box).
+    ///
+    /// `image` is anything that converts to a [`Picture`]: a
+    /// [`LoadedImage`](crate::image_io::LoadedImage) from
+    /// [`load_rgb`](crate::image_io::load_rgb) (boxes and keypoints are then in the original
+    /// file's pixels, whatever the working size), an [`image::RgbImage`], or an [`ImageRef`] to
+    /// a camera frame. `boxes` converts from `&[[x, y, w, h]]`, one `[x, y, w, h]`, or an
+    /// `Option` of one.
+    pub fn estimate<'a, 'b>(
+        &mut self,
+        image: impl Into<Picture<'a>>,
+        boxes: impl Into<Boxes<'b>>,
+    ) -> Result<Vec<Pose>> {
+        let picture = image.into();
+        let (given, work) = to_working(&picture, boxes.into())?;
+        let poses = self.estimate_batch(&picture.pixels, &work)?;
+        Ok(to_caller(poses, &picture, &given))
+    }
+
+    /// [`Estimator::estimate`] without blocking the thread (see
+    /// [`Estimator::estimate_batch_async`]).
+    pub async fn estimate_async<'a, 'b>(
+        &mut self,
+        image: impl Into<Picture<'a>>,
+        boxes: impl Into<Boxes<'b>>,
+    ) -> Result<Vec<Pose>> {
+        let picture = image.into();
+        let (given, work) = to_working(&picture, boxes.into())?;
+        let poses = self.estimate_batch_async(&picture.pixels, &work).await?;
+        Ok(to_caller(poses, &picture, &given))
+    }
+
+    /// Keypoints for several people of one image, boxes and keypoints in `image`'s own pixels:
+    /// all crops go through the network in one batch. [`Estimator::estimate`] is the same with
+    /// the picture's scale applied.
     pub fn estimate_batch(&mut self, image: &ImageRef, boxes: &[[f32; 4]]) -> Result<Vec<Pose>> {
         if boxes.is_empty() {
             return Ok(Vec::new());
@@ -284,6 +411,37 @@ impl Estimator {
         })
         .await
     }
+}
+
+/// The boxes in the caller's coordinates (`Auto`: the whole picture) and in working pixels.
+fn to_working(picture: &Picture, boxes: Boxes) -> Result<(Vec<[f32; 4]>, Vec<[f32; 4]>)> {
+    let s = picture.scale;
+    if !(s.is_finite() && s > 0.0) {
+        return Err(Error::Input(format!("a picture's scale must be finite and positive, got {s}")));
+    }
+    Ok(match boxes {
+        Boxes::Auto => {
+            let (w, h) = (picture.pixels.width as f32, picture.pixels.height as f32);
+            (vec![picture.full_box()], vec![[0.0, 0.0, w, h]])
+        }
+        Boxes::Given(b) => {
+            let work = b.iter().map(|b| b.map(|v| v / s)).collect();
+            (b.into_owned(), work)
+        }
+    })
+}
+
+/// Poses found in working pixels, mapped to the caller's coordinates with the caller's boxes.
+fn to_caller(mut poses: Vec<Pose>, picture: &Picture, given: &[[f32; 4]]) -> Vec<Pose> {
+    let s = picture.scale;
+    for (pose, b) in poses.iter_mut().zip(given) {
+        for k in &mut pose.keypoints {
+            k.x *= s;
+            k.y *= s;
+        }
+        pose.bbox = *b;
+    }
+    poses
 }
 
 /// Records the preprocessing of the crops into the network input: (kernel, encoder, arena,

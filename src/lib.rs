@@ -24,4 +24,7 @@ pub mod trainer;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use estimator::{Boxes, Device, DeviceChoice, Estimator, EstimatorOptions, Picture, Pose};
+pub use models::ModelConfig;
+pub use pipeline::decode::Keypoint;
 pub use tensor::Tensor;

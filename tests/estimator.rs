@@ -75,7 +75,7 @@ fn keypoints_land_inside_the_crop_and_boxes_are_checked() {
     let image = ImageRef::from(&img.rgb);
     let mut est = Estimator::new(&small_model(), None, None, EstimatorOptions::default()).unwrap();
     let b = [300.0, 50.0, 100.0, 200.0];
-    let pose = est.estimate(&image, Some(b)).unwrap();
+    let pose = est.estimate(&image, Some(b)).unwrap().remove(0);
     // The crop covers the box enlarged by 25% and made square-aspect; every keypoint is inside.
     let (cx, cy, half) = (350.0, 150.0, 125.0);
     for k in &pose.keypoints {
@@ -176,4 +176,87 @@ fn a_frame_already_on_the_gpu_gives_the_same_poses() {
     }
     let cpu = Estimator::new(&small_model(), None, None, EstimatorOptions::default());
     assert!(cpu.unwrap().estimate_gpu_frame(&buf, &frame, &boxes).is_err());
+}
+
+#[test]
+fn front_door_applies_the_picture_scale_and_auto_boxes() {
+    use wgpose::{Boxes, Picture};
+    let img = load_rgb(&sample()).unwrap();
+    let pixels = ImageRef::from(&img.rgb);
+    let mut est = Estimator::new(&small_model(), None, None, EstimatorOptions::default()).unwrap();
+    let b = [250.0, 40.0, 250.0, 360.0];
+    let want = est.estimate_batch(&pixels, &[b]).unwrap().remove(0);
+    // The same pixels standing for a picture twice as large (a downscaled photo): the box is
+    // given in the large picture's coordinates and the keypoints come back in them.
+    let big = Picture { pixels, scale: 2.0 };
+    let got = est.estimate(big, b.map(|v| v * 2.0)).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].bbox, b.map(|v| v * 2.0));
+    for (k, l) in got[0].keypoints.iter().zip(&want.keypoints) {
+        assert!((k.x - 2.0 * l.x).abs() < 1e-3 && (k.y - 2.0 * l.y).abs() < 1e-3 && k.score == l.score, "{k:?} {l:?}");
+    }
+    // No box: today one pose for the whole picture, its box the whole picture.
+    let whole = est.estimate(big, Boxes::Auto).unwrap();
+    let (w, h) = (img.rgb.width() as f32, img.rgb.height() as f32);
+    assert_eq!(whole.len(), 1);
+    assert_eq!(whole[0].bbox, [0.0, 0.0, 2.0 * w, 2.0 * h]);
+    let direct = est.estimate_batch(&pixels, &[[0.0, 0.0, w, h]]).unwrap().remove(0);
+    assert_eq!(whole[0].keypoints[3].score, direct.keypoints[3].score);
+    // A LoadedImage converts with its own scale (1 for this small photo); None means Auto.
+    let a = est.estimate(&img, None).unwrap();
+    assert_eq!(a[0].bbox, [0.0, 0.0, w, h]);
+    // An empty list is no people; a bad scale is an error.
+    assert!(est.estimate(&img, &Vec::new()).unwrap().is_empty());
+    assert!(est.estimate(Picture { pixels, scale: 0.0 }, b).is_err());
+    assert!(est.estimate(Picture { pixels, scale: f32::NAN }, Boxes::Auto).is_err());
+}
+
+#[test]
+fn device_choice_is_reported() {
+    use wgpose::Device;
+    let cfg = small_model();
+    let cpu = Estimator::with_options(&cfg, None, Device::Cpu, EstimatorOptions::default()).unwrap();
+    assert!(!cpu.on_gpu() && !cpu.device_choice().gpu);
+    assert!(cpu.device_choice().to_string().contains("CPU"), "{}", cpu.device_choice());
+    let auto = Estimator::with_options(&cfg, None, Device::Auto, EstimatorOptions::default()).unwrap();
+    assert_eq!(auto.on_gpu(), auto.device_choice().gpu);
+    eprintln!("Device::Auto here: {}", auto.device_choice());
+    let Some(ctx) = common::gpu() else { return };
+    // The rule: a software adapter goes to the CPU, a hardware one stays on the GPU; `Gpu`
+    // always keeps the context.
+    let (kept, why) = Device::Auto.choose(ctx.clone());
+    assert_eq!(kept.is_some(), !ctx.is_software(), "{why}");
+    assert_eq!(auto.on_gpu(), !ctx.is_software());
+    assert!(Device::Gpu.choose(ctx.clone()).0.is_some());
+    assert!(Device::Cpu.choose(ctx.clone()).0.is_none());
+    let mut info = ctx.adapter_info.clone();
+    info.device_type = wgpu::DeviceType::Cpu;
+    assert!(wgpose::gpu::is_software_adapter(&info));
+    info.device_type = wgpu::DeviceType::DiscreteGpu;
+    info.name = "llvmpipe (LLVM 15.0.6, 256 bits)".into();
+    assert!(wgpose::gpu::is_software_adapter(&info));
+    info.name = "NVIDIA GeForce RTX 4090".into();
+    assert!(!wgpose::gpu::is_software_adapter(&info));
+    let on_ctx = Estimator::with_context(&cfg, None, &ctx, Device::Gpu, EstimatorOptions::default()).unwrap();
+    assert!(on_ctx.on_gpu() && on_ctx.device_choice().gpu);
+}
+
+#[test]
+fn from_name_and_from_file_load_the_shipped_weights() {
+    use wgpose::models::{shipped_weights_path, WeightsSource};
+    use wgpose::Device;
+    let name = wgpose::models::DEFAULT_MODEL;
+    let path = shipped_weights_path(name);
+    if !path.is_file() {
+        eprintln!("skipping: {} is not there", path.display());
+        return;
+    }
+    let by_name = Estimator::from_name(name, Device::Cpu).unwrap();
+    assert_eq!(by_name.weights, WeightsSource::Shipped(path.clone()));
+    let by_file = Estimator::from_file(&path, Device::Cpu).unwrap();
+    assert_eq!(by_file.weights, WeightsSource::File(path.clone()));
+    assert_eq!(by_file.config.name, name);
+    assert_eq!(by_file.config.input, by_name.config.input);
+    assert!(Estimator::from_name("no-such-model", Device::Cpu).is_err());
+    assert!(Estimator::from_file(sample(), Device::Cpu).is_err());
 }

@@ -133,17 +133,20 @@ fn predict(est: &mut Estimator, people: &[Person]) -> Result<Vec<Vec<[f32; 3]>>,
     for p in people {
         let bbox = box_from_keypoints(&p.gt.keypoints, LSP_BOX_ENLARGE)
             .ok_or_else(|| format!("{}: no person box", p.gt.id))?;
-        let s = p.image.scale;
+        // The front door takes the loaded image whole: box and keypoints in original pixels.
         let pose = est
-            .estimate(&ImageRef::from(&p.image.rgb), Some(bbox.map(|v| v / s)))
-            .map_err(|e| format!("{}: {e}", p.gt.id))?;
+            .estimate(&p.image, bbox)
+            .map_err(|e| format!("{}: {e}", p.gt.id))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{}: no pose", p.gt.id))?;
         out.push(
             mapping
                 .iter()
                 .map(|m| {
                     m.map_or([f32::NAN, f32::NAN, 0.0], |j| {
                         let k = pose.keypoints[j];
-                        [k.x * s, k.y * s, k.score]
+                        [k.x, k.y, k.score]
                     })
                 })
                 .collect(),
@@ -204,18 +207,21 @@ fn check_detector(path: &Path, cfg: &ModelConfig, people: &[Person], ctx: Option
     let mapping = est.skeleton.mapping_to(&LSP14);
     let mut preds = Vec::new();
     for (p, d) in people.iter().zip(&cpu) {
-        let s = p.image.scale;
         let kps = match d.first() {
             None => vec![[f32::NAN, f32::NAN, 0.0]; LSP14.len()],
             Some(top) => {
+                // Detections are in original pixels, as the front door takes boxes.
                 let pose = est
-                    .estimate(&ImageRef::from(&p.image.rgb), Some(top.bbox.map(|v| v / s)))
-                    .map_err(|e| format!("{}: {e}", p.gt.id))?;
+                    .estimate(&p.image, top.bbox)
+                    .map_err(|e| format!("{}: {e}", p.gt.id))?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| format!("{}: no pose", p.gt.id))?;
                 mapping
                     .iter()
                     .map(|m| m.map_or([f32::NAN, f32::NAN, 0.0], |j| {
                         let k = pose.keypoints[j];
-                        [k.x * s, k.y * s, k.score]
+                        [k.x, k.y, k.score]
                     }))
                     .collect()
             }

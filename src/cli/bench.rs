@@ -84,7 +84,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     &cfg,
                     a.batch.unwrap_or(1),
                     a.reps.max(1),
-                    a.device != DeviceArg::Gpu,
+                    !matches!(a.device, DeviceArg::Gpu | DeviceArg::Auto),
                 )?;
                 for r in rows {
                     if a.json {
@@ -106,7 +106,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
         }
         Suite::Ops => {
-            bench_ops(ctx.as_ref(), a.reps.max(1), a.filter.as_deref(), a.device != DeviceArg::Gpu, print)?;
+            bench_ops(
+                ctx.as_ref(),
+                a.reps.max(1),
+                a.filter.as_deref(),
+                !matches!(a.device, DeviceArg::Gpu | DeviceArg::Auto),
+                print,
+            )?;
         }
         // Handled before any GPU is opened.
         Suite::Train => return run_train(&a),
@@ -116,7 +122,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 /// `wgpose bench train`: CPU only, no GPU is opened.
 fn run_train(a: &BenchArgs) -> Result<()> {
-    if a.device == DeviceArg::Gpu {
+    if matches!(a.device, DeviceArg::Gpu | DeviceArg::Auto) {
         eprintln!("note: `bench train` measures the CPU training step; --device gpu is ignored");
     }
     let size = a.size.as_deref().map(super::profile::parse_size).transpose()?;

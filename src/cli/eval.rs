@@ -6,7 +6,7 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use wgpose::data::{box_from_keypoints, coco, lsp, mpii, parse_range, Annotation};
 use wgpose::detector::PersonDetector;
-use wgpose::estimator::{Estimator, EstimatorOptions};
+use wgpose::estimator::EstimatorOptions;
 use wgpose::image_io::load_rgb;
 use wgpose::metrics::{self, PckNorm};
 use wgpose::pipeline::crop::ImageRef;
@@ -15,7 +15,7 @@ use wgpose::skeleton::Skeleton;
 use wgpose::{Error, Result};
 
 use super::predict::resolve_model;
-use super::{open_gpu, DeviceArg};
+use super::{open_estimator, DeviceArg};
 use wgpose::models::DEFAULT_MODEL;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -54,7 +54,9 @@ pub struct EvalArgs {
     json: Option<PathBuf>,
     #[arg(long)]
     flip: bool,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+    /// `auto`: the GPU unless the adapter is a software one (then the CPU executor, which is
+    /// faster there); the choice and its reason are printed.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
     /// Evaluate at most this many people (quick checks).
     #[arg(long)]
@@ -146,10 +148,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut det_found: Vec<Vec<Detection>> = Vec::new();
     let mut det_gt: Vec<Vec<[f32; 4]>> = Vec::new();
     let (cfg, weights) = resolve_model(&a.model)?;
-    let ctx = open_gpu(a.device)?;
     let opts = EstimatorOptions { flip_test: a.flip, padding, ..Default::default() };
-    let mut est = Estimator::new(&cfg, weights.as_deref(), ctx.as_ref(), opts)?;
-    eprintln!("model {}: {}; {}", cfg.name, est.weights, if est.on_gpu() { "GPU" } else { "CPU executor" });
+    let mut est = open_estimator(&cfg, weights.as_deref(), a.device, opts)?;
+    eprintln!("model {}: {}; {}", cfg.name, est.weights, est.device_choice());
     // Model joints -> dataset joints by name; dataset joints the model lacks count as misses.
     let mapping = est.skeleton.mapping_to(dataset_skeleton);
     let unmapped: Vec<&str> =
@@ -191,9 +192,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         let Some((_, img)) = cache.as_ref() else { continue };
         let s = img.scale;
-        let mut work_box = Some([bbox[0] / s, bbox[1] / s, bbox[2] / s, bbox[3] / s]);
+        let mut person_box = Some(bbox);
         if let Some(d) = &mut detector {
-            // Working-image pixels in, working-image boxes out; the metrics compare in original ones.
+            // The detector sees the working image; boxes go back to original pixels, where the
+            // metrics compare them and the front door takes them.
             let dets = match d.detect_lsp_boxes(&ImageRef::from(&img.rgb)) {
                 Ok(v) => v,
                 Err(e) => {
@@ -201,25 +203,25 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     continue;
                 }
             };
-            work_box = dets.first().map(|t| t.bbox);
-            det_found.push(
-                dets.iter()
-                    .map(|t| Detection {
-                        bbox: [t.bbox[0] * s, t.bbox[1] * s, t.bbox[2] * s, t.bbox[3] * s],
-                        score: t.score,
-                    })
-                    .collect(),
-            );
+            let dets: Vec<Detection> =
+                dets.iter().map(|t| Detection { bbox: t.bbox.map(|v| v * s), score: t.score }).collect();
+            person_box = dets.first().map(|t| t.bbox);
+            det_found.push(dets);
             det_gt.push(vec![bbox]);
         }
-        let Some(work_box) = work_box else {
+        let Some(person_box) = person_box else {
             // Nobody detected: every joint of this person is a miss.
             preds.push(vec![[f32::NAN, f32::NAN, 0.0]; mapping.len()]);
             gts.push(gt.clone());
             continue;
         };
-        let mut pose = match est.estimate(&ImageRef::from(&img.rgb), Some(work_box)) {
-            Ok(p) => p,
+        // Box and keypoints in the original image's pixels (the estimator applies the scale).
+        let mut pose = match est.estimate(img, person_box) {
+            Ok(mut poses) if !poses.is_empty() => poses.remove(0),
+            Ok(_) => {
+                unreadable.push((gt.image.clone(), "no pose".into()));
+                continue;
+            }
             Err(e) => {
                 unreadable.push((gt.image.clone(), e.to_string()));
                 continue;
@@ -233,9 +235,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     .map(|k| [k.x, k.y, if k.score >= a.refine_threshold { 1.0 } else { 0.0 }])
                     .collect();
                 let Some(b) = box_from_keypoints(&kps, 1.25) else { break };
-                match est.estimate(&ImageRef::from(&img.rgb), Some(b)) {
-                    Ok(p) => pose = p,
-                    Err(_) => break,
+                match est.estimate(img, b) {
+                    Ok(mut p) if !p.is_empty() => pose = p.remove(0),
+                    _ => break,
                 }
             }
         }
@@ -244,7 +246,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .map(|m| {
                 m.map_or([f32::NAN, f32::NAN, 0.0], |j| {
                     let k = pose.keypoints[j];
-                    [k.x * s, k.y * s, k.score]
+                    [k.x, k.y, k.score]
                 })
             })
             .collect();

@@ -22,8 +22,10 @@ mod soak;
 mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use std::path::Path;
+
 use wgpose::gpu::GpuContext;
-use wgpose::Result;
+use wgpose::{Device, Error, Estimator, EstimatorOptions, ModelConfig, Result};
 
 #[derive(Parser)]
 #[command(name = "wgpose", version, about = "Human pose estimation networks as WGSL compute shaders")]
@@ -58,6 +60,9 @@ enum Command {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
+    /// The GPU unless the adapter is a software one (lavapipe, SwiftShader, WARP), where the CPU
+    /// executor is faster (`predict` and `eval`; the other commands take it as `gpu`).
+    Auto,
     Gpu,
     Cpu,
     /// Both executors (benchmarks only).
@@ -66,6 +71,28 @@ pub enum DeviceArg {
 
 /// Opens the GPU for a command that wants it; `None` with a notice on stderr when there is no
 /// adapter and the CPU can stand in.
+/// The estimator of `predict` and `eval`: `auto` lets the library choose (the caller prints
+/// why); `gpu` without an adapter falls back to the CPU with a notice, as `open_gpu` does.
+pub fn open_estimator(
+    cfg: &ModelConfig,
+    weights: Option<&Path>,
+    device: DeviceArg,
+    opts: EstimatorOptions,
+) -> Result<Estimator> {
+    let device = match device {
+        DeviceArg::Auto => Device::Auto,
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Gpu | DeviceArg::Both => Device::Gpu,
+    };
+    match Estimator::with_options(cfg, weights, device, opts) {
+        Err(Error::NoAdapter(e)) => {
+            eprintln!("warning: {e}\nwarning: continuing on the CPU executor");
+            Estimator::with_options(cfg, weights, Device::Cpu, opts)
+        }
+        r => r,
+    }
+}
+
 pub fn open_gpu(device: DeviceArg) -> Result<Option<GpuContext>> {
     if device == DeviceArg::Cpu {
         return Ok(None);
@@ -121,6 +148,8 @@ pub fn main() -> Result<()> {
             println!("timestamp queries: {}", ctx.timestamps);
             let l = ctx.device.limits();
             println!("max storage binding: {} MiB", l.max_storage_buffer_binding_size >> 20);
+            let (_, choice) = Device::Auto.choose(ctx.clone());
+            println!("--device auto (the default of predict and eval) runs on the {choice}");
             Ok(())
         }
     }

@@ -4,14 +4,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use wgpose::detector::{estimate_people, PeopleOptions, PersonDetector};
-use wgpose::estimator::{Estimator, EstimatorOptions, Pose};
-use wgpose::pipeline::detect::{DetectConfig, Detection};
 use wgpose::image_io::load_rgb;
 use wgpose::models::{config, ModelConfig};
 use wgpose::pipeline::crop::{validate_box, ImageRef};
-use wgpose::{Error, Result};
+use wgpose::pipeline::detect::{DetectConfig, Detection};
+use wgpose::{Error, Estimator, EstimatorOptions, Pose, Result};
 
-use super::{open_gpu, DeviceArg};
+use super::{open_estimator, DeviceArg};
 
 use wgpose::models::DEFAULT_MODEL;
 
@@ -48,7 +47,9 @@ pub struct PredictArgs {
     /// Write the image with the skeleton drawn on it (PNG); a directory when several images.
     #[arg(long)]
     overlay: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+    /// `auto`: the GPU unless the adapter is a software one (then the CPU executor, which is
+    /// faster there); the choice and its reason are printed.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
     /// Average with the mirrored image (flip test).
     #[arg(long)]
@@ -180,16 +181,16 @@ pub fn run(a: PredictArgs) -> Result<()> {
     };
     let bbox = a.bbox.as_deref().map(parse_bbox).transpose()?;
     let (cfg, weights) = resolve_model(&a.model)?;
-    let ctx = open_gpu(a.device)?;
     let opts = EstimatorOptions { flip_test: a.flip, ..Default::default() };
-    let mut est = Estimator::new(&cfg, weights.as_deref(), ctx.as_ref(), opts)?;
-    eprintln!("model {}: {}; {}", cfg.name, est.weights, if est.on_gpu() { "GPU" } else { "CPU executor" });
+    let mut est = open_estimator(&cfg, weights.as_deref(), a.device, opts)?;
+    eprintln!("model {}: {}; {}", cfg.name, est.weights, est.device_choice());
     let mut detector = if bbox.is_some() || a.no_detect {
         None
     } else {
         let (dcfg, dweights) = resolve_model(&a.detector)?;
         let dc = DetectConfig { score_threshold: a.det_threshold, max_people: a.max_people, ..Default::default() };
-        match PersonDetector::with_gpu(&dcfg, dweights.as_deref(), ctx.as_ref(), dc) {
+        // The detector runs where the pose network runs.
+        match PersonDetector::with_gpu(&dcfg, dweights.as_deref(), est.gpu_context(), dc) {
             Ok(d) => {
                 eprintln!("detector {}: {}", dcfg.name, d.weights);
                 Some(d)
@@ -298,30 +299,23 @@ fn predict_one(est: &mut Estimator, detector: Option<&mut PersonDetector>, path:
         validate_box(b, w as usize, h as usize)?;
     }
     let s = img.scale;
-    let image = ImageRef::from(&img.rgb);
-    let mut people: Vec<(Pose, Option<Detection>)> = match (bbox, detector) {
-        (Some(b), _) => {
-            let mut p = est.estimate(&image, Some([b[0] / s, b[1] / s, b[2] / s, b[3] / s]))?;
-            p.bbox = b;
-            vec![(p, None)]
-        }
-        (None, Some(det)) => estimate_people(est, det, &image, &PeopleOptions::default())?
+    let people: Vec<(Pose, Option<Detection>)> = match (bbox, detector) {
+        (None, Some(det)) => estimate_people(est, det, &ImageRef::from(&img.rgb), &PeopleOptions::default())?
             .into_iter()
-            .map(|p| (p.pose, Some(p.detection)))
+            .map(|p| {
+                // Working-image pixels -> original pixels.
+                let mut pose = p.pose;
+                for k in &mut pose.keypoints {
+                    k.x *= s;
+                    k.y *= s;
+                }
+                pose.bbox = pose.bbox.map(|v| v * s);
+                let d = Detection { bbox: p.detection.bbox.map(|v| v * s), score: p.detection.score };
+                (pose, Some(d))
+            })
             .collect(),
-        (None, None) => vec![(est.estimate(&image, None)?, None)],
+        // A given box, or no detector: the front door, in original pixels.
+        _ => est.estimate(&img, bbox)?.into_iter().map(|p| (p, None)).collect(),
     };
-    for (pose, det) in &mut people {
-        for k in &mut pose.keypoints {
-            k.x *= s;
-            k.y *= s;
-        }
-        if bbox.is_none() {
-            pose.bbox = pose.bbox.map(|v| v * s);
-        }
-        if let Some(d) = det {
-            d.bbox = d.bbox.map(|v| v * s);
-        }
-    }
     Ok((people, img.rgb, s))
 }

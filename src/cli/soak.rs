@@ -50,7 +50,8 @@ pub fn run(a: SoakArgs) -> Result<()> {
     let devices: &[DeviceArg] = match a.device {
         DeviceArg::Both => &[DeviceArg::Cpu, DeviceArg::Gpu],
         DeviceArg::Cpu => &[DeviceArg::Cpu],
-        DeviceArg::Gpu => &[DeviceArg::Gpu],
+        // The soak checks each executor it is asked for; `auto` means the GPU's path, as in bench.
+        DeviceArg::Gpu | DeviceArg::Auto => &[DeviceArg::Gpu],
     };
     let mut worst = 0.0f64;
     for &device in devices {

@@ -2,7 +2,7 @@
 //! on, and the fallback when no GPU adapter exists.
 //!
 //! Two implementations of every operator live here:
-//! - [`reference`]: plain, single-threaded, obviously-correct loops (f64 accumulation), the
+//! - [`reference`](mod@reference): plain, single-threaded, obviously-correct loops (f64 accumulation), the
 //!   ground truth of the tests;
 //! - the fast path ([`run`], [`run_all`], [`eval_op`]): convolutions through im2col + `gemm`
 //!   with the epilogue fused, depthwise convolutions as direct loops, and every other operator

@@ -32,6 +32,22 @@ impl std::fmt::Display for WeightsSource {
     }
 }
 
+impl ModelConfig {
+    /// The configuration a weights file was trained for: the one its model card names, with the
+    /// card's input size and joint count.
+    pub fn from_weights_file(path: &Path) -> Result<ModelConfig> {
+        let card = crate::weights::read_card(path)?;
+        let mut cfg = super::config(&card.config)?;
+        if let Some(input) = card.input {
+            cfg = cfg.with_input(input);
+        }
+        if let Some(j) = card.joints {
+            cfg = cfg.with_joints(j);
+        }
+        Ok(cfg)
+    }
+}
+
 /// The folder of shipped weights: `$WGPOSE_MODELS` if set, else `models/` of this source tree.
 pub fn models_dir() -> PathBuf {
     std::env::var_os("WGPOSE_MODELS")

@@ -6,7 +6,8 @@
 //! 2. the network produces `[N, K, H/4, W/4]` heatmaps;
 //! 3. [`decode`]: per-joint argmax with quarter-pixel or DARK refinement, the flip test
 //!    ([`average_flipped`]), and [`Keypoint::to_image`] back through the crop;
-//! 4. [`smoothing`]: One Euro filtering over time for video.
+//! 4. [`smoothing`]: One Euro filtering over time for video, and [`follow`]: the next frame's
+//!    crop box from this frame's pose.
 //!
 //! One coordinate convention throughout: continuous coordinates where pixel `i` covers
 //! `[i, i + 1)` and has its centre at `i + 0.5`, in the image, the network input and the heatmaps
@@ -15,6 +16,7 @@
 pub mod crop;
 pub mod decode;
 pub mod detect;
+pub mod follow;
 pub mod preprocess_gpu;
 pub mod smoothing;
 
