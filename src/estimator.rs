@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuModel};
 use crate::graph::passes::optimize_for_inference;
 use crate::graph::Graph;
-use crate::models::{load_model, ModelConfig, WeightsSource};
+use crate::models::{load_model, load_model_bytes, ModelConfig, WeightsSource};
 use crate::pipeline::crop::{warp_batch, CropConfig, CropTransform, ImageRef, Normalization};
 use crate::pipeline::decode::{average_flipped, decode, DecodeConfig, HeatmapKind, Keypoint};
 use crate::pipeline::preprocess_gpu::GpuPreprocess;
@@ -77,7 +77,7 @@ impl<'c> Estimator<'c> {
         config: &ModelConfig,
         weights: Option<&Path>,
         ctx: Option<&'c GpuContext>,
-        mut opts: EstimatorOptions,
+        opts: EstimatorOptions,
     ) -> Result<Self> {
         let skeleton = Skeleton::for_joints(config.joints).ok_or_else(|| {
             Error::Input(format!(
@@ -86,6 +86,37 @@ impl<'c> Estimator<'c> {
             ))
         })?;
         let (graph, weights, _card) = load_model(config, weights, opts.seed)?;
+        Self::from_loaded(config, skeleton, graph, weights, ctx, opts)
+    }
+
+    /// Like [`new`](Self::new) with the weights file already in memory (fetched from a URL in
+    /// the browser; `label` names it in errors and in [`Estimator::weights`]), checked as
+    /// strictly as a file.
+    pub fn from_weights_bytes(
+        config: &ModelConfig,
+        bytes: &[u8],
+        label: &str,
+        ctx: Option<&'c GpuContext>,
+        opts: EstimatorOptions,
+    ) -> Result<Self> {
+        let skeleton = Skeleton::for_joints(config.joints).ok_or_else(|| {
+            Error::Input(format!(
+                "{} predicts {} joints, not a known skeleton (14, 16, 17)",
+                config.name, config.joints
+            ))
+        })?;
+        let (graph, _card) = load_model_bytes(config, bytes, label)?;
+        Self::from_loaded(config, skeleton, graph, WeightsSource::Bytes(label.to_string()), ctx, opts)
+    }
+
+    fn from_loaded(
+        config: &ModelConfig,
+        skeleton: &'static Skeleton,
+        graph: Graph,
+        weights: WeightsSource,
+        ctx: Option<&'c GpuContext>,
+        mut opts: EstimatorOptions,
+    ) -> Result<Self> {
         opts.decode.kind = if config.sigmoid_output() { HeatmapKind::Sigmoid } else { HeatmapKind::Linear };
         let graph = optimize_for_inference(&graph);
         let backend = match ctx {
