@@ -55,28 +55,28 @@ pub struct Pose {
     pub score: f32,
 }
 
-enum Backend<'c> {
-    Gpu { ctx: &'c GpuContext, pre: GpuPreprocess, models: HashMap<usize, GpuModel<'c>> },
+enum Backend {
+    Gpu { ctx: GpuContext, pre: GpuPreprocess, models: HashMap<usize, GpuModel> },
     Cpu,
 }
 
-pub struct Estimator<'c> {
+pub struct Estimator {
     pub config: ModelConfig,
     pub weights: WeightsSource,
     pub skeleton: &'static Skeleton,
     /// The inference-optimised graph (also what the CPU backend runs).
     graph: Graph,
-    backend: Backend<'c>,
+    backend: Backend,
     opts: EstimatorOptions,
 }
 
-impl<'c> Estimator<'c> {
+impl Estimator {
     /// Builds the estimator for `config` with `weights` (else the shipped weights, else a random
     /// initialisation: see [`Estimator::weights`]), on the GPU when `ctx` is given.
     pub fn new(
         config: &ModelConfig,
         weights: Option<&Path>,
-        ctx: Option<&'c GpuContext>,
+        ctx: Option<&GpuContext>,
         opts: EstimatorOptions,
     ) -> Result<Self> {
         let skeleton = Skeleton::for_joints(config.joints).ok_or_else(|| {
@@ -96,7 +96,7 @@ impl<'c> Estimator<'c> {
         config: &ModelConfig,
         bytes: &[u8],
         label: &str,
-        ctx: Option<&'c GpuContext>,
+        ctx: Option<&GpuContext>,
         opts: EstimatorOptions,
     ) -> Result<Self> {
         let skeleton = Skeleton::for_joints(config.joints).ok_or_else(|| {
@@ -114,14 +114,14 @@ impl<'c> Estimator<'c> {
         skeleton: &'static Skeleton,
         graph: Graph,
         weights: WeightsSource,
-        ctx: Option<&'c GpuContext>,
+        ctx: Option<&GpuContext>,
         mut opts: EstimatorOptions,
     ) -> Result<Self> {
         opts.decode.kind = if config.sigmoid_output() { HeatmapKind::Sigmoid } else { HeatmapKind::Linear };
         let graph = optimize_for_inference(&graph);
         let backend = match ctx {
             Some(ctx) => Backend::Gpu {
-                ctx,
+                ctx: ctx.clone(),
                 pre: GpuPreprocess::with_normalization(ctx, Normalization::IMAGENET)?,
                 models: HashMap::new(),
             },
@@ -147,6 +147,42 @@ impl<'c> Estimator<'c> {
         }
         let crops = self.crops_for(boxes, image.width, image.height)?;
         let heatmaps = self.heatmaps(image, &crops)?;
+        self.poses_from(&heatmaps, &crops, boxes)
+    }
+
+    /// [`Estimator::estimate_batch`] without blocking the thread: on the GPU the heatmaps'
+    /// readback is awaited (the browser build's path; natively prefer the blocking form, see
+    /// [`GpuModel::run_async`]). On the CPU it runs to completion on the first poll.
+    pub async fn estimate_batch_async(&mut self, image: &ImageRef<'_>, boxes: &[[f32; 4]]) -> Result<Vec<Pose>> {
+        if boxes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let crops = self.crops_for(boxes, image.width, image.height)?;
+        let heatmaps = self.heatmaps_async(image, &crops).await?;
+        self.poses_from(&heatmaps, &crops, boxes)
+    }
+
+    /// [`Estimator::estimate_gpu_frame`] awaiting the readback instead of blocking (the browser
+    /// build's path: a frame copied from an `ImageBitmap` into a storage buffer).
+    pub async fn estimate_gpu_frame_async(
+        &mut self,
+        src: &wgpu::Buffer,
+        frame: &crate::pipeline::preprocess_gpu::FrameLayout,
+        boxes: &[[f32; 4]],
+    ) -> Result<Vec<Pose>> {
+        let Backend::Gpu { .. } = self.backend else {
+            return Err(Error::Input("estimate_gpu_frame_async needs an estimator created with a GPU context".into()));
+        };
+        if boxes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let crops = self.crops_for(boxes, frame.width as usize, frame.height as usize)?;
+        let heatmaps = self
+            .gpu_heatmaps_async(&crops, |pre, enc, arena, offset, out_w, out_h| {
+                let out = crate::pipeline::preprocess_gpu::OutputLayout::packed(out_w, out_h, offset);
+                pre.encode_layout(enc, src, frame, &crops, arena, &out)
+            })
+            .await?;
         self.poses_from(&heatmaps, &crops, boxes)
     }
 
@@ -214,64 +250,97 @@ impl<'c> Estimator<'c> {
         Ok(poses)
     }
 
-    /// Runs the GPU network on crops written into its input by `prelude`.
-    fn gpu_heatmaps(
-        &mut self,
-        crops: &[CropTransform],
-        prelude: impl FnOnce(&GpuPreprocess, &mut wgpu::CommandEncoder, &wgpu::Buffer, u64, u32, u32) -> Result<()>,
-    ) -> Result<Tensor> {
-        let [_, in_h, in_w] = self.config.input;
+    /// The preprocessing kernel and the network compiled for `batch` crops (compiled on first
+    /// use of each batch size, then cached).
+    fn gpu_model(&mut self, batch: usize) -> Result<(&GpuPreprocess, &mut GpuModel)> {
         let Backend::Gpu { ctx, pre, models } = &mut self.backend else {
             return Err(Error::Input("not a GPU estimator".into()));
         };
-        let batch = crops.len();
         if !models.contains_key(&batch) {
             models.insert(batch, GpuModel::compile_with(ctx, &self.graph, batch)?);
         }
         let model = models.get_mut(&batch).ok_or_else(|| Error::Gpu("model cache".into()))?;
-        let pre: &GpuPreprocess = pre;
+        Ok((pre, model))
+    }
+
+    /// Runs the GPU network on crops written into its input by `prelude`.
+    fn gpu_heatmaps(&mut self, crops: &[CropTransform], prelude: impl Prelude) -> Result<Tensor> {
+        let [_, in_h, in_w] = self.config.input;
+        let (pre, model) = self.gpu_model(crops.len())?;
         let outputs =
             model.run_with_prelude(|enc, arena, offset| prelude(pre, enc, arena, offset, in_w as u32, in_h as u32))?;
-        outputs.into_iter().last().ok_or_else(|| Error::Graph("the model produced no output".into()))
+        last_output(outputs)
+    }
+
+    /// [`Estimator::gpu_heatmaps`] awaiting the readback instead of blocking.
+    async fn gpu_heatmaps_async(&mut self, crops: &[CropTransform], prelude: impl Prelude) -> Result<Tensor> {
+        let [_, in_h, in_w] = self.config.input;
+        let (pre, model) = self.gpu_model(crops.len())?;
+        let outputs = model
+            .run_with_prelude_async(|enc, arena, offset| prelude(pre, enc, arena, offset, in_w as u32, in_h as u32))
+            .await?;
+        last_output(outputs)
     }
 
     /// Per-node GPU time of one inference of the network alone (timestamp queries), for the
     /// demo's layer panel; None on the CPU or without timestamp support.
     pub fn profile_network(&mut self, batch: usize) -> Result<Option<Vec<crate::gpu::NodeTime>>> {
-        let Backend::Gpu { ctx, models, .. } = &mut self.backend else { return Ok(None) };
-        if !ctx.timestamps {
-            return Ok(None);
+        match &self.backend {
+            Backend::Gpu { ctx, .. } if ctx.timestamps => {}
+            _ => return Ok(None),
         }
-        if !models.contains_key(&batch) {
-            models.insert(batch, GpuModel::compile_with(ctx, &self.graph, batch)?);
-        }
-        let model = models.get_mut(&batch).ok_or_else(|| Error::Gpu("model cache".into()))?;
         let [c, h, w] = self.config.input;
+        let (_, model) = self.gpu_model(batch)?;
         let x = Tensor::zeros(vec![batch, c, h, w]);
         Ok(Some(model.profile(&[x])?.1))
     }
 
-    /// The last stack's heatmaps for every crop, `[crops, K, H/4, W/4]`.
-    fn heatmaps(&mut self, image: &ImageRef, crops: &[CropTransform]) -> Result<Tensor> {
-        let [c, in_h, in_w] = self.config.input;
+    fn check_rgb(&self) -> Result<()> {
+        let c = self.config.input[0];
         if c != 3 {
             return Err(Error::Input(format!("{} takes {c} channels; the image pipeline feeds RGB", self.config.name)));
         }
-        match &self.backend {
-            Backend::Cpu => {
-                let x = warp_batch(image, crops, in_w, in_h, &Normalization::IMAGENET)?;
-                let outputs = crate::cpu::run(&self.graph, &[x])?;
-                outputs.into_iter().last().ok_or_else(|| Error::Graph("the model produced no output".into()))
-            }
-            Backend::Gpu { ctx, .. } => {
-                let (w, h) = (image.width as u32, image.height as u32);
-                let src = upload_frame(ctx, &packed_rgba(image))?;
-                self.gpu_heatmaps(crops, |pre, enc, arena, offset, ow, oh| {
-                    pre.encode(enc, &src, w, h, crops, arena, offset, ow, oh)
-                })
-            }
-        }
+        Ok(())
     }
+
+    /// The last stack's heatmaps for every crop, `[crops, K, H/4, W/4]`, on the CPU.
+    fn cpu_heatmaps(&self, image: &ImageRef, crops: &[CropTransform]) -> Result<Tensor> {
+        let [_, in_h, in_w] = self.config.input;
+        let x = warp_batch(image, crops, in_w, in_h, &Normalization::IMAGENET)?;
+        last_output(crate::cpu::run(&self.graph, &[x])?)
+    }
+
+    /// The last stack's heatmaps for every crop, `[crops, K, H/4, W/4]`.
+    fn heatmaps(&mut self, image: &ImageRef, crops: &[CropTransform]) -> Result<Tensor> {
+        self.check_rgb()?;
+        let Backend::Gpu { ctx, .. } = &self.backend else { return self.cpu_heatmaps(image, crops) };
+        let (w, h) = (image.width as u32, image.height as u32);
+        let src = upload_frame(ctx, &packed_rgba(image))?;
+        self.gpu_heatmaps(crops, |pre, enc, arena, offset, ow, oh| {
+            pre.encode(enc, &src, w, h, crops, arena, offset, ow, oh)
+        })
+    }
+
+    /// [`Estimator::heatmaps`] awaiting the GPU readback instead of blocking.
+    async fn heatmaps_async(&mut self, image: &ImageRef<'_>, crops: &[CropTransform]) -> Result<Tensor> {
+        self.check_rgb()?;
+        let Backend::Gpu { ctx, .. } = &self.backend else { return self.cpu_heatmaps(image, crops) };
+        let (w, h) = (image.width as u32, image.height as u32);
+        let src = upload_frame(ctx, &packed_rgba(image))?;
+        self.gpu_heatmaps_async(crops, |pre, enc, arena, offset, ow, oh| {
+            pre.encode(enc, &src, w, h, crops, arena, offset, ow, oh)
+        })
+        .await
+    }
+}
+
+/// Records the preprocessing of the crops into the network input: (kernel, encoder, arena,
+/// element offset of the input, input width, input height).
+trait Prelude: FnOnce(&GpuPreprocess, &mut wgpu::CommandEncoder, &wgpu::Buffer, u64, u32, u32) -> Result<()> {}
+impl<F: FnOnce(&GpuPreprocess, &mut wgpu::CommandEncoder, &wgpu::Buffer, u64, u32, u32) -> Result<()>> Prelude for F {}
+
+fn last_output(outputs: Vec<Tensor>) -> Result<Tensor> {
+    outputs.into_iter().last().ok_or_else(|| Error::Graph("the model produced no output".into()))
 }
 
 /// The image as tightly packed RGBA8, the layout the preprocessing kernel reads (one u32 per

@@ -50,6 +50,26 @@ fn gpu_and_cpu_estimators_agree() {
 }
 
 #[test]
+fn async_estimation_matches_blocking() {
+    let img = load_rgb(&sample()).unwrap();
+    let image = ImageRef::from(&img.rgb);
+    let boxes = [[250.0, 40.0, 250.0, 360.0], [10.0, 20.0, 200.0, 300.0]];
+    let ctx = common::gpu();
+    // The CPU, then the GPU when there is one.
+    for ctx in [None, ctx.as_ref()] {
+        let mut est = Estimator::new(&small_model(), None, ctx, EstimatorOptions::default()).unwrap();
+        let a = est.estimate_batch(&image, &boxes).unwrap();
+        let b = pollster::block_on(est.estimate_batch_async(&image, &boxes)).unwrap();
+        assert_eq!(a.len(), 2);
+        for (pa, pb) in a.iter().zip(&b) {
+            for (k, l) in pa.keypoints.iter().zip(&pb.keypoints) {
+                assert_eq!((k.x, k.y, k.score), (l.x, l.y, l.score), "on gpu: {}", est.on_gpu());
+            }
+        }
+    }
+}
+
+#[test]
 fn keypoints_land_inside_the_crop_and_boxes_are_checked() {
     let img = load_rgb(&sample()).unwrap();
     let image = ImageRef::from(&img.rgb);

@@ -54,6 +54,59 @@ fn run_async_matches_run() {
 }
 
 #[test]
+fn a_model_owns_its_device_handles() {
+    // The model keeps a clone of the context: it runs after every other handle is gone, and a
+    // model compiled from a clone agrees with one compiled from the original.
+    let Some(ctx) = gpu() else { return };
+    let g = random_graph(11);
+    let inputs = random_inputs(&g, 1, 3);
+    let mut a = GpuModel::compile(&ctx, &g, 1).unwrap();
+    let mut b = GpuModel::compile(&ctx.clone(), &g, 1).unwrap();
+    drop(ctx);
+    let want = wgpose::cpu::reference::run(&g, &inputs).unwrap();
+    let (ra, rb) = (a.run(&inputs).unwrap(), b.run(&inputs).unwrap());
+    assert_eq!(ra, rb);
+    for (k, (x, y)) in ra.iter().zip(&want).enumerate() {
+        assert_close(&format!("output {k}"), x, y, TOL);
+    }
+}
+
+#[test]
+fn readback_reads_ranges_blocking_and_async() {
+    use wgpose::gpu::readback::{read_buffer, read_buffer_async};
+    use wgpu::util::DeviceExt;
+    let Some(ctx) = gpu() else { return };
+    let values: Vec<u32> = (0..1000).map(|i| i * 7 + 1).collect();
+    let src = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(&values),
+        usage: wgpu::BufferUsages::COPY_SRC,
+    });
+    let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4000,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let copy = || {
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&src, 0, &staging, 0, 4000);
+        ctx.queue.submit([enc.finish()]);
+    };
+    copy();
+    let got = read_buffer::<u32>(&ctx.device, &staging, &[0..4000, 40..48]).unwrap();
+    assert_eq!(got[0], values);
+    assert_eq!(got[1], &values[10..12]);
+    copy();
+    let got = pollster::block_on(read_buffer_async::<u32>(&ctx.device, &staging, &[396..400])).unwrap();
+    assert_eq!(got, vec![vec![values[99]]]);
+    // Ranges past the end or not a whole number of values are errors, and leave the buffer usable.
+    assert!(read_buffer::<u32>(&ctx.device, &staging, &[0..4004]).is_err());
+    assert!(read_buffer::<u32>(&ctx.device, &staging, &[0..6]).is_err());
+    assert_eq!(read_buffer::<u32>(&ctx.device, &staging, &[0..4]).unwrap(), vec![vec![values[0]]]);
+}
+
+#[test]
 fn bad_inputs_are_errors() {
     let Some(ctx) = gpu() else { return };
     let g = random_graph(3);

@@ -108,12 +108,12 @@ struct Sidecar {
 }
 
 pub struct DemoApp {
-    gpu: &'static GpuContext,
+    gpu: GpuContext,
     render_state: egui_wgpu::RenderState,
     models: Vec<ModelConfig>,
     model: ModelConfig,
     show_all_models: bool,
-    estimator: Option<Estimator<'static>>,
+    estimator: Option<Estimator>,
     estimator_error: Option<String>,
     weights_note: String,
 
@@ -174,9 +174,9 @@ impl DemoApp {
             .ok_or_else(|| format!("eframe did not start its wgpu renderer. {}", wgpose::gpu::NO_ADAPTER_HELP))?;
         let info = rs.adapter.get_info();
         let timestamps = rs.device.features().contains(wgpu::Features::TIMESTAMP_QUERY);
-        // One device for egui and the estimator; the context lives as long as the process.
-        let gpu: &'static GpuContext =
-            Box::leak(Box::new(GpuContext::from_device(rs.device.clone(), rs.queue.clone(), info, timestamps)));
+        // One device for egui and the estimator: the context holds clones of egui's handles.
+        let mut gpu = GpuContext::from_device(rs.device.clone(), rs.queue.clone(), info, timestamps);
+        gpu.adapter = Some(rs.adapter.clone());
         let (folder_text, image_text) = match &settings.source {
             Some(SourceSpec::Folder(d)) => (d.display().to_string(), String::new()),
             Some(SourceSpec::Image(p)) => (String::new(), p.display().to_string()),
@@ -258,7 +258,7 @@ impl DemoApp {
         if let Some(s) = &mut self.source {
             s.rewind();
         }
-        match Estimator::new(&self.model, None, Some(self.gpu), EstimatorOptions::default()) {
+        match Estimator::new(&self.model, None, Some(&self.gpu), EstimatorOptions::default()) {
             Ok(est) => {
                 self.weights_note = match &est.weights {
                     WeightsSource::RandomInit { seed } => format!(

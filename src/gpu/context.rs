@@ -1,5 +1,7 @@
 //! Adapter and device: one `GpuContext` can be shared by several compiled models and by a
-//! renderer (the demo shares its device with the estimator).
+//! renderer (the demo shares its device with the estimator). It is a bundle of owned handles:
+//! wgpu's `Device`, `Queue` and `Adapter` are reference-counted, so cloning a context is cheap
+//! and every clone drives the same device.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,9 +12,15 @@ pub const NO_ADAPTER_HELP: &str = "no Vulkan, Metal or DX12 adapter was found. O
 without a GPU, install Mesa's software Vulkan driver (lavapipe): \
 `apt-get install -y mesa-vulkan-drivers libvulkan1`; or run on the CPU with `--device cpu`";
 
+/// An open device with its queue: what compiled models and the estimator run on. Clone it to
+/// give several owners the same device.
+#[derive(Clone, Debug)]
 pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
+    /// The adapter the device was opened on, when this context opened it (a device wrapped with
+    /// [`GpuContext::from_device`] comes without one).
+    pub adapter: Option<wgpu::Adapter>,
     pub adapter_info: wgpu::AdapterInfo,
     /// Whether per-dispatch GPU timestamps are available (profiling).
     pub timestamps: bool,
@@ -27,6 +35,7 @@ impl GpuContext {
         pollster::block_on(Self::new_async())
     }
 
+    /// [`GpuContext::new`] without blocking (the browser build awaits it).
     pub async fn new_async() -> Result<Self> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: wgpu::Backends::PRIMARY,
@@ -42,6 +51,7 @@ impl GpuContext {
         Self::from_adapter(adapter).await
     }
 
+    /// Opens a device on `adapter` with the limits described at [`GpuContext::new`].
     pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
         let info = adapter.get_info();
         let supported = adapter.limits();
@@ -59,7 +69,9 @@ impl GpuContext {
             })
             .await
             .map_err(|e| Error::Gpu(format!("could not open a device on {}: {e}", info.name)))?;
-        Ok(Self::from_device(device, queue, info, timestamps))
+        let mut ctx = Self::from_device(device, queue, info, timestamps);
+        ctx.adapter = Some(adapter);
+        Ok(ctx)
     }
 
     /// Wraps a device opened elsewhere (for instance by a windowing toolkit's renderer).
@@ -76,7 +88,7 @@ impl GpuContext {
                 *l = Some(format!("{reason:?}: {msg}"));
             }
         });
-        GpuContext { device, queue, adapter_info, timestamps, lost }
+        GpuContext { device, queue, adapter: None, adapter_info, timestamps, lost }
     }
 
     /// A short description: adapter name and backend.
@@ -92,22 +104,74 @@ impl GpuContext {
         }
     }
 
-    /// Runs `f` inside validation and out-of-memory error scopes and turns what they catch into
-    /// errors (wgpu would otherwise panic on an uncaptured error).
-    pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        self.check_lost()?;
+    /// Whether the adapter is a CPU emulation of a GPU (lavapipe, SwiftShader, WARP, ...): wgpu
+    /// reports those as [`wgpu::DeviceType::Cpu`], and some drivers only say so in their name.
+    pub fn is_software(&self) -> bool {
+        is_software_adapter(&self.adapter_info)
+    }
+
+    fn push_scopes(&self) -> Scopes {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        Scopes { oom, validation }
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and turns what they catch into
+    /// errors (wgpu would otherwise panic on an uncaptured error). Natively popping the scopes
+    /// is immediate. In a browser their result arrives on the event loop, which a blocking call
+    /// cannot wait for: there `f` runs without scopes (errors reach the device's
+    /// uncaptured-error handler); use [`GpuContext::scoped_async`] to catch them.
+    pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_lost()?;
+        if cfg!(target_arch = "wasm32") {
+            return f();
+        }
+        let scopes = self.push_scopes();
         let out = f();
-        let v = pollster::block_on(validation.pop());
-        let o = pollster::block_on(oom.pop());
-        if let Some(e) = v {
-            return Err(Error::Gpu(format!("{what}: {e}")));
-        }
-        if let Some(e) = o {
-            return Err(Error::Gpu(format!("{what}: out of device memory: {e}")));
-        }
+        pollster::block_on(scopes.pop(what))?;
         self.check_lost()?;
         out
+    }
+
+    /// [`GpuContext::scoped`] that awaits the scopes instead of blocking.
+    pub async fn scoped_async<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_lost()?;
+        let scopes = self.push_scopes();
+        let out = f();
+        scopes.pop(what).await?;
+        self.check_lost()?;
+        out
+    }
+}
+
+/// Whether `info` describes a software rasteriser rather than a GPU.
+pub fn is_software_adapter(info: &wgpu::AdapterInfo) -> bool {
+    if info.device_type == wgpu::DeviceType::Cpu {
+        return true;
+    }
+    let name = info.name.to_ascii_lowercase();
+    ["llvmpipe", "lavapipe", "swiftshader", "microsoft basic render driver", "warp"].iter().any(|n| name.contains(n))
+}
+
+/// The two error scopes of one `scoped` call (validation innermost).
+struct Scopes {
+    oom: wgpu::ErrorScopeGuard,
+    validation: wgpu::ErrorScopeGuard,
+}
+
+impl Scopes {
+    /// Pops both scopes now (the pop takes effect immediately) and resolves to the first error.
+    fn pop(self, what: &str) -> impl std::future::Future<Output = Result<()>> + use<'_> {
+        let validation = self.validation.pop();
+        let oom = self.oom.pop();
+        async move {
+            if let Some(e) = validation.await {
+                return Err(Error::Gpu(format!("{what}: {e}")));
+            }
+            if let Some(e) = oom.await {
+                return Err(Error::Gpu(format!("{what}: out of device memory: {e}")));
+            }
+            Ok(())
+        }
     }
 }

@@ -2,12 +2,13 @@
 //! inference records one command buffer.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::ops::Range;
 
 use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
 use super::kernels::{lower, Dispatch, Kernel, ParamPack};
+use super::readback::{read_buffer, read_buffer_async};
 use crate::error::{Error, Result};
 use crate::graph::memory::{plan, MemoryPlan};
 use crate::graph::passes::optimize_for_inference;
@@ -34,8 +35,10 @@ pub struct NodeTime {
     pub bytes: u64,
 }
 
-pub struct GpuModel<'c> {
-    ctx: &'c GpuContext,
+/// A graph compiled for one batch size on one device. It owns (a clone of) its
+/// [`GpuContext`], so it can be stored anywhere.
+pub struct GpuModel {
+    ctx: GpuContext,
     /// The optimised graph actually executed.
     pub graph: Graph,
     pub plan: MemoryPlan,
@@ -54,21 +57,26 @@ fn bytes_of(t: &[f32]) -> &[u8] {
     bytemuck::cast_slice(t)
 }
 
-impl<'c> GpuModel<'c> {
+impl GpuModel {
     /// Optimises the graph for inference (batch-norm folding, epilogue fusion), plans memory and
     /// builds everything a run needs, for a fixed batch size.
-    pub fn compile(ctx: &'c GpuContext, graph: &Graph, batch: usize) -> Result<Self> {
+    pub fn compile(ctx: &GpuContext, graph: &Graph, batch: usize) -> Result<Self> {
         // The passes assume a well-formed graph (they index by node id); check it first.
         graph.validate()?;
         Self::compile_with(ctx, &optimize_for_inference(graph), batch)
     }
 
     /// Like `compile`, but runs the graph exactly as given (no passes).
-    pub fn compile_with(ctx: &'c GpuContext, graph: &Graph, batch: usize) -> Result<Self> {
+    pub fn compile_with(ctx: &GpuContext, graph: &Graph, batch: usize) -> Result<Self> {
         ctx.scoped("compiling the graph", || Self::build(ctx, graph.clone(), batch))
     }
 
-    fn build(ctx: &'c GpuContext, graph: Graph, batch: usize) -> Result<Self> {
+    /// [`GpuModel::compile_with`] that awaits the error scopes instead of blocking (browsers).
+    pub async fn compile_with_async(ctx: &GpuContext, graph: &Graph, batch: usize) -> Result<Self> {
+        ctx.scoped_async("compiling the graph", || Self::build(ctx, graph.clone(), batch)).await
+    }
+
+    fn build(ctx: &GpuContext, graph: Graph, batch: usize) -> Result<Self> {
         let plan = plan(&graph, batch)?;
         let mut pack = ParamPack::default();
         let dispatches = lower(&graph, &plan, &mut pack)?;
@@ -198,7 +206,7 @@ impl<'c> GpuModel<'c> {
             mapped_at_creation: false,
         });
         Ok(GpuModel {
-            ctx,
+            ctx: ctx.clone(),
             graph,
             plan,
             batch,
@@ -297,80 +305,89 @@ impl<'c> GpuModel<'c> {
         Ok((&self.arena, self.plan.views[id].offset as u64))
     }
 
+    /// The device this model runs on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Records `prelude` (which writes the network input into the arena at the given element
+    /// offset) and every dispatch into one command buffer.
+    fn encode_with_prelude(
+        &self,
+        prelude: impl FnOnce(&mut wgpu::CommandEncoder, &wgpu::Buffer, u64) -> Result<()>,
+    ) -> Result<wgpu::CommandBuffer> {
+        let (arena, offset) = self.input_target()?;
+        let mut enc =
+            self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.run") });
+        prelude(&mut enc, arena, offset)?;
+        self.record(&mut enc, None);
+        Ok(enc.finish())
+    }
+
     /// Runs one inference whose input is written on the GPU by `prelude` (recorded first, into
     /// the same command buffer: the frame never comes back to the CPU before the heatmaps).
     pub fn run_with_prelude(
         &mut self,
         prelude: impl FnOnce(&mut wgpu::CommandEncoder, &wgpu::Buffer, u64) -> Result<()>,
     ) -> Result<Vec<Tensor>> {
-        let (arena, offset) = self.input_target()?;
-        let cmd = self.ctx.scoped("recording the inference", || {
-            let mut enc =
-                self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.run") });
-            prelude(&mut enc, arena, offset)?;
-            self.record(&mut enc, None);
-            Ok(enc.finish())
-        })?;
-        self.ctx.scoped("running the inference", || {
-            self.ctx.queue.submit([cmd]);
-            self.wait_for_map()
-        })?;
-        self.read_outputs()
+        let cmd = self.ctx.scoped("recording the inference", || self.encode_with_prelude(prelude))?;
+        self.submit_and_read(cmd)
     }
 
-    fn read_outputs(&self) -> Result<Vec<Tensor>> {
-        let view =
-            self.staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("reading results: {e}")))?;
-        let mut out = Vec::new();
-        for &(id, _, len, at) in &self.outputs {
-            let bytes = &view[at as usize..(at + len) as usize];
-            let data: Vec<f32> = bytemuck::pod_collect_to_vec(bytes);
-            out.push(Tensor { shape: self.plan.shapes[id].to_vec(), data });
-        }
-        drop(view);
-        self.staging.unmap();
-        Ok(out)
+    /// [`GpuModel::run_with_prelude`] without blocking the thread (see [`GpuModel::run_async`]).
+    pub async fn run_with_prelude_async(
+        &mut self,
+        prelude: impl FnOnce(&mut wgpu::CommandEncoder, &wgpu::Buffer, u64) -> Result<()>,
+    ) -> Result<Vec<Tensor>> {
+        let cmd = self.ctx.scoped_async("recording the inference", || self.encode_with_prelude(prelude)).await?;
+        self.submit_and_read_async(cmd).await
+    }
+
+    /// Byte ranges of the outputs in the readback buffer.
+    fn output_ranges(&self) -> Vec<Range<u64>> {
+        self.outputs.iter().map(|&(_, _, len, at)| at..at + len).collect()
+    }
+
+    fn tensors(&self, data: Vec<Vec<f32>>) -> Vec<Tensor> {
+        self.outputs
+            .iter()
+            .zip(data)
+            .map(|(&(id, ..), data)| Tensor { shape: self.plan.shapes[id].to_vec(), data })
+            .collect()
+    }
+
+    fn submit_and_read(&self, cmd: wgpu::CommandBuffer) -> Result<Vec<Tensor>> {
+        let data = self.ctx.scoped("running the inference", || {
+            self.ctx.queue.submit([cmd]);
+            read_buffer::<f32>(&self.ctx.device, &self.staging, &self.output_ranges())
+        })?;
+        Ok(self.tensors(data))
+    }
+
+    async fn submit_and_read_async(&self, cmd: wgpu::CommandBuffer) -> Result<Vec<Tensor>> {
+        self.ctx
+            .scoped_async("running the inference", || {
+                self.ctx.queue.submit([cmd]);
+                Ok(())
+            })
+            .await?;
+        let data = read_buffer_async::<f32>(&self.ctx.device, &self.staging, &self.output_ranges()).await?;
+        self.ctx.check_lost()?;
+        Ok(self.tensors(data))
     }
 
     /// Runs one inference and blocks until the outputs are back on the CPU.
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         let cmd = self.ctx.scoped("recording the inference", || self.encode(inputs, None))?;
-        self.ctx.scoped("running the inference", || {
-            self.ctx.queue.submit([cmd]);
-            self.wait_for_map()
-        })?;
-        self.read_outputs()
+        self.submit_and_read(cmd)
     }
 
     /// Runs one inference without blocking the thread: the future resolves when the outputs are
     /// mapped. In browsers the event loop drives it; natively each poll of the future polls the
     /// device once, so prefer `run` there.
     pub async fn run_async(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let cmd = self.ctx.scoped("recording the inference", || self.encode(inputs, None))?;
-        self.ctx.queue.submit([cmd]);
-        let (tx, rx) = mpsc::channel();
-        self.staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        MapWait { rx, device: &self.ctx.device }.await?;
-        self.ctx.check_lost()?;
-        self.read_outputs()
-    }
-
-    fn wait_for_map(&self) -> Result<()> {
-        let (tx, rx) = mpsc::channel();
-        self.staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.ctx
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        match rx.recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Gpu(format!("mapping the results: {e}"))),
-            Err(_) => Err(Error::DeviceLost("the readback never completed".into())),
-        }
+        let cmd = self.ctx.scoped_async("recording the inference", || self.encode(inputs, None)).await?;
+        self.submit_and_read_async(cmd).await
     }
 
     /// Runs one inference with a timestamp around every dispatch and returns the outputs and
@@ -402,7 +419,7 @@ impl<'c> GpuModel<'c> {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let ticks: Vec<u64> = self.ctx.scoped("profiling the inference", || {
+        let (outputs, ticks): (Vec<Tensor>, Vec<u64>) = self.ctx.scoped("profiling the inference", || {
             let cmd = self.encode(inputs, Some(&sets))?;
             let mut enc =
                 device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.resolve") });
@@ -412,22 +429,10 @@ impl<'c> GpuModel<'c> {
             }
             enc.copy_buffer_to_buffer(&resolve, 0, &readback, 0, (n_queries * 8) as u64);
             self.ctx.queue.submit([cmd, enc.finish()]);
-            let (tx, rx) = mpsc::channel();
-            readback.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-            self.wait_for_map()?;
-            match rx.recv() {
-                Ok(Ok(())) => {}
-                _ => return Err(Error::Gpu("mapping the timestamps failed".into())),
-            }
-            let v = readback.slice(..).get_mapped_range().map_err(|e| Error::Gpu(e.to_string()))?;
-            let t = bytemuck::pod_collect_to_vec::<u8, u64>(&v);
-            drop(v);
-            readback.unmap();
-            Ok(t)
+            let outputs = read_buffer::<f32>(device, &self.staging, &self.output_ranges())?;
+            let ticks = read_buffer::<u64>(device, &readback, &[0..(n_queries * 8) as u64])?.remove(0);
+            Ok((self.tensors(outputs), ticks))
         })?;
-        let outputs = self.read_outputs()?;
         let period = self.ctx.queue.get_timestamp_period() as f64;
         let stats = self.graph.stats(self.batch)?;
         let mut per_node: Vec<Option<NodeTime>> = vec![None; self.graph.nodes.len()];
@@ -474,29 +479,5 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
             min_binding_size: None,
         },
         count: None,
-    }
-}
-
-/// Future for a buffer mapping: resolves when the map callback has fired.
-struct MapWait<'d> {
-    rx: mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
-    device: &'d wgpu::Device,
-}
-
-impl std::future::Future for MapWait<'_> {
-    type Output = Result<()>;
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<()>> {
-        let _ = self.device.poll(wgpu::PollType::Poll);
-        match self.rx.try_recv() {
-            Ok(Ok(())) => std::task::Poll::Ready(Ok(())),
-            Ok(Err(e)) => std::task::Poll::Ready(Err(Error::Gpu(format!("mapping the results: {e}")))),
-            Err(mpsc::TryRecvError::Empty) => {
-                cx.waker().wake_by_ref();
-                std::task::Poll::Pending
-            }
-            Err(mpsc::TryRecvError::Disconnected) => {
-                std::task::Poll::Ready(Err(Error::DeviceLost("the readback never completed".into())))
-            }
-        }
     }
 }

@@ -3,6 +3,7 @@
 mod context;
 mod executor;
 pub mod kernels;
+pub mod readback;
 
-pub use context::{GpuContext, NO_ADAPTER_HELP};
+pub use context::{is_software_adapter, GpuContext, NO_ADAPTER_HELP};
 pub use executor::{GpuModel, NodeTime};

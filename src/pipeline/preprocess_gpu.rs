@@ -5,8 +5,6 @@
 //! The result matches [`warp_batch`](super::crop::warp_batch) to f32 rounding of the sample
 //! positions and weights (measured below 1e-4 after normalisation; see tests/pipeline_ops.rs).
 
-use std::sync::mpsc;
-
 use wgpu::util::DeviceExt;
 
 use super::crop::{CropTransform, Normalization};
@@ -328,23 +326,7 @@ impl GpuPreprocess {
             self.encode(&mut enc, &src, w, h, crops, &dst, 0, out_w, out_h)?;
             enc.copy_buffer_to_buffer(&dst, 0, &staging, 0, bytes);
             ctx.queue.submit([enc.finish()]);
-            let (tx, rx) = mpsc::channel();
-            staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-            device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-            match rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Error::Gpu(format!("mapping the crops: {e}"))),
-                Err(_) => return Err(Error::DeviceLost("the readback never completed".into())),
-            }
-            let view =
-                staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("reading the crops: {e}")))?;
-            let data: Vec<f32> = bytemuck::pod_collect_to_vec(&view);
-            drop(view);
-            staging.unmap();
+            let data = crate::gpu::readback::read_buffer::<f32>(device, &staging, &[0..bytes])?.remove(0);
             Ok(Tensor { shape: shape.clone(), data })
         })
     }
