@@ -295,6 +295,18 @@ impl Estimator {
         Ok(Some(model.profile(&[x])?.1))
     }
 
+    /// [`Estimator::profile_network`] awaiting the readbacks instead of blocking.
+    pub async fn profile_network_async(&mut self, batch: usize) -> Result<Option<Vec<crate::gpu::NodeTime>>> {
+        match &self.backend {
+            Backend::Gpu { ctx, .. } if ctx.timestamps => {}
+            _ => return Ok(None),
+        }
+        let [c, h, w] = self.config.input;
+        let (_, model) = self.gpu_model(batch)?;
+        let x = Tensor::zeros(vec![batch, c, h, w]);
+        Ok(Some(model.profile_async(&[x]).await?.1))
+    }
+
     fn check_rgb(&self) -> Result<()> {
         let c = self.config.input[0];
         if c != 3 {

@@ -106,11 +106,16 @@ class WebDriver:
         key = next(iter(el))
         return self.cmd("GET", f"/element/{el[key]}/text")
 
-    def wait_title(self, timeout):
+    def screenshot(self, path):
+        import base64
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(self.cmd("GET", "/screenshot")))
+
+    def wait_title(self, timeout, ready=("done",)):
         end = time.time() + timeout
         while time.time() < end:
             t = self.title()
-            if t == "done" or t.startswith("error"):
+            if t in ready or t.startswith("error"):
                 return t
             time.sleep(0.5)
         return f"timeout after {timeout}s (title {self.title()!r})"
@@ -156,16 +161,43 @@ def compare(browser, native):
     return dx, ds
 
 
+def extras(wd, base, args):
+    """The README's screenshot and benchmark (not tests)."""
+    if args.screenshot:
+        wd.get(f"{base}/index.html?source=fixtures/sample.jpg&mirror=0&profile=1")
+        title = wd.wait_title(args.timeout, ready=("wgpose: ready",))
+        wd.screenshot(args.screenshot)
+        print(f"screenshot ({title}) -> {args.screenshot}")
+    if args.bench:
+        out = {}
+        for model in args.models.split(","):
+            wd.get(f"{base}/bench.html?model={model}&runs=5")
+            title = wd.wait_title(args.timeout)
+            out[model] = json.loads(wd.text_of("#result")) if title == "done" else {"error": title}
+            print(model, json.dumps(out[model]), flush=True)
+        with open(args.bench, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="fasterpose-r18-s16-lsp,sghg-1x64-lsp")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
     ap.add_argument("--chromedriver", default=shutil.which("chromedriver") or "chromedriver")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--screenshot", help="only save a screenshot of the demo page (fixture image source) here")
+    ap.add_argument("--bench", help="only run bench.html for --models and save its JSON results here")
     args = ap.parse_args()
     png_fixtures()
     httpd, base = serve(DIST)
     wd = WebDriver(args.chromium, args.chromedriver)
+    if args.screenshot or args.bench:
+        try:
+            return extras(wd, base, args)
+        finally:
+            wd.close()
+            httpd.shutdown()
     passed, failed = 0, 0
 
     def check(name, ok, detail):

@@ -45,12 +45,14 @@ impl GpuEngine {
         Ok(GpuEngine { ctx, est, frame: None })
     }
 
+    /// The adapter's description; browsers often leave it empty (www/wgpose.js then asks
+    /// `GPUAdapter.info` for vendor and architecture).
     pub fn adapter_name(&self) -> String {
         let info = &self.ctx.adapter_info;
-        if info.name.is_empty() {
-            "WebGPU adapter (the browser did not name it)".to_string()
-        } else {
-            info.name.clone()
+        match (info.name.is_empty(), info.device_type == wgpu::DeviceType::Cpu) {
+            (false, _) => info.name.clone(),
+            (true, true) => "fallback adapter".to_string(),
+            (true, false) => String::new(),
         }
     }
 
@@ -150,10 +152,10 @@ impl GpuEngine {
         Ok((poses, vec![("upload", t1 - t0), ("gpu inference + readback + decode", t2 - t1)]))
     }
 
-    /// Per-layer GPU times of one inference (None without timestamp queries). Not available in
-    /// the browser build yet: the library's profiler blocks on its readback.
+    /// Per-layer GPU times of one inference of the network alone (None when the adapter offers
+    /// no timestamp queries).
     pub async fn profile_layers(&mut self) -> Result<Option<Vec<NodeTime>>, JsValue> {
-        Ok(None)
+        self.est.profile_network_async(1).await.map_err(js_error)
     }
 
     pub fn destroy(self) {

@@ -175,6 +175,7 @@ async function useImage(url) {
   followBox = null;
   if (building) await building;
   await loop();
+  if (q.get("profile") === "1") await showLayers();
   document.title = "wgpose: ready";
 }
 
@@ -206,7 +207,7 @@ for (const id of ["mirror", "threshold", "follow"]) {
   $(id).addEventListener("input", () => { if (source && !(source instanceof HTMLVideoElement)) loop(); });
 }
 
-$("profile").addEventListener("click", async () => {
+async function showLayers() {
   if (!est) return;
   const p = await est.profile().catch((e) => { showError(e); return null; });
   if (!p) return;
@@ -232,7 +233,8 @@ $("profile").addEventListener("click", async () => {
   });
   const total = p.layers.reduce((s, l) => s + l.ms, 0);
   $("layersNote").textContent = `${p.layers.length} layers, ${total.toFixed(1)} ms GPU in all (12 slowest shown)`;
-});
+}
+$("profile").addEventListener("click", showLayers);
 
 await rebuild();
 const start = q.get("source");

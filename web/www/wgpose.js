@@ -245,7 +245,22 @@ export async function createEstimator({ model = "", weightsUrl, backend = "auto"
     throw wrap(e);
   }
   await w.keep();
-  return new Estimator(inner, JSON.parse(inner.model), w.fromCache);
+  const est = new Estimator(inner, JSON.parse(inner.model), w.fromCache);
+  if (est.backend === "webgpu") est.adapter = await describeAdapter(est.adapter);
+  return est;
+}
+
+/** wgpu reads only GPUAdapterInfo.description, which browsers often leave empty. */
+async function describeAdapter(name) {
+  try {
+    const adapter = await navigator.gpu.requestAdapter();
+    const i = adapter && adapter.info;
+    const parts = i ? [i.vendor, i.architecture, i.device, i.description].filter((p) => p) : [];
+    const fromInfo = [...new Set(parts)].join(" ");
+    return [name, fromInfo].filter((p) => p).join(": ") || "unnamed WebGPU adapter";
+  } catch {
+    return name || "unnamed WebGPU adapter";
+  }
 }
 
 /** Whether this browser exposes WebGPU at all (an adapter may still be refused). */
