@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuModel};
 use crate::graph::passes::optimize_for_inference;
 use crate::graph::Graph;
-use crate::models::{config, load_model, ModelConfig, WeightsSource};
+use crate::models::{config, load_model, load_model_bytes, ModelConfig, WeightsSource};
 use crate::pipeline::crop::{warp_batch, CropConfig, CropTransform, ImageRef, Normalization};
 use crate::pipeline::decode::{average_flipped, decode, DecodeConfig, HeatmapKind, Keypoint};
 use crate::pipeline::preprocess_gpu::GpuPreprocess;
@@ -153,7 +153,7 @@ impl Estimator {
         config: &ModelConfig,
         weights: Option<&Path>,
         ctx: Option<&GpuContext>,
-        mut opts: EstimatorOptions,
+        opts: EstimatorOptions,
     ) -> Result<Self> {
         let skeleton = Skeleton::for_joints(config.joints).ok_or_else(|| {
             Error::Input(format!(
@@ -162,6 +162,37 @@ impl Estimator {
             ))
         })?;
         let (graph, weights, _card) = load_model(config, weights, opts.seed)?;
+        Self::from_loaded(config, skeleton, graph, weights, ctx, opts)
+    }
+
+    /// Like [`new`](Self::new) with the weights file already in memory (fetched from a URL in
+    /// the browser; `label` names it in errors and in [`Estimator::weights`]), checked as
+    /// strictly as a file.
+    pub fn from_weights_bytes(
+        config: &ModelConfig,
+        bytes: &[u8],
+        label: &str,
+        ctx: Option<&GpuContext>,
+        opts: EstimatorOptions,
+    ) -> Result<Self> {
+        let skeleton = Skeleton::for_joints(config.joints).ok_or_else(|| {
+            Error::Input(format!(
+                "{} predicts {} joints, not a known skeleton (14, 16, 17)",
+                config.name, config.joints
+            ))
+        })?;
+        let (graph, _card) = load_model_bytes(config, bytes, label)?;
+        Self::from_loaded(config, skeleton, graph, WeightsSource::Bytes(label.to_string()), ctx, opts)
+    }
+
+    fn from_loaded(
+        config: &ModelConfig,
+        skeleton: &'static Skeleton,
+        graph: Graph,
+        weights: WeightsSource,
+        ctx: Option<&GpuContext>,
+        mut opts: EstimatorOptions,
+    ) -> Result<Self> {
         opts.decode.kind = if config.sigmoid_output() { HeatmapKind::Sigmoid } else { HeatmapKind::Linear };
         let graph = optimize_for_inference(&graph);
         let backend = match ctx {
@@ -256,6 +287,30 @@ impl Estimator {
         let crops = self.crops_for(boxes, image.width, image.height)?;
         let heatmaps = self.heatmaps_async(image, &crops).await?;
         self.poses_from(&heatmaps, &crops, boxes, [image.width, image.height])
+    }
+
+    /// [`Estimator::estimate_gpu_frame`] awaiting the readback instead of blocking (the browser
+    /// build's path: a frame copied from an `ImageBitmap` into a storage buffer).
+    pub async fn estimate_gpu_frame_async(
+        &mut self,
+        src: &wgpu::Buffer,
+        frame: &crate::pipeline::preprocess_gpu::FrameLayout,
+        boxes: &[[f32; 4]],
+    ) -> Result<Vec<Pose>> {
+        let Backend::Gpu { .. } = self.backend else {
+            return Err(Error::Input("estimate_gpu_frame_async needs an estimator created with a GPU context".into()));
+        };
+        if boxes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let crops = self.crops_for(boxes, frame.width as usize, frame.height as usize)?;
+        let heatmaps = self
+            .gpu_heatmaps_async(&crops, |pre, enc, arena, offset, out_w, out_h| {
+                let out = crate::pipeline::preprocess_gpu::OutputLayout::packed(out_w, out_h, offset);
+                pre.encode_layout(enc, src, frame, &crops, arena, &out)
+            })
+            .await?;
+        self.poses_from(&heatmaps, &crops, boxes, [frame.width as usize, frame.height as usize])
     }
 
     /// Like [`estimate_batch`](Self::estimate_batch) for a frame that is already on the GPU: a
@@ -372,6 +427,18 @@ impl Estimator {
         let (_, model) = self.gpu_model(batch)?;
         let x = Tensor::zeros(vec![batch, c, h, w]);
         Ok(Some(model.profile(&[x])?.1))
+    }
+
+    /// [`Estimator::profile_network`] awaiting the readbacks instead of blocking.
+    pub async fn profile_network_async(&mut self, batch: usize) -> Result<Option<Vec<crate::gpu::NodeTime>>> {
+        match &self.backend {
+            Backend::Gpu { ctx, .. } if ctx.timestamps => {}
+            _ => return Ok(None),
+        }
+        let [c, h, w] = self.config.input;
+        let (_, model) = self.gpu_model(batch)?;
+        let x = Tensor::zeros(vec![batch, c, h, w]);
+        Ok(Some(model.profile_async(&[x]).await?.1))
     }
 
     fn check_rgb(&self) -> Result<()> {

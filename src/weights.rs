@@ -532,8 +532,17 @@ fn list(names: &[&str]) -> String {
 /// an unreadable path (missing, a directory) is [`Error::Io`]. On error `graph` is unchanged.
 pub fn load_into(path: &Path, graph: &mut Graph) -> Result<ModelCard> {
     let bytes = read_bytes(path)?;
-    let fmt = |msg: String| Error::Format { path: path.display().to_string(), msg };
-    let parsed = parse(&bytes).map_err(fmt)?;
+    load_bytes_into(&bytes, &path.display().to_string(), graph)
+}
+
+/// [`load_into`] for a file already in memory (fetched from a URL in the browser); `label` names
+/// it in errors. The same checks, the same errors; an empty buffer is an [`Error::Format`].
+pub fn load_bytes_into(bytes: &[u8], label: &str, graph: &mut Graph) -> Result<ModelCard> {
+    let fmt = |msg: String| Error::Format { path: label.to_string(), msg };
+    if bytes.is_empty() {
+        return Err(fmt("empty file (0 bytes); expected a safetensors weights file".into()));
+    }
+    let parsed = parse(bytes).map_err(fmt)?;
     let card = card_from_metadata(&parsed.metadata).map_err(fmt)?;
 
     let mut params = named_params_mut(graph);
@@ -611,7 +620,15 @@ pub fn load_into(path: &Path, graph: &mut Graph) -> Result<ModelCard> {
 /// layout is checked as by [`load_into`]).
 pub fn read_card(path: &Path) -> Result<ModelCard> {
     let bytes = read_bytes(path)?;
-    let fmt = |msg: String| Error::Format { path: path.display().to_string(), msg };
-    let parsed = parse(&bytes).map_err(fmt)?;
+    read_card_bytes(&bytes, &path.display().to_string())
+}
+
+/// [`read_card`] for a file already in memory; `label` names it in errors.
+pub fn read_card_bytes(bytes: &[u8], label: &str) -> Result<ModelCard> {
+    let fmt = |msg: String| Error::Format { path: label.to_string(), msg };
+    if bytes.is_empty() {
+        return Err(fmt("empty file (0 bytes); expected a safetensors weights file".into()));
+    }
+    let parsed = parse(bytes).map_err(fmt)?;
     card_from_metadata(&parsed.metadata).map_err(fmt)
 }

@@ -670,3 +670,49 @@ fn fuzzed_files_never_panic() {
         assert!(matches!(load_into(&fuzz, &mut g2), Err(Error::Format { .. })), "noise of {len} bytes");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Files in memory (the browser build fetches them)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn bytes_load_exactly_like_files() {
+    use wgpose::models::config_for_weights;
+    use wgpose::weights::{load_bytes_into, read_card_bytes};
+    let dir = TempDir::new("bytes");
+    let cfg = config("ldcrn-w16-lsp").unwrap();
+    let mut g1 = cfg.build(1).unwrap();
+    randomise(&mut g1, 5);
+    let card = card_for("ldcrn-w16-lsp", &g1);
+    let path = dir.join("w.safetensors");
+    save(&path, &g1, &card).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+
+    let mut from_file = cfg.build(2).unwrap();
+    let mut from_bytes = cfg.build(3).unwrap();
+    assert_eq!(load_into(&path, &mut from_file).unwrap(), card);
+    assert_eq!(load_bytes_into(&bytes, "https://example.test/w.safetensors", &mut from_bytes).unwrap(), card);
+    assert_eq!(snapshot(&from_bytes), snapshot(&from_file));
+    assert_eq!(read_card_bytes(&bytes, "w").unwrap(), card);
+    let resolved = config_for_weights(&bytes, "w").unwrap();
+    assert_eq!((resolved.name, resolved.input, resolved.joints), (cfg.name, cfg.input, cfg.joints));
+
+    // Empty, truncated and garbage buffers: Format errors naming the label, graph untouched.
+    let mut g = cfg.build(9).unwrap();
+    let before = snapshot(&g);
+    for (what, data) in [("empty", &bytes[..0]), ("truncated", &bytes[..bytes.len() / 2]), ("garbage", &b"<html>"[..])]
+    {
+        match load_bytes_into(data, "the-label", &mut g) {
+            Err(Error::Format { path, msg }) => {
+                assert_eq!(path, "the-label", "{what}");
+                assert!(!msg.is_empty(), "{what}");
+            }
+            other => panic!("{what}: expected a Format error, got {other:?}"),
+        }
+        assert!(matches!(read_card_bytes(data, "the-label"), Err(Error::Format { .. })), "{what}: card");
+    }
+    assert_eq!(snapshot(&g), before, "a failed load modified the graph");
+    // Another config's file is refused with the tensors named.
+    let mut other = config("sghg-1x64-lsp").unwrap().build(1).unwrap();
+    assert!(matches!(load_bytes_into(&bytes, "w", &mut other), Err(Error::Format { .. })));
+}

@@ -394,6 +394,27 @@ impl GpuModel {
     /// Runs one inference with a timestamp around every dispatch and returns the outputs and
     /// the GPU time per node (in node order, nodes without dispatches left out).
     pub fn profile(&mut self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<NodeTime>)> {
+        let (readback, n_queries) = self.profile_submit(inputs)?;
+        let device = &self.ctx.device;
+        let outputs = read_buffer::<f32>(device, &self.staging, &self.output_ranges())?;
+        let ticks = read_buffer::<u64>(device, &readback, &[0..(n_queries * 8) as u64])?.remove(0);
+        self.ctx.check_lost()?;
+        self.profile_finish(outputs, ticks)
+    }
+
+    /// [`GpuModel::profile`] awaiting the readbacks instead of blocking (the browser build).
+    pub async fn profile_async(&mut self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<NodeTime>)> {
+        let (readback, n_queries) = self.profile_submit(inputs)?;
+        let device = &self.ctx.device;
+        let outputs = read_buffer_async::<f32>(device, &self.staging, &self.output_ranges()).await?;
+        let ticks = read_buffer_async::<u64>(device, &readback, &[0..(n_queries * 8) as u64]).await?.remove(0);
+        self.ctx.check_lost()?;
+        self.profile_finish(outputs, ticks)
+    }
+
+    /// Records the timed inference and the timestamp resolve, submits them, and returns the
+    /// buffer the ticks will be read from and the number of queries.
+    fn profile_submit(&mut self, inputs: &[Tensor]) -> Result<(wgpu::Buffer, usize)> {
         if !self.ctx.timestamps {
             return Err(Error::Gpu(format!("{} does not offer timestamp queries", self.ctx.describe())));
         }
@@ -420,7 +441,7 @@ impl GpuModel {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let (outputs, ticks): (Vec<Tensor>, Vec<u64>) = self.ctx.scoped("profiling the inference", || {
+        self.ctx.scoped("profiling the inference", || {
             let cmd = self.encode(inputs, Some(&sets))?;
             let mut enc =
                 device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.resolve") });
@@ -430,10 +451,14 @@ impl GpuModel {
             }
             enc.copy_buffer_to_buffer(&resolve, 0, &readback, 0, (n_queries * 8) as u64);
             self.ctx.queue.submit([cmd, enc.finish()]);
-            let outputs = read_buffer::<f32>(device, &self.staging, &self.output_ranges())?;
-            let ticks = read_buffer::<u64>(device, &readback, &[0..(n_queries * 8) as u64])?.remove(0);
-            Ok((self.tensors(outputs), ticks))
+            Ok(())
         })?;
+        Ok((readback, n_queries))
+    }
+
+    /// Outputs and per-node times from the read-back outputs and timestamp ticks.
+    fn profile_finish(&self, outputs: Vec<Vec<f32>>, ticks: Vec<u64>) -> Result<(Vec<Tensor>, Vec<NodeTime>)> {
+        let outputs = self.tensors(outputs);
         let period = self.ctx.queue.get_timestamp_period() as f64;
         let stats = self.graph.stats(self.batch)?;
         let mut per_node: Vec<Option<NodeTime>> = vec![None; self.graph.nodes.len()];

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::ModelConfig;
 use crate::error::Result;
 use crate::graph::Graph;
-use crate::weights::{load_into, ModelCard};
+use crate::weights::{load_bytes_into, load_into, read_card_bytes, ModelCard};
 
 /// Where a model's weights came from.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,6 +15,8 @@ pub enum WeightsSource {
     File(PathBuf),
     /// The trained weights shipped in `models/`.
     Shipped(PathBuf),
+    /// A file handed over in memory (fetched from a URL in the browser), by its label.
+    Bytes(String),
     /// No weights exist: seeded random initialisation, batch norms calibrated on a seeded random
     /// input (the network's output is meaningless).
     RandomInit { seed: u64 },
@@ -25,6 +27,7 @@ impl std::fmt::Display for WeightsSource {
         match self {
             WeightsSource::File(p) => write!(f, "weights from {}", p.display()),
             WeightsSource::Shipped(p) => write!(f, "shipped weights {}", p.display()),
+            WeightsSource::Bytes(label) => write!(f, "weights from {label}"),
             WeightsSource::RandomInit { seed } => {
                 write!(f, "no trained weights for this config: random initialisation (seed {seed}, batch norms calibrated), outputs are meaningless")
             }
@@ -146,4 +149,27 @@ pub fn calibrate_batch_norms(graph: &mut Graph, inputs: &[crate::Tensor]) -> Res
         values[id] = Some(crate::cpu::eval_op(&node.name, &node.op, &xs)?);
     }
     Ok(())
+}
+
+/// The config a weights file (in memory; `label` names it in errors) belongs to, by its model
+/// card: the named config with the card's input size and joint count, as `wgpose predict
+/// --model FILE` resolves it.
+pub fn config_for_weights(bytes: &[u8], label: &str) -> Result<ModelConfig> {
+    let card = read_card_bytes(bytes, label)?;
+    let mut cfg = super::config(&card.config)?;
+    if let Some(input) = card.input {
+        cfg = cfg.with_input(input);
+    }
+    if let Some(j) = card.joints {
+        cfg = cfg.with_joints(j);
+    }
+    Ok(cfg)
+}
+
+/// Builds `cfg` and loads the weights file `bytes` (already in memory; `label` names it in
+/// errors) with the same checks as [`load_model`] applies to a file.
+pub fn load_model_bytes(cfg: &ModelConfig, bytes: &[u8], label: &str) -> Result<(Graph, ModelCard)> {
+    let mut graph = cfg.build(0)?;
+    let card = load_bytes_into(bytes, label, &mut graph)?;
+    Ok((graph, card))
 }

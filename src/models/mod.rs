@@ -30,7 +30,9 @@ use crate::graph::{Graph, Op};
 
 pub use fasterpose::{Backbone, FasterPoseArch, Head};
 pub use ldcrn::LdcrnArch;
-pub use load::{calibrate_batch_norms, load_model, shipped_weights_path, WeightsSource};
+pub use load::{
+    calibrate_batch_norms, config_for_weights, load_model, load_model_bytes, shipped_weights_path, WeightsSource,
+};
 pub use person_detector::{DEFAULT_DETECTOR, DETECTOR_CHANNELS};
 pub use soft_gated_hourglass::HourglassArch;
 

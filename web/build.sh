@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds wgpose for the browser into web/dist/ (static files: html, js, wasm, models, fixtures).
+# Serve that folder with any static server, e.g. `python3 -m http.server -d web/dist 8000`, and
+# open http://localhost:8000/ (WebGPU needs a secure context: localhost or https).
+#
+# Tools: the Rust target wasm32-unknown-unknown and wasm-bindgen-cli at exactly the version of the
+# wasm-bindgen crate pinned in web/Cargo.toml (installed here from crates.io when missing).
+set -euo pipefail
+cd "$(dirname "$0")"
+WASM_BINDGEN_VERSION=0.2.130
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  rustup target add wasm32-unknown-unknown
+fi
+if ! wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $WASM_BINDGEN_VERSION"; then
+  # --locked uses the CLI's own lock file; a registry that lacks one of its pinned versions
+  # makes that fail, and the unlocked install resolves within the same semver ranges.
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --locked ||
+    cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+fi
+
+# The root target/ is shared with the native build (different target triple, no clash).
+TARGET_DIR=${CARGO_TARGET_DIR:-../target}
+cargo build --release --locked --target wasm32-unknown-unknown --target-dir "$TARGET_DIR"
+
+rm -rf dist
+mkdir -p dist/models dist/fixtures
+wasm-bindgen --target web --no-typescript --out-dir dist \
+  "$TARGET_DIR/wasm32-unknown-unknown/release/wgpose_web.wasm"
+cp www/*.html www/*.js www/*.css dist/ 2>/dev/null || true
+cp ../models/*.safetensors dist/models/
+# Fixture images for the self-test, the screenshot and the benchmark.
+cp ../assets/sample.jpg dist/fixtures/
+cp ../tests/fixtures/lspet-val/images/im0800[1-3].jpg dist/fixtures/
+
+# The ONNX files of the benchmark page, written by the native CLI when it has been built
+# (`cargo build --release`): the shipped models at 128x128.
+if [ -x ../target/release/wgpose ]; then
+  mkdir -p dist/onnx
+  for m in fasterpose-r18-s16-lsp sghg-1x64-lsp; do
+    ../target/release/wgpose export --model "$m" --size 128x128 --onnx "dist/onnx/$m-128x128.onnx" 2>/dev/null
+  done
+fi
+
+# onnxruntime-web for the benchmark page, when `npm ci` has been run in web/ (pinned in
+# package-lock.json).
+if [ -d node_modules/onnxruntime-web/dist ]; then
+  mkdir -p dist/ort
+  cp node_modules/onnxruntime-web/dist/ort.all.min.mjs node_modules/onnxruntime-web/dist/*.wasm \
+    node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded*.mjs dist/ort/ 2>/dev/null || true
+fi
+echo "built $(cd dist && pwd): $(du -sh dist | cut -f1)"

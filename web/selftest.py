@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Drives web/dist/selftest.html in headless Chromium (chromedriver, plain W3C WebDriver over HTTP:
+no Python packages needed) and compares its keypoints with native `wgpose predict --json` on the
+same images and weights.
+
+Checks, per model:
+  * WebGPU in the browser (SwiftShader in CI) against native `wgpose predict --device gpu`;
+  * the CPU fallback in the browser (wasm) against native `wgpose predict --device cpu`;
+  each within TOL_PX pixels per coordinate and TOL_SCORE per score, and the page must report the
+  backend it was asked for;
+  * bad input: a weights URL that 404s, a garbage weights file, the weights of another model,
+    and an image that does not decode must each end in `error: ...` with the right code.
+
+Usage: python3 web/selftest.py [--models a,b] [--chromium PATH]; prints `N passed, M failed`.
+"""
+
+import argparse
+import functools
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIST = os.path.join(ROOT, "web", "dist")
+# Sub-pixel: the browser runs the same WGSL / the same CPU code on the same pixels; what differs
+# is the float order of GPU reductions (SwiftShader vs lavapipe) and wasm vs x86 float code.
+TOL_PX = 0.05
+TOL_SCORE = 1e-3
+# PNG copies of the JPEG fixtures (made by `png_fixtures`): two JPEG decoders (Chromium's and the
+# image crate's) differ by a few levels per pixel, which moves keypoints by up to ~1.5 px; the
+# comparison is about the network, so both sides read the same lossless pixels.
+JPEGS = ["fixtures/sample.jpg", "fixtures/im08001.jpg", "fixtures/im08002.jpg", "fixtures/im08003.jpg"]
+IMAGES = [j.replace(".jpg", ".png") for j in JPEGS]
+CHROME_ARGS = [
+    "--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--enable-features=Vulkan",
+    "--use-angle=vulkan", "--use-vulkan=swiftshader", "--use-webgpu-adapter=swiftshader",
+    "--disable-vulkan-surface", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--window-size=1280,900",
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                      ".wasm": "application/wasm", ".js": "text/javascript", ".mjs": "text/javascript"}
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(directory):
+    port = free_port()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(QuietHandler, directory=directory))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{port}"
+
+
+class WebDriver:
+    def __init__(self, chromium, chromedriver):
+        self.port = free_port()
+        self.proc = subprocess.Popen([chromedriver, f"--port={self.port}"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{self.port}"
+        for _ in range(100):
+            try:
+                self._req("GET", "/status")
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.profile = tempfile.mkdtemp(prefix="wgpose-chromium-")
+        caps = {"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": chromium, "args": CHROME_ARGS + [f"--user-data-dir={self.profile}"]}}}}
+        self.session = self._req("POST", "/session", caps)["sessionId"]
+
+    def _req(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return json.loads(r.read())["value"] if method != "GET" or path != "/status" else None
+
+    def cmd(self, method, path, body=None):
+        return self._req(method, f"/session/{self.session}{path}", body)
+
+    def get(self, url):
+        self.cmd("POST", "/url", {"url": url})
+
+    def title(self):
+        return self.cmd("GET", "/title")
+
+    def text_of(self, css):
+        el = self.cmd("POST", "/element", {"using": "css selector", "value": css})
+        key = next(iter(el))
+        return self.cmd("GET", f"/element/{el[key]}/text")
+
+    def screenshot(self, path):
+        import base64
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(self.cmd("GET", "/screenshot")))
+
+    def wait_title(self, timeout, ready=("done",)):
+        end = time.time() + timeout
+        while time.time() < end:
+            t = self.title()
+            if t in ready or t.startswith("error"):
+                return t
+            time.sleep(0.5)
+        return f"timeout after {timeout}s (title {self.title()!r})"
+
+    def close(self):
+        try:
+            self.cmd("DELETE", "")
+        except OSError:
+            pass
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def png_fixtures():
+    from PIL import Image  # Debian's python3-pil (web/test.sh installs it)
+    for jpg, png in zip(JPEGS, IMAGES):
+        Image.open(os.path.join(DIST, jpg)).convert("RGB").save(os.path.join(DIST, png))
+
+
+def native_predict(model, device):
+    out = tempfile.mktemp(suffix=".json")
+    exe = os.path.join(ROOT, "target", "release", "wgpose")
+    imgs = [os.path.join(DIST, i) for i in IMAGES]
+    subprocess.run([exe, "predict", "--model", model, "--device", device, "--json", out] + imgs, check=True,
+                   stderr=subprocess.DEVNULL)
+    with open(out) as f:
+        res = json.load(f)
+    os.unlink(out)
+    return {i: res[os.path.basename(i)] for i in IMAGES}
+
+
+def compare(browser, native):
+    """Largest coordinate and score differences over all images and joints."""
+    dx, ds = 0.0, 0.0
+    for img, kps in native.items():
+        got = browser[img]
+        if len(got) != len(kps):
+            return float("inf"), float("inf")
+        for (x, y, s), (bx, by, bs) in zip(kps, got):
+            dx = max(dx, abs(x - bx), abs(y - by))
+            ds = max(ds, abs(s - bs))
+    return dx, ds
+
+
+def extras(wd, base, args):
+    """The README's screenshot and benchmark (not tests)."""
+    if args.screenshot:
+        wd.get(f"{base}/index.html?source=fixtures/sample.jpg&mirror=0&profile=1")
+        title = wd.wait_title(args.timeout, ready=("wgpose: ready",))
+        wd.screenshot(args.screenshot)
+        print(f"screenshot ({title}) -> {args.screenshot}")
+    if args.bench:
+        out = {}
+        for model in args.models.split(","):
+            wd.get(f"{base}/bench.html?model={model}&runs=5")
+            title = wd.wait_title(args.timeout)
+            out[model] = json.loads(wd.text_of("#result")) if title == "done" else {"error": title}
+            print(model, json.dumps(out[model]), flush=True)
+        with open(args.bench, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="fasterpose-r18-s16-lsp,sghg-1x64-lsp")
+    ap.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    ap.add_argument("--chromedriver", default=shutil.which("chromedriver") or "chromedriver")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--screenshot", help="only save a screenshot of the demo page (fixture image source) here")
+    ap.add_argument("--bench", help="only run bench.html for --models and save its JSON results here")
+    args = ap.parse_args()
+    png_fixtures()
+    httpd, base = serve(DIST)
+    wd = WebDriver(args.chromium, args.chromedriver)
+    if args.screenshot or args.bench:
+        try:
+            return extras(wd, base, args)
+        finally:
+            wd.close()
+            httpd.shutdown()
+    passed, failed = 0, 0
+
+    def check(name, ok, detail):
+        nonlocal passed, failed
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+        if ok:
+            passed += 1
+        else:
+            failed += 1
+
+    try:
+        for model in args.models.split(","):
+            for backend, device in (("webgpu", "gpu"), ("cpu", "cpu")):
+                native = native_predict(model, device)
+                t0 = time.time()
+                wd.get(f"{base}/selftest.html?model={model}&backend={backend}&images={','.join(IMAGES)}")
+                title = wd.wait_title(args.timeout)
+                wall = time.time() - t0
+                if title != "done":
+                    check(f"{model} {backend}", False, title)
+                    continue
+                res = json.loads(wd.text_of("#result"))
+                dx, ds = compare(res["results"], native)
+                ok = res["backend"] == backend and dx <= TOL_PX and ds <= TOL_SCORE
+                ms = ", ".join(f"{m:.0f}" for m in res["ms"])
+                check(f"{model} {backend} vs native --device {device}", ok,
+                      f"backend={res['backend']} adapter={res['adapter']!r} max |dxy|={dx:.4f}px "
+                      f"(tol {TOL_PX}) max |dscore|={ds:.5f} (tol {TOL_SCORE}); per image ms [{ms}]; "
+                      f"page {wall:.1f}s")
+        model = args.models.split(",")[0]
+        other = [m for m in ("sghg-1x64-lsp", "fasterpose-r18-s16-lsp") if m != model][0]
+        bad = [
+            ("weights URL 404", f"model={model}&weights=models/missing.safetensors&images={IMAGES[0]}",
+             "error: weights:"),
+            ("garbage weights", f"model={model}&weights=fixtures/sample.jpg&cache=0&images={IMAGES[0]}",
+             "error: weights:"),
+            ("weights of another model", f"model={model}&weights=models/{other}.safetensors&images={IMAGES[0]}",
+             "error: weights:"),
+            ("image that does not decode", f"model={model}&backend=cpu&images=selftest.html", "error:"),
+        ]
+        for name, query, want in bad:
+            wd.get(f"{base}/selftest.html?{query}")
+            title = wd.wait_title(args.timeout)
+            check(f"bad input: {name}", title.startswith(want), title)
+    finally:
+        wd.close()
+        httpd.shutdown()
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

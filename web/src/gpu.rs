@@ -1,0 +1,169 @@
+//! The WebGPU engine: an `ImageBitmap` goes to a texture by `copyExternalImageToTexture`, the
+//! texture to a storage buffer (rows 256-byte aligned), and the library's preprocessing kernel
+//! crops and normalises it into the network's input in the same submission order.
+
+use wasm_bindgen::JsValue;
+use wgpose::estimator::{Estimator, EstimatorOptions, Pose};
+use wgpose::gpu::{GpuContext, NodeTime};
+use wgpose::models::ModelConfig;
+use wgpose::pipeline::preprocess_gpu::FrameLayout;
+
+use crate::errors::{js_error, typed};
+use crate::precise_now_ms;
+
+/// The frame's texture and buffer, kept while the source size does not change.
+struct FrameTarget {
+    width: u32,
+    height: u32,
+    texture: wgpu::Texture,
+    buffer: wgpu::Buffer,
+    bytes_per_row: u32,
+}
+
+pub struct GpuEngine {
+    ctx: GpuContext,
+    est: Estimator,
+    frame: Option<FrameTarget>,
+}
+
+impl GpuEngine {
+    /// Opens a WebGPU device and builds the estimator on it.
+    pub async fn open(
+        cfg: &ModelConfig,
+        weights: &[u8],
+        label: &str,
+        opts: EstimatorOptions,
+    ) -> Result<GpuEngine, JsValue> {
+        let ctx = GpuContext::new_async().await.map_err(js_error)?;
+        let est = match Estimator::from_weights_bytes(cfg, weights, label, Some(&ctx), opts) {
+            Ok(e) => e,
+            Err(e) => {
+                ctx.device.destroy();
+                return Err(js_error(e));
+            }
+        };
+        Ok(GpuEngine { ctx, est, frame: None })
+    }
+
+    /// The adapter's description; browsers often leave it empty (www/wgpose.js then asks
+    /// `GPUAdapter.info` for vendor and architecture).
+    pub fn adapter_name(&self) -> String {
+        let info = &self.ctx.adapter_info;
+        match (info.name.is_empty(), info.device_type == wgpu::DeviceType::Cpu) {
+            (false, _) => info.name.clone(),
+            (true, true) => "fallback adapter".to_string(),
+            (true, false) => String::new(),
+        }
+    }
+
+    fn frame_target(&mut self, width: u32, height: u32) -> &FrameTarget {
+        let reuse = matches!(&self.frame, Some(f) if f.width == width && f.height == height);
+        if !reuse {
+            let device = &self.ctx.device;
+            let texture = device.create_texture(&wgpu::TextureDescriptor {
+                label: Some("wgpose.web.frame"),
+                size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::Rgba8Unorm,
+                // copyExternalImageToTexture needs RENDER_ATTACHMENT as well as COPY_DST.
+                usage: wgpu::TextureUsages::COPY_DST
+                    | wgpu::TextureUsages::COPY_SRC
+                    | wgpu::TextureUsages::RENDER_ATTACHMENT,
+                view_formats: &[],
+            });
+            let bytes_per_row =
+                (4 * width).div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
+            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpose.web.frame_buffer"),
+                size: bytes_per_row as u64 * height as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            if let Some(old) = self.frame.take() {
+                old.texture.destroy();
+                old.buffer.destroy();
+            }
+            self.frame = Some(FrameTarget { width, height, texture, buffer, bytes_per_row });
+        }
+        self.frame.as_ref().expect("set above")
+    }
+
+    /// Poses for `boxes` in `bitmap`, and the stage times.
+    pub async fn estimate(
+        &mut self,
+        bitmap: &web_sys::ImageBitmap,
+        boxes: &[[f32; 4]],
+    ) -> Result<(Vec<Pose>, Vec<(&'static str, f64)>), JsValue> {
+        let (width, height) = (bitmap.width(), bitmap.height());
+        let max = self.ctx.device.limits().max_texture_dimension_2d;
+        if width > max || height > max {
+            return Err(typed(
+                "TooLargeError",
+                &format!("a {width}x{height} frame exceeds this device's {max} pixels"),
+            ));
+        }
+        let t0 = precise_now_ms();
+        let ctx = self.ctx.clone();
+        let target = self.frame_target(width, height);
+        let (texture, buffer, bytes_per_row) = (target.texture.clone(), target.buffer.clone(), target.bytes_per_row);
+        ctx.scoped_async("copying the frame to the GPU", || {
+            let size = wgpu::Extent3d { width, height, depth_or_array_layers: 1 };
+            ctx.queue.copy_external_image_to_texture(
+                &wgpu::CopyExternalImageSourceInfo {
+                    source: wgpu::ExternalImageSource::ImageBitmap(bitmap.clone()),
+                    origin: wgpu::Origin2d::ZERO,
+                    flip_y: false,
+                },
+                wgpu::CopyExternalImageDestInfo {
+                    texture: &texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d::ZERO,
+                    aspect: wgpu::TextureAspect::All,
+                    color_space: wgpu::PredefinedColorSpace::Srgb,
+                    premultiplied_alpha: false,
+                },
+                size,
+            );
+            let mut enc =
+                ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpose.web.frame") });
+            enc.copy_texture_to_buffer(
+                texture.as_image_copy(),
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: 0,
+                        bytes_per_row: Some(bytes_per_row),
+                        rows_per_image: Some(height),
+                    },
+                },
+                size,
+            );
+            ctx.queue.submit([enc.finish()]);
+            Ok(())
+        })
+        .await
+        .map_err(js_error)?;
+        let t1 = precise_now_ms();
+        let layout = FrameLayout { width, height, row_stride: bytes_per_row / 4, offset: 0, bgra: false };
+        let poses = self.est.estimate_gpu_frame_async(&buffer, &layout, boxes).await.map_err(js_error)?;
+        let t2 = precise_now_ms();
+        Ok((poses, vec![("upload", t1 - t0), ("gpu inference + readback + decode", t2 - t1)]))
+    }
+
+    /// Per-layer GPU times of one inference of the network alone (None when the adapter offers
+    /// no timestamp queries).
+    pub async fn profile_layers(&mut self) -> Result<Option<Vec<NodeTime>>, JsValue> {
+        self.est.profile_network_async(1).await.map_err(js_error)
+    }
+
+    pub fn destroy(self) {
+        if let Some(f) = &self.frame {
+            f.texture.destroy();
+            f.buffer.destroy();
+        }
+        drop(self.est);
+        self.ctx.device.destroy();
+    }
+}

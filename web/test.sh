@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The browser test: builds the native CLI and web/dist/, then drives web/dist/selftest.html in
+# headless Chromium (SwiftShader WebGPU and the wasm CPU fallback) and compares its keypoints with
+# native `wgpose predict --json` (see web/selftest.py). Installs Chromium and chromedriver from
+# Debian when missing. Prints `N passed, M failed`; exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/wgpose-xdg}
+mkdir -p "$XDG_RUNTIME_DIR"
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+cargo build --release --bin wgpose
+bash web/build.sh
+if ! /usr/bin/python3 -c "import PIL" 2>/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pil >/dev/null
+fi
+/usr/bin/python3 web/selftest.py "$@"

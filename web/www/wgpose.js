@@ -1,0 +1,269 @@
+// wgpose in the browser: the JavaScript API over the wasm module (wgpose_web.js, made by
+// wasm-bindgen). Promises, plain objects, typed errors:
+//
+//   import * as wgpose from "./wgpose.js";
+//   const est = await wgpose.createEstimator({ model: "fasterpose-r18-s16-lsp",
+//                                              weightsUrl: "models/fasterpose-r18-s16-lsp.safetensors" });
+//   const poses = await est.estimatePoses(videoOrImage, { box: [x, y, w, h], flipHorizontal: false });
+//   // [{ score, box: [x, y, w, h], keypoints: [{ x, y, score, name }] }] in source pixels
+//   est.backend  // "webgpu" or "cpu";  est.adapter, est.fallbackReason
+//   await est.profile(); est.dispose();
+//
+// Every rejection is a WgposeError whose `code` says what went wrong: "weights" (the weights URL
+// failed or is not a valid weights file for the model), "decode" (the image could not be decoded),
+// "input" (bad box, zero-size source), "gpu", "device-lost", "no-adapter", "too-large",
+// "disposed", "busy", "graph".
+
+import init, { createEstimator as createWasm } from "./wgpose_web.js";
+
+export class WgposeError extends Error {
+  constructor(code, message, cause) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = "WgposeError";
+    this.code = code;
+  }
+}
+
+const CODES = {
+  WeightsError: "weights",
+  WeightsMismatch: "weights",
+  InputError: "input",
+  TooLargeError: "too-large",
+  NoAdapterError: "no-adapter",
+  GpuError: "gpu",
+  DeviceLostError: "device-lost",
+  GraphError: "graph",
+  BusyError: "busy",
+  DisposedError: "disposed",
+};
+
+function wrap(e) {
+  if (e instanceof WgposeError) return e;
+  const code = (e && CODES[e.name]) || "internal";
+  const message = e && e.message ? e.message : String(e);
+  return new WgposeError(code, message, e);
+}
+
+let ready = null;
+/** Loads and instantiates the wasm module once (`wasmUrl` defaults to next to this file). */
+export function load(wasmUrl) {
+  if (!ready) {
+    const url = wasmUrl || new URL("./wgpose_web_bg.wasm", import.meta.url);
+    ready = init({ module_or_path: url }).catch((e) => {
+      ready = null;
+      throw new WgposeError("internal", `could not load the wasm module: ${e.message || e}`, e);
+    });
+  }
+  return ready;
+}
+
+const CACHE_NAME = "wgpose-weights-v1";
+
+/**
+ * The weights file's bytes: from the Cache API when this URL was fetched before (so a page works
+ * offline after the first visit), else from the network, cached only when it parses as a weights
+ * file for the model (the caller validates and calls `forget` otherwise).
+ */
+async function fetchWeights(url, useCache) {
+  const cache = useCache && typeof caches !== "undefined" ? await caches.open(CACHE_NAME).catch(() => null) : null;
+  let response = cache ? await cache.match(url).catch(() => undefined) : undefined;
+  const fromCache = !!response;
+  if (!response) {
+    try {
+      response = await fetch(url);
+    } catch (e) {
+      throw new WgposeError("weights", `fetching ${url} failed: ${e.message || e}`, e);
+    }
+    if (!response.ok) {
+      throw new WgposeError("weights", `fetching ${url}: HTTP ${response.status} ${response.statusText}`.trim());
+    }
+  }
+  const copy = !fromCache && cache ? response.clone() : null;
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  return {
+    bytes,
+    fromCache,
+    keep: async () => { if (copy) await cache.put(url, copy).catch(() => {}); },
+    forget: async () => { if (fromCache) await cache.delete(url).catch(() => {}); },
+  };
+}
+
+/** Drops every cached weights file. */
+export async function clearWeightsCache() {
+  if (typeof caches !== "undefined") await caches.delete(CACHE_NAME);
+}
+
+function isVideo(s) { return typeof HTMLVideoElement !== "undefined" && s instanceof HTMLVideoElement; }
+function isImage(s) { return typeof HTMLImageElement !== "undefined" && s instanceof HTMLImageElement; }
+
+/** Width and height of any accepted source, in its pixels. */
+function sourceSize(source) {
+  if (isVideo(source)) return [source.videoWidth, source.videoHeight];
+  if (isImage(source)) return [source.naturalWidth, source.naturalHeight];
+  if (source && typeof source.width === "number") return [source.width, source.height];
+  throw new WgposeError("input", "the source must be an HTMLVideoElement, HTMLImageElement, HTMLCanvasElement, " +
+    "OffscreenCanvas, ImageBitmap or ImageData");
+}
+
+async function checkedSource(source) {
+  if (isImage(source) && !source.complete) {
+    await source.decode().catch((e) => { throw new WgposeError("decode", `the image did not decode: ${e.message || e}`, e); });
+  }
+  if (isImage(source) && source.complete && source.naturalWidth === 0) {
+    throw new WgposeError("decode", `the image ${source.currentSrc || source.src || ""} failed to decode`.replace("  ", " "));
+  }
+  const [w, h] = sourceSize(source);
+  if (!(w > 0 && h > 0)) {
+    throw new WgposeError("input", `the source is ${w}x${h} pixels` +
+      (isVideo(source) ? " (a video before its first frame: wait for 'loadeddata')" : ""));
+  }
+  return [w, h];
+}
+
+/** The source as an ImageBitmap with the decoded pixel values untouched. */
+async function toBitmap(source) {
+  if (typeof ImageBitmap !== "undefined" && source instanceof ImageBitmap) return { bitmap: source, owned: false };
+  try {
+    const bitmap = await createImageBitmap(source, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+    return { bitmap, owned: true };
+  } catch (e) {
+    throw new WgposeError("decode", `the source could not be read: ${e.message || e}`, e);
+  }
+}
+
+let scratch = null;
+/** The source's RGBA pixels (the browser's own drawImage/getImageData, no JS pixel loop). */
+async function toRgba(source, w, h) {
+  if (typeof ImageData !== "undefined" && source instanceof ImageData) return source.data;
+  const { bitmap, owned } = await toBitmap(source);
+  try {
+    if (!scratch || scratch.width !== w || scratch.height !== h) {
+      scratch = new OffscreenCanvas(w, h);
+    }
+    const g = scratch.getContext("2d", { willReadFrequently: true });
+    g.clearRect(0, 0, w, h);
+    g.drawImage(bitmap, 0, 0);
+    return g.getImageData(0, 0, w, h).data;
+  } finally {
+    if (owned) bitmap.close();
+  }
+}
+
+class Estimator {
+  constructor(inner, model, weightsFromCache) {
+    this._inner = inner;
+    /** "webgpu" or "cpu". */
+    this.backend = inner.backend;
+    /** The WebGPU adapter's name ("" on the CPU). */
+    this.adapter = inner.adapter;
+    /** Why the CPU runs although WebGPU was allowed ("" otherwise). */
+    this.fallbackReason = inner.fallbackReason;
+    /** { name, input: [c, h, w], joints: [names], limbs: [[a, b]] } */
+    this.model = model;
+    this.weightsFromCache = weightsFromCache;
+    this._disposed = false;
+  }
+
+  /**
+   * Poses in `source` (video, image, canvas, ImageBitmap, ImageData). `box` ([x, y, w, h] in
+   * source pixels, or an array of them) says where the people are; default: the whole source.
+   * `flipHorizontal` mirrors the returned x coordinates (x -> width - x), for a mirrored display.
+   */
+  async estimatePoses(source, { box, boxes, flipHorizontal = false } = {}) {
+    if (this._disposed) throw new WgposeError("disposed", "this estimator was disposed");
+    const [w, h] = await checkedSource(source);
+    let list = boxes || (box ? (Array.isArray(box[0]) ? box : [box]) : []);
+    const flat = new Float32Array(list.flat());
+    let json;
+    try {
+      if (this.backend === "webgpu") {
+        const { bitmap, owned } = await toBitmap(source);
+        try {
+          json = await this._inner.estimateBitmap(bitmap, flat);
+        } finally {
+          if (owned) bitmap.close();
+        }
+      } else {
+        const rgba = await toRgba(source, w, h);
+        json = this._inner.estimateRgba(new Uint8Array(rgba.buffer, rgba.byteOffset, rgba.byteLength), w, h, flat);
+      }
+    } catch (e) {
+      throw wrap(e);
+    }
+    const poses = JSON.parse(json);
+    if (flipHorizontal) {
+      for (const p of poses) {
+        for (const k of p.keypoints) k.x = w - k.x;
+        p.box = [w - p.box[0] - p.box[2], p.box[1], p.box[2], p.box[3]];
+      }
+    }
+    return poses;
+  }
+
+  /** { stages: [[name, ms]], timestamps: bool, layers: [{ name, kind, ms, flops }] | null } */
+  async profile() {
+    if (this._disposed) throw new WgposeError("disposed", "this estimator was disposed");
+    try {
+      return JSON.parse(await this._inner.profile());
+    } catch (e) {
+      throw wrap(e);
+    }
+  }
+
+  /** Frees the model (and the WebGPU device). */
+  dispose() {
+    if (this._disposed) return;
+    try {
+      this._inner.dispose();
+      this._inner.free();
+    } catch (e) {
+      throw wrap(e);
+    }
+    this._disposed = true;
+  }
+}
+
+/**
+ * Fetches (or takes from the cache) the weights at `weightsUrl`, checks them as strictly as the
+ * desktop does, and builds the estimator. `model` (optional) must match the weights' model card.
+ * `backend`: "auto" (default: WebGPU when an adapter opens, else the CPU), "webgpu" or "cpu".
+ */
+export async function createEstimator({ model = "", weightsUrl, backend = "auto", cache = true, wasmUrl } = {}) {
+  if (!weightsUrl) {
+    if (!model) throw new WgposeError("input", "createEstimator needs weightsUrl (or a model name: models/NAME.safetensors)");
+    weightsUrl = `models/${model}.safetensors`;
+  }
+  await load(wasmUrl);
+  const base = typeof document !== "undefined" ? document.baseURI : globalThis.location.href;
+  const url = new URL(weightsUrl, base).href;
+  const w = await fetchWeights(url, cache);
+  let inner;
+  try {
+    inner = await createWasm(model, w.bytes, weightsUrl, backend);
+  } catch (e) {
+    await w.forget();
+    throw wrap(e);
+  }
+  await w.keep();
+  const est = new Estimator(inner, JSON.parse(inner.model), w.fromCache);
+  if (est.backend === "webgpu") est.adapter = await describeAdapter(est.adapter);
+  return est;
+}
+
+/** wgpu reads only GPUAdapterInfo.description, which browsers often leave empty. */
+async function describeAdapter(name) {
+  try {
+    const adapter = await navigator.gpu.requestAdapter();
+    const i = adapter && adapter.info;
+    const parts = i ? [i.vendor, i.architecture, i.device, i.description].filter((p) => p) : [];
+    const fromInfo = [...new Set(parts)].join(" ");
+    return [name, fromInfo].filter((p) => p).join(": ") || "unnamed WebGPU adapter";
+  } catch {
+    return name || "unnamed WebGPU adapter";
+  }
+}
+
+/** Whether this browser exposes WebGPU at all (an adapter may still be refused). */
+export function hasWebGPU() {
+  return typeof navigator !== "undefined" && !!navigator.gpu;
+}
