@@ -341,7 +341,12 @@ pub fn batch_norm_backward(
 
 /// Gradient through an activation given its output `y`.
 pub fn activation_backward(y: &Tensor, dy: &Tensor, act: Act) -> Tensor {
-    let mut d = dy.data.clone();
+    activation_backward_owned(y, dy.clone(), act)
+}
+
+/// [`activation_backward`] computed in place in the upstream gradient (no copy of `dy`).
+pub fn activation_backward_owned(y: &Tensor, dy: Tensor, act: Act) -> Tensor {
+    let Tensor { shape, data: mut d } = dy;
     match act {
         Act::None => {}
         Act::Relu => d
@@ -353,7 +358,7 @@ pub fn activation_backward(y: &Tensor, dy: &Tensor, act: Act) -> Tensor {
             .zip(y.data.par_chunks(1 << 14))
             .for_each(|(d, y)| d.iter_mut().zip(y).for_each(|(d, &y)| *d *= y * (1.0 - y))),
     }
-    like(dy, d)
+    Tensor { shape, data: d }
 }
 
 /// `y = act(scale * x + shift)`: returns `(dx, dscale, dshift)` given the forward input and
@@ -365,7 +370,7 @@ pub fn channel_affine_backward(
     scale: &[f32],
     act: Act,
 ) -> (Tensor, Vec<f32>, Vec<f32>) {
-    let dz = activation_backward(y, dy, act);
+    let dz = if act == Act::None { dy.clone() } else { activation_backward(y, dy, act) };
     let (dshift, dscale) = channel_sums2(&dz, x, |g, v, _| (g as f64, (g * v) as f64));
     let [_, c, h, w] = dims(x);
     let hw = h * w;
