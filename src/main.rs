@@ -4,6 +4,7 @@ mod cli;
 
 fn main() {
     restore_default_sigpipe();
+    keep_freed_memory();
     let result = cli::main();
     cli::flush_stdout();
     if let Err(e) = result {
@@ -25,3 +26,23 @@ fn restore_default_sigpipe() {
 
 #[cfg(not(unix))]
 fn restore_default_sigpipe() {}
+
+/// The CPU executor and trainer allocate and free tensors of tens of MiB on every layer. glibc
+/// serves those with `mmap` and hands them back with `munmap`, so every layer paid again for
+/// zeroed fresh pages: in a batch-16 training step of sghg-1x64-lsp, 236k page faults, over 15%
+/// of the CPU time in the kernel's page clearing. Serving them from the heap and never trimming
+/// it halves the faults (what remains is the first touch of the peak working set) and cuts the
+/// step's CPU time by 7-12%. The memory stays with the process, which is what a command that
+/// runs a network again and again wants.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: called in `main` before any thread exists; mallopt only changes allocator
+    // parameters (a refused value leaves the default in place, which is harmless).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}

@@ -209,14 +209,24 @@ fn batch_stats(x: &Tensor) -> (Vec<f32>, Vec<f32>) {
         .unzip()
 }
 
+/// [`accumulate`] of a borrowed gradient: copied only when it is the node's first.
+fn accumulate_ref(grads: &mut [Option<Tensor>], id: NodeId, g: &Tensor) {
+    match &mut grads[id] {
+        None => grads[id] = Some(g.clone()),
+        Some(t) => add_in_place(&mut t.data, &g.data),
+    }
+}
+
+fn add_in_place(d: &mut [f32], s: &[f32]) {
+    d.par_chunks_mut(1 << 14)
+        .zip(s.par_chunks(1 << 14))
+        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d += s));
+}
+
 fn accumulate(grads: &mut [Option<Tensor>], id: NodeId, g: Tensor) {
     match &mut grads[id] {
         None => grads[id] = Some(g),
-        Some(t) => t
-            .data
-            .par_chunks_mut(1 << 14)
-            .zip(g.data.par_chunks(1 << 14))
-            .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d += s)),
+        Some(t) => add_in_place(&mut t.data, &g.data),
     }
 }
 
@@ -286,7 +296,7 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
                 accumulate(&mut grads, node.inputs[0], dx);
             }
             Op::Activation(act) => {
-                let dx = backward::activation_backward(y, &dy, *act);
+                let dx = backward::activation_backward_owned(y, dy, *act);
                 accumulate(&mut grads, node.inputs[0], dx);
             }
             Op::MaxPool { .. } => {
@@ -309,7 +319,7 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
                 }
             }
             Op::Add => {
-                accumulate(&mut grads, node.inputs[1], dy.clone());
+                accumulate_ref(&mut grads, node.inputs[1], &dy);
                 accumulate(&mut grads, node.inputs[0], dy);
             }
             Op::GatedAdd { alpha } => {

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""CPU speed of wgpose against ONNX Runtime (inference) and PyTorch (training), in one run.
+
+Inference: every model is exported with `wgpose export` (batch 1, the graph as defined; ONNX
+Runtime applies its own fusions), then ONNX Runtime (2 intra-op threads, sequential execution)
+and `wgpose bench models --device cpu` (2 rayon threads) are timed in alternating rounds on the
+same machine. Each round times each engine `--reps` times; the table gives the median over all
+rounds of each engine's per-round median, and the ratio wgpose / ONNX Runtime (below 1 = wgpose
+faster).
+
+Training: every model is exported with `--batch 16` and loaded into PyTorch with onnx2torch
+(batch norms become trainable `nn.BatchNorm2d` in training mode). A step is forward, loss,
+backward and an Adam update (lr 1e-3), as in `wgpose bench train`: weighted heatmap MSE, or,
+for models whose graph ends in a sigmoid, the sigmoid is cut off and the loss is binary cross
+entropy on the logits against continuous targets (wgpose's RCE). Rounds alternate between
+PyTorch (2 threads) and `wgpose bench train`; images per second and the ratio wgpose / PyTorch
+(above 1 = wgpose faster) are printed.
+
+Needs: pip install onnxruntime onnx numpy torch onnx2torch   (a CPU-only torch is enough)
+Usage: scripts/compare_cpu.py [--wgpose target/release/wgpose] [--rounds 5] [--reps 10]
+                              [--models a,b] [--train-models a,b] [--skip-inference] [--skip-training]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+INFER_MODELS = ["fasterpose-r18-s16-lsp", "fasterpose-r18-s32-lsp", "sghg-1x64-lsp", "ldcrn-w16-lsp", "sghg-2x128"]
+TRAIN_MODELS = ["fasterpose-r18-s32-lsp", "sghg-1x64-lsp", "ldcrn-w16-lsp", "fasterpose-r18-s16-lsp"]
+THREADS = 2
+SIZE = (128, 128)
+TRAIN_BATCH = 16
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    flags = open("/proc/cpuinfo").read()
+                    isa = "AVX-512" if " avx512f" in flags else ("AVX2" if " avx2" in flags else "no AVX2")
+                    return f"{name} ({isa}, {os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def wgpose_env(extra):
+    env = dict(os.environ)
+    env["RAYON_NUM_THREADS"] = str(THREADS)
+    env.update(extra)
+    return env
+
+
+def export(wgpose, model, path, batch):
+    subprocess.run(
+        [wgpose, "export", "--model", model, "--onnx", path, "--size", f"{SIZE[0]}x{SIZE[1]}", "--batch", str(batch)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def wgpose_json(wgpose, args, env):
+    out = subprocess.run([wgpose, "bench", *args, "--json"], check=True, capture_output=True, text=True, env=env)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def wgpose_infer_ms(wgpose, model, reps, env):
+    rows = wgpose_json(
+        wgpose,
+        ["models", "--device", "cpu", "--filter", model, "--size", f"{SIZE[0]}x{SIZE[1]}", "--reps", str(reps)],
+        env,
+    )
+    return next(r["ms"] for r in rows if r["model"] == model and r["device"] == "cpu")
+
+
+def wgpose_train_ips(wgpose, model, reps, env):
+    rows = wgpose_json(
+        wgpose,
+        ["train", "--filter", model, "--size", f"{SIZE[0]}x{SIZE[1]}", "--batch", str(TRAIN_BATCH), "--reps", str(reps)],
+        env,
+    )
+    r = next(r for r in rows if r["model"] == model)
+    return r["images_per_s"], r["loss"]
+
+
+def compare_inference(wgpose, models, rounds, reps, env, tmp):
+    import numpy as np
+    import onnxruntime as ort
+
+    print(f"\n## Inference: batch 1, {THREADS} threads, {SIZE[0]}x{SIZE[1]}, onnxruntime {ort.__version__}")
+    print(f"{'model':<26} {'ONNX Runtime ms':>16} {'wgpose ms':>10} {'ratio':>7}")
+    results = []
+    for model in models:
+        path = os.path.join(tmp, f"{model}.onnx")
+        export(wgpose, model, path, 1)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = THREADS
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        x = np.random.default_rng(0).uniform(-1, 1, (1, 3, SIZE[0], SIZE[1])).astype(np.float32)
+        sess.run(None, {inp.name: x})
+        ort_ms, wg_ms = [], []
+        for _ in range(rounds):
+            t = []
+            for _ in range(reps):
+                s = time.perf_counter()
+                sess.run(None, {inp.name: x})
+                t.append((time.perf_counter() - s) * 1e3)
+            ort_ms.append(statistics.median(t))
+            wg_ms.append(wgpose_infer_ms(wgpose, model, reps, env))
+        o, w = statistics.median(ort_ms), statistics.median(wg_ms)
+        # Per-round ratios too: both engines of a round ran back to back under the same load.
+        r = statistics.median([b / a for a, b in zip(ort_ms, wg_ms)])
+        print(f"{model:<26} {o:>16.2f} {w:>10.2f} {r:>6.2f}x", flush=True)
+        results.append((model, o, w, r))
+    return results
+
+
+def torch_trainer(onnx_path, rce):
+    import onnx
+    import torch
+    from onnx2torch import convert
+
+    m = onnx.load(onnx_path)
+    if rce:
+        # Train on logits like wgpose: the graph output becomes the final sigmoid's input.
+        out = m.graph.output[0].name
+        node = next(n for n in m.graph.node if out in n.output)
+        if node.op_type != "Sigmoid":
+            raise SystemExit(f"{onnx_path}: expected a final Sigmoid for an RCE model, found {node.op_type}")
+        m.graph.node.remove(node)
+        for n in m.graph.node:
+            for i, name in enumerate(n.output):
+                if name == node.input[0]:
+                    n.output[i] = out
+    net = convert(m)
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    return net, opt
+
+
+def torch_step(net, opt, x, target, weight, rce):
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    y = net(x)
+    ys = y if isinstance(y, (list, tuple)) else [y]
+    loss = 0.0
+    for z in ys:
+        if rce:
+            per = torch.nn.functional.binary_cross_entropy_with_logits(z, target, reduction="none")
+        else:
+            per = (z - target) ** 2
+        loss = loss + (per * weight).mean()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def compare_training(wgpose, models, rounds, reps, env, tmp):
+    import torch
+
+    torch.set_num_threads(THREADS)
+    print(f"\n## Training step: batch {TRAIN_BATCH}, {THREADS} threads, {SIZE[0]}x{SIZE[1]}, torch {torch.__version__}")
+    print(f"{'model':<26} {'loss':>5} {'PyTorch img/s':>14} {'wgpose img/s':>13} {'ratio':>7}")
+    results = []
+    for model in models:
+        path = os.path.join(tmp, f"{model}-train.onnx")
+        export(wgpose, model, path, TRAIN_BATCH)
+        _, loss_kind = wgpose_train_ips(wgpose, model, 1, env)
+        rce = loss_kind == "rce"
+        net, opt = torch_trainer(path, rce)
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand((TRAIN_BATCH, 3, SIZE[0], SIZE[1]), generator=g) * 2 - 1
+        with torch.no_grad():
+            y = net(x)
+        shape = (y[0] if isinstance(y, (list, tuple)) else y).shape
+        target = torch.rand(shape, generator=g)
+        weight = (torch.rand((shape[0], shape[1], 1, 1), generator=g) > 0.1).float()
+        torch_step(net, opt, x, target, weight, rce)
+        pt_ips, wg_ips = [], []
+        for _ in range(rounds):
+            t = []
+            for _ in range(reps):
+                s = time.perf_counter()
+                torch_step(net, opt, x, target, weight, rce)
+                t.append(time.perf_counter() - s)
+            pt_ips.append(TRAIN_BATCH / statistics.median(t))
+            wg_ips.append(wgpose_train_ips(wgpose, model, reps, env)[0])
+        p, w = statistics.median(pt_ips), statistics.median(wg_ips)
+        r = statistics.median([b / a for a, b in zip(pt_ips, wg_ips)])
+        print(f"{model:<26} {loss_kind:>5} {p:>14.2f} {w:>13.2f} {r:>6.2f}x", flush=True)
+        results.append((model, p, w, r))
+    return results
+
+
+def main():
+    global THREADS
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--wgpose", default="target/release/wgpose")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per model")
+    ap.add_argument("--reps", type=int, default=10, help="inference runs per engine and round")
+    ap.add_argument("--train-reps", type=int, default=3, help="training steps per engine and round")
+    ap.add_argument("--models", default=",".join(INFER_MODELS))
+    ap.add_argument("--train-models", default=",".join(TRAIN_MODELS))
+    ap.add_argument("--threads", type=int, default=THREADS, help="threads of every engine (default 2)")
+    ap.add_argument("--skip-inference", action="store_true")
+    ap.add_argument("--skip-training", action="store_true")
+    ap.add_argument(
+        "--wgpose-env",
+        default="",
+        help="extra environment for wgpose, e.g. WGPOSE_CPU_ISA=avx2 to force the AVX2 kernels",
+    )
+    a = ap.parse_args()
+    THREADS = a.threads
+    extra = dict(kv.split("=", 1) for kv in a.wgpose_env.split(",") if kv)
+    env = wgpose_env(extra)
+    print(f"CPU: {cpu_model()}; load average {os.getloadavg()[0]:.1f}; wgpose env {extra or '{}'}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if not a.skip_inference:
+            compare_inference(a.wgpose, [m for m in a.models.split(",") if m], a.rounds, a.reps, env, tmp)
+        if not a.skip_training:
+            compare_training(a.wgpose, [m for m in a.train_models.split(",") if m], a.rounds, a.train_reps, env, tmp)
+    print("\nratio: inference = wgpose ms / ONNX Runtime ms (<1: wgpose faster); "
+          "training = wgpose img/s / PyTorch img/s (>1: wgpose faster); median of per-round ratios")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
