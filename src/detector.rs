@@ -12,13 +12,13 @@ use std::path::Path;
 
 use crate::data::LSP_BOX_ENLARGE;
 use crate::error::{Error, Result};
+use crate::estimator::{packed_rgba, upload_frame, Estimator, Pose};
+use crate::gpu::{GpuContext, GpuModel};
 use crate::graph::passes::optimize_for_inference;
 use crate::graph::Graph;
 use crate::models::{load_model, Family, ModelConfig, WeightsSource};
 use crate::pipeline::crop::{warp_batch, CropTransform, ImageRef, Normalization};
 use crate::pipeline::detect::{box_iou, decode_detection_batch, letterbox, DetectConfig, Detection};
-use crate::estimator::{packed_rgba, upload_frame, Estimator, Pose};
-use crate::gpu::{GpuContext, GpuModel};
 use crate::pipeline::preprocess_gpu::{FrameLayout, GpuPreprocess, OutputLayout};
 use crate::tensor::Tensor;
 

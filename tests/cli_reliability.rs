@@ -281,9 +281,13 @@ fn predict_keeps_every_result_and_fails_when_one_input_failed() {
     let o = wgpose(&args);
     assert_fails_with(&o, &["1 of the 4 image(s) failed", "broken.jpg"]);
     let m = read_json(&json);
-    assert_eq!(m.len(), 3, "{m:?}");
+    // One key per image that worked, plus `people` (everyone found, per image).
+    assert_eq!(m.len(), 4, "{m:?}");
+    let people = m["people"].as_object().expect("a `people` object");
+    assert_eq!(people.len(), 3, "{people:?}");
     for p in &inputs[..3] {
         assert!(m.contains_key(s(p)), "{} missing from {m:?}", p.display());
+        assert!(people.contains_key(s(p)), "{} missing from {people:?}", p.display());
     }
     assert_eq!(std::fs::read_dir(&overlays).unwrap().count(), 3, "overlays overwrote each other");
 }

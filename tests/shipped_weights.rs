@@ -14,14 +14,14 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use wgpose::data::{box_from_keypoints, Annotation, Extra, LSP_BOX_ENLARGE};
+use wgpose::detector::PersonDetector;
 use wgpose::estimator::{Estimator, EstimatorOptions};
 use wgpose::gpu::GpuContext;
 use wgpose::image_io::{load_rgb, LoadedImage};
 use wgpose::metrics::{pck, PckNorm};
-use wgpose::detector::PersonDetector;
 use wgpose::models::{calibrate_batch_norms, config, Family, ModelConfig, WeightsSource};
-use wgpose::pipeline::detect::{box_ap, DetectConfig, Detection};
 use wgpose::pipeline::crop::ImageRef;
+use wgpose::pipeline::detect::{box_ap, DetectConfig, Detection};
 use wgpose::skeleton::LSP14;
 use wgpose::weights::{read_card, ModelCard};
 
@@ -219,10 +219,12 @@ fn check_detector(path: &Path, cfg: &ModelConfig, people: &[Person], ctx: Option
                     .ok_or_else(|| format!("{}: no pose", p.gt.id))?;
                 mapping
                     .iter()
-                    .map(|m| m.map_or([f32::NAN, f32::NAN, 0.0], |j| {
-                        let k = pose.keypoints[j];
-                        [k.x, k.y, k.score]
-                    }))
+                    .map(|m| {
+                        m.map_or([f32::NAN, f32::NAN, 0.0], |j| {
+                            let k = pose.keypoints[j];
+                            [k.x, k.y, k.score]
+                        })
+                    })
                     .collect()
             }
         };

@@ -140,12 +140,15 @@ def native_predict(model, device):
     out = tempfile.mktemp(suffix=".json")
     exe = os.path.join(ROOT, "target", "release", "wgpose")
     imgs = [os.path.join(DIST, i) for i in IMAGES]
-    subprocess.run([exe, "predict", "--model", model, "--device", device, "--json", out] + imgs, check=True,
+    # --no-detect: the self-test runs on the whole image as the box, like the page.
+    subprocess.run([exe, "predict", "--model", model, "--device", device, "--no-detect", "--json", out] + imgs,
+                   check=True,
                    stderr=subprocess.DEVNULL)
     with open(out) as f:
         res = json.load(f)
     os.unlink(out)
-    return {i: res[os.path.basename(i)] for i in IMAGES}
+    # predict keys its JSON by the path as given.
+    return {i: res[os.path.join(DIST, i)] for i in IMAGES}
 
 
 def compare(browser, native):

@@ -694,7 +694,11 @@ impl DemoApp {
         let line_w = (size.x.min(size.y) / 120.0).clamp(2.0, 6.0);
         let radius = (line_w * 1.5).max(4.0);
         let at = |k: &Keypoint| rect.min + Vec2::new(k.x, k.y) * scale;
-        let ok = |k: &Keypoint| k.score >= self.threshold && k.x.is_finite() && k.y.is_finite() && rect.contains(at(k));
+        // Score 0 marks a joint the estimator moved onto the image border because it was decoded
+        // outside the image: never drawn, even at threshold 0.
+        let ok = |k: &Keypoint| {
+            k.score >= self.threshold && k.score > 0.0 && k.x.is_finite() && k.y.is_finite() && rect.contains(at(k))
+        };
         let kps = &self.keypoints;
         for &(a, b) in sk.limbs {
             if let (Some(ka), Some(kb)) = (kps.get(a), kps.get(b)) {

@@ -216,7 +216,8 @@ pub fn run(a: PredictArgs) -> Result<()> {
         match result {
             Ok((people, mut img, scale)) => {
                 let name = path.display().to_string();
-                let kps_of = |pose: &Pose| -> Vec<[f32; 3]> { pose.keypoints.iter().map(|k| [k.x, k.y, k.score]).collect() };
+                let kps_of =
+                    |pose: &Pose| -> Vec<[f32; 3]> { pose.keypoints.iter().map(|k| [k.x, k.y, k.score]).collect() };
                 if a.json.is_none() {
                     println!("{name}: {} {}", people.len(), if people.len() == 1 { "person" } else { "people" });
                     for (i, (pose, det)) in people.iter().enumerate() {
@@ -236,7 +237,10 @@ pub fn run(a: PredictArgs) -> Result<()> {
                         }
                     }
                 }
-                json.insert(name.clone(), serde_json::json!(people.first().map(|(p, _)| kps_of(p)).unwrap_or_default()));
+                json.insert(
+                    name.clone(),
+                    serde_json::json!(people.first().map(|(p, _)| kps_of(p)).unwrap_or_default()),
+                );
                 people_json.insert(
                     name,
                     serde_json::json!(people
@@ -291,7 +295,12 @@ pub fn run(a: PredictArgs) -> Result<()> {
 /// on; and the `original / working` scale.
 type Found = (Vec<(Pose, Option<Detection>)>, image::RgbImage, f32);
 
-fn predict_one(est: &mut Estimator, detector: Option<&mut PersonDetector>, path: &Path, bbox: Option<[f32; 4]>) -> Result<Found> {
+fn predict_one(
+    est: &mut Estimator,
+    detector: Option<&mut PersonDetector>,
+    path: &Path,
+    bbox: Option<[f32; 4]>,
+) -> Result<Found> {
     let img = load_rgb(path)?;
     if let Some(b) = bbox {
         // Checked in original pixels, before any executor sees the box.

@@ -76,12 +76,7 @@ impl GpuModel {
     /// [`compile_with`](Self::compile_with) with at most `max_workgroups` workgroups per grid
     /// dimension (and never more than the device allows). Grids beyond the limit are folded or
     /// split over several dispatches; a low limit lets tests exercise that on small tensors.
-    pub fn compile_with_grid_limit(
-        ctx: &GpuContext,
-        graph: &Graph,
-        batch: usize,
-        max_workgroups: u32,
-    ) -> Result<Self> {
+    pub fn compile_with_grid_limit(ctx: &GpuContext, graph: &Graph, batch: usize, max_workgroups: u32) -> Result<Self> {
         ctx.scoped("compiling the graph", || Self::build(ctx, graph.clone(), batch, max_workgroups))
     }
 
