@@ -14,8 +14,8 @@ use wgpose::models::{ModelConfig, WeightsSource};
 use wgpose::pipeline::{FrameLayout, Keypoint, OneEuroConfig, PoseSmoother};
 use wgpose::skeleton::Skeleton;
 
-use crate::follow;
 use crate::source::{Source, SourceSpec};
+use wgpose::pipeline::follow;
 
 /// Command-line settings the window starts with.
 #[derive(Clone, Debug)]

@@ -12,7 +12,6 @@
 mod app;
 #[cfg(feature = "camera")]
 mod camera;
-mod follow;
 mod source;
 
 use std::path::PathBuf;

@@ -66,8 +66,10 @@ pub struct EvalArgs {
     /// Person detector for `--boxes detected`: a config name or a weights file.
     #[arg(long, default_value = wgpose::models::DEFAULT_DETECTOR)]
     detector: String,
+    /// With `--boxes detected`: re-crop this many times on the box of the predicted keypoints.
     #[arg(long, default_value_t = 0)]
     refine: usize,
+    /// Keypoints at least this confident frame the re-crop (0 uses them all, as `predict` does).
     #[arg(long, default_value_t = 0.3)]
     refine_threshold: f32,
 }
