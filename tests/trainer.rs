@@ -391,3 +391,19 @@ fn box_shift_moves_the_crop_and_half_body_frames_one_half() {
     few.iter_mut().skip(7).for_each(|k| k[2] = 0.0);
     assert!(half_body_keypoints(&few, &LSP14, true).is_none());
 }
+
+/// The person detector trains through the same session as the pose networks (its own targets,
+/// loss and box-AP validation): a 3-joint output must not be refused as "not an LSP model".
+#[test]
+fn person_detector_trains_and_validates_box_ap() {
+    let dir = tempdir("detector");
+    let mut a = train_args(&dir, &["--epochs", "1"]);
+    a.model = "person-detector-r18w32".into();
+    let s = wgpose::trainer::run(&a).unwrap();
+    assert_eq!(s.epochs_done, 1);
+    assert!(s.last_loss.is_finite());
+    assert!(s.val_pck.is_some_and(|ap| (0.0..=100.0).contains(&ap)), "{:?}", s.val_pck);
+    let card = wgpose::weights::read_card(&dir.join("person-detector-r18w32.safetensors")).unwrap();
+    assert!(card.metrics.contains("val_box_ap@0.5="), "{}", card.metrics);
+    let _ = std::fs::remove_dir_all(dir);
+}

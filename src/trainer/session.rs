@@ -463,7 +463,7 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
     fraction("half-body", a.half_body, false)?;
     let cfg = model_config(a)?;
     let DataFormat::Lsp = a.format;
-    if cfg.joints != 14 {
+    if cfg.family != Family::PersonDetector && cfg.joints != 14 {
         return bad(format!(
             "{} predicts {} joints but LSP data labels 14; train an `-lsp` config (see `wgpose models`)",
             cfg.name, cfg.joints
