@@ -16,11 +16,14 @@ use crate::estimator::{packed_rgba, upload_frame, Estimator, Pose};
 use crate::gpu::{GpuContext, GpuModel};
 use crate::graph::passes::optimize_for_inference;
 use crate::graph::Graph;
-use crate::models::{load_model, Family, ModelConfig, WeightsSource};
+use crate::models::{load_model, load_model_bytes, Family, ModelConfig, WeightsSource};
 use crate::pipeline::crop::{warp_batch, CropTransform, ImageRef, Normalization};
 use crate::pipeline::detect::{box_iou, decode_detection_batch, letterbox, DetectConfig, Detection};
 use crate::pipeline::preprocess_gpu::{FrameLayout, GpuPreprocess, OutputLayout};
 use crate::tensor::Tensor;
+
+/// The detector the estimator attaches by default ([`crate::EstimatorOptions::find_people`]).
+pub const DEFAULT_DETECTOR: &str = "person-detector-r18w32";
 
 /// A loaded person detector, on the GPU (the frame's letterbox cut by the preprocessing kernel
 /// straight into the network's input, one command buffer) or the CPU executor.
@@ -30,6 +33,17 @@ pub struct PersonDetector {
     pub detect: DetectConfig,
     graph: Graph,
     gpu: Option<(GpuContext, GpuPreprocess, GpuModel)>,
+}
+
+impl std::fmt::Debug for PersonDetector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PersonDetector")
+            .field("config", &self.config.name)
+            .field("weights", &self.weights.to_string())
+            .field("detect", &self.detect)
+            .field("on_gpu", &self.on_gpu())
+            .finish()
+    }
 }
 
 impl PersonDetector {
@@ -59,6 +73,33 @@ impl PersonDetector {
                 crate::models::shipped_weights_path(config.name).display()
             )));
         }
+        Self::from_loaded(config, graph, weights, ctx, detect)
+    }
+
+    /// [`PersonDetector::with_gpu`] with the weights file already in memory (fetched from a URL
+    /// in the browser; `label` names it in errors), checked as strictly as a file.
+    pub fn from_weights_bytes(
+        config: &ModelConfig,
+        bytes: &[u8],
+        label: &str,
+        ctx: Option<&GpuContext>,
+        detect: DetectConfig,
+    ) -> Result<Self> {
+        if config.family != Family::PersonDetector {
+            return Err(Error::Input(format!("{} is not a person detector", config.name)));
+        }
+        detect.check()?;
+        let (graph, _) = load_model_bytes(config, bytes, label)?;
+        Self::from_loaded(config, graph, WeightsSource::Bytes(label.to_string()), ctx, detect)
+    }
+
+    fn from_loaded(
+        config: &ModelConfig,
+        graph: Graph,
+        weights: WeightsSource,
+        ctx: Option<&GpuContext>,
+        detect: DetectConfig,
+    ) -> Result<Self> {
         let graph = optimize_for_inference(&graph);
         let gpu = match ctx {
             Some(ctx) => Some((
@@ -122,6 +163,40 @@ impl PersonDetector {
         Ok((maps, crop))
     }
 
+    /// [`PersonDetector::maps_gpu_frame`] awaiting the readback instead of blocking (the
+    /// browser's path).
+    pub async fn maps_gpu_frame_async(
+        &mut self,
+        src: &wgpu::Buffer,
+        frame: &FrameLayout,
+    ) -> Result<(Tensor, CropTransform)> {
+        let crop = self.crop_for(frame.width as usize, frame.height as usize)?;
+        let [_, in_h, in_w] = self.config.input;
+        let Some((_, pre, model)) = &mut self.gpu else {
+            return Err(Error::Input("maps_gpu_frame_async needs a detector created with a GPU context".into()));
+        };
+        let outs = model
+            .run_with_prelude_async(|enc, arena, offset| {
+                let out = OutputLayout::packed(in_w as u32, in_h as u32, offset);
+                pre.encode_layout(enc, src, frame, &[crop], arena, &out)
+            })
+            .await?;
+        let maps = outs.into_iter().last().ok_or_else(|| Error::Graph("the detector produced no output".into()))?;
+        Ok((maps, crop))
+    }
+
+    /// People in a frame already on the GPU as tight boxes, highest score first.
+    pub fn detect_gpu_frame(&mut self, src: &wgpu::Buffer, frame: &FrameLayout) -> Result<Vec<Detection>> {
+        let (maps, crop) = self.maps_gpu_frame(src, frame)?;
+        Ok(self.decode_lsp(&maps, &crop)?.into_iter().map(tight).collect())
+    }
+
+    /// [`PersonDetector::detect_gpu_frame`] awaiting the readback instead of blocking.
+    pub async fn detect_gpu_frame_async(&mut self, src: &wgpu::Buffer, frame: &FrameLayout) -> Result<Vec<Detection>> {
+        let (maps, crop) = self.maps_gpu_frame_async(src, frame).await?;
+        Ok(self.decode_lsp(&maps, &crop)?.into_iter().map(tight).collect())
+    }
+
     /// People in `image` as LSP pose boxes, highest score first.
     pub fn detect_lsp_boxes(&mut self, image: &ImageRef) -> Result<Vec<Detection>> {
         let (maps, crop) = self.maps(image)?;
@@ -180,22 +255,32 @@ pub fn keypoint_box(pose: &Pose) -> Option<[f32; 4]> {
     crate::data::box_from_keypoints(&kps, 1.0).map(|b| [b[0], b[1], b[2].max(1.0), b[3].max(1.0)])
 }
 
-/// Everyone in `image`: the detector's people (at most `det.detect.max_people`, score at least
-/// `det.detect.score_threshold`), each person's pose from their box (all crops in one batch),
-/// refined on the keypoints' box, duplicates dropped; highest detection score first. An image
-/// with nobody in it gives an empty list.
-pub fn estimate_people(
-    est: &mut Estimator,
-    det: &mut PersonDetector,
-    image: &ImageRef,
-    opts: &PeopleOptions,
-) -> Result<Vec<Person>> {
-    let dets = det.detect(image)?;
-    people_from_detections(est, dets, opts, |est, boxes| est.estimate_batch(image, boxes))
+/// The boxes of the next refinement pass: each pose's keypoint box (its previous box when the
+/// keypoints give none), or None when no pose gave one (nothing to refine).
+pub fn refined_boxes(poses: &[Pose], boxes: &[[f32; 4]]) -> Option<Vec<[f32; 4]>> {
+    let refined: Vec<Option<[f32; 4]>> = poses.iter().map(keypoint_box).collect();
+    if refined.iter().all(Option::is_none) {
+        return None;
+    }
+    Some(refined.iter().zip(boxes).map(|(r, b)| r.unwrap_or(*b)).collect())
 }
 
-/// [`estimate_people`] after detection, with the pose step given (so frames on the GPU can use
-/// [`Estimator::estimate_gpu_frame`]).
+/// Pairs poses with their detections, dropping a person whose box overlaps a higher-scoring
+/// one's by more than `duplicate_iou` (the same person found twice).
+pub fn distinct_people(poses: Vec<Pose>, dets: Vec<Detection>, duplicate_iou: f32) -> Vec<Person> {
+    let mut people: Vec<Person> = Vec::new();
+    for (pose, detection) in poses.into_iter().zip(dets) {
+        if people.iter().all(|p| box_iou(p.pose.bbox, pose.bbox) <= duplicate_iou) {
+            people.push(Person { pose, detection });
+        }
+    }
+    people
+}
+
+/// Everyone in `image` after detection, with the pose step given (so frames on the GPU can use
+/// [`Estimator::estimate_gpu_frame`]): each person's pose from their box (all crops in one
+/// batch), refined on the keypoints' box `opts.refine_passes` times, duplicates dropped;
+/// highest detection score first. No detections give an empty list.
 pub fn people_from_detections(
     est: &mut Estimator,
     dets: Vec<Detection>,
@@ -208,18 +293,9 @@ pub fn people_from_detections(
     let mut boxes: Vec<[f32; 4]> = dets.iter().map(|d| d.bbox).collect();
     let mut poses = poses_for(est, &boxes)?;
     for _ in 0..opts.refine_passes {
-        let refined: Vec<Option<[f32; 4]>> = poses.iter().map(keypoint_box).collect();
-        if refined.iter().all(Option::is_none) {
-            break;
-        }
-        boxes = refined.iter().zip(&boxes).map(|(r, b)| r.unwrap_or(*b)).collect();
+        let Some(refined) = refined_boxes(&poses, &boxes) else { break };
+        boxes = refined;
         poses = poses_for(est, &boxes)?;
     }
-    let mut people: Vec<Person> = Vec::new();
-    for (pose, detection) in poses.into_iter().zip(dets) {
-        if people.iter().all(|p| box_iou(p.pose.bbox, pose.bbox) <= opts.duplicate_iou) {
-            people.push(Person { pose, detection });
-        }
-    }
-    Ok(people)
+    Ok(distinct_people(poses, dets, opts.duplicate_iou))
 }

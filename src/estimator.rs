@@ -9,6 +9,7 @@
 
 mod device;
 mod input;
+mod people;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,11 +17,12 @@ use std::path::Path;
 pub use device::{Device, DeviceChoice};
 pub use input::{Boxes, Picture};
 
+use crate::detector::{PeopleOptions, PersonDetector, DEFAULT_DETECTOR};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuModel};
 use crate::graph::passes::optimize_for_inference;
 use crate::graph::Graph;
-use crate::models::{config, load_model, load_model_bytes, ModelConfig, WeightsSource};
+use crate::models::{config, config as config_of, load_model, load_model_bytes, ModelConfig, WeightsSource};
 use crate::pipeline::crop::{warp_batch, CropConfig, CropTransform, ImageRef, Normalization};
 use crate::pipeline::decode::{average_flipped, decode, DecodeConfig, HeatmapKind, Keypoint};
 use crate::pipeline::preprocess_gpu::GpuPreprocess;
@@ -39,6 +41,13 @@ pub struct EstimatorOptions {
     pub padding: f32,
     /// Seed of the random initialisation used when a config has no trained weights.
     pub seed: u64,
+    /// Attach the shipped person detector ([`DEFAULT_DETECTOR`], on the same device) when the
+    /// estimator is built from files, so that [`Boxes::Auto`] finds the people. Off, or for
+    /// an estimator built from bytes without [`Estimator::set_detector`], `Boxes::Auto` is the
+    /// whole picture as one person's box.
+    pub find_people: bool,
+    /// How detections become people (refinement passes, duplicate removal).
+    pub people: PeopleOptions,
 }
 
 impl Default for EstimatorOptions {
@@ -48,6 +57,8 @@ impl Default for EstimatorOptions {
             decode: DecodeConfig::dark(HeatmapKind::Linear, 2.0),
             padding: 1.25,
             seed: 0,
+            find_people: true,
+            people: PeopleOptions::default(),
         }
     }
 }
@@ -100,6 +111,8 @@ pub struct Estimator {
     backend: Backend,
     opts: EstimatorOptions,
     choice: DeviceChoice,
+    /// Finds the people for [`Boxes::Auto`] (see [`EstimatorOptions::find_people`]).
+    detector: Option<PersonDetector>,
 }
 
 impl Estimator {
@@ -162,7 +175,18 @@ impl Estimator {
             ))
         })?;
         let (graph, weights, _card) = load_model(config, weights, opts.seed)?;
-        Self::from_loaded(config, skeleton, graph, weights, ctx, opts)
+        let mut est = Self::from_loaded(config, skeleton, graph, weights, ctx, opts)?;
+        if opts.find_people {
+            let det_cfg = config_of(DEFAULT_DETECTOR)?;
+            let det = PersonDetector::with_gpu(&det_cfg, None, ctx, Default::default()).map_err(|e| {
+                Error::Input(format!(
+                    "{e} (the estimator attaches it to find people; set EstimatorOptions::find_people = false \
+                     to use the whole picture instead)"
+                ))
+            })?;
+            est.detector = Some(det);
+        }
+        Ok(est)
     }
 
     /// Like [`new`](Self::new) with the weights file already in memory (fetched from a URL in
@@ -204,7 +228,7 @@ impl Estimator {
             None => Backend::Cpu,
         };
         let choice = DeviceChoice::given(ctx);
-        Ok(Estimator { config: *config, weights, skeleton, graph, backend, opts, choice })
+        Ok(Estimator { config: *config, weights, skeleton, graph, backend, opts, choice, detector: None })
     }
 
     /// Whether the network runs on the GPU (else on the CPU executor).
@@ -233,7 +257,9 @@ impl Estimator {
     }
 
     /// The people's poses in `image`: one [`Pose`] per box of `boxes` (in that order), or for
-    /// [`Boxes::Auto`] the people found (today: the whole picture as one person's box).
+    /// [`Boxes::Auto`] everyone the person detector finds, highest detection score first (none
+    /// in a picture without people; see [`Estimator::people`] for the detections themselves).
+    /// Without a detector, `Boxes::Auto` is the whole picture as one person's box.
     ///
     /// `image` is anything that converts to a [`Picture`]: a
     /// [`LoadedImage`](crate::image_io::LoadedImage) from
@@ -247,7 +273,11 @@ impl Estimator {
         boxes: impl Into<Boxes<'b>>,
     ) -> Result<Vec<Pose>> {
         let picture = image.into();
-        let (given, work) = to_working(&picture, boxes.into())?;
+        let boxes = boxes.into();
+        if boxes == Boxes::Auto && self.detector.is_some() {
+            return Ok(self.people(picture)?.into_iter().map(|p| p.pose).collect());
+        }
+        let (given, work) = to_working(&picture, boxes)?;
         let poses = self.estimate_batch(&picture.pixels, &work)?;
         Ok(to_caller(poses, &picture, &given))
     }
@@ -260,7 +290,11 @@ impl Estimator {
         boxes: impl Into<Boxes<'b>>,
     ) -> Result<Vec<Pose>> {
         let picture = image.into();
-        let (given, work) = to_working(&picture, boxes.into())?;
+        let boxes = boxes.into();
+        if boxes == Boxes::Auto && self.detector.is_some() {
+            return Ok(self.people_async(picture).await?.into_iter().map(|p| p.pose).collect());
+        }
+        let (given, work) = to_working(&picture, boxes)?;
         let poses = self.estimate_batch_async(&picture.pixels, &work).await?;
         Ok(to_caller(poses, &picture, &given))
     }
@@ -291,15 +325,32 @@ impl Estimator {
 
     /// [`Estimator::estimate_gpu_frame`] awaiting the readback instead of blocking (the browser
     /// build's path: a frame copied from an `ImageBitmap` into a storage buffer).
-    pub async fn estimate_gpu_frame_async(
+    pub async fn estimate_gpu_frame_async<'b>(
+        &mut self,
+        src: &wgpu::Buffer,
+        frame: &crate::pipeline::preprocess_gpu::FrameLayout,
+        boxes: impl Into<Boxes<'b>>,
+    ) -> Result<Vec<Pose>> {
+        let Backend::Gpu { .. } = self.backend else {
+            return Err(Error::Input("estimate_gpu_frame_async needs an estimator created with a GPU context".into()));
+        };
+        let boxes = match boxes.into() {
+            Boxes::Auto if self.detector.is_some() => {
+                return Ok(self.people_gpu_frame_async(src, frame).await?.into_iter().map(|p| p.pose).collect())
+            }
+            Boxes::Auto => std::borrow::Cow::Owned(vec![[0.0, 0.0, frame.width as f32, frame.height as f32]]),
+            Boxes::Given(b) => b,
+        };
+        self.gpu_frame_poses_async(src, frame, &boxes).await
+    }
+
+    /// Poses for given boxes of a GPU frame, awaiting the readback.
+    async fn gpu_frame_poses_async(
         &mut self,
         src: &wgpu::Buffer,
         frame: &crate::pipeline::preprocess_gpu::FrameLayout,
         boxes: &[[f32; 4]],
     ) -> Result<Vec<Pose>> {
-        let Backend::Gpu { .. } = self.backend else {
-            return Err(Error::Input("estimate_gpu_frame_async needs an estimator created with a GPU context".into()));
-        };
         if boxes.is_empty() {
             return Ok(Vec::new());
         }
@@ -316,16 +367,25 @@ impl Estimator {
     /// Like [`estimate_batch`](Self::estimate_batch) for a frame that is already on the GPU: a
     /// storage buffer of one u32 per pixel laid out as `frame` (for instance a camera texture
     /// copied with `copy_texture_to_buffer`, rows 256-byte aligned). Nothing goes through the
-    /// CPU but the heatmaps. GPU estimators only.
-    pub fn estimate_gpu_frame(
+    /// CPU but the heatmaps. GPU estimators only. [`Boxes::Auto`] runs the person detector on
+    /// the same buffer (see [`Estimator::estimate`]).
+    pub fn estimate_gpu_frame<'b>(
         &mut self,
         src: &wgpu::Buffer,
         frame: &crate::pipeline::preprocess_gpu::FrameLayout,
-        boxes: &[[f32; 4]],
+        boxes: impl Into<Boxes<'b>>,
     ) -> Result<Vec<Pose>> {
         let Backend::Gpu { .. } = self.backend else {
             return Err(Error::Input("estimate_gpu_frame needs an estimator created with a GPU context".into()));
         };
+        let boxes = match boxes.into() {
+            Boxes::Auto if self.detector.is_some() => {
+                return Ok(self.people_gpu_frame(src, frame)?.into_iter().map(|p| p.pose).collect())
+            }
+            Boxes::Auto => std::borrow::Cow::Owned(vec![[0.0, 0.0, frame.width as f32, frame.height as f32]]),
+            Boxes::Given(b) => b,
+        };
+        let boxes = &boxes[..];
         if boxes.is_empty() {
             return Ok(Vec::new());
         }

@@ -183,7 +183,10 @@ fn front_door_applies_the_picture_scale_and_auto_boxes() {
     use wgpose::{Boxes, Picture};
     let img = load_rgb(&sample()).unwrap();
     let pixels = ImageRef::from(&img.rgb);
-    let mut est = Estimator::new(&small_model(), None, None, EstimatorOptions::default()).unwrap();
+    // Without a detector (`find_people: false`), no box means the whole picture; detection is
+    // tested in tests/people.rs.
+    let opts = EstimatorOptions { find_people: false, ..Default::default() };
+    let mut est = Estimator::new(&small_model(), None, None, opts).unwrap();
     let b = [250.0, 40.0, 250.0, 360.0];
     let want = est.estimate_batch(&pixels, &[b]).unwrap().remove(0);
     // The same pixels standing for a picture twice as large (a downscaled photo): the box is
@@ -195,7 +198,7 @@ fn front_door_applies_the_picture_scale_and_auto_boxes() {
     for (k, l) in got[0].keypoints.iter().zip(&want.keypoints) {
         assert!((k.x - 2.0 * l.x).abs() < 1e-3 && (k.y - 2.0 * l.y).abs() < 1e-3 && k.score == l.score, "{k:?} {l:?}");
     }
-    // No box: today one pose for the whole picture, its box the whole picture.
+    // No box: one pose for the whole picture, its box the whole picture.
     let whole = est.estimate(big, Boxes::Auto).unwrap();
     let (w, h) = (img.rgb.width() as f32, img.rgb.height() as f32);
     assert_eq!(whole.len(), 1);

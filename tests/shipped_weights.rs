@@ -164,7 +164,7 @@ fn pck_both(preds: &[Vec<[f32; 3]>], people: &[Person]) -> Result<(f64, f64), St
 }
 
 fn estimator(cfg: &ModelConfig, weights: &Path, ctx: Option<&GpuContext>) -> Result<Estimator, String> {
-    let opts = EstimatorOptions { padding: 1.0, seed: RANDOM_SEED, ..Default::default() };
+    let opts = EstimatorOptions { padding: 1.0, seed: RANDOM_SEED, find_people: false, ..Default::default() };
     let est = Estimator::new(cfg, Some(weights), ctx, opts).map_err(|e| format!("cannot load: {e}"))?;
     if est.weights != WeightsSource::File(weights.to_path_buf()) {
         return Err(format!("loaded {} instead of the file", est.weights));

@@ -150,7 +150,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut det_found: Vec<Vec<Detection>> = Vec::new();
     let mut det_gt: Vec<Vec<[f32; 4]>> = Vec::new();
     let (cfg, weights) = resolve_model(&a.model)?;
-    let opts = EstimatorOptions { flip_test: a.flip, padding, ..Default::default() };
+    let opts = EstimatorOptions { flip_test: a.flip, padding, find_people: false, ..Default::default() };
     let mut est = open_estimator(&cfg, weights.as_deref(), a.device, opts)?;
     eprintln!("model {}: {}; {}", cfg.name, est.weights, est.device_choice());
     // Model joints -> dataset joints by name; dataset joints the model lacks count as misses.

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use wgpose::detector::{estimate_people, PeopleOptions, PersonDetector};
+use wgpose::detector::PersonDetector;
 use wgpose::image_io::load_rgb;
 use wgpose::models::{config, ModelConfig};
-use wgpose::pipeline::crop::{validate_box, ImageRef};
+use wgpose::pipeline::crop::validate_box;
 use wgpose::pipeline::detect::{DetectConfig, Detection};
 use wgpose::{Error, Estimator, EstimatorOptions, Pose, Result};
 
@@ -181,28 +181,26 @@ pub fn run(a: PredictArgs) -> Result<()> {
     };
     let bbox = a.bbox.as_deref().map(parse_bbox).transpose()?;
     let (cfg, weights) = resolve_model(&a.model)?;
-    let opts = EstimatorOptions { flip_test: a.flip, ..Default::default() };
+    // The detector is attached below, from --detector with this command's thresholds.
+    let opts = EstimatorOptions { flip_test: a.flip, find_people: false, ..Default::default() };
     let mut est = open_estimator(&cfg, weights.as_deref(), a.device, opts)?;
     eprintln!("model {}: {}; {}", cfg.name, est.weights, est.device_choice());
-    let mut detector = if bbox.is_some() || a.no_detect {
-        None
-    } else {
+    if bbox.is_none() && !a.no_detect {
         let (dcfg, dweights) = resolve_model(&a.detector)?;
         let dc = DetectConfig { score_threshold: a.det_threshold, max_people: a.max_people, ..Default::default() };
         // The detector runs where the pose network runs.
         match PersonDetector::with_gpu(&dcfg, dweights.as_deref(), est.gpu_context(), dc) {
             Ok(d) => {
                 eprintln!("detector {}: {}", dcfg.name, d.weights);
-                Some(d)
+                est.set_detector(Some(d))?;
             }
             // No shipped detector (a crate user without models/): say so and keep working.
             Err(e) if dweights.is_none() => {
                 eprintln!("warning: {e}; estimating one person on the whole image");
-                None
             }
             Err(e) => return Err(e),
         }
-    };
+    }
     if let Some(dir) = a.overlay.as_ref().filter(|_| images.len() > 1) {
         std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
     }
@@ -212,7 +210,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let mut people_json = serde_json::Map::new();
     let mut failed = 0;
     for (path, overlay_file) in images.iter().zip(&overlay_files) {
-        let result = predict_one(&mut est, detector.as_mut(), path, bbox);
+        let result = predict_one(&mut est, path, bbox);
         match result {
             Ok((people, mut img, scale)) => {
                 let name = path.display().to_string();
@@ -295,36 +293,18 @@ pub fn run(a: PredictArgs) -> Result<()> {
 /// on; and the `original / working` scale.
 type Found = (Vec<(Pose, Option<Detection>)>, image::RgbImage, f32);
 
-fn predict_one(
-    est: &mut Estimator,
-    detector: Option<&mut PersonDetector>,
-    path: &Path,
-    bbox: Option<[f32; 4]>,
-) -> Result<Found> {
+fn predict_one(est: &mut Estimator, path: &Path, bbox: Option<[f32; 4]>) -> Result<Found> {
     let img = load_rgb(path)?;
     if let Some(b) = bbox {
         // Checked in original pixels, before any executor sees the box.
         let [w, h] = img.original_size;
         validate_box(b, w as usize, h as usize)?;
     }
-    let s = img.scale;
-    let people: Vec<(Pose, Option<Detection>)> = match (bbox, detector) {
-        (None, Some(det)) => estimate_people(est, det, &ImageRef::from(&img.rgb), &PeopleOptions::default())?
-            .into_iter()
-            .map(|p| {
-                // Working-image pixels -> original pixels.
-                let mut pose = p.pose;
-                for k in &mut pose.keypoints {
-                    k.x *= s;
-                    k.y *= s;
-                }
-                pose.bbox = pose.bbox.map(|v| v * s);
-                let d = Detection { bbox: p.detection.bbox.map(|v| v * s), score: p.detection.score };
-                (pose, Some(d))
-            })
-            .collect(),
-        // A given box, or no detector: the front door, in original pixels.
-        _ => est.estimate(&img, bbox)?.into_iter().map(|p| (p, None)).collect(),
+    let people: Vec<(Pose, Option<Detection>)> = if bbox.is_none() && est.detector().is_some() {
+        est.people(&img)?.into_iter().map(|p| (p.pose, Some(p.detection))).collect()
+    } else {
+        // A given box, or no detector: the whole image.
+        est.estimate(&img, bbox)?.into_iter().map(|p| (p, None)).collect()
     };
-    Ok((people, img.rgb, s))
+    Ok((people, img.rgb, img.scale))
 }
