@@ -1,7 +1,8 @@
 //! A live loop as a camera application would write it, over a folder of frames (a video split
-//! into images, e.g. `ffmpeg -i clip.mp4 frames/%05d.png`): each frame is cropped around the
-//! previous frame's pose (the follow crop), the keypoints are smoothed over time (One Euro
-//! filter), and one JSON line per frame is printed.
+//! into images, e.g. `ffmpeg -i clip.mp4 frames/%05d.png`): the tracker runs the person detector
+//! when nobody is tracked and otherwise crops each frame around the previous frame's pose (the
+//! follow crop), the keypoints are smoothed over time (One Euro filter), and one JSON line per
+//! frame is printed.
 //!
 //! `cargo run --release --example frames_loop -- FOLDER [FPS]`
 //!
@@ -13,12 +14,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use wgpose::image_io::load_rgb;
-use wgpose::pipeline::follow::next_box;
 use wgpose::pipeline::{OneEuroConfig, PoseSmoother};
-use wgpose::{Boxes, Device, Estimator};
-
-/// Mean keypoint score under which the next frame is searched whole again.
-const FOLLOW_THRESHOLD: f32 = 0.3;
+use wgpose::{Device, Estimator, TrackStep, Tracker, TrackerOptions};
 
 fn main() -> wgpose::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -36,25 +33,28 @@ fn main() -> wgpose::Result<()> {
     let mut estimator = Estimator::from_name("fasterpose-r18-s16-lsp", Device::Auto)?;
     eprintln!("{} frames; running on the {}", frames.len(), estimator.device_choice());
     let mut smoother = PoseSmoother::new(estimator.skeleton.joints.len(), OneEuroConfig::default())?;
-    let mut follow: Option<[f32; 4]> = None;
+    // Follows while the mean keypoint score is at least 0.3; below it the detector searches again.
+    let mut tracker = Tracker::new(TrackerOptions::default())?;
     for (i, path) in frames.iter().enumerate() {
         let t = i as f64 / fps;
         let frame = load_rgb(path)?;
         let started = Instant::now();
-        // The previous pose's box when it was trusted, else the whole frame.
-        let Some(pose) = estimator.estimate(&frame, Boxes::from(follow))?.into_iter().next() else { continue };
+        let Some(tracked) = tracker.track(&mut estimator, &frame)? else {
+            println!("{{\"frame\": {:?}, \"t\": {t:.3}, \"people\": 0}}", path.file_name().unwrap_or_default());
+            continue;
+        };
         let ms = started.elapsed().as_secs_f64() * 1e3;
-        let [w, h] = frame.original_size.map(|v| v as f32);
-        follow = next_box(&pose.keypoints, FOLLOW_THRESHOLD, w, h);
-        if follow.is_none() {
-            // Lost the person: the next observation starts a new track.
+        if tracked.step == TrackStep::Found {
+            // A new track: do not smooth towards the previous person.
             smoother.reset();
         }
+        let pose = tracked.pose;
         let smooth = smoother.smooth(t, &pose.keypoints)?;
         let kps: Vec<[f32; 3]> = smooth.iter().map(|k| [k.x, k.y, k.score]).collect();
         println!(
-            "{{\"frame\": {:?}, \"t\": {t:.3}, \"ms\": {ms:.1}, \"box\": {:?}, \"score\": {:.3}, \"keypoints\": {kps:?}}}",
+            "{{\"frame\": {:?}, \"t\": {t:.3}, \"ms\": {ms:.1}, \"step\": \"{:?}\", \"box\": {:?}, \"score\": {:.3}, \"keypoints\": {kps:?}}}",
             path.file_name().unwrap_or_default().to_string_lossy(),
+            tracked.step,
             pose.bbox,
             pose.score
         );

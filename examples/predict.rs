@@ -1,7 +1,7 @@
-//! The smallest complete use of wgpose: keypoints of the person in a photo.
+//! The smallest complete use of wgpose: keypoints of the people in a photo.
 //!
 //! `cargo run --release --example predict -- [IMAGE] [x,y,w,h]`
-//! (default: the bundled `assets/sample.jpg`, no box: the whole image).
+//! (default: the bundled `assets/sample.jpg`; no box: the shipped person detector finds everyone).
 
 use wgpose::image_io::load_rgb;
 use wgpose::{Boxes, Device, Estimator};

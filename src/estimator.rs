@@ -89,7 +89,7 @@ enum Backend {
 /// let mut est = Estimator::from_name("fasterpose-r18-s16-lsp", Device::Auto)?;
 /// eprintln!("running on the {}", est.device_choice());
 /// let photo = wgpose::image_io::load_rgb("person.jpg".as_ref())?;
-/// // No box: the whole picture (a person detector will find people here later).
+/// // No box: the shipped person detector finds everyone (highest score first).
 /// for pose in est.estimate(&photo, wgpose::Boxes::Auto)? {
 ///     for (name, k) in pose.skeleton.joints.iter().zip(&pose.keypoints) {
 ///         println!("{name}: ({:.0}, {:.0}) score {:.2}", k.x, k.y, k.score);
@@ -178,11 +178,12 @@ impl Estimator {
         let mut est = Self::from_loaded(config, skeleton, graph, weights, ctx, opts)?;
         if opts.find_people {
             let det_cfg = config_of(DEFAULT_DETECTOR)?;
-            let det = PersonDetector::with_gpu(&det_cfg, None, ctx, Default::default()).map_err(|e| {
-                Error::Input(format!(
-                    "{e} (the estimator attaches it to find people; set EstimatorOptions::find_people = false \
+            let det = PersonDetector::with_gpu(&det_cfg, None, ctx, Default::default()).map_err(|e| match e {
+                Error::Input(m) => Error::Input(format!(
+                    "{m} (the estimator attaches it to find people; set EstimatorOptions::find_people = false \
                      to use the whole picture instead)"
-                ))
+                )),
+                other => other,
             })?;
             est.detector = Some(det);
         }

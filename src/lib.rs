@@ -19,12 +19,15 @@ pub mod pipeline;
 pub mod rng;
 pub mod skeleton;
 pub mod tensor;
+pub mod tracker;
 pub mod train;
 pub mod trainer;
 pub mod weights;
 
+pub use detector::{Person, PersonDetector};
 pub use error::{Error, Result};
 pub use estimator::{Boxes, Device, DeviceChoice, Estimator, EstimatorOptions, Picture, Pose};
 pub use models::ModelConfig;
 pub use pipeline::decode::Keypoint;
 pub use tensor::Tensor;
+pub use tracker::{TrackStep, Tracked, Tracker, TrackerOptions};

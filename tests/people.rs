@@ -146,3 +146,35 @@ fn gpu_people_match_the_cpu_blocking_awaited_and_from_a_gpu_frame() {
         }
     }
 }
+
+#[test]
+fn tracker_detects_first_then_follows_and_loses_blank_frames() {
+    use wgpose::{TrackStep, Tracker, TrackerOptions};
+    let mut est = cpu_estimator();
+    let img = fixture(IMAGES[0]);
+    // Threshold 0: any pose is trusted, so the second frame must follow the first.
+    let mut tracker = Tracker::new(TrackerOptions { follow_threshold: 0.0, follow: true }).unwrap();
+    let first = tracker.track(&mut est, &img).unwrap().expect("a person");
+    assert_eq!(first.step, TrackStep::Found);
+    assert_eq!(first.pose.bbox, est.estimate(&img, Boxes::Auto).unwrap()[0].bbox, "the top detected person");
+    let follow = tracker.follow_box().expect("following");
+    let second = tracker.track(&mut est, &img).unwrap().expect("a person");
+    assert_eq!(second.step, TrackStep::Followed);
+    assert_eq!(second.pose.bbox, follow, "cropped at the previous frame's keypoint box");
+    // A frame of another size starts over.
+    let small = image::imageops::thumbnail(&img.rgb, img.rgb.width() / 2, img.rgb.height() / 2);
+    assert_eq!(tracker.track(&mut est, &small).unwrap().map(|t| t.step), Some(TrackStep::Found));
+    // Never trusted: every frame is a detection.
+    let mut never = Tracker::new(TrackerOptions { follow_threshold: 1.0, follow: true }).unwrap();
+    for _ in 0..2 {
+        assert_eq!(never.track(&mut est, &img).unwrap().map(|t| t.step), Some(TrackStep::Found));
+        assert_eq!(never.follow_box(), None);
+    }
+    // The person leaves: a blank frame of the same size loses the track and finds nobody.
+    let mut tracker = Tracker::new(TrackerOptions::default()).unwrap();
+    tracker.track(&mut est, &img).unwrap().expect("a person");
+    let blank = image::RgbImage::from_pixel(img.rgb.width(), img.rgb.height(), image::Rgb([128, 128, 128]));
+    assert!(tracker.track(&mut est, &blank).unwrap().is_none());
+    assert_eq!(tracker.follow_box(), None);
+    assert!(Tracker::new(TrackerOptions { follow_threshold: f32::NAN, follow: true }).is_err());
+}

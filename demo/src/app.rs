@@ -13,9 +13,9 @@ use wgpose::gpu::{GpuContext, NodeTime};
 use wgpose::models::{ModelConfig, WeightsSource};
 use wgpose::pipeline::{FrameLayout, Keypoint, OneEuroConfig, PoseSmoother};
 use wgpose::skeleton::Skeleton;
+use wgpose::{TrackStep, Tracker, TrackerOptions};
 
 use crate::source::{Source, SourceSpec};
-use wgpose::pipeline::follow;
 
 /// Command-line settings the window starts with.
 #[derive(Clone, Debug)]
@@ -116,6 +116,8 @@ pub struct DemoApp {
     estimator: Option<Estimator>,
     estimator_error: Option<String>,
     weights_note: String,
+    /// Why there is no person detector, if there is none.
+    detector_note: String,
 
     source_spec: Option<SourceSpec>,
     source: Option<Source>,
@@ -136,7 +138,10 @@ pub struct DemoApp {
     keypoints: Vec<Keypoint>,
     skeleton: Option<&'static Skeleton>,
     crop_box: Option<[f32; 4]>,
-    next_box: Option<[f32; 4]>,
+    /// Runs the person detector when nobody is tracked, else follows the last pose's box.
+    tracker: Tracker,
+    /// How this frame's person was found (None: nobody).
+    track_step: Option<TrackStep>,
     follow: bool,
     threshold: f32,
     smoothing: bool,
@@ -191,6 +196,7 @@ impl DemoApp {
             estimator: None,
             estimator_error: None,
             weights_note: String::new(),
+            detector_note: String::new(),
             source_spec: None,
             source: None,
             source_error: None,
@@ -208,7 +214,8 @@ impl DemoApp {
             keypoints: Vec::new(),
             skeleton: None,
             crop_box: None,
-            next_box: None,
+            tracker: Tracker::new(TrackerOptions::default()).expect("default tracker options"),
+            track_step: None,
             follow: true,
             threshold: settings.threshold,
             smoothing: settings.smoothing,
@@ -254,12 +261,23 @@ impl DemoApp {
         self.layers = None;
         self.smoother = None;
         self.keypoints.clear();
-        self.next_box = None;
+        self.tracker.reset();
         if let Some(s) = &mut self.source {
             s.rewind();
         }
-        match Estimator::new(&self.model, None, Some(&self.gpu), EstimatorOptions::default()) {
+        // With the shipped person detector when it loads; without it the whole frame is searched
+        // (a build without models/), and the note says so.
+        let built = Estimator::new(&self.model, None, Some(&self.gpu), EstimatorOptions::default()).or_else(|e| {
+            let opts = EstimatorOptions { find_people: false, ..Default::default() };
+            let est = Estimator::new(&self.model, None, Some(&self.gpu), opts)?;
+            self.detector_note = format!("no person detector ({e}); the whole frame is searched");
+            Ok::<_, wgpose::Error>(est)
+        });
+        match built {
             Ok(est) => {
+                if est.detector().is_some() {
+                    self.detector_note.clear();
+                }
                 self.weights_note = match &est.weights {
                     WeightsSource::RandomInit { seed } => format!(
                         "NO TRAINED WEIGHTS: {} is a random initialisation (seed {seed}); the keypoints are meaningless",
@@ -278,7 +296,7 @@ impl DemoApp {
     fn open_source(&mut self, spec: SourceSpec) {
         self.source = None;
         self.source_error = None;
-        self.next_box = None;
+        self.tracker.reset();
         self.keypoints.clear();
         if let Some(s) = &mut self.smoother {
             s.reset();
@@ -363,7 +381,7 @@ impl DemoApp {
         let (w, h) = frame.rgba.dimensions();
         if self.frame.as_ref().is_some_and(|f| (f.width, f.height) != (w, h)) {
             // A folder of differently sized images: the previous box means nothing here.
-            self.next_box = None;
+            self.tracker.reset();
         }
         self.ensure_frame(w, h);
         let gf = self.frame.as_ref().expect("frame allocated");
@@ -404,14 +422,16 @@ impl DemoApp {
         let t2 = Instant::now();
 
         let layout = FrameLayout { width: w, height: h, row_stride: gf.bytes_per_row / 4, offset: 0, bgra: false };
-        let bbox = if self.follow { self.next_box } else { None };
-        let whole = [0.0, 0.0, w as f32, h as f32];
         let est = self.estimator.as_mut().expect("estimator");
-        let result = est.estimate_gpu_frame(&gf.buffer, &layout, &[bbox.unwrap_or(whole)]);
+        let opts = TrackerOptions { follow_threshold: self.threshold, follow: self.follow };
+        if *self.tracker.options() != opts {
+            // The threshold and checkbox come from the UI; both are valid by construction.
+            let _ = self.tracker.set_options(opts);
+        }
+        let result = self.tracker.track_gpu_frame(est, &gf.buffer, &layout);
         let t3 = Instant::now();
-        let pose = match result {
-            Ok(mut p) if !p.is_empty() => p.remove(0),
-            Ok(_) => return,
+        let tracked = match result {
+            Ok(t) => t,
             Err(e) => {
                 self.pipeline_error = Some(format!("estimation failed: {e}"));
                 if self.headless.is_some() {
@@ -422,9 +442,25 @@ impl DemoApp {
             }
         };
         self.pipeline_error = None;
-        self.crop_box = bbox;
-        // The crop for the next frame follows this frame's raw (unsmoothed) keypoints.
-        self.next_box = follow::next_box(&pose.keypoints, self.threshold, w as f32, h as f32);
+        self.track_step = tracked.as_ref().map(|t| t.step);
+        self.crop_box = tracked.as_ref().map(|t| t.pose.bbox);
+        let pose = match tracked {
+            Some(t) => {
+                if t.step == TrackStep::Found {
+                    // A new track: the smoother must not pull towards the last person.
+                    if let Some(s) = &mut self.smoother {
+                        s.reset();
+                    }
+                }
+                t.pose
+            }
+            None => {
+                // Nobody in the frame: draw nothing, but count the frame.
+                self.keypoints.clear();
+                self.finish_frame(frame.label, frame.path, now, [t0, t1, t2, t3, Instant::now()]);
+                return;
+            }
+        };
         let key = (pose.keypoints.len(), self.min_cutoff.to_bits(), self.beta.to_bits());
         if self.smoother.is_none() || self.smoother_key != key {
             self.smoother =
@@ -441,14 +477,19 @@ impl DemoApp {
             }
             (None, _) => pose.keypoints,
         };
-        let t4 = Instant::now();
-        ema(&mut self.timings.capture, ms(t1 - t0));
-        ema(&mut self.timings.upload, ms(t2 - t1));
-        ema(&mut self.timings.estimate, ms(t3 - t2));
-        ema(&mut self.timings.post, ms(t4 - t3));
-        ema(&mut self.timings.frame, ms(t4 - t0));
-        self.frame_label = frame.label;
-        self.frame_path = frame.path;
+        self.finish_frame(frame.label, frame.path, now, [t0, t1, t2, t3, Instant::now()]);
+    }
+
+    /// Timings and counters of a processed frame (`t`: start, captured, uploaded, estimated,
+    /// post-processed).
+    fn finish_frame(&mut self, label: String, path: Option<PathBuf>, now: Instant, t: [Instant; 5]) {
+        ema(&mut self.timings.capture, ms(t[1] - t[0]));
+        ema(&mut self.timings.upload, ms(t[2] - t[1]));
+        ema(&mut self.timings.estimate, ms(t[3] - t[2]));
+        ema(&mut self.timings.post, ms(t[4] - t[3]));
+        ema(&mut self.timings.frame, ms(t[4] - t[0]));
+        self.frame_label = label;
+        self.frame_path = path;
         self.frames_processed += 1;
         self.fps_count += 1;
         self.last_advance = Some(now);
@@ -477,6 +518,9 @@ impl DemoApp {
                 ui.visuals().text_color()
             };
             ui.colored_label(c, &self.weights_note);
+        }
+        if !self.detector_note.is_empty() {
+            ui.colored_label(Color32::from_rgb(255, 170, 60), &self.detector_note);
         }
         ui.separator();
 
@@ -564,7 +608,12 @@ impl DemoApp {
 
         ui.strong("Overlay");
         ui.add(egui::Slider::new(&mut self.threshold, 0.0..=1.0).text("confidence threshold"));
-        ui.checkbox(&mut self.follow, "crop follows the person");
+        ui.checkbox(&mut self.follow, "crop follows the person (else detect every frame)");
+        ui.label(match self.track_step {
+            Some(TrackStep::Found) => "person: detected this frame",
+            Some(TrackStep::Followed) => "person: followed from the last frame",
+            None => "person: nobody found",
+        });
         ui.checkbox(&mut self.smoothing, "One Euro smoothing");
         ui.add_enabled(
             self.smoothing,
