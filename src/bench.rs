@@ -422,3 +422,51 @@ pub fn gemm_peak_gflops(threads_hint: usize) -> f64 {
     }
     2.0 * (n as f64).powi(3) / median(t) / 1e9
 }
+
+/// One row of `wgpose bench pipeline`: per-frame wall times of the stages a user runs on a
+/// whole picture, on one executor.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PipelineBenchRow {
+    pub device: String,
+    pub image: [usize; 2],
+    /// People the detector found (the pose stages run on all of them).
+    pub people: usize,
+    /// The pose network on one given box (upload, crop, network, readback, decode): a followed
+    /// frame of the tracker.
+    pub pose_ms: f64,
+    /// The detector alone (upload, letterbox, network, readback, peaks and boxes).
+    pub detector_ms: f64,
+    /// `Boxes::Auto`: detector, every person's pose, one refinement pass (a frame where the
+    /// tracker searches).
+    pub auto_ms: f64,
+}
+
+/// Times the detector, the pose network on one box and the whole `Boxes::Auto` pipeline on
+/// `image` with `est` (which must have a detector attached), medians of `reps` runs after a
+/// warm-up.
+pub fn bench_pipeline(
+    est: &mut crate::Estimator,
+    image: &crate::image_io::LoadedImage,
+    reps: usize,
+) -> Result<PipelineBenchRow> {
+    use crate::pipeline::crop::ImageRef;
+    let pixels = ImageRef::from(&image.rgb);
+    let people = est.estimate(image, crate::Boxes::Auto)?;
+    let bbox = people.first().map_or_else(|| crate::Picture::from(image).full_box(), |p| p.bbox);
+    let pose_ms = time_ms(reps, || est.estimate(image, bbox).map(|_| ()))?;
+    let detector_ms = {
+        let det = est
+            .detector_mut()
+            .ok_or_else(|| crate::Error::Input("bench pipeline needs an estimator with a person detector".into()))?;
+        time_ms(reps, || det.detect(&pixels).map(|_| ()))?
+    };
+    let auto_ms = time_ms(reps, || est.estimate(image, crate::Boxes::Auto).map(|_| ()))?;
+    Ok(PipelineBenchRow {
+        device: if est.on_gpu() { "gpu" } else { "cpu" }.into(),
+        image: [image.rgb.width() as usize, image.rgb.height() as usize],
+        people: people.len(),
+        pose_ms,
+        detector_ms,
+        auto_ms,
+    })
+}

@@ -15,6 +15,9 @@ pub enum Suite {
     /// CPU training step (forward + backward + optimiser) per trainable config: images/s and
     /// GFLOP/s next to the measured GEMM peak.
     Train,
+    /// Per frame on whole pictures: the person detector, the pose network on one box, and both
+    /// together (`Boxes::Auto`: detector, every person, one refinement pass), per executor.
+    Pipeline,
 }
 
 #[derive(Args)]
@@ -37,6 +40,12 @@ pub struct BenchArgs {
     /// Images per run (default: 1 for `models`, 16 for `train`).
     #[arg(long)]
     batch: Option<usize>,
+    /// `pipeline`: the pose model (config name or weights file).
+    #[arg(long, default_value = wgpose::models::DEFAULT_MODEL)]
+    model: String,
+    /// `pipeline`: the pictures (default: the bundled sample and the LSPET test fixtures).
+    #[arg(long, num_args = 1..)]
+    images: Vec<std::path::PathBuf>,
 }
 
 /// Batch of `bench train` when `--batch` is not given (the `wgpose train` default).
@@ -114,8 +123,72 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 print,
             )?;
         }
+        Suite::Pipeline => run_pipeline(&a, ctx.as_ref())?,
         // Handled before any GPU is opened.
         Suite::Train => return run_train(&a),
+    }
+    Ok(())
+}
+
+/// `wgpose bench pipeline`: the detector's cost next to the pose network's, per executor.
+fn run_pipeline(a: &BenchArgs, ctx: Option<&wgpose::gpu::GpuContext>) -> Result<()> {
+    use wgpose::{Estimator, EstimatorOptions};
+    let (cfg, weights) = super::predict::resolve_model(&a.model)?;
+    let images = if a.images.is_empty() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut v = vec![root.join("assets/sample.jpg")];
+        v.extend(
+            ["im08001.jpg", "im08002.jpg", "im08003.jpg"].map(|f| root.join("tests/fixtures/lspet-val/images").join(f)),
+        );
+        v
+    } else {
+        a.images.clone()
+    };
+    let mut executors: Vec<Option<&wgpose::gpu::GpuContext>> = Vec::new();
+    if a.device != DeviceArg::Gpu {
+        executors.push(None);
+    }
+    if let Some(c) = ctx.filter(|_| a.device != DeviceArg::Cpu) {
+        executors.push(Some(c));
+    }
+    if !a.json {
+        println!("CPU: {}   threads: {}", super::cpu_model(), rayon::current_num_threads());
+        println!(
+            "{:<28} {:<4} {:>9} {:>6} {:>9} {:>12} {:>12} {:>10}",
+            "image", "dev", "size", "people", "pose ms", "detector ms", "det / pose", "auto ms"
+        );
+    }
+    for ex in executors {
+        let mut est = Estimator::new(&cfg, weights.as_deref(), ex, EstimatorOptions::default())?;
+        for path in &images {
+            let img = wgpose::image_io::load_rgb(path)?;
+            let r = wgpose::bench::bench_pipeline(&mut est, &img, a.reps.max(1))?;
+            if a.json {
+                let mut v = serde_json::to_value(&r).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("file".into(), path.display().to_string().into());
+                }
+                println!("{v}");
+            } else {
+                let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                println!(
+                    "{:<28} {:<4} {:>9} {:>6} {:>9.1} {:>12.1} {:>12.2} {:>10.1}",
+                    name,
+                    r.device,
+                    format!("{}x{}", r.image[0], r.image[1]),
+                    r.people,
+                    r.pose_ms,
+                    r.detector_ms,
+                    r.detector_ms / r.pose_ms,
+                    r.auto_ms
+                );
+            }
+        }
+    }
+    if !a.json {
+        println!("\npose = the pose network on one box (a followed frame); detector = the detector alone;");
+        println!("auto = Boxes::Auto (detector, every person found, one refinement pass: a searching frame).");
+        println!("Wall-clock medians of --reps runs after a warm-up, including upload and readback.");
     }
     Ok(())
 }

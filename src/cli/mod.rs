@@ -154,3 +154,17 @@ pub fn main() -> Result<()> {
         }
     }
 }
+
+/// The CPU's model name (Linux `/proc/cpuinfo`), to print beside timings: absolute times mean
+/// nothing without it.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
