@@ -470,3 +470,15 @@ pub fn bench_pipeline(
         auto_ms,
     })
 }
+
+/// Resident set size of this process in KiB (`VmRSS` of /proc/self/status; Linux only), for
+/// the soaks (`wgpose soak`, the demo's `--memory-every`).
+pub fn rss_kib() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| crate::Error::Io { path: "/proc/self/status".into(), source: e })?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| crate::Error::Format { path: "/proc/self/status".into(), msg: "no VmRSS line".into() })
+}

@@ -34,6 +34,11 @@ pub struct Headless {
     pub screenshot: PathBuf,
     /// Gives up (exit code 1) when the screenshot has not been written by then.
     pub timeout: Duration,
+    /// `--memory-every N`: print the resident memory every N frames (a soak of the whole app:
+    /// capture, upload, detector, pose, drawing)...
+    pub memory_every: Option<usize>,
+    /// ...and exit non-zero when it grew by more than this many MiB after the first report.
+    pub memory_margin_mib: f64,
 }
 
 /// Set when the app wants the process to exit non-zero once the window has closed.
@@ -118,6 +123,9 @@ pub struct DemoApp {
     weights_note: String,
     /// Why there is no person detector, if there is none.
     detector_note: String,
+    /// `--memory-every`: resident memory at the first report, and the largest growth since.
+    memory_baseline: Option<f64>,
+    memory_growth: f64,
 
     source_spec: Option<SourceSpec>,
     source: Option<Source>,
@@ -197,6 +205,8 @@ impl DemoApp {
             estimator_error: None,
             weights_note: String::new(),
             detector_note: String::new(),
+            memory_baseline: None,
+            memory_growth: 0.0,
             source_spec: None,
             source: None,
             source_error: None,
@@ -493,6 +503,29 @@ impl DemoApp {
         self.frames_processed += 1;
         self.fps_count += 1;
         self.last_advance = Some(now);
+        self.report_memory();
+    }
+
+    /// Headless `--memory-every`: one line per N frames, growth since the first report.
+    fn report_memory(&mut self) {
+        let Some(every) = self.headless.as_ref().and_then(|h| h.memory_every) else { return };
+        if self.frames_processed % every != 0 {
+            return;
+        }
+        match wgpose::bench::rss_kib() {
+            Ok(kib) => {
+                let rss = kib as f64 / 1024.0;
+                let base = *self.memory_baseline.get_or_insert(rss);
+                self.memory_growth = self.memory_growth.max(rss - base);
+                let fps = self.frames_processed as f64 / self.start.elapsed().as_secs_f64();
+                eprintln!(
+                    "frame {:>6}: RSS {rss:8.1} MiB ({:+6.1} since frame {every}), {fps:.1} frames/s",
+                    self.frames_processed,
+                    rss - base
+                );
+            }
+            Err(e) => *self.exit_error.lock().unwrap() = Some(format!("--memory-every: {e}")),
+        }
     }
 
     fn profile_layers(&mut self) {
@@ -821,6 +854,14 @@ impl DemoApp {
                         .unwrap_or_else(|| "the source stopped".into()),
                 );
             }
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            return;
+        }
+        if self.frames_processed >= h.frames && h.memory_every.is_some() && self.memory_growth > h.memory_margin_mib {
+            *self.exit_error.lock().unwrap() = Some(format!(
+                "resident memory grew by {:.1} MiB over {} frames, over the {:.1} MiB margin",
+                self.memory_growth, self.frames_processed, h.memory_margin_mib
+            ));
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
             return;
         }

@@ -3,11 +3,13 @@
 //!
 //! ```text
 //! demo [--source folder:DIR|image:FILE|camera[:N[:WxH]]] [--model NAME] [--threshold T]
-//!      [--size WxH] [--no-smoothing] [--frames N --screenshot OUT.png [--timeout SECS]]
+//!      [--size WxH] [--no-smoothing] [--frames N --screenshot OUT.png [--timeout SECS]
+//!      [--memory-every N [--memory-margin MIB]]]
 //! ```
 //! With `--frames N --screenshot OUT.png` it runs N frames, saves the window as OUT.png and the
 //! drawn keypoints (window pixels) as OUT.json, and exits (the headless mode the tests use
-//! under Xvfb).
+//! under Xvfb). `--memory-every N` adds a soak: the resident memory every N frames, and exit
+//! status 1 when it grew by more than `--memory-margin` MiB (default 32) after the first report.
 
 mod app;
 #[cfg(feature = "camera")]
@@ -37,7 +39,8 @@ pub fn list_cameras() -> Result<Vec<(u32, String)>, String> {
 }
 
 const USAGE: &str = "usage: demo [--source folder:DIR|image:FILE|camera[:N[:WxH]]] [--model NAME] [--threshold T] \
-[--size WxH] [--no-smoothing] [--frames N --screenshot OUT.png [--timeout SECS]]";
+[--size WxH] [--no-smoothing] [--frames N --screenshot OUT.png [--timeout SECS]
+      [--memory-every N [--memory-margin MIB]]]";
 
 struct Args {
     settings: Settings,
@@ -53,6 +56,8 @@ fn parse_args() -> Result<Args, String> {
     let mut frames: Option<usize> = None;
     let mut screenshot: Option<PathBuf> = None;
     let mut timeout = 300u64;
+    let mut memory_every: Option<usize> = None;
+    let mut memory_margin_mib = 32.0f64;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
@@ -71,6 +76,21 @@ fn parse_args() -> Result<Args, String> {
             "--frames" => frames = Some(value("--frames")?.parse().map_err(|_| "--frames wants a count".to_string())?),
             "--screenshot" => screenshot = Some(PathBuf::from(value("--screenshot")?)),
             "--timeout" => timeout = value("--timeout")?.parse().map_err(|_| "--timeout wants seconds".to_string())?,
+            "--memory-every" => {
+                let n: usize =
+                    value("--memory-every")?.parse().map_err(|_| "--memory-every wants a count".to_string())?;
+                if n == 0 {
+                    return Err("--memory-every must be at least 1".into());
+                }
+                memory_every = Some(n);
+            }
+            "--memory-margin" => {
+                memory_margin_mib =
+                    value("--memory-margin")?.parse().map_err(|_| "--memory-margin wants MiB".to_string())?;
+                if !(memory_margin_mib.is_finite() && memory_margin_mib >= 0.0) {
+                    return Err("--memory-margin must be a finite number, 0 or above".into());
+                }
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -93,8 +113,15 @@ fn parse_args() -> Result<Args, String> {
             if frames == 0 {
                 return Err("--frames must be at least 1".into());
             }
-            Some(Headless { frames, screenshot, timeout: Duration::from_secs(timeout) })
+            Some(Headless {
+                frames,
+                screenshot,
+                timeout: Duration::from_secs(timeout),
+                memory_every,
+                memory_margin_mib,
+            })
         }
+        (None, None) if memory_every.is_some() => return Err("--memory-every needs headless mode (--frames)".into()),
         (None, None) => None,
         _ => return Err("--frames and --screenshot go together".into()),
     };

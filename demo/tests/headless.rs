@@ -41,6 +41,11 @@ fn xvfb_or_skip() -> bool {
 }
 
 fn run_headless(args: &[&str]) -> std::process::Output {
+    run_headless_with(args, false)
+}
+
+/// `shipped`: with the trained weights in models/ (pose network and person detector).
+fn run_headless_with(args: &[&str], shipped: bool) -> std::process::Output {
     let xdg = std::env::temp_dir().join("wgpose-demo-xdg");
     std::fs::create_dir_all(&xdg).unwrap();
     #[cfg(unix)]
@@ -53,10 +58,11 @@ fn run_headless(args: &[&str]) -> std::process::Output {
     // can sit on top of each other and blend colours at a disc's centre).
     let no_weights = std::env::temp_dir().join("wgpose-demo-no-weights");
     std::fs::create_dir_all(&no_weights).unwrap();
+    let models = if shipped { Path::new(env!("CARGO_MANIFEST_DIR")).join("../models") } else { no_weights };
     Command::new("xvfb-run")
         .args(["-a", "-s", "-screen 0 1280x800x24", BIN])
         .args(args)
-        .env("WGPOSE_MODELS", &no_weights)
+        .env("WGPOSE_MODELS", &models)
         .env("WINIT_X11_SCALE_FACTOR", "1")
         .env("XDG_RUNTIME_DIR", &xdg)
         .env_remove("WAYLAND_DISPLAY")
@@ -204,9 +210,62 @@ fn headless_screenshot_shows_frame_and_skeleton() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With the shipped weights the demo finds the person with the detector (the fixture frames
+/// alternate a person the detector finds, im00002, and a frame where it finds nobody, im00003),
+/// and over 30 frames its resident memory stays within the margin.
+#[test]
+fn headless_detects_with_shipped_weights_and_memory_stays_flat() {
+    if !xvfb_or_skip() {
+        return;
+    }
+    let dir = out_dir("soak");
+    let png = dir.join("soak.png");
+    let source = format!("folder:{}", fixtures().display());
+    let out = run_headless_with(
+        &[
+            "--source",
+            &source,
+            "--frames",
+            "31",
+            "--screenshot",
+            png.to_str().unwrap(),
+            "--memory-every",
+            "10",
+            "--memory-margin",
+            "64",
+            "--timeout",
+            "240",
+        ],
+        true,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed ({}):\n{stderr}", out.status);
+    let reports = stderr.lines().filter(|l| l.contains("RSS") && l.contains("MiB")).count();
+    assert_eq!(reports, 3, "one memory line per 10 frames:\n{stderr}");
+    let side: Value =
+        serde_json::from_str(&std::fs::read_to_string(png.with_extension("json")).expect("sidecar JSON")).unwrap();
+    assert_eq!(side["frames_processed"], 31);
+    // Frame 31 is im00002 (odd frames), where the detector finds the person.
+    assert!(side["source_frame"].as_str().unwrap().ends_with("im00002.jpg"), "{}", side["source_frame"]);
+    assert!(side["crop_box"].is_array(), "a person box was drawn: {}", side["crop_box"]);
+    assert_eq!(side["keypoints"].as_array().unwrap().len(), 14);
+}
+
 #[test]
 fn bad_sources_exit_non_zero_with_a_message() {
     // These fail before any window opens: no Xvfb needed.
+    for (args, msg) in [
+        (&["--memory-every", "0", "--frames", "1", "--screenshot", "/tmp/x.png"][..], "at least 1"),
+        (&["--memory-every", "5"][..], "needs headless mode"),
+        (
+            &["--memory-every", "5", "--memory-margin", "-1", "--frames", "1", "--screenshot", "/tmp/x.png"][..],
+            "margin",
+        ),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(msg), "{args:?}: {err}");
+    }
     let out = Command::new(BIN)
         .args(["--source", "folder:/definitely/not/here", "--frames", "1", "--screenshot", "/tmp/x.png"])
         .output()

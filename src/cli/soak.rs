@@ -1,7 +1,9 @@
-//! `wgpose soak`: thousands of frames through the [`Estimator`] on each executor, with the
-//! process's resident memory reported at intervals, to show that nothing grows per frame.
+//! `wgpose soak`: thousands of frames through the [`Estimator`] on each executor (given boxes,
+//! and every fourth frame the person detector and the tracker), with the process's resident
+//! memory reported at intervals, to show that nothing grows per frame.
 
 use clap::Args;
+use wgpose::bench::rss_kib;
 use wgpose::estimator::{Estimator, EstimatorOptions};
 use wgpose::models::config;
 use wgpose::pipeline::crop::ImageRef;
@@ -28,17 +30,6 @@ pub struct SoakArgs {
     margin_mib: f64,
 }
 
-/// Resident set size of this process in KiB (`VmRSS` of /proc/self/status; Linux only).
-pub fn rss_kib() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| Error::Io { path: "/proc/self/status".into(), source: e })?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| Error::Format { path: "/proc/self/status".into(), msg: "no VmRSS line".into() })
-}
-
 pub fn run(a: SoakArgs) -> Result<()> {
     if a.frames == 0 || a.every == 0 {
         return Err(Error::Input("--frames and --every must be at least 1".into()));
@@ -62,7 +53,15 @@ pub fn run(a: SoakArgs) -> Result<()> {
         }
         let mut est = Estimator::new(&cfg, None, ctx.as_ref(), EstimatorOptions::default())?;
         let name = if est.on_gpu() { "gpu" } else { "cpu" };
-        println!("{name}: {} frames of {} ({}), memory every {} frames", a.frames, cfg.name, est.weights, a.every);
+        println!(
+            "{name}: {} frames of {} ({}), {}, memory every {} frames",
+            a.frames,
+            cfg.name,
+            est.weights,
+            if est.detector().is_some() { "every 4th frame through the detector and tracker" } else { "no detector" },
+            a.every
+        );
+        let mut tracker = wgpose::Tracker::new(wgpose::TrackerOptions::default())?;
         let mut rng = Rng::new(1);
         // Frames change size and content; 1 to 3 people per frame exercise the batch cache.
         let sizes = [(320usize, 240usize), (640, 360), (241, 317)];
@@ -81,9 +80,16 @@ pub fn run(a: SoakArgs) -> Result<()> {
                     [rng.uniform() * (w as f32 - bw), rng.uniform() * (h as f32 - bh), bw, bh]
                 })
                 .collect();
-            let poses = est.estimate_batch(&ImageRef::from(&img), &boxes)?;
-            if poses.len() != people {
-                return Err(Error::Graph(format!("{} poses for {people} boxes", poses.len())));
+            // Every fourth frame goes through the person detector (Boxes::Auto) and the tracker
+            // instead: their buffers and batch sizes must not grow either.
+            if f % 4 == 3 && est.detector().is_some() {
+                est.estimate(&img, wgpose::Boxes::Auto)?;
+                tracker.track(&mut est, &img)?;
+            } else {
+                let poses = est.estimate_batch(&ImageRef::from(&img), &boxes)?;
+                if poses.len() != people {
+                    return Err(Error::Graph(format!("{} poses for {people} boxes", poses.len())));
+                }
             }
             if (f + 1) % a.every == 0 || f + 1 == a.frames {
                 let rss = rss_kib()? as f64 / 1024.0;
