@@ -139,3 +139,25 @@ fn detection_loss_gradient_matches_finite_differences() {
     assert!(worst < 2e-5, "worst |fd - analytic| = {worst}");
     assert!(detection_loss(&z, &Tensor::zeros(vec![2, 3, 5, 6])).is_err());
 }
+
+/// COCO people become detector boxes: the LSP box of their joints when at least 4 are labelled
+/// (as LSPET's boxes are made), COCO's own box otherwise; images missing on disk are skipped.
+#[test]
+fn coco_people_become_detection_boxes() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/coco");
+    let ds = wgpose::data::coco::load_coco(&dir.join("test_coco.json"), &dir).unwrap();
+    let images = wgpose::trainer::detection::coco_detection_images(&ds);
+    // Only 000000040083.jpg of the file's four images is in the fixtures; it has 3 people.
+    assert_eq!(images.len(), 1);
+    assert!(images[0].image.ends_with("000000040083.jpg"));
+    assert_eq!(images[0].boxes.len(), 3);
+    for a in ds.annotations.iter().filter(|a| a.image_id == 40083) {
+        let kps: Vec<[f32; 3]> = a.keypoints.chunks_exact(3).map(|k| [k[0] as f32, k[1] as f32, k[2] as f32]).collect();
+        let want = if a.num_keypoints >= 4 {
+            wgpose::data::box_from_keypoints(&kps, wgpose::data::LSP_BOX_ENLARGE).unwrap()
+        } else {
+            a.bbox.map(|v| v as f32)
+        };
+        assert!(images[0].boxes.contains(&want), "annotation {}: {want:?} not in {:?}", a.id, images[0].boxes);
+    }
+}

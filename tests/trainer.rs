@@ -397,7 +397,9 @@ fn box_shift_moves_the_crop_and_half_body_frames_one_half() {
 #[test]
 fn person_detector_trains_and_validates_box_ap() {
     let dir = tempdir("detector");
-    let mut a = train_args(&dir, &["--epochs", "1"]);
+    let coco = fixtures().join("../coco");
+    let extra = format!("{}:{}", coco.join("test_coco.json").display(), coco.display());
+    let mut a = train_args(&dir, &["--epochs", "1", "--extra-coco", &extra, "--extra-repeat", "2"]);
     a.model = "person-detector-r18w32".into();
     let s = wgpose::trainer::run(&a).unwrap();
     assert_eq!(s.epochs_done, 1);
@@ -405,5 +407,10 @@ fn person_detector_trains_and_validates_box_ap() {
     assert!(s.val_pck.is_some_and(|ap| (0.0..=100.0).contains(&ap)), "{:?}", s.val_pck);
     let card = wgpose::weights::read_card(&dir.join("person-detector-r18w32.safetensors")).unwrap();
     assert!(card.metrics.contains("val_box_ap@0.5="), "{}", card.metrics);
+    assert!(card.training_data.contains("+ 1 COCO images x2 (3 people)"), "{}", card.training_data);
+    // COCO boxes are for the detector; a pose network refuses them before training.
+    let pose = train_args(&dir.join("pose"), &["--extra-coco", &extra]);
+    let err = wgpose::trainer::run(&pose).unwrap_err().to_string();
+    assert!(err.contains("person detector only"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -279,6 +279,40 @@ pub fn images_with_boxes(people: &[crate::data::Annotation]) -> Vec<DetectionIma
     out
 }
 
+/// Labelled joints from which a COCO person's box is their joints' LSP box (as LSPET's boxes are
+/// made); fewer, and COCO's own person box stands in.
+const COCO_MIN_JOINTS_FOR_BOX: usize = 4;
+
+/// Every image of a COCO file that exists on disk and has people, with a box per non-crowd
+/// person in the detector's convention (the LSP box: labelled joints' extent enlarged 25%, or
+/// the COCO box when fewer than 4 joints are labelled): extra multi-person examples, where an
+/// LSPET image labels one person even when several are in it.
+pub fn coco_detection_images(ds: &crate::data::coco::CocoDataset) -> Vec<DetectionImage> {
+    use crate::data::coco::PERSON_CATEGORY;
+    let mut out = Vec::new();
+    for im in ds.images.iter().filter(|i| i.exists) {
+        let boxes: Vec<[f32; 4]> = ds
+            .annotations
+            .iter()
+            .filter(|a| a.image_id == im.id && a.category_id == PERSON_CATEGORY && !a.iscrowd)
+            .filter_map(|a| {
+                let kps: Vec<[f32; 3]> =
+                    a.keypoints.chunks_exact(3).map(|k| [k[0] as f32, k[1] as f32, k[2] as f32]).collect();
+                let labelled = kps.iter().filter(|k| k[2] > 0.0).count();
+                let from_joints = (labelled >= COCO_MIN_JOINTS_FOR_BOX)
+                    .then(|| crate::data::box_from_keypoints(&kps, crate::data::LSP_BOX_ENLARGE))
+                    .flatten();
+                let b = from_joints.unwrap_or(a.bbox.map(|v| v as f32));
+                (b.iter().all(|v| v.is_finite()) && b[2] > 1.0 && b[3] > 1.0).then_some(b)
+            })
+            .collect();
+        if !boxes.is_empty() {
+            out.push(DetectionImage { image: im.path.clone(), boxes });
+        }
+    }
+    out
+}
+
 /// Validation images for the detector: the evaluation view ([`letterbox`]), box recall and AP.
 pub struct DetectValSet {
     pub images: Vec<DetectionImage>,
