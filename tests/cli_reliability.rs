@@ -433,3 +433,16 @@ fn a_short_soak_keeps_memory_flat() {
     assert_eq!(out.matches("RSS").count(), 3, "{out}");
     assert!(out.contains("largest growth after warm-up"), "{out}");
 }
+
+/// Issue 15, item 8: an input whose activations exceed the device's storage binding runs on
+/// the CPU executor with `run`; `profile` (which times GPU kernels) refuses it before any work,
+/// saying what fits.
+#[test]
+fn an_input_too_large_for_the_device_is_explained_by_profile() {
+    if !have_gpu() {
+        return;
+    }
+    // 8192x8192: a 5 GiB arena, beyond any device (bindings are sized in u32).
+    let o = wgpose(&["profile", "--model", "fasterpose-r18-s16-lsp", "--size", "8192x8192"]);
+    assert_fails_with(&o, &["binds at most", "profile a smaller --size", "wgpose run"]);
+}

@@ -47,7 +47,15 @@ pub fn run(a: ProfileArgs) -> Result<()> {
     }
     let graph = cfg.build(0)?;
     let ctx = GpuContext::new()?;
-    let mut model = GpuModel::compile(&ctx, &graph, a.batch)?;
+    // Profiling times the GPU's kernels, so unlike `run` there is no CPU fallback: say what fits.
+    let mut model = GpuModel::compile(&ctx, &graph, a.batch).map_err(|e| match e {
+        Error::TooLarge(why) => Error::TooLarge(format!(
+            "{why} ({}); profile a smaller --size (per-layer costs scale with the pixel count), or use \
+             `wgpose run`, which runs such inputs on the CPU executor",
+            ctx.describe()
+        )),
+        other => other,
+    })?;
     let shapes = graph.shapes(a.batch)?;
     let mut rng = Rng::new(1);
     let inputs: Vec<Tensor> = graph
