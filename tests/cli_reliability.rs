@@ -446,3 +446,19 @@ fn an_input_too_large_for_the_device_is_explained_by_profile() {
     let o = wgpose(&["profile", "--model", "fasterpose-r18-s16-lsp", "--size", "8192x8192"]);
     assert_fails_with(&o, &["binds at most", "profile a smaller --size", "wgpose run"]);
 }
+
+/// `eval --boxes detected` runs the library's pipeline (detector, top person, one refinement)
+/// and reports box AP next to PCK; bad pipeline options are refused before any work.
+#[test]
+fn eval_with_detected_boxes_reports_boxes_and_pck() {
+    let root = root().join("tests/fixtures/lspet");
+    let base =
+        ["eval", "--format", "lsp", "--root", s(&root), "--range", "1..3", "--device", "cpu", "--boxes", "detected"];
+    let o = wgpose(&base);
+    assert_ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("person boxes (IoU 0.5): AP"), "{out}");
+    assert!(out.contains("PCK@0.2 (torso)"), "{out}");
+    let o = wgpose(&[&base[..], &["--refine-threshold", "2"]].concat());
+    assert_fails_with(&o, &["--refine-threshold 2"]);
+}

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use wgpose::data::{box_from_keypoints, coco, lsp, mpii, parse_range, Annotation};
-use wgpose::detector::PersonDetector;
-use wgpose::estimator::EstimatorOptions;
+use wgpose::detector::{PeopleOptions, PersonDetector};
+use wgpose::estimator::{Estimator, EstimatorOptions, Pose};
 use wgpose::image_io::load_rgb;
 use wgpose::metrics::{self, PckNorm};
 use wgpose::pipeline::crop::ImageRef;
@@ -66,12 +66,18 @@ pub struct EvalArgs {
     /// Person detector for `--boxes detected`: a config name or a weights file.
     #[arg(long, default_value = wgpose::models::DEFAULT_DETECTOR)]
     detector: String,
-    /// With `--boxes detected`: re-crop this many times on the box of the predicted keypoints.
-    #[arg(long, default_value_t = 0)]
+    /// With `--boxes detected`: re-crop this many times on the box of the predicted keypoints
+    /// (the library's default, `PeopleOptions::refine_passes`, is 1).
+    #[arg(long, default_value_t = 1)]
     refine: usize,
-    /// Keypoints at least this confident frame the re-crop (0 uses them all, as `predict` does).
-    #[arg(long, default_value_t = 0.3)]
+    /// Keypoints at least this confident frame the re-crop (0: all of them, the library's
+    /// default).
+    #[arg(long, default_value_t = 0.0)]
     refine_threshold: f32,
+    /// With `--boxes detected`: the detection score a person needs (the library's default 0.25);
+    /// an image where nobody reaches it counts every joint as missed.
+    #[arg(long, default_value_t = 0.25)]
+    det_threshold: f32,
 }
 
 fn first_json(dir: &Path) -> Result<PathBuf> {
@@ -134,25 +140,31 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.boxes == BoxSource::Detected && a.format != Format::Lsp {
         return Err(Error::Input("--boxes detected is implemented for --format lsp (one person per image)".into()));
     }
-    let mut detector = match a.boxes {
-        BoxSource::Detected => {
-            let (dcfg, dweights) = resolve_model(&a.detector)?;
-            let d = PersonDetector::new(
-                &dcfg,
-                dweights.as_deref(),
-                DetectConfig { score_threshold: 0.05, ..Default::default() },
-            )?;
-            eprintln!("detector {}: {}", dcfg.name, d.weights);
-            Some(d)
-        }
-        BoxSource::Gt => None,
-    };
+    let detected = a.boxes == BoxSource::Detected;
+    if detected && !(0.0..=1.0).contains(&a.refine_threshold) {
+        return Err(Error::Input(format!("--refine-threshold {} must be in [0, 1]", a.refine_threshold)));
+    }
     let mut det_found: Vec<Vec<Detection>> = Vec::new();
     let mut det_gt: Vec<Vec<[f32; 4]>> = Vec::new();
     let (cfg, weights) = resolve_model(&a.model)?;
-    let opts = EstimatorOptions { flip_test: a.flip, padding, find_people: false, ..Default::default() };
+    // Detected boxes go through the library's own pipeline (`Estimator::people`: tight boxes,
+    // the default crop padding, refinement on the keypoints), so this number is what users get.
+    let people_opts =
+        PeopleOptions { refine_passes: a.refine, refine_threshold: a.refine_threshold, ..Default::default() };
+    let opts = if detected {
+        EstimatorOptions { flip_test: a.flip, find_people: false, people: people_opts, ..Default::default() }
+    } else {
+        EstimatorOptions { flip_test: a.flip, padding, find_people: false, ..Default::default() }
+    };
     let mut est = open_estimator(&cfg, weights.as_deref(), a.device, opts)?;
     eprintln!("model {}: {}; {}", cfg.name, est.weights, est.device_choice());
+    let pipeline_detect = DetectConfig { score_threshold: a.det_threshold, ..Default::default() };
+    if detected {
+        let (dcfg, dweights) = resolve_model(&a.detector)?;
+        let d = PersonDetector::with_gpu(&dcfg, dweights.as_deref(), est.gpu_context(), pipeline_detect)?;
+        eprintln!("detector {}: {}", dcfg.name, d.weights);
+        est.set_detector(Some(d))?;
+    }
     // Model joints -> dataset joints by name; dataset joints the model lacks count as misses.
     let mapping = est.skeleton.mapping_to(dataset_skeleton);
     let unmapped: Vec<&str> =
@@ -193,56 +205,38 @@ pub fn run(a: EvalArgs) -> Result<()> {
             }
         }
         let Some((_, img)) = cache.as_ref() else { continue };
-        let s = img.scale;
-        let mut person_box = Some(bbox);
-        if let Some(d) = &mut detector {
-            // The detector sees the working image; boxes go back to original pixels, where the
-            // metrics compare them and the front door takes them.
-            let dets = match d.detect_lsp_boxes(&ImageRef::from(&img.rgb)) {
-                Ok(v) => v,
-                Err(e) => {
-                    unreadable.push((gt.image.clone(), e.to_string()));
-                    continue;
-                }
-            };
-            let dets: Vec<Detection> =
-                dets.iter().map(|t| Detection { bbox: t.bbox.map(|v| v * s), score: t.score }).collect();
-            person_box = dets.first().map(|t| t.bbox);
-            det_found.push(dets);
-            det_gt.push(vec![bbox]);
-        }
-        let Some(person_box) = person_box else {
-            // Nobody detected: every joint of this person is a miss.
-            preds.push(vec![[f32::NAN, f32::NAN, 0.0]; mapping.len()]);
-            gts.push(gt.clone());
-            continue;
-        };
-        // Box and keypoints in the original image's pixels (the estimator applies the scale).
-        let mut pose = match est.estimate(img, person_box) {
-            Ok(mut poses) if !poses.is_empty() => poses.remove(0),
-            Ok(_) => {
-                unreadable.push((gt.image.clone(), "no pose".into()));
-                continue;
-            }
+        let found = if detected { detect_and_estimate(&mut est, img, pipeline_detect).map(Some) } else { Ok(None) };
+        let pose = match found {
             Err(e) => {
                 unreadable.push((gt.image.clone(), e.to_string()));
                 continue;
             }
-        };
-        if detector.is_some() {
-            for _ in 0..a.refine {
-                let kps: Vec<[f32; 3]> = pose
-                    .keypoints
-                    .iter()
-                    .map(|k| [k.x, k.y, if k.score >= a.refine_threshold { 1.0 } else { 0.0 }])
-                    .collect();
-                let Some(b) = box_from_keypoints(&kps, 1.25) else { break };
-                match est.estimate(img, b) {
-                    Ok(mut p) if !p.is_empty() => pose = p.remove(0),
-                    _ => break,
+            Ok(Some((dets, pose))) => {
+                det_found.push(dets);
+                det_gt.push(vec![bbox]);
+                match pose {
+                    Some(p) => p,
+                    None => {
+                        // Nobody detected: every joint of this person is a miss.
+                        preds.push(vec![[f32::NAN, f32::NAN, 0.0]; mapping.len()]);
+                        gts.push(gt.clone());
+                        continue;
+                    }
                 }
             }
-        }
+            // Box and keypoints in the original image's pixels (the estimator applies the scale).
+            Ok(None) => match est.estimate(img, bbox) {
+                Ok(mut poses) if !poses.is_empty() => poses.remove(0),
+                Ok(_) => {
+                    unreadable.push((gt.image.clone(), "no pose".into()));
+                    continue;
+                }
+                Err(e) => {
+                    unreadable.push((gt.image.clone(), e.to_string()));
+                    continue;
+                }
+            },
+        };
         let kps: Vec<[f32; 3]> = mapping
             .iter()
             .map(|m| {
@@ -276,7 +270,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if gts.is_empty() {
         return Err(Error::Input("no image could be evaluated".into()));
     }
-    if detector.is_some() {
+    if detected {
         let m = box_ap(&det_found, &det_gt, 0.5)?;
         let undetected = det_found.iter().filter(|d| d.is_empty()).count();
         println!(
@@ -354,4 +348,22 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--boxes detected` on one image: every detection down to score 0.05 as LSP boxes in original
+/// pixels (for box AP, which integrates over scores), and the top person's pose from
+/// [`Estimator::people`] at the pipeline's own threshold (None when nobody reaches it).
+fn detect_and_estimate(
+    est: &mut Estimator,
+    img: &wgpose::image_io::LoadedImage,
+    pipeline: DetectConfig,
+) -> Result<(Vec<Detection>, Option<Pose>)> {
+    let s = img.scale;
+    let det = est.detector_mut().ok_or_else(|| Error::Input("no detector attached".into()))?;
+    det.detect = DetectConfig { score_threshold: 0.05, ..pipeline };
+    let all = det.detect_lsp_boxes(&ImageRef::from(&img.rgb));
+    det.detect = pipeline;
+    let all: Vec<Detection> = all?.iter().map(|t| Detection { bbox: t.bbox.map(|v| v * s), score: t.score }).collect();
+    let top = est.people(img)?.into_iter().next().map(|p| p.pose);
+    Ok((all, top))
 }

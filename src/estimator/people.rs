@@ -134,7 +134,7 @@ impl Estimator {
         let mut boxes: Vec<[f32; 4]> = dets.iter().map(|d| d.bbox).collect();
         let mut poses = self.gpu_frame_poses_async(src, frame, &boxes).await?;
         for _ in 0..opts.refine_passes {
-            let Some(refined) = refined_boxes(&poses, &boxes) else { break };
+            let Some(refined) = refined_boxes(&poses, &boxes, opts.refine_threshold) else { break };
             boxes = refined;
             poses = self.gpu_frame_poses_async(src, frame, &boxes).await?;
         }
