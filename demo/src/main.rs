@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! demo [--source folder:DIR|image:FILE|camera[:N[:WxH]]] [--model NAME] [--threshold T]
-//!      [--size WxH] [--no-smoothing] [--frames N --screenshot OUT.png [--timeout SECS]
+//!      [--size WxH] [--no-smoothing] [--device auto|gpu|cpu] [--frames N --screenshot OUT.png [--timeout SECS]
 //!      [--memory-every N [--memory-margin MIB]]]
 //! ```
 //! With `--frames N --screenshot OUT.png` it runs N frames, saves the window as OUT.png and the
@@ -39,7 +39,7 @@ pub fn list_cameras() -> Result<Vec<(u32, String)>, String> {
 }
 
 const USAGE: &str = "usage: demo [--source folder:DIR|image:FILE|camera[:N[:WxH]]] [--model NAME] [--threshold T] \
-[--size WxH] [--no-smoothing] [--frames N --screenshot OUT.png [--timeout SECS]
+[--size WxH] [--no-smoothing] [--device auto|gpu|cpu] [--frames N --screenshot OUT.png [--timeout SECS]
       [--memory-every N [--memory-margin MIB]]]";
 
 struct Args {
@@ -51,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
     let mut source = None;
     let mut model_name: Option<String> = None;
     let mut threshold = 0.3f32;
+    let mut device = wgpose::Device::Auto;
     let mut size = [960.0f32, 600.0];
     let mut smoothing = true;
     let mut frames: Option<usize> = None;
@@ -73,6 +74,14 @@ fn parse_args() -> Result<Args, String> {
                 size = [w.parse().map_err(|_| "--size wants WxH")?, h.parse().map_err(|_| "--size wants WxH")?];
             }
             "--no-smoothing" => smoothing = false,
+            "--device" => {
+                device = match value("--device")?.as_str() {
+                    "auto" => wgpose::Device::Auto,
+                    "gpu" => wgpose::Device::Gpu,
+                    "cpu" => wgpose::Device::Cpu,
+                    other => return Err(format!("--device `{other}`: expected auto, gpu or cpu")),
+                }
+            }
             "--frames" => frames = Some(value("--frames")?.parse().map_err(|_| "--frames wants a count".to_string())?),
             "--screenshot" => screenshot = Some(PathBuf::from(value("--screenshot")?)),
             "--timeout" => timeout = value("--timeout")?.parse().map_err(|_| "--timeout wants seconds".to_string())?,
@@ -134,7 +143,7 @@ fn parse_args() -> Result<Args, String> {
             }
         }
     }
-    Ok(Args { settings: Settings { source, model, threshold, smoothing, headless }, size })
+    Ok(Args { settings: Settings { source, model, threshold, smoothing, headless, device }, size })
 }
 
 fn wgpu_options(headless: bool) -> egui_wgpu::WgpuConfiguration {

@@ -104,6 +104,10 @@ fn headless_screenshot_shows_frame_and_skeleton() {
         png.to_str().unwrap(),
         "--threshold",
         "0",
+        // The GPU path (texture -> buffer -> estimator); the other test runs Device::Auto,
+        // which on a software adapter is the CPU executor.
+        "--device",
+        "gpu",
         "--size",
         "960x600",
         "--timeout",
@@ -257,6 +261,7 @@ fn bad_sources_exit_non_zero_with_a_message() {
     for (args, msg) in [
         (&["--memory-every", "0", "--frames", "1", "--screenshot", "/tmp/x.png"][..], "at least 1"),
         (&["--memory-every", "5"][..], "needs headless mode"),
+        (&["--device", "tpu"][..], "expected auto, gpu or cpu"),
         (
             &["--memory-every", "5", "--memory-margin", "-1", "--frames", "1", "--screenshot", "/tmp/x.png"][..],
             "margin",

@@ -127,33 +127,42 @@ impl DemoApp {
             wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(w * 4), rows_per_image: Some(h) },
             wgpu::Extent3d { width: w, height: h, depth_or_array_layers: 1 },
         );
-        let mut enc = self
-            .render_state
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("frame to buffer") });
-        enc.copy_texture_to_buffer(
-            wgpu::TexelCopyTextureInfo {
-                texture: &gf.texture,
-                mip_level: 0,
-                origin: wgpu::Origin3d::ZERO,
-                aspect: wgpu::TextureAspect::All,
-            },
-            wgpu::TexelCopyBufferInfo {
-                buffer: &gf.buffer,
-                layout: wgpu::TexelCopyBufferLayout {
-                    offset: 0,
-                    bytes_per_row: Some(gf.bytes_per_row),
-                    rows_per_image: Some(h),
+        let on_gpu = self.estimator.as_ref().is_some_and(|e| e.on_gpu());
+        if on_gpu {
+            let mut enc = self
+                .render_state
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("frame to buffer") });
+            enc.copy_texture_to_buffer(
+                wgpu::TexelCopyTextureInfo {
+                    texture: &gf.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d::ZERO,
+                    aspect: wgpu::TextureAspect::All,
                 },
-            },
-            wgpu::Extent3d { width: w, height: h, depth_or_array_layers: 1 },
-        );
-        queue.submit([enc.finish()]);
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &gf.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: 0,
+                        bytes_per_row: Some(gf.bytes_per_row),
+                        rows_per_image: Some(h),
+                    },
+                },
+                wgpu::Extent3d { width: w, height: h, depth_or_array_layers: 1 },
+            );
+            queue.submit([enc.finish()]);
+        }
         let t2 = Instant::now();
 
         let layout = FrameLayout { width: w, height: h, row_stride: gf.bytes_per_row / 4, offset: 0, bgra: false };
         let est = self.estimator.as_mut().expect("estimator");
-        let result = self.tracking.track(est, &gf.buffer, &layout);
+        // On the GPU the estimator reads the buffer the texture was copied into; on the CPU
+        // executor (Device::Auto on a software adapter) the frame as decoded.
+        let result = if on_gpu {
+            self.tracking.track_gpu_frame(est, &gf.buffer, &layout)
+        } else {
+            self.tracking.track(est, &frame.rgba)
+        };
         let t3 = Instant::now();
         match result {
             Ok(tracked) => self.tracking.show(tracked, now.duration_since(self.start).as_secs_f64()),

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eframe::egui;
-use wgpose::estimator::{Estimator, EstimatorOptions};
+use wgpose::estimator::{Device, Estimator, EstimatorOptions};
 use wgpose::gpu::{GpuContext, NodeTime};
 use wgpose::models::{ModelConfig, WeightsSource};
 
@@ -35,6 +35,9 @@ pub struct Settings {
     pub threshold: f32,
     pub smoothing: bool,
     pub headless: Option<Headless>,
+    /// Where the networks run: `Auto` puts them on the CPU executor when the adapter is a
+    /// software one (lavapipe), where that is several times faster.
+    pub device: Device,
 }
 
 /// Set when the app wants the process to exit non-zero once the window has closed.
@@ -49,6 +52,9 @@ pub struct DemoApp {
     estimator: Option<Estimator>,
     estimator_error: Option<String>,
     weights_note: String,
+    /// Where the networks run (the `--device` setting) and, once built, why.
+    device: Device,
+    device_note: String,
     /// Why there is no person detector, if there is none.
     detector_note: String,
     /// `--memory-every`: resident memory at the first report, and the largest growth since.
@@ -120,6 +126,8 @@ impl DemoApp {
             estimator: None,
             estimator_error: None,
             weights_note: String::new(),
+            device: settings.device,
+            device_note: String::new(),
             detector_note: String::new(),
             memory_baseline: None,
             memory_growth: 0.0,
@@ -180,9 +188,10 @@ impl DemoApp {
         }
         // With the shipped person detector when it loads; without it the whole frame is searched
         // (a build without models/), and the note says so.
-        let built = Estimator::new(&self.model, None, Some(&self.gpu), EstimatorOptions::default()).or_else(|e| {
+        let (model, gpu, device) = (self.model, &self.gpu, self.device);
+        let built = Estimator::with_context(&model, None, gpu, device, EstimatorOptions::default()).or_else(|e| {
             let opts = EstimatorOptions { find_people: false, ..Default::default() };
-            let est = Estimator::new(&self.model, None, Some(&self.gpu), opts)?;
+            let est = Estimator::with_context(&model, None, gpu, device, opts)?;
             self.detector_note = format!("no person detector ({e}); the whole frame is searched");
             Ok::<_, wgpose::Error>(est)
         });
@@ -198,6 +207,7 @@ impl DemoApp {
                     ),
                     w => format!("weights: {w}"),
                 };
+                self.device_note = format!("networks on the {}", est.device_choice());
                 self.tracking.skeleton = Some(est.skeleton);
                 self.estimator = Some(est);
                 self.estimator_error = None;

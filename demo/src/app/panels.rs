@@ -59,6 +59,9 @@ impl DemoApp {
             };
             ui.colored_label(c, &self.weights_note);
         }
+        if !self.device_note.is_empty() {
+            ui.label(&self.device_note);
+        }
         if !self.detector_note.is_empty() {
             ui.colored_label(Color32::from_rgb(255, 170, 60), &self.detector_note);
         }
@@ -205,6 +208,9 @@ impl DemoApp {
             }
             Some(Err(e)) => {
                 ui.colored_label(Color32::RED, format!("profiling failed: {e}"));
+            }
+            Some(Ok(None)) if self.estimator.as_ref().is_some_and(|e| !e.on_gpu()) => {
+                ui.small("the networks run on the CPU executor: no GPU times per layer (`--device gpu` to see them)");
             }
             Some(Ok(None)) => {
                 ui.small("this adapter has no timestamp queries: no per-layer times");

@@ -58,17 +58,28 @@ impl Tracking {
     }
 
     /// The tracked person's pose in a frame on the GPU.
-    pub(super) fn track(
+    pub(super) fn track_gpu_frame(
         &mut self,
         est: &mut Estimator,
         buffer: &wgpu::Buffer,
         layout: &FrameLayout,
     ) -> wgpose::Result<Option<Tracked>> {
+        self.sync_options()?;
+        self.tracker.track_gpu_frame(est, buffer, layout)
+    }
+
+    /// The tracked person's pose in a decoded frame (the CPU executor's path).
+    pub(super) fn track(&mut self, est: &mut Estimator, frame: &image::RgbaImage) -> wgpose::Result<Option<Tracked>> {
+        self.sync_options()?;
+        self.tracker.track(est, frame)
+    }
+
+    fn sync_options(&mut self) -> wgpose::Result<()> {
         let opts = TrackerOptions { follow_threshold: self.threshold.clamp(0.0, 1.0), follow: self.follow };
         if *self.tracker.options() != opts {
             self.tracker.set_options(opts)?;
         }
-        self.tracker.track_gpu_frame(est, buffer, layout)
+        Ok(())
     }
 
     /// What to draw for `tracked` at time `t` (seconds): nothing when nobody was found; the
