@@ -245,11 +245,23 @@ pub struct PeopleOptions {
     /// After refinement, a person whose box overlaps a higher-scoring one's by more than this
     /// IoU is the same person found twice, and is dropped.
     pub duplicate_iou: f32,
+    /// A detection scoring below `sure_score` is kept only when its pose's mean keypoint score
+    /// reaches `min_pose_score`: the detector alone mistakes railings, trees and wall corners
+    /// for people at scores where it also finds real people, and the pose network tells them
+    /// apart (see the README's "Finding people" for the measurements).
+    pub min_pose_score: f32,
+    pub sure_score: f32,
 }
 
 impl Default for PeopleOptions {
     fn default() -> Self {
-        PeopleOptions { refine_passes: 1, refine_threshold: 0.0, duplicate_iou: 0.6 }
+        PeopleOptions {
+            refine_passes: 1,
+            refine_threshold: 0.0,
+            duplicate_iou: 0.6,
+            min_pose_score: 0.3,
+            sure_score: 0.4,
+        }
     }
 }
 
@@ -271,12 +283,16 @@ pub fn refined_boxes(poses: &[Pose], boxes: &[[f32; 4]], threshold: f32) -> Opti
     Some(refined.iter().zip(boxes).map(|(r, b)| r.unwrap_or(*b)).collect())
 }
 
-/// Pairs poses with their detections, dropping a person whose box overlaps a higher-scoring
-/// one's by more than `duplicate_iou` (the same person found twice).
-pub fn distinct_people(poses: Vec<Pose>, dets: Vec<Detection>, duplicate_iou: f32) -> Vec<Person> {
+/// Pairs poses with their detections, dropping an unsure detection whose pose is not
+/// confident either (see [`PeopleOptions::min_pose_score`]) and a person whose box overlaps a
+/// higher-scoring one's by more than `duplicate_iou` (the same person found twice).
+pub fn distinct_people(poses: Vec<Pose>, dets: Vec<Detection>, opts: &PeopleOptions) -> Vec<Person> {
     let mut people: Vec<Person> = Vec::new();
     for (pose, detection) in poses.into_iter().zip(dets) {
-        if people.iter().all(|p| box_iou(p.pose.bbox, pose.bbox) <= duplicate_iou) {
+        if detection.score < opts.sure_score && !(pose.score >= opts.min_pose_score) {
+            continue;
+        }
+        if people.iter().all(|p| box_iou(p.pose.bbox, pose.bbox) <= opts.duplicate_iou) {
             people.push(Person { pose, detection });
         }
     }
@@ -303,5 +319,5 @@ pub fn people_from_detections(
         boxes = refined;
         poses = poses_for(est, &boxes)?;
     }
-    Ok(distinct_people(poses, dets, opts.duplicate_iou))
+    Ok(distinct_people(poses, dets, opts))
 }

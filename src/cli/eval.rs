@@ -74,10 +74,16 @@ pub struct EvalArgs {
     /// default).
     #[arg(long, default_value_t = 0.0)]
     refine_threshold: f32,
-    /// With `--boxes detected`: the detection score a person needs (the library's default 0.25);
-    /// an image where nobody reaches it counts every joint as missed.
-    #[arg(long, default_value_t = 0.25)]
+    /// With `--boxes detected`: the detection score a candidate needs (the library's default
+    /// 0.1; below 0.4 its pose must be confident too); an image where nobody qualifies counts
+    /// every joint as missed.
+    #[arg(long, default_value_t = 0.1)]
     det_threshold: f32,
+    /// With `--boxes detected`: see `predict --min-pose-score` / `--sure-score`.
+    #[arg(long, default_value_t = 0.3)]
+    min_pose_score: f32,
+    #[arg(long, default_value_t = 0.4)]
+    sure_score: f32,
 }
 
 fn first_json(dir: &Path) -> Result<PathBuf> {
@@ -141,16 +147,27 @@ pub fn run(a: EvalArgs) -> Result<()> {
         return Err(Error::Input("--boxes detected is implemented for --format lsp (one person per image)".into()));
     }
     let detected = a.boxes == BoxSource::Detected;
-    if detected && !(0.0..=1.0).contains(&a.refine_threshold) {
-        return Err(Error::Input(format!("--refine-threshold {} must be in [0, 1]", a.refine_threshold)));
+    for (name, v) in [
+        ("--refine-threshold", a.refine_threshold),
+        ("--min-pose-score", a.min_pose_score),
+        ("--sure-score", a.sure_score),
+    ] {
+        if detected && !(0.0..=1.0).contains(&v) {
+            return Err(Error::Input(format!("{name} {v} must be in [0, 1]")));
+        }
     }
     let mut det_found: Vec<Vec<Detection>> = Vec::new();
     let mut det_gt: Vec<Vec<[f32; 4]>> = Vec::new();
     let (cfg, weights) = resolve_model(&a.model)?;
     // Detected boxes go through the library's own pipeline (`Estimator::people`: tight boxes,
     // the default crop padding, refinement on the keypoints), so this number is what users get.
-    let people_opts =
-        PeopleOptions { refine_passes: a.refine, refine_threshold: a.refine_threshold, ..Default::default() };
+    let people_opts = PeopleOptions {
+        refine_passes: a.refine,
+        refine_threshold: a.refine_threshold,
+        min_pose_score: a.min_pose_score,
+        sure_score: a.sure_score,
+        ..Default::default()
+    };
     let opts = if detected {
         EstimatorOptions { flip_test: a.flip, find_people: false, people: people_opts, ..Default::default() }
     } else {

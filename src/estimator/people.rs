@@ -138,7 +138,7 @@ impl Estimator {
             boxes = refined;
             poses = self.gpu_frame_poses_async(src, frame, &boxes).await?;
         }
-        Ok(distinct_people(poses, dets, opts.duplicate_iou))
+        Ok(distinct_people(poses, dets, &opts))
     }
 }
 

@@ -32,9 +32,10 @@ pub struct DetectConfig {
 }
 
 impl Default for DetectConfig {
-    /// Threshold 0.25, NMS IoU 0.5, at most 10 people.
+    /// Threshold 0.1, NMS IoU 0.5, at most 10 people. Detections below 0.4 must also have a
+    /// confident pose to count as people ([`crate::detector::PeopleOptions::sure_score`]).
     fn default() -> Self {
-        DetectConfig { score_threshold: 0.25, nms_iou: 0.5, max_people: 10 }
+        DetectConfig { score_threshold: 0.1, nms_iou: 0.5, max_people: 10 }
     }
 }
 
