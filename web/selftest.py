@@ -246,14 +246,15 @@ def extras(wd, base, args):
         title = wd.wait_title(args.timeout, ready=("wgpose: ready",))
         wd.screenshot(args.screenshot)
         print(f"screenshot ({title}) -> {args.screenshot}")
-    if args.bench:
+    if args.bench or args.bench_people:
         out = {}
+        query = f"people=1&runs={args.runs}" if args.bench_people else f"runs={args.runs}"
         for model in args.models.split(","):
-            wd.get(f"{base}/bench.html?model={model}&runs=5")
+            wd.get(f"{base}/bench.html?model={model}&{query}")
             title = wd.wait_title(args.timeout)
             out[model] = json.loads(wd.text_of("#result")) if title == "done" else {"error": title}
             print(model, json.dumps(out[model]), flush=True)
-        with open(args.bench, "w") as f:
+        with open(args.bench or args.bench_people, "w") as f:
             json.dump(out, f, indent=1)
     return 0
 
@@ -266,11 +267,14 @@ def main():
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--screenshot", help="only save a screenshot of the demo page (fixture image source) here")
     ap.add_argument("--bench", help="only run bench.html for --models and save its JSON results here")
+    ap.add_argument("--runs", type=int, default=5, help="timed calls per engine in --bench / --bench-people")
+    ap.add_argument("--bench-people", help="only run bench.html?people=1 (pose alone vs detector + pose vs a "
+                    "followed track step, both backends) for --models and save its JSON results here")
     args = ap.parse_args()
     png_fixtures()
     httpd, base = serve(DIST)
     wd = WebDriver(args.chromium, args.chromedriver)
-    if args.screenshot or args.bench:
+    if args.screenshot or args.bench or args.bench_people:
         try:
             return extras(wd, base, args)
         finally:
