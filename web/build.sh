@@ -28,6 +28,7 @@ mkdir -p dist/models dist/fixtures
 wasm-bindgen --target web --no-typescript --out-dir dist \
   "$TARGET_DIR/wasm32-unknown-unknown/release/wgpose_web.wasm"
 cp www/*.html www/*.js www/*.css dist/ 2>/dev/null || true
+# The pose models and the person detector (person-detector-r18w32, fetched by createEstimator by default).
 cp ../models/*.safetensors dist/models/
 # Fixture images for the self-test, the screenshot and the benchmark.
 cp ../assets/sample.jpg dist/fixtures/

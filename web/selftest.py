@@ -8,8 +8,15 @@ Checks, per model:
   * the CPU fallback in the browser (wasm) against native `wgpose predict --device cpu`;
   each within TOL_PX pixels per coordinate and TOL_SCORE per score, and the page must report the
   backend it was asked for;
+  * finding people (selftest.html?detect=1: no box, the shipped person detector attached on the
+    same backend) on the four fixtures and a blank grey image, against native `wgpose predict`
+    with its detector: the same number of people per image (none on the blank one), each
+    person's box within TOL_BOX_PX, detection score within TOL_DET_SCORE, keypoints within
+    TOL_PEOPLE_PX; and track(): "found", "followed" on the same frame again, "found" after
+    resetTrack(), nobody on the blank image, the found pose equal to the first detected person's;
   * bad input: a weights URL that 404s, a garbage weights file, the weights of another model,
-    and an image that does not decode must each end in `error: ...` with the right code.
+    an image that does not decode, a detector URL that 404s and a pose model's weights given as the
+    detector must each end in `error: ...` with the right code.
 
 Usage: python3 web/selftest.py [--models a,b] [--chromium PATH]; prints `N passed, M failed`.
 """
@@ -34,6 +41,13 @@ DIST = os.path.join(ROOT, "web", "dist")
 # is the float order of GPU reductions (SwiftShader vs lavapipe) and wasm vs x86 float code.
 TOL_PX = 0.05
 TOL_SCORE = 1e-3
+# With the detector, a keypoint difference moves the refined box (cut on the keypoints) and so
+# the second crop; the detector's peaks and sizes are decoded from its maps. Still far below a
+# pixel: what would show a real mismatch (a wrong letterbox, a missing refinement) is pixels.
+TOL_BOX_PX = 0.1
+TOL_PEOPLE_PX = 0.1
+TOL_DET_SCORE = 1e-3
+BLANK = "fixtures/blank.png"
 # PNG copies of the JPEG fixtures (made by `png_fixtures`): two JPEG decoders (Chromium's and the
 # image crate's) differ by a few levels per pixel, which moves keypoints by up to ~1.5 px; the
 # comparison is about the network, so both sides read the same lossless pixels.
@@ -134,21 +148,29 @@ def png_fixtures():
     from PIL import Image  # Debian's python3-pil (web/test.sh installs it)
     for jpg, png in zip(JPEGS, IMAGES):
         Image.open(os.path.join(DIST, jpg)).convert("RGB").save(os.path.join(DIST, png))
+    # Nobody in it: the detector must find no one (natively and in the browser).
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(os.path.join(DIST, BLANK))
 
 
-def native_predict(model, device):
+def native_predict(model, device, detect=False):
+    """Native keypoints of the top person per image; with `detect`, the `people` lists instead."""
     out = tempfile.mktemp(suffix=".json")
     exe = os.path.join(ROOT, "target", "release", "wgpose")
-    imgs = [os.path.join(DIST, i) for i in IMAGES]
-    # --no-detect: the self-test runs on the whole image as the box, like the page.
-    subprocess.run([exe, "predict", "--model", model, "--device", device, "--no-detect", "--json", out] + imgs,
+    images = IMAGES + [BLANK] if detect else IMAGES
+    imgs = [os.path.join(DIST, i) for i in images]
+    # --no-detect: the self-test runs on the whole image as the box, like the page; with
+    # `detect` predict attaches its shipped detector, as the page does.
+    flags = [] if detect else ["--no-detect"]
+    subprocess.run([exe, "predict", "--model", model, "--device", device] + flags + ["--json", out] + imgs,
                    check=True,
                    stderr=subprocess.DEVNULL)
     with open(out) as f:
         res = json.load(f)
     os.unlink(out)
     # predict keys its JSON by the path as given.
-    return {i: res[os.path.join(DIST, i)] for i in IMAGES}
+    if detect:
+        return {i: res["people"][os.path.join(DIST, i)] for i in images}
+    return {i: res[os.path.join(DIST, i)] for i in images}
 
 
 def compare(browser, native):
@@ -164,6 +186,59 @@ def compare(browser, native):
     return dx, ds
 
 
+def compare_people(browser, native):
+    """Problems (a list of strings) and the largest box, score and keypoint differences."""
+    problems = []
+    db, ds, dk = 0.0, 0.0, 0.0
+    for img, want in native.items():
+        got = browser.get(img, [])
+        if len(got) != len(want):
+            problems.append(f"{img}: {len(got)} people in the browser, {len(want)} natively")
+            continue
+        for g, n in zip(got, want):
+            db = max([db] + [abs(a - b) for a, b in zip(g["box"], n["box"])])
+            ds = max(ds, abs(g["score"] - n["score"]))
+            for (x, y, _), (bx, by, _) in zip(n["keypoints"], g["keypoints"]):
+                dk = max(dk, abs(x - bx), abs(y - by))
+            if len(g["keypoints"]) != len(n["keypoints"]):
+                problems.append(f"{img}: {len(g['keypoints'])} keypoints, {len(n['keypoints'])} natively")
+    return problems, db, ds, dk
+
+
+def check_people(wd, base, args, model, backend, device, check):
+    """The detect=1 page (people and tracking) against native predict with its detector."""
+    native = native_predict(model, device, detect=True)
+    images = IMAGES + [BLANK]
+    t0 = time.time()
+    wd.get(f"{base}/selftest.html?model={model}&backend={backend}&detect=1&images={','.join(images)}")
+    title = wd.wait_title(args.timeout)
+    wall = time.time() - t0
+    name = f"{model} {backend} people"
+    if title != "done":
+        check(f"{name} vs native --device {device}", False, title)
+        check(f"{name}: track", False, title)
+        return
+    res = json.loads(wd.text_of("#result"))
+    problems, db, ds, dk = compare_people(res["results"], native)
+    counts = {i.split("/")[-1]: len(native[i]) for i in images}
+    ok = (not problems and res["backend"] == backend and db <= TOL_BOX_PX and ds <= TOL_DET_SCORE
+          and dk <= TOL_PEOPLE_PX)
+    ms = ", ".join(f"{m:.0f}" for m in res["ms"])
+    check(f"{name} vs native --device {device}", ok,
+          f"{'; '.join(problems) + '; ' if problems else ''}backend={res['backend']} detector={res['detector']} "
+          f"people per image (native) {counts}; max |dbox|={db:.4f}px (tol {TOL_BOX_PX}) "
+          f"max |ddetection score|={ds:.5f} (tol {TOL_DET_SCORE}) max |dxy|={dk:.4f}px (tol {TOL_PEOPLE_PX}); "
+          f"per image ms [{ms}]; page {wall:.1f}s")
+    want = ["found", "followed", "found", None]
+    first = res["results"][images[0]]
+    same = bool(first) and res["trackFirst"] is not None and all(
+        abs(a - b) <= 1e-4 for ka, kb in zip(first[0]["keypoints"], res["trackFirst"]) for a, b in zip(ka, kb))
+    tms = ", ".join(f"{m:.0f}" for m in res["trackMs"])
+    check(f"{name}: track", res["steps"] == want and same,
+          f"steps {res['steps']} (want {want}: image, same image, after resetTrack, blank image); "
+          f"found pose {'=' if same else '!='} first detected person's; ms [{tms}]")
+
+
 def extras(wd, base, args):
     """The README's screenshot and benchmark (not tests)."""
     if args.screenshot:
@@ -171,14 +246,15 @@ def extras(wd, base, args):
         title = wd.wait_title(args.timeout, ready=("wgpose: ready",))
         wd.screenshot(args.screenshot)
         print(f"screenshot ({title}) -> {args.screenshot}")
-    if args.bench:
+    if args.bench or args.bench_people:
         out = {}
+        query = f"people=1&runs={args.runs}" if args.bench_people else f"runs={args.runs}"
         for model in args.models.split(","):
-            wd.get(f"{base}/bench.html?model={model}&runs=5")
+            wd.get(f"{base}/bench.html?model={model}&{query}")
             title = wd.wait_title(args.timeout)
             out[model] = json.loads(wd.text_of("#result")) if title == "done" else {"error": title}
             print(model, json.dumps(out[model]), flush=True)
-        with open(args.bench, "w") as f:
+        with open(args.bench or args.bench_people, "w") as f:
             json.dump(out, f, indent=1)
     return 0
 
@@ -191,11 +267,14 @@ def main():
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--screenshot", help="only save a screenshot of the demo page (fixture image source) here")
     ap.add_argument("--bench", help="only run bench.html for --models and save its JSON results here")
+    ap.add_argument("--runs", type=int, default=5, help="timed calls per engine in --bench / --bench-people")
+    ap.add_argument("--bench-people", help="only run bench.html?people=1 (pose alone vs detector + pose vs a "
+                    "followed track step, both backends) for --models and save its JSON results here")
     args = ap.parse_args()
     png_fixtures()
     httpd, base = serve(DIST)
     wd = WebDriver(args.chromium, args.chromedriver)
-    if args.screenshot or args.bench:
+    if args.screenshot or args.bench or args.bench_people:
         try:
             return extras(wd, base, args)
         finally:
@@ -231,6 +310,8 @@ def main():
                       f"(tol {TOL_PX}) max |dscore|={ds:.5f} (tol {TOL_SCORE}); per image ms [{ms}]; "
                       f"page {wall:.1f}s")
         model = args.models.split(",")[0]
+        for backend, device in (("webgpu", "gpu"), ("cpu", "cpu")):
+            check_people(wd, base, args, model, backend, device, check)
         other = [m for m in ("sghg-1x64-lsp", "fasterpose-r18-s16-lsp") if m != model][0]
         bad = [
             ("weights URL 404", f"model={model}&weights=models/missing.safetensors&images={IMAGES[0]}",
@@ -240,6 +321,10 @@ def main():
             ("weights of another model", f"model={model}&weights=models/{other}.safetensors&images={IMAGES[0]}",
              "error: weights:"),
             ("image that does not decode", f"model={model}&backend=cpu&images=selftest.html", "error:"),
+            ("detector URL 404", f"model={model}&backend=cpu&detect=1&detector=models/missing.safetensors"
+             f"&images={IMAGES[0]}", "error: weights:"),
+            ("pose weights as the detector", f"model={model}&detect=1&detector=models/{model}.safetensors"
+             f"&images={IMAGES[0]}", "error: weights:"),
         ]
         for name, query, want in bad:
             wd.get(f"{base}/selftest.html?{query}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The browser test: builds the native CLI and web/dist/, then drives web/dist/selftest.html in
-# headless Chromium (SwiftShader WebGPU and the wasm CPU fallback) and compares its keypoints with
-# native `wgpose predict --json` (see web/selftest.py). Installs Chromium and chromedriver from
+# headless Chromium (SwiftShader WebGPU and the wasm CPU fallback) and compares its keypoints, and
+# the people its person detector finds, with native `wgpose predict --json`; also tracking and bad
+# input (see web/selftest.py). Installs Chromium and chromedriver from
 # Debian when missing. Prints `N passed, M failed`; exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."

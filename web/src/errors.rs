@@ -33,3 +33,8 @@ pub fn message(v: &JsValue) -> String {
         .or_else(|| v.as_string())
         .unwrap_or_else(|| format!("{v:?}"))
 }
+
+/// The `name` of a JS error value ("" when it has none).
+pub fn name(v: &JsValue) -> String {
+    js_sys::Reflect::get(v, &JsValue::from_str("name")).ok().and_then(|m| m.as_string()).unwrap_or_default()
+}

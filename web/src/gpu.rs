@@ -1,15 +1,18 @@
 //! The WebGPU engine: an `ImageBitmap` goes to a texture by `copyExternalImageToTexture`, the
 //! texture to a storage buffer (rows 256-byte aligned), and the library's preprocessing kernel
-//! crops and normalises it into the network's input in the same submission order.
+//! crops and normalises it into the network's input in the same submission order. The person
+//! detector, when attached, reads the same buffer (its letterbox cut by the same kernel).
 
 use wasm_bindgen::JsValue;
-use wgpose::estimator::{Estimator, EstimatorOptions, Pose};
+use wgpose::estimator::{Boxes, Estimator, EstimatorOptions};
 use wgpose::gpu::{GpuContext, NodeTime};
 use wgpose::models::ModelConfig;
 use wgpose::pipeline::preprocess_gpu::FrameLayout;
+use wgpose::{Tracked, Tracker};
 
 use crate::errors::{js_error, typed};
-use crate::precise_now_ms;
+use crate::poses::Found;
+use crate::{detector_from_bytes, precise_now_ms, Stages};
 
 /// The frame's texture and buffer, kept while the source size does not change.
 struct FrameTarget {
@@ -27,22 +30,36 @@ pub struct GpuEngine {
 }
 
 impl GpuEngine {
-    /// Opens a WebGPU device and builds the estimator on it.
+    /// Opens a WebGPU device and builds the estimator on it, with the person detector of
+    /// `detector` (weights bytes and label) on the same device when given.
     pub async fn open(
         cfg: &ModelConfig,
         weights: &[u8],
         label: &str,
         opts: EstimatorOptions,
+        detector: Option<(&[u8], &str)>,
     ) -> Result<GpuEngine, JsValue> {
         let ctx = GpuContext::new_async().await.map_err(js_error)?;
-        let est = match Estimator::from_weights_bytes(cfg, weights, label, Some(&ctx), opts) {
-            Ok(e) => e,
+        let est = Estimator::from_weights_bytes(cfg, weights, label, Some(&ctx), opts).map_err(js_error);
+        let est = est.and_then(|mut est| {
+            if let Some((bytes, det_label)) = detector {
+                let det = detector_from_bytes(bytes, det_label, est.gpu_context())?;
+                est.set_detector(Some(det)).map_err(js_error)?;
+            }
+            Ok(est)
+        });
+        match est {
+            Ok(est) => Ok(GpuEngine { ctx, est, frame: None }),
             Err(e) => {
                 ctx.device.destroy();
-                return Err(js_error(e));
+                Err(e)
             }
-        };
-        Ok(GpuEngine { ctx, est, frame: None })
+        }
+    }
+
+    /// The attached person detector's config name ("" without one).
+    pub fn detector_name(&self) -> String {
+        self.est.detector().map(|d| d.config.name.to_string()).unwrap_or_default()
     }
 
     /// The adapter's description; browsers often leave it empty (www/wgpose.js then asks
@@ -90,12 +107,9 @@ impl GpuEngine {
         self.frame.as_ref().expect("set above")
     }
 
-    /// Poses for `boxes` in `bitmap`, and the stage times.
-    pub async fn estimate(
-        &mut self,
-        bitmap: &web_sys::ImageBitmap,
-        boxes: &[[f32; 4]],
-    ) -> Result<(Vec<Pose>, Vec<(&'static str, f64)>), JsValue> {
+    /// Copies `bitmap` into the frame buffer (awaiting the GPU's validation of the copy); the
+    /// buffer, its layout and the milliseconds it took.
+    async fn upload(&mut self, bitmap: &web_sys::ImageBitmap) -> Result<(wgpu::Buffer, FrameLayout, f64), JsValue> {
         let (width, height) = (bitmap.width(), bitmap.height());
         let max = self.ctx.device.limits().max_texture_dimension_2d;
         if width > max || height > max {
@@ -145,11 +159,52 @@ impl GpuEngine {
         })
         .await
         .map_err(js_error)?;
-        let t1 = precise_now_ms();
         let layout = FrameLayout { width, height, row_stride: bytes_per_row / 4, offset: 0, bgra: false };
-        let poses = self.est.estimate_gpu_frame_async(&buffer, &layout, boxes).await.map_err(js_error)?;
-        let t2 = precise_now_ms();
-        Ok((poses, vec![("upload", t1 - t0), ("gpu inference + readback + decode", t2 - t1)]))
+        Ok((buffer, layout, precise_now_ms() - t0))
+    }
+
+    /// Poses for `boxes` in `bitmap` (None: `Boxes::Auto`, the detected people with their
+    /// detections, or the whole frame without a detector), and the stage times.
+    pub async fn estimate(
+        &mut self,
+        bitmap: &web_sys::ImageBitmap,
+        boxes: Option<&[[f32; 4]]>,
+    ) -> Result<(Vec<Found>, Stages), JsValue> {
+        let (buffer, layout, upload_ms) = self.upload(bitmap).await?;
+        let t1 = precise_now_ms();
+        let found: Vec<Found> = match boxes {
+            None if self.est.detector().is_some() => {
+                let people = self.est.people_gpu_frame_async(&buffer, &layout).await.map_err(js_error)?;
+                people.into_iter().map(|p| (p.pose, Some(p.detection))).collect()
+            }
+            None => {
+                let poses = self.est.estimate_gpu_frame_async(&buffer, &layout, Boxes::Auto).await.map_err(js_error)?;
+                poses.into_iter().map(|p| (p, None)).collect()
+            }
+            Some(b) => {
+                let poses = self.est.estimate_gpu_frame_async(&buffer, &layout, b).await.map_err(js_error)?;
+                poses.into_iter().map(|p| (p, None)).collect()
+            }
+        };
+        let name = if boxes.is_none() && self.est.detector().is_some() {
+            "detector + pose (gpu, readbacks, decode)"
+        } else {
+            "gpu inference + readback + decode"
+        };
+        Ok((found, vec![("upload", upload_ms), (name, precise_now_ms() - t1)]))
+    }
+
+    /// One step of `tracker` on `bitmap` (the detector when nobody is tracked, the follow crop
+    /// otherwise), and the stage times.
+    pub async fn track(
+        &mut self,
+        tracker: &mut Tracker,
+        bitmap: &web_sys::ImageBitmap,
+    ) -> Result<(Option<Tracked>, Stages), JsValue> {
+        let (buffer, layout, upload_ms) = self.upload(bitmap).await?;
+        let t1 = precise_now_ms();
+        let tracked = tracker.track_gpu_frame_async(&mut self.est, &buffer, &layout).await.map_err(js_error)?;
+        Ok((tracked, vec![("upload", upload_ms), ("track (gpu, readbacks, decode)", precise_now_ms() - t1)]))
     }
 
     /// Per-layer GPU times of one inference of the network alone (None when the adapter offers

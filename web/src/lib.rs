@@ -6,6 +6,9 @@
 //! buffer and cropped/normalised by the library's preprocessing kernel; only the heatmaps come
 //! back, through an awaited `mapAsync`. Without WebGPU the CPU executor compiled to wasm runs the
 //! same optimised graph on the RGBA pixels (single thread: rayon falls back to the current one).
+//!
+//! With person-detector weights the estimator finds the people itself (`Boxes::Auto`: an empty
+//! box list) and follows one through a video (`wgpose::Tracker`, one per estimator).
 
 mod errors;
 mod gpu;
@@ -16,8 +19,13 @@ use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 use wgpose::estimator::{Estimator, EstimatorOptions};
-use wgpose::models::{config, config_for_weights, ModelConfig};
+use wgpose::gpu::GpuContext;
+use wgpose::models::{config, config_for_weights, Family, ModelConfig};
 use wgpose::pipeline::crop::{ImageRef, PixelFormat};
+use wgpose::pipeline::detect::DetectConfig;
+use wgpose::{PersonDetector, Tracker, TrackerOptions};
+
+use poses::Found;
 
 pub use errors::js_error;
 
@@ -27,10 +35,14 @@ enum Engine {
     Cpu(Estimator),
 }
 
+/// Milliseconds of a call's stages, as `[name, ms]`.
+pub(crate) type Stages = Vec<(&'static str, f64)>;
+
 struct State {
     engine: Option<Engine>,
-    /// Milliseconds of the last call's stages, as `[name, ms]`.
-    stages: Vec<(&'static str, f64)>,
+    stages: Stages,
+    /// The person `trackRgba` / `trackBitmap` follow.
+    tracker: Tracker,
 }
 
 /// One loaded model on one backend. JavaScript sees it through `www/wgpose.js`.
@@ -41,17 +53,39 @@ pub struct WasmEstimator {
     backend: String,
     adapter: String,
     fallback_reason: String,
+    detector: String,
+}
+
+/// The person detector of a weights file's bytes (`label` names it in errors), on `ctx` when
+/// given; a pose model's weights are refused as the wrong kind of file.
+pub(crate) fn detector_from_bytes(
+    bytes: &[u8],
+    label: &str,
+    ctx: Option<&GpuContext>,
+) -> Result<PersonDetector, JsValue> {
+    let cfg = config_for_weights(bytes, label).map_err(js_error)?;
+    if cfg.family != Family::PersonDetector {
+        return Err(errors::typed(
+            "WeightsMismatch",
+            &format!("{label}: the model card says `{}`, which is not a person detector", cfg.name),
+        ));
+    }
+    PersonDetector::from_weights_bytes(&cfg, bytes, label, ctx, DetectConfig::default()).map_err(js_error)
 }
 
 /// Builds an estimator for the weights file `weights` (bytes of a safetensors file with its
 /// model card; `label` names it in errors). `model`, when not empty, must be the card's config.
 /// `backend` is `"webgpu"`, `"cpu"` or `"auto"` (WebGPU when an adapter opens, else the CPU).
+/// `detector_weights` (empty: none) are a person detector's weights file, attached on the same
+/// backend so that an empty box list finds the people.
 #[wasm_bindgen(js_name = createEstimator)]
 pub async fn create_estimator(
     model: String,
     weights: Vec<u8>,
     label: String,
     backend: String,
+    detector_weights: Vec<u8>,
+    detector_label: String,
 ) -> Result<WasmEstimator, JsValue> {
     let cfg = config_for_weights(&weights, &label).map_err(js_error)?;
     if !model.is_empty() && model != cfg.name {
@@ -62,15 +96,20 @@ pub async fn create_estimator(
             &format!("{label}: the weights' model card says `{}`, the page asked for `{}`", cfg.name, known.name),
         ));
     }
+    // Built from bytes, the estimator attaches no detector by itself; `detector` is attached below.
     let opts = EstimatorOptions::default();
+    let detector = (!detector_weights.is_empty()).then_some((&detector_weights[..], &detector_label[..]));
     let (engine, adapter, fallback_reason) = match backend.as_str() {
         "cpu" => (None, String::new(), "the CPU backend was asked for".to_string()),
-        "webgpu" | "auto" => match gpu::GpuEngine::open(&cfg, &weights, &label, opts).await {
+        "webgpu" | "auto" => match gpu::GpuEngine::open(&cfg, &weights, &label, opts, detector).await {
             Ok(g) => {
                 let name = g.adapter_name();
-                (Some(Engine::Gpu(g)), name, String::new())
+                (Some(g), name, String::new())
             }
-            Err(e) if backend == "auto" => {
+            // A bad detector file is the caller's error on any backend, not a reason to fall back.
+            Err(e)
+                if backend == "auto" && errors::name(&e) != "WeightsError" && errors::name(&e) != "WeightsMismatch" =>
+            {
                 (None, String::new(), format!("WebGPU unavailable: {}", errors::message(&e)))
             }
             Err(e) => return Err(e),
@@ -79,19 +118,29 @@ pub async fn create_estimator(
             return Err(errors::typed("InputError", &format!("backend `{other}`: expected webgpu, cpu or auto")));
         }
     };
-    let (engine, backend) = match engine {
-        Some(e) => (e, "webgpu"),
+    let (engine, backend, detector) = match engine {
+        Some(g) => {
+            let name = g.detector_name();
+            (Engine::Gpu(g), "webgpu", name)
+        }
         None => {
-            let est = Estimator::from_weights_bytes(&cfg, &weights, &label, None, opts).map_err(js_error)?;
-            (Engine::Cpu(est), "cpu")
+            let mut est = Estimator::from_weights_bytes(&cfg, &weights, &label, None, opts).map_err(js_error)?;
+            if let Some((bytes, det_label)) = detector {
+                let det = detector_from_bytes(bytes, det_label, None)?;
+                est.set_detector(Some(det)).map_err(js_error)?;
+            }
+            let name = est.detector().map(|d| d.config.name.to_string()).unwrap_or_default();
+            (Engine::Cpu(est), "cpu", name)
         }
     };
+    let tracker = Tracker::new(TrackerOptions::default()).map_err(js_error)?;
     Ok(WasmEstimator {
-        state: Rc::new(RefCell::new(State { engine: Some(engine), stages: Vec::new() })),
+        state: Rc::new(RefCell::new(State { engine: Some(engine), stages: Vec::new(), tracker })),
         config: cfg,
         backend: backend.to_string(),
         adapter,
         fallback_reason,
+        detector,
     })
 }
 
@@ -123,15 +172,21 @@ fn disposed() -> JsValue {
     errors::typed("DisposedError", "this estimator was disposed")
 }
 
-fn parse_boxes(boxes: &[f32], width: u32, height: u32) -> Result<Vec<[f32; 4]>, JsValue> {
+fn check_size(width: u32, height: u32) -> Result<(), JsValue> {
     if width == 0 || height == 0 {
         return Err(errors::typed(
             "InputError",
             &format!("the source is {width}x{height} pixels (a video before its first frame?)"),
         ));
     }
+    Ok(())
+}
+
+/// The boxes of a flat `[x, y, w, h, ...]` list; None for an empty list (`Boxes::Auto`).
+fn parse_boxes(boxes: &[f32], width: u32, height: u32) -> Result<Option<Vec<[f32; 4]>>, JsValue> {
+    check_size(width, height)?;
     if boxes.is_empty() {
-        return Ok(vec![[0.0, 0.0, width as f32, height as f32]]);
+        return Ok(None);
     }
     if boxes.len() % 4 != 0 {
         return Err(errors::typed("InputError", "boxes must be [x, y, w, h] quadruples"));
@@ -142,7 +197,43 @@ fn parse_boxes(boxes: &[f32], width: u32, height: u32) -> Result<Vec<[f32; 4]>, 
             return Err(errors::typed("InputError", &format!("box {b:?} must be finite with w, h > 0")));
         }
     }
-    Ok(out)
+    Ok(Some(out))
+}
+
+/// Tightly packed RGBA pixels of a `width x height` image, checked.
+fn rgba_image(rgba: &[u8], width: u32, height: u32) -> Result<ImageRef<'_>, JsValue> {
+    check_size(width, height)?;
+    let (w, h) = (width as usize, height as usize);
+    if rgba.len() != 4 * w * h {
+        return Err(errors::typed(
+            "InputError",
+            &format!("{} bytes of RGBA for a {width}x{height} image ({} expected)", rgba.len(), 4 * w * h),
+        ));
+    }
+    Ok(ImageRef { data: rgba, width: w, height: h, stride: 4 * w, format: PixelFormat::Rgba8 })
+}
+
+/// Poses for `boxes` (None: `Boxes::Auto`) on the CPU executor.
+fn cpu_estimate(est: &mut Estimator, img: &ImageRef, boxes: Option<&[[f32; 4]]>) -> Result<Vec<Found>, JsValue> {
+    let found = match boxes {
+        None if est.detector().is_some() => {
+            est.people(img).map_err(js_error)?.into_iter().map(|p| (p.pose, Some(p.detection))).collect()
+        }
+        None => {
+            let whole = [0.0, 0.0, img.width as f32, img.height as f32];
+            est.estimate_batch(img, &[whole]).map_err(js_error)?.into_iter().map(|p| (p, None)).collect()
+        }
+        Some(b) => est.estimate_batch(img, b).map_err(js_error)?.into_iter().map(|p| (p, None)).collect(),
+    };
+    Ok(found)
+}
+
+fn cpu_only() -> JsValue {
+    errors::typed("InputError", "a CPU estimator takes RGBA pixels (estimateRgba, trackRgba)")
+}
+
+fn gpu_only() -> JsValue {
+    errors::typed("InputError", "a WebGPU estimator takes an ImageBitmap (estimateBitmap, trackBitmap)")
 }
 
 #[wasm_bindgen]
@@ -165,35 +256,34 @@ impl WasmEstimator {
         self.fallback_reason.clone()
     }
 
+    /// The attached person detector's config name ("" without one: an empty box list is then
+    /// the whole image).
+    #[wasm_bindgen(getter)]
+    pub fn detector(&self) -> String {
+        self.detector.clone()
+    }
+
     /// The config's name, input `[c, h, w]`, joint names and skeleton edges, as JSON.
     #[wasm_bindgen(getter)]
     pub fn model(&self) -> String {
         poses::model_json(&self.config)
     }
 
-    /// Keypoints for `boxes` (flat `[x, y, w, h, ...]`, empty: the whole image) in RGBA pixels
-    /// `width x height` (rows packed), on either backend; JSON `[{score, box, keypoints}]`.
+    /// Keypoints for `boxes` (flat `[x, y, w, h, ...]`) in RGBA pixels `width x height` (rows
+    /// packed), CPU backend; an empty list finds the people with the detector (the whole image
+    /// without one). JSON `[{score, box, keypoints, detection?}]` (see `poses::pose_value`).
     #[wasm_bindgen(js_name = estimateRgba)]
     pub fn estimate_rgba(&self, rgba: &[u8], width: u32, height: u32, boxes: &[f32]) -> Result<String, JsValue> {
         let boxes = parse_boxes(boxes, width, height)?;
-        let (w, h) = (width as usize, height as usize);
-        if rgba.len() != 4 * w * h {
-            return Err(errors::typed(
-                "InputError",
-                &format!("{} bytes of RGBA for a {width}x{height} image ({} expected)", rgba.len(), 4 * w * h),
-            ));
-        }
+        let img = rgba_image(rgba, width, height)?;
         let mut state = self.state.try_borrow_mut().map_err(|_| busy())?;
         let t0 = precise_now_ms();
-        let img = ImageRef { data: rgba, width: w, height: h, stride: 4 * w, format: PixelFormat::Rgba8 };
-        let result = match state.engine.as_mut().ok_or_else(disposed)? {
-            Engine::Cpu(est) => est.estimate_batch(&img, &boxes).map_err(js_error)?,
-            Engine::Gpu(_) => {
-                return Err(errors::typed("InputError", "a WebGPU estimator takes an ImageBitmap (estimateBitmap)"))
-            }
+        let found = match state.engine.as_mut().ok_or_else(disposed)? {
+            Engine::Cpu(est) => cpu_estimate(est, &img, boxes.as_deref())?,
+            Engine::Gpu(_) => return Err(gpu_only()),
         };
         state.stages = vec![("cpu inference", precise_now_ms() - t0)];
-        Ok(poses::poses_json(&result))
+        Ok(poses::poses_json(&found))
     }
 
     /// Keypoints for `boxes` in an `ImageBitmap` on the WebGPU backend (see `estimateRgba`); a
@@ -205,16 +295,51 @@ impl WasmEstimator {
             let boxes = parse_boxes(&boxes, bitmap.width(), bitmap.height())?;
             let mut guard = state.try_borrow_mut().map_err(|_| busy())?;
             let st: &mut State = &mut guard;
-            let engine = match st.engine.as_mut().ok_or_else(disposed)? {
-                Engine::Gpu(g) => g,
-                Engine::Cpu(_) => {
-                    return Err(errors::typed("InputError", "a CPU estimator takes RGBA pixels (estimateRgba)"));
-                }
-            };
-            let (result, stages) = engine.estimate(&bitmap, &boxes).await?;
+            let Engine::Gpu(engine) = st.engine.as_mut().ok_or_else(disposed)? else { return Err(cpu_only()) };
+            let (found, stages) = engine.estimate(&bitmap, boxes.as_deref()).await?;
             st.stages = stages;
-            Ok(JsValue::from_str(&poses::poses_json(&result)))
+            Ok(JsValue::from_str(&poses::poses_json(&found)))
         })
+    }
+
+    /// Follows one person in RGBA pixels (CPU backend): the detector when nobody is tracked
+    /// (first frame, lost track), the previous frame's keypoints' box otherwise. JSON `null`
+    /// (nobody) or `{step: "found" | "followed", pose}`.
+    #[wasm_bindgen(js_name = trackRgba)]
+    pub fn track_rgba(&self, rgba: &[u8], width: u32, height: u32) -> Result<String, JsValue> {
+        let img = rgba_image(rgba, width, height)?;
+        let mut guard = self.state.try_borrow_mut().map_err(|_| busy())?;
+        let st: &mut State = &mut guard;
+        let t0 = precise_now_ms();
+        let tracked = match st.engine.as_mut().ok_or_else(disposed)? {
+            Engine::Cpu(est) => st.tracker.track(est, img).map_err(js_error)?,
+            Engine::Gpu(_) => return Err(gpu_only()),
+        };
+        st.stages = vec![("cpu track", precise_now_ms() - t0)];
+        Ok(poses::tracked_json(tracked.as_ref()))
+    }
+
+    /// `trackRgba` for an `ImageBitmap` on the WebGPU backend; a promise of the JSON.
+    #[wasm_bindgen(js_name = trackBitmap)]
+    pub fn track_bitmap(&self, bitmap: web_sys::ImageBitmap) -> js_sys::Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            check_size(bitmap.width(), bitmap.height())?;
+            let mut guard = state.try_borrow_mut().map_err(|_| busy())?;
+            let st: &mut State = &mut guard;
+            let Engine::Gpu(engine) = st.engine.as_mut().ok_or_else(disposed)? else { return Err(cpu_only()) };
+            let (tracked, stages) = engine.track(&mut st.tracker, &bitmap).await?;
+            st.stages = stages;
+            Ok(JsValue::from_str(&poses::tracked_json(tracked.as_ref())))
+        })
+    }
+
+    /// Forgets the tracked person: the next `track` call runs the detector.
+    #[wasm_bindgen(js_name = resetTrack)]
+    pub fn reset_track(&self) -> Result<(), JsValue> {
+        let mut state = self.state.try_borrow_mut().map_err(|_| busy())?;
+        state.tracker.reset();
+        Ok(())
     }
 
     /// Per-stage times of the last call and, on WebGPU with timestamp queries, the GPU time of

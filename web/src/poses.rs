@@ -4,23 +4,46 @@ use serde_json::{json, Value};
 use wgpose::estimator::Pose;
 use wgpose::gpu::NodeTime;
 use wgpose::models::ModelConfig;
+use wgpose::pipeline::detect::Detection;
 use wgpose::skeleton::Skeleton;
+use wgpose::{TrackStep, Tracked};
 
-/// `[{score, box: [x, y, w, h], keypoints: [{x, y, score, name}]}]` in source pixels.
-pub fn poses_json(poses: &[Pose]) -> String {
-    let v: Vec<Value> = poses
+/// A pose and, when the person detector found the person, its detection.
+pub type Found = (Pose, Option<Detection>);
+
+/// `{score, box: [x, y, w, h], keypoints: [{x, y, score, name}]}` in source pixels, plus
+/// `detection: {score, box}` when the detector found the person.
+fn pose_value(p: &Pose, detection: Option<&Detection>) -> Value {
+    let kps: Vec<Value> = p
+        .keypoints
         .iter()
-        .map(|p| {
-            let kps: Vec<Value> = p
-                .keypoints
-                .iter()
-                .zip(p.skeleton.joints)
-                .map(|(k, name)| json!({ "x": k.x, "y": k.y, "score": k.score, "name": name }))
-                .collect();
-            json!({ "score": p.score, "box": p.bbox, "keypoints": kps })
-        })
+        .zip(p.skeleton.joints)
+        .map(|(k, name)| json!({ "x": k.x, "y": k.y, "score": k.score, "name": name }))
         .collect();
-    Value::Array(v).to_string()
+    let mut v = json!({ "score": p.score, "box": p.bbox, "keypoints": kps });
+    if let Some(d) = detection {
+        v["detection"] = json!({ "score": d.score, "box": d.bbox });
+    }
+    v
+}
+
+/// The poses of one call, as a JSON array (see `pose_value`).
+pub fn poses_json(found: &[Found]) -> String {
+    Value::Array(found.iter().map(|(p, d)| pose_value(p, d.as_ref())).collect()).to_string()
+}
+
+/// `null` when nobody is tracked, else `{step: "found" | "followed", pose}`.
+pub fn tracked_json(t: Option<&Tracked>) -> String {
+    match t {
+        None => "null".to_string(),
+        Some(t) => {
+            let step = match t.step {
+                TrackStep::Found => "found",
+                TrackStep::Followed => "followed",
+            };
+            json!({ "step": step, "pose": pose_value(&t.pose, None) }).to_string()
+        }
+    }
 }
 
 /// Name, input, joint names and limbs of a config.

@@ -1,5 +1,6 @@
 // The webcam demo: camera (or an image) in, skeleton drawn over it, with mirror mode, One Euro
-// smoothing, a follow crop, a confidence threshold, a model picker and timings.
+// smoothing, tracking (the person detector finds someone, then the crop follows their keypoints:
+// `est.track()`), a confidence threshold, a model picker and timings.
 // `?source=URL` uses that image instead of the camera (headless screenshots); `?backend=...`
 // and `?model=...` preselect the pickers.
 
@@ -15,7 +16,6 @@ const video = $("video");
 let est = null;
 let source = null; // the element frames come from (video or image)
 let running = false;
-let followBox = null;
 let smoother = new OneEuroPose();
 let frameTimes = [];
 let building = null;
@@ -52,9 +52,9 @@ async function buildEstimator() {
   showError(null);
   $("backend").textContent = est.backend === "webgpu" ? `WebGPU: ${est.adapter}` : "CPU (wasm, 1 thread)";
   $("backend").className = `badge ${est.backend}`;
-  $("why").textContent = est.backend === "cpu"
+  const why = est.backend === "cpu"
     ? (est.fallbackReason || "") : (est.weightsFromCache ? "weights from the cache" : "weights fetched");
-  followBox = null;
+  $("why").textContent = [why, est.detector ? `detector ${est.detector}` : est.detectorNote].filter((t) => t).join(" · ");
   smoother = new OneEuroPose();
 }
 
@@ -85,31 +85,44 @@ function drawPose(pose, w, h, mirror) {
     g.arc(X(k.x), k.y, Math.max(3, w / 160), 0, 2 * Math.PI);
     g.fill();
   }
-  if ($("follow").checked && pose.box) {
-    const [bx, by, bw, bh] = pose.box;
-    g.strokeStyle = "rgba(255,255,255,0.35)";
-    g.lineWidth = 1;
-    g.strokeRect(mirror ? w - bx - bw : bx, by, bw, bh);
-  }
+  // The box the crop was cut from (the detector's person, refined, or the followed keypoints').
+  const [bx, by, bw, bh] = pose.box;
+  g.strokeStyle = "rgba(255,255,255,0.35)";
+  g.lineWidth = 1;
+  g.strokeRect(mirror ? w - bx - bw : bx, by, bw, bh);
 }
 
-/** The next frame's person box from this pose: its confident joints, with a margin. */
-function nextFollowBox(pose, w, h) {
-  const thr = Number($("threshold").value);
-  const good = pose.keypoints.filter((k) => k.score >= thr);
-  if (good.length < 4) return null;
-  const xs = good.map((k) => k.x), ys = good.map((k) => k.y);
-  let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
-  const m = 0.15 * Math.max(x1 - x0, y1 - y0) + 8;
-  x0 = Math.max(0, x0 - m); y0 = Math.max(0, y0 - m);
-  x1 = Math.min(w, x1 + m); y1 = Math.min(h, y1 + m);
-  return x1 - x0 > 16 && y1 - y0 > 16 ? [x0, y0, x1 - x0, y1 - y0] : null;
-}
-
-function showStages(stages, total) {
+function showStages(stages, total, call) {
   const rows = stages.map(([n, ms]) => `<tr><td>${n}</td><td>${ms.toFixed(1)} ms</td></tr>`);
-  rows.push(`<tr><td>estimatePoses</td><td>${total.toFixed(1)} ms</td></tr>`);
+  rows.push(`<tr><td>${call}</td><td>${total.toFixed(1)} ms</td></tr>`);
   $("stages").innerHTML = rows.join("");
+}
+
+/**
+ * This frame's poses. Following: the tracked person (`est.track`: the detector when nobody is
+ * tracked, else the previous keypoints' box), smoothed over time, the smoothing restarted on
+ * every new track. Not following: everyone the detector finds, every frame, unsmoothed.
+ */
+async function posesOf(frame, isVideo, t0) {
+  if (!$("follow").checked) {
+    const poses = await est.estimatePoses(frame);
+    const what = !est.detector ? "whole frame (no detector)"
+      : poses.length === 0 ? "nobody found" : `${poses.length} found by the detector`;
+    return { poses, what, call: "estimatePoses" };
+  }
+  // A still image is looked at afresh each time (a new track), a video followed.
+  if (!isVideo) est.resetTrack();
+  const t = await est.track(frame);
+  if (!t) return { poses: [], what: "nobody found", call: "track" };
+  if (t.step === "found") smoother = new OneEuroPose();
+  let pose = t.pose;
+  if ($("smooth").checked && isVideo) {
+    pose = smoother.filter(pose, t0 / 1000, Number($("minCutoff").value), Number($("beta").value));
+  }
+  const what = t.step === "found"
+    ? (est.detector ? "found by the detector (new track)" : "new track (whole frame, no detector)")
+    : "followed (crop on the last keypoints)";
+  return { poses: [pose], what, call: "track" };
 }
 
 async function step() {
@@ -120,34 +133,29 @@ async function step() {
   if (!w || !h) return; // no frame yet
   if (view.width !== w || view.height !== h) { view.width = w; view.height = h; }
   const mirror = $("mirror").checked;
-  const box = $("follow").checked && followBox ? followBox : undefined;
   const t0 = performance.now();
-  let poses;
+  let found;
   try {
-    poses = await est.estimatePoses(source, { box });
+    found = await posesOf(source, isVideo, t0);
   } catch (e) {
     showError(e);
-    followBox = null;
+    est.resetTrack();
     return;
   }
   const total = performance.now() - t0;
   showError(null);
-  let pose = poses[0];
-  followBox = nextFollowBox(pose, w, h);
-  if ($("smooth").checked && isVideo) {
-    pose = smoother.filter(pose, t0 / 1000, Number($("minCutoff").value), Number($("beta").value));
-  }
   g.save();
   if (mirror) { g.translate(w, 0); g.scale(-1, 1); }
   g.drawImage(source, 0, 0, w, h);
   g.restore();
-  drawPose(pose, w, h, mirror);
+  for (const pose of found.poses) drawPose(pose, w, h, mirror);
+  $("trackState").textContent = found.what;
   frameTimes.push(performance.now());
   frameTimes = frameTimes.filter((t) => t > performance.now() - 2000);
   const fps = frameTimes.length > 1 ? (frameTimes.length - 1) / ((frameTimes.at(-1) - frameTimes[0]) / 1000) : 0;
   $("fps").textContent = `${fps.toFixed(1)} FPS · ${est.backend}`;
   const prof = await est.profile().catch(() => null);
-  if (prof) showStages(prof.stages, total);
+  if (prof) showStages(prof.stages, total, found.call);
 }
 
 async function loop() {
@@ -172,7 +180,6 @@ async function useImage(url) {
     return;
   }
   source = img;
-  followBox = null;
   if (building) await building;
   await loop();
   if (q.get("profile") === "1") await showLayers();
@@ -192,7 +199,7 @@ async function useCamera() {
     return;
   }
   source = video;
-  followBox = null;
+  if (est) est.resetTrack();
   smoother = new OneEuroPose();
   if (building) await building;
   await loop();

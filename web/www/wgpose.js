@@ -4,9 +4,17 @@
 //   import * as wgpose from "./wgpose.js";
 //   const est = await wgpose.createEstimator({ model: "fasterpose-r18-s16-lsp",
 //                                              weightsUrl: "models/fasterpose-r18-s16-lsp.safetensors" });
+//   // The shipped person detector (models/person-detector-r18w32.safetensors) is fetched too;
+//   // `detector: false` skips it, `detectorUrl: URL` takes another one.
+//   const people = await est.estimatePoses(videoOrImage);   // no box: everyone the detector finds
+//   // [{ score, box: [x, y, w, h], keypoints: [{ x, y, score, name }], detection: { score, box } }]
+//   // in source pixels, highest detection score first; [] when nobody (without a detector: one
+//   // pose on the whole source, no `detection`)
 //   const poses = await est.estimatePoses(videoOrImage, { box: [x, y, w, h], flipHorizontal: false });
-//   // [{ score, box: [x, y, w, h], keypoints: [{ x, y, score, name }] }] in source pixels
-//   est.backend  // "webgpu" or "cpu";  est.adapter, est.fallbackReason
+//   const t = await est.track(videoFrame);   // one person through a video: null when nobody, else
+//   // { step: "found" (detector: new track, restart smoothing) | "followed" (previous keypoints' box), pose }
+//   est.resetTrack();                        // the next track() runs the detector
+//   est.backend  // "webgpu" or "cpu";  est.adapter, est.fallbackReason, est.detector, est.detectorNote
 //   await est.profile(); est.dispose();
 //
 // Every rejection is a WgposeError whose `code` says what went wrong: "weights" (the weights URL
@@ -149,8 +157,16 @@ async function toRgba(source, w, h) {
   }
 }
 
+/** Mirrors the x coordinates of a pose (x -> width - x) in place. */
+function flipPose(p, w) {
+  const flipBox = (b) => [w - b[0] - b[2], b[1], b[2], b[3]];
+  for (const k of p.keypoints) k.x = w - k.x;
+  p.box = flipBox(p.box);
+  if (p.detection) p.detection.box = flipBox(p.detection.box);
+}
+
 class Estimator {
-  constructor(inner, model, weightsFromCache) {
+  constructor(inner, model, weightsFromCache, detectorNote) {
     this._inner = inner;
     /** "webgpu" or "cpu". */
     this.backend = inner.backend;
@@ -161,43 +177,76 @@ class Estimator {
     /** { name, input: [c, h, w], joints: [names], limbs: [[a, b]] } */
     this.model = model;
     this.weightsFromCache = weightsFromCache;
+    /** The person detector's config name, or "" (no detector: no box means the whole source). */
+    this.detector = inner.detector;
+    /** Why there is no detector when the shipped one was asked for ("" otherwise). */
+    this.detectorNote = detectorNote;
     this._disposed = false;
   }
 
-  /**
-   * Poses in `source` (video, image, canvas, ImageBitmap, ImageData). `box` ([x, y, w, h] in
-   * source pixels, or an array of them) says where the people are; default: the whole source.
-   * `flipHorizontal` mirrors the returned x coordinates (x -> width - x), for a mirrored display.
-   */
-  async estimatePoses(source, { box, boxes, flipHorizontal = false } = {}) {
+  /** Runs `onBitmap(bitmap)` on WebGPU or `onRgba(pixels, w, h)` on the CPU; the JSON result, parsed. */
+  async _run(source, onBitmap, onRgba) {
     if (this._disposed) throw new WgposeError("disposed", "this estimator was disposed");
     const [w, h] = await checkedSource(source);
-    let list = boxes || (box ? (Array.isArray(box[0]) ? box : [box]) : []);
-    const flat = new Float32Array(list.flat());
     let json;
     try {
       if (this.backend === "webgpu") {
         const { bitmap, owned } = await toBitmap(source);
         try {
-          json = await this._inner.estimateBitmap(bitmap, flat);
+          json = await onBitmap(bitmap);
         } finally {
           if (owned) bitmap.close();
         }
       } else {
         const rgba = await toRgba(source, w, h);
-        json = this._inner.estimateRgba(new Uint8Array(rgba.buffer, rgba.byteOffset, rgba.byteLength), w, h, flat);
+        json = onRgba(new Uint8Array(rgba.buffer, rgba.byteOffset, rgba.byteLength), w, h);
       }
     } catch (e) {
       throw wrap(e);
     }
-    const poses = JSON.parse(json);
-    if (flipHorizontal) {
-      for (const p of poses) {
-        for (const k of p.keypoints) k.x = w - k.x;
-        p.box = [w - p.box[0] - p.box[2], p.box[1], p.box[2], p.box[3]];
-      }
-    }
+    return { result: JSON.parse(json), width: w };
+  }
+
+  /**
+   * Poses in `source` (video, image, canvas, ImageBitmap, ImageData). `box` ([x, y, w, h] in
+   * source pixels, or an array of them) says where the people are; without one the person
+   * detector finds everyone (highest detection score first, each pose with `detection:
+   * { score, box }`; [] when nobody), or, without a detector, the whole source is one box.
+   * `flipHorizontal` mirrors the returned x coordinates (x -> width - x), for a mirrored display.
+   */
+  async estimatePoses(source, { box, boxes, flipHorizontal = false } = {}) {
+    const list = boxes || (box ? (Array.isArray(box[0]) ? box : [box]) : []);
+    const flat = new Float32Array(list.flat());
+    const { result: poses, width } = await this._run(source,
+      (bitmap) => this._inner.estimateBitmap(bitmap, flat),
+      (rgba, w, h) => this._inner.estimateRgba(rgba, w, h, flat));
+    if (flipHorizontal) for (const p of poses) flipPose(p, width);
     return poses;
+  }
+
+  /**
+   * Follows one person through the frames of a video: the detector runs when nobody is tracked
+   * (the first frame, a lost track), otherwise the crop follows the previous frame's keypoints.
+   * Resolves to null when nobody is found, else `{ step, pose }`: `step` is "found" (a new
+   * track: restart any smoothing over time) or "followed". A source of another size starts a
+   * new track. Without a detector a new track is the whole source.
+   */
+  async track(source, { flipHorizontal = false } = {}) {
+    const { result: t, width } = await this._run(source,
+      (bitmap) => this._inner.trackBitmap(bitmap),
+      (rgba, w, h) => this._inner.trackRgba(rgba, w, h));
+    if (t && flipHorizontal) flipPose(t.pose, width);
+    return t;
+  }
+
+  /** Forgets the tracked person: the next track() runs the detector. */
+  resetTrack() {
+    if (this._disposed) return;
+    try {
+      this._inner.resetTrack();
+    } catch (e) {
+      throw wrap(e);
+    }
   }
 
   /** { stages: [[name, ms]], timestamps: bool, layers: [{ name, kind, ms, flops }] | null } */
@@ -223,12 +272,20 @@ class Estimator {
   }
 }
 
+/** The shipped person detector, next to the pose models. */
+export const DEFAULT_DETECTOR_URL = "models/person-detector-r18w32.safetensors";
+
 /**
  * Fetches (or takes from the cache) the weights at `weightsUrl`, checks them as strictly as the
  * desktop does, and builds the estimator. `model` (optional) must match the weights' model card.
  * `backend`: "auto" (default: WebGPU when an adapter opens, else the CPU), "webgpu" or "cpu".
+ * `detector`: true (default) fetches the person detector at `detectorUrl` (default: the shipped
+ * one, DEFAULT_DETECTOR_URL) and attaches it on the same backend; false: no detector. When the
+ * default URL cannot be fetched the estimator works without one and says why in
+ * `est.detectorNote`; a `detectorUrl` given explicitly must work (else a "weights" error).
  */
-export async function createEstimator({ model = "", weightsUrl, backend = "auto", cache = true, wasmUrl } = {}) {
+export async function createEstimator({ model = "", weightsUrl, backend = "auto", cache = true, wasmUrl,
+                                        detector = true, detectorUrl } = {}) {
   if (!weightsUrl) {
     if (!model) throw new WgposeError("input", "createEstimator needs weightsUrl (or a model name: models/NAME.safetensors)");
     weightsUrl = `models/${model}.safetensors`;
@@ -237,15 +294,29 @@ export async function createEstimator({ model = "", weightsUrl, backend = "auto"
   const base = typeof document !== "undefined" ? document.baseURI : globalThis.location.href;
   const url = new URL(weightsUrl, base).href;
   const w = await fetchWeights(url, cache);
+  let d = null;
+  let detectorNote = "";
+  if (detector) {
+    const dUrl = new URL(detectorUrl || DEFAULT_DETECTOR_URL, base).href;
+    try {
+      d = await fetchWeights(dUrl, cache);
+      d.label = detectorUrl || DEFAULT_DETECTOR_URL;
+    } catch (e) {
+      if (detectorUrl) throw e;
+      detectorNote = `no person detector (${e.message}): no box means the whole source`;
+    }
+  }
   let inner;
   try {
-    inner = await createWasm(model, w.bytes, weightsUrl, backend);
+    inner = await createWasm(model, w.bytes, weightsUrl, backend, d ? d.bytes : new Uint8Array(0), d ? d.label : "");
   } catch (e) {
     await w.forget();
+    if (d) await d.forget();
     throw wrap(e);
   }
   await w.keep();
-  const est = new Estimator(inner, JSON.parse(inner.model), w.fromCache);
+  if (d) await d.keep();
+  const est = new Estimator(inner, JSON.parse(inner.model), w.fromCache, detectorNote);
   if (est.backend === "webgpu") est.adapter = await describeAdapter(est.adapter);
   return est;
 }
