@@ -66,9 +66,10 @@ impl<'a> From<&'a image::RgbaImage> for Picture<'a> {
 /// box is known.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Boxes<'a> {
-    /// No box known. Today the whole picture is taken as one person's box (one pose comes back);
-    /// once a person detector ships it will find the people here (several poses, highest score
-    /// first).
+    /// No box known: the estimator's person detector finds the people (several poses, highest
+    /// detection score first, none in a picture without people). An estimator without a
+    /// detector ([`EstimatorOptions::find_people`](crate::EstimatorOptions) off) takes the whole
+    /// picture as one person's box.
     Auto,
     /// One pose per box, in this order (none for an empty list).
     Given(Cow<'a, [[f32; 4]]>),
