@@ -46,8 +46,9 @@ pub struct PredictArgs {
     sure_score: f32,
     /// Write JSON: `{"file.jpg": [[x, y, score], ...]}` holds the top-scoring person of every
     /// image (in the model's joint order, original pixels; `[]` when nobody was found), and
-    /// `"people": {"file.jpg": [{"score", "box": [x, y, w, h], "pose_score", "keypoints"}, ...]}`
-    /// every person found, highest detection score first.
+    /// `"people": {"file.jpg": [{"score", "box": [x, y, w, h], "detection_box", "pose_score",
+    /// "keypoints"}, ...]}` every person found, highest detection score first (`box` is the crop
+    /// the pose came from, `detection_box` the detector's tight box, null with --bbox).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write the image with the skeleton drawn on it (PNG); a directory when several images.
@@ -258,6 +259,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
                         .map(|(pose, det)| serde_json::json!({
                             "score": det.map_or(pose.score, |d| d.score),
                             "box": pose.bbox,
+                            "detection_box": det.map(|d| d.bbox),
                             "pose_score": pose.score,
                             "keypoints": kps_of(pose),
                         }))
