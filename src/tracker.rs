@@ -17,8 +17,10 @@
 //! # Ok::<(), wgpose::Error>(())
 //! ```
 
+use crate::detector::Person;
 use crate::error::{Error, Result};
 use crate::estimator::{Boxes, Estimator, Picture, Pose};
+use crate::pipeline::detect::Detection;
 use crate::pipeline::follow::next_box;
 use crate::pipeline::preprocess_gpu::FrameLayout;
 
@@ -54,6 +56,9 @@ pub enum TrackStep {
 pub struct Tracked {
     pub pose: Pose,
     pub step: TrackStep,
+    /// The detector's box and score on a `Found` step (None when following, or when the
+    /// estimator has no detector).
+    pub detection: Option<Detection>,
 }
 
 /// Follows the top person from frame to frame (see the module docs).
@@ -103,7 +108,11 @@ impl Tracker {
                 return Ok(Some(t));
             }
         }
-        Ok(self.start(est.estimate(picture, Boxes::Auto)?))
+        let found = match est.detector() {
+            Some(_) => detected(est.people(picture)?),
+            None => whole(est.estimate(picture, Boxes::Auto)?),
+        };
+        Ok(self.start(found))
     }
 
     /// [`Tracker::track`] on a frame already on the GPU
@@ -120,7 +129,11 @@ impl Tracker {
                 return Ok(Some(t));
             }
         }
-        Ok(self.start(est.estimate_gpu_frame(src, frame, Boxes::Auto)?))
+        let found = match est.detector() {
+            Some(_) => detected(est.people_gpu_frame(src, frame)?),
+            None => whole(est.estimate_gpu_frame(src, frame, Boxes::Auto)?),
+        };
+        Ok(self.start(found))
     }
 
     /// [`Tracker::track_gpu_frame`] awaiting the readbacks (the browser's path).
@@ -136,7 +149,11 @@ impl Tracker {
                 return Ok(Some(t));
             }
         }
-        Ok(self.start(est.estimate_gpu_frame_async(src, frame, Boxes::Auto).await?))
+        let found = match est.detector() {
+            Some(_) => detected(est.people_gpu_frame_async(src, frame).await?),
+            None => whole(est.estimate_gpu_frame_async(src, frame, Boxes::Auto).await?),
+        };
+        Ok(self.start(found))
     }
 
     /// A frame of another size (a folder of differently sized images): the box means nothing.
@@ -151,14 +168,14 @@ impl Tracker {
     fn keep(&mut self, poses: Vec<Pose>) -> Option<Tracked> {
         let pose = poses.into_iter().next()?;
         self.follow = self.next(&pose);
-        self.follow.map(|_| Tracked { pose, step: TrackStep::Followed })
+        self.follow.map(|_| Tracked { pose, step: TrackStep::Followed, detection: None })
     }
 
-    /// A new track from the top person found.
-    fn start(&mut self, poses: Vec<Pose>) -> Option<Tracked> {
-        let pose = poses.into_iter().next();
-        self.follow = pose.as_ref().and_then(|p| self.next(p));
-        pose.map(|pose| Tracked { pose, step: TrackStep::Found })
+    /// A new track from the top person found (`detection` None: no detector, the whole picture).
+    fn start(&mut self, found: Vec<(Pose, Option<Detection>)>) -> Option<Tracked> {
+        let (pose, detection) = found.into_iter().next()?;
+        self.follow = self.next(&pose);
+        Some(Tracked { pose, step: TrackStep::Found, detection })
     }
 
     fn next(&self, pose: &Pose) -> Option<[f32; 4]> {
@@ -167,4 +184,14 @@ impl Tracker {
         }
         next_box(&pose.keypoints, self.opts.follow_threshold, self.size[0], self.size[1])
     }
+}
+
+/// Detected people as (pose, detection) pairs.
+fn detected(people: Vec<Person>) -> Vec<(Pose, Option<Detection>)> {
+    people.into_iter().map(|p| (p.pose, Some(p.detection))).collect()
+}
+
+/// Poses of `Boxes::Auto` without a detector (the whole picture): no detection.
+fn whole(poses: Vec<Pose>) -> Vec<(Pose, Option<Detection>)> {
+    poses.into_iter().map(|p| (p, None)).collect()
 }

@@ -156,10 +156,13 @@ fn tracker_detects_first_then_follows_and_loses_blank_frames() {
     let mut tracker = Tracker::new(TrackerOptions { follow_threshold: 0.0, follow: true }).unwrap();
     let first = tracker.track(&mut est, &img).unwrap().expect("a person");
     assert_eq!(first.step, TrackStep::Found);
+    let det = first.detection.expect("a found step carries its detection");
+    assert_eq!(det, est.people(&img).unwrap()[0].detection);
     assert_eq!(first.pose.bbox, est.estimate(&img, Boxes::Auto).unwrap()[0].bbox, "the top detected person");
     let follow = tracker.follow_box().expect("following");
     let second = tracker.track(&mut est, &img).unwrap().expect("a person");
     assert_eq!(second.step, TrackStep::Followed);
+    assert!(second.detection.is_none());
     assert_eq!(second.pose.bbox, follow, "cropped at the previous frame's keypoint box");
     // A frame of another size starts over.
     let small = image::imageops::thumbnail(&img.rgb, img.rgb.width() / 2, img.rgb.height() / 2);
