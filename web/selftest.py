@@ -233,10 +233,13 @@ def check_people(wd, base, args, model, backend, device, check):
     first = res["results"][images[0]]
     same = bool(first) and res["trackFirst"] is not None and all(
         abs(a - b) <= 1e-4 for ka, kb in zip(first[0]["keypoints"], res["trackFirst"]) for a, b in zip(ka, kb))
+    # The found step carries the detection of the person it found.
+    same = same and res.get("trackFirstDetection") is not None and abs(
+        res["trackFirstDetection"] - first[0]["score"]) <= 1e-6
     tms = ", ".join(f"{m:.0f}" for m in res["trackMs"])
     check(f"{name}: track", res["steps"] == want and same,
           f"steps {res['steps']} (want {want}: image, same image, after resetTrack, blank image); "
-          f"found pose {'=' if same else '!='} first detected person's; ms [{tms}]")
+          f"found pose and detection {'=' if same else '!='} first detected person's; ms [{tms}]")
 
 
 def extras(wd, base, args):

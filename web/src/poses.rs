@@ -32,7 +32,8 @@ pub fn poses_json(found: &[Found]) -> String {
     Value::Array(found.iter().map(|(p, d)| pose_value(p, d.as_ref())).collect()).to_string()
 }
 
-/// `null` when nobody is tracked, else `{step: "found" | "followed", pose}`.
+/// `null` when nobody is tracked, else `{step: "found" | "followed", pose}` (a found pose
+/// carries its `detection` when the detector found it).
 pub fn tracked_json(t: Option<&Tracked>) -> String {
     match t {
         None => "null".to_string(),
@@ -41,7 +42,7 @@ pub fn tracked_json(t: Option<&Tracked>) -> String {
                 TrackStep::Found => "found",
                 TrackStep::Followed => "followed",
             };
-            json!({ "step": step, "pose": pose_value(&t.pose, None) }).to_string()
+            json!({ "step": step, "pose": pose_value(&t.pose, t.detection.as_ref()) }).to_string()
         }
     }
 }
