@@ -231,7 +231,7 @@ pub struct Person {
     pub detection: Detection,
 }
 
-/// How [`estimate_people`] goes from detections to poses.
+/// How [`Estimator::people`](crate::Estimator::people) goes from detections to poses.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PeopleOptions {
     /// Re-crop each person on the box of their keypoints this many times (the keypoints frame
