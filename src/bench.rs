@@ -53,6 +53,7 @@ pub fn op_cases() -> Vec<(&'static str, [usize; 4], Op)> {
     ]
 }
 
+/// The graph of one layer applied to an input of shape `input` (NCHW).
 pub fn single_op_graph(input: [usize; 4], op: Op) -> Result<Graph> {
     let mut g = Graph::new();
     let x = g.push("input", Op::Input { chw: [input[1], input[2], input[3]] }, vec![])?;
@@ -62,6 +63,27 @@ pub fn single_op_graph(input: [usize; 4], op: Op) -> Result<Graph> {
     Ok(g)
 }
 
+/// The seeded random input (values in -1..1) every layer benchmark feeds its layer.
+pub fn op_input(input: [usize; 4]) -> Result<Tensor> {
+    let mut rng = Rng::new(7);
+    Tensor::new(input.to_vec(), rng.vec(input.iter().product(), -1.0, 1.0))
+}
+
+/// What a whole-model benchmark runs: the graph of `cfg` with seeded random weights (seed 0) and
+/// seeded random inputs (values in -1..1) for a batch of `batch`.
+pub fn model_case(cfg: &crate::models::ModelConfig, batch: usize) -> Result<(Graph, Vec<Tensor>)> {
+    let g = cfg.build(0)?;
+    let shapes = g.shapes(batch)?;
+    let mut rng = Rng::new(3);
+    let inputs: Vec<Tensor> = g
+        .inputs()
+        .iter()
+        .map(|&i| Tensor::new(shapes[i].to_vec(), rng.vec(shapes[i].iter().product(), -1.0, 1.0)))
+        .collect::<Result<_>>()?;
+    Ok((g, inputs))
+}
+
+/// The median of `v` (the upper one for an even count); NaN when `v` is empty.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -115,9 +137,7 @@ pub fn bench_ops(
         let g = single_op_graph(input, op)?;
         let flops = g.flops(input[0])? as f64;
         let bytes: f64 = g.stats(input[0])?.iter().map(|s| s.bytes as f64).sum();
-        let mut rng = Rng::new(7);
-        let x = Tensor::new(input.to_vec(), rng.vec(input.iter().product(), -1.0, 1.0))?;
-        let inputs = vec![x];
+        let inputs = vec![op_input(input)?];
         if with_cpu {
             let cpu_ms = time_ms(reps, || crate::cpu::run(&g, &inputs).map(|_| ()))?;
             let row = BenchRow {
@@ -201,15 +221,8 @@ pub fn bench_model(
     reps: usize,
     with_cpu: bool,
 ) -> Result<Vec<ModelBenchRow>> {
-    let g = cfg.build(0)?;
+    let (g, inputs) = model_case(cfg, batch)?;
     let flops = g.flops(batch)? as f64;
-    let shapes = g.shapes(batch)?;
-    let mut rng = Rng::new(3);
-    let inputs: Vec<Tensor> = g
-        .inputs()
-        .iter()
-        .map(|&i| Tensor::new(shapes[i].to_vec(), rng.vec(shapes[i].iter().product(), -1.0, 1.0)))
-        .collect::<Result<_>>()?;
     let input = [batch, cfg.input[0], cfg.input[1], cfg.input[2]];
     let param_mib = g.param_count() as f64 * 4.0 / 1048576.0;
     let mut rows = Vec::new();
