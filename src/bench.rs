@@ -14,9 +14,14 @@ use crate::tensor::Tensor;
 /// One measured row.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchRow {
+    /// The layer's name, from [`op_cases`].
     pub op: String,
+    /// `cpu` or `gpu`.
     pub device: String,
+    /// Median milliseconds: GPU kernel time from timestamp queries when the adapter has them, else
+    /// the wall time.
     pub ms: f64,
+    /// Floating-point operations per second at `ms` (multiply-add = 2), in billions.
     pub gflops: f64,
     /// Activation and parameter bytes read and written, per second (memory-bound ops).
     pub gb_s: f64,
@@ -172,16 +177,21 @@ pub fn bench_ops(
 /// One row of `wgpose bench models`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ModelBenchRow {
+    /// The config's name.
     pub model: String,
+    /// `cpu` or `gpu`.
     pub device: String,
+    /// NCHW of the input.
     pub input: [usize; 4],
     /// Median wall-clock latency of one blocking inference (upload, compute, readback).
     pub ms: f64,
     /// Compile plus first inference: what a user waits for on the first call.
     pub first_ms: f64,
+    /// Floating-point operations per second at `ms` (multiply-add = 2), in billions.
     pub gflops: f64,
     /// Peak activation memory (GPU: the planned arena; CPU: the largest set of live tensors).
     pub activation_mib: f64,
+    /// Parameter memory at 4 bytes per parameter.
     pub param_mib: f64,
 }
 
@@ -271,7 +281,9 @@ pub const TRAIN_FLOPS_PER_FORWARD: f64 = 3.0;
 /// One row of `wgpose bench train`: the CPU training step of one config.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TrainBenchRow {
+    /// The config's name.
     pub model: String,
+    /// Images per step.
     pub batch: usize,
     /// `[c, h, w]` of one input image.
     pub input: [usize; 3],
@@ -284,6 +296,7 @@ pub struct TrainBenchRow {
     pub fwd_gflops_per_image: f64,
     /// [`TRAIN_FLOPS_PER_FORWARD`] x the forward FLOPs.
     pub train_gflops_per_image: f64,
+    /// Training throughput: `batch` / `ms_per_step`.
     pub images_per_s: f64,
     /// Median wall time of one step (forward, loss, backward, optimiser update).
     pub ms_per_step: f64,
@@ -440,7 +453,9 @@ pub fn gemm_peak_gflops(threads_hint: usize) -> f64 {
 /// whole picture, on one executor.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PipelineBenchRow {
+    /// `cpu` or `gpu`.
     pub device: String,
+    /// `[w, h]` of the picture, in pixels.
     pub image: [usize; 2],
     /// People the detector found (the pose stages run on all of them).
     pub people: usize,
