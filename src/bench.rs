@@ -14,9 +14,14 @@ use crate::tensor::Tensor;
 /// One measured row.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchRow {
+    /// The layer's name, from [`op_cases`].
     pub op: String,
+    /// `cpu` or `gpu`.
     pub device: String,
+    /// Median milliseconds: GPU kernel time from timestamp queries when the adapter has them, else
+    /// the wall time.
     pub ms: f64,
+    /// Floating-point operations per second at `ms` (multiply-add = 2), in billions.
     pub gflops: f64,
     /// Activation and parameter bytes read and written, per second (memory-bound ops).
     pub gb_s: f64,
@@ -53,6 +58,7 @@ pub fn op_cases() -> Vec<(&'static str, [usize; 4], Op)> {
     ]
 }
 
+/// The graph of one layer applied to an input of shape `input` (NCHW).
 pub fn single_op_graph(input: [usize; 4], op: Op) -> Result<Graph> {
     let mut g = Graph::new();
     let x = g.push("input", Op::Input { chw: [input[1], input[2], input[3]] }, vec![])?;
@@ -62,6 +68,27 @@ pub fn single_op_graph(input: [usize; 4], op: Op) -> Result<Graph> {
     Ok(g)
 }
 
+/// The seeded random input (values in -1..1) every layer benchmark feeds its layer.
+pub fn op_input(input: [usize; 4]) -> Result<Tensor> {
+    let mut rng = Rng::new(7);
+    Tensor::new(input.to_vec(), rng.vec(input.iter().product(), -1.0, 1.0))
+}
+
+/// What a whole-model benchmark runs: the graph of `cfg` with seeded random weights (seed 0) and
+/// seeded random inputs (values in -1..1) for a batch of `batch`.
+pub fn model_case(cfg: &crate::models::ModelConfig, batch: usize) -> Result<(Graph, Vec<Tensor>)> {
+    let g = cfg.build(0)?;
+    let shapes = g.shapes(batch)?;
+    let mut rng = Rng::new(3);
+    let inputs: Vec<Tensor> = g
+        .inputs()
+        .iter()
+        .map(|&i| Tensor::new(shapes[i].to_vec(), rng.vec(shapes[i].iter().product(), -1.0, 1.0)))
+        .collect::<Result<_>>()?;
+    Ok((g, inputs))
+}
+
+/// The median of `v` (the upper one for an even count); NaN when `v` is empty.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -115,9 +142,7 @@ pub fn bench_ops(
         let g = single_op_graph(input, op)?;
         let flops = g.flops(input[0])? as f64;
         let bytes: f64 = g.stats(input[0])?.iter().map(|s| s.bytes as f64).sum();
-        let mut rng = Rng::new(7);
-        let x = Tensor::new(input.to_vec(), rng.vec(input.iter().product(), -1.0, 1.0))?;
-        let inputs = vec![x];
+        let inputs = vec![op_input(input)?];
         if with_cpu {
             let cpu_ms = time_ms(reps, || crate::cpu::run(&g, &inputs).map(|_| ()))?;
             let row = BenchRow {
@@ -152,16 +177,21 @@ pub fn bench_ops(
 /// One row of `wgpose bench models`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ModelBenchRow {
+    /// The config's name.
     pub model: String,
+    /// `cpu` or `gpu`.
     pub device: String,
+    /// NCHW of the input.
     pub input: [usize; 4],
     /// Median wall-clock latency of one blocking inference (upload, compute, readback).
     pub ms: f64,
     /// Compile plus first inference: what a user waits for on the first call.
     pub first_ms: f64,
+    /// Floating-point operations per second at `ms` (multiply-add = 2), in billions.
     pub gflops: f64,
     /// Peak activation memory (GPU: the planned arena; CPU: the largest set of live tensors).
     pub activation_mib: f64,
+    /// Parameter memory at 4 bytes per parameter.
     pub param_mib: f64,
 }
 
@@ -201,15 +231,8 @@ pub fn bench_model(
     reps: usize,
     with_cpu: bool,
 ) -> Result<Vec<ModelBenchRow>> {
-    let g = cfg.build(0)?;
+    let (g, inputs) = model_case(cfg, batch)?;
     let flops = g.flops(batch)? as f64;
-    let shapes = g.shapes(batch)?;
-    let mut rng = Rng::new(3);
-    let inputs: Vec<Tensor> = g
-        .inputs()
-        .iter()
-        .map(|&i| Tensor::new(shapes[i].to_vec(), rng.vec(shapes[i].iter().product(), -1.0, 1.0)))
-        .collect::<Result<_>>()?;
     let input = [batch, cfg.input[0], cfg.input[1], cfg.input[2]];
     let param_mib = g.param_count() as f64 * 4.0 / 1048576.0;
     let mut rows = Vec::new();
@@ -258,7 +281,9 @@ pub const TRAIN_FLOPS_PER_FORWARD: f64 = 3.0;
 /// One row of `wgpose bench train`: the CPU training step of one config.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TrainBenchRow {
+    /// The config's name.
     pub model: String,
+    /// Images per step.
     pub batch: usize,
     /// `[c, h, w]` of one input image.
     pub input: [usize; 3],
@@ -271,6 +296,7 @@ pub struct TrainBenchRow {
     pub fwd_gflops_per_image: f64,
     /// [`TRAIN_FLOPS_PER_FORWARD`] x the forward FLOPs.
     pub train_gflops_per_image: f64,
+    /// Training throughput: `batch` / `ms_per_step`.
     pub images_per_s: f64,
     /// Median wall time of one step (forward, loss, backward, optimiser update).
     pub ms_per_step: f64,
@@ -427,7 +453,9 @@ pub fn gemm_peak_gflops(threads_hint: usize) -> f64 {
 /// whole picture, on one executor.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PipelineBenchRow {
+    /// `cpu` or `gpu`.
     pub device: String,
+    /// `[w, h]` of the picture, in pixels.
     pub image: [usize; 2],
     /// People the detector found (the pose stages run on all of them).
     pub people: usize,

@@ -231,7 +231,7 @@ pub struct Person {
     pub detection: Detection,
 }
 
-/// How [`people_from_detections`] goes from detections to poses.
+/// How [`Estimator::people`](crate::Estimator::people) goes from detections to poses.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PeopleOptions {
     /// Re-crop each person on the box of their keypoints this many times (the keypoints frame
@@ -250,6 +250,7 @@ pub struct PeopleOptions {
     /// for people at scores where it also finds real people, and the pose network tells them
     /// apart (see the README's "Finding people" for the measurements).
     pub min_pose_score: f32,
+    /// See `min_pose_score`.
     pub sure_score: f32,
 }
 

@@ -5,7 +5,7 @@ pub mod bench;
 pub mod cpu;
 pub mod data;
 pub mod detector;
-pub mod error;
+mod error;
 pub mod estimator;
 pub mod gpu;
 pub mod graph;

@@ -85,9 +85,10 @@ fn fixture_people() -> Vec<Person> {
     people
 }
 
-/// Every `models/*.safetensors`, sorted.
+/// Every `models/*.safetensors` (or `$WGPOSE_MODELS/*.safetensors`, to check another copy of
+/// the weights), sorted.
 fn shipped_files() -> Vec<PathBuf> {
-    let dir = manifest().join("models");
+    let dir = wgpose::models::models_dir();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("read models/").path())
@@ -201,7 +202,7 @@ fn check_detector(path: &Path, cfg: &ModelConfig, people: &[Person], ctx: Option
     let gts: Vec<Vec<[f32; 4]>> = people.iter().map(|p| vec![p.gt.bbox.expect("fixture box")]).collect();
     let m = box_ap(&cpu, &gts, 0.5).map_err(|e| e.to_string())?;
     // The whole pipeline on the top detection, as `wgpose eval --boxes detected` runs it.
-    let pose_path = manifest().join("models").join(format!("{}.safetensors", wgpose::models::DEFAULT_MODEL));
+    let pose_path = wgpose::models::shipped_weights_path(wgpose::models::DEFAULT_MODEL);
     let (pose_cfg, _) = config_of(&pose_path)?;
     let mut est = estimator(&pose_cfg, &pose_path, None)?;
     let mapping = est.skeleton.mapping_to(&LSP14);
@@ -372,7 +373,7 @@ fn check_file(path: &Path, people: &[Person], ctx: Option<&GpuContext>, tmp: &Pa
 #[test]
 fn shipped_weights_find_real_people_on_cpu_and_gpu() {
     let files = shipped_files();
-    assert!(!files.is_empty(), "no .safetensors file in {}", manifest().join("models").display());
+    assert!(!files.is_empty(), "no .safetensors file in {}", wgpose::models::models_dir().display());
     let people = fixture_people();
     let ctx = common::gpu();
     let tmp = std::env::temp_dir().join(format!("wgpose-shipped-{}", std::process::id()));

@@ -6,7 +6,7 @@
 //! pixels (minus 1). `joints_vis` 1 means labelled (MPII's `is_visible` is not in this layout) and
 //! becomes COCO visibility 2; 0 (unlabelled, stored as `[-1, -1]`) becomes 0.
 //!
-//! Box: [`mpii_box`](super::mpii_box), HRNet's crop (centre moved down by 15 * scale, scale
+//! Box: [`mpii_box`], HRNet's crop (centre moved down by 15 * scale, scale
 //! x 1.25, side = scale * 200).
 //!
 //! Head size for PCKh. The official evaluation (and HRNet's, which reads the official

@@ -14,7 +14,7 @@
 //! MPII's table weights joints. MPII's official "Mean" also leaves out pelvis and thorax:
 //! `result.mean_excluding(&[6, 7])`.
 //!
-//! One module per metric: [`pck`] (PCK, PCKh), [`oks`] (object keypoint similarity) and
+//! One module per metric: [`pck`](mod@pck) (PCK, PCKh), [`oks`](mod@oks) (object keypoint similarity) and
 //! [`coco_eval`] (COCO keypoint AP/AR); everything is re-exported here, so `metrics::pck(...)`
 //! and the other paths keep working.
 

@@ -5,7 +5,7 @@
 //!   and keeps on a [`Tape`] everything the backward pass needs: every node's output, the batch
 //!   statistics of batch norms in training mode (and the updated running statistics, momentum
 //!   0.1 and unbiased variance as in PyTorch), and the argmax of every max pool.
-//! - [`backward`] walks the nodes in reverse topological order and returns [`Gradients`], keyed
+//! - [`backward()`] walks the nodes in reverse topological order and returns [`Gradients`], keyed
 //!   by the parameter names of [`crate::weights::named_params`] (`<node>.weight`, `.bias`,
 //!   `.gamma`, `.beta`, `.alpha`, `.scale`, `.shift`), plus the gradients of the graph inputs.
 //!   Running statistics are not parameters and get no gradient.
@@ -61,7 +61,7 @@ pub struct RunningUpdate {
     pub var: Tensor,
 }
 
-/// What [`backward`] needs from the forward pass.
+/// What [`backward()`] needs from the forward pass.
 pub struct Tape {
     /// Every node's output (index = node id).
     pub values: Vec<Tensor>,
@@ -133,7 +133,7 @@ fn check_trainable(graph: &Graph) -> Result<()> {
     Ok(())
 }
 
-/// Runs the graph for training, keeping what [`backward`] needs. `inputs` as for
+/// Runs the graph for training, keeping what [`backward()`] needs. `inputs` as for
 /// [`cpu::run`].
 pub fn forward_train(graph: &Graph, inputs: &[Tensor], bn_mode: BnMode) -> Result<Tape> {
     check_trainable(graph)?;
