@@ -61,10 +61,7 @@ impl PersonDetector {
         ctx: Option<&GpuContext>,
         detect: DetectConfig,
     ) -> Result<Self> {
-        if config.family != Family::PersonDetector {
-            return Err(Error::Input(format!("{} is not a person detector", config.name)));
-        }
-        detect.check()?;
+        check_detector(config, &detect)?;
         let (graph, weights, _) = load_model(config, weights, 0)?;
         if let WeightsSource::RandomInit { .. } = weights {
             return Err(Error::Input(format!(
@@ -85,10 +82,7 @@ impl PersonDetector {
         ctx: Option<&GpuContext>,
         detect: DetectConfig,
     ) -> Result<Self> {
-        if config.family != Family::PersonDetector {
-            return Err(Error::Input(format!("{} is not a person detector", config.name)));
-        }
-        detect.check()?;
+        check_detector(config, &detect)?;
         let (graph, _) = load_model_bytes(config, bytes, label)?;
         Self::from_loaded(config, graph, WeightsSource::Bytes(label.to_string()), ctx, detect)
     }
@@ -212,6 +206,14 @@ impl PersonDetector {
     pub fn detect(&mut self, image: &ImageRef) -> Result<Vec<Detection>> {
         Ok(self.detect_lsp_boxes(image)?.into_iter().map(tight).collect())
     }
+}
+
+/// The config must be a person detector and the detection settings sane, before any loading.
+fn check_detector(config: &ModelConfig, detect: &DetectConfig) -> Result<()> {
+    if config.family != Family::PersonDetector {
+        return Err(Error::Input(format!("{} is not a person detector", config.name)));
+    }
+    detect.check()
 }
 
 /// An LSP pose box shrunk back to the joints' extent (inverse of the 25% enlargement).

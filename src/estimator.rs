@@ -168,12 +168,7 @@ impl Estimator {
         ctx: Option<&GpuContext>,
         opts: EstimatorOptions,
     ) -> Result<Self> {
-        let skeleton = Skeleton::for_joints(config.joints).ok_or_else(|| {
-            Error::Input(format!(
-                "{} predicts {} joints, not a known skeleton (14, 16, 17)",
-                config.name, config.joints
-            ))
-        })?;
+        let skeleton = skeleton_of(config)?;
         let (graph, weights, _card) = load_model(config, weights, opts.seed)?;
         let mut est = Self::from_loaded(config, skeleton, graph, weights, ctx, opts)?;
         if opts.find_people {
@@ -200,12 +195,7 @@ impl Estimator {
         ctx: Option<&GpuContext>,
         opts: EstimatorOptions,
     ) -> Result<Self> {
-        let skeleton = Skeleton::for_joints(config.joints).ok_or_else(|| {
-            Error::Input(format!(
-                "{} predicts {} joints, not a known skeleton (14, 16, 17)",
-                config.name, config.joints
-            ))
-        })?;
+        let skeleton = skeleton_of(config)?;
         let (graph, _card) = load_model_bytes(config, bytes, label)?;
         Self::from_loaded(config, skeleton, graph, WeightsSource::Bytes(label.to_string()), ctx, opts)
     }
@@ -539,6 +529,13 @@ impl Estimator {
         })
         .await
     }
+}
+
+/// The joint layout of a pose network's output, or an error for a config that is not one.
+fn skeleton_of(config: &ModelConfig) -> Result<&'static Skeleton> {
+    Skeleton::for_joints(config.joints).ok_or_else(|| {
+        Error::Input(format!("{} predicts {} joints, not a known skeleton (14, 16, 17)", config.name, config.joints))
+    })
 }
 
 /// The boxes in the caller's coordinates (`Auto`: the whole picture) and in working pixels.

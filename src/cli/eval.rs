@@ -74,16 +74,10 @@ pub struct EvalArgs {
     /// default).
     #[arg(long, default_value_t = 0.0)]
     refine_threshold: f32,
-    /// With `--boxes detected`: the detection score a candidate needs (the library's default
-    /// 0.1; below 0.4 its pose must be confident too); an image where nobody qualifies counts
-    /// every joint as missed.
-    #[arg(long, default_value_t = 0.1)]
-    det_threshold: f32,
-    /// With `--boxes detected`: see `predict --min-pose-score` / `--sure-score`.
-    #[arg(long, default_value_t = 0.3)]
-    min_pose_score: f32,
-    #[arg(long, default_value_t = 0.4)]
-    sure_score: f32,
+    /// With `--boxes detected`: who counts as a person (an image where nobody qualifies counts
+    /// every joint as missed).
+    #[command(flatten)]
+    people: super::PeopleArgs,
 }
 
 fn first_json(dir: &Path) -> Result<PathBuf> {
@@ -147,27 +141,22 @@ pub fn run(a: EvalArgs) -> Result<()> {
         return Err(Error::Input("--boxes detected is implemented for --format lsp (one person per image)".into()));
     }
     let detected = a.boxes == BoxSource::Detected;
-    for (name, v) in [
-        ("--refine-threshold", a.refine_threshold),
-        ("--min-pose-score", a.min_pose_score),
-        ("--sure-score", a.sure_score),
-    ] {
-        if detected && !(0.0..=1.0).contains(&v) {
-            return Err(Error::Input(format!("{name} {v} must be in [0, 1]")));
+    if detected {
+        if !(0.0..=1.0).contains(&a.refine_threshold) {
+            return Err(Error::Input(format!("--refine-threshold {} must be in [0, 1]", a.refine_threshold)));
         }
+        a.people.check()?;
     }
     let mut det_found: Vec<Vec<Detection>> = Vec::new();
     let mut det_gt: Vec<Vec<[f32; 4]>> = Vec::new();
     let (cfg, weights) = resolve_model(&a.model)?;
     // Detected boxes go through the library's own pipeline (`Estimator::people`: tight boxes,
     // the default crop padding, refinement on the keypoints), so this number is what users get.
-    let people_opts = PeopleOptions {
+    let people_opts = a.people.apply(PeopleOptions {
         refine_passes: a.refine,
         refine_threshold: a.refine_threshold,
-        min_pose_score: a.min_pose_score,
-        sure_score: a.sure_score,
         ..Default::default()
-    };
+    });
     let opts = if detected {
         EstimatorOptions { flip_test: a.flip, find_people: false, people: people_opts, ..Default::default() }
     } else {
@@ -175,7 +164,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     let mut est = open_estimator(&cfg, weights.as_deref(), a.device, opts)?;
     eprintln!("model {}: {}; {}", cfg.name, est.weights, est.device_choice());
-    let pipeline_detect = DetectConfig { score_threshold: a.det_threshold, ..Default::default() };
+    let pipeline_detect = DetectConfig { score_threshold: a.people.det_threshold, ..Default::default() };
     if detected {
         let (dcfg, dweights) = resolve_model(&a.detector)?;
         let d = PersonDetector::with_gpu(&dcfg, dweights.as_deref(), est.gpu_context(), pipeline_detect)?;

@@ -168,3 +168,36 @@ pub fn cpu_model() -> String {
         })
         .unwrap_or_else(|| "unknown".into())
 }
+
+/// The flags that turn detector candidates into people, shared by `predict` and
+/// `eval --boxes detected` (see `wgpose::detector::PeopleOptions`).
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct PeopleArgs {
+    /// Minimum detection score of a candidate person.
+    #[arg(long, default_value_t = 0.1)]
+    pub det_threshold: f32,
+    /// A candidate scoring below --sure-score is a person only if its pose's mean keypoint
+    /// score reaches this (0 keeps every candidate).
+    #[arg(long, default_value_t = 0.3)]
+    pub min_pose_score: f32,
+    /// Detection score from which a candidate is a person whatever its pose's score.
+    #[arg(long, default_value_t = 0.4)]
+    pub sure_score: f32,
+}
+
+impl PeopleArgs {
+    /// The pose-score rule in [0, 1] (the detection threshold is checked by `DetectConfig`).
+    pub fn check(&self) -> wgpose::Result<()> {
+        for (name, v) in [("--min-pose-score", self.min_pose_score), ("--sure-score", self.sure_score)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(wgpose::Error::Input(format!("{name} {v} must be in [0, 1]")));
+            }
+        }
+        Ok(())
+    }
+
+    /// `base` with this rule.
+    pub fn apply(&self, base: wgpose::detector::PeopleOptions) -> wgpose::detector::PeopleOptions {
+        wgpose::detector::PeopleOptions { min_pose_score: self.min_pose_score, sure_score: self.sure_score, ..base }
+    }
+}

@@ -35,15 +35,8 @@ pub struct PredictArgs {
     /// At most this many people per image (highest detection scores first).
     #[arg(long, default_value_t = 10)]
     max_people: usize,
-    /// Minimum detection score of a candidate person.
-    #[arg(long, default_value_t = 0.1)]
-    det_threshold: f32,
-    /// A candidate scoring below --sure-score is a person only if its pose's mean keypoint
-    /// score reaches this (0 keeps every candidate).
-    #[arg(long, default_value_t = 0.3)]
-    min_pose_score: f32,
-    #[arg(long, default_value_t = 0.4)]
-    sure_score: f32,
+    #[command(flatten)]
+    people: super::PeopleArgs,
     /// Write JSON: `{"file.jpg": [[x, y, score], ...]}` holds the top-scoring person of every
     /// image (in the model's joint order, original pixels; `[]` when nobody was found), and
     /// `"people": {"file.jpg": [{"score", "box": [x, y, w, h], "detection_box", "pose_score",
@@ -139,12 +132,8 @@ fn validate(a: &PredictArgs) -> Result<()> {
     if a.json.is_some() && a.images.iter().any(|p| p.as_os_str() == "people") {
         return Err(Error::Input("an input named `people` would collide with the JSON's `people` key".into()));
     }
-    DetectConfig { score_threshold: a.det_threshold, max_people: a.max_people, ..Default::default() }.check()?;
-    for (name, v) in [("--min-pose-score", a.min_pose_score), ("--sure-score", a.sure_score)] {
-        if !(0.0..=1.0).contains(&v) {
-            return Err(Error::Input(format!("{name} {v} must be in [0, 1]")));
-        }
-    }
+    DetectConfig { score_threshold: a.people.det_threshold, max_people: a.max_people, ..Default::default() }.check()?;
+    a.people.check()?;
     Ok(())
 }
 
@@ -194,13 +183,14 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let bbox = a.bbox.as_deref().map(parse_bbox).transpose()?;
     let (cfg, weights) = resolve_model(&a.model)?;
     // The detector is attached below, from --detector with this command's thresholds.
-    let people = PeopleOptions { min_pose_score: a.min_pose_score, sure_score: a.sure_score, ..Default::default() };
+    let people = a.people.apply(PeopleOptions::default());
     let opts = EstimatorOptions { flip_test: a.flip, find_people: false, people, ..Default::default() };
     let mut est = open_estimator(&cfg, weights.as_deref(), a.device, opts)?;
     eprintln!("model {}: {}; {}", cfg.name, est.weights, est.device_choice());
     if bbox.is_none() && !a.no_detect {
         let (dcfg, dweights) = resolve_model(&a.detector)?;
-        let dc = DetectConfig { score_threshold: a.det_threshold, max_people: a.max_people, ..Default::default() };
+        let dc =
+            DetectConfig { score_threshold: a.people.det_threshold, max_people: a.max_people, ..Default::default() };
         // The detector runs where the pose network runs.
         match PersonDetector::with_gpu(&dcfg, dweights.as_deref(), est.gpu_context(), dc) {
             Ok(d) => {

@@ -84,7 +84,7 @@ impl Device {
             Device::Auto if ctx.is_software() => {
                 let reason = format!(
                     "{name} is a software adapter (the CPU emulating a GPU), where the CPU executor runs the \
-                     shipped networks 7-20x faster"
+                     shipped networks several times faster (README, Benchmarks)"
                 );
                 (None, DeviceChoice { gpu: false, adapter, reason })
             }
