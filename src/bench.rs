@@ -423,8 +423,8 @@ pub fn bench_train_config(cfg: &crate::models::ModelConfig, batch: usize, reps: 
 /// Side of the square f32 GEMM [`gemm_peak_gflops`] times.
 pub const PEAK_GEMM_N: usize = 1024;
 
-/// The measured CPU peak: GFLOP/s of a `1024 x 1024 x 1024` f32 GEMM (`2 n^3` FLOPs) through the
-/// `gemm` crate exactly as the CPU executor's convolutions call it (row-major, overwrite, rayon
+/// The measured CPU peak: GFLOP/s of a `1024 x 1024 x 1024` f32 GEMM (`2 n^3` FLOPs) through
+/// `cpu::gemm::matmul` exactly as the CPU executor's convolutions call it (row-major, overwrite, rayon
 /// parallelism over `threads_hint` threads, or single-threaded for 1; 0 means
 /// `rayon::current_num_threads()`). Median of 5 runs after a warm-up.
 pub fn gemm_peak_gflops(threads_hint: usize) -> f64 {

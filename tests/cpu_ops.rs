@@ -143,8 +143,11 @@ fn conv_cases() -> Vec<ConvCase> {
         c(1, 5, [19, 18], 5, 7).groups(5).stride(2).pad(3),
         c(1, 5, [9, 8], 5, 3).groups(5).pad(0),
         c(1, 3, [10, 11], 6, 3).groups(3),
-        // Large enough that the im2col is split into several tiles of output rows.
+        // Large enough for several column panels and task groups of the product; the same at
+        // stride 2 (packed im2col panels) and with 13 output channels (a partial row panel).
         c(1, 64, [40, 44], 8, 3),
+        c(1, 64, [40, 44], 13, 3).stride(2),
+        c(2, 33, [37, 70], 13, 3),
     ];
     let mut nb = c(1, 5, [10, 9], 4, 3);
     nb.bias = false;
@@ -196,11 +199,12 @@ fn all_epilogues(rng: &mut Rng, cout: usize) -> Vec<Epilogue> {
 fn conv_epilogues_match_reference() {
     let mut rng = Rng::new(2);
     let cases = [
-        ConvCase::new(2, 6, [9, 11], 5, 3).stride(2),   // im2col + GEMM
+        ConvCase::new(2, 6, [9, 11], 5, 3).stride(2),   // packed im2col panels
+        ConvCase::new(2, 6, [9, 11], 5, 3),             // stride 1: padded input read in place
         ConvCase::new(2, 6, [9, 11], 10, 1),            // direct 1x1
         ConvCase::new(1, 6, [13, 11], 10, 3).groups(2), // grouped
         ConvCase::new(2, 7, [9, 11], 7, 3).groups(7),   // depthwise
-        ConvCase::new(1, 64, [40, 44], 8, 3),           // tiled im2col
+        ConvCase::new(1, 64, [40, 44], 8, 3),           // many column panels
     ];
     for case in cases {
         for ep in all_epilogues(&mut rng, case.cout) {

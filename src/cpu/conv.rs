@@ -1,33 +1,27 @@
 //! Fast CPU convolution.
 //!
 //! - General case: per batch item and group, `out[cout_g, oh*ow] = W[cout_g, K] x B[K, oh*ow]`
-//!   with `K = cin_g*kh*kw` through `super::gemm::matmul`, where `B` is the im2col matrix. The output is
-//!   processed in tiles of whole output rows so the im2col buffer stays small (and is reused
-//!   across calls), and the epilogue runs on each tile right after its GEMM, while it is still in
-//!   cache.
-//! - 1x1, stride 1, unpadded: no im2col, the input slice already is `B`.
+//!   with `K = cin_g*kh*kw`, through `super::gemm::matmul_panels`. `B` is the im2col matrix, but
+//!   it is never written out: the product packs it panel by panel (`K x NR` values) straight
+//!   from the input ([`ConvPanels`]), and the weights are read in place. The epilogue runs on
+//!   each finished run of an output row, while it is still in cache.
+//! - Stride 1 (3x3, dilated, ...): the input is copied once into its zero padding, and the
+//!   product reads `B` in place from it (`matmul_offsets`: row `(ci, ky, kx)` of a column panel
+//!   is a run of the padded input), so nothing is packed at all.
+//! - 1x1, stride 1, unpadded: the input already is `B` (a plain matrix source).
 //! - Depthwise (`cin_g == 1`, `cout == groups`): a direct loop, parallel over `(n, c)` planes,
 //!   with the epilogue applied to each plane in the same task.
 //!
+//! [`im2col`] (the whole matrix) remains for the training backward pass.
+//!
 //! The epilogue is `y = post_act( act(conv + bias) (+) residual )`.
-
-use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::gemm::{matmul, Mat, MatMut, Parallelism};
+use super::gemm::{matmul_offsets, matmul_panels, offsets_slack, Epilogue, Mat, MatMut, Panels, Parallelism};
 use super::ops::{act_in_place, planes_per_task, valid_range};
 use crate::graph::{Act, Conv2d, Residual};
 use crate::tensor::Tensor;
-
-/// Budget of the im2col tile in elements (4 MiB of f32): the best of 64K..4M elements measured on
-/// a 2-core Zen 5 (1 MiB L2 per core) for 3x3, 7x7 stride-2 and 1x1 convolutions.
-const TILE_ELEMS: usize = 1 << 20;
-
-thread_local! {
-    /// im2col buffer, reused across calls on the same thread.
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
 
 /// Convolution with its fused epilogue. `x` is `[n, cin, h, w]`, `residual` (present exactly
 /// when the epilogue has one) has the output shape `out`. Inputs are assumed validated.
@@ -100,51 +94,164 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
     let [kh, kw] = c.kernel();
     let k = cin_g * kh * kw;
     let direct = kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0];
-    // Output rows per tile (for the direct 1x1 case, tiles only keep the epilogue in cache).
-    let rows = (TILE_ELEMS / (k * ow).max(1)).clamp(1, oh);
     let threads = rayon::current_num_threads();
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-
-    SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
-        if !direct && scratch.len() < k * rows * ow {
-            scratch.resize(k * rows * ow, 0.0);
+    for b in 0..n {
+        for g in 0..groups {
+            let xg = &x.data[(b * cin + g * cin_g) * hw..(b * cin + (g + 1) * cin_g) * hw];
+            let wg = &c.weight.data[g * cout_g * k..(g + 1) * cout_g * k];
+            let y0 = (b * cout + g * cout_g) * ohw;
+            let yt = &mut y[y0..y0 + cout_g * ohw];
+            // The epilogue runs on each finished run of an output row while it is in cache.
+            let epilogue = |row: usize, col0: usize, v: &mut [f32]| ep.apply(v, g * cout_g + row, y0 + row * ohw + col0);
+            let epilogue: Option<Epilogue> = if ep.is_identity() { None } else { Some(&epilogue) };
+            let dst = MatMut::rows(yt, cout_g, ohw, ohw);
+            let lhs = Mat::rows(wg, cout_g, k, k);
+            if direct {
+                matmul_panels(dst, lhs, &Mat::rows(xg, cin_g, ohw, hw), false, par, epilogue);
+            } else if c.stride == [1, 1] {
+                let (padded, offsets, pitch) = padded_input(xg, [cin_g, h, w], c);
+                matmul_offsets(dst, lhs, &padded, &offsets, [pitch, ow], par, epilogue);
+            } else {
+                let src = ConvPanels::new(xg, [cin_g, h, w], c, [oh, ow]);
+                matmul_panels(dst, lhs, &src, false, par, epilogue);
+            }
         }
-        for b in 0..n {
-            for g in 0..groups {
-                let xg = &x.data[(b * cin + g * cin_g) * hw..(b * cin + (g + 1) * cin_g) * hw];
-                let wg = &c.weight.data[g * cout_g * k..(g + 1) * cout_g * k];
-                let y0 = (b * cout + g * cout_g) * ohw;
-                for oy0 in (0..oh).step_by(rows) {
-                    let oy1 = (oy0 + rows).min(oh);
-                    let cols = (oy1 - oy0) * ow;
-                    let (rhs, rhs_rs): (&[f32], usize) = if direct {
-                        (&xg[oy0 * ow..], hw)
-                    } else {
-                        let buf = &mut scratch[..k * cols];
-                        im2col(xg, [cin_g, h, w], c, [oy0, oy1], ow, buf);
-                        (buf, cols)
-                    };
-                    let yt = &mut y[y0..y0 + cout_g * ohw];
-                    matmul(
-                        MatMut::rows(&mut yt[oy0 * ow..], cout_g, cols, ohw),
-                        Mat::rows(wg, cout_g, k, k),
-                        Mat::rows(rhs, k, cols, rhs_rs),
-                        false,
-                        par,
-                    );
-                    if !ep.is_identity() {
-                        let c0 = oy0 * ow;
-                        yt.par_chunks_mut(ohw).with_min_len(planes_per_task(cols)).enumerate().for_each(
-                            |(i, plane)| {
-                                ep.apply(&mut plane[c0..c0 + cols], g * cout_g + i, y0 + i * ohw + c0);
-                            },
-                        );
+    }
+}
+
+/// A stride-1 convolution's input (one group of one batch item, `[cin_g, h, w]`) copied into a
+/// zero border of the convolution's padding, with the slack `matmul_offsets` reads past it;
+/// the im2col row offsets `ci*plane + ky*dy*pitch + kx*dx`; and the padded width (`pitch`).
+/// One copy of the input replaces the `kh*kw` times larger im2col matrix.
+fn padded_input(x: &[f32], [cin_g, h, w]: [usize; 3], c: &Conv2d) -> (Vec<f32>, Vec<usize>, usize) {
+    let [py, px] = c.padding;
+    let [dy, dx] = c.dilation;
+    let [kh, kw] = c.kernel();
+    let (hp, wp) = (h + 2 * py, w + 2 * px);
+    let plane = hp * wp;
+    let mut padded = vec![0.0f32; cin_g * plane + offsets_slack()];
+    for ci in 0..cin_g {
+        for y in 0..h {
+            let d = ci * plane + (y + py) * wp + px;
+            padded[d..d + w].copy_from_slice(&x[(ci * h + y) * w..(ci * h + y + 1) * w]);
+        }
+    }
+    let mut offsets = Vec::with_capacity(cin_g * kh * kw);
+    for ci in 0..cin_g {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                offsets.push(ci * plane + ky * dy * wp + kx * dx);
+            }
+        }
+    }
+    (padded, offsets, wp)
+}
+
+/// The im2col matrix of one group of one batch item (`[cin_g, h, w]`), packed panel by panel
+/// straight from the input: row `(ci*kh + ky)*kw + kx`, column `oy*ow + ox` holds
+/// `x[ci, oy*sy + ky*dy - py, ox*sx + kx*dx - px]`, or 0 in the padding. The matrix (up to
+/// `kh*kw` times the input) is never written out whole.
+struct ConvPanels<'a> {
+    x: &'a [f32],
+    cin_g: usize,
+    h: usize,
+    w: usize,
+    ow: usize,
+    ohw: usize,
+    kh: usize,
+    sy: usize,
+    sx: usize,
+    py: usize,
+    dy: usize,
+    /// Per kx: valid output columns `[x0, x1)` and the input column offset `kx*dx - px`.
+    taps: Vec<(usize, usize, isize)>,
+}
+
+impl<'a> ConvPanels<'a> {
+    fn new(x: &'a [f32], [cin_g, h, w]: [usize; 3], c: &Conv2d, [oh, ow]: [usize; 2]) -> Self {
+        let [kh, kw] = c.kernel();
+        let taps = (0..kw)
+            .map(|kx| {
+                let (x0, x1) = valid_range(w, ow, c.stride[1], kx * c.dilation[1], c.padding[1]);
+                (x0, x1, (kx * c.dilation[1]) as isize - c.padding[1] as isize)
+            })
+            .collect();
+        ConvPanels {
+            x,
+            cin_g,
+            h,
+            w,
+            ow,
+            ohw: oh * ow,
+            kh,
+            sy: c.stride[0],
+            sx: c.stride[1],
+            py: c.padding[0],
+            dy: c.dilation[0],
+            taps,
+        }
+    }
+}
+
+impl Panels for ConvPanels<'_> {
+    fn depth(&self) -> usize {
+        self.cin_g * self.kh * self.taps.len()
+    }
+
+    fn width(&self) -> usize {
+        self.ohw
+    }
+
+    fn pack(&self, c0: usize, c1: usize, nr: usize, panel: &mut [f32]) {
+        let (h, w, ow, kw) = (self.h, self.w, self.ow, self.taps.len());
+        if c1 - c0 < nr {
+            panel.chunks_exact_mut(nr).for_each(|row| row[c1 - c0..].fill(0.0));
+        }
+        // One segment per output row the panel's columns cross.
+        let mut p = c0;
+        while p < c1 {
+            let (oy, ox0) = (p / ow, p % ow);
+            let ox1 = ow.min(ox0 + (c1 - p));
+            let j0 = p - c0;
+            let len = ox1 - ox0;
+            for ci in 0..self.cin_g {
+                for ky in 0..self.kh {
+                    let row0 = (ci * self.kh + ky) * kw;
+                    let iy = oy * self.sy + ky * self.dy;
+                    if iy < self.py || iy - self.py >= h {
+                        for kx in 0..kw {
+                            panel[(row0 + kx) * nr + j0..][..len].fill(0.0);
+                        }
+                        continue;
+                    }
+                    let src = &self.x[(ci * h + iy - self.py) * w..][..w];
+                    for (kx, &(x0, x1, off)) in self.taps.iter().enumerate() {
+                        let d = &mut panel[(row0 + kx) * nr + j0..][..len];
+                        let (a, b) = (x0.clamp(ox0, ox1), x1.clamp(ox0, ox1));
+                        // (Guarded: most runs have no border, and an empty fill is still a call.)
+                        if a > ox0 {
+                            d[..a - ox0].fill(0.0);
+                        }
+                        if b.max(a) < ox1 {
+                            d[b.max(a) - ox0..].fill(0.0);
+                        }
+                        if a < b {
+                            // ix = ox * sx + off lies in [0, w) for ox in [a, b) (valid_range).
+                            let s0 = (a as isize * self.sx as isize + off) as usize;
+                            let d = &mut d[a - ox0..b - ox0];
+                            if self.sx == 1 {
+                                d.copy_from_slice(&src[s0..s0 + (b - a)]);
+                            } else {
+                                d.iter_mut().zip(src[s0..].iter().step_by(self.sx)).for_each(|(d, s)| *d = *s);
+                            }
+                        }
                     }
                 }
             }
+            p += len;
         }
-    });
+    }
 }
 
 /// Writes the im2col matrix of output rows `[oy0, oy1)` into `buf`: row `(ci*kh + ky)*kw + kx`,

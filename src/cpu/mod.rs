@@ -4,7 +4,7 @@
 //! Two implementations of every operator live here:
 //! - [`reference`](mod@reference): plain, single-threaded, obviously-correct loops (f64 accumulation), the
 //!   ground truth of the tests;
-//! - the fast path ([`run`], [`run_all`], [`eval_op`]): convolutions through im2col + `gemm`
+//! - the fast path ([`run`], [`run_all`], [`eval_op`]): convolutions as matrix products (`gemm`: wgpose's own tiled kernels, im2col packed on the fly)
 //!   with the epilogue fused, depthwise convolutions as direct loops, and every other operator
 //!   parallelised with rayon over `(n, c)` planes.
 //!
@@ -29,6 +29,18 @@ use crate::tensor::{checked_numel, Tensor};
 /// batch size `N >= 1` and have the node's `[c, h, w]`. Intermediate tensors are dropped after
 /// their last use.
 pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    run_timed(graph, inputs, None)
+}
+
+/// [`run`], also returning each node's wall time (index = node id; zero for inputs): the CPU
+/// side of `wgpose profile`.
+pub fn run_profiled(graph: &Graph, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>)> {
+    let mut times = vec![std::time::Duration::ZERO; graph.nodes.len()];
+    let out = run_timed(graph, inputs, Some(&mut times))?;
+    Ok((out, times))
+}
+
+fn run_timed(graph: &Graph, inputs: &[Tensor], mut times: Option<&mut Vec<std::time::Duration>>) -> Result<Vec<Tensor>> {
     let plan = prepare(graph, inputs)?;
     let last_use = last_uses(graph);
     let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; graph.nodes.len()];
@@ -37,7 +49,12 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
             Cow::Borrowed(&inputs[plan.input_index[id]])
         } else {
             let args: Vec<&Tensor> = node.inputs.iter().map(|&i| available(&values, i)).collect();
-            Cow::Owned(eval_unchecked(&node.op, &args, plan.shapes[id]))
+            let start = times.is_some().then(std::time::Instant::now);
+            let v = eval_unchecked(&node.op, &args, plan.shapes[id]);
+            if let (Some(t), Some(s)) = (times.as_deref_mut(), start) {
+                t[id] = s.elapsed();
+            }
+            Cow::Owned(v)
         };
         values[id] = Some(v);
         for &i in &node.inputs {

@@ -2,7 +2,7 @@
 //!
 //! All kernels take the upstream gradient `dy` (shape of the node's output) plus whatever the
 //! forward pass left on the tape, and return gradients with respect to the inputs and the
-//! parameters. Convolutions go through im2col + `gemm` (dW = dY * im2col(X)^T,
+//! parameters. Convolutions go through im2col + `cpu::gemm` (dW = dY * im2col(X)^T,
 //! dX = col2im(W^T * dY)); depthwise convolutions use direct loops; everything else is
 //! parallelised with rayon over `(n, c)` planes or channels.
 
@@ -177,10 +177,11 @@ fn item_backward(
             im2col(xg, [cin_g, h, w], c, [0, oh], ow, &mut ws.col[..k * ohw]);
             &ws.col[..k * ohw]
         };
-        // dW_g[cout_g, k] += dY_g[cout_g, ohw] * col[k, ohw]^T, into a column-major dW_g: the
-        // gemm crate turns a row-major destination into the transposed product, whose left
-        // operand, the im2col matrix (k x ohw, up to 9x larger than dY_g), it then repacks on
-        // every call; column-major, it packs dY_g instead (15% of a batch-16 hourglass step).
+        // dW_g[cout_g, k] += dY_g[cout_g, ohw] * col[k, ohw]^T, into a column-major dW_g:
+        // `matmul` computes a column-major destination as the transposed product, whose left
+        // operand, the im2col matrix, it then reads in place (row-major) and whose right one,
+        // the smaller dY_g, it packs (packing the im2col matrix was 15% of a batch-16
+        // hourglass step with the `gemm` crate used before).
         matmul(
             MatMut {
                 data: &mut dw[g * cout_g * k..(g + 1) * cout_g * k],

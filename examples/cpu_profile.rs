@@ -1,0 +1,49 @@
+//! Per-layer times of a model on the CPU executor (the CPU side of `wgpose profile`):
+//! `cargo run --release --example cpu_profile -- fasterpose-r18-s16-lsp`.
+//!
+//! Runs the inference graph (fused as `Estimator` runs it) on seeded random weights and input,
+//! 5 warm-up runs and 25 timed ones, and prints the time per operator kind and the slowest
+//! nodes. `RAYON_NUM_THREADS` sets the threads, `WGPOSE_CPU_KERNEL=avx2` / `portable` narrows
+//! the matrix-product kernel.
+
+use std::collections::BTreeMap;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let name = std::env::args().nth(1).unwrap_or_else(|| "fasterpose-r18-s16-lsp".into());
+    let cfg = wgpose::models::config(&name)?;
+    let (graph, inputs) = wgpose::bench::model_case(&cfg, 1)?;
+    let graph = wgpose::graph::passes::optimize_for_inference(&graph);
+    let (warm, timed) = (5, 25);
+    let mut ms = vec![0.0f64; graph.nodes.len()];
+    for run in 0..warm + timed {
+        let (_, times) = wgpose::cpu::run_profiled(&graph, &inputs)?;
+        if run >= warm {
+            ms.iter_mut().zip(&times).for_each(|(m, t)| *m += t.as_secs_f64() * 1e3 / timed as f64);
+        }
+    }
+    let kind = |op: &wgpose::graph::Op| format!("{op:?}").split(|c: char| !c.is_alphanumeric()).next().unwrap_or("").to_string();
+    println!(
+        "{name}: {:.2} ms in {} nodes, input {:?}, {} thread(s), kernel {}",
+        ms.iter().sum::<f64>(),
+        graph.nodes.len(),
+        inputs[0].shape,
+        rayon::current_num_threads(),
+        wgpose::cpu::gemm::Kernel::detect().name()
+    );
+    let mut kinds: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for (node, t) in graph.nodes.iter().zip(&ms) {
+        let e = kinds.entry(kind(&node.op)).or_default();
+        e.0 += t;
+        e.1 += 1;
+    }
+    for (k, (t, count)) in &kinds {
+        println!("  {k:18} {t:8.3} ms  {count:4} nodes");
+    }
+    let mut order: Vec<usize> = (0..graph.nodes.len()).collect();
+    order.sort_by(|&a, &b| ms[b].total_cmp(&ms[a]));
+    println!("slowest nodes:");
+    for &i in order.iter().take(12) {
+        println!("  {:8.3} ms  {}", ms[i], graph.nodes[i].name);
+    }
+    Ok(())
+}
