@@ -424,6 +424,10 @@ fn conv_gradients() {
         ("3x3 stride 2", [2, 3, 7, 8], ConvSpec::new(4, 3).padding(1).stride(2)),
         ("3x3 dilation 2", [2, 3, 7, 8], ConvSpec::new(4, 3).padding(2).dilation(2)),
         ("3x3 dilation 2 pad 0", [1, 3, 7, 8], ConvSpec::new(2, 3).dilation(2)),
+        // Stride-1 input gradients run as a flipped-kernel convolution over padding
+        // (k - 1) * dilation - padding; a padding beyond that takes the im2col / col2im path.
+        ("3x3 pad 3", [1, 2, 5, 6], ConvSpec::new(3, 3).padding(3)),
+        ("5x5 pad 2 groups 2", [2, 4, 7, 9], ConvSpec::new(6, 5).padding(2).groups(2)),
         ("1x1", [2, 5, 4, 3], ConvSpec::new(3, 1)),
         ("1x1 no bias", [2, 5, 4, 3], ConvSpec::new(3, 1).no_bias()),
         ("1x1 stride 2", [2, 5, 5, 4], ConvSpec::new(3, 1).stride(2)),

@@ -125,9 +125,18 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
 /// the im2col row offsets `ci*plane + ky*dy*pitch + kx*dx`; and the padded width (`pitch`).
 /// One copy of the input replaces the `kh*kw` times larger im2col matrix.
 fn padded_input(x: &[f32], [cin_g, h, w]: [usize; 3], c: &Conv2d) -> (Vec<f32>, Vec<usize>, usize) {
-    let [py, px] = c.padding;
-    let [dy, dx] = c.dilation;
-    let [kh, kw] = c.kernel();
+    padded_source(x, [cin_g, h, w], c.kernel(), c.padding, c.dilation)
+}
+
+/// [`padded_input`] with the geometry spelled out (the training backward pass runs the
+/// transposed convolution through it, with the kernel flipped and its own padding).
+pub(crate) fn padded_source(
+    x: &[f32],
+    [cin_g, h, w]: [usize; 3],
+    [kh, kw]: [usize; 2],
+    [py, px]: [usize; 2],
+    [dy, dx]: [usize; 2],
+) -> (Vec<f32>, Vec<usize>, usize) {
     let (hp, wp) = (h + 2 * py, w + 2 * px);
     let plane = hp * wp;
     let mut padded = vec![0.0f32; cin_g * plane + offsets_slack()];

@@ -491,6 +491,20 @@ impl Dst<'_> {
         for i in 0..rows {
             let src = &tile[i * nr..i * nr + (c1 - c0)];
             let base = (r0 + i) * self.rs + c0 * self.cs;
+            if self.cs == 1 {
+                // SAFETY: columns c0..c1 of row r0 + i, contiguous, inside the destination
+                // (extent checked by the callers); no other task writes this tile.
+                let run = unsafe { std::slice::from_raw_parts_mut(self.ptr.get().add(base), c1 - c0) };
+                if add {
+                    run.iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                } else {
+                    run.copy_from_slice(src);
+                }
+                if let (Some(ep), true) = (self.epilogue, last) {
+                    ep(r0 + i, c0, run);
+                }
+                continue;
+            }
             for (j, &v) in src.iter().enumerate() {
                 // SAFETY: (r0 + i, c0 + j) is inside the destination (extent checked by the
                 // callers); no other task writes this tile.
@@ -499,12 +513,7 @@ impl Dst<'_> {
                     *d = if add { *d + v } else { v };
                 }
             }
-            if let (Some(ep), true) = (self.epilogue, last) {
-                // SAFETY: contiguous rows (asserted by `matmul_panels`); this run of row r0 + i
-                // belongs to this task alone.
-                let run = unsafe { std::slice::from_raw_parts_mut(self.ptr.get().add(base), c1 - c0) };
-                ep(r0 + i, c0, run);
-            }
+            // (No epilogue here: `matmul_panels` only takes one for contiguous rows.)
         }
     }
 }

@@ -8,8 +8,8 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::conv::im2col;
-use crate::cpu::gemm::{matmul, Mat, MatMut, Parallelism};
+use crate::cpu::conv::{im2col, padded_source};
+use crate::cpu::gemm::{matmul, matmul_offsets, Mat, MatMut, Parallelism};
 use crate::cpu::ops::{bilinear_taps, planes_per_task, valid_range};
 use crate::graph::{Act, Conv2d};
 use crate::tensor::Tensor;
@@ -136,6 +136,43 @@ fn rows_from_columns(dwt: &[f32], cout_g: usize, k: usize) -> Vec<f32> {
 struct Workspace {
     col: Vec<f32>,
     dcol: Vec<f32>,
+    /// The flipped, transposed weights of the stride-1 input gradient (see `item_backward`),
+    /// built once per workspace.
+    flipped: Vec<f32>,
+}
+
+/// A stride-1 convolution's input gradient is a stride-1 convolution of dY with the kernel
+/// flipped and its channels swapped, over padding `(k - 1) * dilation - padding`, when that is
+/// not negative. Returns that padding.
+fn transposed_padding(c: &Conv2d) -> Option<[usize; 2]> {
+    let [kh, kw] = c.kernel();
+    let direct = kh == 1 && kw == 1 && c.padding == [0, 0];
+    let py = ((kh - 1) * c.dilation[0]).checked_sub(c.padding[0])?;
+    let px = ((kw - 1) * c.dilation[1]).checked_sub(c.padding[1])?;
+    (c.stride == [1, 1] && !direct).then_some([py, px])
+}
+
+/// `W'[g][ci][(co*kh + ky)*kw + kx] = W[g*cout_g + co][ci][kh-1-ky][kw-1-kx]`.
+fn flipped_weights(c: &Conv2d, cout: usize) -> Vec<f32> {
+    let [kh, kw] = c.kernel();
+    let groups = c.groups;
+    let cout_g = cout / groups;
+    let cin_g = c.weight.shape[1];
+    let kk = cout_g * kh * kw;
+    let mut f = vec![0.0f32; groups * cin_g * kk];
+    for g in 0..groups {
+        for co in 0..cout_g {
+            for ci in 0..cin_g {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let src = (((g * cout_g + co) * cin_g + ci) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx);
+                        f[(g * cin_g + ci) * kk + (co * kh + ky) * kw + kx] = c.weight.data[src];
+                    }
+                }
+            }
+        }
+    }
+    f
 }
 
 /// dW (accumulated, per group column-major: see [`rows_from_columns`]) and dX (written, when
@@ -159,11 +196,15 @@ fn item_backward(
     let [kh, kw] = c.kernel();
     let k = cin_g * kh * kw;
     let direct = kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0];
+    let transposed = transposed_padding(c).filter(|_| dxb.is_some());
     if !direct {
         ws.col.resize(k * ohw, 0.0);
-        if dxb.is_some() {
+        if dxb.is_some() && transposed.is_none() {
             ws.dcol.resize(k * ohw, 0.0);
         }
+    }
+    if transposed.is_some() && ws.flipped.is_empty() {
+        ws.flipped = flipped_weights(c, cout);
     }
     for g in 0..groups {
         let xs = (b * cin + g * cin_g) * hw;
@@ -199,6 +240,22 @@ fn item_backward(
             continue;
         };
         let dxg = &mut dxb[g * cin_g * hw..(g + 1) * cin_g * hw];
+        if let Some(pad) = transposed {
+            // Stride 1: dX_g = (flipped W_g) conv dY_g, read in place from a padded copy of
+            // dY_g, instead of a k x ohw dcol matrix and col2im.
+            let kk = cout_g * kh * kw;
+            let (padded, offsets, pitch) = padded_source(dyg, [cout_g, oh, ow], [kh, kw], pad, c.dilation);
+            matmul_offsets(
+                MatMut::rows(dxg, cin_g, hw, hw),
+                Mat::rows(&ws.flipped[g * cin_g * kk..(g + 1) * cin_g * kk], cin_g, kk, kk),
+                &padded,
+                &offsets,
+                [pitch, w],
+                par,
+                None,
+            );
+            continue;
+        }
         // dcol[k, ohw] = W_g^T[k, cout_g] * dY_g[cout_g, ohw]
         let dst: &mut [f32] = if direct { dxg } else { &mut ws.dcol[..k * ohw] };
         matmul(

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Cross-builds wgpose for aarch64 Linux and runs the CPU executor's tests (the GEMM kernels'
+# unit tests and tests/cpu_ops.rs, against the plain reference) under qemu-user: the portable
+# kernel path (NEON through LLVM's vectoriser, FMA baseline) that ARM machines run.
+# Installs what is missing: the rustup target, Debian's cross gcc and qemu-user.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+  rustup target add aarch64-unknown-linux-gnu
+fi
+if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null
+fi
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+cargo test --release --target aarch64-unknown-linux-gnu --target-dir "${AARCH64_TARGET_DIR:-target}" \
+  --lib -- cpu::
+cargo test --release --target aarch64-unknown-linux-gnu --target-dir "${AARCH64_TARGET_DIR:-target}" \
+  --test cpu_ops
