@@ -346,7 +346,7 @@ pub fn bench_train(
 /// One warm-up step (which also allocates the optimiser state), then `reps` timed steps.
 pub fn bench_train_config(cfg: &crate::models::ModelConfig, batch: usize, reps: usize) -> Result<TrainBenchRow> {
     use crate::error::Error;
-    use crate::train::{gaussian_heatmaps, mse_loss, rce_loss, stack_batch, train_step, BnMode, Optimizer};
+    use crate::autodiff::{gaussian_heatmaps, mse_loss, rce_loss, stack_batch, train_step, BnMode, Optimizer};
 
     if batch == 0 {
         return Err(Error::Input("the training benchmark needs a batch of at least 1".into()));
@@ -354,7 +354,7 @@ pub fn bench_train_config(cfg: &crate::models::ModelConfig, batch: usize, reps: 
     let rce = cfg.sigmoid_output();
     let mut graph = cfg.build(0)?;
     if rce {
-        graph = crate::train::strip_final_sigmoid(&graph).0;
+        graph = crate::autodiff::strip_final_sigmoid(&graph).0;
     }
     let shapes = graph.shapes(batch)?;
     let inputs = graph.inputs();

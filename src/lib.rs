@@ -1,6 +1,7 @@
 //! wgpose: human pose estimation networks as WGSL compute shaders on wgpu, with a CPU executor
 //! that is the reference for tests and the fallback when no adapter exists.
 
+pub mod autodiff;
 pub mod bench;
 pub mod cpu;
 pub mod data;
@@ -20,8 +21,7 @@ pub mod rng;
 pub mod skeleton;
 pub mod tensor;
 pub mod tracker;
-pub mod train;
-pub mod trainer;
+pub mod training;
 pub mod weights;
 
 pub use detector::{Person, PersonDetector};

@@ -16,7 +16,7 @@
 
 use wgpose::graph::{Act, ConvSpec, Graph, GraphBuilder, Op};
 use wgpose::rng::Rng;
-use wgpose::train::{self, BnMode, Optimizer};
+use wgpose::autodiff::{self, BnMode, Optimizer};
 use wgpose::weights::named_params_mut;
 use wgpose::Tensor;
 
@@ -36,7 +36,7 @@ mod f64ref {
 
     use rayon::prelude::*;
     use wgpose::graph::{Act, Graph, Op};
-    use wgpose::train::BnMode;
+    use wgpose::autodiff::BnMode;
 
     pub type Params = HashMap<String, Vec<f64>>;
 
@@ -303,9 +303,9 @@ fn grad_check(
     seed: u64,
 ) -> (usize, Vec<String>) {
     let mut rng = Rng::new(seed);
-    let tape = train::forward_train(graph, inputs, mode).unwrap();
+    let tape = autodiff::forward_train(graph, inputs, mode).unwrap();
     let r: Vec<Tensor> = graph.outputs.iter().map(|&o| rand_tensor(&mut rng, &tape.values[o].shape)).collect();
-    let grads = train::backward(graph, &tape, &r).unwrap();
+    let grads = autodiff::backward(graph, &tape, &r).unwrap();
     // The reference agrees with the engine's forward pass.
     let p0 = f64ref::params(graph);
     let x64: Vec<f64ref::T> = inputs.iter().map(to64).collect();
@@ -481,7 +481,7 @@ fn batch_norm_running_stats_follow_pytorch() {
     });
     let x = rand_tensor(&mut rng, &[2, c, 3, 3]);
     let (mut g, xs) = unary(op, x.clone());
-    let tape = train::forward_train(&g, &xs, BnMode::Train).unwrap();
+    let tape = autodiff::forward_train(&g, &xs, BnMode::Train).unwrap();
     tape.apply_running_stats(&mut g);
     let Op::BatchNorm(bn) = &g.nodes[1].op else { panic!() };
     for ch in 0..c {
@@ -654,9 +654,9 @@ fn losses_match_finite_differences() {
         let f = |o: &[Tensor]| {
             let refs: Vec<&Tensor> = o.iter().collect();
             if rce {
-                train::rce_loss(&refs, &target, &weights).unwrap()
+                autodiff::rce_loss(&refs, &target, &weights).unwrap()
             } else {
-                train::mse_loss(&refs, &target, &weights).unwrap()
+                autodiff::mse_loss(&refs, &target, &weights).unwrap()
             }
         };
         let (l, g) = f(&outs);
@@ -677,7 +677,7 @@ fn losses_match_finite_differences() {
         }
     }
     // MSE value by hand.
-    let (l, _) = train::mse_loss(&[&outs[0]], &target, &weights).unwrap();
+    let (l, _) = autodiff::mse_loss(&[&outs[0]], &target, &weights).unwrap();
     let mut s = 0.0f64;
     for (i, (&y, &t)) in outs[0].data.iter().zip(&target.data).enumerate() {
         s += weights[i / 20] as f64 * ((y - t) as f64).powi(2);
@@ -686,11 +686,11 @@ fn losses_match_finite_differences() {
     // RCE is stable for huge logits and equals BCE(sigmoid(z), y) for moderate ones.
     let big = Tensor { shape: vec![1, 1, 1, 2], data: vec![1e4, -1e4] };
     let t = Tensor { shape: vec![1, 1, 1, 2], data: vec![1.0, 0.0] };
-    let (l, g) = train::rce_loss(&[&big], &t, &[1.0]).unwrap();
+    let (l, g) = autodiff::rce_loss(&[&big], &t, &[1.0]).unwrap();
     assert!(l.abs() < 1e-6 && g[0].data.iter().all(|v| v.abs() < 1e-6));
     let z = Tensor { shape: vec![1, 1, 1, 1], data: vec![0.3] };
     let y = Tensor { shape: vec![1, 1, 1, 1], data: vec![0.7] };
-    let (l, _) = train::rce_loss(&[&z], &y, &[1.0]).unwrap();
+    let (l, _) = autodiff::rce_loss(&[&z], &y, &[1.0]).unwrap();
     let p = 1.0 / (1.0 + (-0.3f64).exp());
     let bce = -(0.7 * p.ln() + 0.3 * (1.0 - p).ln());
     assert!((l as f64 - bce).abs() < 1e-6);
@@ -699,7 +699,7 @@ fn losses_match_finite_differences() {
 #[test]
 fn gaussian_targets_and_decoding() {
     let kps = [[3.5, 2.5, 1.0], [0.0, 0.0, 0.0], [7.2, 5.9, 2.0], [-40.0, 3.0, 1.0]];
-    let (t, w) = train::gaussian_heatmaps(&kps, 5, 6, 8, 1.5);
+    let (t, w) = autodiff::gaussian_heatmaps(&kps, 5, 6, 8, 1.5);
     assert_eq!(t.shape, vec![5, 6, 8]);
     assert_eq!(w, vec![1.0, 0.0, 1.0, 0.0, 0.0]);
     // Peak 1 at pixel (row 2, col 3) for (3.5, 2.5).
@@ -707,8 +707,8 @@ fn gaussian_targets_and_decoding() {
     assert!(t.data[48..96].iter().all(|&v| v == 0.0));
     // Symmetric around the centre.
     assert!((t.data[2 * 8 + 2] - t.data[2 * 8 + 4]).abs() < 1e-6);
-    let batch = train::stack_batch(&[t]).unwrap();
-    let dec = train::argmax_keypoints(&batch).unwrap();
+    let batch = autodiff::stack_batch(&[t]).unwrap();
+    let dec = autodiff::argmax_keypoints(&batch).unwrap();
     assert_eq!(dec[0][0][..2], [3.5, 2.5]);
     assert_eq!(dec[0][2][..2], [7.5, 5.5]);
 }
@@ -720,7 +720,7 @@ fn strip_sigmoid_exposes_logits() {
     let c = b.conv("c", x, ConvSpec::new(3, 1)).unwrap();
     let s = b.sigmoid("s", c).unwrap();
     let g = b.finish(vec![s]).unwrap();
-    let (lg, n) = train::strip_final_sigmoid(&g);
+    let (lg, n) = autodiff::strip_final_sigmoid(&g);
     assert_eq!(n, 1);
     let mut rng = Rng::new(2);
     let xs = vec![rand_tensor(&mut rng, &[1, 2, 4, 4])];
@@ -742,12 +742,12 @@ fn optimisers() {
         let mut g = g0.clone();
         let mut opt = opt;
         for step in 0..400 {
-            let mut grads = train::Gradients::default();
+            let mut grads = autodiff::Gradients::default();
             for (name, t) in wgpose::weights::named_params(&g) {
                 let d: Vec<f32> = t.data.iter().map(|v| 2.0 * (v - 3.0)).collect();
                 grads.params.insert(name, Tensor::new(t.shape.clone(), d).unwrap());
             }
-            opt.apply(&mut g, &grads, train::step_lr(0.1, 0.5, 150, step)).unwrap();
+            opt.apply(&mut g, &grads, autodiff::step_lr(0.1, 0.5, 150, step)).unwrap();
         }
         for (name, t) in wgpose::weights::named_params(&g) {
             assert!((t.data[0] - 3.0).abs() < 0.05, "{name}: {}", t.data[0]);
@@ -757,7 +757,7 @@ fn optimisers() {
     // weights only.
     let mut g = g0.clone();
     let w0 = wgpose::weights::named_params(&g)[0].1.data[0];
-    let mut grads = train::Gradients::default();
+    let mut grads = autodiff::Gradients::default();
     grads.params.insert("c.weight".into(), Tensor::new(vec![1, 1, 1, 1], vec![0.3]).unwrap());
     grads.params.insert("c.bias".into(), Tensor::new(vec![1], vec![-5.0]).unwrap());
     let mut opt = Optimizer::adam(0.1);
@@ -766,7 +766,7 @@ fn optimisers() {
     let expect_w = w0 - 0.01 * 0.1 * w0 - 0.01;
     assert!((p[0].1.data[0] - expect_w).abs() < 1e-5, "{} vs {expect_w}", p[0].1.data[0]);
     assert!((p[1].1.data[0] - 0.01).abs() < 1e-5);
-    assert_eq!(train::step_lr(1.0, 0.1, 10, 25), 0.1f32 * 0.1);
+    assert_eq!(autodiff::step_lr(1.0, 0.1, 10, 25), 0.1f32 * 0.1);
 }
 
 /// Synthetic batch: noise images with a bright blob per joint (at the keypoint, in a channel
@@ -795,13 +795,13 @@ fn synthetic(n: usize, k: usize, side: usize, seed: u64) -> (Tensor, Tensor, Vec
                 }
             }
         }
-        let (t, w) = train::gaussian_heatmaps(&kps, k, hm, hm, 1.0);
+        let (t, w) = autodiff::gaussian_heatmaps(&kps, k, hm, hm, 1.0);
         imgs.push(img);
         tgts.push(t);
         ws.extend(w);
         kps_all.push(kps);
     }
-    (train::stack_batch(&imgs).unwrap(), train::stack_batch(&tgts).unwrap(), ws, kps_all)
+    (autodiff::stack_batch(&imgs).unwrap(), autodiff::stack_batch(&tgts).unwrap(), ws, kps_all)
 }
 
 #[test]
@@ -817,7 +817,7 @@ fn overfits_tiny_batch() {
     let steps = 150;
     for step in 0..steps {
         let (loss, grads, tape) =
-            train::train_step(&g, std::slice::from_ref(&x), BnMode::Train, |o| train::mse_loss(o, &target, &weights))
+            autodiff::train_step(&g, std::slice::from_ref(&x), BnMode::Train, |o| autodiff::mse_loss(o, &target, &weights))
                 .unwrap();
         tape.apply_running_stats(&mut g);
         opt.apply(&mut g, &grads, 2e-3).unwrap();
@@ -831,9 +831,9 @@ fn overfits_tiny_batch() {
     eprintln!("loss {first:.6} -> {last:.6} in {steps} steps, {:.1} s", t0.elapsed().as_secs_f64());
     assert!(last < first / 20.0, "loss fell only from {first} to {last}");
     // Decoded keypoints (training-mode forward, as trained) within one heatmap pixel.
-    let tape = train::forward_train(&g, std::slice::from_ref(&x), BnMode::Train).unwrap();
+    let tape = autodiff::forward_train(&g, std::slice::from_ref(&x), BnMode::Train).unwrap();
     let out = tape.outputs(&g).pop().unwrap();
-    let dec = train::argmax_keypoints(&out).unwrap();
+    let dec = autodiff::argmax_keypoints(&out).unwrap();
     let mut bad = 0;
     for (d, t) in dec.iter().zip(&kps) {
         for (d, t) in d.iter().zip(t) {
@@ -856,10 +856,10 @@ fn training_throughput() {
     let x = rand_tensor(&mut rng, &[batch, c, h, w]);
     let flops = g.flops(batch).unwrap() as f64 * 3.0;
     let run = || {
-        let tape = train::forward_train(&g, std::slice::from_ref(&x), BnMode::Train).unwrap();
+        let tape = autodiff::forward_train(&g, std::slice::from_ref(&x), BnMode::Train).unwrap();
         let dout: Vec<Tensor> = tape.outputs(&g).into_iter().map(|t| Tensor::filled(t.shape.clone(), 1e-3)).collect();
         let t1 = std::time::Instant::now();
-        train::backward(&g, &tape, &dout).unwrap();
+        autodiff::backward(&g, &tape, &dout).unwrap();
         t1.elapsed().as_secs_f64()
     };
     run();
@@ -884,23 +884,23 @@ fn training_throughput() {
 fn api_contracts() {
     // Gradient names are exactly the trainable parameters (no running statistics).
     let (g, xs) = small_network();
-    let tape = train::forward_train(&g, &xs, BnMode::Train).unwrap();
+    let tape = autodiff::forward_train(&g, &xs, BnMode::Train).unwrap();
     let outs = tape.outputs(&g);
-    let grads = train::backward(&g, &tape, &outs).unwrap();
-    let names: Vec<String> = train::trainable_params(&g).into_iter().map(|(n, _)| n).collect();
+    let grads = autodiff::backward(&g, &tape, &outs).unwrap();
+    let names: Vec<String> = autodiff::trainable_params(&g).into_iter().map(|(n, _)| n).collect();
     let keys: Vec<String> = grads.params.keys().cloned().collect();
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(keys, sorted);
     assert!(!names.iter().any(|n| n.contains("running")));
-    for (n, t) in train::trainable_params(&g) {
+    for (n, t) in autodiff::trainable_params(&g) {
         assert_eq!(grads.params[&n].shape, t.shape, "{n}");
     }
     // Wrong number / shape of output gradients is an error, not a panic.
-    assert!(train::backward(&g, &tape, &outs[..1]).is_err());
+    assert!(autodiff::backward(&g, &tape, &outs[..1]).is_err());
     let mut bad = outs.clone();
     bad[0].shape[1] += 1;
-    assert!(train::backward(&g, &tape, &bad).is_err());
+    assert!(autodiff::backward(&g, &tape, &bad).is_err());
     // A convolution with a fused epilogue is refused.
     let mut fused = g.clone();
     for n in &mut fused.nodes {
@@ -908,7 +908,7 @@ fn api_contracts() {
             c.epilogue.act = Act::Relu;
         }
     }
-    assert!(train::forward_train(&fused, &xs, BnMode::Train).is_err());
+    assert!(autodiff::forward_train(&fused, &xs, BnMode::Train).is_err());
     // The conv backward without dx gives the same dW and bias gradient.
     let mut rng = Rng::new(9);
     for (shape, spec) in [
@@ -920,8 +920,8 @@ fn api_contracts() {
         let Op::Conv2d(c) = &g.nodes[1].op else { panic!() };
         let y = wgpose::cpu::run(&g, &x).unwrap();
         let dy = rand_tensor(&mut rng, &y[0].shape);
-        let a = train::backward::conv2d_backward(&x[0], &dy, c, true);
-        let b = train::backward::conv2d_backward(&x[0], &dy, c, false);
+        let a = autodiff::backward::conv2d_backward(&x[0], &dy, c, true);
+        let b = autodiff::backward::conv2d_backward(&x[0], &dy, c, false);
         assert!(b.dx.is_none());
         let (e, _) = wgpose::tensor::max_abs_rel_diff(&a.dw.data, &b.dw.data);
         assert!(e < 1e-4, "{e}");

@@ -3,8 +3,8 @@
 
 use wgpose::pipeline::detect::{box_ap, box_iou, decode_detections, letterbox, nms, DetectConfig, Detection};
 use wgpose::rng::Rng;
-use wgpose::train::detection_loss;
-use wgpose::trainer::detection::{boxes_to_input, detection_targets, DetectShape};
+use wgpose::autodiff::detection_loss;
+use wgpose::training::detection::{boxes_to_input, detection_targets, DetectShape};
 use wgpose::Tensor;
 
 fn shape() -> DetectShape {
@@ -146,7 +146,7 @@ fn detection_loss_gradient_matches_finite_differences() {
 fn coco_people_become_detection_boxes() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/coco");
     let ds = wgpose::data::coco::load_coco(&dir.join("test_coco.json"), &dir).unwrap();
-    let images = wgpose::trainer::detection::coco_detection_images(&ds);
+    let images = wgpose::training::detection::coco_detection_images(&ds);
     // Only 000000040083.jpg of the file's four images is in the fixtures; it has 3 people.
     assert_eq!(images.len(), 1);
     assert!(images[0].image.ends_with("000000040083.jpg"));

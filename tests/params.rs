@@ -4,7 +4,7 @@
 
 use wgpose::graph::{param_name, Act, BatchNorm, Conv2d, Epilogue, Graph, Op, ParamKind, Residual};
 use wgpose::rng::Rng;
-use wgpose::train::{self, Gradients, Optimizer};
+use wgpose::autodiff::{self, Gradients, Optimizer};
 use wgpose::weights::{named_params, named_params_mut};
 use wgpose::{Error, Tensor};
 
@@ -91,7 +91,7 @@ fn weights_training_and_counts_follow_the_typed_list() {
         assert!(std::ptr::eq(*t, *u));
     }
     // Training sees everything but the running statistics.
-    let trainable: Vec<String> = train::trainable_params(&g).into_iter().map(|(n, _)| n).collect();
+    let trainable: Vec<String> = autodiff::trainable_params(&g).into_iter().map(|(n, _)| n).collect();
     let want: Vec<String> = typed.iter().filter(|(_, k, _)| k.trainable()).map(|(n, k, _)| param_name(n, *k)).collect();
     assert_eq!(trainable, want);
     assert!(!trainable.iter().any(|n| n.ends_with("running_mean") || n.ends_with("running_var")));
@@ -106,7 +106,7 @@ fn optimiser_decays_convolution_weights_only() {
     let before: Vec<(String, Tensor)> = named_params(&g).into_iter().map(|(n, t)| (n, t.clone())).collect();
     // Zero gradients: Adam's step is 0, so only the decoupled decay moves anything.
     let grads = Gradients {
-        params: train::trainable_params(&g).into_iter().map(|(n, t)| (n, Tensor::zeros(t.shape.clone()))).collect(),
+        params: autodiff::trainable_params(&g).into_iter().map(|(n, t)| (n, Tensor::zeros(t.shape.clone()))).collect(),
         inputs: vec![],
     };
     Optimizer::adam(0.5).apply(&mut g, &grads, 0.1).unwrap();

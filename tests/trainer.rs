@@ -10,11 +10,11 @@ use image::{Rgb, RgbImage};
 use wgpose::data::lsp::{load_lsp, Visibility};
 use wgpose::rng::Rng;
 use wgpose::skeleton::LSP14;
-use wgpose::train::{trainable_params, Gradients, Optimizer};
-use wgpose::trainer::dataset::{Loader, TrainSet};
-use wgpose::trainer::optim::{Kind, Optim};
-use wgpose::trainer::session::{epoch_batches, read_log, TrainArgs};
-use wgpose::trainer::{make_sample, AugmentConfig, AugmentParams, SampleShape};
+use wgpose::autodiff::{trainable_params, Gradients, Optimizer};
+use wgpose::training::dataset::{Loader, TrainSet};
+use wgpose::training::optim::{Kind, Optim};
+use wgpose::training::session::{epoch_batches, read_log, TrainConfig};
+use wgpose::training::{make_sample, AugmentConfig, AugmentParams, SampleShape};
 use wgpose::Tensor;
 
 fn fixtures() -> PathBuf {
@@ -238,10 +238,10 @@ fn tempdir(tag: &str) -> PathBuf {
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
-    args: TrainArgs,
+    args: TrainConfig,
 }
 
-fn train_args(out: &Path, extra: &[&str]) -> TrainArgs {
+fn train_args(out: &Path, extra: &[&str]) -> TrainConfig {
     let root = fixtures();
     let mut v: Vec<String> = ["wgpose-train", "--model", "sghg-1x64-lsp", "--format", "lsp", "--root"]
         .iter()
@@ -280,8 +280,22 @@ fn session_writes_everything_and_resume_continues() {
     let dir = tempdir("session");
     // Two epochs straight.
     let full = dir.join("full");
-    let s = wgpose::trainer::run(&train_args(&full, &["--epochs", "2"])).unwrap();
+    let mut events = Vec::new();
+    let s = wgpose::training::run(&train_args(&full, &["--epochs", "2"]), &mut |e| events.push(e.clone())).unwrap();
     assert_eq!(s.epochs_done, 2);
+    // The callback hears the start, every logged step, both epochs with their validation
+    // score, and the final file, in that order.
+    use wgpose::training::TrainEvent;
+    assert!(matches!(&events[0], TrainEvent::Message(m) if m.starts_with("training sghg-1x64-lsp")), "{events:?}");
+    let steps: Vec<u64> = events.iter().filter_map(|e| if let TrainEvent::Step { step, .. } = e { Some(*step) } else { None }).collect();
+    assert_eq!(steps, vec![1, 2], "{events:?}");
+    let epochs: Vec<(usize, Option<f64>)> = events
+        .iter()
+        .filter_map(|e| if let TrainEvent::Epoch { epoch, val, .. } = e { Some((*epoch, val.as_ref().map(|v| v.value))) } else { None })
+        .collect();
+    assert_eq!(epochs.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(epochs[1].1, s.val_pck, "the last epoch's score is the summary's");
+    assert!(matches!(events.last(), Some(TrainEvent::Message(m)) if m.starts_with("wrote ")), "{events:?}");
     assert_eq!(s.steps, 2);
     assert!(s.last_loss.is_finite());
     assert!(s.val_pck.is_some());
@@ -314,9 +328,9 @@ fn session_writes_everything_and_resume_continues() {
     // Stop after one epoch, then resume to two: the same weights as the straight run (same
     // batches, optimiser state and running statistics restored).
     let part = dir.join("part");
-    wgpose::trainer::run(&train_args(&part, &["--epochs", "1"])).unwrap();
+    wgpose::training::run(&train_args(&part, &["--epochs", "1"]), &mut |_| {}).unwrap();
     let ck = part.join("checkpoint-e001.safetensors");
-    let s2 = wgpose::trainer::run(&train_args(&part, &["--epochs", "2", "--resume", ck.to_str().unwrap()])).unwrap();
+    let s2 = wgpose::training::run(&train_args(&part, &["--epochs", "2", "--resume", ck.to_str().unwrap()]), &mut |_| {}).unwrap();
     assert_eq!(s2.steps, 2);
     let log2 = read_log(&part.join("train_log.csv")).unwrap();
     let epochs: Vec<usize> = log2.iter().filter(|r| r.val_pck.is_some()).map(|r| r.epoch).collect();
@@ -339,7 +353,7 @@ fn session_writes_everything_and_resume_continues() {
 
 #[test]
 fn cosine_schedule_warms_up_then_decays_to_the_floor() {
-    use wgpose::trainer::session::schedule_lr;
+    use wgpose::training::session::schedule_lr;
     let a = Cli::parse_from([
         "t",
         "--model",
@@ -369,7 +383,7 @@ fn cosine_schedule_warms_up_then_decays_to_the_floor() {
 
 #[test]
 fn box_shift_moves_the_crop_and_half_body_frames_one_half() {
-    use wgpose::trainer::augment::{half_body_keypoints, person_crop, person_crop_jittered};
+    use wgpose::training::augment::{half_body_keypoints, person_crop, person_crop_jittered};
     let kps = person();
     let shape = shape128();
     let c0 = person_crop(&kps, &shape, 0.0, 1.0, false).unwrap();
@@ -401,7 +415,7 @@ fn person_detector_trains_and_validates_box_ap() {
     let extra = format!("{}:{}", coco.join("test_coco.json").display(), coco.display());
     let mut a = train_args(&dir, &["--epochs", "1", "--extra-coco", &extra, "--extra-repeat", "2"]);
     a.model = "person-detector-r18w32".into();
-    let s = wgpose::trainer::run(&a).unwrap();
+    let s = wgpose::training::run(&a, &mut |_| {}).unwrap();
     assert_eq!(s.epochs_done, 1);
     assert!(s.last_loss.is_finite());
     assert!(s.val_pck.is_some_and(|ap| (0.0..=100.0).contains(&ap)), "{:?}", s.val_pck);
@@ -410,7 +424,7 @@ fn person_detector_trains_and_validates_box_ap() {
     assert!(card.training_data.contains("+ 1 COCO images x2 (3 people)"), "{}", card.training_data);
     // COCO boxes are for the detector; a pose network refuses them before training.
     let pose = train_args(&dir.join("pose"), &["--extra-coco", &extra]);
-    let err = wgpose::trainer::run(&pose).unwrap_err().to_string();
+    let err = wgpose::training::run(&pose, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("person detector only"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -51,7 +51,7 @@ enum Command {
     /// Writes a model as ONNX (opset 17) with its weights.
     Export(run::ExportArgs),
     /// Trains a model on the CPU (LSP-extended): checkpoints, CSV log, curve PNG, final weights.
-    Train(train::TrainArgs),
+    Train(wgpose::training::TrainConfig),
     /// Thousands of frames through the Estimator on each executor, resident memory at intervals.
     Soak(soak::SoakArgs),
     /// Prints the GPU adapter wgpu finds.

@@ -35,8 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::{Args, ValueEnum};
-
+pub use super::config::{DataFormat, LossArg, OptimArg, ScheduleArg, TrainConfig};
 use super::augment::{make_sample, AugmentConfig, AugmentParams, SampleShape};
 use super::dataset::{BatchSource, ImageCache, Loader, TrainSet};
 use super::detection::{images_with_boxes, DetectAugment, DetectShape, DetectValSet, DetectionSet};
@@ -51,149 +50,13 @@ use crate::metrics::{pck, PckNorm};
 use crate::models::{self, Family, ModelConfig};
 use crate::pipeline::decode::{decode, DecodeConfig, HeatmapKind};
 use crate::tensor::Tensor;
-use crate::train::{detection_loss, mse_loss, rce_loss, stack_batch, step_lr, strip_final_sigmoid, train_step, BnMode};
+use crate::autodiff::{detection_loss, mse_loss, rce_loss, stack_batch, step_lr, strip_final_sigmoid, train_step, BnMode};
 use crate::weights::{self, ModelCard};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DataFormat {
-    /// LSP / LSP-extended (`joints.mat` + `images/`).
-    Lsp,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LossArg {
-    /// Heatmap MSE (summed over hourglass stacks: intermediate supervision).
-    Mse,
-    /// Regressive cross-entropy on logits (FasterPose): the final sigmoid is stripped.
-    Rce,
-}
-
-/// Learning-rate schedule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ScheduleArg {
-    /// `--lr` multiplied by `--lr-gamma` every `--lr-step` epochs.
-    Step,
-    /// Cosine decay per step from `--lr` to `--lr-min` over the whole run (`--epochs`).
-    Cosine,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OptimArg {
-    Adam,
-    Rmsprop,
-}
-
-/// Options of `wgpose train`.
-#[derive(Args, Clone, Debug)]
-pub struct TrainArgs {
-    /// Named configuration (`wgpose models`), e.g. `sghg-1x64-lsp`.
-    #[arg(long)]
-    pub model: String,
-    #[arg(long, value_enum, default_value_t = DataFormat::Lsp)]
-    pub format: DataFormat,
-    /// Dataset folder (`joints.mat` + `images/`).
-    #[arg(long)]
-    pub root: PathBuf,
-    /// Training image numbers, inclusive.
-    #[arg(long, default_value = "1..8000")]
-    pub range: String,
-    /// Validation image numbers, inclusive (`none`: no validation).
-    #[arg(long, default_value = "8001..9000")]
-    pub val: String,
-    /// Total number of epochs (a resumed run continues up to this).
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f32,
-    /// Multiply the learning rate by `--lr-gamma` every this many epochs (0: constant).
-    #[arg(long, default_value_t = 0)]
-    pub lr_step: usize,
-    #[arg(long, default_value_t = 0.1)]
-    pub lr_gamma: f32,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f32,
-    /// Default: `rce` for sigmoid-output models (FasterPose), `mse` otherwise.
-    #[arg(long, value_enum)]
-    pub loss: Option<LossArg>,
-    #[arg(long, value_enum, default_value_t = OptimArg::Adam)]
-    pub optim: OptimArg,
-    #[arg(long, default_value = "train-out")]
-    pub out: PathBuf,
-    /// Checkpoint to continue from (`checkpoint-eNNN.safetensors`).
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
-    /// Warm start: initial weights (e.g. the shipped `models/<config>.safetensors`) for a new
-    /// run with a fresh optimiser and schedule; the card counts their training crops too.
-    #[arg(long, conflicts_with = "resume")]
-    pub init: Option<PathBuf>,
-    /// Training crops behind `--init` when its card does not say (older cards count
-    /// `epochs x train_limit`, wrong for runs whose per-epoch limit changed).
-    #[arg(long, requires = "init")]
-    pub init_crops: Option<u64>,
-    #[arg(long, value_enum, default_value_t = ScheduleArg::Step)]
-    pub schedule: ScheduleArg,
-    /// Final learning rate of the cosine schedule.
-    #[arg(long, default_value_t = 0.0)]
-    pub lr_min: f32,
-    /// Linear learning-rate warm-up over this many steps (both schedules).
-    #[arg(long, default_value_t = 0)]
-    pub warmup: u64,
-    /// Box jitter: the crop centre moves by up to this fraction of the box size per axis.
-    #[arg(long, default_value_t = 0.0)]
-    pub shift: f32,
-    /// Probability of a half-body crop (people with >= 8 labelled joints).
-    #[arg(long, default_value_t = 0.0)]
-    pub half_body: f32,
-    /// Images per epoch (a seeded random subset, different each epoch).
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Validate on this many people (evenly spaced over the validation range).
-    #[arg(long)]
-    pub val_limit: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Square input size (a multiple of the model's size multiple); default: the config's.
-    #[arg(long)]
-    pub size: Option<usize>,
-    /// Gaussian sigma in heatmap pixels.
-    #[arg(long, default_value_t = 2.0)]
-    pub sigma: f32,
-    /// Loader threads building augmented batches ahead of the training step.
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
-    /// Batches each loader thread may build ahead.
-    #[arg(long, default_value_t = 2)]
-    pub prefetch: usize,
-    /// Decoded-image cache budget in MB.
-    #[arg(long, default_value_t = 3072)]
-    pub cache_mb: usize,
-    /// Log a CSV row (and refresh the progress line) every this many steps.
-    #[arg(long, default_value_t = 10)]
-    pub log_every: usize,
-    /// Turn augmentation off (debugging).
-    #[arg(long)]
-    pub no_augment: bool,
-    /// No progress line on stderr.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Write into an `--out` folder that already holds a run (its files are overwritten).
-    #[arg(long)]
-    pub force: bool,
-    /// Person detector only: extra training images from a COCO keypoints file,
-    /// `ANNOTATIONS.json:IMAGE_DIR` (every non-crowd person boxed; repeatable).
-    #[arg(long, value_name = "JSON:DIR")]
-    pub extra_coco: Vec<String>,
-    /// Each `--extra-coco` image appears this many times per pass over the data (a few dozen
-    /// COCO images next to 8000 LSPET ones are otherwise rarely drawn).
-    #[arg(long, default_value_t = 1)]
-    pub extra_repeat: usize,
-}
 
 /// The learning rate of optimiser step `step` (0-based) in epoch `epoch` of a run of
 /// `total_steps` steps.
-pub fn schedule_lr(a: &TrainArgs, epoch: usize, step: u64, total_steps: u64) -> f32 {
+pub fn schedule_lr(a: &TrainConfig, epoch: usize, step: u64, total_steps: u64) -> f32 {
     let base = match a.schedule {
         ScheduleArg::Step => step_lr(a.lr, a.lr_gamma, a.lr_step, epoch),
         ScheduleArg::Cosine => {
@@ -417,7 +280,7 @@ fn optim_path(ckpt: &Path) -> PathBuf {
 }
 
 /// The model configuration a run trains (with `--size`).
-pub fn model_config(a: &TrainArgs) -> Result<ModelConfig> {
+pub fn model_config(a: &TrainConfig) -> Result<ModelConfig> {
     let cfg = models::config(&a.model)?;
     Ok(match a.size {
         Some(s) => cfg.with_input([cfg.input[0], s, s]),
@@ -427,7 +290,7 @@ pub fn model_config(a: &TrainArgs) -> Result<ModelConfig> {
 
 /// Checks every argument before anything is built, loaded or written: a bad value should cost
 /// a second, not an epoch (or silently train something else than asked).
-pub fn validate(a: &TrainArgs) -> Result<()> {
+pub fn validate(a: &TrainConfig) -> Result<()> {
     let bad = |msg: String| Err(Error::Input(msg));
     let positive = |name: &str, v: f32| {
         if v.is_finite() && v > 0.0 {
@@ -534,7 +397,37 @@ fn extra_coco_images(spec: &str) -> Result<Vec<super::detection::DetectionImage>
 }
 
 /// Runs a training session.
-pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
+/// What a training run reports while it runs, through [`run`]'s callback (the `wgpose train`
+/// command prints them: messages and epoch lines on stderr, steps as one refreshed line).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainEvent {
+    /// A one-line message: what is trained on what, warm start or resume, warnings, the final
+    /// weights file.
+    Message(String),
+    /// A logged step (every `log_every` steps and at the end of an epoch): the mean loss over
+    /// the steps since the last one, the learning rate and the training speed.
+    Step { epoch: usize, epochs: usize, batch: usize, batches: usize, step: u64, loss: f64, lr: f32, images_per_s: f64 },
+    /// An epoch ended: its mean loss, and the validation score when the run validates.
+    Epoch { epoch: usize, loss: f64, val: Option<ValScore> },
+}
+
+/// A validation score at the end of an epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValScore {
+    /// What was measured (`PCK@0.2`, `box AP@0.5`).
+    pub metric: &'static str,
+    /// Its value in [0, 1].
+    pub value: f64,
+    /// How many people or images it was measured on, and which of the two.
+    pub count: usize,
+    pub unit: &'static str,
+    /// Wall time of the validation.
+    pub seconds: f64,
+}
+
+/// Trains as `a` says and reports progress to `progress`; returns where the weights went and
+/// the last numbers. Nothing is printed: the caller decides (see `wgpose train`).
+pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<TrainSummary> {
     validate(a)?;
     let t_start = Instant::now();
     let cfg = model_config(a)?;
@@ -560,13 +453,13 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     if loss_kind == LossArg::Rce {
         let (g, n) = strip_final_sigmoid(&graph);
         if n == 0 {
-            eprintln!("warning: {} has no final sigmoid; RCE treats its outputs as logits", cfg.name);
+            progress(&TrainEvent::Message(format!("warning: {} has no final sigmoid; RCE treats its outputs as logits", cfg.name)));
         }
         graph = g;
         logits = true;
     }
     if graph.outputs.len() != cfg.num_outputs() {
-        eprintln!("note: {} outputs, config says {}", graph.outputs.len(), cfg.num_outputs());
+        progress(&TrainEvent::Message(format!("note: {} outputs, config says {}", graph.outputs.len(), cfg.num_outputs())));
     }
     std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
 
@@ -591,7 +484,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             });
         prior_s = card.wall_time_s.unwrap_or(0.0);
         init_desc = format!("; warm start from {} ({} crops before)", w.display(), prior_crops);
-        eprintln!("warm start from {} ({prior_crops} crops, {:.0} s of training before)", w.display(), prior_s);
+        progress(&TrainEvent::Message(format!("warm start from {} ({prior_crops} crops, {:.0} s of training before)", w.display(), prior_s)));
     }
     if let Some(ck) = &a.resume {
         let card = weights::load_into(ck, &mut graph)?;
@@ -615,9 +508,9 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             }
             optim.weight_decay = a.weight_decay;
         } else {
-            eprintln!("warning: {} not found: the optimiser restarts", op.display());
+            progress(&TrainEvent::Message(format!("warning: {} not found: the optimiser restarts", op.display())));
         }
-        eprintln!("resuming from {} after epoch {epoch0} (step {step})", ck.display());
+        progress(&TrainEvent::Message(format!("resuming from {} after epoch {epoch0} (step {step})", ck.display())));
     }
 
     // Data.
@@ -625,7 +518,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let range = parse_range(&a.range)?;
     let set = lsp::load_lsp(&a.root, Some(range.clone()), lsp::Visibility::Auto)?;
     if !set.missing.is_empty() {
-        eprintln!("warning: {} training image(s) missing", set.missing.len());
+        progress(&TrainEvent::Message(format!("warning: {} training image(s) missing", set.missing.len())));
     }
     let augment = if a.no_augment {
         AugmentConfig::none()
@@ -698,7 +591,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     );
     let batches_per_epoch = if per_epoch < a.batch.max(1) { 1 } else { per_epoch / a.batch.max(1) } as u64;
     let total_steps = batches_per_epoch * a.epochs as u64;
-    eprintln!(
+    progress(&TrainEvent::Message(format!(
         "training {} ({}x{}, {} params) with {} / {} on {training_data}",
         cfg.name,
         shape.input_w,
@@ -709,7 +602,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             LossArg::Rce => "RCE",
         },
         kind.as_str()
-    );
+    )));
 
     let mut log = Log::open(&a.out, a.resume.as_ref().map(|_| epoch0))?;
     let curve = a.out.join("curve.png");
@@ -767,46 +660,32 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                     images_per_s: ips,
                     elapsed_s: prior_s + train_s + el,
                 })?;
-                if !a.quiet {
-                    eprint!(
-                        "\repoch {}/{} [{}/{}] step {step} loss {:.6} lr {lr:.2e} {:.1} img/s   ",
-                        epoch + 1,
-                        a.epochs,
-                        bi + 1,
-                        nb,
-                        win_sum / win_cnt as f64,
-                        ips
-                    );
-                }
+                progress(&TrainEvent::Step {
+                    epoch: epoch + 1,
+                    epochs: a.epochs,
+                    batch: bi + 1,
+                    batches: nb,
+                    step,
+                    loss: win_sum / win_cnt as f64,
+                    lr,
+                    images_per_s: ips,
+                });
                 win_sum = 0.0;
                 win_cnt = 0;
             }
         }
         train_s += t_epoch.elapsed().as_secs_f64();
-        if !a.quiet {
-            eprintln!();
-        }
         last_loss = sum / cnt.max(1) as f64;
-        val_pck = match &val {
+        let score = match &val {
             Some(v) => {
                 let t = Instant::now();
                 let p = v.score(&graph, a.batch, logits, cfg.sigmoid_output() && !logits)?;
-                eprintln!(
-                    "epoch {}: mean loss {last_loss:.6}, val {} {:.2}% ({} {}, {:.1} s)",
-                    epoch + 1,
-                    v.metric(),
-                    100.0 * p,
-                    v.len(),
-                    v.unit(),
-                    t.elapsed().as_secs_f64()
-                );
-                Some(p)
+                Some(ValScore { metric: v.metric(), value: p, count: v.len(), unit: v.unit(), seconds: t.elapsed().as_secs_f64() })
             }
-            None => {
-                eprintln!("epoch {}: mean loss {last_loss:.6}", epoch + 1);
-                None
-            }
+            None => None,
         };
+        val_pck = score.as_ref().map(|v| v.value);
+        progress(&TrainEvent::Epoch { epoch: epoch + 1, loss: last_loss, val: score });
         log.push(LogRow {
             epoch: epoch + 1,
             step,
@@ -876,13 +755,13 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let final_path = a.out.join(format!("{}.safetensors", cfg.name));
     weights::save(&final_path, &graph, &card)?;
     log.plot(&curve)?;
-    eprintln!(
+    progress(&TrainEvent::Message(format!(
         "wrote {} ({} epochs, {step} steps, {:.0} s training, {:.0} s this session)",
         final_path.display(),
         card.epochs.unwrap_or(0),
         wall,
         t_start.elapsed().as_secs_f64()
-    );
+    )));
     Ok(TrainSummary {
         final_weights: final_path,
         val_metric: if detector { "box AP@0.5" } else { "PCK@0.2" },

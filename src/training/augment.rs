@@ -8,7 +8,7 @@
 //! with, so they cannot disagree; after a mirror the joints also swap left and right
 //! ([`Skeleton::flip_permutation`]). Heatmap coordinates are input coordinates divided by the
 //! stride (continuous, pixel-centre convention of [`crate::pipeline::crop`] and
-//! [`crate::train::loss`]). Joints that are unlabelled or land outside the heatmap get an empty
+//! [`crate::autodiff::loss`]). Joints that are unlabelled or land outside the heatmap get an empty
 //! target and weight 0.
 //!
 //! Colour jitter acts on the sampled RGB in [0, 1] before ImageNet normalisation: brightness
@@ -23,7 +23,7 @@ use crate::pipeline::crop::{CropConfig, CropTransform, ImageRef, Normalization};
 use crate::rng::Rng;
 use crate::skeleton::Skeleton;
 use crate::tensor::Tensor;
-use crate::train::gaussian_heatmaps;
+use crate::autodiff::gaussian_heatmaps;
 
 /// Ranges the random augmentation draws from.
 #[derive(Clone, Copy, Debug, PartialEq)]

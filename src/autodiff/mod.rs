@@ -1,5 +1,6 @@
-//! Training engine core: reverse-mode automatic differentiation over the graph IR, losses,
-//! Gaussian targets and optimisers.
+//! The training engine: reverse-mode automatic differentiation over the graph IR, losses,
+//! Gaussian targets and optimisers. The training loop around it (data, augmentation,
+//! checkpoints, the `wgpose train` session) is [`crate::training`].
 //!
 //! - [`forward_train`] runs the graph with the CPU executor's kernels (nothing is defined twice)
 //!   and keeps on a [`Tape`] everything the backward pass needs: every node's output, the batch

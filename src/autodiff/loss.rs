@@ -92,7 +92,7 @@ pub fn rce_loss(logits: &[&Tensor], target: &Tensor, weights: &[f32]) -> Result<
 
 /// The person detector's loss on logits `[N, 3, H, W]` (centre, width, height) against targets
 /// `[N, 4, H, W]` (centre Gaussian, width, height, size mask; see
-/// [`crate::trainer::detection`]): binary cross-entropy with soft targets (as [`rce_loss`]) on
+/// [`crate::training::detection`]): binary cross-entropy with soft targets (as [`rce_loss`]) on
 /// the centre map at every cell, plus the same cross-entropy on the two size maps where the
 /// mask is 1, both summed and divided by `N H W` (so a person's size cells weigh as much as its
 /// centre cells; CenterNet weighs size by 0.1 against a focal loss normalised per object, which

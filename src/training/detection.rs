@@ -36,7 +36,7 @@ use crate::pipeline::crop::{warp_into, CropConfig, CropTransform, ImageRef, Norm
 use crate::pipeline::detect::letterbox;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::train::stack_batch;
+use crate::autodiff::stack_batch;
 
 /// Target channels: centre, width, height, size mask.
 pub const TARGET_CHANNELS: usize = 4;

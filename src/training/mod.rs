@@ -1,9 +1,10 @@
-//! Training on the CPU around the engine of [`crate::train`]: datasets with augmentation and a
+//! Training on the CPU around the engine of [`crate::autodiff`]: datasets with augmentation and a
 //! threaded loader ([`dataset`], [`augment`]), saveable optimiser state ([`optim`]), the
 //! training-curve PNG ([`plot`]) and the `wgpose train` session ([`session`]: logging,
 //! validation PCK, checkpoints, resume, final weights with a model card).
 
 pub mod augment;
+pub mod config;
 pub mod dataset;
 pub mod detection;
 pub mod optim;
@@ -12,4 +13,5 @@ pub mod session;
 
 pub use augment::{make_sample, AugmentConfig, AugmentParams, Sample, SampleShape};
 pub use dataset::{Batch, BatchSource, ImageCache, Loader, TrainSet};
-pub use session::{run, TrainArgs, TrainSummary};
+pub use config::TrainConfig;
+pub use session::{run, TrainEvent, TrainSummary, ValScore};

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::image_io::load_rgb;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::train::stack_batch;
+use crate::autodiff::stack_batch;
 
 /// Decoded images shared between loader threads, up to a byte budget.
 pub struct ImageCache {

@@ -1,0 +1,215 @@
+//! The configuration of a training run ([`TrainConfig`]): one struct for the library and the
+//! `wgpose train` command line. Its clap derives sit behind the `cli` feature (default), so a
+//! crate user can leave clap out; [`TrainConfig::new`] gives the command line's defaults, and a
+//! test checks that the two agree.
+
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum DataFormat {
+    /// LSP / LSP-extended (`joints.mat` + `images/`).
+    Lsp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum LossArg {
+    /// Heatmap MSE (summed over hourglass stacks: intermediate supervision).
+    Mse,
+    /// Regressive cross-entropy on logits (FasterPose): the final sigmoid is stripped.
+    Rce,
+}
+
+/// Learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum ScheduleArg {
+    /// `--lr` multiplied by `--lr-gamma` every `--lr-step` epochs.
+    Step,
+    /// Cosine decay per step from `--lr` to `--lr-min` over the whole run (`--epochs`).
+    Cosine,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum OptimArg {
+    Adam,
+    Rmsprop,
+}
+
+/// What to train and how: the options of `wgpose train` (the CLI parses them with clap when
+/// the `cli` feature is on; library users build one with [`TrainConfig::new`] and set fields).
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct TrainConfig {
+    /// Named configuration (`wgpose models`), e.g. `sghg-1x64-lsp`.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub model: String,
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = DataFormat::Lsp))]
+    pub format: DataFormat,
+    /// Dataset folder (`joints.mat` + `images/`).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub root: PathBuf,
+    /// Training image numbers, inclusive.
+    #[cfg_attr(feature = "cli", arg(long, default_value = "1..8000"))]
+    pub range: String,
+    /// Validation image numbers, inclusive (`none`: no validation).
+    #[cfg_attr(feature = "cli", arg(long, default_value = "8001..9000"))]
+    pub val: String,
+    /// Total number of epochs (a resumed run continues up to this).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 10))]
+    pub epochs: usize,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 16))]
+    pub batch: usize,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1e-3))]
+    pub lr: f32,
+    /// Multiply the learning rate by `--lr-gamma` every this many epochs (0: constant).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
+    pub lr_step: usize,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.1))]
+    pub lr_gamma: f32,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.0))]
+    pub weight_decay: f32,
+    /// Default: `rce` for sigmoid-output models (FasterPose), `mse` otherwise.
+    #[cfg_attr(feature = "cli", arg(long, value_enum))]
+    pub loss: Option<LossArg>,
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = OptimArg::Adam))]
+    pub optim: OptimArg,
+    #[cfg_attr(feature = "cli", arg(long, default_value = "train-out"))]
+    pub out: PathBuf,
+    /// Checkpoint to continue from (`checkpoint-eNNN.safetensors`).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub resume: Option<PathBuf>,
+    /// Warm start: initial weights (e.g. the shipped `models/<config>.safetensors`) for a new
+    /// run with a fresh optimiser and schedule; the card counts their training crops too.
+    #[cfg_attr(feature = "cli", arg(long, conflicts_with = "resume"))]
+    pub init: Option<PathBuf>,
+    /// Training crops behind `--init` when its card does not say (older cards count
+    /// `epochs x train_limit`, wrong for runs whose per-epoch limit changed).
+    #[cfg_attr(feature = "cli", arg(long, requires = "init"))]
+    pub init_crops: Option<u64>,
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = ScheduleArg::Step))]
+    pub schedule: ScheduleArg,
+    /// Final learning rate of the cosine schedule.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.0))]
+    pub lr_min: f32,
+    /// Linear learning-rate warm-up over this many steps (both schedules).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
+    pub warmup: u64,
+    /// Box jitter: the crop centre moves by up to this fraction of the box size per axis.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.0))]
+    pub shift: f32,
+    /// Probability of a half-body crop (people with >= 8 labelled joints).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.0))]
+    pub half_body: f32,
+    /// Images per epoch (a seeded random subset, different each epoch).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub limit: Option<usize>,
+    /// Validate on this many people (evenly spaced over the validation range).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub val_limit: Option<usize>,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
+    pub seed: u64,
+    /// Square input size (a multiple of the model's size multiple); default: the config's.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub size: Option<usize>,
+    /// Gaussian sigma in heatmap pixels.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2.0))]
+    pub sigma: f32,
+    /// Loader threads building augmented batches ahead of the training step.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1))]
+    pub workers: usize,
+    /// Batches each loader thread may build ahead.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2))]
+    pub prefetch: usize,
+    /// Decoded-image cache budget in MB.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3072))]
+    pub cache_mb: usize,
+    /// Log a CSV row (and refresh the progress line) every this many steps.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 10))]
+    pub log_every: usize,
+    /// Turn augmentation off (debugging).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub no_augment: bool,
+    /// No progress line on stderr (the command line's; the library reports every step to its
+    /// callback either way).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub quiet: bool,
+    /// Write into an `--out` folder that already holds a run (its files are overwritten).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub force: bool,
+    /// Person detector only: extra training images from a COCO keypoints file,
+    /// `ANNOTATIONS.json:IMAGE_DIR` (every non-crowd person boxed; repeatable).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "JSON:DIR"))]
+    pub extra_coco: Vec<String>,
+    /// Each `--extra-coco` image appears this many times per pass over the data (a few dozen
+    /// COCO images next to 8000 LSPET ones are otherwise rarely drawn).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1))]
+    pub extra_repeat: usize,
+}
+
+impl TrainConfig {
+    /// A run of `model` on the LSP-format dataset at `root` with every other option at the
+    /// command line's default (`wgpose train --help`; a test keeps the two equal).
+    pub fn new(model: impl Into<String>, root: impl Into<PathBuf>) -> Self {
+        TrainConfig {
+            model: model.into(),
+            format: DataFormat::Lsp,
+            root: root.into(),
+            range: "1..8000".into(),
+            val: "8001..9000".into(),
+            epochs: 10,
+            batch: 16,
+            lr: 1e-3,
+            lr_step: 0,
+            lr_gamma: 0.1,
+            weight_decay: 0.0,
+            loss: None,
+            optim: OptimArg::Adam,
+            out: PathBuf::from("train-out"),
+            resume: None,
+            init: None,
+            init_crops: None,
+            schedule: ScheduleArg::Step,
+            lr_min: 0.0,
+            warmup: 0,
+            shift: 0.0,
+            half_body: 0.0,
+            limit: None,
+            val_limit: None,
+            seed: 0,
+            size: None,
+            sigma: 2.0,
+            workers: 1,
+            prefetch: 2,
+            cache_mb: 3072,
+            log_every: 10,
+            no_augment: false,
+            quiet: false,
+            force: false,
+            extra_coco: Vec::new(),
+            extra_repeat: 1,
+        }
+    }
+}
+
+#[cfg(all(test, feature = "cli"))]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: TrainConfig,
+    }
+
+    /// `TrainConfig::new` and the command line's defaults are the same values.
+    #[test]
+    fn new_matches_the_command_line_defaults() {
+        let parsed = Cli::try_parse_from(["wgpose-train", "--model", "sghg-1x64-lsp", "--root", "data/lsp"]).unwrap();
+        assert_eq!(parsed.config, TrainConfig::new("sghg-1x64-lsp", "data/lsp"));
+    }
+}
