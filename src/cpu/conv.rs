@@ -3,7 +3,7 @@
 //! - General case: per batch item and group, `out[cout_g, oh*ow] = W[cout_g, K] x B[K, oh*ow]`
 //!   with `K = cin_g*kh*kw`, through `super::gemm::matmul_panels`. `B` is the im2col matrix, but
 //!   it is never written out: the product packs it panel by panel (`K x NR` values) straight
-//!   from the input ([`ConvPanels`]), and the weights are read in place. The epilogue runs on
+//!   from the input (`ConvPanels`), and the weights are read in place. The epilogue runs on
 //!   each finished run of an output row, while it is still in cache.
 //! - Stride 1 (3x3, dilated, ...): the input is copied once into its zero padding, and the
 //!   product reads `B` in place from it (`matmul_offsets`: row `(ci, ky, kx)` of a column panel
