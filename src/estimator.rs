@@ -39,8 +39,12 @@ pub struct EstimatorOptions {
     pub decode: DecodeConfig,
     /// Crop padding around the person box (1.25 = 25% margin).
     pub padding: f32,
-    /// Seed of the random initialisation used when a config has no trained weights.
+    /// Seed of the random initialisation (see `random_weights`).
     pub seed: u64,
+    /// Accept a configuration without trained weights (none given, none shipped) as a seeded
+    /// random initialisation, for benchmarks and tests: its keypoints are meaningless. Off (the
+    /// default), building such an estimator is an error that says where weights were looked for.
+    pub random_weights: bool,
     /// Attach the shipped person detector ([`DEFAULT_DETECTOR`], on the same device) when the
     /// estimator is built from files, so that [`Boxes::Auto`] finds the people. Off, or for
     /// an estimator built from bytes without [`Estimator::set_detector`], `Boxes::Auto` is the
@@ -57,6 +61,7 @@ impl Default for EstimatorOptions {
             decode: DecodeConfig::dark(HeatmapKind::Linear, 2.0),
             padding: 1.25,
             seed: 0,
+            random_weights: false,
             find_people: true,
             people: PeopleOptions::default(),
         }
@@ -116,9 +121,9 @@ pub struct Estimator {
 }
 
 impl Estimator {
-    /// The named configuration (see [`crate::models::configs`]) with its shipped weights (a
-    /// random initialisation when none ship: see [`Estimator::weights`]), default options, on
-    /// `device`.
+    /// The named configuration (see [`crate::models::configs`]) with its shipped weights,
+    /// default options, on `device`. A configuration without shipped weights is an error (see
+    /// [`EstimatorOptions::random_weights`]).
     pub fn from_name(name: &str, device: Device) -> Result<Self> {
         Self::with_options(&config(name)?, None, device, EstimatorOptions::default())
     }
@@ -170,6 +175,15 @@ impl Estimator {
     ) -> Result<Self> {
         let skeleton = skeleton_of(config)?;
         let (graph, weights, _card) = load_model(config, weights, opts.seed)?;
+        if matches!(weights, WeightsSource::RandomInit { .. }) && !opts.random_weights {
+            return Err(Error::Input(format!(
+                "no trained weights for `{}`: none given and {} does not exist (pass a weights file, set \
+                 WGPOSE_MODELS to the folder that holds them, or set EstimatorOptions::random_weights for a \
+                 seeded random initialisation, whose keypoints are meaningless)",
+                config.name,
+                crate::models::shipped_weights_path(config.name).display()
+            )));
+        }
         let mut est = Self::from_loaded(config, skeleton, graph, weights, ctx, opts)?;
         if opts.find_people {
             let det_cfg = config_of(DEFAULT_DETECTOR)?;

@@ -27,7 +27,7 @@ fn gpu_and_cpu_estimators_agree() {
     let image = ImageRef::from(&img.rgb);
     let cfg = small_model();
     for flip in [false, true] {
-        let opts = EstimatorOptions { flip_test: flip, ..Default::default() };
+        let opts = EstimatorOptions { flip_test: flip, random_weights: true, ..Default::default() };
         let mut gpu = Estimator::new(&cfg, None, Some(&ctx), opts).unwrap();
         let mut cpu = Estimator::new(&cfg, None, None, opts).unwrap();
         let boxes = [[250.0, 40.0, 250.0, 360.0], [0.0, 0.0, 640.0, 425.0]];
@@ -57,7 +57,7 @@ fn async_estimation_matches_blocking() {
     let ctx = common::gpu();
     // The CPU, then the GPU when there is one.
     for ctx in [None, ctx.as_ref()] {
-        let mut est = Estimator::new(&small_model(), None, ctx, EstimatorOptions::default()).unwrap();
+        let mut est = Estimator::new(&small_model(), None, ctx, EstimatorOptions { random_weights: true, ..Default::default() }).unwrap();
         let a = est.estimate_batch(&image, &boxes).unwrap();
         let b = pollster::block_on(est.estimate_batch_async(&image, &boxes)).unwrap();
         assert_eq!(a.len(), 2);
@@ -73,7 +73,7 @@ fn async_estimation_matches_blocking() {
 fn keypoints_land_inside_the_crop_and_boxes_are_checked() {
     let img = load_rgb(&sample()).unwrap();
     let image = ImageRef::from(&img.rgb);
-    let mut est = Estimator::new(&small_model(), None, None, EstimatorOptions::default()).unwrap();
+    let mut est = Estimator::new(&small_model(), None, None, EstimatorOptions { random_weights: true, ..Default::default() }).unwrap();
     let b = [300.0, 50.0, 100.0, 200.0];
     let pose = est.estimate(&image, Some(b)).unwrap().remove(0);
     // The crop covers the box enlarged by 25% and made square-aspect; every keypoint is inside.
@@ -164,7 +164,7 @@ fn a_frame_already_on_the_gpu_gives_the_same_poses() {
         offset: 0,
         bgra: false,
     };
-    let mut est = Estimator::new(&small_model(), None, Some(&ctx), EstimatorOptions::default()).unwrap();
+    let mut est = Estimator::new(&small_model(), None, Some(&ctx), EstimatorOptions { random_weights: true, ..Default::default() }).unwrap();
     let boxes = [[250.0, 40.0, 250.0, 360.0]];
     let a = est.estimate_gpu_frame(&buf, &frame, &boxes).unwrap();
     let b = est.estimate_batch(&ImageRef::from(&img.rgb), &boxes).unwrap();
@@ -174,7 +174,7 @@ fn a_frame_already_on_the_gpu_gives_the_same_poses() {
             "{k:?} vs {l:?}"
         );
     }
-    let cpu = Estimator::new(&small_model(), None, None, EstimatorOptions::default());
+    let cpu = Estimator::new(&small_model(), None, None, EstimatorOptions { random_weights: true, ..Default::default() });
     assert!(cpu.unwrap().estimate_gpu_frame(&buf, &frame, &boxes).is_err());
 }
 
@@ -185,7 +185,7 @@ fn front_door_applies_the_picture_scale_and_auto_boxes() {
     let pixels = ImageRef::from(&img.rgb);
     // Without a detector (`find_people: false`), no box means the whole picture; detection is
     // tested in tests/people.rs.
-    let opts = EstimatorOptions { find_people: false, ..Default::default() };
+    let opts = EstimatorOptions { find_people: false, random_weights: true, ..Default::default() };
     let mut est = Estimator::new(&small_model(), None, None, opts).unwrap();
     let b = [250.0, 40.0, 250.0, 360.0];
     let want = est.estimate_batch(&pixels, &[b]).unwrap().remove(0);
@@ -218,10 +218,10 @@ fn front_door_applies_the_picture_scale_and_auto_boxes() {
 fn device_choice_is_reported() {
     use wgpose::Device;
     let cfg = small_model();
-    let cpu = Estimator::with_options(&cfg, None, Device::Cpu, EstimatorOptions::default()).unwrap();
+    let cpu = Estimator::with_options(&cfg, None, Device::Cpu, EstimatorOptions { random_weights: true, ..Default::default() }).unwrap();
     assert!(!cpu.on_gpu() && !cpu.device_choice().gpu);
     assert!(cpu.device_choice().to_string().contains("CPU"), "{}", cpu.device_choice());
-    let auto = Estimator::with_options(&cfg, None, Device::Auto, EstimatorOptions::default()).unwrap();
+    let auto = Estimator::with_options(&cfg, None, Device::Auto, EstimatorOptions { random_weights: true, ..Default::default() }).unwrap();
     assert_eq!(auto.on_gpu(), auto.device_choice().gpu);
     eprintln!("Device::Auto here: {}", auto.device_choice());
     let Some(ctx) = common::gpu() else { return };
@@ -240,7 +240,7 @@ fn device_choice_is_reported() {
     assert!(wgpose::gpu::is_software_adapter(&info));
     info.name = "NVIDIA GeForce RTX 4090".into();
     assert!(!wgpose::gpu::is_software_adapter(&info));
-    let on_ctx = Estimator::with_context(&cfg, None, &ctx, Device::Gpu, EstimatorOptions::default()).unwrap();
+    let on_ctx = Estimator::with_context(&cfg, None, &ctx, Device::Gpu, EstimatorOptions { random_weights: true, ..Default::default() }).unwrap();
     assert!(on_ctx.on_gpu() && on_ctx.device_choice().gpu);
 }
 
@@ -262,4 +262,24 @@ fn from_name_and_from_file_load_the_shipped_weights() {
     assert_eq!(by_file.config.input, by_name.config.input);
     assert!(Estimator::from_name("no-such-model", Device::Cpu).is_err());
     assert!(Estimator::from_file(sample(), Device::Cpu).is_err());
+}
+
+/// A configuration without trained weights is an error by default (a library user would
+/// otherwise get meaningless keypoints without noticing), naming the file looked for and the
+/// option; with `random_weights` it is a seeded random initialisation, and says so.
+#[test]
+fn a_config_without_weights_is_an_error_unless_random_weights_are_asked_for() {
+    use wgpose::models::WeightsSource;
+    // The identity-skip hourglass of the soft-gate ablation ships no weights.
+    let cfg = config("hg-identity-1x64-lsp").unwrap().with_input([3, 64, 64]);
+    assert!(!wgpose::models::shipped_weights_path(cfg.name).exists());
+    let err = match Estimator::new(&cfg, None, None, EstimatorOptions::default()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a config without weights was accepted"),
+    };
+    assert!(err.contains("no trained weights") && err.contains("random_weights"), "{err}");
+    assert!(err.contains(&format!("{}.safetensors", cfg.name)), "{err}");
+    let opts = EstimatorOptions { random_weights: true, seed: 7, ..Default::default() };
+    let est = Estimator::new(&cfg, None, None, opts).unwrap();
+    assert_eq!(est.weights, WeightsSource::RandomInit { seed: 7 });
 }

@@ -295,7 +295,13 @@ fn fuzz_image_decoding_with_boxes() {
     corpus.push(png);
     let cfg = wgpose::models::config("sghg-1x64-lsp").unwrap().with_input([3, 64, 64]);
     let est = std::cell::RefCell::new(
-        wgpose::estimator::Estimator::new(&cfg, None, None, wgpose::estimator::EstimatorOptions::default()).unwrap(),
+        wgpose::estimator::Estimator::new(
+            &cfg,
+            None,
+            None,
+            wgpose::estimator::EstimatorOptions { random_weights: true, ..Default::default() },
+        )
+        .unwrap(),
     );
     let boxes = std::cell::RefCell::new(Rng::new(seed()));
     let known_bad = std::fs::read(root().join("tests/fixtures/fuzz-regressions/image/truncated-eoi-in-comment.jpg"));

@@ -84,6 +84,9 @@ pub fn open_estimator(
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Gpu | DeviceArg::Both => Device::Gpu,
     };
+    // The command line announces a random initialisation (the weights' source is printed with
+    // "outputs are meaningless") instead of refusing it.
+    let opts = EstimatorOptions { random_weights: true, ..opts };
     match Estimator::with_options(cfg, weights, device, opts) {
         Err(Error::NoAdapter(e)) => {
             eprintln!("warning: {e}\nwarning: continuing on the CPU executor");

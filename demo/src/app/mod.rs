@@ -189,8 +189,10 @@ impl DemoApp {
         // With the shipped person detector when it loads; without it the whole frame is searched
         // (a build without models/), and the note says so.
         let (model, gpu, device) = (self.model, &self.gpu, self.device);
-        let built = Estimator::with_context(&model, None, gpu, device, EstimatorOptions::default()).or_else(|e| {
-            let opts = EstimatorOptions { find_people: false, ..Default::default() };
+        // Any config may be picked; one without weights runs with a "NO TRAINED WEIGHTS" banner.
+        let opts = EstimatorOptions { random_weights: true, ..Default::default() };
+        let built = Estimator::with_context(&model, None, gpu, device, opts).or_else(|e| {
+            let opts = EstimatorOptions { find_people: false, ..opts };
             let est = Estimator::with_context(&model, None, gpu, device, opts)?;
             self.detector_note = format!("no person detector ({e}); the whole frame is searched");
             Ok::<_, wgpose::Error>(est)
