@@ -39,10 +39,15 @@ pub enum Parallelism {
 /// A read-only strided f32 matrix: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
 #[derive(Clone, Copy)]
 pub struct Mat<'a> {
+    /// The values (at least one past the furthest element the shape and strides reach).
     pub data: &'a [f32],
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
+    /// Distance in `data` between consecutive rows.
     pub row_stride: usize,
+    /// Distance in `data` between consecutive columns.
     pub col_stride: usize,
 }
 
@@ -64,10 +69,15 @@ impl<'a> Mat<'a> {
 
 /// A writable strided f32 matrix, laid out like [`Mat`].
 pub struct MatMut<'a> {
+    /// The values (at least one past the furthest element the shape and strides reach).
     pub data: &'a mut [f32],
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
+    /// Distance in `data` between consecutive rows.
     pub row_stride: usize,
+    /// Distance in `data` between consecutive columns.
     pub col_stride: usize,
 }
 

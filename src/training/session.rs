@@ -74,14 +74,21 @@ pub fn schedule_lr(a: &TrainConfig, epoch: usize, step: u64, total_steps: u64) -
 /// What a finished run reports.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
+    /// The weights file written at the end (with its model card).
     pub final_weights: PathBuf,
     /// What `val_pck` holds: `PCK@0.2` (pose) or `box AP@0.5` (detector).
     pub val_metric: &'static str,
+    /// Epochs completed, resumed ones included.
     pub epochs_done: usize,
+    /// Optimiser steps completed, resumed ones included.
     pub steps: u64,
+    /// Mean loss of the last epoch.
     pub last_loss: f64,
+    /// The last validation score, when the run validates.
     pub val_pck: Option<f64>,
+    /// Training speed over the last logged window.
     pub images_per_s: f64,
+    /// Training wall time, earlier sessions of a resumed run included.
     pub wall_time_s: f64,
 }
 
@@ -92,15 +99,23 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
 /// One row of `train_log.csv`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogRow {
+    /// Epoch, from 1.
     pub epoch: usize,
+    /// Optimiser steps so far.
     pub step: u64,
+    /// Mean loss over the logged window (or the epoch, on an epoch's row).
     pub loss: f64,
+    /// Learning rate of the last step.
     pub lr: f32,
+    /// Validation score, on an epoch's last row.
     pub val_pck: Option<f64>,
+    /// Training speed over the window.
     pub images_per_s: f64,
+    /// Training wall time so far.
     pub elapsed_s: f64,
 }
 
+/// The header line of `train_log.csv`.
 pub const CSV_HEADER: &str = "epoch,step,loss,lr,val_pck,images_per_s,elapsed_s";
 
 impl LogRow {
@@ -221,7 +236,9 @@ impl Validator for DetectValSet {
 
 /// Validation people with their (unaugmented) crops' images cached.
 pub struct ValSet {
+    /// The validation people.
     pub people: Vec<Annotation>,
+    /// Crop and heatmap geometry of the network.
     pub shape: SampleShape,
     cache: ImageCache,
 }
@@ -406,9 +423,33 @@ pub enum TrainEvent {
     Message(String),
     /// A logged step (every `log_every` steps and at the end of an epoch): the mean loss over
     /// the steps since the last one, the learning rate and the training speed.
-    Step { epoch: usize, epochs: usize, batch: usize, batches: usize, step: u64, loss: f64, lr: f32, images_per_s: f64 },
+    Step {
+        /// Epoch (from 1) and the run's epoch count.
+        epoch: usize,
+        /// The run's epoch count.
+        epochs: usize,
+        /// Batch within the epoch (from 1) and the epoch's batch count.
+        batch: usize,
+        /// The epoch's batch count.
+        batches: usize,
+        /// Optimiser steps so far.
+        step: u64,
+        /// Mean loss since the last logged step.
+        loss: f64,
+        /// Learning rate of this step.
+        lr: f32,
+        /// Training speed over the window.
+        images_per_s: f64,
+    },
     /// An epoch ended: its mean loss, and the validation score when the run validates.
-    Epoch { epoch: usize, loss: f64, val: Option<ValScore> },
+    Epoch {
+        /// The epoch that ended (from 1).
+        epoch: usize,
+        /// Its mean loss.
+        loss: f64,
+        /// The validation score, when the run validates.
+        val: Option<ValScore>,
+    },
 }
 
 /// A validation score at the end of an epoch.
@@ -418,8 +459,9 @@ pub struct ValScore {
     pub metric: &'static str,
     /// Its value in [0, 1].
     pub value: f64,
-    /// How many people or images it was measured on, and which of the two.
+    /// How many people or images it was measured on.
     pub count: usize,
+    /// `people` or `images`.
     pub unit: &'static str,
     /// Wall time of the validation.
     pub seconds: f64,
