@@ -21,7 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ms.iter_mut().zip(&times).for_each(|(m, t)| *m += t.as_secs_f64() * 1e3 / timed as f64);
         }
     }
-    let kind = |op: &wgpose::graph::Op| format!("{op:?}").split(|c: char| !c.is_alphanumeric()).next().unwrap_or("").to_string();
+    let kind = |op: &wgpose::graph::Op| {
+        format!("{op:?}").split(|c: char| !c.is_alphanumeric()).next().unwrap_or("").to_string()
+    };
     println!(
         "{name}: {:.2} ms in {} nodes, input {:?}, {} thread(s), kernel {}",
         ms.iter().sum::<f64>(),

@@ -345,8 +345,8 @@ pub fn bench_train(
 /// heatmaps (sigma 2) around random keypoints, about 10% of joints unlabelled (fixed seeds).
 /// One warm-up step (which also allocates the optimiser state), then `reps` timed steps.
 pub fn bench_train_config(cfg: &crate::models::ModelConfig, batch: usize, reps: usize) -> Result<TrainBenchRow> {
-    use crate::error::Error;
     use crate::autodiff::{gaussian_heatmaps, mse_loss, rce_loss, stack_batch, train_step, BnMode, Optimizer};
+    use crate::error::Error;
 
     if batch == 0 {
         return Err(Error::Input("the training benchmark needs a batch of at least 1".into()));

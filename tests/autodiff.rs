@@ -14,9 +14,9 @@
 //! network (hundreds of thousands of ReLUs) checks exactly; the per-operator tests still keep
 //! ReLU inputs at `|x| >= 0.1` and max-pool inputs distinct multiples of 0.05.
 
+use wgpose::autodiff::{self, BnMode, Optimizer};
 use wgpose::graph::{Act, ConvSpec, Graph, GraphBuilder, Op};
 use wgpose::rng::Rng;
-use wgpose::autodiff::{self, BnMode, Optimizer};
 use wgpose::weights::named_params_mut;
 use wgpose::Tensor;
 
@@ -35,8 +35,8 @@ mod f64ref {
     use std::collections::HashMap;
 
     use rayon::prelude::*;
-    use wgpose::graph::{Act, Graph, Op};
     use wgpose::autodiff::BnMode;
+    use wgpose::graph::{Act, Graph, Op};
 
     pub type Params = HashMap<String, Vec<f64>>;
 
@@ -816,9 +816,10 @@ fn overfits_tiny_batch() {
     let mut last = 0.0;
     let steps = 150;
     for step in 0..steps {
-        let (loss, grads, tape) =
-            autodiff::train_step(&g, std::slice::from_ref(&x), BnMode::Train, |o| autodiff::mse_loss(o, &target, &weights))
-                .unwrap();
+        let (loss, grads, tape) = autodiff::train_step(&g, std::slice::from_ref(&x), BnMode::Train, |o| {
+            autodiff::mse_loss(o, &target, &weights)
+        })
+        .unwrap();
         tape.apply_running_stats(&mut g);
         opt.apply(&mut g, &grads, 2e-3).unwrap();
         first.get_or_insert(loss);

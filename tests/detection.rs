@@ -1,9 +1,9 @@
 //! The person detector's parts: letterbox geometry, target construction, decoding (peaks,
 //! sub-pixel centre, sizes, NMS, the cap on people), box AP, and its loss's gradient.
 
+use wgpose::autodiff::detection_loss;
 use wgpose::pipeline::detect::{box_ap, box_iou, decode_detections, letterbox, nms, DetectConfig, Detection};
 use wgpose::rng::Rng;
-use wgpose::autodiff::detection_loss;
 use wgpose::training::detection::{boxes_to_input, detection_targets, DetectShape};
 use wgpose::Tensor;
 

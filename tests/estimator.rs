@@ -57,7 +57,9 @@ fn async_estimation_matches_blocking() {
     let ctx = common::gpu();
     // The CPU, then the GPU when there is one.
     for ctx in [None, ctx.as_ref()] {
-        let mut est = Estimator::new(&small_model(), None, ctx, EstimatorOptions { random_weights: true, ..Default::default() }).unwrap();
+        let mut est =
+            Estimator::new(&small_model(), None, ctx, EstimatorOptions { random_weights: true, ..Default::default() })
+                .unwrap();
         let a = est.estimate_batch(&image, &boxes).unwrap();
         let b = pollster::block_on(est.estimate_batch_async(&image, &boxes)).unwrap();
         assert_eq!(a.len(), 2);
@@ -73,7 +75,9 @@ fn async_estimation_matches_blocking() {
 fn keypoints_land_inside_the_crop_and_boxes_are_checked() {
     let img = load_rgb(&sample()).unwrap();
     let image = ImageRef::from(&img.rgb);
-    let mut est = Estimator::new(&small_model(), None, None, EstimatorOptions { random_weights: true, ..Default::default() }).unwrap();
+    let mut est =
+        Estimator::new(&small_model(), None, None, EstimatorOptions { random_weights: true, ..Default::default() })
+            .unwrap();
     let b = [300.0, 50.0, 100.0, 200.0];
     let pose = est.estimate(&image, Some(b)).unwrap().remove(0);
     // The crop covers the box enlarged by 25% and made square-aspect; every keypoint is inside.
@@ -164,7 +168,13 @@ fn a_frame_already_on_the_gpu_gives_the_same_poses() {
         offset: 0,
         bgra: false,
     };
-    let mut est = Estimator::new(&small_model(), None, Some(&ctx), EstimatorOptions { random_weights: true, ..Default::default() }).unwrap();
+    let mut est = Estimator::new(
+        &small_model(),
+        None,
+        Some(&ctx),
+        EstimatorOptions { random_weights: true, ..Default::default() },
+    )
+    .unwrap();
     let boxes = [[250.0, 40.0, 250.0, 360.0]];
     let a = est.estimate_gpu_frame(&buf, &frame, &boxes).unwrap();
     let b = est.estimate_batch(&ImageRef::from(&img.rgb), &boxes).unwrap();
@@ -174,7 +184,8 @@ fn a_frame_already_on_the_gpu_gives_the_same_poses() {
             "{k:?} vs {l:?}"
         );
     }
-    let cpu = Estimator::new(&small_model(), None, None, EstimatorOptions { random_weights: true, ..Default::default() });
+    let cpu =
+        Estimator::new(&small_model(), None, None, EstimatorOptions { random_weights: true, ..Default::default() });
     assert!(cpu.unwrap().estimate_gpu_frame(&buf, &frame, &boxes).is_err());
 }
 
@@ -218,10 +229,22 @@ fn front_door_applies_the_picture_scale_and_auto_boxes() {
 fn device_choice_is_reported() {
     use wgpose::Device;
     let cfg = small_model();
-    let cpu = Estimator::with_options(&cfg, None, Device::Cpu, EstimatorOptions { random_weights: true, ..Default::default() }).unwrap();
+    let cpu = Estimator::with_options(
+        &cfg,
+        None,
+        Device::Cpu,
+        EstimatorOptions { random_weights: true, ..Default::default() },
+    )
+    .unwrap();
     assert!(!cpu.on_gpu() && !cpu.device_choice().gpu);
     assert!(cpu.device_choice().to_string().contains("CPU"), "{}", cpu.device_choice());
-    let auto = Estimator::with_options(&cfg, None, Device::Auto, EstimatorOptions { random_weights: true, ..Default::default() }).unwrap();
+    let auto = Estimator::with_options(
+        &cfg,
+        None,
+        Device::Auto,
+        EstimatorOptions { random_weights: true, ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(auto.on_gpu(), auto.device_choice().gpu);
     eprintln!("Device::Auto here: {}", auto.device_choice());
     let Some(ctx) = common::gpu() else { return };
@@ -240,7 +263,14 @@ fn device_choice_is_reported() {
     assert!(wgpose::gpu::is_software_adapter(&info));
     info.name = "NVIDIA GeForce RTX 4090".into();
     assert!(!wgpose::gpu::is_software_adapter(&info));
-    let on_ctx = Estimator::with_context(&cfg, None, &ctx, Device::Gpu, EstimatorOptions { random_weights: true, ..Default::default() }).unwrap();
+    let on_ctx = Estimator::with_context(
+        &cfg,
+        None,
+        &ctx,
+        Device::Gpu,
+        EstimatorOptions { random_weights: true, ..Default::default() },
+    )
+    .unwrap();
     assert!(on_ctx.on_gpu() && on_ctx.device_choice().gpu);
 }
 

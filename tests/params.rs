@@ -2,9 +2,9 @@
 //! shape checks, autodiff and the optimiser read: names, order, trainability and weight decay
 //! all follow from it.
 
+use wgpose::autodiff::{self, Gradients, Optimizer};
 use wgpose::graph::{param_name, Act, BatchNorm, Conv2d, Epilogue, Graph, Op, ParamKind, Residual};
 use wgpose::rng::Rng;
-use wgpose::autodiff::{self, Gradients, Optimizer};
 use wgpose::weights::{named_params, named_params_mut};
 use wgpose::{Error, Tensor};
 

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use clap::Parser;
 use image::{Rgb, RgbImage};
+use wgpose::autodiff::{trainable_params, Gradients, Optimizer};
 use wgpose::data::lsp::{load_lsp, Visibility};
 use wgpose::rng::Rng;
 use wgpose::skeleton::LSP14;
-use wgpose::autodiff::{trainable_params, Gradients, Optimizer};
 use wgpose::training::dataset::{Loader, TrainSet};
 use wgpose::training::optim::{Kind, Optim};
 use wgpose::training::session::{epoch_batches, read_log, TrainConfig};
@@ -287,11 +287,18 @@ fn session_writes_everything_and_resume_continues() {
     // score, and the final file, in that order.
     use wgpose::training::TrainEvent;
     assert!(matches!(&events[0], TrainEvent::Message(m) if m.starts_with("training sghg-1x64-lsp")), "{events:?}");
-    let steps: Vec<u64> = events.iter().filter_map(|e| if let TrainEvent::Step { step, .. } = e { Some(*step) } else { None }).collect();
+    let steps: Vec<u64> =
+        events.iter().filter_map(|e| if let TrainEvent::Step { step, .. } = e { Some(*step) } else { None }).collect();
     assert_eq!(steps, vec![1, 2], "{events:?}");
     let epochs: Vec<(usize, Option<f64>)> = events
         .iter()
-        .filter_map(|e| if let TrainEvent::Epoch { epoch, val, .. } = e { Some((*epoch, val.as_ref().map(|v| v.value))) } else { None })
+        .filter_map(|e| {
+            if let TrainEvent::Epoch { epoch, val, .. } = e {
+                Some((*epoch, val.as_ref().map(|v| v.value)))
+            } else {
+                None
+            }
+        })
         .collect();
     assert_eq!(epochs.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(epochs[1].1, s.val_pck, "the last epoch's score is the summary's");
@@ -330,7 +337,9 @@ fn session_writes_everything_and_resume_continues() {
     let part = dir.join("part");
     wgpose::training::run(&train_args(&part, &["--epochs", "1"]), &mut |_| {}).unwrap();
     let ck = part.join("checkpoint-e001.safetensors");
-    let s2 = wgpose::training::run(&train_args(&part, &["--epochs", "2", "--resume", ck.to_str().unwrap()]), &mut |_| {}).unwrap();
+    let s2 =
+        wgpose::training::run(&train_args(&part, &["--epochs", "2", "--resume", ck.to_str().unwrap()]), &mut |_| {})
+            .unwrap();
     assert_eq!(s2.steps, 2);
     let log2 = read_log(&part.join("train_log.csv")).unwrap();
     let epochs: Vec<usize> = log2.iter().filter(|r| r.val_pck.is_some()).map(|r| r.epoch).collect();

@@ -159,7 +159,12 @@ fn run_pipeline(a: &BenchArgs, ctx: Option<&wgpose::gpu::GpuContext>) -> Result<
         );
     }
     for ex in executors {
-        let mut est = Estimator::new(&cfg, weights.as_deref(), ex, EstimatorOptions { random_weights: true, ..Default::default() })?;
+        let mut est = Estimator::new(
+            &cfg,
+            weights.as_deref(),
+            ex,
+            EstimatorOptions { random_weights: true, ..Default::default() },
+        )?;
         for path in &images {
             let img = wgpose::image_io::load_rgb(path)?;
             let r = wgpose::bench::bench_pipeline(&mut est, &img, a.reps.max(1))?;

@@ -51,7 +51,8 @@ pub fn run(a: SoakArgs) -> Result<()> {
             eprintln!("warning: no GPU adapter; the GPU soak is skipped");
             continue;
         }
-        let mut est = Estimator::new(&cfg, None, ctx.as_ref(), EstimatorOptions { random_weights: true, ..Default::default() })?;
+        let mut est =
+            Estimator::new(&cfg, None, ctx.as_ref(), EstimatorOptions { random_weights: true, ..Default::default() })?;
         let name = if est.on_gpu() { "gpu" } else { "cpu" };
         println!(
             "{name}: {} frames of {} ({}), {}, memory every {} frames",

@@ -103,7 +103,8 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
             let y0 = (b * cout + g * cout_g) * ohw;
             let yt = &mut y[y0..y0 + cout_g * ohw];
             // The epilogue runs on each finished run of an output row while it is in cache.
-            let epilogue = |row: usize, col0: usize, v: &mut [f32]| ep.apply(v, g * cout_g + row, y0 + row * ohw + col0);
+            let epilogue =
+                |row: usize, col0: usize, v: &mut [f32]| ep.apply(v, g * cout_g + row, y0 + row * ohw + col0);
             let epilogue: Option<Epilogue> = if ep.is_identity() { None } else { Some(&epilogue) };
             let dst = MatMut::rows(yt, cout_g, ohw, ohw);
             let lhs = Mat::rows(wg, cout_g, k, k);

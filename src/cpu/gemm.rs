@@ -379,12 +379,7 @@ fn product(
     let tail = tail_copy(&lhs, mr);
     let row_panels = m.div_ceil(mr);
     let col_panels = n.div_ceil(nr);
-    let threads = match par {
-        // Waking the pool costs more than a tiny product (LDCRN runs ~180 convolutions per
-        // frame, many of a few hundred thousand multiply-adds).
-        Parallelism::Rayon(t) if m * n * k >= SERIAL_MACS => t.max(1),
-        _ => 1,
-    };
+    let threads = threads_for(par, m * n * k);
     let dst = Dst { ptr: DstPtr(dst.data.as_mut_ptr()), rs: dst.row_stride, cs: dst.col_stride, accumulate, epilogue };
     // Computes tile `ip` of the column panel at `c0..c1` over depths `p0..p1` and stores it
     // (accumulating onto what an earlier depth block stored; the epilogue after the last one).
@@ -429,19 +424,9 @@ fn product(
     // panels): the task packs its panels, then for each depth block and row panel runs every
     // panel, so the row panel's block of the left operand (MR x KC) is reused from L1 and the
     // left operand is streamed once per group instead of once per panel.
-    let groups = col_panels.div_ceil(GROUP.min(col_panels.div_ceil(threads * 2).max(1)));
-    let per_group = col_panels.div_ceil(groups);
-    let groups = col_panels.div_ceil(per_group);
-    let row_blocks = if threads > 1 && groups < 4 * threads {
-        (4 * threads).div_ceil(groups).min(row_panels)
-    } else {
-        1
-    };
-    let panels_per_block = row_panels.div_ceil(row_blocks);
-    let row_blocks = row_panels.div_ceil(panels_per_block);
+    let split = TaskSplit::new(threads, col_panels, row_panels);
     let task = |t: usize| {
-        let (gi, rb) = (t / row_blocks, t % row_blocks);
-        let jps = gi * per_group..((gi + 1) * per_group).min(col_panels);
+        let (jps, ips) = split.task(t);
         let np = jps.len();
         PANEL.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -453,7 +438,7 @@ fn product(
                 rhs.pack(jp * nr, ((jp + 1) * nr).min(n), nr, panel);
             }
             for p0 in (0..k).step_by(KC) {
-                for ip in rb * panels_per_block..((rb + 1) * panels_per_block).min(row_panels) {
+                for ip in ips.clone() {
                     for (panel, jp) in panels.chunks_exact(k * nr).zip(jps.clone()) {
                         let (c0, c1) = (jp * nr, ((jp + 1) * nr).min(n));
                         run_tile(ip, c0, c1, [p0, (p0 + KC).min(k)], panel, &mut tile_buf[..mr * nr]);
@@ -462,11 +447,59 @@ fn product(
             }
         });
     };
-    let tasks = groups * row_blocks;
-    if threads > 1 && tasks > 1 {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        (0..tasks).for_each(task);
+    split.run(task);
+}
+
+/// How a product's column panels (in groups of up to [`GROUP`]) and row panels (in blocks, when
+/// there are too few groups to keep every thread busy) become tasks.
+struct TaskSplit {
+    threads: usize,
+    col_panels: usize,
+    row_panels: usize,
+    per_group: usize,
+    row_blocks: usize,
+    panels_per_block: usize,
+}
+
+impl TaskSplit {
+    fn new(threads: usize, col_panels: usize, row_panels: usize) -> Self {
+        let groups = col_panels.div_ceil(GROUP.min(col_panels.div_ceil(threads * 2).max(1)));
+        let per_group = col_panels.div_ceil(groups);
+        let groups = col_panels.div_ceil(per_group);
+        let row_blocks =
+            if threads > 1 && groups < 4 * threads { (4 * threads).div_ceil(groups).min(row_panels) } else { 1 };
+        let panels_per_block = row_panels.div_ceil(row_blocks);
+        let row_blocks = row_panels.div_ceil(panels_per_block);
+        TaskSplit { threads, col_panels, row_panels, per_group, row_blocks, panels_per_block }
+    }
+
+    /// The column panels and row panels of task `t`.
+    fn task(&self, t: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (gi, rb) = (t / self.row_blocks, t % self.row_blocks);
+        (
+            gi * self.per_group..((gi + 1) * self.per_group).min(self.col_panels),
+            rb * self.panels_per_block..((rb + 1) * self.panels_per_block).min(self.row_panels),
+        )
+    }
+
+    /// Runs every task, on rayon's pool when there are several threads and tasks.
+    fn run(&self, task: impl Fn(usize) + Sync + Send) {
+        let tasks = self.col_panels.div_ceil(self.per_group) * self.row_blocks;
+        if self.threads > 1 && tasks > 1 {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+    }
+}
+
+/// Threads for a product of `macs` multiply-adds: one below [`SERIAL_MACS`], where waking the
+/// pool costs more than the product (LDCRN runs ~180 convolutions per frame, many of a few
+/// hundred thousand multiply-adds).
+fn threads_for(par: Parallelism, macs: usize) -> usize {
+    match par {
+        Parallelism::Rayon(t) if macs >= SERIAL_MACS => t.max(1),
+        _ => 1,
     }
 }
 
@@ -585,23 +618,15 @@ pub fn matmul_offsets(
     let tile = tile_off_fn(kernel);
     let tail = tail_copy(&lhs, mr);
     let row_panels = m.div_ceil(mr);
-    let threads = match par {
-        Parallelism::Rayon(t) if m * nq * k >= SERIAL_MACS => t.max(1),
-        _ => 1,
-    };
-    let per_group = GROUP.min(col_panels.div_ceil(threads * 2)).max(1);
-    let groups = col_panels.div_ceil(per_group);
-    let row_blocks = if threads > 1 && groups < 4 * threads { (4 * threads).div_ceil(groups).min(row_panels) } else { 1 };
-    let panels_per_block = row_panels.div_ceil(row_blocks);
-    let row_blocks = row_panels.div_ceil(panels_per_block);
+    let split = TaskSplit::new(threads_for(par, m * nq * k), col_panels, row_panels);
     let (ptr, rs) = (DstPtr(dst.data.as_mut_ptr()), dst.row_stride);
     let task = |t: usize| {
-        let (gi, rb) = (t / row_blocks, t % row_blocks);
+        let (jps, ips) = split.task(t);
         let mut tile_buf = vec![0.0f32; mr * nr];
-        for ip in rb * panels_per_block..((rb + 1) * panels_per_block).min(row_panels) {
+        for ip in ips {
             let r0 = ip * mr;
             let rows = mr.min(m - r0);
-            for jp in gi * per_group..((gi + 1) * per_group).min(col_panels) {
+            for jp in jps.clone() {
                 let q0 = jp * nr;
                 // SAFETY: lhs rows r0..r0+mr (or the mr x k tail copy) over k columns are inside
                 // their slices; row p of the panel reads src[q0 + offsets[p] ..][..nr], inside
@@ -630,7 +655,8 @@ pub fn matmul_offsets(
                         // SAFETY: row r0 + i < m, columns col..col + (end - q) <= dst.cols
                         // (inside the destination by the extent assert); destination columns
                         // map one-to-one to kept columns q, and this tile's belong to this task.
-                        let run = unsafe { std::slice::from_raw_parts_mut(ptr.get().add((r0 + i) * rs + col), end - q) };
+                        let run =
+                            unsafe { std::slice::from_raw_parts_mut(ptr.get().add((r0 + i) * rs + col), end - q) };
                         run.copy_from_slice(&vals[q - q0..end - q0]);
                         if let Some(ep) = epilogue {
                             ep(r0 + i, col, run);
@@ -641,12 +667,7 @@ pub fn matmul_offsets(
             }
         }
     };
-    let tasks = groups * row_blocks;
-    if threads > 1 && tasks > 1 {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        (0..tasks).for_each(task);
-    }
+    split.run(task);
 }
 
 /// Values of slack [`matmul_offsets`] needs past `src`'s furthest offset plus its last column.
@@ -710,25 +731,29 @@ mod tests {
                 for layout in 0..4 {
                     let a_data = rng.vec(m * k + 3, -1.0, 1.0);
                     let b_data = rng.vec(k * n + 3, -1.0, 1.0);
-                    let a = if layout & 1 == 0 { Mat::rows(&a_data, m, k, k) } else { Mat::transposed(&a_data, m, k, m) };
-                    let b = if layout & 2 == 0 { Mat::rows(&b_data, k, n, n) } else { Mat::transposed(&b_data, k, n, k) };
+                    let a =
+                        if layout & 1 == 0 { Mat::rows(&a_data, m, k, k) } else { Mat::transposed(&a_data, m, k, m) };
+                    let b =
+                        if layout & 2 == 0 { Mat::rows(&b_data, k, n, n) } else { Mat::transposed(&b_data, k, n, k) };
                     let want = naive(&a, &b);
                     let scale: Vec<f64> = (0..m * n)
-                            .map(|ij| {
-                                let (i, j) = (ij / n, ij % n);
-                                (0..k)
-                                    .map(|p| {
-                                        (a.data[i * a.row_stride + p * a.col_stride] as f64
-                                            * b.data[p * b.row_stride + j * b.col_stride] as f64)
-                                            .abs()
-                                    })
-                                    .sum::<f64>()
-                                    .max(1e-3)
-                            })
-                            .collect();
-                    for (col_major, accumulate, par) in
-                        [(false, false, Parallelism::None), (true, true, Parallelism::Rayon(3)), (false, true, Parallelism::Rayon(2))]
-                    {
+                        .map(|ij| {
+                            let (i, j) = (ij / n, ij % n);
+                            (0..k)
+                                .map(|p| {
+                                    (a.data[i * a.row_stride + p * a.col_stride] as f64
+                                        * b.data[p * b.row_stride + j * b.col_stride] as f64)
+                                        .abs()
+                                })
+                                .sum::<f64>()
+                                .max(1e-3)
+                        })
+                        .collect();
+                    for (col_major, accumulate, par) in [
+                        (false, false, Parallelism::None),
+                        (true, true, Parallelism::Rayon(3)),
+                        (false, true, Parallelism::Rayon(2)),
+                    ] {
                         let (rs, cs, len) = if col_major { (1, m + 1, (m + 1) * n) } else { (n + 2, 1, m * (n + 2)) };
                         let mut c = vec![0.5f32; len];
                         matmul_with(
@@ -770,8 +795,7 @@ mod tests {
         let (cin, hp, pitch, width, rows_out, m) = (16, 11, 13, 11, 9, 41);
         let plane = hp * pitch;
         let src = rng.vec(cin * plane + offsets_slack(), -1.0, 1.0);
-        let offsets: Vec<usize> =
-            (0..cin * 9).map(|p| (p / 9) * plane + (p % 9 / 3) * pitch + p % 3).collect();
+        let offsets: Vec<usize> = (0..cin * 9).map(|p| (p / 9) * plane + (p % 9 / 3) * pitch + p % 3).collect();
         let k = offsets.len();
         let n = rows_out * width;
         let mut b = vec![0.0f32; k * n];
@@ -804,7 +828,13 @@ mod tests {
     #[test]
     fn zero_depth_overwrites_with_zeros() {
         let mut c = vec![1.0f32; 6];
-        matmul(MatMut::rows(&mut c, 2, 3, 3), Mat::rows(&[], 2, 0, 0), Mat::rows(&[], 0, 3, 3), false, Parallelism::None);
+        matmul(
+            MatMut::rows(&mut c, 2, 3, 3),
+            Mat::rows(&[], 2, 0, 0),
+            Mat::rows(&[], 0, 3, 3),
+            false,
+            Parallelism::None,
+        );
         assert_eq!(c, vec![0.0; 6]);
     }
 

@@ -40,7 +40,11 @@ pub fn run_profiled(graph: &Graph, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Ve
     Ok((out, times))
 }
 
-fn run_timed(graph: &Graph, inputs: &[Tensor], mut times: Option<&mut Vec<std::time::Duration>>) -> Result<Vec<Tensor>> {
+fn run_timed(
+    graph: &Graph,
+    inputs: &[Tensor],
+    mut times: Option<&mut Vec<std::time::Duration>>,
+) -> Result<Vec<Tensor>> {
     let plan = prepare(graph, inputs)?;
     let last_use = last_uses(graph);
     let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; graph.nodes.len()];

@@ -17,13 +17,13 @@
 
 use image::RgbImage;
 
+use crate::autodiff::gaussian_heatmaps;
 use crate::data::{box_from_keypoints, LSP_BOX_ENLARGE};
 use crate::error::{Error, Result};
 use crate::pipeline::crop::{CropConfig, CropTransform, ImageRef, Normalization};
 use crate::rng::Rng;
 use crate::skeleton::Skeleton;
 use crate::tensor::Tensor;
-use crate::autodiff::gaussian_heatmaps;
 
 /// Ranges the random augmentation draws from.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -37,9 +37,9 @@ pub enum ScheduleArg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum OptimArg {
-/// Adam (PyTorch's, bias correction, decoupled weight decay).
+    /// Adam (PyTorch's, bias correction, decoupled weight decay).
     Adam,
-/// RMSprop (`alpha = 0.99`, `eps = 1e-8`, L2 decay).
+    /// RMSprop (`alpha = 0.99`, `eps = 1e-8`, L2 decay).
     Rmsprop,
 }
 
@@ -51,7 +51,7 @@ pub struct TrainConfig {
     /// Named configuration (`wgpose models`), e.g. `sghg-1x64-lsp`.
     #[cfg_attr(feature = "cli", arg(long))]
     pub model: String,
-/// Dataset format.
+    /// Dataset format.
     #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = DataFormat::Lsp))]
     pub format: DataFormat,
     /// Dataset folder (`joints.mat` + `images/`).
@@ -66,28 +66,28 @@ pub struct TrainConfig {
     /// Total number of epochs (a resumed run continues up to this).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 10))]
     pub epochs: usize,
-/// Images per optimiser step.
+    /// Images per optimiser step.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 16))]
     pub batch: usize,
-/// Learning rate (the peak, after any warm-up).
+    /// Learning rate (the peak, after any warm-up).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 1e-3))]
     pub lr: f32,
     /// Multiply the learning rate by `--lr-gamma` every this many epochs (0: constant).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub lr_step: usize,
-/// Factor of the step schedule.
+    /// Factor of the step schedule.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.1))]
     pub lr_gamma: f32,
-/// Weight decay, on convolution weights only (decoupled for Adam, L2 for RMSprop).
+    /// Weight decay, on convolution weights only (decoupled for Adam, L2 for RMSprop).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.0))]
     pub weight_decay: f32,
     /// Default: `rce` for sigmoid-output models (FasterPose), `mse` otherwise.
     #[cfg_attr(feature = "cli", arg(long, value_enum))]
     pub loss: Option<LossArg>,
-/// Optimiser.
+    /// Optimiser.
     #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = OptimArg::Adam))]
     pub optim: OptimArg,
-/// Output folder: checkpoints, `train_log.csv`, `curve.png`, final weights.
+    /// Output folder: checkpoints, `train_log.csv`, `curve.png`, final weights.
     #[cfg_attr(feature = "cli", arg(long, default_value = "train-out"))]
     pub out: PathBuf,
     /// Checkpoint to continue from (`checkpoint-eNNN.safetensors`).
@@ -101,7 +101,7 @@ pub struct TrainConfig {
     /// `epochs x train_limit`, wrong for runs whose per-epoch limit changed).
     #[cfg_attr(feature = "cli", arg(long, requires = "init"))]
     pub init_crops: Option<u64>,
-/// Learning-rate schedule.
+    /// Learning-rate schedule.
     #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = ScheduleArg::Step))]
     pub schedule: ScheduleArg,
     /// Final learning rate of the cosine schedule.
@@ -122,7 +122,7 @@ pub struct TrainConfig {
     /// Validate on this many people (evenly spaced over the validation range).
     #[cfg_attr(feature = "cli", arg(long))]
     pub val_limit: Option<usize>,
-/// Seed of the initialisation, the data order and the augmentation.
+    /// Seed of the initialisation, the data order and the augmentation.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub seed: u64,
     /// Square input size (a multiple of the model's size multiple); default: the config's.

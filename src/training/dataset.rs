@@ -27,12 +27,12 @@ use std::thread::JoinHandle;
 use image::RgbImage;
 
 use super::augment::{make_sample, AugmentConfig, AugmentParams, SampleShape};
+use crate::autodiff::stack_batch;
 use crate::data::Annotation;
 use crate::error::{Error, Result};
 use crate::image_io::load_rgb;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::autodiff::stack_batch;
 
 /// Decoded images shared between loader threads, up to a byte budget.
 pub struct ImageCache {

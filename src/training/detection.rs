@@ -31,12 +31,12 @@ use image::RgbImage;
 
 use super::augment::{color_jitter, AugmentParams};
 use super::dataset::{mix_seed, Batch, BatchSource, ImageCache};
+use crate::autodiff::stack_batch;
 use crate::error::{Error, Result};
 use crate::pipeline::crop::{warp_into, CropConfig, CropTransform, ImageRef, Normalization};
 use crate::pipeline::detect::letterbox;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::autodiff::stack_batch;
 
 /// Target channels: centre, width, height, size mask.
 pub const TARGET_CHANNELS: usize = 4;

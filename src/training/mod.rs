@@ -12,6 +12,6 @@ pub mod plot;
 pub mod session;
 
 pub use augment::{make_sample, AugmentConfig, AugmentParams, Sample, SampleShape};
-pub use dataset::{Batch, BatchSource, ImageCache, Loader, TrainSet};
 pub use config::TrainConfig;
+pub use dataset::{Batch, BatchSource, ImageCache, Loader, TrainSet};
 pub use session::{run, TrainEvent, TrainSummary, ValScore};

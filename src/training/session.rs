@@ -35,12 +35,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use super::config::{DataFormat, LossArg, OptimArg, ScheduleArg, TrainConfig};
 use super::augment::{make_sample, AugmentConfig, AugmentParams, SampleShape};
+pub use super::config::{DataFormat, LossArg, OptimArg, ScheduleArg, TrainConfig};
 use super::dataset::{BatchSource, ImageCache, Loader, TrainSet};
 use super::detection::{images_with_boxes, DetectAugment, DetectShape, DetectValSet, DetectionSet};
 use super::optim::{Kind, Optim};
 use super::plot::write_curve;
+use crate::autodiff::{
+    detection_loss, mse_loss, rce_loss, stack_batch, step_lr, strip_final_sigmoid, train_step, BnMode,
+};
 use crate::cpu;
 pub use crate::data::parse_range;
 use crate::data::{lsp, Annotation};
@@ -50,9 +53,7 @@ use crate::metrics::{pck, PckNorm};
 use crate::models::{self, Family, ModelConfig};
 use crate::pipeline::decode::{decode, DecodeConfig, HeatmapKind};
 use crate::tensor::Tensor;
-use crate::autodiff::{detection_loss, mse_loss, rce_loss, stack_batch, step_lr, strip_final_sigmoid, train_step, BnMode};
 use crate::weights::{self, ModelCard};
-
 
 /// The learning rate of optimiser step `step` (0-based) in epoch `epoch` of a run of
 /// `total_steps` steps.
@@ -495,13 +496,20 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
     if loss_kind == LossArg::Rce {
         let (g, n) = strip_final_sigmoid(&graph);
         if n == 0 {
-            progress(&TrainEvent::Message(format!("warning: {} has no final sigmoid; RCE treats its outputs as logits", cfg.name)));
+            progress(&TrainEvent::Message(format!(
+                "warning: {} has no final sigmoid; RCE treats its outputs as logits",
+                cfg.name
+            )));
         }
         graph = g;
         logits = true;
     }
     if graph.outputs.len() != cfg.num_outputs() {
-        progress(&TrainEvent::Message(format!("note: {} outputs, config says {}", graph.outputs.len(), cfg.num_outputs())));
+        progress(&TrainEvent::Message(format!(
+            "note: {} outputs, config says {}",
+            graph.outputs.len(),
+            cfg.num_outputs()
+        )));
     }
     std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
 
@@ -526,7 +534,11 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
             });
         prior_s = card.wall_time_s.unwrap_or(0.0);
         init_desc = format!("; warm start from {} ({} crops before)", w.display(), prior_crops);
-        progress(&TrainEvent::Message(format!("warm start from {} ({prior_crops} crops, {:.0} s of training before)", w.display(), prior_s)));
+        progress(&TrainEvent::Message(format!(
+            "warm start from {} ({prior_crops} crops, {:.0} s of training before)",
+            w.display(),
+            prior_s
+        )));
     }
     if let Some(ck) = &a.resume {
         let card = weights::load_into(ck, &mut graph)?;
@@ -722,7 +734,13 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
             Some(v) => {
                 let t = Instant::now();
                 let p = v.score(&graph, a.batch, logits, cfg.sigmoid_output() && !logits)?;
-                Some(ValScore { metric: v.metric(), value: p, count: v.len(), unit: v.unit(), seconds: t.elapsed().as_secs_f64() })
+                Some(ValScore {
+                    metric: v.metric(),
+                    value: p,
+                    count: v.len(),
+                    unit: v.unit(),
+                    seconds: t.elapsed().as_secs_f64(),
+                })
             }
             None => None,
         };
