@@ -252,6 +252,8 @@ def extras(wd, base, args):
     if args.bench or args.bench_people:
         out = {}
         query = f"people=1&runs={args.runs}" if args.bench_people else f"runs={args.runs}"
+        if args.engines:
+            query += f"&engines={args.engines}"
         for model in args.models.split(","):
             wd.get(f"{base}/bench.html?model={model}&{query}")
             title = wd.wait_title(args.timeout)
@@ -271,6 +273,8 @@ def main():
     ap.add_argument("--screenshot", help="only save a screenshot of the demo page (fixture image source) here")
     ap.add_argument("--bench", help="only run bench.html for --models and save its JSON results here")
     ap.add_argument("--runs", type=int, default=5, help="timed calls per engine in --bench / --bench-people")
+    ap.add_argument("--engines", help="comma-separated engines for --bench / --bench-people (default: all), "
+                    "e.g. wgpose-cpu,ort-wasm")
     ap.add_argument("--bench-people", help="only run bench.html?people=1 (pose alone vs detector + pose vs a "
                     "followed track step, both backends) for --models and save its JSON results here")
     args = ap.parse_args()

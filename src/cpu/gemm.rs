@@ -104,7 +104,8 @@ pub enum Kernel {
     Avx512,
     /// x86-64 with AVX2 and FMA: 6 x 16 tiles (12 ymm accumulators).
     Avx2,
-    /// Any CPU (aarch64 NEON and wasm32 SIMD through LLVM's vectoriser): 8 x 8 tiles.
+    /// Any CPU (aarch64 NEON, and wasm32 SIMD128 in the browser build, through LLVM's vectoriser):
+    /// 8 x 8 tiles.
     Portable,
 }
 
