@@ -245,7 +245,8 @@ def check_people(wd, base, args, model, backend, device, check):
 def extras(wd, base, args):
     """The README's screenshot and benchmark (not tests)."""
     if args.screenshot:
-        wd.get(f"{base}/index.html?source=fixtures/sample.jpg&mirror=0&profile=1")
+        # WebGPU asked for explicitly: "auto" would pick the CPU on SwiftShader, without the GPU chart.
+        wd.get(f"{base}/index.html?source=fixtures/sample.jpg&mirror=0&profile=1&backend=webgpu")
         title = wd.wait_title(args.timeout, ready=("wgpose: ready",))
         wd.screenshot(args.screenshot)
         print(f"screenshot ({title}) -> {args.screenshot}")
@@ -319,6 +320,13 @@ def main():
         model = args.models.split(",")[0]
         for backend, device in (("webgpu", "gpu"), ("cpu", "cpu")):
             check_people(wd, base, args, model, backend, device, check)
+        # "auto" on SwiftShader (a software adapter) must choose the CPU, say why, and still work.
+        wd.get(f"{base}/selftest.html?model={model}&backend=auto&images={IMAGES[0]}")
+        title = wd.wait_title(args.timeout)
+        res = json.loads(wd.text_of("#result")) if title == "done" else {}
+        reason = res.get("fallbackReason", "")
+        check("backend auto on a software adapter", res.get("backend") == "cpu" and "software" in reason,
+              f"title={title!r} backend={res.get('backend')!r} fallbackReason={reason!r}")
         other = [m for m in ("sghg-1x64-lsp", "fasterpose-r18-s16-lsp") if m != model][0]
         bad = [
             ("weights URL 404", f"model={model}&weights=models/missing.safetensors&images={IMAGES[0]}",

@@ -29,17 +29,33 @@ pub struct GpuEngine {
     frame: Option<FrameTarget>,
 }
 
+/// Opens the browser's WebGPU adapter and device.
+pub async fn open_device() -> Result<GpuContext, JsValue> {
+    GpuContext::new_async().await.map_err(js_error)
+}
+
+/// The adapter's description; browsers often leave it empty (www/wgpose.js then asks
+/// `GPUAdapter.info` for vendor and architecture).
+pub fn adapter_name(ctx: &GpuContext) -> String {
+    let info = &ctx.adapter_info;
+    match (info.name.is_empty(), info.device_type == wgpu::DeviceType::Cpu) {
+        (false, _) => info.name.clone(),
+        (true, true) => "fallback adapter".to_string(),
+        (true, false) => String::new(),
+    }
+}
+
 impl GpuEngine {
-    /// Opens a WebGPU device and builds the estimator on it, with the person detector of
-    /// `detector` (weights bytes and label) on the same device when given.
+    /// Builds the estimator on the WebGPU device `ctx` (from [`open_device`]), with the person
+    /// detector of `detector` (weights bytes and label) on the same device when given.
     pub async fn open(
+        ctx: GpuContext,
         cfg: &ModelConfig,
         weights: &[u8],
         label: &str,
         opts: EstimatorOptions,
         detector: Option<(&[u8], &str)>,
     ) -> Result<GpuEngine, JsValue> {
-        let ctx = GpuContext::new_async().await.map_err(js_error)?;
         let est = Estimator::from_weights_bytes(cfg, weights, label, Some(&ctx), opts).map_err(js_error);
         let est = est.and_then(|mut est| {
             if let Some((bytes, det_label)) = detector {
@@ -65,12 +81,7 @@ impl GpuEngine {
     /// The adapter's description; browsers often leave it empty (www/wgpose.js then asks
     /// `GPUAdapter.info` for vendor and architecture).
     pub fn adapter_name(&self) -> String {
-        let info = &self.ctx.adapter_info;
-        match (info.name.is_empty(), info.device_type == wgpu::DeviceType::Cpu) {
-            (false, _) => info.name.clone(),
-            (true, true) => "fallback adapter".to_string(),
-            (true, false) => String::new(),
-        }
+        adapter_name(&self.ctx)
     }
 
     fn frame_target(&mut self, width: u32, height: u32) -> &FrameTarget {

@@ -75,7 +75,8 @@ pub(crate) fn detector_from_bytes(
 
 /// Builds an estimator for the weights file `weights` (bytes of a safetensors file with its
 /// model card; `label` names it in errors). `model`, when not empty, must be the card's config.
-/// `backend` is `"webgpu"`, `"cpu"` or `"auto"` (WebGPU when an adapter opens, else the CPU).
+/// `backend` is `"webgpu"`, `"cpu"` or `"auto"` (WebGPU when a hardware adapter opens, else the
+/// CPU, with the reason in `fallbackReason`).
 /// `detector_weights` (empty: none) are a person detector's weights file, attached on the same
 /// backend so that an empty box list finds the people.
 #[wasm_bindgen(js_name = createEstimator)]
@@ -101,19 +102,35 @@ pub async fn create_estimator(
     let detector = (!detector_weights.is_empty()).then_some((&detector_weights[..], &detector_label[..]));
     let (engine, adapter, fallback_reason) = match backend.as_str() {
         "cpu" => (None, String::new(), "the CPU backend was asked for".to_string()),
-        "webgpu" | "auto" => match gpu::GpuEngine::open(&cfg, &weights, &label, opts, detector).await {
-            Ok(g) => {
-                let name = g.adapter_name();
-                (Some(g), name, String::new())
+        "webgpu" | "auto" => {
+            let auto = backend == "auto";
+            match gpu::open_device().await {
+                Err(e) if auto => (None, String::new(), format!("WebGPU unavailable: {}", errors::message(&e))),
+                Err(e) => return Err(e),
+                // As natively (`Device::Auto`): a software adapter (SwiftShader, WARP) is the CPU
+                // emulating a GPU, where wasm on the CPU is far faster (README, browser benchmark).
+                Ok(ctx) if auto && ctx.is_software() => {
+                    let name = gpu::adapter_name(&ctx);
+                    ctx.device.destroy();
+                    let reason = format!(
+                        "the WebGPU adapter ({name}) is a software one (the CPU emulating a GPU), where the CPU \
+                         backend runs the shipped networks tens of times faster; backend \"webgpu\" uses it anyway"
+                    );
+                    (None, String::new(), reason)
+                }
+                Ok(ctx) => match gpu::GpuEngine::open(ctx, &cfg, &weights, &label, opts, detector).await {
+                    Ok(g) => {
+                        let name = g.adapter_name();
+                        (Some(g), name, String::new())
+                    }
+                    // A bad detector file is the caller's error on any backend, not a reason to fall back.
+                    Err(e) if auto && errors::name(&e) != "WeightsError" && errors::name(&e) != "WeightsMismatch" => {
+                        (None, String::new(), format!("WebGPU unavailable: {}", errors::message(&e)))
+                    }
+                    Err(e) => return Err(e),
+                },
             }
-            // A bad detector file is the caller's error on any backend, not a reason to fall back.
-            Err(e)
-                if backend == "auto" && errors::name(&e) != "WeightsError" && errors::name(&e) != "WeightsMismatch" =>
-            {
-                (None, String::new(), format!("WebGPU unavailable: {}", errors::message(&e)))
-            }
-            Err(e) => return Err(e),
-        },
+        }
         other => {
             return Err(errors::typed("InputError", &format!("backend `{other}`: expected webgpu, cpu or auto")));
         }

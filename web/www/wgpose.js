@@ -278,7 +278,8 @@ export const DEFAULT_DETECTOR_URL = "models/person-detector-r18w32.safetensors";
 /**
  * Fetches (or takes from the cache) the weights at `weightsUrl`, checks them as strictly as the
  * desktop does, and builds the estimator. `model` (optional) must match the weights' model card.
- * `backend`: "auto" (default: WebGPU when an adapter opens, else the CPU), "webgpu" or "cpu".
+ * `backend`: "auto" (default: WebGPU when a hardware adapter opens; on a software adapter such as
+ * SwiftShader, or without WebGPU, the CPU, with the reason in `est.fallbackReason`), "webgpu" or "cpu".
  * `detector`: true (default) fetches the person detector at `detectorUrl` (default: the shipped
  * one, DEFAULT_DETECTOR_URL) and attaches it on the same backend; false: no detector. When the
  * default URL cannot be fetched the estimator works without one and says why in
