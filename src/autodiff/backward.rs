@@ -358,8 +358,8 @@ fn depthwise_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> (Op
     (need_dx.then_some(dx), dw)
 }
 
-/// Per-channel sums over batch and space of `f(dy, x)`, in f64.
-fn channel_sums2(dy: &Tensor, x: &Tensor, f: impl Fn(f32, f32, usize) -> (f64, f64) + Sync) -> (Vec<f32>, Vec<f32>) {
+/// Per-channel sums over batch and space of `f(dy, x)` (two sums per channel).
+fn channel_sums2(dy: &Tensor, x: &Tensor, f: impl Fn(f32, f32, usize) -> (f32, f32) + Sync) -> (Vec<f32>, Vec<f32>) {
     let [n, c, h, w] = dims(dy);
     let hw = h * w;
     let r: Vec<(f32, f32)> = (0..c)
@@ -368,16 +368,38 @@ fn channel_sums2(dy: &Tensor, x: &Tensor, f: impl Fn(f32, f32, usize) -> (f64, f
             let (mut a, mut b) = (0.0f64, 0.0f64);
             for bi in 0..n {
                 let off = (bi * c + ch) * hw;
-                for (&g, &v) in dy.data[off..off + hw].iter().zip(&x.data[off..off + hw]) {
-                    let (p, q) = f(g, v, ch);
-                    a += p;
-                    b += q;
-                }
+                let (p, q) = lane_sums2(&dy.data[off..off + hw], &x.data[off..off + hw], |g, v| f(g, v, ch));
+                a += p;
+                b += q;
             }
             (a as f32, b as f32)
         })
         .collect();
     r.into_iter().unzip()
+}
+
+/// The two sums of `f(a[i], b[i])` over equal-length slices, in 8 independent f64 lanes: one
+/// running sum chained every addition on the previous one (4 cycles each), which made
+/// batch-norm statistics and gradients a tenth of a training step. f64, not f32, because the
+/// batch-norm input gradient subtracts these sums from each other (an f32 accumulation failed
+/// the hourglass gradient check by 0.4%).
+pub(crate) fn lane_sums2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
+    const LANES: usize = 8;
+    let (mut p, mut q) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (va, vb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (&x, &y) in va.remainder().iter().zip(vb.remainder()) {
+        let (u, v) = f(x, y);
+        p[0] += u as f64;
+        q[0] += v as f64;
+    }
+    for (xa, xb) in va.zip(vb) {
+        for l in 0..LANES {
+            let (u, v) = f(xa[l], xb[l]);
+            p[l] += u as f64;
+            q[l] += v as f64;
+        }
+    }
+    (p.iter().sum(), q.iter().sum())
 }
 
 /// Batch norm backward. `mean`/`inv_std` are the statistics used in the forward pass (batch
@@ -395,7 +417,7 @@ pub fn batch_norm_backward(
     let hw = h * w;
     let m = (n * hw) as f32;
     // dbeta = sum dy, dgamma = sum dy * xhat
-    let (dbeta, dgamma) = channel_sums2(dy, x, |g, v, ch| (g as f64, (g * (v - mean[ch]) * inv_std[ch]) as f64));
+    let (dbeta, dgamma) = channel_sums2(dy, x, |g, v, ch| (g, g * (v - mean[ch]) * inv_std[ch]));
     let mut dx = vec![0.0f32; x.data.len()];
     dx.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
         let ch = p % c;
@@ -451,56 +473,12 @@ pub fn channel_affine_backward(
     act: Act,
 ) -> (Tensor, Vec<f32>, Vec<f32>) {
     let dz = if act == Act::None { dy.clone() } else { activation_backward(y, dy, act) };
-    let (dshift, dscale) = channel_sums2(&dz, x, |g, v, _| (g as f64, (g * v) as f64));
+    let (dshift, dscale) = channel_sums2(&dz, x, |g, v, _| (g, g * v));
     let [_, c, h, w] = dims(x);
     let hw = h * w;
     let mut dx = dz.data;
     dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| d.iter_mut().for_each(|v| *v *= scale[p % c]));
     (like(x, dx), dscale, dshift)
-}
-
-/// For each output element of a max pool, the flat in-plane index of the input element that
-/// won (the first maximum in window order, as the forward kernel picks it).
-pub fn max_pool_argmax(
-    x: &Tensor,
-    y: &Tensor,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-) -> Vec<u32> {
-    let [_, _, h, w] = dims(x);
-    let [_, _, oh, ow] = dims(y);
-    let mut idx = vec![0u32; y.data.len()];
-    idx.par_chunks_mut(oh * ow)
-        .zip(x.data.par_chunks(h * w).zip(y.data.par_chunks(oh * ow)))
-        .with_min_len(planes_per_task(oh * ow))
-        .for_each(|(ix, (s, d))| {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let m = d[oy * ow + ox];
-                    let mut best = None;
-                    'win: for ky in 0..kernel[0] {
-                        let iy = oy * stride[0] + ky;
-                        if iy < padding[0] || iy - padding[0] >= h {
-                            continue;
-                        }
-                        for kx in 0..kernel[1] {
-                            let jx = ox * stride[1] + kx;
-                            if jx < padding[1] || jx - padding[1] >= w {
-                                continue;
-                            }
-                            let i = (iy - padding[0]) * w + jx - padding[1];
-                            if s[i] == m || (m.is_nan() && s[i].is_nan()) {
-                                best = Some(i);
-                                break 'win;
-                            }
-                        }
-                    }
-                    ix[oy * ow + ox] = best.unwrap_or(0) as u32;
-                }
-            }
-        });
-    idx
 }
 
 pub fn max_pool_backward(x: &Tensor, dy: &Tensor, argmax: &[u32]) -> Tensor {
@@ -578,7 +556,7 @@ pub fn concat_backward(dy: &Tensor, cs: &[usize]) -> Vec<Tensor> {
 
 /// `y = alpha * skip + x`: returns `(dskip, dalpha)` (dx is dy itself).
 pub fn gated_add_backward(skip: &Tensor, dy: &Tensor, alpha: &[f32]) -> (Tensor, Vec<f32>) {
-    let (dalpha, _) = channel_sums2(dy, skip, |g, s, _| ((g * s) as f64, 0.0));
+    let (dalpha, _) = channel_sums2(dy, skip, |g, s, _| (g * s, 0.0));
     let [_, c, h, w] = dims(dy);
     let hw = h * w;
     let mut ds = dy.data.clone();

@@ -19,6 +19,7 @@ pub mod loss;
 pub mod optim;
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
@@ -64,7 +65,10 @@ pub struct RunningUpdate {
 
 /// What [`backward()`] needs from the forward pass.
 pub struct Tape {
-    /// Every node's output (index = node id).
+    /// Every node's output (index = node id), except for a node whose only consumer is an
+    /// activation it was fused with (a batch norm, add or convolution feeding a ReLU, not a
+    /// graph output): its entry keeps the shape with no data, and the activation's entry holds
+    /// the result. Backward steps of those nodes never read their own output.
     pub values: Vec<Tensor>,
     pub bn: Vec<Option<BnStats>>,
     /// Per max-pool node, the flat in-plane index of the winning input of every output.
@@ -97,7 +101,8 @@ pub struct Gradients {
     /// By parameter name (every trainable parameter of the graph is present; parameters the
     /// loss does not depend on get zeros).
     pub params: BTreeMap<String, Tensor>,
-    /// Per graph input (in the order of `Graph::inputs`).
+    /// Per graph input (in the order of `Graph::inputs`); empty after [`train_step`], which
+    /// does not compute them.
     pub inputs: Vec<Tensor>,
 }
 
@@ -137,6 +142,23 @@ fn check_trainable(graph: &Graph) -> Result<()> {
 /// Runs the graph for training, keeping what [`backward()`] needs. `inputs` as for
 /// [`cpu::run`].
 pub fn forward_train(graph: &Graph, inputs: &[Tensor], bn_mode: BnMode) -> Result<Tape> {
+    forward_train_timed(graph, inputs, bn_mode, None)
+}
+
+/// [`forward_train`] that also returns the wall time of every node (index = node id), for the
+/// per-layer training tables of `examples/train_profile.rs`.
+pub fn forward_train_profiled(graph: &Graph, inputs: &[Tensor], bn_mode: BnMode) -> Result<(Tape, Vec<Duration>)> {
+    let mut times = vec![Duration::ZERO; graph.nodes.len()];
+    let tape = forward_train_timed(graph, inputs, bn_mode, Some(&mut times))?;
+    Ok((tape, times))
+}
+
+fn forward_train_timed(
+    graph: &Graph,
+    inputs: &[Tensor],
+    bn_mode: BnMode,
+    mut times: Option<&mut Vec<Duration>>,
+) -> Result<Tape> {
     check_trainable(graph)?;
     // Validates inputs and shapes exactly like the executor.
     let prepared = cpu::prepare(graph, inputs)?;
@@ -145,10 +167,15 @@ pub fn forward_train(graph: &Graph, inputs: &[Tensor], bn_mode: BnMode) -> Resul
     let mut bn = vec![None; n];
     let mut argmax = vec![None; n];
     let mut running = Vec::new();
+    let fused = fused_activations(graph);
+    // Activation outputs computed by their producer (see `fused_activations`).
+    let mut ready: Vec<Option<Tensor>> = vec![None; n];
     for (id, node) in graph.nodes.iter().enumerate() {
         let args: Vec<&Tensor> = node.inputs.iter().map(|&i| &values[i]).collect();
+        let start = times.is_some().then(Instant::now);
         let v = match &node.op {
             Op::Input { .. } => inputs[prepared.input_index[id]].clone(),
+            Op::Activation(_) if ready[id].is_some() => ready[id].take().unwrap_or_default(),
             Op::BatchNorm(b) => {
                 let x = args[0];
                 let c = b.gamma.numel();
@@ -175,26 +202,43 @@ pub fn forward_train(graph: &Graph, inputs: &[Tensor], bn_mode: BnMode) -> Resul
                 let op = Op::ChannelAffine {
                     scale: Tensor { shape: vec![c], data: scale },
                     shift: Tensor { shape: vec![c], data: shift },
-                    act: Act::None,
+                    act: fused[id].map_or(Act::None, |(_, act)| act),
                 };
                 let y = cpu::eval_op(&node.name, &op, &args)?;
                 bn[id] = Some(BnStats { mean, inv_std, batch: bn_mode == BnMode::Train });
                 y
             }
+            Op::MaxPool { kernel, stride, padding } => {
+                let (y, am) = cpu::pool::max_pool_with_argmax(args[0], *kernel, *stride, *padding, prepared.shapes[id]);
+                argmax[id] = Some(am);
+                y
+            }
             op => {
-                let y = cpu::eval_op(&node.name, op, &args)?;
-                if let Op::MaxPool { kernel, stride, padding } = op {
-                    argmax[id] = Some(backward::max_pool_argmax(args[0], &y, *kernel, *stride, *padding));
+                let mut y = cpu::eval_op(&node.name, op, &args)?;
+                if let Some((_, act)) = fused[id] {
+                    y.data.par_chunks_mut(1 << 14).for_each(|d| cpu::ops::act_in_place(d, act));
                 }
                 y
             }
         };
+        // A fused node keeps only its shape; the activation's entry holds the result.
+        let v = match fused[id] {
+            Some((consumer, _)) => {
+                let shape = v.shape.clone();
+                ready[consumer] = Some(v);
+                Tensor { shape, data: Vec::new() }
+            }
+            None => v,
+        };
+        if let (Some(t), Some(s)) = (times.as_deref_mut(), start) {
+            t[id] = s.elapsed();
+        }
         values.push(v);
     }
     Ok(Tape { values, bn, argmax, running, mode: bn_mode })
 }
 
-/// Per-channel mean and biased variance over batch and space (f64 accumulation, two passes).
+/// Per-channel mean and biased variance over batch and space (two passes, f64 across blocks).
 fn batch_stats(x: &Tensor) -> (Vec<f32>, Vec<f32>) {
     let [n, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
     let hw = h * w;
@@ -203,11 +247,33 @@ fn batch_stats(x: &Tensor) -> (Vec<f32>, Vec<f32>) {
         .into_par_iter()
         .map(|ch| {
             let planes = || (0..n).map(move |b| &x.data[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
-            let mean = planes().map(|p| p.iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() / m;
-            let var = planes().map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()).sum::<f64>() / m;
+            let mean = planes().map(|p| backward::lane_sums2(p, p, |v, _| (v, 0.0)).0).sum::<f64>() / m;
+            let mf = mean as f32;
+            let var =
+                planes().map(|p| backward::lane_sums2(p, p, |v, _| ((v - mf) * (v - mf), 0.0)).0).sum::<f64>() / m;
             (mean as f32, var as f32)
         })
         .unzip()
+}
+
+/// For each node whose output only feeds one activation (and is not a graph output), that
+/// activation's node and kind, when the node's own backward step does not read its output
+/// (batch norm, add, convolution): the forward pass then applies the activation in the same
+/// pass and keeps one tensor instead of two.
+fn fused_activations(graph: &Graph) -> Vec<Option<(NodeId, Act)>> {
+    let consumers = graph.consumers();
+    (0..graph.nodes.len())
+        .map(|id| {
+            let producer = matches!(graph.nodes[id].op, Op::BatchNorm(_) | Op::Add | Op::Conv2d(_));
+            match consumers[id][..] {
+                [c] if producer && !graph.outputs.contains(&id) => match graph.nodes[c].op {
+                    Op::Activation(act) => Some((c, act)),
+                    _ => None,
+                },
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// [`accumulate`] of a borrowed gradient: copied only when it is the node's first.
@@ -234,6 +300,25 @@ fn accumulate(grads: &mut [Option<Tensor>], id: NodeId, g: Tensor) {
 /// Reverse pass: `output_grads` holds `dL/d output` for every graph output (same shapes as the
 /// outputs on the tape). Returns the gradient of every trainable parameter and of every input.
 pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<Gradients> {
+    backward_timed(graph, tape, output_grads, true, None)
+}
+
+/// The backward pass of [`train_step`] (no input gradients) that also returns the wall time of
+/// every node's backward step (index = node id; gradient accumulation into a node's inputs is
+/// counted with the node).
+pub fn backward_profiled(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<(Gradients, Vec<Duration>)> {
+    let mut times = vec![Duration::ZERO; graph.nodes.len()];
+    let g = backward_timed(graph, tape, output_grads, false, Some(&mut times))?;
+    Ok((g, times))
+}
+
+fn backward_timed(
+    graph: &Graph,
+    tape: &Tape,
+    output_grads: &[Tensor],
+    input_grads: bool,
+    mut times: Option<&mut Vec<Duration>>,
+) -> Result<Gradients> {
     if tape.values.len() != graph.nodes.len() {
         return Err(Error::Input("the tape was recorded on a different graph".into()));
     }
@@ -258,22 +343,25 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
     let mut put = |name: &str, kind: ParamKind, shape: &[usize], data: Vec<f32>| {
         params.insert(param_name(name, kind), Tensor { shape: shape.to_vec(), data });
     };
-    let mut input_grads: BTreeMap<NodeId, Tensor> = BTreeMap::new();
+    let mut found_input_grads: BTreeMap<NodeId, Tensor> = BTreeMap::new();
     for id in (0..graph.nodes.len()).rev() {
         let node = &graph.nodes[id];
         let Some(dy) = grads[id].take() else {
             continue;
         };
+        let start = times.is_some().then(Instant::now);
         let xs: Vec<&Tensor> = node.inputs.iter().map(|&i| &tape.values[i]).collect();
         let y = &tape.values[id];
-        // dx is always computed, also for a convolution reading a graph input (cheap: the input
-        // has few channels), so input gradients are available.
+        // A convolution reading a graph input (the image) computes its dx only when input
+        // gradients are asked for: training never uses them, and for a strided first layer it
+        // costs as much as the layer's forward pass.
         match &node.op {
             Op::Input { .. } => {
-                input_grads.insert(id, dy);
+                found_input_grads.insert(id, dy);
             }
             Op::Conv2d(c) => {
-                let g = backward::conv2d_backward(xs[0], &dy, c, true);
+                let need_dx = input_grads || !matches!(graph.nodes[node.inputs[0]].op, Op::Input { .. });
+                let g = backward::conv2d_backward(xs[0], &dy, c, need_dx);
                 put(&node.name, ParamKind::Weight, &c.weight.shape, g.dw.data);
                 if let Some(db) = g.db {
                     put(&node.name, ParamKind::Bias, &db.shape, db.data);
@@ -334,16 +422,24 @@ pub fn backward(graph: &Graph, tape: &Tape, output_grads: &[Tensor]) -> Result<G
                 accumulate(&mut grads, node.inputs[0], dx);
             }
         }
+        if let (Some(t), Some(s)) = (times.as_deref_mut(), start) {
+            t[id] = s.elapsed();
+        }
     }
     // Parameters the loss does not reach get zero gradients, so the map is complete.
     for (name, t) in trainable_params(graph) {
         params.entry(name).or_insert_with(|| Tensor::zeros(t.shape.clone()));
     }
-    let inputs = graph
-        .inputs()
-        .into_iter()
-        .map(|i| input_grads.remove(&i).unwrap_or_else(|| Tensor::zeros(tape.values[i].shape.clone())))
-        .collect();
+    let inputs = if input_grads {
+        let mut found = found_input_grads;
+        graph
+            .inputs()
+            .into_iter()
+            .map(|i| found.remove(&i).unwrap_or_else(|| Tensor::zeros(tape.values[i].shape.clone())))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Gradients { params, inputs })
 }
 
@@ -355,8 +451,9 @@ pub fn trainable_params(graph: &Graph) -> Vec<(String, &Tensor)> {
 }
 
 /// Forward (training mode), loss and backward in one call: `loss_fn` maps the graph outputs to
-/// `(loss, dL/d outputs)`. Returns the loss, the gradients and the tape (whose running
-/// statistics the caller may apply with [`Tape::apply_running_stats`]).
+/// `(loss, dL/d outputs)`. Returns the loss, the gradients of the parameters (not of the graph
+/// inputs: `Gradients::inputs` is empty; [`backward()`] computes those) and the tape (whose
+/// running statistics the caller may apply with [`Tape::apply_running_stats`]).
 pub fn train_step<F>(graph: &Graph, inputs: &[Tensor], bn_mode: BnMode, loss_fn: F) -> Result<(f32, Gradients, Tape)>
 where
     F: FnOnce(&[&Tensor]) -> Result<(f32, Vec<Tensor>)>,
@@ -364,6 +461,6 @@ where
     let tape = forward_train(graph, inputs, bn_mode)?;
     let outs: Vec<&Tensor> = graph.outputs.iter().map(|&o| &tape.values[o]).collect();
     let (loss, dout) = loss_fn(&outs)?;
-    let grads = backward(graph, &tape, &dout)?;
+    let grads = backward_timed(graph, &tape, &dout, false, None)?;
     Ok((loss, grads, tape))
 }

@@ -15,6 +15,7 @@
 pub mod conv;
 pub mod gemm;
 pub mod ops;
+pub mod pool;
 pub mod reference;
 
 use std::borrow::Cow;
@@ -137,7 +138,7 @@ fn eval_unchecked(op: &Op, x: &[&Tensor], out: [usize; 4]) -> Tensor {
         }
         Op::ChannelAffine { scale, shift, act } => ops::channel_affine(x[0], &scale.data, &shift.data, *act),
         Op::Activation(act) => ops::activation(x[0], *act),
-        Op::MaxPool { kernel, stride, padding } => ops::max_pool(x[0], *kernel, *stride, *padding, out),
+        Op::MaxPool { kernel, stride, padding } => pool::max_pool(x[0], *kernel, *stride, *padding, out),
         Op::UpsampleNearest { factor } => ops::upsample_nearest(x[0], *factor),
         Op::UpsampleBilinear { factor } => ops::upsample_bilinear(x[0], *factor),
         Op::Concat => ops::concat(x, out),

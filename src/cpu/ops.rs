@@ -61,48 +61,6 @@ pub(crate) fn valid_range(len: usize, out_len: usize, stride: usize, k: usize, p
     (lo.min(hi), hi)
 }
 
-/// Max pooling; padded positions never win (PyTorch semantics), NaN propagates.
-pub fn max_pool(x: &Tensor, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], out: [usize; 4]) -> Tensor {
-    let [_, _, h, w] = dims(x);
-    let [_, _, oh, ow] = out;
-    let mut y = vec![0.0f32; out.iter().product()];
-    let xr: Vec<(usize, usize)> = (0..kernel[1]).map(|kx| valid_range(w, ow, stride[1], kx, padding[1])).collect();
-    y.par_chunks_mut(oh * ow).zip(x.data.par_chunks(h * w)).with_min_len(planes_per_task(oh * ow)).for_each(
-        |(d, s)| {
-            // A plane without NaN takes branch-free maxima (a data-dependent branch per element
-            // mispredicts half the time on real activations); one with NaN the exact loop.
-            let nan = s.iter().any(|v| v.is_nan());
-            for (oy, drow) in d.chunks_exact_mut(ow).enumerate() {
-                drow.fill(f32::NEG_INFINITY);
-                for ky in 0..kernel[0] {
-                    let iy = oy * stride[0] + ky;
-                    if iy < padding[0] || iy - padding[0] >= h {
-                        continue;
-                    }
-                    let srow = &s[(iy - padding[0]) * w..(iy - padding[0] + 1) * w];
-                    for (kx, &(x0, x1)) in xr.iter().enumerate() {
-                        if x0 >= x1 {
-                            continue;
-                        }
-                        let src = srow[x0 * stride[1] + kx - padding[1]..].iter().step_by(stride[1]);
-                        let dst = drow[x0..x1].iter_mut();
-                        if nan {
-                            dst.zip(src).for_each(|(m, &v)| {
-                                if v > *m || v.is_nan() {
-                                    *m = v
-                                }
-                            });
-                        } else {
-                            dst.zip(src).for_each(|(m, &v)| *m = if v > *m { v } else { *m });
-                        }
-                    }
-                }
-            }
-        },
-    );
-    Tensor { shape: out.to_vec(), data: y }
-}
-
 pub fn upsample_nearest(x: &Tensor, f: usize) -> Tensor {
     let [n, c, h, w] = dims(x);
     let (oh, ow) = (h * f, w * f);
