@@ -503,6 +503,9 @@ pub fn max_pool_argmax(
     idx
 }
 
+/// Gradient of max pooling: each output gradient goes to the input position that won
+/// (`argmax`, per output element, an index within its `h x w` input plane, as recorded by the
+/// forward pass on the tape). `x` is the forward input, `dy` the output gradient (NCHW).
 pub fn max_pool_backward(x: &Tensor, dy: &Tensor, argmax: &[u32]) -> Tensor {
     let [_, _, h, w] = dims(x);
     let [_, _, oh, ow] = dims(dy);
@@ -518,6 +521,8 @@ pub fn max_pool_backward(x: &Tensor, dy: &Tensor, argmax: &[u32]) -> Tensor {
     like(x, dx)
 }
 
+/// Gradient of nearest upsampling by `f`: each input cell gets the sum of the gradients of
+/// its `f x f` output cells.
 pub fn upsample_nearest_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
     let [_, _, h, w] = dims(x);
     let ow = w * f;
@@ -535,6 +540,8 @@ pub fn upsample_nearest_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
     like(x, dx)
 }
 
+/// Gradient of bilinear upsampling by `f` (half-pixel centres, `align_corners = false`):
+/// each output gradient is spread over its four source taps with the forward weights.
 pub fn upsample_bilinear_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
     let [_, _, h, w] = dims(x);
     let (oh, ow) = (h * f, w * f);

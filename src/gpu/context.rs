@@ -121,7 +121,7 @@ impl GpuContext {
     /// is immediate. In a browser their result arrives on the event loop, which a blocking call
     /// cannot wait for: there `f` runs without scopes (errors reach the device's
     /// uncaptured-error handler); use [`GpuContext::scoped_async`] to catch them.
-    pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         self.check_lost()?;
         if cfg!(target_arch = "wasm32") {
             return f();

@@ -18,7 +18,7 @@
 //! [`coco_eval`] (COCO keypoint AP/AR); everything is re-exported here, so `metrics::pck(...)`
 //! and the other paths keep working.
 
-pub mod coco_eval;
+pub(crate) mod coco_eval;
 pub mod oks;
 pub mod pck;
 

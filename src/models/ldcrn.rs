@@ -51,7 +51,7 @@ pub struct LdcrnArch {
 
 impl LdcrnArch {
     /// The authors' configuration for width `w`.
-    pub fn new(width: usize) -> Self {
+    pub(crate) fn new(width: usize) -> Self {
         LdcrnArch {
             width,
             stem_width: 64,

@@ -200,7 +200,7 @@ pub fn decode_detections(
 }
 
 /// [`decode_detections`] for every image of a `[N, 3, h, w]` batch, one crop per image.
-pub fn decode_detection_batch(
+pub(crate) fn decode_detection_batch(
     maps: &Tensor,
     crops: &[CropTransform],
     cfg: &DetectConfig,

@@ -16,7 +16,7 @@
 pub mod crop;
 pub mod decode;
 pub mod detect;
-pub mod follow;
+pub(crate) mod follow;
 pub mod preprocess_gpu;
 pub mod smoothing;
 

@@ -57,7 +57,7 @@ pub struct OutputLayout {
 }
 
 impl OutputLayout {
-    pub fn packed(out_w: u32, out_h: u32, offset: u64) -> Self {
+    pub(crate) fn packed(out_w: u32, out_h: u32, offset: u64) -> Self {
         OutputLayout { out_w, out_h, offset, batch_stride: 3 * out_w as u64 * out_h as u64 }
     }
 }
@@ -80,7 +80,7 @@ impl GpuPreprocess {
         Self::with_normalization(ctx, Normalization::IMAGENET)
     }
 
-    pub fn with_normalization(ctx: &GpuContext, norm: Normalization) -> Result<Self> {
+    pub(crate) fn with_normalization(ctx: &GpuContext, norm: Normalization) -> Result<Self> {
         if norm.mean.iter().chain(&norm.std).any(|v| !v.is_finite()) || norm.std.contains(&0.0) {
             return Err(Error::Input(format!(
                 "normalisation needs finite means and finite non-zero stds, got {norm:?}"
@@ -107,7 +107,7 @@ impl GpuPreprocess {
     /// start of `src`) into `dst` at f32 element `dst_offset_elements`, crops packed one after
     /// the other as `[crops.len(), 3, out_h, out_w]`. Both buffers need `STORAGE` usage.
     #[allow(clippy::too_many_arguments)]
-    pub fn encode(
+    pub(crate) fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         src: &wgpu::Buffer,

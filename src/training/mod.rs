@@ -4,11 +4,11 @@
 //! validation PCK, checkpoints, resume, final weights with a model card).
 
 pub mod augment;
-pub mod config;
+pub(crate) mod config;
 pub mod dataset;
 pub mod detection;
 pub mod optim;
-pub mod plot;
+pub(crate) mod plot;
 pub mod session;
 
 pub use augment::{make_sample, AugmentConfig, AugmentParams, Sample, SampleShape};
