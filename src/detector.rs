@@ -1,5 +1,5 @@
 //! Finding the people in a whole image: the trained person detector
-//! ([`crate::models::person_detector`]) run on the image's letterbox view and decoded into
+//! (`models::person_detector`) run on the image's letterbox view and decoded into
 //! person boxes ([`crate::pipeline::detect`]).
 //!
 //! The boxes it returns are *tight* person boxes: the detector predicts LSP pose boxes (the

@@ -51,7 +51,7 @@
 //!   [`image_io`] (loading photos), [`overlay`] (drawing skeletons);
 //! - evaluation and training: [`data`] (LSP, COCO, MPII loaders), [`metrics`] (PCK, OKS, COCO
 //!   AP), [`autodiff`] (gradients, losses, optimisers), [`training`] (datasets, augmentation,
-//!   the `wgpose train` session), [`bench`] (the `wgpose bench` layer set);
+//!   the `wgpose train` session), [`bench`](mod@bench) (the `wgpose bench` layer set);
 //! - small utilities: [`npy`] (`.npy` files), [`rng`] (a seeded generator).
 
 #![warn(missing_docs)]

@@ -332,7 +332,7 @@ impl GpuModel {
 
     /// Runs one inference whose input is written on the GPU by `prelude` (recorded first, into
     /// the same command buffer: the frame never comes back to the CPU before the heatmaps).
-    pub(crate) fn run_with_prelude(
+    pub fn run_with_prelude(
         &mut self,
         prelude: impl FnOnce(&mut wgpu::CommandEncoder, &wgpu::Buffer, u64) -> Result<()>,
     ) -> Result<Vec<Tensor>> {

@@ -19,11 +19,15 @@ use super::uniforms::{
 /// WGSL shared by the graph kernels (the arena and parameter bindings, `param`, `activate`);
 /// prepended to each of their files at compile time.
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+/// `conv2d.wgsl` after the common prelude: every convolution entry point.
 pub const CONV2D_WGSL: &str =
     concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/conv2d.wgsl"));
+/// `elementwise.wgsl` after the common prelude: activations, affines, adds, concat copies.
 pub const ELEMENTWISE_WGSL: &str =
     concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/elementwise.wgsl"));
+/// `pool.wgsl` after the common prelude: max pooling.
 pub const POOL_WGSL: &str = concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/pool.wgsl"));
+/// `resample.wgsl` after the common prelude: upsampling and pixel shuffle.
 pub const RESAMPLE_WGSL: &str =
     concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/resample.wgsl"));
 

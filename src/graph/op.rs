@@ -250,17 +250,17 @@ impl Op {
     /// The operator's parameters and statistics, in their stable order: the one list that
     /// weight files, ONNX initializers, the executors' checks, autodiff and the optimiser all
     /// read. Each tensor carries its own shape.
-    pub(crate) fn params(&self) -> Vec<(ParamKind, &Tensor)> {
+    pub fn params(&self) -> Vec<(ParamKind, &Tensor)> {
         param_list!(*self, ref)
     }
 
     /// [`Op::params`] with mutable access (same kinds, same order).
-    pub(crate) fn params_mut(&mut self) -> Vec<(ParamKind, &mut Tensor)> {
+    pub fn params_mut(&mut self) -> Vec<(ParamKind, &mut Tensor)> {
         param_list!(*self, ref mut)
     }
 
     /// Learnable parameters (PyTorch's count: running statistics are not parameters).
-    pub(crate) fn param_count(&self) -> usize {
+    pub fn param_count(&self) -> usize {
         self.params().iter().filter(|(k, _)| k.trainable()).map(|(_, t)| t.numel()).sum()
     }
 }
@@ -325,7 +325,7 @@ impl ParamKind {
 
     /// Whether weight decay applies: convolution weights only (decaying biases, gates or
     /// batch-norm scales shrinks the function, not its complexity).
-    pub(crate) fn decays(self) -> bool {
+    pub fn decays(self) -> bool {
         self == ParamKind::Weight
     }
 

@@ -2,12 +2,12 @@
 //!
 //! Three families, each with a handful of named configurations ([`configs`], [`config`]):
 //!
-//! - [`soft_gated_hourglass`]: Bulat, Kossaifi, Tzimiropoulos, Pantic, "Toward fast and accurate
+//! - `soft_gated_hourglass`: Bulat, Kossaifi, Tzimiropoulos, Pantic, "Toward fast and accurate
 //!   human pose estimation via soft-gated skip connections" (FG 2020);
-//! - [`fasterpose`]: Dai et al., "FasterPose: A Faster Simple Baseline for Human Pose Estimation"
+//! - `fasterpose`: Dai et al., "FasterPose: A Faster Simple Baseline for Human Pose Estimation"
 //!   (2021), with the SimpleBaseline high-resolution head (Xiao et al., ECCV 2018) on the same
 //!   backbone for comparison;
-//! - [`ldcrn`]: Yang, Qin, Zhang, "Lightweight densely connected residual network for human pose
+//! - `ldcrn`: Yang, Qin, Zhang, "Lightweight densely connected residual network for human pose
 //!   estimation" (J. Real-Time Image Processing, 2020).
 //!
 //! Every graph has a single input node `input` of `[c, h, w]` and produces heatmaps at stride 4
@@ -40,13 +40,13 @@ pub use soft_gated_hourglass::HourglassArch;
 /// Network family of a configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
-    /// Stacked hourglasses with soft-gated skips ([`soft_gated_hourglass`]).
+    /// Stacked hourglasses with soft-gated skips (`soft_gated_hourglass`).
     SoftGatedHourglass,
-    /// FasterPose or SimpleBaseline heads on a ResNet backbone ([`fasterpose`]).
+    /// FasterPose or SimpleBaseline heads on a ResNet backbone (`fasterpose`).
     FasterPose,
-    /// The densely connected residual network ([`ldcrn`]).
+    /// The densely connected residual network (`ldcrn`).
     Ldcrn,
-    /// Not a pose network: [`person_detector`] (its "joints" are its output maps).
+    /// Not a pose network: `person_detector` (its "joints" are its output maps).
     PersonDetector,
 }
 

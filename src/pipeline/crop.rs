@@ -121,7 +121,7 @@ fn check_box(bbox: [f32; 4]) -> Result<()> {
 }
 
 /// How much larger than the image's longest side a person box may be.
-pub(crate) const MAX_BOX_TO_IMAGE: f32 = 4.0;
+pub const MAX_BOX_TO_IMAGE: f32 = 4.0;
 
 /// Checks a box `[x, y, w, h]` against a `img_w x img_h` image: finite, positive size, and
 /// overlapping the image by a positive area. The crop itself is defined for any finite box of

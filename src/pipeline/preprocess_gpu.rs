@@ -26,7 +26,9 @@ const MAX_GRID: u32 = 65535;
 /// blue for BGRA), row `y` starting at word `offset + y * row_stride`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameLayout {
+    /// Frame width in pixels.
     pub width: u32,
+    /// Frame height in pixels.
     pub height: u32,
     /// Words (pixels) from one row to the next: `width` when packed, `bytes_per_row / 4` for a
     /// texture copied to a buffer.
@@ -48,7 +50,9 @@ impl FrameLayout {
 /// `offset + n * batch_stride + (c * out_h + y) * out_w + x`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutputLayout {
+    /// Crop width in pixels.
     pub out_w: u32,
+    /// Crop height in pixels.
     pub out_h: u32,
     /// First f32 element.
     pub offset: u64,
@@ -99,6 +103,7 @@ impl GpuPreprocess {
         })
     }
 
+    /// The normalisation the kernel applies.
     pub fn normalization(&self) -> Normalization {
         self.norm
     }
@@ -107,7 +112,7 @@ impl GpuPreprocess {
     /// start of `src`) into `dst` at f32 element `dst_offset_elements`, crops packed one after
     /// the other as `[crops.len(), 3, out_h, out_w]`. Both buffers need `STORAGE` usage.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn encode(
+    pub fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         src: &wgpu::Buffer,

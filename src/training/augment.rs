@@ -8,7 +8,7 @@
 //! with, so they cannot disagree; after a mirror the joints also swap left and right
 //! ([`Skeleton::flip_permutation`]). Heatmap coordinates are input coordinates divided by the
 //! stride (continuous, pixel-centre convention of [`crate::pipeline::crop`] and
-//! [`crate::autodiff::loss`]). Joints that are unlabelled or land outside the heatmap get an empty
+//! `autodiff::loss`). Joints that are unlabelled or land outside the heatmap get an empty
 //! target and weight 0.
 //!
 //! Colour jitter acts on the sampled RGB in [0, 1] before ImageNet normalisation: brightness
@@ -273,7 +273,7 @@ pub fn make_sample(
 /// wrists) or lower-body (hips, knees, ankles) joints, with the others unlabelled. `None` when
 /// fewer than 8 joints are labelled or the chosen half has fewer than 2 (HRNet's rule), or the
 /// skeleton does not name its joints that way. Targets keep every joint: those outside the
-/// crop get weight 0 through [`map_keypoints`].
+/// crop get weight 0 through `map_keypoints`.
 pub fn half_body_keypoints(keypoints: &[[f32; 3]], skeleton: &Skeleton, upper: bool) -> Option<Vec<[f32; 3]>> {
     let labelled = keypoints.iter().filter(|k| k[2] > 0.0).count();
     if labelled < 8 || skeleton.joints.len() != keypoints.len() {

@@ -42,7 +42,8 @@ pub struct ImageCache {
 }
 
 impl ImageCache {
-    pub(crate) fn new(budget_bytes: usize) -> Self {
+    /// An empty cache that keeps decoded images up to `budget_bytes` bytes of pixels.
+    pub fn new(budget_bytes: usize) -> Self {
         ImageCache { map: Mutex::new(HashMap::new()), bytes: AtomicUsize::new(0), budget: budget_bytes }
     }
 
@@ -115,7 +116,7 @@ pub struct TrainSet {
 }
 
 /// What the loader draws batches from: pose people ([`TrainSet`]) or whole images for the
-/// person detector ([`super::detection::DetectionSet`]).
+/// person detector (`detection::DetectionSet`).
 pub trait BatchSource: Send + Sync {
     /// Number of samples.
     fn len(&self) -> usize;

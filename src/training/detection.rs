@@ -1,4 +1,4 @@
-//! Training data for the person detector ([`crate::models::person_detector`]): whole images
+//! Training data for the person detector (`models::person_detector`): whole images
 //! with their people's boxes, augmented by zoom, translation, rotation, mirroring and colour,
 //! turned into the detector's input and its targets.
 //!
@@ -20,7 +20,7 @@
 //! whose side is the image's longer side. Training draws that square's side times a log-uniform
 //! zoom in `[zoom.0, zoom.1]` (below 1 zooms in, people look bigger), moves its centre by up to
 //! `shift` of the side on each axis, rotates by up to `rotation_deg`, mirrors with probability
-//! `flip_prob` and jitters colour like the pose training ([`super::augment::color_jitter`]). A
+//! `flip_prob` and jitters colour like the pose training (`augment::color_jitter`). A
 //! fraction `identity_prob` of samples keeps the exact evaluation view (colour and mirror only).
 //! Boxes map through the same transform (their corners' bounds); a person whose box centre
 //! leaves the input is not a target.
@@ -44,7 +44,9 @@ pub(crate) const TARGET_CHANNELS: usize = 4;
 /// One training image and the boxes `[x, y, w, h]` of its people (image pixels).
 #[derive(Clone, Debug)]
 pub struct DetectionImage {
+    /// The image file.
     pub image: PathBuf,
+    /// Its people's boxes `[x, y, w, h]`, pixels.
     pub boxes: Vec<[f32; 4]>,
 }
 
@@ -104,9 +106,13 @@ impl DetectAugment {
 /// Input and output geometry of the detector.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DetectShape {
+    /// Network input width, pixels.
     pub input_w: usize,
+    /// Network input height, pixels.
     pub input_h: usize,
+    /// Output map width (input width over the stride).
     pub map_w: usize,
+    /// Output map height.
     pub map_h: usize,
 }
 

@@ -1,6 +1,6 @@
 //! Training on the CPU around the engine of [`crate::autodiff`]: datasets with augmentation and a
 //! threaded loader ([`dataset`], [`augment`]), saveable optimiser state ([`optim`]), the
-//! training-curve PNG ([`plot`]) and the `wgpose train` session ([`session`]: logging,
+//! training-curve PNG (`plot`) and the `wgpose train` session ([`session`]: logging,
 //! validation PCK, checkpoints, resume, final weights with a model card).
 
 pub mod augment;

@@ -14,7 +14,7 @@
 //!   `train_step`, `train_seed`, `train_loss`, `train_optimizer`, `train_batch`, `train_lr`;
 //!   beside it `checkpoint-eNNN.optim.safetensors` with the optimiser state
 //!   ([`super::optim`]).
-//! - `curve.png`: loss per logged step and validation PCK per epoch ([`super::plot`]).
+//! - `curve.png`: loss per logged step and validation PCK per epoch (`training::plot`).
 //! - `<model>.safetensors`: the final weights with the full card (data, epochs, wall time,
 //!   validation PCK, GFLOPs), loadable by `--model <file>` of the other commands.
 //!
