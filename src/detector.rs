@@ -1,5 +1,5 @@
 //! Finding the people in a whole image: the trained person detector
-//! ([`crate::models::person_detector`]) run on the image's letterbox view and decoded into
+//! (`models::person_detector`) run on the image's letterbox view and decoded into
 //! person boxes ([`crate::pipeline::detect`]).
 //!
 //! The boxes it returns are *tight* person boxes: the detector predicts LSP pose boxes (the
@@ -28,8 +28,11 @@ pub const DEFAULT_DETECTOR: &str = "person-detector-r18w32";
 /// A loaded person detector, on the GPU (the frame's letterbox cut by the preprocessing kernel
 /// straight into the network's input, one command buffer) or the CPU executor.
 pub struct PersonDetector {
+    /// The detector network's configuration.
     pub config: ModelConfig,
+    /// Where its weights came from.
     pub weights: WeightsSource,
+    /// How its output maps become boxes (peak threshold, NMS, at most how many).
     pub detect: DetectConfig,
     graph: Graph,
     gpu: Option<(GpuContext, GpuPreprocess, GpuModel)>,
@@ -106,6 +109,7 @@ impl PersonDetector {
         Ok(PersonDetector { config: *config, weights, detect, graph, gpu })
     }
 
+    /// True when the detector runs on the GPU.
     pub fn on_gpu(&self) -> bool {
         self.gpu.is_some()
     }
@@ -217,7 +221,7 @@ fn check_detector(config: &ModelConfig, detect: &DetectConfig) -> Result<()> {
 }
 
 /// An LSP pose box shrunk back to the joints' extent (inverse of the 25% enlargement).
-pub fn tight(d: Detection) -> Detection {
+pub(crate) fn tight(d: Detection) -> Detection {
     let [x, y, w, h] = d.bbox;
     let (cx, cy) = (x + w / 2.0, y + h / 2.0);
     let (w, h) = (w / LSP_BOX_ENLARGE, h / LSP_BOX_ENLARGE);
@@ -270,7 +274,7 @@ impl Default for PeopleOptions {
 
 /// The tight box of the keypoints scoring at least `threshold` (finite ones), or None when
 /// fewer than two distinct points qualify.
-pub fn keypoint_box(pose: &Pose, threshold: f32) -> Option<[f32; 4]> {
+pub(crate) fn keypoint_box(pose: &Pose, threshold: f32) -> Option<[f32; 4]> {
     let kps: Vec<[f32; 3]> =
         pose.keypoints.iter().map(|k| [k.x, k.y, if k.score >= threshold { 1.0 } else { 0.0 }]).collect();
     crate::data::box_from_keypoints(&kps, 1.0).map(|b| [b[0], b[1], b[2].max(1.0), b[3].max(1.0)])
@@ -278,7 +282,7 @@ pub fn keypoint_box(pose: &Pose, threshold: f32) -> Option<[f32; 4]> {
 
 /// The boxes of the next refinement pass: each pose's keypoint box (its previous box when the
 /// keypoints give none), or None when no pose gave one (nothing to refine).
-pub fn refined_boxes(poses: &[Pose], boxes: &[[f32; 4]], threshold: f32) -> Option<Vec<[f32; 4]>> {
+pub(crate) fn refined_boxes(poses: &[Pose], boxes: &[[f32; 4]], threshold: f32) -> Option<Vec<[f32; 4]>> {
     let refined: Vec<Option<[f32; 4]>> = poses.iter().map(|p| keypoint_box(p, threshold)).collect();
     if refined.iter().all(Option::is_none) {
         return None;
@@ -289,7 +293,7 @@ pub fn refined_boxes(poses: &[Pose], boxes: &[[f32; 4]], threshold: f32) -> Opti
 /// Pairs poses with their detections, dropping an unsure detection whose pose is not
 /// confident either (see [`PeopleOptions::min_pose_score`]) and a person whose box overlaps a
 /// higher-scoring one's by more than `duplicate_iou` (the same person found twice).
-pub fn distinct_people(poses: Vec<Pose>, dets: Vec<Detection>, opts: &PeopleOptions) -> Vec<Person> {
+pub(crate) fn distinct_people(poses: Vec<Pose>, dets: Vec<Detection>, opts: &PeopleOptions) -> Vec<Person> {
     let mut people: Vec<Person> = Vec::new();
     for (pose, detection) in poses.into_iter().zip(dets) {
         if detection.score < opts.sure_score && !(pose.score >= opts.min_pose_score) {
@@ -306,7 +310,7 @@ pub fn distinct_people(poses: Vec<Pose>, dets: Vec<Detection>, opts: &PeopleOpti
 /// [`Estimator::estimate_gpu_frame`]): each person's pose from their box (all crops in one
 /// batch), refined on the keypoints' box `opts.refine_passes` times, duplicates dropped;
 /// highest detection score first. No detections give an empty list.
-pub fn people_from_detections(
+pub(crate) fn people_from_detections(
     est: &mut Estimator,
     dets: Vec<Detection>,
     opts: &PeopleOptions,

@@ -7,7 +7,12 @@ use std::fmt;
 pub enum Error {
     /// A node's inputs do not fit its operator (wrong rank, channel count, spatial size).
     #[error("shape error at node `{node}`: {msg}")]
-    Shape { node: String, msg: String },
+    Shape {
+        /// Name of the node whose inputs are wrong.
+        node: String,
+        /// What does not fit.
+        msg: String,
+    },
     /// The graph itself is malformed (dangling input, cycle, empty output list).
     #[error("invalid graph: {0}")]
     Graph(String),
@@ -29,13 +34,20 @@ pub enum Error {
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file, as given.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// A file exists but its content is not what it should be.
     #[error("{path}: {msg}")]
-    Format { path: String, msg: String },
+    Format {
+        /// The file, as given.
+        path: String,
+        /// What is wrong with its content.
+        msg: String,
+    },
 }
 
 impl Error {
@@ -44,4 +56,5 @@ impl Error {
     }
 }
 
+/// `std::result::Result` with wgpose's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

@@ -252,6 +252,7 @@ impl Estimator {
         }
     }
 
+    /// Which executor runs the network, and why (see [`Device`]).
     pub fn device_choice(&self) -> &DeviceChoice {
         &self.choice
     }

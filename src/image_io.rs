@@ -15,6 +15,7 @@ pub const WORK_SIDE: u32 = 2048;
 
 /// An image ready for the pipeline.
 pub struct LoadedImage {
+    /// The pixels the pipeline works on: the original, or its downscale to [`WORK_SIDE`].
     pub rgb: RgbImage,
     /// Original size (after EXIF rotation), in pixels.
     pub original_size: [u32; 2],
@@ -67,7 +68,7 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<LoadedImage> {
 /// coded data runs to the next real marker, and the image is complete only when an end-of-image
 /// marker (FF D9) is reached that way. Whatever follows it (the video of a phone's motion
 /// photo) is ignored, as decoders ignore it.
-pub fn check_jpeg_complete(b: &[u8]) -> std::result::Result<(), String> {
+pub(crate) fn check_jpeg_complete(b: &[u8]) -> std::result::Result<(), String> {
     let truncated = |what: &str| Err(format!("truncated JPEG (the file ends {what}, before the end-of-image marker)"));
     if b.len() < 2 || b[0] != 0xFF || b[1] != 0xD8 {
         return Err("not a JPEG (no start-of-image marker)".into());

@@ -14,11 +14,15 @@ fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Format { path: path.display().to_string(), msg: msg.into() }
 }
 
+/// Reads a `.npy` file of `<f4` values in C order. Errors: [`Error::Io`] when the file
+/// cannot be read, [`Error::Format`] when it is not such an array (other dtype, Fortran order,
+/// truncated data, absurd header).
 pub fn read(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
     parse(path, &bytes)
 }
 
+/// [`read`] on bytes already in memory; `path` only names the source in errors.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Tensor> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(fmt_err(path, "not a .npy file (bad magic)"));
@@ -79,6 +83,7 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     None
 }
 
+/// The tensor as a version-1.0 `.npy` file (`<f4`, C order, its shape).
 pub fn to_bytes(t: &Tensor) -> Vec<u8> {
     let shape = match t.shape.len() {
         1 => format!("({},)", t.shape[0]),
@@ -100,6 +105,7 @@ pub fn to_bytes(t: &Tensor) -> Vec<u8> {
     out
 }
 
+/// Writes [`to_bytes`] to `path` ([`Error::Io`] on failure).
 pub fn write(path: &Path, t: &Tensor) -> Result<()> {
     std::fs::write(path, to_bytes(t)).map_err(|e| Error::Io { path: path.display().to_string(), source: e })
 }

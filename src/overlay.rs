@@ -5,8 +5,11 @@ use image::{Rgb, RgbImage};
 
 use crate::skeleton::Skeleton;
 
+/// Colour of the person's left-side joints and limbs (blue).
 pub const LEFT: Rgb<u8> = Rgb([40, 160, 255]);
+/// Colour of the person's right-side joints and limbs (orange).
 pub const RIGHT: Rgb<u8> = Rgb([255, 120, 20]);
+/// Colour of joints and limbs on neither side (green).
 pub const CENTRE: Rgb<u8> = Rgb([60, 220, 60]);
 
 /// Colour of a joint (`a == b`) or a limb: the person's left or right side, or centre when

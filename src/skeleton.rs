@@ -4,6 +4,7 @@
 /// A keypoint layout.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Skeleton {
+    /// The layout's name (`coco17`, `mpii16`, `lsp14`...).
     pub name: &'static str,
     /// Joint names in the dataset's order.
     pub joints: &'static [&'static str],
@@ -145,10 +146,12 @@ pub const COCO_SIGMAS: [f32; 17] = [
 ];
 
 impl Skeleton {
+    /// Number of joints.
     pub fn len(&self) -> usize {
         self.joints.len()
     }
 
+    /// True when the layout has no joints.
     pub fn is_empty(&self) -> bool {
         self.joints.is_empty()
     }

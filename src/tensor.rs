@@ -6,7 +6,9 @@ use crate::error::{Error, Result};
 /// shapes (conv weights `[cout, cin/groups, kh, kw]`, per-channel vectors `[c]`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tensor {
+    /// Dimensions, outermost first (`[n, c, h, w]` for activations).
     pub shape: Vec<usize>,
+    /// The values in row-major order; `data.len()` is the product of `shape`.
     pub data: Vec<f32>,
 }
 
@@ -20,16 +22,19 @@ impl Tensor {
         Ok(Tensor { shape, data })
     }
 
+    /// A tensor of zeros (no overflow check: for shapes the caller built).
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
         Tensor { shape, data: vec![0.0; n] }
     }
 
+    /// A tensor with every value `v` (no overflow check: for shapes the caller built).
     pub fn filled(shape: Vec<usize>, v: f32) -> Self {
         let n = shape.iter().product();
         Tensor { shape, data: vec![v; n] }
     }
 
+    /// Number of values (`data.len()`).
     pub fn numel(&self) -> usize {
         self.data.len()
     }

@@ -54,7 +54,9 @@ pub enum TrackStep {
 /// One frame's pose of the tracked person.
 #[derive(Clone, Debug)]
 pub struct Tracked {
+    /// The person's pose on this frame, in the frame's coordinates.
     pub pose: Pose,
+    /// Whether the pose followed the last frame or starts a new track.
     pub step: TrackStep,
     /// The detector's box and score on a `Found` step (None when following, or when the
     /// estimator has no detector).
@@ -70,6 +72,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// A tracker with nobody tracked yet. Errors when `follow_threshold` is outside [0, 1].
     pub fn new(opts: TrackerOptions) -> Result<Self> {
         if !(0.0..=1.0).contains(&opts.follow_threshold) {
             return Err(Error::Input(format!("follow threshold {} must be in [0, 1]", opts.follow_threshold)));
@@ -77,6 +80,7 @@ impl Tracker {
         Ok(Tracker { opts, follow: None, size: [0.0, 0.0] })
     }
 
+    /// The options in use.
     pub fn options(&self) -> &TrackerOptions {
         &self.opts
     }

@@ -481,6 +481,8 @@ pub fn channel_affine_backward(
     (like(x, dx), dscale, dshift)
 }
 
+/// Max pool backward: each output gradient goes to the input element that won (`argmax`, from
+/// [`crate::cpu::pool::max_pool_with_argmax`]); every other input gets zero.
 pub fn max_pool_backward(x: &Tensor, dy: &Tensor, argmax: &[u32]) -> Tensor {
     let [_, _, h, w] = dims(x);
     let [_, _, oh, ow] = dims(dy);
@@ -496,6 +498,8 @@ pub fn max_pool_backward(x: &Tensor, dy: &Tensor, argmax: &[u32]) -> Tensor {
     like(x, dx)
 }
 
+/// Gradient of nearest upsampling by `f`: each input cell gets the sum of the gradients of
+/// its `f x f` output cells.
 pub fn upsample_nearest_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
     let [_, _, h, w] = dims(x);
     let ow = w * f;
@@ -513,6 +517,8 @@ pub fn upsample_nearest_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
     like(x, dx)
 }
 
+/// Gradient of bilinear upsampling by `f` (half-pixel centres, `align_corners = false`):
+/// each output gradient is spread over its four source taps with the forward weights.
 pub fn upsample_bilinear_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
     let [_, _, h, w] = dims(x);
     let (oh, ow) = (h * f, w * f);

@@ -15,8 +15,8 @@
 //! by the inference fusion passes are refused.
 
 pub mod backward;
-pub mod loss;
-pub mod optim;
+pub(crate) mod loss;
+pub(crate) mod optim;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ pub use loss::{
 pub use optim::{step_lr, Kind as OptimizerKind, Optimizer};
 
 /// PyTorch's default batch-norm momentum for the running statistics.
-pub const BN_MOMENTUM: f32 = 0.1;
+pub(crate) const BN_MOMENTUM: f32 = 0.1;
 
 /// How batch norms behave in [`forward_train`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +49,9 @@ pub enum BnMode {
 /// Statistics a batch norm used in the forward pass.
 #[derive(Clone, Debug)]
 pub struct BnStats {
+    /// Per-channel mean used to normalise.
     pub mean: Vec<f32>,
+    /// Per-channel `1 / sqrt(var + eps)` used to normalise.
     pub inv_std: Vec<f32>,
     /// Whether they are batch statistics (depend on the input) or running ones.
     pub batch: bool,
@@ -58,8 +60,11 @@ pub struct BnStats {
 /// Updated running statistics of one batch norm after a training-mode forward pass.
 #[derive(Clone, Debug)]
 pub struct RunningUpdate {
+    /// The batch norm's node.
     pub node: NodeId,
+    /// New running mean `[c]`.
     pub mean: Tensor,
+    /// New running variance `[c]` (from the unbiased batch variance).
     pub var: Tensor,
 }
 
@@ -70,10 +75,13 @@ pub struct Tape {
     /// graph output): its entry keeps the shape with no data, and the activation's entry holds
     /// the result. Backward steps of those nodes never read their own output.
     pub values: Vec<Tensor>,
+    /// Per batch-norm node, the statistics it normalised with.
     pub bn: Vec<Option<BnStats>>,
     /// Per max-pool node, the flat in-plane index of the winning input of every output.
     pub argmax: Vec<Option<Vec<u32>>>,
+    /// Running statistics to write back (training mode only; see [`Tape::apply_running_stats`]).
     pub running: Vec<RunningUpdate>,
+    /// Whether batch norms ran in training or evaluation mode.
     pub mode: BnMode,
 }
 
@@ -107,6 +115,7 @@ pub struct Gradients {
 }
 
 impl Gradients {
+    /// The gradient of the parameter named `name` (`<node>.<kind>`), if it has one.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.params.get(name)
     }

@@ -28,13 +28,16 @@ pub fn step_lr(lr: f32, gamma: f32, step: usize, epoch: usize) -> f32 {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which update rule an [`Optimizer`] applies.
 pub enum Kind {
+    /// Adam (PyTorch's `Adam`, decoupled weight decay).
     Adam,
+    /// RMSprop (PyTorch's `RMSprop`, L2 weight decay).
     RmsProp,
 }
 
 impl Kind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Adam => "adam",
             Kind::RmsProp => "rmsprop",
@@ -52,11 +55,17 @@ impl Kind {
 /// `beta2`, `alpha`, `eps`, `weight_decay`.
 #[derive(Clone, Debug)]
 pub struct Optimizer {
+    /// The update rule.
     pub kind: Kind,
+    /// Adam's first-moment decay (0.9).
     pub beta1: f32,
+    /// Adam's second-moment decay (0.999).
     pub beta2: f32,
+    /// RMSprop's mean-square decay (0.99).
     pub alpha: f32,
+    /// Added to the denominator of both rules (1e-8).
     pub eps: f32,
+    /// Weight decay on convolution weights (0: none).
     pub weight_decay: f32,
     /// Adam's step count (bias correction).
     pub t: u64,
@@ -67,14 +76,17 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// Adam with PyTorch's defaults and this weight decay.
     pub fn adam(weight_decay: f32) -> Self {
         Self::new(Kind::Adam, weight_decay)
     }
 
+    /// RMSprop with PyTorch's defaults (`alpha` 0.99) and this weight decay.
     pub fn rmsprop(weight_decay: f32) -> Self {
         Self::new(Kind::RmsProp, weight_decay)
     }
 
+    /// `kind` with the defaults above, empty state (step 0).
     pub fn new(kind: Kind, weight_decay: f32) -> Self {
         Optimizer {
             kind,

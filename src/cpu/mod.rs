@@ -12,9 +12,9 @@
 //! and neither panics on bad data: wrong input counts, shapes, non-finite inputs and malformed
 //! parameters are all `Err`.
 
-pub mod conv;
+pub(crate) mod conv;
 pub mod gemm;
-pub mod ops;
+pub(crate) mod ops;
 pub mod pool;
 pub mod reference;
 

@@ -20,7 +20,7 @@ fn dims(t: &Tensor) -> [usize; 4] {
 }
 
 /// Applies an activation in place to a slice (one loop per activation so each vectorises).
-pub fn act_in_place(v: &mut [f32], act: Act) {
+pub(crate) fn act_in_place(v: &mut [f32], act: Act) {
     match act {
         Act::None => {}
         Act::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
@@ -29,7 +29,7 @@ pub fn act_in_place(v: &mut [f32], act: Act) {
 }
 
 /// `act(scale[c] * x + shift[c])` (also batch norm, through `BatchNorm::scale_shift`).
-pub fn channel_affine(x: &Tensor, scale: &[f32], shift: &[f32], act: Act) -> Tensor {
+pub(crate) fn channel_affine(x: &Tensor, scale: &[f32], shift: &[f32], act: Act) -> Tensor {
     let [_, c, h, w] = dims(x);
     let hw = h * w;
     let mut y = vec![0.0f32; x.data.len()];
@@ -43,7 +43,7 @@ pub fn channel_affine(x: &Tensor, scale: &[f32], shift: &[f32], act: Act) -> Ten
     Tensor { shape: x.shape.clone(), data: y }
 }
 
-pub fn activation(x: &Tensor, act: Act) -> Tensor {
+pub(crate) fn activation(x: &Tensor, act: Act) -> Tensor {
     let mut y = x.data.clone();
     if act != Act::None {
         y.par_chunks_mut(MIN_TASK_ELEMS).for_each(|d| act_in_place(d, act));
@@ -61,7 +61,7 @@ pub(crate) fn valid_range(len: usize, out_len: usize, stride: usize, k: usize, p
     (lo.min(hi), hi)
 }
 
-pub fn upsample_nearest(x: &Tensor, f: usize) -> Tensor {
+pub(crate) fn upsample_nearest(x: &Tensor, f: usize) -> Tensor {
     let [n, c, h, w] = dims(x);
     let (oh, ow) = (h * f, w * f);
     let mut y = vec![0.0f32; n * c * oh * ow];
@@ -90,7 +90,7 @@ pub(crate) fn bilinear_taps(o: usize, f: usize, len: usize) -> (usize, usize, f3
     (i0, i1, src - i0 as f32)
 }
 
-pub fn upsample_bilinear(x: &Tensor, f: usize) -> Tensor {
+pub(crate) fn upsample_bilinear(x: &Tensor, f: usize) -> Tensor {
     let [n, c, h, w] = dims(x);
     let (oh, ow) = (h * f, w * f);
     let xt: Vec<(usize, usize, f32)> = (0..ow).map(|o| bilinear_taps(o, f, w)).collect();
@@ -113,7 +113,7 @@ pub fn upsample_bilinear(x: &Tensor, f: usize) -> Tensor {
 }
 
 /// Channel concatenation; `out` is the concatenated shape.
-pub fn concat(xs: &[&Tensor], out: [usize; 4]) -> Tensor {
+pub(crate) fn concat(xs: &[&Tensor], out: [usize; 4]) -> Tensor {
     let [_, c, h, w] = out;
     let hw = h * w;
     // For every output channel: (input, channel in that input).
@@ -129,7 +129,7 @@ pub fn concat(xs: &[&Tensor], out: [usize; 4]) -> Tensor {
     Tensor { shape: out.to_vec(), data: y }
 }
 
-pub fn add(a: &Tensor, b: &Tensor) -> Tensor {
+pub(crate) fn add(a: &Tensor, b: &Tensor) -> Tensor {
     let mut y = vec![0.0f32; a.data.len()];
     y.par_chunks_mut(MIN_TASK_ELEMS)
         .zip(a.data.par_chunks(MIN_TASK_ELEMS).zip(b.data.par_chunks(MIN_TASK_ELEMS)))
@@ -138,7 +138,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Tensor {
 }
 
 /// `alpha[c] * skip + x`
-pub fn gated_add(skip: &Tensor, x: &Tensor, alpha: &[f32]) -> Tensor {
+pub(crate) fn gated_add(skip: &Tensor, x: &Tensor, alpha: &[f32]) -> Tensor {
     let [_, c, h, w] = dims(x);
     let hw = h * w;
     let mut y = vec![0.0f32; x.data.len()];
@@ -154,7 +154,7 @@ pub fn gated_add(skip: &Tensor, x: &Tensor, alpha: &[f32]) -> Tensor {
 }
 
 /// Depth to space, `out[n, c, h*r + i, w*r + j] = in[n, c*r*r + i*r + j, h, w]`.
-pub fn pixel_shuffle(x: &Tensor, r: usize) -> Tensor {
+pub(crate) fn pixel_shuffle(x: &Tensor, r: usize) -> Tensor {
     let [n, c, h, w] = dims(x);
     let co = c / (r * r);
     let (oh, ow) = (h * r, w * r);

@@ -158,6 +158,7 @@ pub fn max_pool(x: &Tensor, kernel: [usize; 2], stride: [usize; 2], padding: [us
     y
 }
 
+/// Nearest-neighbour upsampling of an NCHW tensor by `f` on both axes.
 pub fn upsample_nearest(x: &Tensor, f: usize) -> Tensor {
     let [n, c, h, w] = dims(x);
     let mut y = Tensor::zeros(vec![n, c, h * f, w * f]);
@@ -183,6 +184,8 @@ fn bilinear_taps(o: usize, f: usize, len: usize) -> (usize, usize, f32) {
     (i0, i1, src - i0 as f32)
 }
 
+/// Bilinear upsampling of an NCHW tensor by `f` (half-pixel centres, PyTorch's
+/// `align_corners = false`).
 pub fn upsample_bilinear(x: &Tensor, f: usize) -> Tensor {
     let [n, c, h, w] = dims(x);
     let mut y = Tensor::zeros(vec![n, c, h * f, w * f]);
@@ -202,6 +205,8 @@ pub fn upsample_bilinear(x: &Tensor, f: usize) -> Tensor {
     y
 }
 
+/// Channel concatenation of NCHW tensors into an `out = [n, c, h, w]` tensor (`c` the sum of
+/// their channels).
 pub fn concat(xs: &[&Tensor], out: [usize; 4]) -> Tensor {
     let [n, c, h, w] = out;
     let mut y = Tensor::zeros(out.to_vec());

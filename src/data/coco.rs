@@ -16,14 +16,18 @@ use crate::skeleton::COCO17;
 use crate::{Error, Result};
 
 /// COCO's category id for people.
-pub const PERSON_CATEGORY: u64 = 1;
+pub(crate) const PERSON_CATEGORY: u64 = 1;
 
 /// An image entry of the JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CocoImage {
+    /// The image's id, referred to by annotations and results.
     pub id: u64,
+    /// File name relative to the image directory.
     pub file_name: String,
+    /// Width in pixels, as the JSON states it.
     pub width: u32,
+    /// Height in pixels, as the JSON states it.
     pub height: u32,
     /// `image_dir/file_name`.
     pub path: PathBuf,
@@ -34,33 +38,47 @@ pub struct CocoImage {
 /// An annotation of the JSON, with numbers as the file has them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CocoAnnotation {
+    /// The annotation's id.
     pub id: u64,
+    /// The image it belongs to.
     pub image_id: u64,
+    /// Its category (1: person).
     pub category_id: u64,
     /// `[x, y, v] * K` (empty for categories without keypoints).
     pub keypoints: Vec<f64>,
     /// As given; when the file omits it, the number of keypoints with `v > 0`.
     pub num_keypoints: u32,
+    /// Segmentation area in square pixels (OKS's scale).
     pub area: f64,
+    /// Box `[x, y, w, h]` in image pixels.
     pub bbox: [f64; 4],
+    /// A crowd region: never matched, only ignored by the evaluator.
     pub iscrowd: bool,
 }
 
 /// A category entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CocoCategory {
+    /// The category's id.
     pub id: u64,
+    /// The category's name (`person`).
     pub name: String,
+    /// Keypoint names, in the order of the annotations' `keypoints`.
     pub keypoints: Vec<String>,
 }
 
 /// A whole COCO annotation file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CocoDataset {
+    /// The annotation file it was read from.
     pub json: PathBuf,
+    /// The directory image files are looked up in.
     pub image_dir: PathBuf,
+    /// Every image of the file, in file order.
     pub images: Vec<CocoImage>,
+    /// Every annotation of the file (all categories, crowds included).
     pub annotations: Vec<CocoAnnotation>,
+    /// Every category of the file.
     pub categories: Vec<CocoCategory>,
     /// Images listed in the JSON whose file is not in `image_dir`.
     pub missing_images: Vec<PathBuf>,
@@ -261,7 +279,9 @@ impl CocoDataset {
 /// One detected person in COCO's results format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CocoResult {
+    /// The image the person was found in.
     pub image_id: u64,
+    /// Always 1 (person) for wgpose's results.
     pub category_id: u64,
     /// `[x, y, score] * 17`.
     pub keypoints: Vec<f64>,

@@ -22,7 +22,9 @@ use crate::{Error, Result};
 /// fastest), exactly as MATLAB stores it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MatArray {
+    /// MATLAB dimensions (at least two).
     pub dims: Vec<usize>,
+    /// The values, column-major.
     pub data: Vec<f64>,
     /// The MATLAB class the values had (`"double"`, `"single"`, `"int16"`, `"logical"`, ...).
     pub class: &'static str,

@@ -42,16 +42,16 @@ pub fn parse_range(s: &str) -> Result<RangeInclusive<usize>> {
 }
 
 /// Visibility value of a missing or unlabelled joint.
-pub const V_MISSING: f32 = 0.0;
+pub(crate) const V_MISSING: f32 = 0.0;
 /// Visibility value of a joint that is labelled but occluded.
-pub const V_OCCLUDED: f32 = 1.0;
+pub(crate) const V_OCCLUDED: f32 = 1.0;
 /// Visibility value of a labelled, visible joint.
-pub const V_VISIBLE: f32 = 2.0;
+pub(crate) const V_VISIBLE: f32 = 2.0;
 
 /// LSP's person box: the box of the labelled joints enlarged by 25% about its centre.
 pub const LSP_BOX_ENLARGE: f32 = 1.25;
 /// HRNet's pixel standard: an MPII `scale` of 1 is a 200-pixel person height.
-pub const PIXEL_STD: f32 = 200.0;
+pub(crate) const PIXEL_STD: f32 = 200.0;
 
 /// One annotated person.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +62,7 @@ pub struct Annotation {
     pub keypoints: Vec<[f32; 3]>,
     /// Person box `[x, y, w, h]` by the dataset's rule; None when it cannot be formed.
     pub bbox: Option<[f32; 4]>,
+    /// The joint order of `keypoints`.
     pub skeleton: &'static Skeleton,
     /// A unique name: `im00042` (LSP), the annotation id (COCO), `image.jpg#index` (MPII).
     pub id: String,
@@ -73,17 +74,38 @@ pub struct Annotation {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Extra {
     /// LSP / LSP-extended: the 1-based image number.
-    Lsp { number: usize },
+    Lsp {
+        /// The 1-based image number (`im00042` is 42).
+        number: usize,
+    },
     /// COCO: what OKS and the results file need.
-    Coco { image_id: u64, ann_id: u64, area: f32, iscrowd: bool, num_keypoints: u32 },
+    Coco {
+        /// The image's id.
+        image_id: u64,
+        /// The annotation's id.
+        ann_id: u64,
+        /// Segmentation area in square pixels (OKS's scale).
+        area: f32,
+        /// A crowd region (never a training person).
+        iscrowd: bool,
+        /// Labelled keypoints, as the file states.
+        num_keypoints: u32,
+    },
     /// MPII: centre and scale as in the file (1-based, not adjusted), and the PCKh head size in
     /// pixels when it can be formed (see [`mpii`]).
-    Mpii { center: [f32; 2], scale: f32, head_size: Option<f32> },
+    Mpii {
+        /// Person centre `[x, y]` in pixels, as in the file.
+        center: [f32; 2],
+        /// Person scale: box height over 200 pixels, as in the file.
+        scale: f32,
+        /// The PCKh head size in pixels, when the head box exists.
+        head_size: Option<f32>,
+    },
 }
 
 impl Annotation {
     /// Whether joint `j` is labelled (`v > 0`).
-    pub fn is_labelled(&self, j: usize) -> bool {
+    pub(crate) fn is_labelled(&self, j: usize) -> bool {
         self.keypoints.get(j).is_some_and(|k| k[2] > 0.0)
     }
 
@@ -101,7 +123,7 @@ impl Annotation {
     }
 
     /// The segmentation area OKS normalises by (COCO only).
-    pub fn area(&self) -> Option<f32> {
+    pub(crate) fn area(&self) -> Option<f32> {
         match self.extra {
             Extra::Coco { area, .. } => Some(area),
             _ => None,
@@ -117,7 +139,7 @@ impl Annotation {
     }
 
     /// Distance between two labelled joints named `a` and `b`, if both exist and are labelled.
-    pub fn joint_distance(&self, a: &str, b: &str) -> Option<f32> {
+    pub(crate) fn joint_distance(&self, a: &str, b: &str) -> Option<f32> {
         let (i, j) = (self.skeleton.index(a)?, self.skeleton.index(b)?);
         if !self.is_labelled(i) || !self.is_labelled(j) {
             return None;
@@ -130,6 +152,7 @@ impl Annotation {
 /// Annotations of images present on disk, and the labelled images that are not.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AnnotationSet {
+    /// The people of the images that exist, in file order.
     pub annotations: Vec<Annotation>,
     /// Image files that have labels but do not exist (their annotations are left out).
     pub missing: Vec<PathBuf>,

@@ -28,7 +28,7 @@ use crate::skeleton::MPII16;
 use crate::{Error, Result};
 
 /// The official evaluation's factor from head-box diagonal to head size.
-pub const SC_BIAS: f32 = 0.6;
+pub(crate) const SC_BIAS: f32 = 0.6;
 
 #[derive(Deserialize)]
 struct RawEntry {

@@ -16,11 +16,15 @@ without a GPU, install Mesa's software Vulkan driver (lavapipe): \
 /// give several owners the same device.
 #[derive(Clone, Debug)]
 pub struct GpuContext {
+    /// The wgpu device everything is created on.
     pub device: wgpu::Device,
+    /// Its queue: uploads and command buffers go through it.
     pub queue: wgpu::Queue,
     /// The adapter the device was opened on, when this context opened it (a device wrapped with
     /// [`GpuContext::from_device`] comes without one).
     pub adapter: Option<wgpu::Adapter>,
+    /// Name, backend and type of the adapter (as given to [`GpuContext::from_device`]
+    /// when no adapter is known).
     pub adapter_info: wgpu::AdapterInfo,
     /// Whether per-dispatch GPU timestamps are available (profiling).
     pub timestamps: bool,

@@ -27,13 +27,20 @@ const QUERIES_PER_SET: usize = 4096;
 /// GPU time of one node (summed over its dispatches) from the timestamp queries.
 #[derive(Clone, Debug)]
 pub struct NodeTime {
+    /// The node's id in the executed graph.
     pub node: NodeId,
+    /// The node's name.
     pub name: String,
+    /// The operator's kind ([`crate::graph::Op::kind`]).
     pub kind: &'static str,
     /// Start of the node's first dispatch, relative to the first dispatch of the run.
     pub start_ns: f64,
+    /// GPU time of the node's dispatches, nanoseconds.
     pub ns: f64,
+    /// Floating-point operations of the node (a multiply-add counts two).
     pub flops: u64,
+    /// Bytes of activations and parameters the node moves, no cache reuse assumed (0 for a
+    /// concatenation done in place).
     pub bytes: u64,
 }
 
@@ -43,7 +50,9 @@ pub struct GpuModel {
     ctx: GpuContext,
     /// The optimised graph actually executed.
     pub graph: Graph,
+    /// Where every node's output lives in the activation arena.
     pub plan: MemoryPlan,
+    /// The batch size it was compiled for.
     pub batch: usize,
     dispatches: Vec<Dispatch>,
     pipelines: HashMap<Kernel, wgpu::ComputePipeline>,
@@ -52,6 +61,7 @@ pub struct GpuModel {
     staging: wgpu::Buffer,
     /// (node, byte offset in the arena, byte length, byte offset in staging) per graph output.
     outputs: Vec<(NodeId, u64, u64, u64)>,
+    /// Size of the packed parameter buffer on the device, bytes.
     pub param_bytes: usize,
 }
 
@@ -296,7 +306,7 @@ impl GpuModel {
 
     /// The activation arena and the element offset of the first input's `[N, C, H, W]` block:
     /// where a producer on the GPU (the preprocessing kernel) writes the network input.
-    pub fn input_target(&self) -> Result<(&wgpu::Buffer, u64)> {
+    pub(crate) fn input_target(&self) -> Result<(&wgpu::Buffer, u64)> {
         let id = *self.graph.inputs().first().ok_or_else(|| Error::Graph("the graph has no input".into()))?;
         Ok((&self.arena, self.plan.views[id].offset as u64))
     }

@@ -19,11 +19,15 @@ use super::uniforms::{
 /// WGSL shared by the graph kernels (the arena and parameter bindings, `param`, `activate`);
 /// prepended to each of their files at compile time.
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+/// `conv2d.wgsl` after the common prelude: every convolution entry point.
 pub const CONV2D_WGSL: &str =
     concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/conv2d.wgsl"));
+/// `elementwise.wgsl` after the common prelude: activations, affines, adds, concat copies.
 pub const ELEMENTWISE_WGSL: &str =
     concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/elementwise.wgsl"));
+/// `pool.wgsl` after the common prelude: max pooling.
 pub const POOL_WGSL: &str = concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/pool.wgsl"));
+/// `resample.wgsl` after the common prelude: upsampling and pixel shuffle.
 pub const RESAMPLE_WGSL: &str =
     concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/resample.wgsl"));
 
@@ -39,7 +43,7 @@ pub const SHADERS: &[(&str, &str, &[&str])] = &[
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kernel {
+pub(crate) enum Kernel {
     ConvTiled,
     Conv3x3,
     Conv1x1,
@@ -52,19 +56,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 9] = [
-        Kernel::ConvTiled,
-        Kernel::Conv3x3,
-        Kernel::Conv1x1,
-        Kernel::ConvDirect,
-        Kernel::Elementwise,
-        Kernel::MaxPool,
-        Kernel::UpsampleNearest,
-        Kernel::UpsampleBilinear,
-        Kernel::PixelShuffle,
-    ];
-
-    pub fn source(self) -> (&'static str, &'static str) {
+    pub(crate) fn source(self) -> (&'static str, &'static str) {
         match self {
             Kernel::ConvTiled => (CONV2D_WGSL, "conv2d_tiled"),
             Kernel::Conv3x3 => (CONV2D_WGSL, "conv2d_3x3"),
@@ -81,10 +73,10 @@ impl Kernel {
 
 /// Size of the uniform weight window the tiled convolution reads (WebGPU's default
 /// `maxUniformBufferBindingSize`), in f32.
-pub const WINDOW_FLOATS: usize = 16384;
+pub(crate) const WINDOW_FLOATS: usize = 16384;
 
 #[derive(Clone, Debug)]
-pub struct Dispatch {
+pub(crate) struct Dispatch {
     pub node: NodeId,
     pub kernel: Kernel,
     pub uniform: Uniforms,
@@ -96,7 +88,7 @@ pub struct Dispatch {
 /// Parameters of all nodes packed into one buffer; offsets in f32 elements, aligned to 4 so
 /// kernels can read vec4s.
 #[derive(Default)]
-pub struct ParamPack {
+pub(crate) struct ParamPack {
     pub data: Vec<f32>,
 }
 
@@ -119,7 +111,7 @@ impl ParamPack {
     }
 
     /// Pads the end so a full 64 KiB window can be bound at any pushed offset.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.data.resize(self.data.len() + WINDOW_FLOATS, 0.0);
     }
 }
@@ -264,7 +256,7 @@ fn resample(
 /// Turns every node of `g` into dispatches, packing parameters as it goes. `max_workgroups` is
 /// the device's limit per grid dimension (`max_compute_workgroups_per_dimension`); larger grids
 /// are folded into more dimensions or split over several dispatches.
-pub fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack, max_workgroups: u32) -> Result<Vec<Dispatch>> {
+pub(crate) fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack, max_workgroups: u32) -> Result<Vec<Dispatch>> {
     let max = (max_workgroups as usize).max(1);
     let mut out = Vec::new();
     for (id, node) in g.nodes.iter().enumerate() {

@@ -61,14 +61,14 @@ impl Drop for Notifier {
 /// A pending read mapping of a whole buffer, from [`map_read`]. Await it (never blocks), or call
 /// [`MapRead::wait`] to block until the GPU is done (native only).
 #[must_use = "the buffer is only readable once the mapping has completed"]
-pub struct MapRead {
+pub(crate) struct MapRead {
     device: wgpu::Device,
     shared: Arc<Mutex<Shared>>,
 }
 
 /// Starts mapping all of `buffer` (created with `MAP_READ`) for reading, after the work already
 /// submitted to the queue.
-pub fn map_read(device: &wgpu::Device, buffer: &wgpu::Buffer) -> MapRead {
+pub(crate) fn map_read(device: &wgpu::Device, buffer: &wgpu::Buffer) -> MapRead {
     let shared = Arc::new(Mutex::new(Shared { state: MapState::Waiting, waker: None }));
     let notifier = Notifier(shared.clone());
     buffer.map_async(wgpu::MapMode::Read, .., move |r| notifier.finish(MapState::Done(r)));
@@ -93,7 +93,7 @@ impl MapRead {
 
     /// Blocks until the mapping has completed (waits for the device to finish its work).
     /// Natively only: in a browser the mapping completes on the event loop, so await instead.
-    pub fn wait(self) -> Result<()> {
+    pub(crate) fn wait(self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;

@@ -12,13 +12,17 @@ use bytemuck::{Pod, Zeroable};
 /// One field of a uniform block: name, byte offset, byte size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Field {
+    /// The field's (and the WGSL member's) name.
     pub name: &'static str,
+    /// Byte offset in the block.
     pub offset: usize,
+    /// Size in bytes.
     pub size: usize,
 }
 
 /// A uniform block shared with the WGSL struct called [`WGSL_NAME`](Self::WGSL_NAME).
 pub trait UniformBlock: Pod {
+    /// Name of the mirroring WGSL struct (the Rust struct's name).
     const WGSL_NAME: &'static str;
     /// Every field in declaration order.
     const FIELDS: &'static [Field];
@@ -31,7 +35,9 @@ macro_rules! uniform_block {
         #[repr(C)]
         #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
         pub struct $name {
-            $($(#[$fmeta])* pub $field: $ty,)*
+            // Fields without a doc comment are named after the WGSL member they mirror (sizes,
+            // strides, offsets in f32 elements); the shader documents them.
+            $($(#[$fmeta])* #[allow(missing_docs)] pub $field: $ty,)*
         }
 
         impl UniformBlock for $name {
@@ -206,9 +212,13 @@ uniform_block! {
 /// The uniform block of one graph-kernel dispatch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Uniforms {
+    /// A convolution chunk (`conv2d.wgsl`).
     Conv(ConvParams),
+    /// An elementwise, affine or add dispatch.
     Elementwise(EwParams),
+    /// A max pool.
     Pool(PoolParams),
+    /// An upsampling or pixel shuffle.
     Resample(ResampleParams),
 }
 
@@ -219,6 +229,7 @@ impl Uniforms {
         max(std::mem::size_of::<PoolParams>(), std::mem::size_of::<ResampleParams>()),
     );
 
+    /// The block's bytes, as uploaded into the dispatch's uniform slot.
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             Uniforms::Conv(u) => bytemuck::bytes_of(u),
@@ -251,6 +262,7 @@ pub mod ew_flags {
 
 /// `ConvParams::res_mode`: how the residual enters the epilogue.
 pub mod res_mode {
+    /// No residual.
     pub const RES_NONE: u32 = 0;
     /// `v + r`
     pub const RES_ADD: u32 = 1;

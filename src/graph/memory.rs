@@ -14,13 +14,19 @@ use crate::error::{Error, Result};
 /// concat's batch stride.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct View {
+    /// Element offset of sample 0 in the arena (f32 elements).
     pub offset: usize,
+    /// Elements from one sample to the next.
     pub batch_stride: usize,
 }
 
 #[derive(Clone, Debug)]
+/// Where every node's output lives in one f32 arena for a given batch size; outputs whose
+/// lifetimes do not overlap share memory, and concatenation inputs are written in place.
 pub struct MemoryPlan {
+    /// Each node's output shape `[n, c, h, w]`.
     pub shapes: Vec<[usize; 4]>,
+    /// Each node's place in the arena.
     pub views: Vec<View>,
     /// For every node, the node whose allocation it lives in and its channel offset there.
     pub root: Vec<(NodeId, usize)>,
@@ -44,11 +50,14 @@ impl MemoryPlan {
         first && self.root[input].0 == self.root[id].0
     }
 
+    /// Size of the arena in bytes.
     pub fn peak_bytes(&self) -> usize {
         self.arena_len * 4
     }
 }
 
+/// Plans the arena of `g` at batch size `batch`; errors when the graph is invalid or its
+/// shapes do not fit.
 pub fn plan(g: &Graph, batch: usize) -> Result<MemoryPlan> {
     let shapes = g.shapes(batch)?;
     let n = g.nodes.len();

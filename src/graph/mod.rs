@@ -3,7 +3,7 @@
 //! Nodes are kept in topological order (a node's inputs always have smaller ids), each node
 //! produces one NCHW f32 tensor, and parameters live inside the operators that use them.
 
-pub mod builder;
+pub(crate) mod builder;
 pub mod memory;
 mod op;
 pub mod passes;
@@ -16,24 +16,31 @@ pub use shape::{NodeStats, MAX_TENSOR_ELEMENTS};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// Index of a node in [`Graph::nodes`].
 pub type NodeId = usize;
 
 #[derive(Clone, Debug, PartialEq)]
+/// One operator application: `op` applied to the outputs of `inputs`.
 pub struct Node {
     /// Stable, readable name (`stack0.hg.down1.block.conv2`); parameter names derive from it.
     pub name: String,
+    /// The operator and its parameters.
     pub op: Op,
+    /// The nodes whose outputs feed `op`, in the operator's input order (all smaller ids).
     pub inputs: Vec<NodeId>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
+/// A network: nodes in topological order and the ids of its outputs.
 pub struct Graph {
+    /// The nodes; a node's id is its index here.
     pub nodes: Vec<Node>,
     /// The tensors a run returns, in order.
     pub outputs: Vec<NodeId>,
 }
 
 impl Graph {
+    /// An empty graph (no nodes, no outputs).
     pub fn new() -> Self {
         Graph::default()
     }
@@ -68,7 +75,7 @@ impl Graph {
     }
 
     /// Structural checks: topological order, at least one output, outputs in range.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.outputs.is_empty() {
             return Err(Error::Graph("the graph has no outputs".into()));
         }
@@ -83,6 +90,7 @@ impl Graph {
         Ok(())
     }
 
+    /// The id of the node called `name`, if any.
     pub fn node_by_name(&self, name: &str) -> Option<NodeId> {
         self.nodes.iter().position(|n| n.name == name)
     }

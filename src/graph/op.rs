@@ -6,12 +6,16 @@ use crate::tensor::Tensor;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Act {
     #[default]
+    /// Identity.
     None,
+    /// `max(v, 0)`.
     Relu,
+    /// `1 / (1 + exp(-v))`.
     Sigmoid,
 }
 
 impl Act {
+    /// The activation of one value (the CPU executor's definition).
     pub fn apply(self, v: f32) -> f32 {
         match self {
             Act::None => v,
@@ -46,31 +50,43 @@ pub enum Residual {
 /// Filled in by the fusion pass; a freshly built graph has the default (nothing).
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Epilogue {
+    /// Activation of `conv + bias`, before the residual.
     pub act: Act,
+    /// The fused residual, if any.
     pub residual: Option<Residual>,
+    /// Activation after the residual is added.
     pub post_act: Act,
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// A 2-D convolution (cross-correlation, as PyTorch's `Conv2d`) and its fused epilogue.
 pub struct Conv2d {
     /// `[cout, cin / groups, kh, kw]`
     pub weight: Tensor,
     /// `[cout]`
     pub bias: Option<Tensor>,
+    /// Stride `[sh, sw]`.
     pub stride: [usize; 2],
+    /// Zero padding on each side `[ph, pw]`.
     pub padding: [usize; 2],
+    /// Dilation `[dh, dw]`.
     pub dilation: [usize; 2],
+    /// Channel groups (`groups == cout` and one input channel per group: depthwise).
     pub groups: usize,
+    /// What follows the sum of products (see [`Epilogue`]).
     pub epilogue: Epilogue,
 }
 
 impl Conv2d {
+    /// Output channels.
     pub fn cout(&self) -> usize {
         self.weight.shape[0]
     }
+    /// Input channels per group (`cin / groups`).
     pub fn cin_per_group(&self) -> usize {
         self.weight.shape[1]
     }
+    /// Kernel size `[kh, kw]`.
     pub fn kernel(&self) -> [usize; 2] {
         [self.weight.shape[2], self.weight.shape[3]]
     }
@@ -91,16 +107,21 @@ impl Conv2d {
 /// Batch normalisation with its learned affine and running statistics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchNorm {
+    /// Learned scale `[c]`.
     pub gamma: Tensor,
+    /// Learned shift `[c]`.
     pub beta: Tensor,
+    /// Running mean `[c]` (used at inference).
     pub mean: Tensor,
+    /// Running variance `[c]` (used at inference).
     pub var: Tensor,
+    /// Added to the variance before the square root.
     pub eps: f32,
 }
 
 impl BatchNorm {
     /// Inference-time form `y = scale * x + shift`.
-    pub fn scale_shift(&self) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn scale_shift(&self) -> (Vec<f32>, Vec<f32>) {
         let scale: Vec<f32> =
             (0..self.gamma.numel()).map(|c| self.gamma.data[c] / (self.var.data[c] + self.eps).sqrt()).collect();
         let shift = (0..self.gamma.numel()).map(|c| self.beta.data[c] - self.mean.data[c] * scale[c]).collect();
@@ -149,33 +170,64 @@ macro_rules! param_list {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A graph input of `[c, h, w]`; the batch size is chosen at execution.
-    Input { chw: [usize; 3] },
+    Input {
+        /// Channels, height and width of one sample.
+        chw: [usize; 3],
+    },
     /// 2-D convolution; inputs `[x]`, or `[x, residual]` once an add has been fused.
     Conv2d(Conv2d),
     /// Batch normalisation (inference uses the running statistics).
     BatchNorm(BatchNorm),
     /// `y = act(scale[c] * x + shift[c])`: a batch norm that could not be folded into a conv,
     /// with the following activation fused in.
-    ChannelAffine { scale: Tensor, shift: Tensor, act: Act },
+    ChannelAffine {
+        /// Per-channel factor `[c]`.
+        scale: Tensor,
+        /// Per-channel offset `[c]`.
+        shift: Tensor,
+        /// Activation applied after the affine.
+        act: Act,
+    },
     /// ReLU or sigmoid on its own.
     Activation(Act),
     /// Max pooling; padded positions never win (PyTorch semantics).
-    MaxPool { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2] },
+    MaxPool {
+        /// Window `[kh, kw]`.
+        kernel: [usize; 2],
+        /// Stride `[sh, sw]`.
+        stride: [usize; 2],
+        /// Padding on each side `[ph, pw]` (padded positions count as minus infinity).
+        padding: [usize; 2],
+    },
     /// Nearest-neighbour upsampling by an integer factor.
-    UpsampleNearest { factor: usize },
+    UpsampleNearest {
+        /// Output size over input size, on both axes.
+        factor: usize,
+    },
     /// Bilinear upsampling by an integer factor, half-pixel centres (align_corners = false).
-    UpsampleBilinear { factor: usize },
+    UpsampleBilinear {
+        /// Output size over input size, on both axes.
+        factor: usize,
+    },
     /// Channel concatenation of all inputs (same N, H, W).
     Concat,
     /// `y = a + b`
     Add,
     /// `y = alpha (.) skip + x`, inputs `[skip, x]`, alpha per channel: the soft gate.
-    GatedAdd { alpha: Tensor },
+    GatedAdd {
+        /// The gate `[c]`, learned.
+        alpha: Tensor,
+    },
     /// Depth to space: `[n, c*r*r, h, w] -> [n, c, h*r, w*r]` (PyTorch / ONNX "CRD" order).
-    PixelShuffle { factor: usize },
+    PixelShuffle {
+        /// `r`: the spatial upscaling factor (input channels divide by `r * r`).
+        factor: usize,
+    },
 }
 
 impl Op {
+    /// A short lowercase name of the operator (`conv2d`, `depthwise_conv2d`, `max_pool`...), used
+    /// in profiles, benchmarks and error messages.
     pub fn kind(&self) -> &'static str {
         match self {
             Op::Input { .. } => "input",
@@ -238,6 +290,7 @@ pub enum ParamKind {
 }
 
 impl ParamKind {
+    /// Every kind, in the order of the variants.
     pub const ALL: [ParamKind; 9] = [
         ParamKind::Weight,
         ParamKind::Bias,

@@ -43,7 +43,7 @@ fn rebuild(g: &Graph, emitted: Vec<(NodeId, Node)>, alias: &[NodeId]) -> Graph {
 
 /// Folds each batch norm that directly follows a convolution (its only reader) into that
 /// convolution's weights and bias; the remaining ones become per-channel affine nodes.
-pub fn fold_batch_norm(g: &Graph) -> Graph {
+pub(crate) fn fold_batch_norm(g: &Graph) -> Graph {
     let consumers = g.consumers();
     let mut alias: Vec<NodeId> = (0..g.nodes.len()).collect();
     let mut folded_into: Vec<Option<NodeId>> = vec![None; g.nodes.len()];
@@ -91,7 +91,7 @@ pub fn fold_batch_norm(g: &Graph) -> Graph {
 }
 
 /// Moves each ReLU / sigmoid into the epilogue of the convolution or affine node that feeds it.
-pub fn fuse_activations(g: &Graph) -> Graph {
+pub(crate) fn fuse_activations(g: &Graph) -> Graph {
     let consumers = g.consumers();
     let mut alias: Vec<NodeId> = (0..g.nodes.len()).collect();
     let mut nodes: Vec<Node> = g.nodes.clone();
@@ -128,7 +128,7 @@ pub fn fuse_activations(g: &Graph) -> Graph {
 /// Moves each `Add` / `GatedAdd` into the epilogue of a convolution producing one of its inputs,
 /// so the sum is written once instead of read back. The fused convolution takes the add's place
 /// in the order, since it now also needs the other operand.
-pub fn fuse_residual_adds(g: &Graph) -> Graph {
+pub(crate) fn fuse_residual_adds(g: &Graph) -> Graph {
     let consumers = g.consumers();
     let mut alias: Vec<NodeId> = (0..g.nodes.len()).collect();
     let mut replaced: Vec<Option<Node>> = vec![None; g.nodes.len()];

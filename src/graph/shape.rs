@@ -11,7 +11,9 @@ pub const MAX_TENSOR_ELEMENTS: usize = 1 << 30;
 /// Per-node facts for one batch size.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeStats {
+    /// Output shape `[n, c, h, w]`.
     pub shape: [usize; 4],
+    /// Learnable parameters of the node.
     pub params: usize,
     /// Multiply and add counted as two operations.
     pub flops: u64,

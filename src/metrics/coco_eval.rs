@@ -12,20 +12,28 @@ use crate::{Error, Result};
 pub struct CocoKeypointStats {
     /// AP averaged over OKS thresholds 0.50:0.05:0.95, area all.
     pub ap: f64,
+    /// AP at OKS 0.50, area all.
     pub ap50: f64,
+    /// AP at OKS 0.75, area all.
     pub ap75: f64,
     /// Area 32^2..96^2.
     pub ap_medium: f64,
     /// Area > 96^2.
     pub ap_large: f64,
+    /// AR averaged over OKS thresholds 0.50:0.05:0.95 (20 detections per image), area all.
     pub ar: f64,
+    /// AR at OKS 0.50.
     pub ar50: f64,
+    /// AR at OKS 0.75.
     pub ar75: f64,
+    /// AR, area 32^2..96^2.
     pub ar_medium: f64,
+    /// AR, area > 96^2.
     pub ar_large: f64,
 }
 
 impl CocoKeypointStats {
+    /// Short names of the ten numbers, in [`CocoKeypointStats::as_array`] order.
     pub const NAMES: [&'static str; 10] = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"];
 
     /// In `COCOeval.stats` order.

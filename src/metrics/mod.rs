@@ -15,10 +15,10 @@
 //! `result.mean_excluding(&[6, 7])`.
 //!
 //! One module per metric: [`pck`](mod@pck) (PCK, PCKh), [`oks`](mod@oks) (object keypoint similarity) and
-//! [`coco_eval`] (COCO keypoint AP/AR); everything is re-exported here, so `metrics::pck(...)`
+//! `coco_eval` (COCO keypoint AP/AR); everything is re-exported here, so `metrics::pck(...)`
 //! and the other paths keep working.
 
-pub mod coco_eval;
+pub(crate) mod coco_eval;
 pub mod oks;
 pub mod pck;
 

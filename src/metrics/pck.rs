@@ -18,7 +18,9 @@ pub enum PckNorm {
 /// PCK per joint and overall.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PckResult {
+    /// The threshold factor: correct when the distance is at most `alpha * size`.
     pub alpha: f64,
+    /// What `size` is.
     pub norm: PckNorm,
     /// Correct predictions per joint.
     pub correct: Vec<usize>,

@@ -24,20 +24,23 @@ use crate::graph::{ConvSpec, Graph, GraphBuilder, NodeId};
 /// ResNet layout of the backbone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backbone {
+    /// Basic blocks, `[2, 2, 2, 2]`.
     ResNet18,
+    /// Basic blocks, `[3, 4, 6, 3]`.
     ResNet34,
+    /// Bottleneck blocks, `[3, 4, 6, 3]`.
     ResNet50,
 }
 
 impl Backbone {
     /// Blocks in layer1..layer4.
-    pub fn layers(self) -> [usize; 4] {
+    pub(crate) fn layers(self) -> [usize; 4] {
         match self {
             Backbone::ResNet18 => [2, 2, 2, 2],
             Backbone::ResNet34 | Backbone::ResNet50 => [3, 4, 6, 3],
         }
     }
-    pub fn bottleneck(self) -> bool {
+    pub(crate) fn bottleneck(self) -> bool {
         matches!(self, Backbone::ResNet50)
     }
 }
@@ -46,16 +49,25 @@ impl Backbone {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Head {
     /// FasterPose: `kernel x kernel` conv to `K r^2` channels, pixel shuffle by `r`, sigmoid.
-    LowRes { kernel: usize },
+    LowRes {
+        /// Side of the head convolution's kernel.
+        kernel: usize,
+    },
     /// SimpleBaseline: (upsample x2 + 3x3 conv `width` + BN + ReLU) until stride 4, 1x1 conv to K.
-    SimpleBaseline { width: usize },
+    SimpleBaseline {
+        /// Channels of the upsampling convolutions.
+        width: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
+/// Hyper-parameters of a FasterPose / SimpleBaseline network.
 pub struct FasterPoseArch {
+    /// The ResNet layout.
     pub backbone: Backbone,
     /// Output stride of the backbone features: 8, 16 or 32.
     pub stride: usize,
+    /// The heatmap head.
     pub head: Head,
     /// Width of the stem and layer1 (64 in ResNets); later stages double it.
     pub base_width: usize,

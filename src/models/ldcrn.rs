@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::graph::{ConvSpec, Graph, GraphBuilder, NodeId};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
+/// Hyper-parameters of an LDCRN network.
 pub struct LdcrnArch {
     /// Width of the highest-resolution branch (`w`); branch `i` has `w << i` channels.
     pub width: usize,
@@ -51,7 +52,7 @@ pub struct LdcrnArch {
 
 impl LdcrnArch {
     /// The authors' configuration for width `w`.
-    pub fn new(width: usize) -> Self {
+    pub(crate) fn new(width: usize) -> Self {
         LdcrnArch {
             width,
             stem_width: 64,

@@ -2,12 +2,12 @@
 //!
 //! Three families, each with a handful of named configurations ([`configs`], [`config`]):
 //!
-//! - [`soft_gated_hourglass`]: Bulat, Kossaifi, Tzimiropoulos, Pantic, "Toward fast and accurate
+//! - `soft_gated_hourglass`: Bulat, Kossaifi, Tzimiropoulos, Pantic, "Toward fast and accurate
 //!   human pose estimation via soft-gated skip connections" (FG 2020);
-//! - [`fasterpose`]: Dai et al., "FasterPose: A Faster Simple Baseline for Human Pose Estimation"
+//! - `fasterpose`: Dai et al., "FasterPose: A Faster Simple Baseline for Human Pose Estimation"
 //!   (2021), with the SimpleBaseline high-resolution head (Xiao et al., ECCV 2018) on the same
 //!   backbone for comparison;
-//! - [`ldcrn`]: Yang, Qin, Zhang, "Lightweight densely connected residual network for human pose
+//! - `ldcrn`: Yang, Qin, Zhang, "Lightweight densely connected residual network for human pose
 //!   estimation" (J. Real-Time Image Processing, 2020).
 //!
 //! Every graph has a single input node `input` of `[c, h, w]` and produces heatmaps at stride 4
@@ -19,11 +19,11 @@
 //! field usually quote multiply-accumulates as "FLOPs", so [`conv_macs`] gives the number to
 //! compare with them.
 
-pub mod fasterpose;
-pub mod ldcrn;
-pub mod load;
-pub mod person_detector;
-pub mod soft_gated_hourglass;
+pub(crate) mod fasterpose;
+pub(crate) mod ldcrn;
+pub(crate) mod load;
+pub(crate) mod person_detector;
+pub(crate) mod soft_gated_hourglass;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Op};
@@ -40,14 +40,18 @@ pub use soft_gated_hourglass::HourglassArch;
 /// Network family of a configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// Stacked hourglasses with soft-gated skips (`soft_gated_hourglass`).
     SoftGatedHourglass,
+    /// FasterPose or SimpleBaseline heads on a ResNet backbone (`fasterpose`).
     FasterPose,
+    /// The densely connected residual network (`ldcrn`).
     Ldcrn,
-    /// Not a pose network: [`person_detector`] (its "joints" are its output maps).
+    /// Not a pose network: `person_detector` (its "joints" are its output maps).
     PersonDetector,
 }
 
 impl Family {
+    /// The family's name as printed by `wgpose models` and stored in model cards.
     pub fn as_str(self) -> &'static str {
         match self {
             Family::SoftGatedHourglass => "soft-gated-hourglass",
@@ -61,8 +65,11 @@ impl Family {
 /// Family-specific architecture hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Arch {
+    /// Soft-gated hourglass hyper-parameters.
     Hourglass(HourglassArch),
+    /// FasterPose / SimpleBaseline hyper-parameters.
     FasterPose(FasterPoseArch),
+    /// LDCRN hyper-parameters.
     Ldcrn(LdcrnArch),
 }
 
@@ -70,7 +77,9 @@ pub enum Arch {
 /// (`Copy`), so `cfg.with_input([cfg.input[0], h, w])` works.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ModelConfig {
+    /// The configuration's name (`fasterpose-r18-s16-lsp`), its key in [`configs`].
     pub name: &'static str,
+    /// The network family.
     pub family: Family,
     /// `[c, h, w]` of the input image.
     pub input: [usize; 3],
@@ -82,6 +91,7 @@ pub struct ModelConfig {
     pub paper_gflops: Option<f64>,
     /// Where the paper numbers come from and how this graph differs.
     pub note: &'static str,
+    /// The family's hyper-parameters (depth, width, head).
     pub arch: Arch,
 }
 
@@ -213,7 +223,7 @@ pub(crate) mod blocks {
     use crate::graph::{ConvSpec, GraphBuilder, NodeId};
 
     /// `conv (no bias) -> batch_norm [-> relu]`, named `<p>.conv`, `<p>.bn`, `<p>.relu`.
-    pub fn conv_bn(b: &mut GraphBuilder, p: &str, x: NodeId, spec: ConvSpec, relu: bool) -> Result<NodeId> {
+    pub(crate) fn conv_bn(b: &mut GraphBuilder, p: &str, x: NodeId, spec: ConvSpec, relu: bool) -> Result<NodeId> {
         let y = b.conv(&format!("{p}.conv"), x, spec.no_bias())?;
         let y = b.batch_norm(&format!("{p}.bn"), y)?;
         if relu {
@@ -224,7 +234,7 @@ pub(crate) mod blocks {
     }
 
     /// Pre-activation `batch_norm -> relu -> conv`, named `<p>.bn`, `<p>.relu`, `<p>.conv`.
-    pub fn bn_relu_conv(b: &mut GraphBuilder, p: &str, x: NodeId, spec: ConvSpec) -> Result<NodeId> {
+    pub(crate) fn bn_relu_conv(b: &mut GraphBuilder, p: &str, x: NodeId, spec: ConvSpec) -> Result<NodeId> {
         let y = b.batch_norm(&format!("{p}.bn"), x)?;
         let y = b.relu(&format!("{p}.relu"), y)?;
         b.conv(&format!("{p}.conv"), y, spec)

@@ -59,7 +59,7 @@ pub struct HourglassArch {
 }
 
 impl HourglassArch {
-    pub fn new(stacks: usize, channels: usize) -> Self {
+    pub(crate) fn new(stacks: usize, channels: usize) -> Self {
         HourglassArch {
             stacks,
             channels,

@@ -22,7 +22,9 @@ use crate::tensor::Tensor;
 /// Per-channel normalisation applied after sampling: `(v / 255 - mean) / std`, RGB order.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Normalization {
+    /// Per-channel mean of [0, 1] values, RGB.
     pub mean: [f32; 3],
+    /// Per-channel standard deviation (finite, non-zero), RGB.
     pub std: [f32; 3],
 }
 
@@ -72,14 +74,17 @@ impl Default for CropConfig {
 }
 
 impl CropConfig {
+    /// This configuration with another `padding`.
     pub fn with_padding(mut self, padding: f32) -> Self {
         self.padding = padding;
         self
     }
+    /// This configuration with a rotation of `degrees` (counter-clockwise on screen).
     pub fn with_rotation(mut self, degrees: f32) -> Self {
         self.rotation_deg = degrees;
         self
     }
+    /// This configuration, mirrored or not.
     pub fn with_flip(mut self, flip: bool) -> Self {
         self.flip = flip;
         self
@@ -87,7 +92,7 @@ impl CropConfig {
 }
 
 /// 2x3 affine matrix `[[a, b, c], [d, e, f]]`: `(x, y) -> (a x + b y + c, d x + e y + f)`.
-pub type Affine = [[f64; 3]; 2];
+pub(crate) type Affine = [[f64; 3]; 2];
 
 fn apply(m: &Affine, x: f64, y: f64) -> (f64, f64) {
     (m[0][0] * x + m[0][1] * y + m[0][2], m[1][0] * x + m[1][1] * y + m[1][2])
@@ -169,7 +174,7 @@ impl CropTransform {
     /// The crop centred on `center` of a region `size = [w, h]` image pixels, with the same
     /// aspect fix, padding, rotation and flip as [`from_box`](Self::from_box). (HRNet's
     /// "scale" is `size / 200`.)
-    pub fn from_center_size(
+    pub(crate) fn from_center_size(
         center: [f32; 2],
         size: [f32; 2],
         out_w: usize,
@@ -203,7 +208,7 @@ impl CropTransform {
     }
 
     /// Any invertible image -> input affine transform for an `out_w x out_h` output.
-    pub fn from_matrix(forward: Affine, out_w: usize, out_h: usize) -> Result<Self> {
+    pub(crate) fn from_matrix(forward: Affine, out_w: usize, out_h: usize) -> Result<Self> {
         check_out(out_w, out_h)?;
         let [[a, b, c], [d, e, f]] = forward;
         let det = a * e - b * d;
@@ -225,7 +230,7 @@ impl CropTransform {
     }
 
     /// The `(out_w, out_h)` the crop was built for.
-    pub fn out_size(&self) -> (usize, usize) {
+    pub(crate) fn out_size(&self) -> (usize, usize) {
         (self.out_w, self.out_h)
     }
 
@@ -257,7 +262,7 @@ impl CropTransform {
     }
 
     /// The inverse as six f32, row-major: what the warp kernels evaluate.
-    pub fn inverse_f32(&self) -> [f32; 6] {
+    pub(crate) fn inverse_f32(&self) -> [f32; 6] {
         let [[a, b, c], [d, e, f]] = self.inverse;
         [a as f32, b as f32, c as f32, d as f32, e as f32, f as f32]
     }
@@ -301,14 +306,16 @@ fn check_out(out_w: usize, out_h: usize) -> Result<()> {
 /// Memory layout of 8-bit pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PixelFormat {
+    /// Red, green, blue: 3 bytes per pixel.
     Rgb8,
+    /// Red, green, blue, alpha: 4 bytes per pixel (alpha ignored).
     Rgba8,
     /// Blue, green, red, alpha: common for camera frames and swapchain textures.
     Bgra8,
 }
 
 impl PixelFormat {
-    pub fn bytes_per_pixel(self) -> usize {
+    pub(crate) fn bytes_per_pixel(self) -> usize {
         match self {
             PixelFormat::Rgb8 => 3,
             PixelFormat::Rgba8 | PixelFormat::Bgra8 => 4,
@@ -327,11 +334,15 @@ impl PixelFormat {
 /// A borrowed 8-bit image: rows of `width` pixels, `stride` bytes apart.
 #[derive(Clone, Copy, Debug)]
 pub struct ImageRef<'a> {
+    /// The pixel bytes, row after row.
     pub data: &'a [u8],
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
     /// Bytes from one row to the next (`width * bytes_per_pixel` when tightly packed).
     pub stride: usize,
+    /// Byte layout of a pixel.
     pub format: PixelFormat,
 }
 
@@ -344,6 +355,8 @@ impl<'a> ImageRef<'a> {
         Self::with_stride(data, width, height, stride, format)
     }
 
+    /// An image whose rows are `stride` bytes apart (padded rows, e.g. GPU readbacks); errors
+    /// when it is empty, `stride` is shorter than a row or `data` shorter than the image.
     pub fn with_stride(
         data: &'a [u8],
         width: usize,
@@ -366,10 +379,12 @@ impl<'a> ImageRef<'a> {
         Ok(ImageRef { data, width, height, stride, format })
     }
 
+    /// A tightly packed RGB8 image (see [`ImageRef::new`] for the errors).
     pub fn rgb(data: &'a [u8], width: usize, height: usize) -> Result<Self> {
         Self::new(data, width, height, PixelFormat::Rgb8)
     }
 
+    /// A tightly packed RGBA8 image (see [`ImageRef::new`] for the errors).
     pub fn rgba(data: &'a [u8], width: usize, height: usize) -> Result<Self> {
         Self::new(data, width, height, PixelFormat::Rgba8)
     }
@@ -415,7 +430,7 @@ pub fn warp_batch(
 }
 
 /// One crop into `out` (`3 * out_h * out_w` values, CHW).
-pub fn warp_into(
+pub(crate) fn warp_into(
     image: &ImageRef,
     crop: &CropTransform,
     out_w: usize,

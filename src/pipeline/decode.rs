@@ -42,8 +42,12 @@ use crate::tensor::Tensor;
 /// confidence in [0, 1].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Keypoint {
+    /// Horizontal position (pixels of the image or heatmap, see the type's docs).
     pub x: f32,
+    /// Vertical position, same units as `x`.
     pub y: f32,
+    /// Confidence in [0, 1]: the heatmap's peak value clamped (a probability for sigmoid
+    /// heatmaps, an approximation of one for linear heatmaps); 0 for a map with non-finite values.
     pub score: f32,
 }
 
@@ -73,20 +77,29 @@ pub enum Refinement {
     /// A quarter pixel towards the higher neighbour along each axis (Newell et al.; HRNet).
     Quarter,
     /// DARK with the training Gaussian's sigma, in heatmap pixels (2 for 64x48 maps).
-    Dark { sigma: f32 },
+    Dark {
+        /// Standard deviation of the training Gaussians, in heatmap pixels.
+        sigma: f32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
+/// How heatmaps are decoded: what they are and how the argmax is refined.
 pub struct DecodeConfig {
+    /// What the heatmaps are (recorded from the network's output; both kinds decode alike, see
+    /// the module docs).
     pub kind: HeatmapKind,
+    /// Sub-pixel refinement after the argmax.
     pub refinement: Refinement,
 }
 
 impl DecodeConfig {
+    /// Quarter-pixel refinement.
     pub fn quarter(kind: HeatmapKind) -> Self {
         DecodeConfig { kind, refinement: Refinement::Quarter }
     }
 
+    /// DARK refinement with the training Gaussian's `sigma` in heatmap pixels (must be positive).
     pub fn dark(kind: HeatmapKind, sigma: f32) -> Self {
         DecodeConfig { kind, refinement: Refinement::Dark { sigma } }
     }

@@ -1,4 +1,4 @@
-//! Person detection around the detector network ([`crate::models::person_detector`]): the whole
+//! Person detection around the detector network (`models::person_detector`): the whole
 //! image letterboxed into the detector's input, its three maps decoded into person boxes
 //! (centre peaks, sub-pixel refined, sizes read at the peak), non-maximum suppression, and the
 //! box metrics (recall and average precision at an IoU threshold).
@@ -40,6 +40,8 @@ impl Default for DetectConfig {
 }
 
 impl DetectConfig {
+    /// Errors ([`Error::Input`]) when the threshold is outside [0, 1], the IoU outside (0, 1] or
+    /// `max_people` outside 1..=1000.
     pub fn check(&self) -> Result<()> {
         if !(self.score_threshold.is_finite() && (0.0..=1.0).contains(&self.score_threshold)) {
             return Err(Error::Input(format!("detection threshold must be in [0, 1], got {}", self.score_threshold)));
@@ -200,7 +202,7 @@ pub fn decode_detections(
 }
 
 /// [`decode_detections`] for every image of a `[N, 3, h, w]` batch, one crop per image.
-pub fn decode_detection_batch(
+pub(crate) fn decode_detection_batch(
     maps: &Tensor,
     crops: &[CropTransform],
     cfg: &DetectConfig,

@@ -5,14 +5,14 @@ use super::decode::Keypoint;
 
 /// How much the box of the confident keypoints is enlarged (on top of the estimator's own
 /// padding) so a moving person stays inside the next crop.
-pub const ENLARGE: f32 = 1.3;
+pub(crate) const ENLARGE: f32 = 1.3;
 /// A box smaller than this (pixels, either side) is not trusted.
-pub const MIN_SIDE: f32 = 16.0;
+pub(crate) const MIN_SIDE: f32 = 16.0;
 
 /// The box `[x, y, w, h]` to crop the next frame at, from this frame's keypoints; `None` means
 /// the whole frame (mean confidence below `threshold`, fewer than 2 confident joints, or a
 /// degenerate box).
-pub fn next_box(keypoints: &[Keypoint], threshold: f32, img_w: f32, img_h: f32) -> Option<[f32; 4]> {
+pub(crate) fn next_box(keypoints: &[Keypoint], threshold: f32, img_w: f32, img_h: f32) -> Option<[f32; 4]> {
     if keypoints.is_empty() {
         return None;
     }

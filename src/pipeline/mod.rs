@@ -6,7 +6,7 @@
 //! 2. the network produces `[N, K, H/4, W/4]` heatmaps;
 //! 3. [`decode`](mod@decode): per-joint argmax with quarter-pixel or DARK refinement, the flip test
 //!    ([`average_flipped`]), and [`Keypoint::to_image`] back through the crop;
-//! 4. [`smoothing`]: One Euro filtering over time for video, and [`follow`]: the next frame's
+//! 4. [`smoothing`]: One Euro filtering over time for video, and `follow`: the next frame's
 //!    crop box from this frame's pose.
 //!
 //! One coordinate convention throughout: continuous coordinates where pixel `i` covers
@@ -16,7 +16,7 @@
 pub mod crop;
 pub mod decode;
 pub mod detect;
-pub mod follow;
+pub(crate) mod follow;
 pub mod preprocess_gpu;
 pub mod smoothing;
 

@@ -26,7 +26,9 @@ const MAX_GRID: u32 = 65535;
 /// blue for BGRA), row `y` starting at word `offset + y * row_stride`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameLayout {
+    /// Frame width in pixels.
     pub width: u32,
+    /// Frame height in pixels.
     pub height: u32,
     /// Words (pixels) from one row to the next: `width` when packed, `bytes_per_row / 4` for a
     /// texture copied to a buffer.
@@ -48,7 +50,9 @@ impl FrameLayout {
 /// `offset + n * batch_stride + (c * out_h + y) * out_w + x`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutputLayout {
+    /// Crop width in pixels.
     pub out_w: u32,
+    /// Crop height in pixels.
     pub out_h: u32,
     /// First f32 element.
     pub offset: u64,
@@ -57,7 +61,7 @@ pub struct OutputLayout {
 }
 
 impl OutputLayout {
-    pub fn packed(out_w: u32, out_h: u32, offset: u64) -> Self {
+    pub(crate) fn packed(out_w: u32, out_h: u32, offset: u64) -> Self {
         OutputLayout { out_w, out_h, offset, batch_stride: 3 * out_w as u64 * out_h as u64 }
     }
 }
@@ -80,7 +84,7 @@ impl GpuPreprocess {
         Self::with_normalization(ctx, Normalization::IMAGENET)
     }
 
-    pub fn with_normalization(ctx: &GpuContext, norm: Normalization) -> Result<Self> {
+    pub(crate) fn with_normalization(ctx: &GpuContext, norm: Normalization) -> Result<Self> {
         if norm.mean.iter().chain(&norm.std).any(|v| !v.is_finite()) || norm.std.contains(&0.0) {
             return Err(Error::Input(format!(
                 "normalisation needs finite means and finite non-zero stds, got {norm:?}"
@@ -99,6 +103,7 @@ impl GpuPreprocess {
         })
     }
 
+    /// The normalisation the kernel applies.
     pub fn normalization(&self) -> Normalization {
         self.norm
     }

@@ -9,6 +9,7 @@ use super::decode::Keypoint;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
+/// Parameters of a One Euro filter (see the module docs for units).
 pub struct OneEuroConfig {
     /// Cutoff at zero speed (Hz): lower means less jitter and more lag when slow.
     pub min_cutoff: f32,
@@ -25,6 +26,7 @@ impl Default for OneEuroConfig {
 }
 
 impl OneEuroConfig {
+    /// `min_cutoff` Hz and `beta`, speed cutoff 1 Hz.
     pub fn new(min_cutoff: f32, beta: f32) -> Self {
         OneEuroConfig { min_cutoff, beta, d_cutoff: 1.0 }
     }
@@ -53,6 +55,7 @@ pub struct OneEuroFilter {
 }
 
 impl OneEuroFilter {
+    /// A filter with no history; errors when a cutoff is not positive or `beta` is negative.
     pub fn new(cfg: OneEuroConfig) -> Result<Self> {
         cfg.check()?;
         Ok(OneEuroFilter { cfg, state: None })
@@ -111,7 +114,9 @@ impl OneEuroFilter {
 #[derive(Clone, Debug)]
 pub struct PoseSmoother {
     filters: Vec<[OneEuroFilter; 2]>,
+    /// Joints scored below this are missing (0.2 by default).
     pub min_score: f32,
+    /// Seconds a joint may be missing before its filter restarts (0.5 by default).
     pub max_gap: f64,
 }
 
@@ -123,10 +128,12 @@ impl PoseSmoother {
         Ok(PoseSmoother { filters: vec![[f.clone(), f]; joints], min_score: 0.2, max_gap: 0.5 })
     }
 
+    /// Number of joints.
     pub fn len(&self) -> usize {
         self.filters.len()
     }
 
+    /// True when there are no joints.
     pub fn is_empty(&self) -> bool {
         self.filters.is_empty()
     }

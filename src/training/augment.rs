@@ -8,7 +8,7 @@
 //! with, so they cannot disagree; after a mirror the joints also swap left and right
 //! ([`Skeleton::flip_permutation`]). Heatmap coordinates are input coordinates divided by the
 //! stride (continuous, pixel-centre convention of [`crate::pipeline::crop`] and
-//! [`crate::autodiff::loss`]). Joints that are unlabelled or land outside the heatmap get an empty
+//! `autodiff::loss`). Joints that are unlabelled or land outside the heatmap get an empty
 //! target and weight 0.
 //!
 //! Colour jitter acts on the sampled RGB in [0, 1] before ImageNet normalisation: brightness
@@ -60,7 +60,7 @@ impl Default for AugmentConfig {
 
 impl AugmentConfig {
     /// No augmentation at all (validation framing).
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         AugmentConfig {
             rotation_deg: 0.0,
             scale: (1.0, 1.0),
@@ -72,7 +72,7 @@ impl AugmentConfig {
     }
 
     /// Words for the model card.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = format!(
             "rotation +-{} deg, scale {}-{}, flip {}, colour +-{}%",
             self.rotation_deg,
@@ -94,11 +94,17 @@ impl AugmentConfig {
 /// One draw of the augmentation parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AugmentParams {
+    /// Rotation of the crop content, degrees.
     pub rotation_deg: f32,
+    /// Factor on the crop padding (above 1: the person looks smaller).
     pub scale: f32,
+    /// Mirror the crop horizontally (left/right joints swapped).
     pub flip: bool,
+    /// Brightness factor (1: unchanged).
     pub brightness: f32,
+    /// Contrast factor (1: unchanged).
     pub contrast: f32,
+    /// Saturation factor (1: unchanged).
     pub saturation: f32,
     /// Order of the three colour operations (a permutation of 0, 1, 2).
     pub color_order: [u8; 3],
@@ -183,10 +189,15 @@ pub struct Sample {
 /// Geometry of the network's input and heatmaps.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SampleShape {
+    /// Network input width, pixels.
     pub input_w: usize,
+    /// Network input height, pixels.
     pub input_h: usize,
+    /// Heatmap width (input width over the network's stride).
     pub heatmap_w: usize,
+    /// Heatmap height.
     pub heatmap_h: usize,
+    /// Number of heatmaps (joints).
     pub joints: usize,
     /// Gaussian sigma in heatmap pixels.
     pub sigma: f32,
@@ -194,7 +205,7 @@ pub struct SampleShape {
 
 impl SampleShape {
     /// Input stride (input pixels per heatmap pixel).
-    pub fn stride(&self) -> f32 {
+    pub(crate) fn stride(&self) -> f32 {
         self.input_w as f32 / self.heatmap_w as f32
     }
 }
@@ -262,7 +273,7 @@ pub fn make_sample(
 /// wrists) or lower-body (hips, knees, ankles) joints, with the others unlabelled. `None` when
 /// fewer than 8 joints are labelled or the chosen half has fewer than 2 (HRNet's rule), or the
 /// skeleton does not name its joints that way. Targets keep every joint: those outside the
-/// crop get weight 0 through [`map_keypoints`].
+/// crop get weight 0 through `map_keypoints`.
 pub fn half_body_keypoints(keypoints: &[[f32; 3]], skeleton: &Skeleton, upper: bool) -> Option<Vec<[f32; 3]>> {
     let labelled = keypoints.iter().filter(|k| k[2] > 0.0).count();
     if labelled < 8 || skeleton.joints.len() != keypoints.len() {
@@ -279,7 +290,7 @@ pub fn half_body_keypoints(keypoints: &[[f32; 3]], skeleton: &Skeleton, upper: b
 
 /// Dataset keypoints (image pixels) -> heatmap coordinates through `crop`, with the left/right
 /// swap when `flipped`; joints unlabelled or outside the heatmap come out with `v = 0`.
-pub fn map_keypoints(
+pub(crate) fn map_keypoints(
     keypoints: &[[f32; 3]],
     skeleton: &Skeleton,
     crop: &CropTransform,
@@ -309,7 +320,7 @@ pub fn map_keypoints(
 }
 
 /// Brightness, contrast and saturation on CHW RGB in [0, 1], clamped back into [0, 1].
-pub fn color_jitter(data: &mut [f32], plane: usize, p: &AugmentParams) {
+pub(crate) fn color_jitter(data: &mut [f32], plane: usize, p: &AugmentParams) {
     if p.brightness == 1.0 && p.contrast == 1.0 && p.saturation == 1.0 {
         return;
     }

@@ -42,13 +42,14 @@ pub struct ImageCache {
 }
 
 impl ImageCache {
+    /// An empty cache that keeps decoded images up to `budget_bytes` bytes of pixels.
     pub fn new(budget_bytes: usize) -> Self {
         ImageCache { map: Mutex::new(HashMap::new()), bytes: AtomicUsize::new(0), budget: budget_bytes }
     }
 
     /// The decoded image (from the cache, or decoded now and cached if the budget allows).
     /// Images `load_rgb` would downscale are refused: the annotations are in original pixels.
-    pub fn get(&self, path: &PathBuf) -> Result<Arc<RgbImage>> {
+    pub(crate) fn get(&self, path: &PathBuf) -> Result<Arc<RgbImage>> {
         if let Some(img) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(path) {
             return Ok(img.clone());
         }
@@ -77,10 +78,12 @@ impl ImageCache {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// Number of images held.
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// True when no image is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -102,18 +105,23 @@ pub struct Batch {
 /// People to train on (those with at least one labelled joint) and how to turn them into
 /// samples.
 pub struct TrainSet {
+    /// The people sampled from (each has at least one labelled joint).
     pub people: Vec<Annotation>,
+    /// Input and heatmap sizes of the network being trained.
     pub shape: SampleShape,
+    /// The random augmentation drawn for every sample.
     pub augment: AugmentConfig,
+    /// Decoded images shared by the loader threads.
     pub cache: ImageCache,
 }
 
 /// What the loader draws batches from: pose people ([`TrainSet`]) or whole images for the
-/// person detector ([`super::detection::DetectionSet`]).
+/// person detector (`detection::DetectionSet`).
 pub trait BatchSource: Send + Sync {
     /// Number of samples.
     fn len(&self) -> usize;
 
+    /// True when there are no samples.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -129,7 +137,7 @@ pub trait BatchSource: Send + Sync {
 }
 
 /// `0..n` shuffled by Fisher-Yates seeded with `(seed, epoch)`, cut to `limit`.
-pub fn shuffled_order(n: usize, seed: u64, epoch: usize, limit: Option<usize>) -> Vec<usize> {
+pub(crate) fn shuffled_order(n: usize, seed: u64, epoch: usize, limit: Option<usize>) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = Rng::new(mix_seed(&[seed, epoch as u64, 0x5151]));
     for i in (1..order.len()).rev() {
@@ -140,7 +148,7 @@ pub fn shuffled_order(n: usize, seed: u64, epoch: usize, limit: Option<usize>) -
 }
 
 /// SplitMix-style mixing of several words into one seed.
-pub fn mix_seed(words: &[u64]) -> u64 {
+pub(crate) fn mix_seed(words: &[u64]) -> u64 {
     let mut h = 0x243F_6A88_85A3_08D3u64;
     for &w in words {
         h ^= w.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(h << 6).wrapping_add(h >> 2);
@@ -150,15 +158,18 @@ pub fn mix_seed(words: &[u64]) -> u64 {
 }
 
 impl TrainSet {
+    /// The people with at least one labelled joint, decoded images cached up to `cache_bytes`.
     pub fn new(people: Vec<Annotation>, shape: SampleShape, augment: AugmentConfig, cache_bytes: usize) -> Self {
         let people = people.into_iter().filter(|a| a.num_labelled() > 0).collect();
         TrainSet { people, shape, augment, cache: ImageCache::new(cache_bytes) }
     }
 
+    /// Number of people.
     pub fn len(&self) -> usize {
         self.people.len()
     }
 
+    /// True when there are no people.
     pub fn is_empty(&self) -> bool {
         self.people.is_empty()
     }
@@ -169,13 +180,13 @@ impl TrainSet {
     }
 
     /// The augmentation parameters of position `pos` in epoch `epoch`.
-    pub fn params(&self, seed: u64, epoch: usize, pos: usize) -> AugmentParams {
+    pub(crate) fn params(&self, seed: u64, epoch: usize, pos: usize) -> AugmentParams {
         let mut rng = Rng::new(mix_seed(&[seed, epoch as u64, pos as u64]));
         AugmentParams::draw(&mut rng, &self.augment)
     }
 
     /// Builds the batch of the given positions of `order`.
-    pub fn batch_of(
+    pub(crate) fn batch_of(
         &self,
         seed: u64,
         epoch: usize,
@@ -263,10 +274,11 @@ impl Loader {
     }
 
     /// Number of batches this epoch.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count
     }
 
+    /// True when the epoch has no batches.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

@@ -1,4 +1,4 @@
-//! Training data for the person detector ([`crate::models::person_detector`]): whole images
+//! Training data for the person detector (`models::person_detector`): whole images
 //! with their people's boxes, augmented by zoom, translation, rotation, mirroring and colour,
 //! turned into the detector's input and its targets.
 //!
@@ -20,7 +20,7 @@
 //! whose side is the image's longer side. Training draws that square's side times a log-uniform
 //! zoom in `[zoom.0, zoom.1]` (below 1 zooms in, people look bigger), moves its centre by up to
 //! `shift` of the side on each axis, rotates by up to `rotation_deg`, mirrors with probability
-//! `flip_prob` and jitters colour like the pose training ([`super::augment::color_jitter`]). A
+//! `flip_prob` and jitters colour like the pose training (`augment::color_jitter`). A
 //! fraction `identity_prob` of samples keeps the exact evaluation view (colour and mirror only).
 //! Boxes map through the same transform (their corners' bounds); a person whose box centre
 //! leaves the input is not a target.
@@ -39,18 +39,20 @@ use crate::rng::Rng;
 use crate::tensor::Tensor;
 
 /// Target channels: centre, width, height, size mask.
-pub const TARGET_CHANNELS: usize = 4;
+pub(crate) const TARGET_CHANNELS: usize = 4;
 
 /// One training image and the boxes `[x, y, w, h]` of its people (image pixels).
 #[derive(Clone, Debug)]
 pub struct DetectionImage {
+    /// The image file.
     pub image: PathBuf,
+    /// Its people's boxes `[x, y, w, h]`, pixels.
     pub boxes: Vec<[f32; 4]>,
 }
 
 /// Ranges the detector's augmentation draws from.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct DetectAugment {
+pub(crate) struct DetectAugment {
     pub zoom: (f32, f32),
     pub shift: f32,
     pub rotation_deg: f32,
@@ -76,7 +78,7 @@ impl Default for DetectAugment {
 
 impl DetectAugment {
     /// No augmentation: the evaluation view.
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         DetectAugment {
             zoom: (1.0, 1.0),
             shift: 0.0,
@@ -87,7 +89,7 @@ impl DetectAugment {
         }
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "zoom {}-{}, shift +-{}, rotation +-{} deg, flip {}, colour +-{}%, {}% unaugmented views",
             self.zoom.0,
@@ -104,14 +106,18 @@ impl DetectAugment {
 /// Input and output geometry of the detector.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DetectShape {
+    /// Network input width, pixels.
     pub input_w: usize,
+    /// Network input height, pixels.
     pub input_h: usize,
+    /// Output map width (input width over the stride).
     pub map_w: usize,
+    /// Output map height.
     pub map_h: usize,
 }
 
 /// The crop of one augmented view of a `img_w x img_h` image.
-pub fn augmented_view(
+pub(crate) fn augmented_view(
     img_w: usize,
     img_h: usize,
     shape: &DetectShape,
@@ -201,7 +207,7 @@ pub fn boxes_to_input(boxes: &[[f32; 4]], crop: &CropTransform) -> Vec<[f32; 4]>
 
 /// The detector's input `[3, H, W]` (ImageNet-normalised, colour-jittered) and targets for one
 /// view of `image`.
-pub fn detection_sample(
+pub(crate) fn detection_sample(
     image: &RgbImage,
     boxes: &[[f32; 4]],
     crop: &CropTransform,
@@ -224,7 +230,7 @@ pub fn detection_sample(
 }
 
 /// Whole images to train the detector on.
-pub struct DetectionSet {
+pub(crate) struct DetectionSet {
     pub images: Vec<DetectionImage>,
     pub shape: DetectShape,
     pub augment: DetectAugment,
@@ -232,7 +238,12 @@ pub struct DetectionSet {
 }
 
 impl DetectionSet {
-    pub fn new(images: Vec<DetectionImage>, shape: DetectShape, augment: DetectAugment, cache_bytes: usize) -> Self {
+    pub(crate) fn new(
+        images: Vec<DetectionImage>,
+        shape: DetectShape,
+        augment: DetectAugment,
+        cache_bytes: usize,
+    ) -> Self {
         DetectionSet { images, shape, augment, cache: ImageCache::new(cache_bytes) }
     }
 }
@@ -265,7 +276,7 @@ impl BatchSource for DetectionSet {
 
 /// One [`DetectionImage`] per image file, holding the boxes of all its people that have one
 /// (LSPET has one annotated person per image; COCO several).
-pub fn images_with_boxes(people: &[crate::data::Annotation]) -> Vec<DetectionImage> {
+pub(crate) fn images_with_boxes(people: &[crate::data::Annotation]) -> Vec<DetectionImage> {
     let mut out: Vec<DetectionImage> = Vec::new();
     let mut index = std::collections::HashMap::new();
     for a in people {
@@ -314,7 +325,7 @@ pub fn coco_detection_images(ds: &crate::data::coco::CocoDataset) -> Vec<Detecti
 }
 
 /// Validation images for the detector: the evaluation view ([`letterbox`]), box recall and AP.
-pub struct DetectValSet {
+pub(crate) struct DetectValSet {
     pub images: Vec<DetectionImage>,
     pub shape: DetectShape,
     pub detect: crate::pipeline::detect::DetectConfig,
@@ -323,7 +334,7 @@ pub struct DetectValSet {
 
 impl DetectValSet {
     /// At most `limit` images, evenly spaced.
-    pub fn new(images: Vec<DetectionImage>, shape: DetectShape, limit: Option<usize>) -> Self {
+    pub(crate) fn new(images: Vec<DetectionImage>, shape: DetectShape, limit: Option<usize>) -> Self {
         let n = limit.unwrap_or(usize::MAX).min(images.len());
         let picked =
             if n == images.len() { images } else { (0..n).map(|i| images[i * images.len() / n].clone()).collect() };
@@ -333,7 +344,7 @@ impl DetectValSet {
     }
 
     /// Detections of `graph` on every validation image (`logits`: outputs are pre-sigmoid).
-    pub fn detections(
+    pub(crate) fn detections(
         &self,
         graph: &crate::graph::Graph,
         batch: usize,
@@ -362,7 +373,7 @@ impl DetectValSet {
     }
 
     /// Box AP and recall at IoU 0.5.
-    pub fn metrics(
+    pub(crate) fn metrics(
         &self,
         graph: &crate::graph::Graph,
         batch: usize,

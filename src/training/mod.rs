@@ -1,14 +1,14 @@
 //! Training on the CPU around the engine of [`crate::autodiff`]: datasets with augmentation and a
 //! threaded loader ([`dataset`], [`augment`]), saveable optimiser state ([`optim`]), the
-//! training-curve PNG ([`plot`]) and the `wgpose train` session ([`session`]: logging,
+//! training-curve PNG (`plot`) and the `wgpose train` session ([`session`]: logging,
 //! validation PCK, checkpoints, resume, final weights with a model card).
 
 pub mod augment;
-pub mod config;
+pub(crate) mod config;
 pub mod dataset;
 pub mod detection;
 pub mod optim;
-pub mod plot;
+pub(crate) mod plot;
 pub mod session;
 
 pub use augment::{make_sample, AugmentConfig, AugmentParams, Sample, SampleShape};

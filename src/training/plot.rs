@@ -111,7 +111,7 @@ fn fmt_tick(v: f64) -> String {
 
 /// Writes the curve: `losses` as `(step, loss)`, `pcks` as `(step at the epoch's end, pck in
 /// [0, 1])`.
-pub fn write_curve(path: &Path, losses: &[(f64, f64)], pcks: &[(f64, f64)]) -> Result<()> {
+pub(crate) fn write_curve(path: &Path, losses: &[(f64, f64)], pcks: &[(f64, f64)]) -> Result<()> {
     let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
     let (x0, x1) = (LEFT as f64, (W as i32 - RIGHT) as f64);
     let (y0, y1) = ((H as i32 - BOTTOM) as f64, TOP as f64);

@@ -14,7 +14,7 @@
 //!   `train_step`, `train_seed`, `train_loss`, `train_optimizer`, `train_batch`, `train_lr`;
 //!   beside it `checkpoint-eNNN.optim.safetensors` with the optimiser state
 //!   ([`super::optim`]).
-//! - `curve.png`: loss per logged step and validation PCK per epoch ([`super::plot`]).
+//! - `curve.png`: loss per logged step and validation PCK per epoch (`training::plot`).
 //! - `<model>.safetensors`: the final weights with the full card (data, epochs, wall time,
 //!   validation PCK, GFLOPs), loadable by `--model <file>` of the other commands.
 //!
@@ -117,7 +117,7 @@ pub struct LogRow {
 }
 
 /// The header line of `train_log.csv`.
-pub const CSV_HEADER: &str = "epoch,step,loss,lr,val_pck,images_per_s,elapsed_s";
+pub(crate) const CSV_HEADER: &str = "epoch,step,loss,lr,val_pck,images_per_s,elapsed_s";
 
 impl LogRow {
     fn to_csv(&self) -> String {
@@ -193,7 +193,7 @@ impl Log {
 
 /// What a run validates with after each epoch: pose PCK ([`ValSet`]) or detector box AP
 /// ([`DetectValSet`]). The score lands in the log's `val_pck` column and the card's metrics.
-pub trait Validator {
+pub(crate) trait Validator {
     /// The score in [0, 1] of `graph` (`logits`: outputs are pre-sigmoid; `sigmoid`: they are
     /// probabilities already).
     fn score(&self, graph: &Graph, batch: usize, logits: bool, sigmoid: bool) -> Result<f64>;
@@ -236,7 +236,7 @@ impl Validator for DetectValSet {
 }
 
 /// Validation people with their (unaugmented) crops' images cached.
-pub struct ValSet {
+pub(crate) struct ValSet {
     /// The validation people.
     pub people: Vec<Annotation>,
     /// Crop and heatmap geometry of the network.
@@ -246,7 +246,7 @@ pub struct ValSet {
 
 impl ValSet {
     /// At most `limit` people, evenly spaced over `people` (those with a labelled joint).
-    pub fn new(people: Vec<Annotation>, shape: SampleShape, limit: Option<usize>) -> Self {
+    pub(crate) fn new(people: Vec<Annotation>, shape: SampleShape, limit: Option<usize>) -> Self {
         let people: Vec<Annotation> = people.into_iter().filter(|a| a.num_labelled() > 0).collect();
         let n = limit.unwrap_or(usize::MAX).min(people.len());
         let picked =
@@ -257,7 +257,7 @@ impl ValSet {
     /// PCK@0.2 (torso) of `graph` on the validation people: network on the evaluation crop, the
     /// last output decoded (DARK), keypoints mapped back to image pixels. `logits` says the
     /// outputs are pre-sigmoid (an RCE-trained graph); `sigmoid` that they are probabilities.
-    pub fn pck(&self, graph: &Graph, batch: usize, logits: bool, sigmoid: bool) -> Result<f64> {
+    pub(crate) fn pck(&self, graph: &Graph, batch: usize, logits: bool, sigmoid: bool) -> Result<f64> {
         let kind = if logits || sigmoid { HeatmapKind::Sigmoid } else { HeatmapKind::Linear };
         let dcfg = DecodeConfig::dark(kind, self.shape.sigma);
         let mut preds: Vec<Vec<[f32; 3]>> = Vec::with_capacity(self.people.len());
@@ -298,7 +298,7 @@ fn optim_path(ckpt: &Path) -> PathBuf {
 }
 
 /// The model configuration a run trains (with `--size`).
-pub fn model_config(a: &TrainConfig) -> Result<ModelConfig> {
+pub(crate) fn model_config(a: &TrainConfig) -> Result<ModelConfig> {
     let cfg = models::config(&a.model)?;
     Ok(match a.size {
         Some(s) => cfg.with_input([cfg.input[0], s, s]),
@@ -308,7 +308,7 @@ pub fn model_config(a: &TrainConfig) -> Result<ModelConfig> {
 
 /// Checks every argument before anything is built, loaded or written: a bad value should cost
 /// a second, not an epoch (or silently train something else than asked).
-pub fn validate(a: &TrainConfig) -> Result<()> {
+pub(crate) fn validate(a: &TrainConfig) -> Result<()> {
     let bad = |msg: String| Err(Error::Input(msg));
     let positive = |name: &str, v: f32| {
         if v.is_finite() && v > 0.0 {
