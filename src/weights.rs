@@ -3,7 +3,7 @@
 //! header's `__metadata__`.
 //!
 //! Tensor names are `<node name>.<parameter>` (see [`named_params`]), F32 as [`save`] writes
-//! them (F16 is read too, widened exactly: see [`f16`]), little-endian, row-major, with the
+//! them (F16 is read too, widened exactly: see [`half`]), little-endian, row-major, with the
 //! shapes the graph holds (conv weights `[cout, cin / groups, kh, kw]`,
 //! per-channel vectors `[c]`). The file is a plain safetensors file, so Python's
 //! `safetensors.torch.load_file` / `safe_open` read it as is.
@@ -33,7 +33,7 @@ use crate::graph::{param_name, Graph};
 use crate::models::ModelConfig;
 use crate::tensor::Tensor;
 
-pub mod f16;
+pub mod half;
 
 /// The input normalisation of ImageNet-pretrained backbones, in the card's notation.
 pub const IMAGENET_NORMALISATION: &str = "mean=0.485,0.456,0.406;std=0.229,0.224,0.225";
@@ -530,7 +530,7 @@ fn list(names: &[&str]) -> String {
 /// returns the file's model card.
 ///
 /// Every tensor the graph needs must be present with exactly the graph's shape, dtype F32 or F16
-/// (F16 is widened to f32 exactly, see [`f16`]; no other dtype is converted) and finite values, and the file may hold no other tensor (that means a
+/// (F16 is widened to f32 exactly, see [`half`]; no other dtype is converted) and finite values, and the file may hold no other tensor (that means a
 /// config mismatch). Problems with the file's content are [`Error::Format`] naming the tensor;
 /// an unreadable path (missing, a directory) is [`Error::Io`]. On error `graph` is unchanged.
 pub fn load_into(path: &Path, graph: &mut Graph) -> Result<ModelCard> {
@@ -597,7 +597,7 @@ pub fn load_bytes_into(bytes: &[u8], label: &str, graph: &mut Graph) -> Result<M
         // `parse` checked that the byte count is the element count times the dtype's width.
         let data: Vec<f32> = match view.dtype() {
             Dtype::F16 => {
-                view.data().chunks_exact(2).map(|c| f16::f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
+                view.data().chunks_exact(2).map(|c| half::f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
             }
             _ => view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         };

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors};
 use wgpose::models::{config, load_model_bytes};
-use wgpose::weights::f16::convert_bytes_to_f16;
+use wgpose::weights::half::convert_bytes_to_f16;
 
 /// crates.io refuses a `.crate` above 10 MB; a margin for the crate's sources and the tar format.
 const CRATES_IO_LIMIT: usize = 10_000_000;

@@ -9,7 +9,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use wgpose::graph::Graph;
 use wgpose::models::config;
 use wgpose::rng::Rng;
-use wgpose::weights::f16::{convert_bytes_to_f16, convert_file_to_f16, f16_bits_to_f32, f32_to_f16_bits};
+use wgpose::weights::half::{convert_bytes_to_f16, convert_file_to_f16, f16_bits_to_f32, f32_to_f16_bits};
 use wgpose::weights::{load_into, named_params, named_params_mut, read_card, save, ModelCard};
 use wgpose::Error;
 

@@ -487,7 +487,7 @@ fn f16_tensors_load_widened() {
                 }
             })
             .collect();
-        want.push(bits.iter().map(|&h| wgpose::weights::f16::f16_bits_to_f32(h)).collect());
+        want.push(bits.iter().map(|&h| wgpose::weights::half::f16_bits_to_f32(h)).collect());
         t.dtype = "F16";
         t.bytes = bits.iter().flat_map(|h| h.to_le_bytes()).collect();
     }
@@ -504,9 +504,9 @@ fn f16_tensors_load_widened() {
     for (h, v) in
         [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x7bff, 65504.0), (0x0001, 2f32.powi(-24)), (0x0400, 2f32.powi(-14))]
     {
-        assert_eq!(wgpose::weights::f16::f16_bits_to_f32(h), v, "bits {h:#06x}");
+        assert_eq!(wgpose::weights::half::f16_bits_to_f32(h), v, "bits {h:#06x}");
     }
-    assert_eq!(wgpose::weights::f16::f16_bits_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
+    assert_eq!(wgpose::weights::half::f16_bits_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
 }
 
 /// An F16 tensor whose bytes do not fit its shape (4 bytes per element, as if F32 data were

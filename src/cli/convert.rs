@@ -1,10 +1,10 @@
 //! `wgpose convert-weights --f16 IN OUT`: a weights file stored in half precision (see
-//! `wgpose::weights::f16` for the rule that keeps a tensor in F32).
+//! `wgpose::weights::half` for the rule that keeps a tensor in F32).
 
 use std::path::PathBuf;
 
 use clap::Args;
-use wgpose::weights::f16::convert_file_to_f16;
+use wgpose::weights::half::convert_file_to_f16;
 use wgpose::{Error, Result};
 
 #[derive(Args)]
