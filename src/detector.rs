@@ -68,7 +68,8 @@ impl PersonDetector {
         let (graph, weights, _) = load_model(config, weights, 0)?;
         if let WeightsSource::RandomInit { .. } = weights {
             return Err(Error::Input(format!(
-                "no weights for the person detector {} (expected {}); give a weights file or a box",
+                "no weights for the person detector {} (expected {}); give a weights file or a box, or build \
+                 wgpose with its `bundled-weights` feature",
                 config.name,
                 crate::models::shipped_weights_path(config.name).display()
             )));

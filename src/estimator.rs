@@ -178,7 +178,8 @@ impl Estimator {
         if matches!(weights, WeightsSource::RandomInit { .. }) && !opts.random_weights {
             return Err(Error::Input(format!(
                 "no trained weights for `{}`: none given and {} does not exist (pass a weights file, set \
-                 WGPOSE_MODELS to the folder that holds them, or set EstimatorOptions::random_weights for a \
+                 WGPOSE_MODELS to the folder that holds them, build wgpose with its `bundled-weights` feature \
+                 (default pose model, detector and hourglass), or set EstimatorOptions::random_weights for a \
                  seeded random initialisation, whose keypoints are meaningless)",
                 config.name,
                 crate::models::shipped_weights_path(config.name).display()

@@ -2,14 +2,15 @@
 //! [safetensors](https://huggingface.co/docs/safetensors) file, with a [`ModelCard`] in the
 //! header's `__metadata__`.
 //!
-//! Tensor names are `<node name>.<parameter>` (see [`named_params`]), all F32, little-endian,
-//! row-major, with the shapes the graph holds (conv weights `[cout, cin / groups, kh, kw]`,
+//! Tensor names are `<node name>.<parameter>` (see [`named_params`]), F32 as [`save`] writes
+//! them (F16 is read too, widened exactly: see [`half`]), little-endian, row-major, with the
+//! shapes the graph holds (conv weights `[cout, cin / groups, kh, kw]`,
 //! per-channel vectors `[c]`). The file is a plain safetensors file, so Python's
 //! `safetensors.torch.load_file` / `safe_open` read it as is.
 //!
 //! Saving is atomic (temporary file in the same directory, `fsync`, rename). Loading checks the
-//! whole file before touching the graph: every tensor the graph needs must be present, F32, of
-//! the exact shape, finite, and the file may hold nothing else; on any error the graph is left
+//! whole file before touching the graph: every tensor the graph needs must be present, F32 or
+//! F16, of the exact shape, finite, and the file may hold nothing else; on any error the graph is left
 //! as it was. No file content makes the reader panic.
 //!
 //! Save the graph in the form it was built (before [`optimize_for_inference`]): that is the form
@@ -31,6 +32,8 @@ use crate::error::{Error, Result};
 use crate::graph::{param_name, Graph};
 use crate::models::ModelConfig;
 use crate::tensor::Tensor;
+
+pub mod half;
 
 /// The input normalisation of ImageNet-pretrained backbones, in the card's notation.
 pub const IMAGENET_NORMALISATION: &str = "mean=0.485,0.456,0.406;std=0.229,0.224,0.225";
@@ -526,8 +529,8 @@ fn list(names: &[&str]) -> String {
 /// from the same configuration (and in the same form: unfused, or fused the same way), and
 /// returns the file's model card.
 ///
-/// Every tensor the graph needs must be present with exactly the graph's shape, dtype F32 (no
-/// conversion is done) and finite values, and the file may hold no other tensor (that means a
+/// Every tensor the graph needs must be present with exactly the graph's shape, dtype F32 or F16
+/// (F16 is widened to f32 exactly, see [`half`]; no other dtype is converted) and finite values, and the file may hold no other tensor (that means a
 /// config mismatch). Problems with the file's content are [`Error::Format`] naming the tensor;
 /// an unreadable path (missing, a directory) is [`Error::Io`]. On error `graph` is unchanged.
 pub fn load_into(path: &Path, graph: &mut Graph) -> Result<ModelCard> {
@@ -577,9 +580,10 @@ pub fn load_bytes_into(bytes: &[u8], label: &str, graph: &mut Graph) -> Result<M
     let mut staged: Vec<Vec<f32>> = Vec::with_capacity(params.len());
     for (name, t) in &params {
         let view = parsed.tensors.tensor(name).map_err(|e| fmt(format!("tensor `{name}`: {e}")))?;
-        if view.dtype() != Dtype::F32 {
+        if !matches!(view.dtype(), Dtype::F32 | Dtype::F16) {
             return Err(fmt(format!(
-                "tensor `{name}` has dtype {:?}; expected F32 (wgpose does not convert dtypes)",
+                "tensor `{name}` has dtype {:?}; expected F32 or F16 (wgpose widens F16 exactly and converts \
+                 no other dtype)",
                 view.dtype()
             )));
         }
@@ -590,8 +594,13 @@ pub fn load_bytes_into(bytes: &[u8], label: &str, graph: &mut Graph) -> Result<M
                 t.shape
             )));
         }
-        let data: Vec<f32> =
-            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        // `parse` checked that the byte count is the element count times the dtype's width.
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F16 => {
+                view.data().chunks_exact(2).map(|c| half::f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
+            }
+            _ => view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        };
         if data.len() != t.data.len() {
             return Err(fmt(format!("tensor `{name}` has {} values; the graph expects {}", data.len(), t.data.len())));
         }

@@ -442,22 +442,91 @@ fn shape_mismatch_names_tensor_and_both_shapes() {
     );
 }
 
+/// F16 is the one other dtype the loader reads (widened exactly, see `f16_tensors_load_widened`);
+/// every other dtype is refused by name, never converted.
 #[test]
 fn wrong_dtypes_are_named_not_converted() {
     let dir = TempDir::new("dtype");
     let g = small_graph();
-    for (dtype, width) in [("F16", 2), ("BF16", 2), ("F64", 8), ("I64", 8), ("I32", 4), ("U8", 1)] {
+    for (dtype, width) in [("BF16", 2), ("F64", 8), ("I64", 8), ("I32", 4), ("U8", 1)] {
         let mut raw = raw_of(&g);
         let numel = raw[0].bytes.len() / 4;
         raw[0].dtype = dtype;
         raw[0].bytes = vec![0; numel * width];
         let name = raw[0].name.clone();
-        expect_format(&dir, &format!("{dtype}.safetensors"), &encode(&raw, &BTreeMap::new()), &[&name, dtype, "F32"]);
+        expect_format(
+            &dir,
+            &format!("{dtype}.safetensors"),
+            &encode(&raw, &BTreeMap::new()),
+            &[&name, dtype, "F32 or F16"],
+        );
     }
     let mut raw = raw_of(&g);
     raw[0].dtype = "F17";
     let name = raw[0].name.clone();
     expect_format(&dir, "unknown-dtype.safetensors", &encode(&raw, &BTreeMap::new()), &[&name, "F17"]);
+}
+
+/// A file whose tensors are all F16 (bits drawn at random among the finite ones, so subnormals,
+/// zeros of both signs and the extremes occur) loads with exactly the widened values.
+#[test]
+fn f16_tensors_load_widened() {
+    let dir = TempDir::new("f16");
+    let g = small_graph();
+    let mut rng = Rng::new(16);
+    let mut raw = raw_of(&g);
+    let mut want: Vec<Vec<f32>> = Vec::new();
+    for t in &mut raw {
+        let numel = t.bytes.len() / 4;
+        let bits: Vec<u16> = (0..numel)
+            .map(|_| loop {
+                let h = rng.next_u64() as u16;
+                // Finite (exponent not all ones); variances non-negative (the loader refuses < 0).
+                if h & 0x7c00 != 0x7c00 && !(t.name.ends_with("running_var") && h & 0x8000 != 0) {
+                    break h;
+                }
+            })
+            .collect();
+        want.push(bits.iter().map(|&h| wgpose::weights::half::f16_bits_to_f32(h)).collect());
+        t.dtype = "F16";
+        t.bytes = bits.iter().flat_map(|h| h.to_le_bytes()).collect();
+    }
+    let p = dir.join("all-f16.safetensors");
+    std::fs::write(&p, encode(&raw, &BTreeMap::new())).unwrap();
+    let mut loaded = config("ldcrn-w16-lsp").unwrap().build(7).unwrap();
+    load_into(&p, &mut loaded).unwrap();
+    for ((name, t), w) in named_params(&loaded).into_iter().zip(&want) {
+        let same = t.data.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{name}: loaded values differ from the widened f16 values");
+    }
+    // Spot values whose f32 form is known by hand: 1, -2, the largest finite, the smallest
+    // subnormal (2^-24), the smallest normal (2^-14), -0.
+    for (h, v) in
+        [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x7bff, 65504.0), (0x0001, 2f32.powi(-24)), (0x0400, 2f32.powi(-14))]
+    {
+        assert_eq!(wgpose::weights::half::f16_bits_to_f32(h), v, "bits {h:#06x}");
+    }
+    assert_eq!(wgpose::weights::half::f16_bits_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
+}
+
+/// An F16 tensor whose bytes do not fit its shape (4 bytes per element, as if F32 data were
+/// labelled F16; or one byte short) is a format error naming the tensor, the dtype and the sizes.
+#[test]
+fn mislabelled_or_truncated_f16_is_named() {
+    let dir = TempDir::new("f16-bad");
+    let g = small_graph();
+    let mut raw = raw_of(&g);
+    raw[0].dtype = "F16";
+    let name = raw[0].name.clone();
+    let len = raw[0].bytes.len().to_string();
+    expect_format(&dir, "f32-labelled-f16.safetensors", &encode(&raw, &BTreeMap::new()), &[&name, "F16", &len]);
+    let numel = raw[0].bytes.len() / 4;
+    raw[0].bytes = vec![0; numel * 2 - 1];
+    let short = (numel * 2 - 1).to_string();
+    expect_format(&dir, "short-f16.safetensors", &encode(&raw, &BTreeMap::new()), &[&name, "F16", &short]);
+    // Non-finite F16 values are refused like non-finite F32 ones.
+    raw[0].bytes = [0x7c00u16].iter().cycle().take(numel).flat_map(|h| h.to_le_bytes()).collect();
+    expect_format(&dir, "inf-f16.safetensors", &encode(&raw, &BTreeMap::new()), &[&name, "inf"]);
 }
 
 #[test]

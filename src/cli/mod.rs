@@ -13,6 +13,7 @@ macro_rules! print {
 }
 
 mod bench;
+mod convert;
 mod eval;
 mod models;
 mod predict;
@@ -50,6 +51,8 @@ enum Command {
     Run(run::RunArgs),
     /// Writes a model as ONNX (opset 17) with its weights.
     Export(run::ExportArgs),
+    /// Rewrites a weights file in half precision (F16), keeping F32 where f16 would overflow or lose precision.
+    ConvertWeights(convert::ConvertArgs),
     /// Trains a model on the CPU (LSP-extended): checkpoints, CSV log, curve PNG, final weights.
     Train(wgpose::training::TrainConfig),
     /// Thousands of frames through the Estimator on each executor, resident memory at intervals.
@@ -143,6 +146,7 @@ pub fn main() -> Result<()> {
         Command::Predict(a) => predict::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Export(a) => run::export(a),
+        Command::ConvertWeights(a) => convert::run(a),
         Command::Train(a) => train::run(a),
         Command::Soak(a) => soak::run(a),
         Command::Info => {

@@ -1,5 +1,6 @@
 //! Getting a runnable graph for a named config: with given weights, the shipped weights of that
-//! config, or a seeded random initialisation; the caller is told which.
+//! config (from [`models_dir`], else compiled in by the `bundled-weights` feature), or a seeded
+//! random initialisation; the caller is told which.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,9 @@ pub enum WeightsSource {
     Shipped(PathBuf),
     /// A file handed over in memory (fetched from a URL in the browser), by its label.
     Bytes(String),
+    /// The f16 weights of this config compiled in by the `bundled-weights` feature (crate
+    /// `wgpose-weights`), by config name: used when [`models_dir`] has no file for it.
+    Bundled(String),
     /// No weights exist: seeded random initialisation, batch norms calibrated on a seeded random
     /// input (the network's output is meaningless).
     RandomInit { seed: u64 },
@@ -28,6 +32,7 @@ impl std::fmt::Display for WeightsSource {
             WeightsSource::File(p) => write!(f, "weights from {}", p.display()),
             WeightsSource::Shipped(p) => write!(f, "shipped weights {}", p.display()),
             WeightsSource::Bytes(label) => write!(f, "weights from {label}"),
+            WeightsSource::Bundled(name) => write!(f, "bundled f16 weights of {name} (crate wgpose-weights)"),
             WeightsSource::RandomInit { seed } => {
                 write!(f, "no trained weights for this config: random initialisation (seed {seed}, batch norms calibrated), outputs are meaningless")
             }
@@ -63,8 +68,23 @@ pub fn shipped_weights_path(name: &str) -> PathBuf {
     models_dir().join(format!("{name}.safetensors"))
 }
 
-/// Builds `cfg` and fills in weights: `weights` if given, else the shipped file if present, else
-/// a random initialisation from `seed`. Returns the card when weights were loaded.
+/// The f16 safetensors file of config `name` compiled in by the `bundled-weights` feature (crate
+/// `wgpose-weights`: the default pose model, the person detector and the hourglass), if this
+/// build has it; always `None` without the feature.
+pub fn bundled_weights(name: &str) -> Option<&'static [u8]> {
+    #[cfg(feature = "bundled-weights")]
+    return wgpose_weights::get(name);
+    #[cfg(not(feature = "bundled-weights"))]
+    {
+        let _ = name;
+        None
+    }
+}
+
+/// Builds `cfg` and fills in weights, looking in this order: `weights` if given, else the shipped
+/// file [`shipped_weights_path`] (in `$WGPOSE_MODELS`, else the source tree's `models/`) if
+/// present, else the [`bundled_weights`] of the config, else a random initialisation from `seed`.
+/// Returns the card when weights were loaded.
 pub fn load_model(
     cfg: &ModelConfig,
     weights: Option<&Path>,
@@ -77,14 +97,21 @@ pub fn load_model(
             let p = shipped_weights_path(cfg.name);
             if p.is_file() {
                 (WeightsSource::Shipped(p.clone()), Some(p))
+            } else if bundled_weights(cfg.name).is_some() {
+                (WeightsSource::Bundled(cfg.name.to_string()), None)
             } else {
                 (WeightsSource::RandomInit { seed }, None)
             }
         }
     };
-    let card = match path {
-        Some(p) => Some(load_into(&p, &mut graph)?),
-        None => {
+    let bundled = match &source {
+        WeightsSource::Bundled(name) => bundled_weights(name),
+        _ => None,
+    };
+    let card = match (path, bundled) {
+        (Some(p), _) => Some(load_into(&p, &mut graph)?),
+        (None, Some(bytes)) => Some(load_bytes_into(bytes, &format!("bundled weights of {}", cfg.name), &mut graph)?),
+        (None, None) => {
             let [c, h, w] = cfg.input;
             let mut rng = crate::rng::Rng::new(seed ^ 0xCA11);
             let x = crate::Tensor::new(vec![2, c, h, w], rng.vec(2 * c * h * w, -1.0, 1.0))?;
