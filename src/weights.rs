@@ -100,12 +100,16 @@ pub struct ModelCard {
     pub family: String,
     /// `[c, h, w]` of the input the network was trained on.
     pub input: Option<[usize; 3]>,
+    /// Number of keypoints (heatmap channels) the network outputs.
     pub joints: Option<usize>,
     /// Joint order and meaning, e.g. `lsp14`, `mpii16`, `coco17`.
     pub joint_format: String,
     /// How pixels are normalised before the network (see [`IMAGENET_NORMALISATION`]).
     pub normalisation: String,
+    /// What the weights were trained on: dataset, image range, crops, recipe (free text).
     pub training_data: String,
+    /// Completed epochs of the `wgpose train` run that wrote the file (a warm-started run counts
+    /// its own; the cumulative crop count is in `extra["train_crops_total"]`).
     pub epochs: Option<usize>,
     /// Training wall time in seconds.
     pub wall_time_s: Option<f64>,

@@ -23,7 +23,10 @@ pub enum WeightsSource {
     Bundled(String),
     /// No weights exist: seeded random initialisation, batch norms calibrated on a seeded random
     /// input (the network's output is meaningless).
-    RandomInit { seed: u64 },
+    RandomInit {
+        /// The seed of the initialisation and of the calibration input.
+        seed: u64,
+    },
 }
 
 impl std::fmt::Display for WeightsSource {
