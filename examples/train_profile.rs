@@ -5,6 +5,11 @@
 //! weights, its final sigmoid stripped (RCE) or not (MSE), a random batch, batch norms in
 //! training mode. One warm-up step and 3 timed ones; prints the forward and backward time per
 //! operator kind and the slowest nodes. `RAYON_NUM_THREADS` sets the threads.
+//!
+//! The `wgpose` binary keeps freed memory in the process (`src/main.rs`, `keep_freed_memory`);
+//! this example does not, so on glibc its large tensors page-fault on every step. For the
+//! CLI's behaviour run it with
+//! `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647`.
 
 use std::collections::BTreeMap;
 

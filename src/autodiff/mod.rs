@@ -247,7 +247,9 @@ fn forward_train_timed(
     Ok(Tape { values, bn, argmax, running, mode: bn_mode })
 }
 
-/// Per-channel mean and biased variance over batch and space (two passes, f64 across blocks).
+/// Per-channel mean and biased variance over batch and space, in one pass: f64 sums of `v - s`
+/// and `(v - s)^2`, shifted by the channel's first value `s` so that the variance does not
+/// cancel when the mean is large against the spread.
 fn batch_stats(x: &Tensor) -> (Vec<f32>, Vec<f32>) {
     let [n, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
     let hw = h * w;
@@ -255,12 +257,20 @@ fn batch_stats(x: &Tensor) -> (Vec<f32>, Vec<f32>) {
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let planes = || (0..n).map(move |b| &x.data[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
-            let mean = planes().map(|p| backward::lane_sums2(p, p, |v, _| (v, 0.0)).0).sum::<f64>() / m;
-            let mf = mean as f32;
-            let var =
-                planes().map(|p| backward::lane_sums2(p, p, |v, _| ((v - mf) * (v - mf), 0.0)).0).sum::<f64>() / m;
-            (mean as f32, var as f32)
+            let shift = x.data[ch * hw];
+            let (s1, s2) = (0..n).fold((0.0f64, 0.0f64), |(a, b), item| {
+                let p = &x.data[(item * c + ch) * hw..(item * c + ch + 1) * hw];
+                let (da, db) = backward::lane_sums2(p, p, |v, _| {
+                    let d = v - shift;
+                    (d, d * d)
+                });
+                (a + da, b + db)
+            });
+            let d = s1 / m;
+            // Rounding can leave a tiny negative; NaN stays NaN (`f64::max` would turn it into 0).
+            let var = s2 / m - d * d;
+            let var = if var < 0.0 { 0.0 } else { var };
+            ((shift as f64 + d) as f32, var as f32)
         })
         .unzip()
 }
