@@ -7,33 +7,15 @@ use std::process::{Command, Output, Stdio};
 use wgpose::models::config;
 use wgpose::weights::{named_params_mut, save, ModelCard};
 
+mod common;
+use common::TempDir;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn sample() -> PathBuf {
     root().join("assets/sample.jpg")
-}
-
-/// A scratch folder removed at the end of the test.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("wgpose-cli15-{tag}-{}", std::process::id()));
-        std::fs::remove_dir_all(&d).ok();
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-    fn join(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
 }
 
 fn wgpose(args: &[&str]) -> Output {
@@ -126,7 +108,7 @@ fn with_comment_holding_eoi(bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_truncated_jpeg_with_eoi_bytes_in_a_comment_is_refused() {
-    let d = Scratch::new("trunc");
+    let d = TempDir::new("trunc");
     let bytes = with_comment_holding_eoi(&std::fs::read(sample()).unwrap());
     // The whole file is within 4 KiB of the comment: the old tail check saw FF D9 and accepted it.
     let cut = &bytes[..3000];
@@ -144,7 +126,7 @@ fn a_truncated_jpeg_with_eoi_bytes_in_a_comment_is_refused() {
 
 #[test]
 fn a_jpeg_followed_by_more_than_4_kib_of_data_loads_like_the_plain_file() {
-    let d = Scratch::new("motion");
+    let d = TempDir::new("motion");
     let mut bytes = std::fs::read(sample()).unwrap();
     // A motion photo: the video follows the JPEG's end-of-image marker.
     let mut rng = wgpose::rng::Rng::new(3);
@@ -159,7 +141,7 @@ fn a_jpeg_followed_by_more_than_4_kib_of_data_loads_like_the_plain_file() {
 
 #[test]
 fn eval_skips_a_damaged_jpeg_instead_of_scoring_it() {
-    let d = Scratch::new("evaljpeg");
+    let d = TempDir::new("evaljpeg");
     let lsp = root().join("tests/fixtures/lspet");
     std::fs::create_dir_all(d.join("images")).unwrap();
     std::fs::copy(lsp.join("joints.mat"), d.join("joints.mat")).unwrap();
@@ -168,7 +150,7 @@ fn eval_skips_a_damaged_jpeg_instead_of_scoring_it() {
     }
     let bytes = with_comment_holding_eoi(&std::fs::read(lsp.join("images/im00001.jpg")).unwrap());
     std::fs::write(d.join("images/im00001.jpg"), &bytes[..bytes.len() * 2 / 3]).unwrap();
-    let o = wgpose(&["eval", "--format", "lsp", "--root", s(&d.0), "--range", "1..3", "--device", "cpu"]);
+    let o = wgpose(&["eval", "--format", "lsp", "--root", s(d.path()), "--range", "1..3", "--device", "cpu"]);
     assert_ok(&o);
     let err = stderr(&o);
     assert!(err.contains("skipped") && err.contains("truncated JPEG"), "{err}");
@@ -179,7 +161,7 @@ fn eval_skips_a_damaged_jpeg_instead_of_scoring_it() {
 
 #[test]
 fn absurd_boxes_are_refused_the_same_way_on_both_executors() {
-    let d = Scratch::new("bbox");
+    let d = TempDir::new("bbox");
     let mut devices = vec!["cpu"];
     if have_gpu() {
         devices.push("gpu");
@@ -221,7 +203,7 @@ fn train_cmd<'a>(out: &'a str, root: &'a str, extra: &[&'a str]) -> Vec<&'a str>
 
 #[test]
 fn train_refuses_bad_arguments_before_the_first_step() {
-    let d = Scratch::new("trainargs");
+    let d = TempDir::new("trainargs");
     let fixtures = root().join("tests/fixtures/lspet");
     let out = d.join("run");
     let cases: &[(&[&str], &str)] = &[
@@ -250,7 +232,7 @@ fn train_refuses_bad_arguments_before_the_first_step() {
 
 #[test]
 fn train_does_not_overwrite_a_run_unless_forced() {
-    let d = Scratch::new("trainforce");
+    let d = TempDir::new("trainforce");
     let fixtures = root().join("tests/fixtures/lspet");
     let out = d.join("run");
     std::fs::create_dir_all(&out).unwrap();
@@ -267,7 +249,7 @@ fn train_does_not_overwrite_a_run_unless_forced() {
 
 #[test]
 fn predict_keeps_every_result_and_fails_when_one_input_failed() {
-    let d = Scratch::new("many");
+    let d = TempDir::new("many");
     std::fs::create_dir_all(d.join("a")).unwrap();
     std::fs::create_dir_all(d.join("b")).unwrap();
     std::fs::copy(sample(), d.join("a/x.jpg")).unwrap();
@@ -296,7 +278,7 @@ fn predict_keeps_every_result_and_fails_when_one_input_failed() {
 
 #[test]
 fn weights_with_a_negative_running_variance_are_refused() {
-    let d = Scratch::new("negvar");
+    let d = TempDir::new("negvar");
     let cfg = config("sghg-1x64-lsp").unwrap();
     let mut g = cfg.build(1).unwrap();
     let mut hit = None;
@@ -316,7 +298,7 @@ fn weights_with_a_negative_running_variance_are_refused() {
 
 // 7. COCO evaluation.
 
-fn coco_case(d: &Scratch, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+fn coco_case(d: &TempDir, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
     let dir = d.join(tag);
     std::fs::create_dir_all(&dir).unwrap();
     let src = root().join("tests/fixtures/coco");
@@ -330,7 +312,7 @@ fn coco_case(d: &Scratch, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) 
 
 #[test]
 fn coco_evaluation_names_what_is_wrong_with_the_annotations() {
-    let d = Scratch::new("coco");
+    let d = TempDir::new("coco");
     let eval = |dir: &Path, model: &str| {
         wgpose(&["eval", "--format", "coco", "--root", s(dir), "--model", model, "--device", "cpu", "--limit", "1"])
     };
@@ -362,7 +344,7 @@ fn coco_evaluation_names_what_is_wrong_with_the_annotations() {
 
 #[test]
 fn image_errors_name_the_file_once_and_say_what_the_file_is() {
-    let d = Scratch::new("names");
+    let d = TempDir::new("names");
     std::fs::write(d.join("empty.jpg"), b"").unwrap();
     std::fs::write(d.join("text.jpg"), b"hello, I am a text file").unwrap();
     for (f, why) in [("empty.jpg", "empty file"), ("text.jpg", "not a JPEG or PNG image")] {
@@ -377,7 +359,7 @@ fn image_errors_name_the_file_once_and_say_what_the_file_is() {
 
 #[test]
 fn model_arguments_that_are_not_models_are_explained() {
-    let d = Scratch::new("models");
+    let d = TempDir::new("models");
     // Weights without metadata: a valid safetensors file with no model card.
     let t = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4]).unwrap();
     let bytes = safetensors::serialize([("x", t)], None).unwrap();
@@ -385,15 +367,15 @@ fn model_arguments_that_are_not_models_are_explained() {
     let o = wgpose(&["predict", s(&sample()), "--model", s(&d.join("bare.safetensors")), "--device", "cpu"]);
     assert_fails_with(&o, &["no model card"]);
     assert!(!stderr(&o).contains("unknown model ``"));
-    let o = wgpose(&["predict", s(&sample()), "--model", s(&d.0), "--device", "cpu"]);
+    let o = wgpose(&["predict", s(&sample()), "--model", s(d.path()), "--device", "cpu"]);
     assert_fails_with(&o, &["is a directory"]);
 }
 
 #[test]
 fn predict_options_are_checked_before_inference() {
-    let d = Scratch::new("opts");
+    let d = TempDir::new("opts");
     // --overlay naming a directory for one image fails before the model is even loaded.
-    let o = wgpose(&["predict", s(&sample()), "--overlay", s(&d.0), "--device", "cpu"]);
+    let o = wgpose(&["predict", s(&sample()), "--overlay", s(d.path()), "--device", "cpu"]);
     assert_fails_with(&o, &["--overlay", "is a directory"]);
     assert!(!stderr(&o).contains("model "), "{}", stderr(&o));
     for t in ["NaN", "-1", "inf", "1.5"] {
@@ -408,7 +390,7 @@ fn predict_options_are_checked_before_inference() {
 
 #[test]
 fn keypoints_stay_inside_a_very_thin_image() {
-    let d = Scratch::new("thin");
+    let d = TempDir::new("thin");
     let img = image::RgbImage::from_fn(5000, 3, |x, y| image::Rgb([(x % 251) as u8, (y * 80) as u8, 128]));
     img.save(d.join("thin.png")).unwrap();
     let json = d.join("thin.json");

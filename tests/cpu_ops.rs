@@ -15,6 +15,19 @@ use wgpose::{Error, Tensor};
 
 const TOL: f32 = 1e-4;
 
+/// Max-pool geometries (kernel, stride, padding) the pool tests cover: square and not, stride
+/// below, equal to and above the kernel, with and without padding.
+const POOLS: [([usize; 2], [usize; 2], [usize; 2]); 8] = [
+    ([2, 2], [2, 2], [0, 0]),
+    ([3, 3], [2, 2], [1, 1]),
+    ([3, 3], [1, 1], [1, 1]),
+    ([1, 1], [1, 1], [0, 0]),
+    ([3, 2], [1, 2], [1, 0]),
+    ([5, 5], [3, 3], [2, 2]),
+    ([2, 3], [2, 1], [1, 1]),
+    ([2, 2], [3, 3], [1, 0]),
+];
+
 fn rand_tensor(rng: &mut Rng, shape: &[usize]) -> Tensor {
     let n = shape.iter().product();
     Tensor::new(shape.to_vec(), rng.vec(n, -1.0, 1.0)).unwrap()
@@ -266,102 +279,12 @@ fn pooling_and_resampling_match_reference() {
             check_op(&format!("upsample_nearest x{f} {s:?}"), &Op::UpsampleNearest { factor: f }, &[&x]);
             check_op(&format!("upsample_bilinear x{f} {s:?}"), &Op::UpsampleBilinear { factor: f }, &[&x]);
         }
-        let pools = [
-            ([2, 2], [2, 2], [0, 0]),
-            ([3, 3], [2, 2], [1, 1]),
-            ([3, 3], [1, 1], [1, 1]),
-            ([1, 1], [1, 1], [0, 0]),
-            ([3, 2], [1, 2], [1, 0]),
-            ([5, 5], [3, 3], [2, 2]),
-            ([2, 3], [2, 1], [1, 1]),
-        ];
-        for (kernel, stride, padding) in pools {
+        for (kernel, stride, padding) in POOLS {
             if s[2] + 2 * padding[0] < kernel[0] || s[3] + 2 * padding[1] < kernel[1] {
                 continue;
             }
             let op = Op::MaxPool { kernel, stride, padding };
             check_op(&format!("max_pool {kernel:?} {stride:?} {padding:?} {s:?}"), &op, &[&x]);
-        }
-    }
-}
-
-/// The first maximum of each window in window order (rows, then columns), the first NaN if
-/// there is one; padded positions never win. Returns (value, flat in-plane index).
-fn pool_by_definition(
-    plane: &[f32],
-    [h, w]: [usize; 2],
-    k: [usize; 2],
-    s: [usize; 2],
-    p: [usize; 2],
-    [oy, ox]: [usize; 2],
-) -> (f32, usize) {
-    let mut best: Option<(f32, usize)> = None;
-    for ky in 0..k[0] {
-        for kx in 0..k[1] {
-            let (iy, ix) = ((oy * s[0] + ky) as isize - p[0] as isize, (ox * s[1] + kx) as isize - p[1] as isize);
-            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                continue;
-            }
-            let i = iy as usize * w + ix as usize;
-            let v = plane[i];
-            best = match best {
-                None => Some((v, i)),
-                Some((m, _)) if v > m || (v.is_nan() && !m.is_nan()) => Some((v, i)),
-                keep => keep,
-            };
-        }
-    }
-    best.expect("every window holds an input element")
-}
-
-#[test]
-fn max_pool_with_indices_matches_definition() {
-    let mut rng = Rng::new(17);
-    let pools = [
-        ([2, 2], [2, 2], [0, 0]),
-        ([3, 3], [2, 2], [1, 1]),
-        ([3, 3], [1, 1], [1, 1]),
-        ([3, 2], [1, 2], [1, 0]),
-        ([5, 5], [3, 3], [2, 2]),
-        ([2, 3], [2, 1], [1, 1]),
-        ([2, 2], [3, 3], [1, 0]),
-    ];
-    for shape in [[2, 3, 7, 9], [1, 2, 8, 8], [1, 1, 5, 13], [3, 1, 11, 6]] {
-        let [n, c, h, w] = shape;
-        // Few distinct values (ties everywhere), -inf, and one plane with NaNs.
-        let mut data: Vec<f32> = (0..n * c * h * w).map(|_| (rng.below(5) as f32) - 2.0).collect();
-        data[3] = f32::NEG_INFINITY;
-        let last = (n * c - 1) * h * w;
-        data[last + 4] = f32::NAN;
-        data[last + 5] = f32::NAN;
-        let x = Tensor::new(shape.to_vec(), data).unwrap();
-        for (kernel, stride, padding) in pools {
-            let (ph, pw) = (h + 2 * padding[0], w + 2 * padding[1]);
-            if ph < kernel[0] || pw < kernel[1] || 2 * padding[0] > kernel[0] || 2 * padding[1] > kernel[1] {
-                continue;
-            }
-            let (oh, ow) = ((ph - kernel[0]) / stride[0] + 1, (pw - kernel[1]) / stride[1] + 1);
-            let out = [n, c, oh, ow];
-            let plain = wgpose::cpu::pool::max_pool(&x, kernel, stride, padding, out);
-            let (y, idx) = wgpose::cpu::pool::max_pool_with_argmax(&x, kernel, stride, padding, out);
-            let what = format!("{shape:?} pool {kernel:?}/{stride:?} pad {padding:?}");
-            for plane in 0..n * c {
-                let src = &x.data[plane * h * w..(plane + 1) * h * w];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let o = plane * oh * ow + oy * ow + ox;
-                        let (v, i) = pool_by_definition(src, [h, w], kernel, stride, padding, [oy, ox]);
-                        let same = |a: f32| a == v || (a.is_nan() && v.is_nan());
-                        assert!(
-                            same(y.data[o]) && same(plain.data[o]),
-                            "{what}: value at {o}: {} / {} vs {v}",
-                            y.data[o],
-                            plain.data[o]
-                        );
-                        assert_eq!(idx[o] as usize, i, "{what}: index at plane {plane} ({oy}, {ox})");
-                    }
-                }
-            }
         }
     }
 }

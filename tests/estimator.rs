@@ -229,22 +229,14 @@ fn front_door_applies_the_picture_scale_and_auto_boxes() {
 fn device_choice_is_reported() {
     use wgpose::Device;
     let cfg = small_model();
-    let cpu = Estimator::with_options(
-        &cfg,
-        None,
-        Device::Cpu,
-        EstimatorOptions { random_weights: true, ..Default::default() },
-    )
-    .unwrap();
+    let open = |device| {
+        Estimator::with_options(&cfg, None, device, EstimatorOptions { random_weights: true, ..Default::default() })
+            .unwrap()
+    };
+    let cpu = open(Device::Cpu);
     assert!(!cpu.on_gpu() && !cpu.device_choice().gpu);
     assert!(cpu.device_choice().to_string().contains("CPU"), "{}", cpu.device_choice());
-    let auto = Estimator::with_options(
-        &cfg,
-        None,
-        Device::Auto,
-        EstimatorOptions { random_weights: true, ..Default::default() },
-    )
-    .unwrap();
+    let auto = open(Device::Auto);
     assert_eq!(auto.on_gpu(), auto.device_choice().gpu);
     eprintln!("Device::Auto here: {}", auto.device_choice());
     let Some(ctx) = common::gpu() else { return };

@@ -3,7 +3,6 @@
 //! trips on a small model, including the tensors the rule keeps in F32.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use wgpose::graph::Graph;
@@ -13,26 +12,8 @@ use wgpose::weights::half::{convert_bytes_to_f16, convert_file_to_f16, f16_bits_
 use wgpose::weights::{load_into, named_params, named_params_mut, read_card, save, ModelCard};
 use wgpose::Error;
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("wgpose-f16-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn join(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 /// Every finite f16 widens to an f32 that narrows back to the same bits (so widening is exact
 /// and narrowing returns representable values unchanged); infinities and NaN keep their class.

@@ -2,7 +2,7 @@
 //! every way a file can be wrong, and no panic on corrupted files.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use wgpose::graph::passes::optimize_for_inference;
 use wgpose::graph::Graph;
@@ -11,28 +11,10 @@ use wgpose::rng::Rng;
 use wgpose::weights::{load_into, named_params, named_params_mut, read_card, save, ModelCard};
 use wgpose::{Error, Tensor};
 
+mod common;
+use common::TempDir;
+
 const SMALL: [&str; 3] = ["sghg-1x64-lsp", "fasterpose-r18-s16-lsp", "ldcrn-w16-lsp"];
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("wgpose-weights-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn join(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Every parameter and statistic drawn at random, so no tensor keeps its initial value
 /// (batch norms start as identities, which would hide a statistic that is not saved).
@@ -635,14 +617,14 @@ fn corrupted_and_truncated_files_are_format_errors() {
 fn unreadable_paths_are_io_errors() {
     let dir = TempDir::new("io");
     let mut g = small_graph();
-    match load_into(&dir.0, &mut g) {
+    match load_into(dir.path(), &mut g) {
         Err(Error::Io { path, source }) => {
-            assert!(path.contains("wgpose-weights-io"));
+            assert!(path.contains("wgpose-test-io"));
             assert_eq!(source.kind(), std::io::ErrorKind::IsADirectory);
         }
         other => panic!("expected an Io error for a directory, got {other:?}"),
     }
-    assert!(matches!(read_card(&dir.0), Err(Error::Io { .. })));
+    assert!(matches!(read_card(dir.path()), Err(Error::Io { .. })));
     let missing = dir.join("nope.safetensors");
     match load_into(&missing, &mut g) {
         Err(Error::Io { path, source }) => {
@@ -652,7 +634,7 @@ fn unreadable_paths_are_io_errors() {
         other => panic!("expected an Io error for a missing file, got {other:?}"),
     }
     // Saving onto a directory, or into a directory that does not exist.
-    assert!(matches!(save(&dir.0, &g, &ModelCard::default()), Err(Error::Io { .. })));
+    assert!(matches!(save(dir.path(), &g, &ModelCard::default()), Err(Error::Io { .. })));
     let p = dir.join("no/such/dir/w.safetensors");
     match save(&p, &g, &ModelCard::default()) {
         Err(Error::Io { path, .. }) => assert!(path.contains("w.safetensors")),
@@ -675,7 +657,7 @@ fn save_is_atomic_and_overwrites() {
     assert_eq!(g2, g);
     // No temporary file is left behind.
     let names: Vec<String> =
-        std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["w.safetensors".to_string()]);
     // A relative path without a directory part works too.
     let cwd_file = Path::new("wgpose-weights-relative-test.safetensors");

@@ -481,8 +481,9 @@ pub fn channel_affine_backward(
     (like(x, dx), dscale, dshift)
 }
 
-/// Max pool backward: each output gradient goes to the input element that won (`argmax`, from
-/// [`crate::cpu::pool::max_pool_with_argmax`]); every other input gets zero.
+/// Max pool backward: each output gradient goes to the input element that won (`argmax`, the
+/// flat in-plane indices [`forward_train`](super::forward_train) keeps in `Tape::argmax`);
+/// every other input gets zero.
 pub fn max_pool_backward(x: &Tensor, dy: &Tensor, argmax: &[u32]) -> Tensor {
     let [_, _, h, w] = dims(x);
     let [_, _, oh, ow] = dims(dy);

@@ -182,52 +182,57 @@ fn forward_train_timed(
     for (id, node) in graph.nodes.iter().enumerate() {
         let args: Vec<&Tensor> = node.inputs.iter().map(|&i| &values[i]).collect();
         let start = times.is_some().then(Instant::now);
-        let v = match &node.op {
-            Op::Input { .. } => inputs[prepared.input_index[id]].clone(),
-            Op::Activation(_) if ready[id].is_some() => ready[id].take().unwrap_or_default(),
-            Op::BatchNorm(b) => {
-                let x = args[0];
-                let c = b.gamma.numel();
-                let (mean, var) = if bn_mode == BnMode::Train {
-                    let (mean, var) = batch_stats(x);
-                    let m = (x.numel() / c) as f32;
-                    let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
-                    let rm = (0..c).map(|i| (1.0 - BN_MOMENTUM) * b.mean.data[i] + BN_MOMENTUM * mean[i]).collect();
-                    let rv =
-                        (0..c).map(|i| (1.0 - BN_MOMENTUM) * b.var.data[i] + BN_MOMENTUM * var[i] * unbiased).collect();
-                    running.push(RunningUpdate {
-                        node: id,
-                        mean: Tensor { shape: vec![c], data: rm },
-                        var: Tensor { shape: vec![c], data: rv },
-                    });
-                    (mean, var)
-                } else {
-                    (b.mean.data.clone(), b.var.data.clone())
-                };
-                let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + b.eps).sqrt()).collect();
-                let scale: Vec<f32> = (0..c).map(|i| b.gamma.data[i] * inv_std[i]).collect();
-                let shift: Vec<f32> = (0..c).map(|i| b.beta.data[i] - mean[i] * scale[i]).collect();
-                // The executor's batch-norm kernel is this channel affine.
-                let op = Op::ChannelAffine {
-                    scale: Tensor { shape: vec![c], data: scale },
-                    shift: Tensor { shape: vec![c], data: shift },
-                    act: fused[id].map_or(Act::None, |(_, act)| act),
-                };
-                let y = cpu::eval_op(&node.name, &op, &args)?;
-                bn[id] = Some(BnStats { mean, inv_std, batch: bn_mode == BnMode::Train });
-                y
-            }
-            Op::MaxPool { kernel, stride, padding } => {
-                let (y, am) = cpu::pool::max_pool_with_argmax(args[0], *kernel, *stride, *padding, prepared.shapes[id]);
-                argmax[id] = Some(am);
-                y
-            }
-            op => {
-                let mut y = cpu::eval_op(&node.name, op, &args)?;
-                if let Some((_, act)) = fused[id] {
-                    y.data.par_chunks_mut(1 << 14).for_each(|d| cpu::ops::act_in_place(d, act));
+        let v = if let Some(fused_output) = ready[id].take() {
+            fused_output
+        } else {
+            match &node.op {
+                Op::Input { .. } => inputs[prepared.input_index[id]].clone(),
+                Op::BatchNorm(b) => {
+                    let x = args[0];
+                    let c = b.gamma.numel();
+                    let (mean, var) = if bn_mode == BnMode::Train {
+                        let (mean, var) = batch_stats(x);
+                        let m = (x.numel() / c) as f32;
+                        let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+                        let rm = (0..c).map(|i| (1.0 - BN_MOMENTUM) * b.mean.data[i] + BN_MOMENTUM * mean[i]).collect();
+                        let rv = (0..c)
+                            .map(|i| (1.0 - BN_MOMENTUM) * b.var.data[i] + BN_MOMENTUM * var[i] * unbiased)
+                            .collect();
+                        running.push(RunningUpdate {
+                            node: id,
+                            mean: Tensor { shape: vec![c], data: rm },
+                            var: Tensor { shape: vec![c], data: rv },
+                        });
+                        (mean, var)
+                    } else {
+                        (b.mean.data.clone(), b.var.data.clone())
+                    };
+                    let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + b.eps).sqrt()).collect();
+                    let scale: Vec<f32> = (0..c).map(|i| b.gamma.data[i] * inv_std[i]).collect();
+                    let shift: Vec<f32> = (0..c).map(|i| b.beta.data[i] - mean[i] * scale[i]).collect();
+                    // The executor's batch-norm kernel is this channel affine.
+                    let op = Op::ChannelAffine {
+                        scale: Tensor { shape: vec![c], data: scale },
+                        shift: Tensor { shape: vec![c], data: shift },
+                        act: fused[id].map_or(Act::None, |(_, act)| act),
+                    };
+                    let y = cpu::eval_op(&node.name, &op, &args)?;
+                    bn[id] = Some(BnStats { mean, inv_std, batch: bn_mode == BnMode::Train });
+                    y
                 }
-                y
+                Op::MaxPool { kernel, stride, padding } => {
+                    let (y, am) =
+                        cpu::pool::max_pool_with_argmax(args[0], *kernel, *stride, *padding, prepared.shapes[id]);
+                    argmax[id] = Some(am);
+                    y
+                }
+                op => {
+                    let mut y = cpu::eval_op(&node.name, op, &args)?;
+                    if let Some((_, act)) = fused[id] {
+                        y.data.par_chunks_mut(1 << 14).for_each(|d| cpu::ops::act_in_place(d, act));
+                    }
+                    y
+                }
             }
         };
         // A fused node keeps only its shape; the activation's entry holds the result.

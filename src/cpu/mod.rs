@@ -15,7 +15,7 @@
 pub(crate) mod conv;
 pub mod gemm;
 pub(crate) mod ops;
-pub mod pool;
+pub(crate) mod pool;
 pub mod reference;
 
 use std::borrow::Cow;

@@ -4,10 +4,10 @@
 //! A window's maximum is separable: each input row is first reduced over the window's columns
 //! (`kw` taps per output column), then each output is the maximum of `kh` such row results.
 //! Strided taps are made contiguous by splitting each input row into its `stride` phases
-//! (`row[j * stride + r]`), so both passes are plain loops over output columns that LLVM
-//! vectorises (`max`/compare-select), instead of `kh * kw` strided scalar comparisons per
-//! output, whose branches mispredict half the time on real activations. The compare-selects
-//! are `select_unpredictable`: as plain `if`s LLVM compiled the indexed ones into branches.
+//! (`row[j * stride + r]`), so both passes are plain loops over output columns with
+//! branch-free compare-selects (`select_unpredictable`: as plain `if`s LLVM compiled the
+//! indexed ones into branches, which mispredict half the time on real activations), instead of
+//! `kh * kw` strided comparisons per output.
 //!
 //! Semantics (PyTorch's): padded positions never win; the winner is the first maximum in window
 //! order (rows, then columns); NaN propagates, and its index is the window's first NaN. A plane
@@ -33,23 +33,13 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// Input rows `[lo, hi)` of output row `oy`'s window, clipped to the input (never empty:
-    /// shape inference allows a padding of at most half the kernel).
-    fn rows(&self, oy: usize) -> (usize, usize) {
-        let start = oy * self.stride[0];
-        (
-            (start.max(self.padding[0]) - self.padding[0]).min(self.h),
-            (start + self.kernel[0] - self.padding[0]).min(self.h),
-        )
-    }
-
-    /// The same for output column `ox`.
-    fn cols(&self, ox: usize) -> (usize, usize) {
-        let start = ox * self.stride[1];
-        (
-            (start.max(self.padding[1]) - self.padding[1]).min(self.w),
-            (start + self.kernel[1] - self.padding[1]).min(self.w),
-        )
+    /// Input positions `[lo, hi)` along `axis` (0: rows, 1: columns) of output position `o`'s
+    /// window, clipped to the input (never empty: shape inference allows a padding of at most
+    /// half the kernel).
+    fn window(&self, axis: usize, o: usize) -> (usize, usize) {
+        let (len, pad) = ([self.h, self.w][axis], self.padding[axis]);
+        let start = o * self.stride[axis];
+        (start.saturating_sub(pad).min(len), (start + self.kernel[axis] - pad).min(len))
     }
 }
 
@@ -82,8 +72,8 @@ impl Plan {
             .collect();
         Plan {
             taps,
-            first_col: (0..g.ow).map(|ox| g.cols(ox).0).collect(),
-            rows: (0..g.oh).map(|oy| g.rows(oy)).collect(),
+            first_col: (0..g.ow).map(|ox| g.window(1, ox).0).collect(),
+            rows: (0..g.oh).map(|oy| g.window(0, oy)).collect(),
             phase_len,
         }
     }
@@ -94,66 +84,69 @@ impl Plan {
 struct Scratch {
     phases: Vec<f32>,
     row_max: Vec<f32>,
-    /// Winning input columns as f32 (exact below 2^24): selects between two f32 vectors
-    /// vectorise where f32/u32 mixes did not.
-    row_arg: Vec<f32>,
-    /// The output row's winning flat indices, as f32.
-    out_arg: Vec<f32>,
+    /// The winning input column of each `row_max` value.
+    row_arg: Vec<u32>,
 }
 
-/// Max pooling of `x` into shape `out`.
-pub fn max_pool(x: &Tensor, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], out: [usize; 4]) -> Tensor {
-    pool(x, kernel, stride, padding, out, false).0
-}
-
-/// Max pooling of `x` into shape `out` and, for each output element, the flat in-plane index
-/// (`iy * w + ix`) of the input element that won.
-pub fn max_pool_with_argmax(
+/// Max pooling of `x` into shape `out`. Inputs are assumed validated (as `cpu::eval_op` does).
+pub(crate) fn max_pool(
     x: &Tensor,
     kernel: [usize; 2],
     stride: [usize; 2],
     padding: [usize; 2],
     out: [usize; 4],
-) -> (Tensor, Vec<u32>) {
-    let (y, idx) = pool(x, kernel, stride, padding, out, true);
-    (y, idx)
-}
-
-fn pool(
-    x: &Tensor,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-    out: [usize; 4],
-    with_index: bool,
-) -> (Tensor, Vec<u32>) {
-    let [h, w] = [x.shape[2], x.shape[3]];
-    let [_, _, oh, ow] = out;
-    let g = Geometry { h, w, oh, ow, kernel, stride, padding };
-    let plan = Plan::new(&g);
+) -> Tensor {
+    let (g, plan) = geometry(x, kernel, stride, padding, out);
     let mut y = vec![0.0f32; out.iter().product()];
-    // Without indices, a one-element-per-plane dummy keeps the zip below uniform.
-    let mut idx = vec![0u32; if with_index { y.len() } else { y.len() / (oh * ow).max(1) }];
-    let idx_plane = if with_index { oh * ow } else { 1 };
-    y.par_chunks_mut(oh * ow)
-        .zip(idx.par_chunks_mut(idx_plane))
-        .zip(x.data.par_chunks(h * w))
-        .with_min_len(planes_per_task(oh * ow))
-        .for_each_init(Scratch::default, |scratch, ((d, ix), s)| {
-            let ix = if with_index { Some(ix) } else { None };
-            // f32 column indices are exact below 2^24 elements per plane.
-            if has_nan(s) || (with_index && h * w >= 1 << 24) {
-                exact_plane(&g, s, d, ix);
-            } else if let Some(ix) = ix {
-                separable_plane::<true>(&g, &plan, s, d, ix, scratch);
+    y.par_chunks_mut(g.oh * g.ow)
+        .zip(x.data.par_chunks(g.h * g.w))
+        .with_min_len(planes_per_task(g.oh * g.ow))
+        .for_each_init(Scratch::default, |scratch, (d, s)| {
+            if has_nan(s) {
+                exact_plane(&g, s, d, None);
             } else {
                 separable_plane::<false>(&g, &plan, s, d, &mut [], scratch);
             }
         });
-    if !with_index {
-        idx = Vec::new();
-    }
+    Tensor { shape: out.to_vec(), data: y }
+}
+
+/// Max pooling of `x` into shape `out` and, for each output element, the flat in-plane index
+/// (`iy * w + ix`) of the input element that won. Inputs are assumed validated.
+pub(crate) fn max_pool_with_argmax(
+    x: &Tensor,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    out: [usize; 4],
+) -> (Tensor, Vec<u32>) {
+    let (g, plan) = geometry(x, kernel, stride, padding, out);
+    let mut y = vec![0.0f32; out.iter().product()];
+    let mut idx = vec![0u32; y.len()];
+    y.par_chunks_mut(g.oh * g.ow)
+        .zip(idx.par_chunks_mut(g.oh * g.ow))
+        .zip(x.data.par_chunks(g.h * g.w))
+        .with_min_len(planes_per_task(g.oh * g.ow))
+        .for_each_init(Scratch::default, |scratch, ((d, ix), s)| {
+            if has_nan(s) {
+                exact_plane(&g, s, d, Some(ix));
+            } else {
+                separable_plane::<true>(&g, &plan, s, d, ix, scratch);
+            }
+        });
     (Tensor { shape: out.to_vec(), data: y }, idx)
+}
+
+fn geometry(
+    x: &Tensor,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    out: [usize; 4],
+) -> (Geometry, Plan) {
+    let g = Geometry { h: x.shape[2], w: x.shape[3], oh: out[2], ow: out[3], kernel, stride, padding };
+    let plan = Plan::new(&g);
+    (g, plan)
 }
 
 /// Whether `s` holds a NaN: a fold without early exit per block vectorises (`any` does not, and
@@ -176,8 +169,7 @@ fn separable_plane<const ARG: bool>(
     scratch.phases.resize(sx * phase_len, 0.0);
     scratch.row_max.resize(h * ow, 0.0);
     if ARG {
-        scratch.row_arg.resize(h * ow, 0.0);
-        scratch.out_arg.resize(ow, 0.0);
+        scratch.row_arg.resize(h * ow, 0);
     }
     // Pass 1: every input row reduced over each output column's window.
     for iy in 0..h {
@@ -208,7 +200,7 @@ fn separable_plane<const ARG: bool>(
         for (ox, &c) in plan.first_col.iter().enumerate() {
             m[ox] = row[c];
             if ARG {
-                a[ox] = c as i32 as f32;
+                a[ox] = c as u32;
             }
         }
         for &(x0, x1, at) in &plan.taps {
@@ -217,11 +209,10 @@ fn separable_plane<const ARG: bool>(
             if ARG {
                 let a = &mut a[x0..x1];
                 // Input column of output x0 for this tap.
-                // i32 arithmetic: usize -> f32 conversions are scalar and branchy on x86-64.
-                let (c0, step) = (((at / phase_len) + (at % phase_len) * sx) as i32, sx as i32);
+                let (c0, step) = (((at / phase_len) + (at % phase_len) * sx) as u32, sx as u32);
                 for i in 0..n {
                     let v = src[i];
-                    let col = (c0 + i as i32 * step) as f32;
+                    let col = c0 + i as u32 * step;
                     let gt = v > m[i];
                     m[i] = select_unpredictable(gt, v, m[i]);
                     a[i] = select_unpredictable(gt, col, a[i]);
@@ -238,22 +229,19 @@ fn separable_plane<const ARG: bool>(
         let drow = &mut d[oy * ow..(oy + 1) * ow];
         drow.copy_from_slice(&scratch.row_max[y0 * ow..(y0 + 1) * ow]);
         if ARG {
-            let irow = &mut scratch.out_arg[..ow];
-            let w0 = (y0 * w) as i32 as f32;
+            let irow = &mut ix[oy * ow..(oy + 1) * ow];
+            let w0 = (y0 * w) as u32;
             for (i, &c) in irow.iter_mut().zip(&scratch.row_arg[y0 * ow..(y0 + 1) * ow]) {
                 *i = w0 + c;
             }
             for iy in y0 + 1..y1 {
-                let wy = (iy * w) as i32 as f32;
+                let wy = (iy * w) as u32;
                 let (m, a) = (&scratch.row_max[iy * ow..(iy + 1) * ow], &scratch.row_arg[iy * ow..(iy + 1) * ow]);
                 for i in 0..ow {
                     let gt = m[i] > drow[i];
                     drow[i] = select_unpredictable(gt, m[i], drow[i]);
                     irow[i] = select_unpredictable(gt, wy + a[i], irow[i]);
                 }
-            }
-            for (o, &i) in ix[oy * ow..(oy + 1) * ow].iter_mut().zip(irow.iter()) {
-                *o = i as i32 as u32;
             }
         } else {
             for iy in y0 + 1..y1 {
@@ -270,9 +258,9 @@ fn separable_plane<const ARG: bool>(
 /// maximum winning.
 fn exact_plane(g: &Geometry, s: &[f32], d: &mut [f32], mut ix: Option<&mut [u32]>) {
     for oy in 0..g.oh {
-        let (y0, y1) = g.rows(oy);
+        let (y0, y1) = g.window(0, oy);
         for ox in 0..g.ow {
-            let (x0, x1) = g.cols(ox);
+            let (x0, x1) = g.window(1, ox);
             let mut best = y0 * g.w + x0;
             let mut m = s[best];
             for iy in y0..y1 {
@@ -286,6 +274,93 @@ fn exact_plane(g: &Geometry, s: &[f32], d: &mut [f32], mut ix: Option<&mut [u32]
             d[oy * g.ow + ox] = m;
             if let Some(ix) = ix.as_deref_mut() {
                 ix[oy * g.ow + ox] = best as u32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The first maximum of each window in window order (rows, then columns), the first NaN if
+    /// there is one; padded positions never win. Returns (value, flat in-plane index).
+    fn pool_by_definition(
+        plane: &[f32],
+        [h, w]: [usize; 2],
+        k: [usize; 2],
+        s: [usize; 2],
+        p: [usize; 2],
+        [oy, ox]: [usize; 2],
+    ) -> (f32, usize) {
+        let mut best: Option<(f32, usize)> = None;
+        for ky in 0..k[0] {
+            for kx in 0..k[1] {
+                let (iy, ix) = ((oy * s[0] + ky) as isize - p[0] as isize, (ox * s[1] + kx) as isize - p[1] as isize);
+                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                    continue;
+                }
+                let i = iy as usize * w + ix as usize;
+                let v = plane[i];
+                best = match best {
+                    None => Some((v, i)),
+                    Some((m, _)) if v > m || (v.is_nan() && !m.is_nan()) => Some((v, i)),
+                    keep => keep,
+                };
+            }
+        }
+        best.expect("every window holds an input element")
+    }
+
+    #[test]
+    fn max_pool_with_indices_matches_definition() {
+        let mut rng = Rng::new(17);
+        let pools = [
+            ([2, 2], [2, 2], [0, 0]),
+            ([3, 3], [2, 2], [1, 1]),
+            ([3, 3], [1, 1], [1, 1]),
+            ([3, 2], [1, 2], [1, 0]),
+            ([5, 5], [3, 3], [2, 2]),
+            ([2, 3], [2, 1], [1, 1]),
+            ([2, 2], [3, 3], [1, 0]),
+        ];
+        for shape in [[2, 3, 7, 9], [1, 2, 8, 8], [1, 1, 5, 13], [3, 1, 11, 6]] {
+            let [n, c, h, w] = shape;
+            // Few distinct values (ties everywhere), -inf, and one plane with NaNs.
+            let mut data: Vec<f32> = (0..n * c * h * w).map(|_| (rng.below(5) as f32) - 2.0).collect();
+            data[3] = f32::NEG_INFINITY;
+            let last = (n * c - 1) * h * w;
+            data[last + 4] = f32::NAN;
+            data[last + 5] = f32::NAN;
+            let x = Tensor::new(shape.to_vec(), data).unwrap();
+            for (kernel, stride, padding) in pools {
+                let (ph, pw) = (h + 2 * padding[0], w + 2 * padding[1]);
+                if ph < kernel[0] || pw < kernel[1] || 2 * padding[0] > kernel[0] || 2 * padding[1] > kernel[1] {
+                    continue;
+                }
+                let (oh, ow) = ((ph - kernel[0]) / stride[0] + 1, (pw - kernel[1]) / stride[1] + 1);
+                let out = [n, c, oh, ow];
+                let plain = max_pool(&x, kernel, stride, padding, out);
+                let (y, idx) = max_pool_with_argmax(&x, kernel, stride, padding, out);
+                let what = format!("{shape:?} pool {kernel:?}/{stride:?} pad {padding:?}");
+                for plane in 0..n * c {
+                    let src = &x.data[plane * h * w..(plane + 1) * h * w];
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let o = plane * oh * ow + oy * ow + ox;
+                            let (v, i) = pool_by_definition(src, [h, w], kernel, stride, padding, [oy, ox]);
+                            let same = |a: f32| a == v || (a.is_nan() && v.is_nan());
+                            assert!(
+                                same(y.data[o]) && same(plain.data[o]),
+                                "{what}: value at {o}: {} / {} vs {v}",
+                                y.data[o],
+                                plain.data[o]
+                            );
+                            assert_eq!(idx[o] as usize, i, "{what}: index at plane {plane} ({oy}, {ox})");
+                        }
+                    }
+                }
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
+
 use wgpose::gpu::GpuContext;
 use wgpose::rng::Rng;
 use wgpose::Tensor;
@@ -143,4 +145,30 @@ pub fn random_inputs(g: &Graph, n: usize, seed: u64) -> Vec<Tensor> {
     let mut rng = Rng::new(seed);
     let shapes = g.shapes(n).unwrap();
     g.inputs().iter().map(|&i| random_tensor(&mut rng, &shapes[i])).collect()
+}
+
+/// A fresh directory under the system temp dir (`wgpose-test-<tag>-<pid>`), removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("wgpose-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn join(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
