@@ -14,6 +14,9 @@ Checks, per model:
     person's box within TOL_BOX_PX, detection score within TOL_DET_SCORE, keypoints within
     TOL_PEOPLE_PX; and track(): "found", "followed" on the same frame again, "found" after
     resetTrack(), nobody on the blank image, the found pose equal to the first detected person's;
+  * the same people and tracking checks on the CPU with the estimator in a Web Worker
+    (`createEstimator({ worker: true })`, selftest.html?worker=1), and the demo page with its
+    worker switch on (a fixture image, the badge must say "in a Web Worker", no error);
   * bad input: a weights URL that 404s, a garbage weights file, the weights of another model,
     an image that does not decode, a detector URL that 404s and a pose model's weights given as the
     detector must each end in `error: ...` with the right code.
@@ -205,15 +208,17 @@ def compare_people(browser, native):
     return problems, db, ds, dk
 
 
-def check_people(wd, base, args, model, backend, device, check):
-    """The detect=1 page (people and tracking) against native predict with its detector."""
+def check_people(wd, base, args, model, backend, device, check, worker=False):
+    """The detect=1 page (people and tracking) against native predict with its detector; with
+    `worker`, the estimator in a Web Worker."""
     native = native_predict(model, device, detect=True)
     images = IMAGES + [BLANK]
     t0 = time.time()
-    wd.get(f"{base}/selftest.html?model={model}&backend={backend}&detect=1&images={','.join(images)}")
+    wd.get(f"{base}/selftest.html?model={model}&backend={backend}&detect=1&worker={int(worker)}"
+           f"&images={','.join(images)}")
     title = wd.wait_title(args.timeout)
     wall = time.time() - t0
-    name = f"{model} {backend} people"
+    name = f"{model} {backend}{' in a worker' if worker else ''} people"
     if title != "done":
         check(f"{name} vs native --device {device}", False, title)
         check(f"{name}: track", False, title)
@@ -222,7 +227,7 @@ def check_people(wd, base, args, model, backend, device, check):
     problems, db, ds, dk = compare_people(res["results"], native)
     counts = {i.split("/")[-1]: len(native[i]) for i in images}
     ok = (not problems and res["backend"] == backend and db <= TOL_BOX_PX and ds <= TOL_DET_SCORE
-          and dk <= TOL_PEOPLE_PX)
+          and dk <= TOL_PEOPLE_PX and res.get("worker") == worker)
     ms = ", ".join(f"{m:.0f}" for m in res["ms"])
     check(f"{name} vs native --device {device}", ok,
           f"{'; '.join(problems) + '; ' if problems else ''}backend={res['backend']} detector={res['detector']} "
@@ -320,6 +325,14 @@ def main():
         model = args.models.split(",")[0]
         for backend, device in (("webgpu", "gpu"), ("cpu", "cpu")):
             check_people(wd, base, args, model, backend, device, check)
+        # The same estimator in a Web Worker (people, tracking with a reset between calls).
+        check_people(wd, base, args, model, "cpu", "cpu", check, worker=True)
+        # The demo page with its worker switch on, on a fixture image.
+        wd.get(f"{base}/index.html?source=fixtures/sample.jpg&mirror=0&worker=1&backend=cpu")
+        title = wd.wait_title(args.timeout, ready=("wgpose: ready",))
+        badge, err = wd.text_of("#backend"), wd.text_of("#error")
+        check("demo page in a Web Worker", title == "wgpose: ready" and "Web Worker" in badge and not err,
+              f"title={title!r} badge={badge!r} error={err!r}")
         # "auto" on SwiftShader (a software adapter) must choose the CPU, say why, and still work.
         wd.get(f"{base}/selftest.html?model={model}&backend=auto&images={IMAGES[0]}")
         title = wd.wait_title(args.timeout)
@@ -338,6 +351,8 @@ def main():
             ("image that does not decode", f"model={model}&backend=cpu&images=selftest.html", "error:"),
             ("detector URL 404", f"model={model}&backend=cpu&detect=1&detector=models/missing.safetensors"
              f"&images={IMAGES[0]}", "error: weights:"),
+            ("weights URL 404, estimator in a worker",
+             f"model={model}&worker=1&weights=models/missing.safetensors&images={IMAGES[0]}", "error: weights:"),
             ("pose weights as the detector", f"model={model}&detect=1&detector=models/{model}.safetensors"
              f"&images={IMAGES[0]}", "error: weights:"),
         ]

@@ -29,6 +29,7 @@ for (const id of ["threshold", "minCutoff", "beta"]) {
 if (q.get("model")) $("model").value = q.get("model");
 if (q.get("backend")) $("backendPick").value = q.get("backend");
 if (q.get("mirror") === "0") $("mirror").checked = false;
+if (q.get("worker") === "1") $("worker").checked = true;
 
 function showError(e) {
   const el = $("error");
@@ -43,14 +44,16 @@ async function buildEstimator() {
   $("backend").className = "badge";
   if (est) { est.dispose(); est = null; }
   try {
-    est = await createEstimator({ model, weightsUrl: `models/${model}.safetensors`, backend });
+    est = await createEstimator({ model, weightsUrl: `models/${model}.safetensors`, backend,
+                                  worker: $("worker").checked });
   } catch (e) {
     $("backend").textContent = "no estimator";
     showError(e);
     return;
   }
   showError(null);
-  $("backend").textContent = est.backend === "webgpu" ? `WebGPU: ${est.adapter}` : "CPU (wasm, 1 thread)";
+  $("backend").textContent = (est.backend === "webgpu" ? `WebGPU: ${est.adapter}` : "CPU (wasm, 1 thread)") +
+    (est.worker ? " in a Web Worker" : "");
   $("backend").className = `badge ${est.backend}`;
   const why = est.backend === "cpu"
     ? (est.fallbackReason || "") : (est.weightsFromCache ? "weights from the cache" : "weights fetched");
@@ -64,6 +67,7 @@ function rebuild() {
 }
 $("model").addEventListener("change", rebuild);
 $("backendPick").addEventListener("change", rebuild);
+$("worker").addEventListener("change", rebuild);
 
 function drawPose(pose, w, h, mirror) {
   const thr = Number($("threshold").value);

@@ -17,6 +17,11 @@
 //   est.backend  // "webgpu" or "cpu";  est.adapter, est.fallbackReason, est.detector, est.detectorNote
 //   await est.profile(); est.dispose();
 //
+// `createEstimator({ ..., worker: true })` runs the estimator in a module Web Worker
+// (wgpose-worker.js, next to this file), with the same methods and fields: each frame is copied
+// into an ImageBitmap on the page and transferred, so the network, the decoding and the CPU
+// fallback's compute never block the page's main thread. `est.worker` says which mode runs.
+//
 // Every rejection is a WgposeError whose `code` says what went wrong: "weights" (the weights URL
 // failed or is not a valid weights file for the model), "decode" (the image could not be decoded),
 // "input" (bad box, zero-size source), "gpu", "device-lost", "no-adapter", "too-large",
@@ -284,9 +289,15 @@ export const DEFAULT_DETECTOR_URL = "models/person-detector-r18w32.safetensors";
  * one, DEFAULT_DETECTOR_URL) and attaches it on the same backend; false: no detector. When the
  * default URL cannot be fetched the estimator works without one and says why in
  * `est.detectorNote`; a `detectorUrl` given explicitly must work (else a "weights" error).
+ * `worker`: true runs the estimator in a Web Worker (see the top of this file).
+ * (`defaultDetectorUrl` is internal: the page's default detector URL, passed to the worker.)
  */
 export async function createEstimator({ model = "", weightsUrl, backend = "auto", cache = true, wasmUrl,
-                                        detector = true, detectorUrl } = {}) {
+                                        detector = true, detectorUrl, worker = false,
+                                        defaultDetectorUrl = DEFAULT_DETECTOR_URL } = {}) {
+  if (worker) {
+    return WorkerEstimator.create({ model, weightsUrl, backend, cache, wasmUrl, detector, detectorUrl });
+  }
   if (!weightsUrl) {
     if (!model) throw new WgposeError("input", "createEstimator needs weightsUrl (or a model name: models/NAME.safetensors)");
     weightsUrl = `models/${model}.safetensors`;
@@ -298,7 +309,7 @@ export async function createEstimator({ model = "", weightsUrl, backend = "auto"
   let d = null;
   let detectorNote = "";
   if (detector) {
-    const dUrl = new URL(detectorUrl || DEFAULT_DETECTOR_URL, base).href;
+    const dUrl = new URL(detectorUrl || defaultDetectorUrl, base).href;
     try {
       d = await fetchWeights(dUrl, cache);
       d.label = detectorUrl || DEFAULT_DETECTOR_URL;
@@ -320,6 +331,118 @@ export async function createEstimator({ model = "", weightsUrl, backend = "auto"
   const est = new Estimator(inner, JSON.parse(inner.model), w.fromCache, detectorNote);
   if (est.backend === "webgpu") est.adapter = await describeAdapter(est.adapter);
   return est;
+}
+
+/**
+ * The estimator of `createEstimator({ worker: true })`: the same API, the work in a Web Worker.
+ * Calls are answered in the order they are made.
+ */
+class WorkerEstimator {
+  static async create(options) {
+    if (typeof Worker === "undefined") throw new WgposeError("input", "this context has no Web Workers");
+    // URLs resolve against the page, not against the worker's script.
+    const base = typeof document !== "undefined" ? document.baseURI : globalThis.location.href;
+    const abs = (u) => (u ? new URL(u, base).href : u);
+    const opts = { ...options, weightsUrl: abs(options.weightsUrl || (options.model ? `models/${options.model}.safetensors` : "")),
+                   detectorUrl: abs(options.detectorUrl), wasmUrl: abs(options.wasmUrl) };
+    if (options.detector && !options.detectorUrl) opts.defaultDetectorUrl = abs(DEFAULT_DETECTOR_URL);
+    let worker;
+    try {
+      worker = new Worker(new URL("./wgpose-worker.js", import.meta.url), { type: "module" });
+    } catch (e) {
+      throw new WgposeError("internal", `could not start the worker: ${e.message || e}`, e);
+    }
+    const est = new WorkerEstimator(worker);
+    try {
+      Object.assign(est, await est._call("create", opts));
+    } catch (e) {
+      est._terminate(e);
+      throw e;
+    }
+    return est;
+  }
+
+  constructor(worker) {
+    this._worker = worker;
+    this._pending = new Map();
+    this._next = 0;
+    this._disposed = false;
+    /** True: the estimator runs in a Web Worker. */
+    this.worker = true;
+    worker.onmessage = (event) => {
+      const { id, ok, error } = event.data;
+      const p = this._pending.get(id);
+      if (!p) return;
+      this._pending.delete(id);
+      if (error) p.reject(new WgposeError(error.code, error.message));
+      else p.resolve(ok);
+    };
+    // The worker script failed to load or threw outside a call: every pending call fails.
+    worker.onerror = (event) => {
+      event.preventDefault();
+      this._terminate(new WgposeError("internal", `the worker failed: ${event.message || "could not load wgpose-worker.js"}`));
+    };
+  }
+
+  _call(op, args, transfer = []) {
+    if (this._disposed) return Promise.reject(new WgposeError("disposed", "this estimator was disposed"));
+    const id = this._next++;
+    return new Promise((resolve, reject) => {
+      this._pending.set(id, { resolve, reject });
+      this._worker.postMessage({ id, op, args }, transfer);
+    });
+  }
+
+  _terminate(error) {
+    this._disposed = true;
+    this._worker.terminate();
+    for (const p of this._pending.values()) p.reject(error);
+    this._pending.clear();
+  }
+
+  /** A copy of the source's pixels as an ImageBitmap to transfer (the caller's source stays usable). */
+  async _frame(source) {
+    if (this._disposed) throw new WgposeError("disposed", "this estimator was disposed");
+    await checkedSource(source);
+    const { bitmap, owned } = await toBitmap(source);
+    if (owned) return bitmap;
+    try {
+      return await createImageBitmap(bitmap, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+    } catch (e) {
+      throw new WgposeError("decode", `the source could not be read: ${e.message || e}`, e);
+    }
+  }
+
+  /** As Estimator.estimatePoses, in the worker. */
+  async estimatePoses(source, options = {}) {
+    const bitmap = await this._frame(source);
+    return this._call("estimatePoses", [bitmap, options], [bitmap]);
+  }
+
+  /** As Estimator.track, in the worker. */
+  async track(source, options = {}) {
+    const bitmap = await this._frame(source);
+    return this._call("track", [bitmap, options], [bitmap]);
+  }
+
+  /** As Estimator.resetTrack: the next track() (sent after this call) runs the detector. */
+  resetTrack() {
+    if (this._disposed) return;
+    this._call("resetTrack", []).catch(() => {});
+  }
+
+  /** As Estimator.profile, in the worker. */
+  profile() {
+    return this._call("profile", []);
+  }
+
+  /** Frees the model in the worker, then ends the worker. */
+  dispose() {
+    if (this._disposed) return;
+    const done = this._call("dispose", []);
+    this._disposed = true;
+    done.catch(() => {}).finally(() => this._worker.terminate());
+  }
 }
 
 /** wgpu reads only GPUAdapterInfo.description, which browsers often leave empty. */
