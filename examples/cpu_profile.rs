@@ -21,9 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ms.iter_mut().zip(&times).for_each(|(m, t)| *m += t.as_secs_f64() * 1e3 / timed as f64);
         }
     }
-    let kind = |op: &wgpose::graph::Op| {
-        format!("{op:?}").split(|c: char| !c.is_alphanumeric()).next().unwrap_or("").to_string()
-    };
+    let stats = graph.stats(inputs[0].shape[0])?;
+    let kind = |op: &wgpose::graph::Op| op.kind().to_string();
     println!(
         "{name}: {:.2} ms in {} nodes, input {:?}, {} thread(s), kernel {}",
         ms.iter().sum::<f64>(),
@@ -43,9 +42,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut order: Vec<usize> = (0..graph.nodes.len()).collect();
     order.sort_by(|&a, &b| ms[b].total_cmp(&ms[a]));
-    println!("slowest nodes:");
+    println!("slowest nodes (GFLOP/s: multiply-add = 2 operations):");
     for &i in order.iter().take(12) {
-        println!("  {:8.3} ms  {}", ms[i], graph.nodes[i].name);
+        let s = &stats[i];
+        let gflops = s.flops as f64 / (ms[i] * 1e6);
+        println!("  {:8.3} ms {gflops:7.1} GFLOP/s  {:?}  {}", ms[i], s.shape, graph.nodes[i].name);
     }
     Ok(())
 }
