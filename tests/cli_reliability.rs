@@ -429,6 +429,37 @@ fn an_input_too_large_for_the_device_is_explained_by_profile() {
     assert_fails_with(&o, &["binds at most", "profile a smaller --size", "wgpose run"]);
 }
 
+/// `eval --box-jitter` moves and scales the ground-truth boxes (so the predictions change, and
+/// the same seed gives the same ones); out-of-range values and a jitter of detected boxes are
+/// refused.
+#[test]
+fn eval_box_jitter_moves_the_boxes_reproducibly() {
+    let root = root().join("tests/fixtures/lspet");
+    let dir = TempDir::new("jitter");
+    let base = ["eval", "--format", "lsp", "--root", s(&root), "--range", "1..3", "--device", "cpu"];
+    let run = |extra: &[&str], name: &str| {
+        let json = dir.path().join(name);
+        let o = wgpose(&[&base[..], &["--json", s(&json)], extra].concat());
+        assert_ok(&o);
+        (String::from_utf8_lossy(&o.stdout).to_string(), std::fs::read_to_string(&json).unwrap())
+    };
+    let (_, exact) = run(&[], "exact.json");
+    let (out, jit) = run(&["--box-jitter", "0.2"], "jit.json");
+    let (_, again) = run(&["--box-jitter", "0.2"], "again.json");
+    let (_, other) = run(&["--box-jitter", "0.2", "--jitter-seed", "2"], "other.json");
+    assert!(out.contains("ground-truth boxes jittered: centre +-0.2"), "{out}");
+    assert_ne!(exact, jit, "jittered boxes gave the exact boxes' predictions");
+    assert_eq!(jit, again, "the same seed must give the same boxes");
+    assert_ne!(jit, other, "another seed must give other boxes");
+    for bad in ["0.5", "-0.1", "NaN"] {
+        let flag = format!("--box-jitter={bad}");
+        let o = wgpose(&[&base[..], &[flag.as_str()]].concat());
+        assert_fails_with(&o, &["--box-jitter", "[0, 0.5)"]);
+    }
+    let o = wgpose(&[&base[..], &["--box-jitter", "0.1", "--boxes", "detected"]].concat());
+    assert_fails_with(&o, &["--box-jitter moves ground-truth boxes"]);
+}
+
 /// `eval --boxes detected` runs the library's pipeline (detector, top person, one refinement)
 /// and reports box AP next to PCK; bad pipeline options are refused before any work.
 #[test]

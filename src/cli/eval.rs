@@ -63,6 +63,15 @@ pub struct EvalArgs {
     limit: Option<usize>,
     #[arg(long, value_enum, default_value_t = BoxSource::Gt)]
     boxes: BoxSource,
+    /// With ground-truth boxes: move each box's centre by up to this fraction of its width and
+    /// height on each axis and scale it by a factor in [1 - F, 1 + F], uniformly at random
+    /// (seeded per person by `--jitter-seed`): how the pose model copes with a detector's
+    /// loose, shifted boxes, measured without the detector's misses. 0: the exact boxes.
+    #[arg(long, default_value_t = 0.0)]
+    box_jitter: f32,
+    /// Seed of `--box-jitter`.
+    #[arg(long, default_value_t = 1)]
+    jitter_seed: u64,
     /// Person detector for `--boxes detected`: a config name or a weights file.
     #[arg(long, default_value = wgpose::models::DEFAULT_DETECTOR)]
     detector: String,
@@ -141,6 +150,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
         return Err(Error::Input("--boxes detected is implemented for --format lsp (one person per image)".into()));
     }
     let detected = a.boxes == BoxSource::Detected;
+    if !(0.0..0.5).contains(&a.box_jitter) {
+        return Err(Error::Input(format!("--box-jitter {} must be in [0, 0.5)", a.box_jitter)));
+    }
+    if detected && a.box_jitter > 0.0 {
+        return Err(Error::Input("--box-jitter moves ground-truth boxes; --boxes detected has its own".into()));
+    }
     if detected {
         if !(0.0..=1.0).contains(&a.refine_threshold) {
             return Err(Error::Input(format!("--refine-threshold {} must be in [0, 1]", a.refine_threshold)));
@@ -200,6 +215,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             unreadable.push((gt.image.clone(), "no person box (no labelled joint)".into()));
             continue;
         };
+        let bbox = jittered(bbox, a.box_jitter, a.jitter_seed, i);
         if cache.as_ref().is_none_or(|(p, _)| *p != gt.image) {
             match load_rgb(&gt.image) {
                 Ok(img) => cache = Some((gt.image.clone(), img)),
@@ -275,6 +291,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
     );
     if gts.is_empty() {
         return Err(Error::Input("no image could be evaluated".into()));
+    }
+    if a.box_jitter > 0.0 {
+        println!(
+            "ground-truth boxes jittered: centre +-{0} of the box size per axis, size x[{1}, {2}] (seed {3})",
+            a.box_jitter,
+            1.0 - a.box_jitter,
+            1.0 + a.box_jitter,
+            a.jitter_seed
+        );
     }
     if detected {
         let m = box_ap(&det_found, &det_gt, 0.5)?;
@@ -354,6 +379,21 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `bbox` (`[x, y, w, h]`) with its centre moved by up to `f` of its size per axis and its size
+/// scaled by a factor in `[1 - f, 1 + f]`, drawn from a generator seeded by `(seed, person)` so
+/// every run and every model sees the same boxes.
+fn jittered(bbox: [f32; 4], f: f32, seed: u64, person: usize) -> [f32; 4] {
+    if f == 0.0 {
+        return bbox;
+    }
+    let mut rng = wgpose::rng::Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ person as u64);
+    let [x, y, w, h] = bbox;
+    let (cx, cy) = (x + 0.5 * w + rng.range(-f, f) * w, y + 0.5 * h + rng.range(-f, f) * h);
+    let s = 1.0 + rng.range(-f, f);
+    let (w, h) = (w * s, h * s);
+    [cx - 0.5 * w, cy - 0.5 * h, w, h]
 }
 
 /// `--boxes detected` on one image: every detection down to score 0.05 as LSP boxes in original
