@@ -19,18 +19,12 @@ async function handle(op, args) {
   }
   if (!est) throw new WgposeError("disposed", "this estimator was disposed");
   switch (op) {
-    case "estimatePoses": {
-      const [bitmap, opts] = args;
-      try {
-        return await est.estimatePoses(bitmap, opts);
-      } finally {
-        bitmap.close();
-      }
-    }
+    case "estimatePoses":
     case "track": {
+      // The page transferred this frame to us: close it whatever happens.
       const [bitmap, opts] = args;
       try {
-        return await est.track(bitmap, opts);
+        return await est[op](bitmap, opts);
       } finally {
         bitmap.close();
       }
