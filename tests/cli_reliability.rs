@@ -222,6 +222,10 @@ fn train_refuses_bad_arguments_before_the_first_step() {
         (&["--val", "5000..5010"], "outside the labelled images"),
         (&["--model", "fasterpose-r18-s16"], "17 joints"),
         (&["--init", "/nonexistent.safetensors"], "no such file"),
+        (&["--teacher", "/nonexistent.safetensors"], "no such file"),
+        (&["--teacher", "models/person-detector-r18w32.safetensors"], "distillation is for pose networks"),
+        (&["--teacher", "models/sghg-1x64-lsp.safetensors"], "the student sghg-1x64-lsp takes"),
+        (&["--teacher", "models/sghg-1x64-lsp.safetensors", "--teacher-weight", "1.5"], "--teacher-weight"),
     ];
     for (extra, needle) in cases {
         let o = wgpose(&train_cmd(s(&out), s(&fixtures), extra));

@@ -437,3 +437,29 @@ fn person_detector_trains_and_validates_box_ap() {
     assert!(err.contains("person detector only"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--teacher`: weight 0 trains exactly as without a teacher; a teacher at weight 0.5 changes
+/// the targets (so the loss), and the card says who taught.
+#[test]
+fn distillation_blends_the_teachers_heatmaps_into_the_targets() {
+    let dir = tempdir("distill");
+    // The teacher: a two-epoch run of the same 64x64 config.
+    let teacher_run = dir.join("teacher");
+    wgpose::training::run(&train_args(&teacher_run, &["--epochs", "2"]), &mut |_| {}).unwrap();
+    let teacher = teacher_run.join("sghg-1x64-lsp.safetensors");
+    let t = teacher.to_str().unwrap();
+    let plain = wgpose::training::run(&train_args(&dir.join("plain"), &["--epochs", "1"]), &mut |_| {}).unwrap();
+    let zero = wgpose::training::run(
+        &train_args(&dir.join("zero"), &["--epochs", "1", "--teacher", t, "--teacher-weight", "0"]),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(plain.last_loss, zero.last_loss, "teacher weight 0 must leave the targets alone");
+    let half =
+        wgpose::training::run(&train_args(&dir.join("half"), &["--epochs", "1", "--teacher", t]), &mut |_| {}).unwrap();
+    assert!(half.last_loss.is_finite());
+    assert_ne!(plain.last_loss, half.last_loss, "the teacher did not reach the targets");
+    let card = wgpose::weights::read_card(&half.final_weights).unwrap();
+    assert!(card.training_data.contains("distilled from sghg-1x64-lsp"), "{}", card.training_data);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -125,6 +125,13 @@ pub struct TrainConfig {
     /// Seed of the initialisation, the data order and the augmentation.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub seed: u64,
+    /// Knowledge distillation: a trained pose network's weights file whose heatmaps on each
+    /// training crop are blended into the targets (`training::distill`).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub teacher: Option<PathBuf>,
+    /// The teacher's share of each target, 0 to 1 (with `--teacher`).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.5, requires = "teacher"))]
+    pub teacher_weight: f32,
     /// Square input size (a multiple of the model's size multiple); default: the config's.
     #[cfg_attr(feature = "cli", arg(long))]
     pub size: Option<usize>,
@@ -193,6 +200,8 @@ impl TrainConfig {
             limit: None,
             val_limit: None,
             seed: 0,
+            teacher: None,
+            teacher_weight: 0.5,
             size: None,
             sigma: 2.0,
             workers: 1,

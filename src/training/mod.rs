@@ -1,12 +1,14 @@
 //! Training on the CPU around the engine of [`crate::autodiff`]: datasets with augmentation and a
 //! threaded loader ([`dataset`], [`augment`]), saveable optimiser state ([`optim`]), the
 //! training-curve PNG (`plot`) and the `wgpose train` session ([`session`]: logging,
-//! validation PCK, checkpoints, resume, final weights with a model card).
+//! validation PCK, checkpoints, resume, final weights with a model card) and knowledge
+//! distillation from a trained network ([`distill`]).
 
 pub mod augment;
 pub(crate) mod config;
 pub mod dataset;
 pub mod detection;
+pub mod distill;
 pub mod optim;
 pub(crate) mod plot;
 pub mod session;

@@ -39,6 +39,7 @@ use super::augment::{make_sample, AugmentConfig, AugmentParams, SampleShape};
 pub use super::config::{DataFormat, LossArg, OptimArg, ScheduleArg, TrainConfig};
 use super::dataset::{BatchSource, ImageCache, Loader, TrainSet};
 use super::detection::{images_with_boxes, DetectAugment, DetectShape, DetectValSet, DetectionSet};
+use super::distill::Teacher;
 use super::optim::{Kind, Optim};
 use super::plot::write_curve;
 use crate::autodiff::{
@@ -356,6 +357,10 @@ pub(crate) fn validate(a: &TrainConfig) -> Result<()> {
         return bad("--extra-repeat must be at least 1".into());
     }
     fraction("half-body", a.half_body, false)?;
+    fraction("teacher-weight", a.teacher_weight, false)?;
+    if let Some(f) = a.teacher.as_ref().filter(|f| !f.is_file()) {
+        return bad(format!("--teacher {}: no such file", f.display()));
+    }
     let cfg = model_config(a)?;
     let DataFormat::Lsp = a.format;
     if cfg.family != Family::PersonDetector && cfg.joints != 14 {
@@ -511,6 +516,15 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
             cfg.num_outputs()
         )));
     }
+    // The teacher is checked before anything is written.
+    let (teacher, teacher_desc) = match &a.teacher {
+        Some(p) => {
+            let t = Teacher::load(p, &cfg)?;
+            let d = format!("; distilled from {} ({}), teacher weight {}", t.name, p.display(), a.teacher_weight);
+            (Some(t), d)
+        }
+        None => (None, String::new()),
+    };
     std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
 
     // Resume.
@@ -631,7 +645,7 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
     }
     let per_epoch = a.limit.unwrap_or(usize::MAX).min(train.len());
     let training_data = format!(
-        "LSPET images {}..{}{extra_desc} ({} {}, {} per epoch), {val_desc}; augmentation: {}; schedule: {}{init_desc}",
+        "LSPET images {}..{}{extra_desc} ({} {}, {} per epoch), {val_desc}; augmentation: {}; schedule: {}{init_desc}{teacher_desc}",
         range.start(),
         range.end(),
         train.len(),
@@ -674,7 +688,10 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
         let t_epoch = Instant::now();
         let (mut sum, mut cnt, mut win_sum, mut win_cnt, mut imgs) = (0.0f64, 0usize, 0.0f64, 0usize, 0usize);
         for (bi, b) in loader.enumerate() {
-            let b = b?;
+            let mut b = b?;
+            if let Some(t) = &teacher {
+                t.blend_into(&mut b, a.teacher_weight)?;
+            }
             lr = schedule_lr(a, epoch, step, total_steps);
             let n = b.indices.len();
             let (loss, grads, tape) =
