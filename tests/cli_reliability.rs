@@ -217,6 +217,7 @@ fn train_refuses_bad_arguments_before_the_first_step() {
         (&["--lr-min", "1"], "--lr-min"),
         (&["--shift=-0.5"], "--shift"),
         (&["--half-body", "2"], "--half-body"),
+        (&["--occlusion", "1.5"], "--occlusion"),
         (&["--warmup", "5", "--workers", "0"], "--workers"),
         (&["--val", "5..12"], "no labelled image"),
         (&["--val", "5000..5010"], "outside the labelled images"),

@@ -14,7 +14,7 @@ use wgpose::skeleton::LSP14;
 use wgpose::training::dataset::{Loader, TrainSet};
 use wgpose::training::optim::{Kind, Optim};
 use wgpose::training::session::{epoch_batches, read_log, TrainConfig};
-use wgpose::training::{make_sample, AugmentConfig, AugmentParams, SampleShape};
+use wgpose::training::{make_sample, AugmentConfig, AugmentParams, Occluder, SampleShape};
 use wgpose::Tensor;
 
 fn fixtures() -> PathBuf {
@@ -462,4 +462,54 @@ fn distillation_blends_the_teachers_heatmaps_into_the_targets() {
     let card = wgpose::weights::read_card(&half.final_weights).unwrap();
     assert!(card.training_data.contains("distilled from sghg-1x64-lsp"), "{}", card.training_data);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Occlusion: off, it draws nothing (older runs keep their batches); on, the rectangle is one
+/// flat colour inside the crop, the rest of the input and every target are untouched.
+#[test]
+fn occluder_paints_a_flat_rectangle_and_leaves_the_targets() {
+    let off = AugmentConfig::default();
+    let on = AugmentConfig { occlusion_prob: 1.0, ..AugmentConfig::default() };
+    let (mut r0, mut r1) = (Rng::new(3), Rng::new(3));
+    let p0 = AugmentParams::draw(&mut r0, &off);
+    assert!(p0.occluder.is_none());
+    let p1 = AugmentParams::draw(&mut r1, &on);
+    // The same draws up to the occluder's, which come last.
+    assert_eq!(AugmentParams { occluder: None, ..p1 }, p0);
+    let o = p1.occluder.expect("probability 1 draws an occluder");
+    let [l, t, w, h] = o.rect;
+    assert!(
+        (0.1..=0.4).contains(&w) && (0.1..=0.4).contains(&h) && l >= 0.0 && t >= 0.0 && l + w <= 1.0 && t + h <= 1.0
+    );
+
+    let kps = person();
+    let img = dot_image(&kps, 12);
+    let shape = shape128();
+    let plain = make_sample(&img, &kps, &LSP14, &shape, &AugmentParams::identity()).unwrap();
+    let occ = Occluder { rect: [0.25, 0.5, 0.3, 0.2], colour: [1.0, 0.0, 0.5] };
+    let covered =
+        make_sample(&img, &kps, &LSP14, &shape, &AugmentParams { occluder: Some(occ), ..AugmentParams::identity() })
+            .unwrap();
+    assert_eq!(plain.target.data, covered.target.data);
+    assert_eq!(plain.weights, covered.weights);
+    let (x0, x1, y0, y1) = (32, 70, 64, 90); // 0.25..0.55 x 128, 0.5..0.7 x 128 (rounded)
+    let plane = 128 * 128;
+    let mut changed_outside = 0;
+    for c in 0..3 {
+        let inside_value = covered.input.data[c * plane + y0 * 128 + x0];
+        for y in 0..128 {
+            for x in 0..128 {
+                let i = c * plane + y * 128 + x;
+                if (x0..x1).contains(&x) && (y0..y1).contains(&y) {
+                    assert_eq!(covered.input.data[i], inside_value, "channel {c} at ({x}, {y}) is not flat");
+                } else if covered.input.data[i] != plain.input.data[i] {
+                    changed_outside += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(changed_outside, 0);
+    // Red at 1.0, green at 0.0 after ImageNet normalisation.
+    assert!((covered.input.data[y0 * 128 + x0] - (1.0 - 0.485) / 0.229).abs() < 1e-5);
+    assert!((covered.input.data[plane + y0 * 128 + x0] - (0.0 - 0.456) / 0.224).abs() < 1e-5);
 }

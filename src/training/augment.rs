@@ -42,6 +42,10 @@ pub struct AugmentConfig {
     /// Probability of a half-body crop (upper or lower body joints only, as in HRNet), drawn
     /// only for people with at least 8 labelled joints.
     pub half_body_prob: f32,
+    /// Probability of an occluder: a rectangle of 10-40% of the crop's width and height, at a
+    /// random place, painted one random colour over the input (coarse dropout). Its joints stay
+    /// supervised: the network learns to place what it cannot see.
+    pub occlusion_prob: f32,
 }
 
 impl Default for AugmentConfig {
@@ -54,6 +58,7 @@ impl Default for AugmentConfig {
             color: 0.2,
             shift: 0.0,
             half_body_prob: 0.0,
+            occlusion_prob: 0.0,
         }
     }
 }
@@ -68,6 +73,7 @@ impl AugmentConfig {
             color: 0.0,
             shift: 0.0,
             half_body_prob: 0.0,
+            occlusion_prob: 0.0,
         }
     }
 
@@ -86,6 +92,9 @@ impl AugmentConfig {
         }
         if self.half_body_prob > 0.0 {
             s += &format!(", half body {}", self.half_body_prob);
+        }
+        if self.occlusion_prob > 0.0 {
+            s += &format!(", occlusion {}", self.occlusion_prob);
         }
         s
     }
@@ -112,6 +121,33 @@ pub struct AugmentParams {
     pub shift: [f32; 2],
     /// Half-body crop: `None`, or `Some(true)` upper body / `Some(false)` lower body.
     pub half_body: Option<bool>,
+    /// An occluding rectangle painted over the input, if any.
+    pub occluder: Option<Occluder>,
+}
+
+/// A flat-coloured rectangle over the network input ([`AugmentConfig::occlusion_prob`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Occluder {
+    /// Left, top, width, height as fractions of the input's width and height.
+    pub rect: [f32; 4],
+    /// RGB in [0, 1] (before normalisation).
+    pub colour: [f32; 3],
+}
+
+impl Occluder {
+    /// Paints the rectangle on CHW RGB in [0, 1] of `w x h`.
+    pub(crate) fn paint(&self, data: &mut [f32], w: usize, h: usize) {
+        let [l, t, rw, rh] = self.rect;
+        let x0 = ((l * w as f32).round().max(0.0) as usize).min(w);
+        let y0 = ((t * h as f32).round().max(0.0) as usize).min(h);
+        let x1 = (((l + rw) * w as f32).round().max(0.0) as usize).clamp(x0, w);
+        let y1 = (((t + rh) * h as f32).round().max(0.0) as usize).clamp(y0, h);
+        for (c, &v) in self.colour.iter().enumerate() {
+            for y in y0..y1 {
+                data[c * w * h + y * w + x0..c * w * h + y * w + x1].fill(v);
+            }
+        }
+    }
 }
 
 impl AugmentParams {
@@ -127,6 +163,7 @@ impl AugmentParams {
             color_order: [0, 1, 2],
             shift: [0.0, 0.0],
             half_body: None,
+            occluder: None,
         }
     }
 
@@ -156,6 +193,15 @@ impl AugmentParams {
         } else {
             None
         };
+        let occluder = if cfg.occlusion_prob > 0.0 {
+            let on = rng.uniform() < cfg.occlusion_prob;
+            let (rw, rh) = (rng.range(0.1, 0.4), rng.range(0.1, 0.4));
+            let (l, t) = (rng.range(0.0, 1.0 - rw), rng.range(0.0, 1.0 - rh));
+            let colour = [rng.uniform(), rng.uniform(), rng.uniform()];
+            on.then_some(Occluder { rect: [l, t, rw, rh], colour })
+        } else {
+            None
+        };
         AugmentParams {
             rotation_deg: rot,
             scale,
@@ -166,6 +212,7 @@ impl AugmentParams {
             color_order: order,
             shift,
             half_body,
+            occluder,
         }
     }
 }
@@ -258,6 +305,9 @@ pub fn make_sample(
     let unit = Normalization { mean: [0.0; 3], std: [1.0; 3] };
     crate::pipeline::crop::warp_into(&ImageRef::from(image), &crop, w, h, &unit, &mut data)?;
     color_jitter(&mut data, w * h, p);
+    if let Some(o) = &p.occluder {
+        o.paint(&mut data, w, h);
+    }
     let norm = Normalization::IMAGENET;
     for c in 0..3 {
         for v in &mut data[c * w * h..(c + 1) * w * h] {

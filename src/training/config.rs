@@ -116,6 +116,9 @@ pub struct TrainConfig {
     /// Probability of a half-body crop (people with >= 8 labelled joints).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.0))]
     pub half_body: f32,
+    /// Probability of painting an occluding rectangle over the crop (coarse dropout).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.0))]
+    pub occlusion: f32,
     /// Images per epoch (a seeded random subset, different each epoch).
     #[cfg_attr(feature = "cli", arg(long))]
     pub limit: Option<usize>,
@@ -197,6 +200,7 @@ impl TrainConfig {
             warmup: 0,
             shift: 0.0,
             half_body: 0.0,
+            occlusion: 0.0,
             limit: None,
             val_limit: None,
             seed: 0,

@@ -13,7 +13,7 @@ pub mod optim;
 pub(crate) mod plot;
 pub mod session;
 
-pub use augment::{make_sample, AugmentConfig, AugmentParams, Sample, SampleShape};
+pub use augment::{make_sample, AugmentConfig, AugmentParams, Occluder, Sample, SampleShape};
 pub use config::TrainConfig;
 pub use dataset::{Batch, BatchSource, ImageCache, Loader, TrainSet};
 pub use session::{run, TrainEvent, TrainSummary, ValScore};

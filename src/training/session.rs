@@ -358,6 +358,7 @@ pub(crate) fn validate(a: &TrainConfig) -> Result<()> {
     }
     fraction("half-body", a.half_body, false)?;
     fraction("teacher-weight", a.teacher_weight, false)?;
+    fraction("occlusion", a.occlusion, false)?;
     if let Some(f) = a.teacher.as_ref().filter(|f| !f.is_file()) {
         return bad(format!("--teacher {}: no such file", f.display()));
     }
@@ -591,7 +592,12 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
     let augment = if a.no_augment {
         AugmentConfig::none()
     } else {
-        AugmentConfig { shift: a.shift, half_body_prob: a.half_body, ..AugmentConfig::default() }
+        AugmentConfig {
+            shift: a.shift,
+            half_body_prob: a.half_body,
+            occlusion_prob: a.occlusion,
+            ..AugmentConfig::default()
+        }
     };
     let val_people = if a.val.eq_ignore_ascii_case("none") {
         None
