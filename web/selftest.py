@@ -15,7 +15,8 @@ Checks, per model:
     TOL_PEOPLE_PX; and track(): "found", "followed" on the same frame again, "found" after
     resetTrack(), nobody on the blank image, the found pose equal to the first detected person's;
   * the same people and tracking checks on the CPU with the estimator in a Web Worker
-    (`createEstimator({ worker: true })`, selftest.html?worker=1), and the demo page with its
+    (`createEstimator({ worker: true })`, selftest.html?worker=1; people on the CPU, pose on
+    WebGPU), and the demo page with its
     worker switch on (a fixture image, the badge must say "in a Web Worker", no error);
   * bad input: a weights URL that 404s, a garbage weights file, the weights of another model,
     an image that does not decode, a detector URL that 404s and a pose model's weights given as the
@@ -327,6 +328,21 @@ def main():
             check_people(wd, base, args, model, backend, device, check)
         # The same estimator in a Web Worker (people, tracking with a reset between calls).
         check_people(wd, base, args, model, "cpu", "cpu", check, worker=True)
+        # WebGPU inside a Web Worker (pose on the whole image, as the first checks).
+        native = native_predict(model, "gpu")
+        t0 = time.time()
+        wd.get(f"{base}/selftest.html?model={model}&backend=webgpu&worker=1&images={','.join(IMAGES)}")
+        title = wd.wait_title(args.timeout)
+        wall = time.time() - t0
+        if title != "done":
+            check(f"{model} webgpu in a worker vs native --device gpu", False, title)
+        else:
+            res = json.loads(wd.text_of("#result"))
+            dx, ds = compare(res["results"], native)
+            ok = res["backend"] == "webgpu" and res.get("worker") is True and dx <= TOL_PX and ds <= TOL_SCORE
+            check(f"{model} webgpu in a worker vs native --device gpu", ok,
+                  f"backend={res['backend']} worker={res.get('worker')} adapter={res['adapter']!r} "
+                  f"max |dxy|={dx:.4f}px (tol {TOL_PX}) max |dscore|={ds:.5f} (tol {TOL_SCORE}); page {wall:.1f}s")
         # The demo page with its worker switch on, on a fixture image.
         wd.get(f"{base}/index.html?source=fixtures/sample.jpg&mirror=0&worker=1&backend=cpu")
         title = wd.wait_title(args.timeout, ready=("wgpose: ready",))
