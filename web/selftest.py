@@ -209,6 +209,27 @@ def compare_people(browser, native):
     return problems, db, ds, dk
 
 
+def check_pose(wd, base, args, model, backend, device, check, worker=False):
+    """The self-test page (whole image as the box) against native `predict --no-detect`; with
+    `worker`, the estimator in a Web Worker."""
+    native = native_predict(model, device)
+    name = f"{model} {backend}{' in a worker' if worker else ''} vs native --device {device}"
+    t0 = time.time()
+    wd.get(f"{base}/selftest.html?model={model}&backend={backend}&worker={int(worker)}&images={','.join(IMAGES)}")
+    title = wd.wait_title(args.timeout)
+    wall = time.time() - t0
+    if title != "done":
+        check(name, False, title)
+        return
+    res = json.loads(wd.text_of("#result"))
+    dx, ds = compare(res["results"], native)
+    ok = res["backend"] == backend and res.get("worker") == worker and dx <= TOL_PX and ds <= TOL_SCORE
+    ms = ", ".join(f"{m:.0f}" for m in res["ms"])
+    check(name, ok,
+          f"backend={res['backend']} adapter={res['adapter']!r} max |dxy|={dx:.4f}px "
+          f"(tol {TOL_PX}) max |dscore|={ds:.5f} (tol {TOL_SCORE}); per image ms [{ms}]; page {wall:.1f}s")
+
+
 def check_people(wd, base, args, model, backend, device, check, worker=False):
     """The detect=1 page (people and tracking) against native predict with its detector; with
     `worker`, the estimator in a Web Worker."""
@@ -307,42 +328,14 @@ def main():
     try:
         for model in args.models.split(","):
             for backend, device in (("webgpu", "gpu"), ("cpu", "cpu")):
-                native = native_predict(model, device)
-                t0 = time.time()
-                wd.get(f"{base}/selftest.html?model={model}&backend={backend}&images={','.join(IMAGES)}")
-                title = wd.wait_title(args.timeout)
-                wall = time.time() - t0
-                if title != "done":
-                    check(f"{model} {backend}", False, title)
-                    continue
-                res = json.loads(wd.text_of("#result"))
-                dx, ds = compare(res["results"], native)
-                ok = res["backend"] == backend and dx <= TOL_PX and ds <= TOL_SCORE
-                ms = ", ".join(f"{m:.0f}" for m in res["ms"])
-                check(f"{model} {backend} vs native --device {device}", ok,
-                      f"backend={res['backend']} adapter={res['adapter']!r} max |dxy|={dx:.4f}px "
-                      f"(tol {TOL_PX}) max |dscore|={ds:.5f} (tol {TOL_SCORE}); per image ms [{ms}]; "
-                      f"page {wall:.1f}s")
+                check_pose(wd, base, args, model, backend, device, check)
         model = args.models.split(",")[0]
         for backend, device in (("webgpu", "gpu"), ("cpu", "cpu")):
             check_people(wd, base, args, model, backend, device, check)
         # The same estimator in a Web Worker (people, tracking with a reset between calls).
         check_people(wd, base, args, model, "cpu", "cpu", check, worker=True)
         # WebGPU inside a Web Worker (pose on the whole image, as the first checks).
-        native = native_predict(model, "gpu")
-        t0 = time.time()
-        wd.get(f"{base}/selftest.html?model={model}&backend=webgpu&worker=1&images={','.join(IMAGES)}")
-        title = wd.wait_title(args.timeout)
-        wall = time.time() - t0
-        if title != "done":
-            check(f"{model} webgpu in a worker vs native --device gpu", False, title)
-        else:
-            res = json.loads(wd.text_of("#result"))
-            dx, ds = compare(res["results"], native)
-            ok = res["backend"] == "webgpu" and res.get("worker") is True and dx <= TOL_PX and ds <= TOL_SCORE
-            check(f"{model} webgpu in a worker vs native --device gpu", ok,
-                  f"backend={res['backend']} worker={res.get('worker')} adapter={res['adapter']!r} "
-                  f"max |dxy|={dx:.4f}px (tol {TOL_PX}) max |dscore|={ds:.5f} (tol {TOL_SCORE}); page {wall:.1f}s")
+        check_pose(wd, base, args, model, "webgpu", "gpu", check, worker=True)
         # The demo page with its worker switch on, on a fixture image.
         wd.get(f"{base}/index.html?source=fixtures/sample.jpg&mirror=0&worker=1&backend=cpu")
         title = wd.wait_title(args.timeout, ready=("wgpose: ready",))
