@@ -22,11 +22,26 @@ fi
 # The root target/ is shared with the native build (different target triple, no clash).
 TARGET_DIR=${CARGO_TARGET_DIR:-../target}
 cargo build --release --locked --target wasm32-unknown-unknown --target-dir "$TARGET_DIR"
+# A second build with WebAssembly relaxed SIMD (f32x4.relaxed_madd in the CPU fallback's matrix
+# tile, src/cpu/gemm.rs), in its own target folder since the flags differ; wgpose.js loads it
+# where the browser validates relaxed SIMD (Chrome 114+) and the SIMD128 build elsewhere.
+RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
+  cargo build --release --locked --target wasm32-unknown-unknown --target-dir "$TARGET_DIR/wasm-relaxed"
 
 rm -rf dist
 mkdir -p dist/models dist/fixtures
 wasm-bindgen --target web --no-typescript --out-dir dist \
   "$TARGET_DIR/wasm32-unknown-unknown/release/wgpose_web.wasm"
+RELAXED_OUT=$(mktemp -d)
+wasm-bindgen --target web --no-typescript --out-dir "$RELAXED_OUT" \
+  "$TARGET_DIR/wasm-relaxed/wasm32-unknown-unknown/release/wgpose_web.wasm"
+# One JS glue serves both modules: they export and import the same functions.
+if ! cmp -s "$RELAXED_OUT/wgpose_web.js" dist/wgpose_web.js; then
+  echo "the two wasm builds need different JS glue" >&2
+  exit 1
+fi
+cp "$RELAXED_OUT/wgpose_web_bg.wasm" dist/wgpose_web_relaxed_bg.wasm
+rm -rf "$RELAXED_OUT"
 cp www/*.html www/*.js www/*.css dist/ 2>/dev/null || true
 # The pose models and the person detector (person-detector-r18w32, fetched by createEstimator by default).
 cp ../models/*.safetensors dist/models/

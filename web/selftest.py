@@ -5,7 +5,9 @@ same images and weights.
 
 Checks, per model:
   * WebGPU in the browser (SwiftShader in CI) against native `wgpose predict --device gpu`;
-  * the CPU fallback in the browser (wasm) against native `wgpose predict --device cpu`;
+  * the CPU fallback in the browser (wasm) against native `wgpose predict --device cpu`, both
+    with the wasm module the page picks (Chromium: the relaxed-SIMD build, which must be the one
+    that ran) and with the SIMD128 build forced (`wasm=wgpose_web_bg.wasm`);
   each within TOL_PX pixels per coordinate and TOL_SCORE per score, and the page must report the
   backend it was asked for;
   * finding people (selftest.html?detect=1: no box, the shipped person detector attached on the
@@ -209,13 +211,18 @@ def compare_people(browser, native):
     return problems, db, ds, dk
 
 
-def check_pose(wd, base, args, model, backend, device, check, worker=False):
+def check_pose(wd, base, args, model, backend, device, check, worker=False, wasm=None):
     """The self-test page (whole image as the box) against native `predict --no-detect`; with
-    `worker`, the estimator in a Web Worker."""
+    `worker`, the estimator in a Web Worker; with `wasm`, that wasm module instead of the one the
+    page picks (Chromium validates relaxed SIMD, so the relaxed-SIMD build, which must be the one
+    that ran)."""
     native = native_predict(model, device)
-    name = f"{model} {backend}{' in a worker' if worker else ''} vs native --device {device}"
+    name = (f"{model} {backend}{' in a worker' if worker else ''}{f' with {wasm}' if wasm else ''}"
+            f" vs native --device {device}")
     t0 = time.time()
-    wd.get(f"{base}/selftest.html?model={model}&backend={backend}&worker={int(worker)}&images={','.join(IMAGES)}")
+    extra = f"&wasm={wasm}" if wasm else ""
+    wd.get(f"{base}/selftest.html?model={model}&backend={backend}&worker={int(worker)}{extra}"
+           f"&images={','.join(IMAGES)}")
     title = wd.wait_title(args.timeout)
     wall = time.time() - t0
     if title != "done":
@@ -223,10 +230,12 @@ def check_pose(wd, base, args, model, backend, device, check, worker=False):
         return
     res = json.loads(wd.text_of("#result"))
     dx, ds = compare(res["results"], native)
-    ok = res["backend"] == backend and res.get("worker") == worker and dx <= TOL_PX and ds <= TOL_SCORE
+    ran = res.get("wasm", "")
+    wasm_ok = ran.endswith(wasm) if wasm else ran == "relaxed-simd"
+    ok = res["backend"] == backend and res.get("worker") == worker and wasm_ok and dx <= TOL_PX and ds <= TOL_SCORE
     ms = ", ".join(f"{m:.0f}" for m in res["ms"])
     check(name, ok,
-          f"backend={res['backend']} adapter={res['adapter']!r} max |dxy|={dx:.4f}px "
+          f"backend={res['backend']} wasm={ran} adapter={res['adapter']!r} max |dxy|={dx:.4f}px "
           f"(tol {TOL_PX}) max |dscore|={ds:.5f} (tol {TOL_SCORE}); per image ms [{ms}]; page {wall:.1f}s")
 
 
@@ -329,6 +338,8 @@ def main():
         for model in args.models.split(","):
             for backend, device in (("webgpu", "gpu"), ("cpu", "cpu")):
                 check_pose(wd, base, args, model, backend, device, check)
+            # The SIMD128 build, which browsers without relaxed SIMD load.
+            check_pose(wd, base, args, model, "cpu", "cpu", check, wasm="wgpose_web_bg.wasm")
         model = args.models.split(",")[0]
         for backend, device in (("webgpu", "gpu"), ("cpu", "cpu")):
             check_people(wd, base, args, model, backend, device, check)

@@ -52,7 +52,7 @@ async function buildEstimator() {
     return;
   }
   showError(null);
-  $("backend").textContent = (est.backend === "webgpu" ? `WebGPU: ${est.adapter}` : "CPU (wasm, 1 thread)") +
+  $("backend").textContent = (est.backend === "webgpu" ? `WebGPU: ${est.adapter}` : `CPU (wasm ${est.wasm}, 1 thread)`) +
     (est.worker ? " in a Web Worker" : "");
   $("backend").className = `badge ${est.backend}`;
   const why = est.backend === "cpu"

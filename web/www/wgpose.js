@@ -14,7 +14,8 @@
 //   const t = await est.track(videoFrame);   // one person through a video: null when nobody, else
 //   // { step: "found" (detector: new track, restart smoothing) | "followed" (previous keypoints' box), pose }
 //   est.resetTrack();                        // the next track() runs the detector
-//   est.backend  // "webgpu" or "cpu";  est.adapter, est.fallbackReason, est.detector, est.detectorNote
+//   est.backend  // "webgpu" or "cpu";  est.adapter, est.fallbackReason, est.detector, est.detectorNote,
+//   est.wasm     // "relaxed-simd" (the CPU fallback's matrix tile with fused multiply-adds) or "simd128"
 //   await est.profile(); est.dispose();
 //
 // `createEstimator({ ..., worker: true })` runs the estimator in a module Web Worker
@@ -58,10 +59,33 @@ function wrap(e) {
 }
 
 let ready = null;
-/** Loads and instantiates the wasm module once (`wasmUrl` defaults to next to this file). */
+/** Which wasm module runs: "relaxed-simd", "simd128", or the `wasmUrl` given. */
+let wasmModule = "";
+
+/**
+ * Whether this browser validates WebAssembly relaxed SIMD (Chrome 114+): a one-function module
+ * holding an `i8x16.relaxed_swizzle`. The CPU fallback then loads the build whose matrix-product
+ * tile uses `f32x4.relaxed_madd` (one FMA per multiply-add where the CPU has FMA).
+ */
+export function relaxedSimdSupported() {
+  const probe = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 15, 1, 13, 0,
+                                65, 1, 253, 15, 65, 2, 253, 15, 253, 128, 2, 11]);
+  try {
+    return WebAssembly.validate(probe);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Loads and instantiates the wasm module once. `wasmUrl` defaults to the relaxed-SIMD build next
+ * to this file where the browser supports it, else the SIMD128 build.
+ */
 export function load(wasmUrl) {
   if (!ready) {
-    const url = wasmUrl || new URL("./wgpose_web_bg.wasm", import.meta.url);
+    const relaxed = !wasmUrl && relaxedSimdSupported();
+    const url = wasmUrl || new URL(relaxed ? "./wgpose_web_relaxed_bg.wasm" : "./wgpose_web_bg.wasm", import.meta.url);
+    wasmModule = wasmUrl ? String(wasmUrl) : relaxed ? "relaxed-simd" : "simd128";
     ready = init({ module_or_path: url }).catch((e) => {
       ready = null;
       throw new WgposeError("internal", `could not load the wasm module: ${e.message || e}`, e);
@@ -186,6 +210,8 @@ class Estimator {
     this.detector = inner.detector;
     /** Why there is no detector when the shipped one was asked for ("" otherwise). */
     this.detectorNote = detectorNote;
+    /** The wasm module that runs: "relaxed-simd" or "simd128" (or the `wasmUrl` given). */
+    this.wasm = wasmModule;
     this._disposed = false;
   }
 
