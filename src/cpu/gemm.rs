@@ -210,14 +210,14 @@ type TileFn = unsafe fn(usize, *const f32, usize, usize, *const f32, *mut f32);
 /// `base + offsets[p]` (the implicit im2col of a stride-1 convolution, see [`matmul_offsets`]).
 type TileOffFn = unsafe fn(usize, *const f32, usize, usize, *const f32, *const usize, *mut f32);
 
-/// One kernel pair (packed, offsets) for a tile shape and target features.
-#[cfg_attr(all(target_arch = "wasm32", target_feature = "relaxed-simd"), allow(unused_macros))]
+/// One kernel pair (packed, offsets) around a tile function `$kernel` (the generic
+/// [`tile_kernel`] at one shape, or a hand-written one) for tiles `$nr` wide and target features.
 macro_rules! tile_kernels {
-    ($packed:ident, $offsets:ident, $mr:expr, $nr:expr, $fma:expr $(, $feat:literal)?) => {
+    ($packed:ident, $offsets:ident, $nr:expr, $kernel:expr $(, $feat:literal)?) => {
         $(#[target_feature(enable = $feat)])?
         unsafe fn $packed(k: usize, a: *const f32, ars: usize, acs: usize, b: *const f32, tile: *mut f32) {
             // SAFETY: forwarded contract.
-            unsafe { tile_kernel::<$mr, $nr, { $fma }>(k, a, ars, acs, |p| b.add(p * $nr), tile) }
+            unsafe { $kernel(k, a, ars, acs, |p| b.add(p * $nr), tile) }
         }
         $(#[target_feature(enable = $feat)])?
         unsafe fn $offsets(
@@ -230,18 +230,18 @@ macro_rules! tile_kernels {
             tile: *mut f32,
         ) {
             // SAFETY: forwarded contract.
-            unsafe { tile_kernel::<$mr, $nr, { $fma }>(k, a, ars, acs, |p| base.add(*offs.add(p)), tile) }
+            unsafe { $kernel(k, a, ars, acs, |p| base.add(*offs.add(p)), tile) }
         }
     };
 }
 
 #[cfg(target_arch = "x86_64")]
-tile_kernels!(tile_avx512, tile_off_avx512, 8, 32, true, "avx512f,fma");
+tile_kernels!(tile_avx512, tile_off_avx512, 32, tile_kernel::<8, 32, true>, "avx512f,fma");
 #[cfg(target_arch = "x86_64")]
-tile_kernels!(tile_avx2, tile_off_avx2, 6, 16, true, "avx2,fma");
+tile_kernels!(tile_avx2, tile_off_avx2, 16, tile_kernel::<6, 16, true>, "avx2,fma");
 // aarch64 always has FMA; elsewhere (x86 without AVX2, wasm32) `mul_add` would be a call.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
-tile_kernels!(tile_portable, tile_off_portable, 8, 8, cfg!(target_arch = "aarch64"));
+tile_kernels!(tile_portable, tile_off_portable, 8, tile_kernel::<8, 8, { cfg!(target_arch = "aarch64") }>);
 
 /// The 8 x 8 tile with wasm's relaxed-SIMD multiply-add (`f32x4.relaxed_madd`), which engines
 /// lower to one FMA instruction where the CPU has one (a multiply and an add otherwise): the
@@ -283,24 +283,7 @@ unsafe fn tile_kernel_relaxed(
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-unsafe fn tile_portable(k: usize, a: *const f32, ars: usize, acs: usize, b: *const f32, tile: *mut f32) {
-    // SAFETY: forwarded contract.
-    unsafe { tile_kernel_relaxed(k, a, ars, acs, |p| b.add(p * 8), tile) }
-}
-
-#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-unsafe fn tile_off_portable(
-    k: usize,
-    a: *const f32,
-    ars: usize,
-    acs: usize,
-    base: *const f32,
-    offs: *const usize,
-    tile: *mut f32,
-) {
-    // SAFETY: forwarded contract.
-    unsafe { tile_kernel_relaxed(k, a, ars, acs, |p| base.add(*offs.add(p)), tile) }
-}
+tile_kernels!(tile_portable, tile_off_portable, 8, tile_kernel_relaxed);
 
 fn tile_fn(kernel: Kernel) -> TileFn {
     match kernel {
