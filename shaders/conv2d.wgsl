@@ -50,6 +50,7 @@ struct ConvParams {
 // Tile and workgroup sizes; src/gpu/kernels.rs has constants of the same names (CONV_TM,
 // CONV_TN, CONV_TD for TM, TN, TD), checked by tests/shaders.rs.
 const TN: u32 = 4u;
+const TN3: u32 = 8u;
 // Workgroups of 8: small late layers (8x8 pixels) still spread over several workgroups, and so
 // over every CPU thread of a software driver; on GPUs 8 is a fraction of a wave but these
 // kernels are bound by loads there too.
@@ -109,28 +110,60 @@ fn load_x(base: u32, iy: i32, ix: i32) -> f32 {
     return select(0.0, arena[select(0u, base + u32(iy) * p.w + u32(ix), inside)], inside);
 }
 
-// The 4 x 4 register tile update for one input value per pixel.
-struct Tile {
-    a0: array<vec4<f32>, TN>,
-    a1: array<vec4<f32>, TN>,
-    a2: array<vec4<f32>, TN>,
-    a3: array<vec4<f32>, TN>,
+// The register tile is four `Col`s, one per output pixel, each 16 output channels (TM). Every
+// loop over the tile's pixels and channels is written out by hand: a driver that does not
+// unroll loops (SwiftShader's Subzero, behind Chromium's software WebGPU) would otherwise keep
+// the tile in memory and index it per lane, which made these kernels 3x slower there. Drivers
+// that unroll (lavapipe, GPU compilers) see the same code after their own unrolling.
+struct Col {
+    v0: vec4<f32>,
+    v1: vec4<f32>,
+    v2: vec4<f32>,
+    v3: vec4<f32>,
 }
 
-fn store_tile(t: Tile, n: u32, g: u32, cb: u32, oy: u32, ox0: u32) {
+// The 16 weights of one tap: window layout [block][k in chunk][TM / 4] vec4s.
+fn weights(wi: u32) -> Col {
+    return Col(wts[wi], wts[wi + 1u], wts[wi + 2u], wts[wi + 3u]);
+}
+
+fn col_fma(c: Col, w: Col, x: f32) -> Col {
+    let xv = vec4<f32>(x);
+    return Col(fma(w.v0, xv, c.v0), fma(w.v1, xv, c.v1), fma(w.v2, xv, c.v2), fma(w.v3, xv, c.v3));
+}
+
+// The 4 output channels i4 * 4 .. i4 * 4 + 3 of a column; a select chain, not an index into
+// the struct (which a driver without unrolling would put in memory).
+fn col_part(c: Col, i4: u32) -> vec4<f32> {
+    return select(select(select(c.v0, c.v1, i4 == 1u), c.v2, i4 == 2u), c.v3, i4 == 3u);
+}
+
+// Stores one pixel's column of the tile unless the pixel is past the row's (or image's) end.
+// A loop, so the epilogue is compiled once per call site, not once per channel.
+fn store_col(c: Col, ok: bool, n: u32, g: u32, cb: u32, pix: u32) {
+    if (!ok) {
+        return;
+    }
     let c0 = g * p.cout_g + cb * TM;
-    for (var j = 0u; j < TN; j++) {
-        if (ox0 + j >= p.ow) {
+    for (var i = 0u; i < TM; i++) {
+        if (cb * TM + i >= p.cout_g) {
             break;
         }
-        let pix = oy * p.ow + ox0 + j;
-        let vals = array<vec4<f32>, 4>(t.a0[j], t.a1[j], t.a2[j], t.a3[j]);
-        for (var i = 0u; i < TM; i++) {
-            if (cb * TM + i >= p.cout_g) {
-                break;
-            }
-            finish(vals[i / 4u][i % 4u], n, c0 + i, pix);
+        finish(col_part(c, i / 4u)[i % 4u], n, c0 + i, pix);
+    }
+}
+
+// Stores a 4-pixel tile starting at output pixel `pix`, of which `left` pixels exist.
+fn store_cols4(c0: Col, c1: Col, c2: Col, c3: Col, n: u32, g: u32, cb: u32, pix: u32, left: u32) {
+    for (var j = 0u; j < TN; j++) {
+        var c: Col;
+        switch j {
+            case 0u: { c = c0; }
+            case 1u: { c = c1; }
+            case 2u: { c = c2; }
+            default: { c = c3; }
         }
+        store_col(c, j < left, n, g, cb, pix + j);
     }
 }
 
@@ -149,8 +182,11 @@ fn conv2d_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
     let cb = wid.y + p.y0;
     let iy0 = i32(oy * p.sh) - i32(p.ph);
     let ix0 = i32(ox0 * p.sw) - i32(p.pw);
-    var t: Tile;
-    // Window layout: [block][k in chunk][TM / 4] vec4s; `wi` walks k.
+    let sw = i32(p.sw);
+    var c0: Col;
+    var c1: Col;
+    var c2: Col;
+    var c3: Col;
     var wi = cb * p.ci_n * p.kh * p.kw * 4u;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * p.h * p.w;
     for (var ci = 0u; ci < p.ci_n; ci++) {
@@ -158,25 +194,17 @@ fn conv2d_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
         for (var ky = 0u; ky < p.kh; ky++) {
             let iy = iy0 + i32(ky * p.dh);
             for (var kx = 0u; kx < p.kw; kx++) {
-                let w0 = wts[wi];
-                let w1 = wts[wi + 1u];
-                let w2 = wts[wi + 2u];
-                let w3 = wts[wi + 3u];
+                let w = weights(wi);
                 wi += 4u;
                 let ix = ix0 + i32(kx * p.dw);
-                for (var j = 0u; j < TN; j++) {
-                    let xv = vec4<f32>(load_x(base, iy, ix + i32(j * p.sw)));
-                    t.a0[j] = fma(w0, xv, t.a0[j]);
-                    t.a1[j] = fma(w1, xv, t.a1[j]);
-                    t.a2[j] = fma(w2, xv, t.a2[j]);
-                    t.a3[j] = fma(w3, xv, t.a3[j]);
-                }
+                c0 = col_fma(c0, w, load_x(base, iy, ix));
+                c1 = col_fma(c1, w, load_x(base, iy, ix + sw));
+                c2 = col_fma(c2, w, load_x(base, iy, ix + 2 * sw));
+                c3 = col_fma(c3, w, load_x(base, iy, ix + 3 * sw));
             }
         }
     }
-    if (tile < tiles_x * p.oh) {
-        store_tile(t, n, p.g0, p.cb0 + cb, oy, ox0);
-    }
+    store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, oy * p.ow + ox0, p.ow - ox0);
 }
 
 // 3x3, stride 1, dilation 1 (most layers): the TN + 2 inputs of a kernel row are loaded once
@@ -194,36 +222,41 @@ fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
     let cb = wid.y + p.y0;
     let iy0 = i32(oy) - i32(p.ph);
     let ix0 = i32(ox0) - i32(p.pw);
-    var t: Tile;
+    var c0: Col;
+    var c1: Col;
+    var c2: Col;
+    var c3: Col;
     var wi = cb * p.ci_n * 9u * 4u;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * p.h * p.w;
     for (var ci = 0u; ci < p.ci_n; ci++) {
         let base = ch0 + ci * p.h * p.w;
         for (var ky = 0u; ky < 3u; ky++) {
             let iy = iy0 + i32(ky);
-            var xs: array<f32, 6>;
-            for (var q = 0u; q < 6u; q++) {
-                xs[q] = load_x(base, iy, ix0 + i32(q));
-            }
-            for (var kx = 0u; kx < 3u; kx++) {
-                let w0 = wts[wi];
-                let w1 = wts[wi + 1u];
-                let w2 = wts[wi + 2u];
-                let w3 = wts[wi + 3u];
-                wi += 4u;
-                for (var j = 0u; j < TN; j++) {
-                    let xv = vec4<f32>(xs[j + kx]);
-                    t.a0[j] = fma(w0, xv, t.a0[j]);
-                    t.a1[j] = fma(w1, xv, t.a1[j]);
-                    t.a2[j] = fma(w2, xv, t.a2[j]);
-                    t.a3[j] = fma(w3, xv, t.a3[j]);
-                }
-            }
+            let x0 = load_x(base, iy, ix0);
+            let x1 = load_x(base, iy, ix0 + 1);
+            let x2 = load_x(base, iy, ix0 + 2);
+            let x3 = load_x(base, iy, ix0 + 3);
+            let x4 = load_x(base, iy, ix0 + 4);
+            let x5 = load_x(base, iy, ix0 + 5);
+            var w = weights(wi);
+            c0 = col_fma(c0, w, x0);
+            c1 = col_fma(c1, w, x1);
+            c2 = col_fma(c2, w, x2);
+            c3 = col_fma(c3, w, x3);
+            w = weights(wi + 4u);
+            c0 = col_fma(c0, w, x1);
+            c1 = col_fma(c1, w, x2);
+            c2 = col_fma(c2, w, x3);
+            c3 = col_fma(c3, w, x4);
+            w = weights(wi + 8u);
+            c0 = col_fma(c0, w, x2);
+            c1 = col_fma(c1, w, x3);
+            c2 = col_fma(c2, w, x4);
+            c3 = col_fma(c3, w, x5);
+            wi += 12u;
         }
     }
-    if (tile < tiles_x * p.oh) {
-        store_tile(t, n, p.g0, p.cb0 + cb, oy, ox0);
-    }
+    store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, oy * p.ow + ox0, p.ow - ox0);
 }
 
 // 1x1, stride 1, no padding: a plain GEMM over flattened pixels; no bounds arithmetic at all
@@ -237,49 +270,27 @@ fn conv2d_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
     }
     let n = wid.z + p.z0;
     let cb = wid.y + p.y0;
-    var t: Tile;
+    var c0: Col;
+    var c1: Col;
+    var c2: Col;
+    var c3: Col;
     var wi = cb * p.ci_n * 4u;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * hw;
-    var idx: array<u32, TN>;
-    for (var j = 0u; j < TN; j++) {
-        idx[j] = min(pix0 + j, hw - 1u);
-    }
+    let i0 = pix0;
+    let i1 = min(pix0 + 1u, hw - 1u);
+    let i2 = min(pix0 + 2u, hw - 1u);
+    let i3 = min(pix0 + 3u, hw - 1u);
     for (var ci = 0u; ci < p.ci_n; ci++) {
         let base = ch0 + ci * hw;
-        let w0 = wts[wi];
-        let w1 = wts[wi + 1u];
-        let w2 = wts[wi + 2u];
-        let w3 = wts[wi + 3u];
+        let w = weights(wi);
         wi += 4u;
-        for (var j = 0u; j < TN; j++) {
-            let xv = vec4<f32>(arena[base + idx[j]]);
-            t.a0[j] = fma(w0, xv, t.a0[j]);
-            t.a1[j] = fma(w1, xv, t.a1[j]);
-            t.a2[j] = fma(w2, xv, t.a2[j]);
-            t.a3[j] = fma(w3, xv, t.a3[j]);
-        }
+        c0 = col_fma(c0, w, arena[base + i0]);
+        c1 = col_fma(c1, w, arena[base + i1]);
+        c2 = col_fma(c2, w, arena[base + i2]);
+        c3 = col_fma(c3, w, arena[base + i3]);
     }
     // Flattened pixels are rows of width `ow` = w for the store.
-    if (pix0 < hw) {
-        store_tile_flat(t, n, p.g0, p.cb0 + cb, pix0);
-    }
-}
-
-fn store_tile_flat(t: Tile, n: u32, g: u32, cb: u32, pix0: u32) {
-    let c0 = g * p.cout_g + cb * TM;
-    let ohw = p.oh * p.ow;
-    for (var j = 0u; j < TN; j++) {
-        if (pix0 + j >= ohw) {
-            break;
-        }
-        let vals = array<vec4<f32>, 4>(t.a0[j], t.a1[j], t.a2[j], t.a3[j]);
-        for (var i = 0u; i < TM; i++) {
-            if (cb * TM + i >= p.cout_g) {
-                break;
-            }
-            finish(vals[i / 4u][i % 4u], n, c0 + i, pix0 + j);
-        }
-    }
+    store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, pix0, p.oh * p.ow - pix0);
 }
 
 // Weights for conv2d_direct keep the original [cout][cin_g][kh][kw] layout.
