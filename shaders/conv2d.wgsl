@@ -207,8 +207,9 @@ fn conv2d_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
     store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, oy * p.ow + ox0, p.ow - ox0);
 }
 
-// 3x3, stride 1, dilation 1 (most layers): the TN + 2 inputs of a kernel row are loaded once
-// and shared by the three taps, 6 loads instead of 12.
+// 3x3, stride 1, dilation 1 (most layers), 4 pixels (`ConvTiling::Compact`, the A/B baseline
+// of conv2d_3x3_wide below): the TN + 2 inputs of a kernel row are loaded once and shared by the
+// three taps, 6 loads instead of 12.
 @compute @workgroup_size(CONV_TILED_WG)
 fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tiles_x = (p.ow + TN - 1u) / TN;
@@ -259,10 +260,10 @@ fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
     store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, oy * p.ow + ox0, p.ow - ox0);
 }
 
-// conv2d_3x3 with TNW = 8 pixels per invocation (the `ConvTiling::Wide` strategy): each
-// activation load feeds 16 channels and each weight load 8 pixels, twice conv2d_3x3's reuse of
-// weights. 1.8x faster than conv2d_3x3 on lavapipe; not used on SwiftShader, whose JIT (Subzero)
-// took minutes to compile its 32 live vec4 accumulators (src/gpu/kernels.rs, `ConvTiling`).
+// conv2d_3x3 with TNW = 8 pixels per invocation (the `ConvTiling::Wide` strategy, the
+// default): each activation load feeds 16 channels and each weight load 8 pixels, twice
+// conv2d_3x3's reuse of weights. The row's 10 inputs are loaded in a loop: with ten written-out
+// loads SwiftShader's JIT (Subzero) spent minutes compiling the kernel (six: 11 s).
 @compute @workgroup_size(CONV_TILED_WG)
 fn conv2d_3x3_wide(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tiles_x = (p.ow + TNW - 1u) / TNW;
@@ -290,16 +291,20 @@ fn conv2d_3x3_wide(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workg
         let base = ch0 + ci * p.h * p.w;
         for (var ky = 0u; ky < 3u; ky++) {
             let iy = iy0 + i32(ky);
-            let x0 = load_x(base, iy, ix0 + 0);
-            let x1 = load_x(base, iy, ix0 + 1);
-            let x2 = load_x(base, iy, ix0 + 2);
-            let x3 = load_x(base, iy, ix0 + 3);
-            let x4 = load_x(base, iy, ix0 + 4);
-            let x5 = load_x(base, iy, ix0 + 5);
-            let x6 = load_x(base, iy, ix0 + 6);
-            let x7 = load_x(base, iy, ix0 + 7);
-            let x8 = load_x(base, iy, ix0 + 8);
-            let x9 = load_x(base, iy, ix0 + 9);
+            var xs: array<f32, 10>;
+            for (var q = 0u; q < 10u; q++) {
+                xs[q] = load_x(base, iy, ix0 + i32(q));
+            }
+            let x0 = xs[0];
+            let x1 = xs[1];
+            let x2 = xs[2];
+            let x3 = xs[3];
+            let x4 = xs[4];
+            let x5 = xs[5];
+            let x6 = xs[6];
+            let x7 = xs[7];
+            let x8 = xs[8];
+            let x9 = xs[9];
             var w = weights(wi);
             c0 = col_fma(c0, w, x0);
             c1 = col_fma(c1, w, x1);

@@ -73,36 +73,27 @@ impl Kernel {
     }
 }
 
-/// How many output pixels a 3x3 convolution invocation computes: a kernel strategy chosen per
-/// adapter ([`ConvTiling::for_adapter`]), the same graph and weights either way.
+/// How many output pixels a 3x3 convolution invocation computes: a kernel strategy
+/// ([`ConvTiling::for_adapter`]), the same graph and weights either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvTiling {
-    /// 16 channels x 8 pixels (`conv2d_3x3_wide`): each weight feeds twice the FMAs. The
-    /// default: 1.8x faster whole networks on lavapipe, and GPU compilers unroll it as well.
+    /// 16 channels x 8 pixels (`conv2d_3x3_wide`): each weight load feeds twice the FMAs. The
+    /// default on every adapter: against `Compact`, 1.8x less GPU time for whole networks on
+    /// lavapipe and 1.45-1.6x on SwiftShader (README, "Why the convolution kernel looks the way
+    /// it does").
     Wide,
-    /// 16 channels x 4 pixels (`conv2d_3x3`), for JIT compilers that do not cope with 32 live
-    /// vec4 accumulators: SwiftShader's Subzero (Chromium's software WebGPU) took minutes to
-    /// compile the wide kernel.
+    /// 16 channels x 4 pixels (`conv2d_3x3`): the previous kernel, kept as the measured
+    /// baseline of A/B benchmarks and as a fallback a caller can choose.
     Compact,
 }
 
 impl ConvTiling {
-    /// `Compact` on SwiftShader (by name natively; a browser's fallback adapter, which is
-    /// SwiftShader in Chromium, where WebGPU hides the name), `Wide` elsewhere. The environment
-    /// variable `WGPOSE_CONV_TILING=wide|compact` overrides it, for A/B benchmarks.
-    pub fn for_adapter(info: &wgpu::AdapterInfo) -> ConvTiling {
+    /// `Wide`, unless the environment variable `WGPOSE_CONV_TILING=wide|compact` says otherwise
+    /// (for A/B benchmarks).
+    pub fn for_adapter(_info: &wgpu::AdapterInfo) -> ConvTiling {
         match std::env::var("WGPOSE_CONV_TILING").as_deref() {
-            Ok("wide") => return ConvTiling::Wide,
-            Ok("compact") => return ConvTiling::Compact,
-            _ => {}
-        }
-        let swiftshader = info.name.to_ascii_lowercase().contains("swiftshader");
-        let browser_fallback =
-            info.backend == wgpu::Backend::BrowserWebGpu && info.device_type == wgpu::DeviceType::Cpu;
-        if swiftshader || browser_fallback {
-            ConvTiling::Compact
-        } else {
-            ConvTiling::Wide
+            Ok("compact") => ConvTiling::Compact,
+            _ => ConvTiling::Wide,
         }
     }
 }
