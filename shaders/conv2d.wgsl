@@ -48,9 +48,9 @@ struct ConvParams {
 @group(0) @binding(3) var<uniform> wts: array<vec4<f32>, 4096>;
 
 // Tile and workgroup sizes; src/gpu/kernels.rs has constants of the same names (CONV_TM,
-// CONV_TN, CONV_TNW, CONV_TD for TM, TN, TNW, TD), checked by tests/shaders.rs.
+// CONV_TN, CONV_TD for TM, TN, TD), checked by tests/shaders.rs.
 const TN: u32 = 4u;
-const TNW: u32 = 8u;
+const TN3: u32 = 8u;
 // Workgroups of 8: small late layers (8x8 pixels) still spread over several workgroups, and so
 // over every CPU thread of a software driver; on GPUs 8 is a fraction of a wave but these
 // kernels are bound by loads there too.
@@ -207,9 +207,8 @@ fn conv2d_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
     store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, oy * p.ow + ox0, p.ow - ox0);
 }
 
-// 3x3, stride 1, dilation 1 (most layers), 4 pixels (`ConvTiling::Compact`, the A/B baseline
-// of conv2d_3x3_wide below): the TN + 2 inputs of a kernel row are loaded once and shared by the
-// three taps, 6 loads instead of 12.
+// 3x3, stride 1, dilation 1 (most layers): the TN + 2 inputs of a kernel row are loaded once
+// and shared by the three taps, 6 loads instead of 12.
 @compute @workgroup_size(CONV_TILED_WG)
 fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tiles_x = (p.ow + TN - 1u) / TN;
@@ -258,100 +257,6 @@ fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
         }
     }
     store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, oy * p.ow + ox0, p.ow - ox0);
-}
-
-// conv2d_3x3 with TNW = 8 pixels per invocation (the `ConvTiling::Wide` strategy, the
-// default): each activation load feeds 16 channels and each weight load 8 pixels, twice
-// conv2d_3x3's reuse of weights. The row's 10 inputs are loaded in a loop: with ten written-out
-// loads SwiftShader's JIT (Subzero) spent minutes compiling the kernel (six: 11 s).
-@compute @workgroup_size(CONV_TILED_WG)
-fn conv2d_3x3_wide(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tiles_x = (p.ow + TNW - 1u) / TNW;
-    let tile = gid.x + p.x0;
-    if (tile >= tiles_x * p.oh) {
-        return;
-    }
-    let oy = tile / tiles_x;
-    let ox0 = (tile % tiles_x) * TNW;
-    let n = wid.z + p.z0;
-    let cb = wid.y + p.y0;
-    let iy0 = i32(oy) - i32(p.ph);
-    let ix0 = i32(ox0) - i32(p.pw);
-    var c0: Col;
-    var c1: Col;
-    var c2: Col;
-    var c3: Col;
-    var c4: Col;
-    var c5: Col;
-    var c6: Col;
-    var c7: Col;
-    var wi = cb * p.ci_n * 9u * 4u;
-    let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * p.h * p.w;
-    for (var ci = 0u; ci < p.ci_n; ci++) {
-        let base = ch0 + ci * p.h * p.w;
-        for (var ky = 0u; ky < 3u; ky++) {
-            let iy = iy0 + i32(ky);
-            var xs: array<f32, 10>;
-            for (var q = 0u; q < 10u; q++) {
-                xs[q] = load_x(base, iy, ix0 + i32(q));
-            }
-            let x0 = xs[0];
-            let x1 = xs[1];
-            let x2 = xs[2];
-            let x3 = xs[3];
-            let x4 = xs[4];
-            let x5 = xs[5];
-            let x6 = xs[6];
-            let x7 = xs[7];
-            let x8 = xs[8];
-            let x9 = xs[9];
-            var w = weights(wi);
-            c0 = col_fma(c0, w, x0);
-            c1 = col_fma(c1, w, x1);
-            c2 = col_fma(c2, w, x2);
-            c3 = col_fma(c3, w, x3);
-            c4 = col_fma(c4, w, x4);
-            c5 = col_fma(c5, w, x5);
-            c6 = col_fma(c6, w, x6);
-            c7 = col_fma(c7, w, x7);
-            w = weights(wi + 4u);
-            c0 = col_fma(c0, w, x1);
-            c1 = col_fma(c1, w, x2);
-            c2 = col_fma(c2, w, x3);
-            c3 = col_fma(c3, w, x4);
-            c4 = col_fma(c4, w, x5);
-            c5 = col_fma(c5, w, x6);
-            c6 = col_fma(c6, w, x7);
-            c7 = col_fma(c7, w, x8);
-            w = weights(wi + 8u);
-            c0 = col_fma(c0, w, x2);
-            c1 = col_fma(c1, w, x3);
-            c2 = col_fma(c2, w, x4);
-            c3 = col_fma(c3, w, x5);
-            c4 = col_fma(c4, w, x6);
-            c5 = col_fma(c5, w, x7);
-            c6 = col_fma(c6, w, x8);
-            c7 = col_fma(c7, w, x9);
-            wi += 12u;
-        }
-    }
-    let cbg = p.cb0 + cb;
-    let pix = oy * p.ow + ox0;
-    // One store_col call site (the epilogue is compiled once): the column picked by a switch.
-    for (var j = 0u; j < TNW; j++) {
-        var c: Col;
-        switch j {
-            case 0u: { c = c0; }
-            case 1u: { c = c1; }
-            case 2u: { c = c2; }
-            case 3u: { c = c3; }
-            case 4u: { c = c4; }
-            case 5u: { c = c5; }
-            case 6u: { c = c6; }
-            default: { c = c7; }
-        }
-        store_col(c, ox0 + j < p.ow, n, p.g0, cbg, pix + j);
-    }
 }
 
 // 1x1, stride 1, no padding: a plain GEMM over flattened pixels; no bounds arithmetic at all

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{assert_close, gpu, random_graph, random_inputs, random_tensor};
-use wgpose::gpu::{ConvTiling, GpuModel};
+use wgpose::gpu::GpuModel;
 use wgpose::graph::{Act, Conv2d, Epilogue, Graph, Op};
 use wgpose::rng::Rng;
 use wgpose::Tensor;
@@ -104,11 +104,9 @@ fn random_graphs_with_a_low_grid_limit_match_the_reference() {
     }
 }
 
-/// A 1 -> 8 channel 3x3 convolution on 1500x1500 pixels with 4-pixel tiles
-/// (`ConvTiling::Compact`): 1500 * 375 / 8 = 70,313 workgroups of pixel tiles, above the 65,535
-/// a device allows along one axis (the error of issue 15), yet only 9 + 72 MB, within lavapipe's
-/// 128 MiB storage binding. (8-pixel tiles would need twice the pixels, over that binding; the
-/// tests above split the adapter's own tiling, `Wide` on lavapipe, with low grid limits.)
+/// A 1 -> 8 channel 3x3 convolution on 1500x1500 pixels: 1500 * 375 / 8 = 70,313 workgroups
+/// of pixel tiles, above the 65,535 a device allows along one axis (the error of issue 15), yet
+/// only 9 + 72 MB, within lavapipe's 128 MiB storage binding.
 #[test]
 fn a_convolution_wider_than_65535_workgroups_runs() {
     let Some(ctx) = gpu() else { return };
@@ -118,7 +116,7 @@ fn a_convolution_wider_than_65535_workgroups_runs() {
     let y = g.push("c", conv(&mut rng, 1, 8, 3, 1, 1), vec![x]).unwrap();
     g.outputs = vec![y];
     let inputs = random_inputs(&g, 1, 3);
-    let mut m = GpuModel::compile_with_tiling(&ctx, &g, 1, ConvTiling::Compact).unwrap();
+    let mut m = GpuModel::compile_with(&ctx, &g, 1).unwrap();
     assert!(m.dispatch_count() >= 2, "the 70k-workgroup grid should be split");
     let got = m.run(&inputs).unwrap();
     let want = wgpose::cpu::run(&g, &inputs).unwrap();

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{assert_close, gpu, random_tensor};
-use wgpose::gpu::{ConvTiling, GpuContext, GpuModel};
+use wgpose::gpu::{GpuContext, GpuModel};
 use wgpose::graph::{Act, BatchNorm, Conv2d, Epilogue, Graph, Op, Residual};
 use wgpose::rng::Rng;
 use wgpose::Tensor;
@@ -33,18 +33,13 @@ fn single_op(inputs: &[[usize; 4]], op: Op) -> Graph {
     g
 }
 
-/// Runs `g` on the GPU with each convolution strategy (`ConvTiling`: 3x3 tiles of 8 or 4
-/// pixels) and compares with the reference.
 fn check(ctx: &GpuContext, what: &str, g: &Graph, batch: usize, seed: u64) {
     let inputs = common::random_inputs(g, batch, seed);
     let want = wgpose::cpu::reference::run(g, &inputs).unwrap();
-    for tiling in [ConvTiling::Wide, ConvTiling::Compact] {
-        let what = format!("{what} ({tiling:?})");
-        let mut m = GpuModel::compile_with_tiling(ctx, g, batch, tiling).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let got = m.run(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
-        for (a, b) in got.iter().zip(&want) {
-            assert_close(&what, a, b, TOL);
-        }
+    let mut m = GpuModel::compile_with(ctx, g, batch).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let got = m.run(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+    for (a, b) in got.iter().zip(&want) {
+        assert_close(what, a, b, TOL);
     }
 }
 
@@ -93,8 +88,8 @@ fn conv2d_matches_reference() {
         ([2, 1100, 3, 5], 20, [1, 1], 1, 0, 1, 1, false), // 1x1 split over 2 input chunks
         ([1, 64, 6, 7], 80, [3, 3], 2, 1, 1, 2, true),    // groups on the tiled path, several blocks
         ([1, 2, 40, 3], 16, [3, 3], 1, 1, 1, 1, true),    // narrower than one pixel tile
-        ([1, 7, 5, 13], 17, [3, 3], 1, 1, 1, 1, true),    // 13 = one wide tile + 5
-        ([2, 9, 4, 16], 20, [3, 3], 1, 0, 1, 1, false),   // no padding: 14 wide, 2 tiles of 8
+        ([1, 7, 5, 13], 17, [3, 3], 1, 1, 1, 1, true),    // 13 = three pixel tiles + 1
+        ([2, 9, 4, 16], 20, [3, 3], 1, 0, 1, 1, false),   // no padding: 14 wide
     ];
     for (i, &(s, cout, k, st, p, d, g, bias)) in cases.iter().enumerate() {
         let op = Op::Conv2d(conv_op(&mut rng, s[1], cout, k, st, p, d, g, bias));

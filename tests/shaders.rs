@@ -44,8 +44,8 @@ fn every_shader_file_is_listed() {
 // ---------------------------------------------------------------------------------------------
 
 use wgpose::gpu::kernels::{
-    CONV2D_WGSL, CONV_DIRECT_WG, CONV_TD, CONV_TILED_WG, CONV_TM, CONV_TN, CONV_TNW, ELEMENTWISE_WGSL, FLAT_WG,
-    POOL_WGSL, RESAMPLE_WGSL,
+    CONV2D_WGSL, CONV_DIRECT_WG, CONV_TD, CONV_TILED_WG, CONV_TM, CONV_TN, ELEMENTWISE_WGSL, FLAT_WG, POOL_WGSL,
+    RESAMPLE_WGSL,
 };
 use wgpose::gpu::uniforms::{
     conv_mode, ew_flags, res_mode, ConvParams, EwParams, PoolParams, PreprocessParams, ResampleParams, UniformBlock,
@@ -120,7 +120,6 @@ fn codes_and_sizes_agree_between_rust_and_wgsl() {
     for (name, v) in [
         ("TM", CONV_TM),
         ("TN", CONV_TN),
-        ("TNW", CONV_TNW),
         ("TD", CONV_TD),
         ("CONV_TILED_WG", CONV_TILED_WG),
         ("CONV_DIRECT_WG", CONV_DIRECT_WG),

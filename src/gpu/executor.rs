@@ -7,7 +7,7 @@ use std::ops::Range;
 use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
-use super::kernels::{lower, ConvTiling, Dispatch, Kernel, ParamPack};
+use super::kernels::{lower, Dispatch, Kernel, ParamPack};
 use super::readback::{read_buffer, read_buffer_async};
 use super::setup::{self, storage, UNIFORM};
 use crate::error::{Error, Result};
@@ -87,27 +87,19 @@ impl GpuModel {
     /// dimension (and never more than the device allows). Grids beyond the limit are folded or
     /// split over several dispatches; a low limit lets tests exercise that on small tensors.
     pub fn compile_with_grid_limit(ctx: &GpuContext, graph: &Graph, batch: usize, max_workgroups: u32) -> Result<Self> {
-        let tiling = ConvTiling::for_adapter(&ctx.adapter_info);
-        ctx.scoped("compiling the graph", || Self::build(ctx, graph.clone(), batch, max_workgroups, tiling))
-    }
-
-    /// [`compile_with`](Self::compile_with) with the given convolution kernel strategy instead of
-    /// the adapter's ([`ConvTiling::for_adapter`]): tests run both on one adapter.
-    pub fn compile_with_tiling(ctx: &GpuContext, graph: &Graph, batch: usize, tiling: ConvTiling) -> Result<Self> {
-        ctx.scoped("compiling the graph", || Self::build(ctx, graph.clone(), batch, u32::MAX, tiling))
+        ctx.scoped("compiling the graph", || Self::build(ctx, graph.clone(), batch, max_workgroups))
     }
 
     /// [`GpuModel::compile_with`] that awaits the error scopes instead of blocking (browsers).
     pub async fn compile_with_async(ctx: &GpuContext, graph: &Graph, batch: usize) -> Result<Self> {
-        let tiling = ConvTiling::for_adapter(&ctx.adapter_info);
-        ctx.scoped_async("compiling the graph", || Self::build(ctx, graph.clone(), batch, u32::MAX, tiling)).await
+        ctx.scoped_async("compiling the graph", || Self::build(ctx, graph.clone(), batch, u32::MAX)).await
     }
 
-    fn build(ctx: &GpuContext, graph: Graph, batch: usize, max_workgroups: u32, tiling: ConvTiling) -> Result<Self> {
+    fn build(ctx: &GpuContext, graph: Graph, batch: usize, max_workgroups: u32) -> Result<Self> {
         let plan = plan(&graph, batch)?;
         let mut pack = ParamPack::default();
         let max_workgroups = max_workgroups.min(ctx.device.limits().max_compute_workgroups_per_dimension);
-        let dispatches = lower(&graph, &plan, &mut pack, max_workgroups, tiling)?;
+        let dispatches = lower(&graph, &plan, &mut pack, max_workgroups)?;
         let limits = ctx.device.limits();
         let arena_bytes = (plan.arena_len.max(64) * 4) as u64;
         let param_bytes = (pack.data.len().max(4) * 4) as u64;

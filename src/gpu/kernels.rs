@@ -35,7 +35,7 @@ pub const RESAMPLE_WGSL: &str =
 /// validation tests and pipeline creation. common.wgsl is listed too: it validates on its own.
 pub const SHADERS: &[(&str, &str, &[&str])] = &[
     ("common.wgsl", COMMON_WGSL, &[]),
-    ("conv2d.wgsl", CONV2D_WGSL, &["conv2d_tiled", "conv2d_3x3", "conv2d_3x3_wide", "conv2d_1x1", "conv2d_direct"]),
+    ("conv2d.wgsl", CONV2D_WGSL, &["conv2d_tiled", "conv2d_3x3", "conv2d_1x1", "conv2d_direct"]),
     ("elementwise.wgsl", ELEMENTWISE_WGSL, &["elementwise"]),
     ("pool.wgsl", POOL_WGSL, &["max_pool"]),
     ("resample.wgsl", RESAMPLE_WGSL, &["upsample_nearest", "upsample_bilinear", "pixel_shuffle"]),
@@ -46,7 +46,6 @@ pub const SHADERS: &[(&str, &str, &[&str])] = &[
 pub(crate) enum Kernel {
     ConvTiled,
     Conv3x3,
-    Conv3x3Wide,
     Conv1x1,
     ConvDirect,
     Elementwise,
@@ -61,7 +60,6 @@ impl Kernel {
         match self {
             Kernel::ConvTiled => (CONV2D_WGSL, "conv2d_tiled"),
             Kernel::Conv3x3 => (CONV2D_WGSL, "conv2d_3x3"),
-            Kernel::Conv3x3Wide => (CONV2D_WGSL, "conv2d_3x3_wide"),
             Kernel::Conv1x1 => (CONV2D_WGSL, "conv2d_1x1"),
             Kernel::ConvDirect => (CONV2D_WGSL, "conv2d_direct"),
             Kernel::Elementwise => (ELEMENTWISE_WGSL, "elementwise"),
@@ -69,31 +67,6 @@ impl Kernel {
             Kernel::UpsampleNearest => (RESAMPLE_WGSL, "upsample_nearest"),
             Kernel::UpsampleBilinear => (RESAMPLE_WGSL, "upsample_bilinear"),
             Kernel::PixelShuffle => (RESAMPLE_WGSL, "pixel_shuffle"),
-        }
-    }
-}
-
-/// How many output pixels a 3x3 convolution invocation computes: a kernel strategy
-/// ([`ConvTiling::for_adapter`]), the same graph and weights either way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvTiling {
-    /// 16 channels x 8 pixels (`conv2d_3x3_wide`): each weight load feeds twice the FMAs. The
-    /// default on every adapter: against `Compact`, 1.8x less GPU time for whole networks on
-    /// lavapipe and 1.45-1.6x on SwiftShader (README, "Why the convolution kernel looks the way
-    /// it does").
-    Wide,
-    /// 16 channels x 4 pixels (`conv2d_3x3`): the previous kernel, kept as the measured
-    /// baseline of A/B benchmarks and as a fallback a caller can choose.
-    Compact,
-}
-
-impl ConvTiling {
-    /// `Wide`, unless the environment variable `WGPOSE_CONV_TILING=wide|compact` says otherwise
-    /// (for A/B benchmarks).
-    pub fn for_adapter(_info: &wgpu::AdapterInfo) -> ConvTiling {
-        match std::env::var("WGPOSE_CONV_TILING").as_deref() {
-            Ok("compact") => ConvTiling::Compact,
-            _ => ConvTiling::Wide,
         }
     }
 }
@@ -147,10 +120,8 @@ impl ParamPack {
 // the values and the entry points' workgroup sizes).
 /// Conv tiles cover 16 output channels per invocation (`TM` in conv2d.wgsl)...
 pub const CONV_TM: usize = 16;
-/// ... and 4 pixels of one output row (`TN`)...
+/// ... and 4 pixels of one output row (`TN`).
 pub const CONV_TN: usize = 4;
-/// ... or 8 in the 3x3 kernel of [`ConvTiling::Wide`] (`TNW`).
-pub const CONV_TNW: usize = 8;
 /// The direct (depthwise) kernel computes 4 pixels per invocation (`TD`).
 pub const CONV_TD: usize = 4;
 /// Workgroup size of the direct convolution.
@@ -285,13 +256,7 @@ fn resample(
 /// Turns every node of `g` into dispatches, packing parameters as it goes. `max_workgroups` is
 /// the device's limit per grid dimension (`max_compute_workgroups_per_dimension`); larger grids
 /// are folded into more dimensions or split over several dispatches.
-pub(crate) fn lower(
-    g: &Graph,
-    plan: &MemoryPlan,
-    pack: &mut ParamPack,
-    max_workgroups: u32,
-    tiling: ConvTiling,
-) -> Result<Vec<Dispatch>> {
+pub(crate) fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack, max_workgroups: u32) -> Result<Vec<Dispatch>> {
     let max = (max_workgroups as usize).max(1);
     let mut out = Vec::new();
     for (id, node) in g.nodes.iter().enumerate() {
@@ -301,7 +266,7 @@ pub(crate) fn lower(
         let xv: Vec<View> = node.inputs.iter().map(|&i| plan.views[i]).collect();
         match &node.op {
             Op::Input { .. } => {}
-            Op::Conv2d(c) => out.extend(conv(id, c, ins[0], shape, &xv, y, pack, max, tiling)?),
+            Op::Conv2d(c) => out.extend(conv(id, c, ins[0], shape, &xv, y, pack, max)?),
             Op::BatchNorm(bn) => {
                 let (scale, shift) = bn.scale_shift();
                 let (s, t) = (pack.push(&scale), pack.push(&shift));
@@ -378,7 +343,6 @@ fn conv(
     y: View,
     pack: &mut ParamPack,
     max: usize,
-    tiling: ConvTiling,
 ) -> Result<Vec<Dispatch>> {
     let [n, cin, h, w] = ins;
     let [_, cout, oh, ow] = out;
@@ -453,18 +417,17 @@ fn conv(
     let n_chunks = cin_g.div_ceil(max_ci);
     let cpc = cin_g.div_ceil(n_chunks);
     let n_blocks = cout_g.div_ceil(CONV_TM);
+    let tiles = (ow.div_ceil(CONV_TN) * oh).div_ceil(CONV_TILED_WG);
     let is_3x3 = kh == 3 && kw == 3 && c.stride == [1, 1] && c.dilation == [1, 1];
     let is_1x1 = kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0];
-    let (kernel, tiles) = if is_3x3 && tiling == ConvTiling::Wide {
-        (Kernel::Conv3x3Wide, ow.div_ceil(CONV_TNW) * oh)
-    } else if is_3x3 {
-        (Kernel::Conv3x3, ow.div_ceil(CONV_TN) * oh)
+    let kernel = if is_3x3 {
+        Kernel::Conv3x3
     } else if is_1x1 {
-        (Kernel::Conv1x1, (oh * ow).div_ceil(CONV_TN))
+        Kernel::Conv1x1
     } else {
-        (Kernel::ConvTiled, ow.div_ceil(CONV_TN) * oh)
+        Kernel::ConvTiled
     };
-    let tiles = tiles.div_ceil(CONV_TILED_WG);
+    let tiles = if is_1x1 { (oh * ow).div_ceil(CONV_TN).div_ceil(CONV_TILED_WG) } else { tiles };
     let mut dispatches = Vec::new();
     for gi in 0..g {
         for chunk in 0..n_chunks {

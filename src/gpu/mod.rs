@@ -9,4 +9,3 @@ pub mod uniforms;
 
 pub use context::{is_software_adapter, GpuContext, NO_ADAPTER_HELP};
 pub use executor::{GpuModel, NodeTime};
-pub use kernels::ConvTiling;
