@@ -328,22 +328,24 @@ export async function createEstimator({ model = "", weightsUrl, backend = "auto"
     if (!model) throw new WgposeError("input", "createEstimator needs weightsUrl (or a model name: models/NAME.safetensors)");
     weightsUrl = `models/${model}.safetensors`;
   }
-  await load(wasmUrl);
   const base = typeof document !== "undefined" ? document.baseURI : globalThis.location.href;
   const url = new URL(weightsUrl, base).href;
-  const w = await fetchWeights(url, cache);
-  let d = null;
   let detectorNote = "";
-  if (detector) {
+  // The wasm module, the weights and the detector's weights load at the same time.
+  const fetchDetector = async () => {
+    if (!detector) return null;
     const dUrl = new URL(detectorUrl || defaultDetectorUrl, base).href;
     try {
-      d = await fetchWeights(dUrl, cache);
+      const d = await fetchWeights(dUrl, cache);
       d.label = detectorUrl || DEFAULT_DETECTOR_URL;
+      return d;
     } catch (e) {
       if (detectorUrl) throw e;
       detectorNote = `no person detector (${e.message}): no box means the whole source`;
+      return null;
     }
-  }
+  };
+  const [, w, d] = await Promise.all([load(wasmUrl), fetchWeights(url, cache), fetchDetector()]);
   let inner;
   try {
     inner = await createWasm(model, w.bytes, weightsUrl, backend, d ? d.bytes : new Uint8Array(0), d ? d.label : "");
