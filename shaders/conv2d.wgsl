@@ -50,7 +50,6 @@ struct ConvParams {
 // Tile and workgroup sizes; src/gpu/kernels.rs has constants of the same names (CONV_TM,
 // CONV_TN, CONV_TD for TM, TN, TD), checked by tests/shaders.rs.
 const TN: u32 = 4u;
-const TN3: u32 = 8u;
 // Workgroups of 8: small late layers (8x8 pixels) still spread over several workgroups, and so
 // over every CPU thread of a software driver; on GPUs 8 is a fraction of a wave but these
 // kernels are bound by loads there too.

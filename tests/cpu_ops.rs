@@ -769,3 +769,40 @@ fn conv_speed() {
     bench_conv("3x3 64->64 @128x128 batch 2", ConvCase::new(2, 64, [128, 128], 64, 3));
     bench_conv("3x3 depthwise 128 @64x64", ConvCase::new(1, 128, [64, 64], 128, 3).groups(128));
 }
+
+/// `optimize_for_inference` is public and takes any graph: a hand-built one with a batch norm
+/// of the wrong width after a convolution (which the folding pass would index out of range), or
+/// an edge to a later node, must come back as an error from the executor, not a panic.
+#[test]
+fn passes_leave_malformed_graphs_to_the_executor_error() {
+    let mut rng = Rng::new(7);
+    let mut g = Graph::new();
+    let x = g.push("in", Op::Input { chw: [2, 5, 5] }, vec![]).unwrap();
+    let c = g.push("conv", conv_op(rand_tensor(&mut rng, &[4, 2, 3, 3]), None, 1, 1, Epilogue::default()), vec![x]);
+    let c = c.unwrap();
+    let bn = BatchNorm {
+        gamma: vec1(&mut rng, 4, 0.5, 1.5),
+        beta: vec1(&mut rng, 4, -0.5, 0.5),
+        mean: vec1(&mut rng, 4, -0.5, 0.5),
+        var: vec1(&mut rng, 4, 0.5, 1.5),
+        eps: 1e-5,
+    };
+    let b = g.push("bn", Op::BatchNorm(bn), vec![c]).unwrap();
+    g.outputs = vec![b];
+    let input = rand_tensor(&mut rng, &[1, 2, 5, 5]);
+    assert!(cpu::run(&optimize_for_inference(&g), std::slice::from_ref(&input)).is_ok());
+
+    let mut narrow = g.clone();
+    let Op::BatchNorm(bn) = &mut narrow.nodes[b].op else { unreachable!() };
+    bn.gamma = vec1(&mut rng, 2, 0.5, 1.5);
+    bn.beta = vec1(&mut rng, 2, -0.5, 0.5);
+    bn.mean = vec1(&mut rng, 2, -0.5, 0.5);
+    bn.var = vec1(&mut rng, 2, 0.5, 1.5);
+    let mut forward = g.clone();
+    forward.nodes[c].inputs = vec![b];
+    for (what, bad) in [("batch norm of 2 channels after 4", narrow), ("edge to a later node", forward)] {
+        let opt = optimize_for_inference(&bad);
+        assert_eq!(opt, bad, "{what}: the passes should leave it unchanged");
+        assert!(cpu::run(&opt, std::slice::from_ref(&input)).is_err(), "{what}: should be an error");
+    }
+}
