@@ -54,6 +54,54 @@ fn run_async_matches_run() {
 }
 
 #[test]
+fn models_on_one_device_share_compiled_pipelines() {
+    // The random graphs use several kernel families; compiling them all on one fresh context
+    // compiles each family once, and a model compiled after its kernels are cached (on a clone
+    // of the context) runs the same as on a context of its own.
+    let Some(ctx) = gpu() else { return };
+    let fresh =
+        || wgpose::gpu::GpuContext::from_device(ctx.device.clone(), ctx.queue.clone(), ctx.adapter_info.clone(), false);
+    let shared = fresh();
+    assert_eq!(shared.compiled_pipelines(), 0);
+    let mut counts = Vec::new();
+    for seed in 0..12 {
+        GpuModel::compile(&shared, &random_graph(seed), 1).unwrap();
+        counts.push(shared.compiled_pipelines());
+    }
+    assert!(counts[0] > 0, "{counts:?}");
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    // At most one pipeline per kernel family (9 families), however many models.
+    assert!(counts[11] <= 9, "{counts:?}");
+    let g = random_graph(3);
+    let inputs = random_inputs(&g, 1, 5);
+    let before = shared.compiled_pipelines();
+    let a = GpuModel::compile(&shared.clone(), &g, 1).unwrap().run(&inputs).unwrap();
+    assert_eq!(shared.compiled_pipelines(), before, "a graph whose kernels are cached compiled new ones");
+    let b = GpuModel::compile(&fresh(), &g, 1).unwrap().run(&inputs).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn precompile_compiles_what_compile_needs() {
+    // After `precompile` of a graph on a fresh context, compiling that graph adds no pipeline
+    // (the kernel choice ahead of the weights agrees with lowering), for every random graph.
+    let Some(ctx) = gpu() else { return };
+    for seed in 0..20 {
+        let fresh = wgpose::gpu::GpuContext::from_device(
+            ctx.device.clone(),
+            ctx.queue.clone(),
+            ctx.adapter_info.clone(),
+            false,
+        );
+        let g = random_graph(seed);
+        let n = GpuModel::precompile(&fresh, &g).unwrap();
+        assert!(n > 0 && n == fresh.compiled_pipelines(), "seed {seed}: {n}");
+        GpuModel::compile(&fresh, &g, 1 + seed as usize % 2).unwrap();
+        assert_eq!(fresh.compiled_pipelines(), n, "seed {seed}: compile needed a kernel precompile missed");
+    }
+}
+
+#[test]
 fn a_model_owns_its_device_handles() {
     // The model keeps a clone of the context: it runs after every other handle is gone, and a
     // model compiled from a clone agrees with one compiled from the original.

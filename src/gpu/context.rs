@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::pipelines::PipelineCache;
 use crate::error::{Error, Result};
 
 /// What to install when no adapter is found; printed by the CLI as is.
@@ -29,6 +30,8 @@ pub struct GpuContext {
     /// Whether per-dispatch GPU timestamps are available (profiling).
     pub timestamps: bool,
     lost: Arc<Mutex<Option<String>>>,
+    /// The graph kernels compiled on this device, shared by its models.
+    pub(crate) pipelines: PipelineCache,
 }
 
 impl GpuContext {
@@ -92,12 +95,19 @@ impl GpuContext {
                 *l = Some(format!("{reason:?}: {msg}"));
             }
         });
-        GpuContext { device, queue, adapter: None, adapter_info, timestamps, lost }
+        GpuContext { device, queue, adapter: None, adapter_info, timestamps, lost, pipelines: PipelineCache::default() }
     }
 
     /// A short description: adapter name and backend.
     pub fn describe(&self) -> String {
         format!("{} ({:?}, {:?})", self.adapter_info.name, self.adapter_info.backend, self.adapter_info.device_type)
+    }
+
+    /// How many graph-kernel pipelines this device has compiled: models compiled on the same
+    /// context (and its clones) share them, so a second model adds only kernels the first did
+    /// not use.
+    pub fn compiled_pipelines(&self) -> usize {
+        self.pipelines.len()
     }
 
     /// Errors once the device has been lost.

@@ -7,9 +7,8 @@ use std::ops::Range;
 use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
-use super::kernels::{lower, Dispatch, Kernel, ParamPack};
+use super::kernels::{kernels_of, lower, Dispatch, Kernel, ParamPack};
 use super::readback::{read_buffer, read_buffer_async};
-use super::setup::{self, storage, UNIFORM};
 use crate::error::{Error, Result};
 use crate::graph::memory::{plan, MemoryPlan};
 use crate::graph::passes::optimize_for_inference;
@@ -78,6 +77,19 @@ impl GpuModel {
         Self::compile_with(ctx, &optimize_for_inference(graph), batch)
     }
 
+    /// Compiles the pipelines that [`compile`](Self::compile) will need for `graph` on `ctx`,
+    /// without its weights, buffers or bind groups; returns how many the graph uses. Pipelines
+    /// are cached per device (every clone of `ctx`), so this lets their compilation (the slow
+    /// part of a first inference on software drivers, done by the driver or, in a browser, by
+    /// its GPU process) start before the weights have arrived. A random initialisation of the
+    /// model (`ModelConfig::build`) is enough: only its shapes matter.
+    pub fn precompile(ctx: &GpuContext, graph: &Graph) -> Result<usize> {
+        graph.validate()?;
+        let g = optimize_for_inference(graph);
+        let shapes = g.shapes(1)?;
+        ctx.scoped("compiling the kernels", || Ok(ctx.pipelines.get(&ctx.device, kernels_of(&g, &shapes)).1.len()))
+    }
+
     /// Like `compile`, but runs the graph exactly as given (no passes).
     pub fn compile_with(ctx: &GpuContext, graph: &Graph, batch: usize) -> Result<Self> {
         Self::compile_with_grid_limit(ctx, graph, batch, u32::MAX)
@@ -137,42 +149,14 @@ impl GpuModel {
             usage: wgpu::BufferUsages::UNIFORM,
         });
 
-        let layouts = setup::layouts(device, "wgpose", &[storage(false), storage(true), UNIFORM, UNIFORM]);
-        let mut modules: HashMap<&'static str, wgpu::ShaderModule> = HashMap::new();
-        let mut pipelines = HashMap::new();
-        for d in &dispatches {
-            if pipelines.contains_key(&d.kernel) {
-                continue;
-            }
-            let (src, entry) = d.kernel.source();
-            let module = modules.entry(src).or_insert_with(|| {
-                let desc =
-                    wgpu::ShaderModuleDescriptor { label: Some(entry), source: wgpu::ShaderSource::Wgsl(src.into()) };
-                // SAFETY: loop bounding guards against loops that never end. Every loop in
-                // shaders/ is a counted `for` over a bound taken from a uniform or a constant,
-                // so it always ends; bounds checks on memory accesses stay on. Without the
-                // extra counters NIR unrolls the inner tile loops and keeps the accumulators in
-                // registers: 2.6x faster on lavapipe in a micro-benchmark.
-                unsafe {
-                    device.create_shader_module_trusted(
-                        desc,
-                        wgpu::ShaderRuntimeChecks {
-                            force_loop_bounding: false,
-                            ..wgpu::ShaderRuntimeChecks::checked()
-                        },
-                    )
-                }
-            });
-            let pipeline = setup::compute_pipeline(device, &layouts, module, entry);
-            pipelines.insert(d.kernel, pipeline);
-        }
+        let (group_layout, pipelines) = ctx.pipelines.get(device, dispatches.iter().map(|d| d.kernel));
         let bind_groups = dispatches
             .iter()
             .enumerate()
             .map(|(i, d)| {
                 device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: None,
-                    layout: &layouts.group,
+                    layout: &group_layout,
                     entries: &[
                         wgpu::BindGroupEntry { binding: 0, resource: arena.as_entire_binding() },
                         wgpu::BindGroupEntry { binding: 1, resource: params.as_entire_binding() },

@@ -334,6 +334,48 @@ pub(crate) fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack, max_work
     Ok(out)
 }
 
+/// The kernel a convolution with `cout` output channels runs on.
+fn conv_kernel(c: &crate::graph::Conv2d, cout: usize) -> Kernel {
+    let [kh, kw] = c.kernel();
+    // Few output channels per group (depthwise), or a kernel too large for one weight window:
+    // one channel per invocation, weights from the storage buffer.
+    if cout / c.groups < 8 || kh * kw * CONV_TM > WINDOW_FLOATS {
+        Kernel::ConvDirect
+    } else if kh == 3 && kw == 3 && c.stride == [1, 1] && c.dilation == [1, 1] {
+        Kernel::Conv3x3
+    } else if kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0] {
+        Kernel::Conv1x1
+    } else {
+        Kernel::ConvTiled
+    }
+}
+
+/// The kernels `lower` turns the nodes of `g` into (output shapes `shapes`), without packing
+/// any parameters: what to compile ahead of the weights.
+pub(crate) fn kernels_of(g: &Graph, shapes: &[[usize; 4]]) -> Vec<Kernel> {
+    let mut out = Vec::new();
+    for (id, node) in g.nodes.iter().enumerate() {
+        let kernel = match &node.op {
+            Op::Input { .. } => continue,
+            Op::Conv2d(c) => conv_kernel(c, shapes[id][1]),
+            Op::BatchNorm(_)
+            | Op::ChannelAffine { .. }
+            | Op::Activation(_)
+            | Op::Add
+            | Op::GatedAdd { .. }
+            | Op::Concat => Kernel::Elementwise,
+            Op::MaxPool { .. } => Kernel::MaxPool,
+            Op::UpsampleNearest { .. } => Kernel::UpsampleNearest,
+            Op::UpsampleBilinear { .. } => Kernel::UpsampleBilinear,
+            Op::PixelShuffle { .. } => Kernel::PixelShuffle,
+        };
+        if !out.contains(&kernel) {
+            out.push(kernel);
+        }
+    }
+    out
+}
+
 fn conv(
     id: NodeId,
     c: &crate::graph::Conv2d,
@@ -351,9 +393,7 @@ fn conv(
     let g = c.groups;
     let cin_g = c.cin_per_group();
     let cout_g = cout / g;
-    // Few output channels per group (depthwise), or a kernel too large for one weight window:
-    // one channel per invocation, weights from the storage buffer.
-    let direct = cout_g < 8 || kk * CONV_TM > WINDOW_FLOATS;
+    let direct = conv_kernel(c, cout) == Kernel::ConvDirect;
     let b_off = c.bias.as_ref().map_or(0, |b| pack.push(&b.data));
     let (res_mode, g_off) = match &c.epilogue.residual {
         None => (RES_NONE, 0),
@@ -417,17 +457,12 @@ fn conv(
     let n_chunks = cin_g.div_ceil(max_ci);
     let cpc = cin_g.div_ceil(n_chunks);
     let n_blocks = cout_g.div_ceil(CONV_TM);
-    let tiles = (ow.div_ceil(CONV_TN) * oh).div_ceil(CONV_TILED_WG);
-    let is_3x3 = kh == 3 && kw == 3 && c.stride == [1, 1] && c.dilation == [1, 1];
-    let is_1x1 = kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0];
-    let kernel = if is_3x3 {
-        Kernel::Conv3x3
-    } else if is_1x1 {
-        Kernel::Conv1x1
+    let kernel = conv_kernel(c, cout);
+    let tiles = if kernel == Kernel::Conv1x1 {
+        (oh * ow).div_ceil(CONV_TN).div_ceil(CONV_TILED_WG)
     } else {
-        Kernel::ConvTiled
+        (ow.div_ceil(CONV_TN) * oh).div_ceil(CONV_TILED_WG)
     };
-    let tiles = if is_1x1 { (oh * ow).div_ceil(CONV_TN).div_ceil(CONV_TILED_WG) } else { tiles };
     let mut dispatches = Vec::new();
     for gi in 0..g {
         for chunk in 0..n_chunks {

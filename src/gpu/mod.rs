@@ -3,6 +3,7 @@
 mod context;
 mod executor;
 pub mod kernels;
+mod pipelines;
 pub mod readback;
 pub(crate) mod setup;
 pub mod uniforms;

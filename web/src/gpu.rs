@@ -5,8 +5,8 @@
 
 use wasm_bindgen::JsValue;
 use wgpose::estimator::{Boxes, Estimator, EstimatorOptions};
-use wgpose::gpu::{GpuContext, NodeTime};
-use wgpose::models::ModelConfig;
+use wgpose::gpu::{GpuContext, GpuModel, NodeTime};
+use wgpose::models::{config_for_weights, ModelConfig};
 use wgpose::pipeline::preprocess_gpu::FrameLayout;
 use wgpose::{Tracked, Tracker};
 
@@ -56,6 +56,15 @@ impl GpuEngine {
         opts: EstimatorOptions,
         detector: Option<(&[u8], &str)>,
     ) -> Result<GpuEngine, JsValue> {
+        // Ask for every pipeline both networks need before the weights are checked and packed:
+        // the browser's GPU process compiles them meanwhile (the slow part of a first inference
+        // on a software adapter). Only shapes matter, so seeded initialisations serve.
+        let det_cfg = detector.map(|(bytes, det_label)| config_for_weights(bytes, det_label)).transpose();
+        let det_cfg = det_cfg.map_err(js_error)?;
+        for c in std::iter::once(cfg).chain(det_cfg.as_ref()) {
+            let graph = c.build(0).map_err(js_error)?;
+            GpuModel::precompile(&ctx, &graph).map_err(js_error)?;
+        }
         let est = Estimator::from_weights_bytes(cfg, weights, label, Some(&ctx), opts).map_err(js_error);
         let est = est.and_then(|mut est| {
             if let Some((bytes, det_label)) = detector {

@@ -54,6 +54,8 @@ pub struct WasmEstimator {
     adapter: String,
     fallback_reason: String,
     detector: String,
+    /// Milliseconds of the creation's stages (opening the device, building the estimator).
+    creation: Stages,
 }
 
 /// The person detector of a weights file's bytes (`label` names it in errors), on `ctx` when
@@ -100,11 +102,15 @@ pub async fn create_estimator(
     // Built from bytes, the estimator attaches no detector by itself; `detector` is attached below.
     let opts = EstimatorOptions::default();
     let detector = (!detector_weights.is_empty()).then_some((&detector_weights[..], &detector_label[..]));
+    let mut creation: Stages = Vec::new();
+    let t0 = precise_now_ms();
     let (engine, adapter, fallback_reason) = match backend.as_str() {
         "cpu" => (None, String::new(), "the CPU backend was asked for".to_string()),
         "webgpu" | "auto" => {
             let auto = backend == "auto";
-            match gpu::open_device().await {
+            let device = gpu::open_device().await;
+            creation.push(("open the WebGPU device", precise_now_ms() - t0));
+            match device {
                 Err(e) if auto => (None, String::new(), format!("WebGPU unavailable: {}", errors::message(&e))),
                 Err(e) => return Err(e),
                 // As natively (`Device::Auto`): a software adapter (SwiftShader, WARP) is the CPU
@@ -135,6 +141,7 @@ pub async fn create_estimator(
             return Err(errors::typed("InputError", &format!("backend `{other}`: expected webgpu, cpu or auto")));
         }
     };
+    let t1 = precise_now_ms();
     let (engine, backend, detector) = match engine {
         Some(g) => {
             let name = g.detector_name();
@@ -150,8 +157,15 @@ pub async fn create_estimator(
             (Engine::Cpu(est), "cpu", name)
         }
     };
+    creation.push(match engine {
+        // GpuEngine::open ran in the match above: weights checked, graph lowered, pipelines and
+        // buffers created (the GPU compiles the pipelines in the background).
+        Engine::Gpu(_) => ("build the estimator (weights, pipelines, uploads)", t1 - t0 - creation[0].1),
+        Engine::Cpu(_) => ("build the estimator (weights, graph)", precise_now_ms() - t1),
+    });
     let tracker = Tracker::new(TrackerOptions::default()).map_err(js_error)?;
     Ok(WasmEstimator {
+        creation,
         state: Rc::new(RefCell::new(State { engine: Some(engine), stages: Vec::new(), tracker })),
         config: cfg,
         backend: backend.to_string(),
@@ -255,6 +269,12 @@ fn gpu_only() -> JsValue {
 
 #[wasm_bindgen]
 impl WasmEstimator {
+    /// Milliseconds of the creation's stages, `[[name, ms], ...]` as JSON.
+    #[wasm_bindgen(getter)]
+    pub fn creation(&self) -> String {
+        poses::stages_json(&self.creation)
+    }
+
     /// `"webgpu"` or `"cpu"`.
     #[wasm_bindgen(getter)]
     pub fn backend(&self) -> String {

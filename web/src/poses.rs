@@ -68,3 +68,8 @@ pub fn profile_json(stages: &[(&'static str, f64)], layers: Option<&[NodeTime]>)
     });
     json!({ "stages": stages, "timestamps": layers.is_some(), "layers": layers }).to_string()
 }
+
+/// `[[name, ms], ...]`: stage times as JSON.
+pub fn stages_json(stages: &[(&'static str, f64)]) -> String {
+    json!(stages).to_string()
+}

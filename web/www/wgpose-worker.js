@@ -14,8 +14,8 @@ async function handle(op, args) {
   if (op === "create") {
     if (est) throw new WgposeError("internal", "this worker already holds an estimator");
     est = await createEstimator({ ...args, worker: false });
-    const { backend, adapter, fallbackReason, model, weightsFromCache, detector, detectorNote, wasm } = est;
-    return { backend, adapter, fallbackReason, model, weightsFromCache, detector, detectorNote, wasm };
+    const { backend, adapter, fallbackReason, model, weightsFromCache, detector, detectorNote, wasm, creation } = est;
+    return { backend, adapter, fallbackReason, model, weightsFromCache, detector, detectorNote, wasm, creation };
   }
   if (!est) throw new WgposeError("disposed", "this estimator was disposed");
   switch (op) {

@@ -212,6 +212,8 @@ class Estimator {
     this.detectorNote = detectorNote;
     /** The wasm module that runs: "relaxed-simd" or "simd128" (or the `wasmUrl` given). */
     this.wasm = wasmModule;
+    /** Milliseconds of the creation's stages, [[name, ms], ...] (createEstimator fills in the first). */
+    this.creation = JSON.parse(inner.creation);
     this._disposed = false;
   }
 
@@ -345,7 +347,9 @@ export async function createEstimator({ model = "", weightsUrl, backend = "auto"
       return null;
     }
   };
+  const t0 = performance.now();
   const [, w, d] = await Promise.all([load(wasmUrl), fetchWeights(url, cache), fetchDetector()]);
+  const loadMs = performance.now() - t0;
   let inner;
   try {
     inner = await createWasm(model, w.bytes, weightsUrl, backend, d ? d.bytes : new Uint8Array(0), d ? d.label : "");
@@ -357,6 +361,7 @@ export async function createEstimator({ model = "", weightsUrl, backend = "auto"
   await w.keep();
   if (d) await d.keep();
   const est = new Estimator(inner, JSON.parse(inner.model), w.fromCache, detectorNote);
+  est.creation.unshift(["load the wasm module and the weights", loadMs]);
   if (est.backend === "webgpu") est.adapter = await describeAdapter(est.adapter);
   return est;
 }
