@@ -33,13 +33,23 @@ fn single_op(inputs: &[[usize; 4]], op: Op) -> Graph {
     g
 }
 
+/// Runs `g` on the GPU against the reference, once with the plain kernels and, on a device
+/// with subgroups of at least 4 invocations, once more with the subgroup kernels.
 fn check(ctx: &GpuContext, what: &str, g: &Graph, batch: usize, seed: u64) {
     let inputs = common::random_inputs(g, batch, seed);
     let want = wgpose::cpu::reference::run(g, &inputs).unwrap();
-    let mut m = GpuModel::compile_with(ctx, g, batch).unwrap_or_else(|e| panic!("{what}: {e}"));
-    let got = m.run(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
-    for (a, b) in got.iter().zip(&want) {
-        assert_close(what, a, b, TOL);
+    for subgroups in [false, true] {
+        if subgroups && !ctx.subgroup_kernels {
+            continue;
+        }
+        let what = format!("{what} (subgroup kernels: {subgroups})");
+        let mut ctx = ctx.clone();
+        ctx.subgroup_kernels = subgroups;
+        let mut m = GpuModel::compile_with(&ctx, g, batch).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let got = m.run(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+        for (a, b) in got.iter().zip(&want) {
+            assert_close(&what, a, b, TOL);
+        }
     }
 }
 

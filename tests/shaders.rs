@@ -6,7 +6,13 @@ use wgpose::gpu::kernels::SHADERS;
 fn every_shader_validates_with_naga() {
     for (file, src, entries) in SHADERS {
         let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(src)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+        // The subgroup module is compiled only on devices with the `subgroups` feature.
+        let caps = if *file == "conv2d_subgroup.wgsl" {
+            naga::valid::Capabilities::SUBGROUP
+        } else {
+            naga::valid::Capabilities::empty()
+        };
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
             .validate(&module)
             .unwrap_or_else(|e| panic!("{file}: {e:?}"));
         for entry in *entries {

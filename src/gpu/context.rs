@@ -32,6 +32,13 @@ pub struct GpuContext {
     lost: Arc<Mutex<Option<String>>>,
     /// The graph kernels compiled on this device, shared by its models.
     pub(crate) pipelines: PipelineCache,
+    /// Whether models compiled on this context use the kernels that share loads across a
+    /// subgroup (the device has the `subgroups` feature with subgroups of at least 4
+    /// invocations). Set by [`GpuContext::from_adapter`] (`WGPOSE_GPU_SUBGROUPS=0` in the
+    /// environment turns it off); a context from [`GpuContext::from_device`] starts without
+    /// them: set it only if that device was opened with [`wgpu::Features::SUBGROUP`] and its
+    /// subgroups hold at least 4 invocations. Changing it affects models compiled afterwards.
+    pub subgroup_kernels: bool,
 }
 
 impl GpuContext {
@@ -66,7 +73,18 @@ impl GpuContext {
         limits.max_storage_buffer_binding_size = supported.max_storage_buffer_binding_size;
         limits.max_buffer_size = supported.max_buffer_size;
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
-        let required_features = if timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+        let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 4;
+        let subgroups = match std::env::var("WGPOSE_GPU_SUBGROUPS").as_deref() {
+            Ok("0") => false,
+            _ => subgroups,
+        };
+        let mut required_features = wgpu::Features::empty();
+        if timestamps {
+            required_features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        if subgroups {
+            required_features |= wgpu::Features::SUBGROUP;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgpose"),
@@ -78,6 +96,7 @@ impl GpuContext {
             .map_err(|e| Error::Gpu(format!("could not open a device on {}: {e}", info.name)))?;
         let mut ctx = Self::from_device(device, queue, info, timestamps);
         ctx.adapter = Some(adapter);
+        ctx.subgroup_kernels = subgroups;
         Ok(ctx)
     }
 
@@ -95,7 +114,16 @@ impl GpuContext {
                 *l = Some(format!("{reason:?}: {msg}"));
             }
         });
-        GpuContext { device, queue, adapter: None, adapter_info, timestamps, lost, pipelines: PipelineCache::default() }
+        GpuContext {
+            device,
+            queue,
+            adapter: None,
+            adapter_info,
+            timestamps,
+            lost,
+            pipelines: PipelineCache::default(),
+            subgroup_kernels: false,
+        }
     }
 
     /// A short description: adapter name and backend.

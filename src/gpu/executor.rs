@@ -87,7 +87,9 @@ impl GpuModel {
         graph.validate()?;
         let g = optimize_for_inference(graph);
         let shapes = g.shapes(1)?;
-        ctx.scoped("compiling the kernels", || Ok(ctx.pipelines.get(&ctx.device, kernels_of(&g, &shapes)).1.len()))
+        ctx.scoped("compiling the kernels", || {
+            Ok(ctx.pipelines.get(&ctx.device, kernels_of(&g, &shapes, ctx.subgroup_kernels)).1.len())
+        })
     }
 
     /// Like `compile`, but runs the graph exactly as given (no passes).
@@ -111,7 +113,7 @@ impl GpuModel {
         let plan = plan(&graph, batch)?;
         let mut pack = ParamPack::default();
         let max_workgroups = max_workgroups.min(ctx.device.limits().max_compute_workgroups_per_dimension);
-        let dispatches = lower(&graph, &plan, &mut pack, max_workgroups)?;
+        let dispatches = lower(&graph, &plan, &mut pack, max_workgroups, ctx.subgroup_kernels)?;
         let limits = ctx.device.limits();
         let arena_bytes = (plan.arena_len.max(64) * 4) as u64;
         let param_bytes = (pack.data.len().max(4) * 4) as u64;

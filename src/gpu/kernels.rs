@@ -22,6 +22,24 @@ pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 /// `conv2d.wgsl` after the common prelude: every convolution entry point.
 pub const CONV2D_WGSL: &str =
     concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/conv2d.wgsl"));
+/// conv2d.wgsl plus `conv2d_subgroup.wgsl` (the 3x3 kernel sharing weight loads across a
+/// subgroup), for devices with the `subgroups` feature: a module of its own. Browsers require
+/// the WGSL `enable subgroups;` directive, which naga (wgpu's native shader compiler, version
+/// 30) still refuses as unsupported; natively the device feature alone enables the builtins.
+#[cfg(not(target_arch = "wasm32"))]
+pub const CONV2D_SUBGROUP_WGSL: &str = concat!(
+    include_str!("../../shaders/common.wgsl"),
+    include_str!("../../shaders/conv2d.wgsl"),
+    include_str!("../../shaders/conv2d_subgroup.wgsl")
+);
+/// conv2d.wgsl plus `conv2d_subgroup.wgsl`, after the `enable subgroups;` browsers require.
+#[cfg(target_arch = "wasm32")]
+pub const CONV2D_SUBGROUP_WGSL: &str = concat!(
+    "enable subgroups;\n",
+    include_str!("../../shaders/common.wgsl"),
+    include_str!("../../shaders/conv2d.wgsl"),
+    include_str!("../../shaders/conv2d_subgroup.wgsl")
+);
 /// `elementwise.wgsl` after the common prelude: activations, affines, adds, concat copies.
 pub const ELEMENTWISE_WGSL: &str =
     concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/elementwise.wgsl"));
@@ -36,6 +54,7 @@ pub const RESAMPLE_WGSL: &str =
 pub const SHADERS: &[(&str, &str, &[&str])] = &[
     ("common.wgsl", COMMON_WGSL, &[]),
     ("conv2d.wgsl", CONV2D_WGSL, &["conv2d_tiled", "conv2d_3x3", "conv2d_1x1", "conv2d_direct"]),
+    ("conv2d_subgroup.wgsl", CONV2D_SUBGROUP_WGSL, &["conv2d_tiled_sg", "conv2d_3x3_sg", "conv2d_1x1_sg"]),
     ("elementwise.wgsl", ELEMENTWISE_WGSL, &["elementwise"]),
     ("pool.wgsl", POOL_WGSL, &["max_pool"]),
     ("resample.wgsl", RESAMPLE_WGSL, &["upsample_nearest", "upsample_bilinear", "pixel_shuffle"]),
@@ -47,6 +66,11 @@ pub(crate) enum Kernel {
     ConvTiled,
     Conv3x3,
     Conv1x1,
+    /// `ConvTiled`, `Conv3x3` and `Conv1x1` with weight loads shared across a subgroup of at
+    /// least 4 invocations (same dispatches and weight windows).
+    ConvTiledSubgroup,
+    Conv3x3Subgroup,
+    Conv1x1Subgroup,
     ConvDirect,
     Elementwise,
     MaxPool,
@@ -60,6 +84,9 @@ impl Kernel {
         match self {
             Kernel::ConvTiled => (CONV2D_WGSL, "conv2d_tiled"),
             Kernel::Conv3x3 => (CONV2D_WGSL, "conv2d_3x3"),
+            Kernel::ConvTiledSubgroup => (CONV2D_SUBGROUP_WGSL, "conv2d_tiled_sg"),
+            Kernel::Conv3x3Subgroup => (CONV2D_SUBGROUP_WGSL, "conv2d_3x3_sg"),
+            Kernel::Conv1x1Subgroup => (CONV2D_SUBGROUP_WGSL, "conv2d_1x1_sg"),
             Kernel::Conv1x1 => (CONV2D_WGSL, "conv2d_1x1"),
             Kernel::ConvDirect => (CONV2D_WGSL, "conv2d_direct"),
             Kernel::Elementwise => (ELEMENTWISE_WGSL, "elementwise"),
@@ -256,7 +283,13 @@ fn resample(
 /// Turns every node of `g` into dispatches, packing parameters as it goes. `max_workgroups` is
 /// the device's limit per grid dimension (`max_compute_workgroups_per_dimension`); larger grids
 /// are folded into more dimensions or split over several dispatches.
-pub(crate) fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack, max_workgroups: u32) -> Result<Vec<Dispatch>> {
+pub(crate) fn lower(
+    g: &Graph,
+    plan: &MemoryPlan,
+    pack: &mut ParamPack,
+    max_workgroups: u32,
+    subgroups: bool,
+) -> Result<Vec<Dispatch>> {
     let max = (max_workgroups as usize).max(1);
     let mut out = Vec::new();
     for (id, node) in g.nodes.iter().enumerate() {
@@ -266,7 +299,7 @@ pub(crate) fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack, max_work
         let xv: Vec<View> = node.inputs.iter().map(|&i| plan.views[i]).collect();
         match &node.op {
             Op::Input { .. } => {}
-            Op::Conv2d(c) => out.extend(conv(id, c, ins[0], shape, &xv, y, pack, max)?),
+            Op::Conv2d(c) => out.extend(conv(id, c, ins[0], shape, &xv, y, pack, max, subgroups)?),
             Op::BatchNorm(bn) => {
                 let (scale, shift) = bn.scale_shift();
                 let (s, t) = (pack.push(&scale), pack.push(&shift));
@@ -334,30 +367,31 @@ pub(crate) fn lower(g: &Graph, plan: &MemoryPlan, pack: &mut ParamPack, max_work
     Ok(out)
 }
 
-/// The kernel a convolution with `cout` output channels runs on.
-fn conv_kernel(c: &crate::graph::Conv2d, cout: usize) -> Kernel {
+/// The kernel a convolution with `cout` output channels runs on (`subgroups`: the device runs
+/// the subgroup variants, see [`crate::gpu::GpuContext::subgroup_kernels`]).
+fn conv_kernel(c: &crate::graph::Conv2d, cout: usize, subgroups: bool) -> Kernel {
     let [kh, kw] = c.kernel();
     // Few output channels per group (depthwise), or a kernel too large for one weight window:
     // one channel per invocation, weights from the storage buffer.
     if cout / c.groups < 8 || kh * kw * CONV_TM > WINDOW_FLOATS {
         Kernel::ConvDirect
     } else if kh == 3 && kw == 3 && c.stride == [1, 1] && c.dilation == [1, 1] {
-        Kernel::Conv3x3
+        [Kernel::Conv3x3, Kernel::Conv3x3Subgroup][subgroups as usize]
     } else if kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0] {
-        Kernel::Conv1x1
+        [Kernel::Conv1x1, Kernel::Conv1x1Subgroup][subgroups as usize]
     } else {
-        Kernel::ConvTiled
+        [Kernel::ConvTiled, Kernel::ConvTiledSubgroup][subgroups as usize]
     }
 }
 
 /// The kernels `lower` turns the nodes of `g` into (output shapes `shapes`), without packing
 /// any parameters: what to compile ahead of the weights.
-pub(crate) fn kernels_of(g: &Graph, shapes: &[[usize; 4]]) -> Vec<Kernel> {
+pub(crate) fn kernels_of(g: &Graph, shapes: &[[usize; 4]], subgroups: bool) -> Vec<Kernel> {
     let mut out = Vec::new();
     for (id, node) in g.nodes.iter().enumerate() {
         let kernel = match &node.op {
             Op::Input { .. } => continue,
-            Op::Conv2d(c) => conv_kernel(c, shapes[id][1]),
+            Op::Conv2d(c) => conv_kernel(c, shapes[id][1], subgroups),
             Op::BatchNorm(_)
             | Op::ChannelAffine { .. }
             | Op::Activation(_)
@@ -385,6 +419,7 @@ fn conv(
     y: View,
     pack: &mut ParamPack,
     max: usize,
+    subgroups: bool,
 ) -> Result<Vec<Dispatch>> {
     let [n, cin, h, w] = ins;
     let [_, cout, oh, ow] = out;
@@ -393,7 +428,7 @@ fn conv(
     let g = c.groups;
     let cin_g = c.cin_per_group();
     let cout_g = cout / g;
-    let direct = conv_kernel(c, cout) == Kernel::ConvDirect;
+    let direct = conv_kernel(c, cout, subgroups) == Kernel::ConvDirect;
     let b_off = c.bias.as_ref().map_or(0, |b| pack.push(&b.data));
     let (res_mode, g_off) = match &c.epilogue.residual {
         None => (RES_NONE, 0),
@@ -457,8 +492,8 @@ fn conv(
     let n_chunks = cin_g.div_ceil(max_ci);
     let cpc = cin_g.div_ceil(n_chunks);
     let n_blocks = cout_g.div_ceil(CONV_TM);
-    let kernel = conv_kernel(c, cout);
-    let tiles = if kernel == Kernel::Conv1x1 {
+    let kernel = conv_kernel(c, cout, subgroups);
+    let tiles = if matches!(kernel, Kernel::Conv1x1 | Kernel::Conv1x1Subgroup) {
         (oh * ow).div_ceil(CONV_TN).div_ceil(CONV_TILED_WG)
     } else {
         (ow.div_ceil(CONV_TN) * oh).div_ceil(CONV_TILED_WG)

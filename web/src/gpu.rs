@@ -29,9 +29,52 @@ pub struct GpuEngine {
     frame: Option<FrameTarget>,
 }
 
-/// Opens the browser's WebGPU adapter and device.
+// wgpu 30's WebGPU backend does not map the standard `subgroups` feature (gfx-rs/wgpu#10146),
+// so it can neither see nor request it. While our device is requested, this wrapper around
+// `GPUAdapter.prototype.requestDevice` adds the feature when the adapter offers it, and removes
+// itself on its first call. Should other code on the page request a device during our
+// `requestAdapter` await, that device gets the (optional, harmless) feature instead and ours
+// reports none, so our kernels stay the plain ones: never a kernel the device cannot run.
+#[wasm_bindgen::prelude::wasm_bindgen(inline_js = r#"
+let original = null;
+let added = false;
+export function wrap_request_device() {
+  added = false;
+  if (typeof GPUAdapter === "undefined" || original) return;
+  original = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = function (desc = {}) {
+    GPUAdapter.prototype.requestDevice = original;
+    original = null;
+    if (this.features.has("subgroups")) {
+      added = true;
+      desc = { ...desc, requiredFeatures: [...(desc.requiredFeatures || []), "subgroups"] };
+    }
+    return GPUAdapter.prototype.requestDevice.call(this, desc);
+  };
+}
+export function unwrap_request_device() {
+  if (original) {
+    GPUAdapter.prototype.requestDevice = original;
+    original = null;
+  }
+  return added;
+}
+"#)]
+extern "C" {
+    fn wrap_request_device();
+    fn unwrap_request_device() -> bool;
+}
+
+/// Opens the browser's WebGPU adapter and device, with the `subgroups` feature when the adapter
+/// offers it with subgroups of at least 4 invocations (then the convolutions share weight
+/// loads across a subgroup: `GpuContext::subgroup_kernels`).
 pub async fn open_device() -> Result<GpuContext, JsValue> {
-    GpuContext::new_async().await.map_err(js_error)
+    wrap_request_device();
+    let ctx = GpuContext::new_async().await;
+    let subgroups = unwrap_request_device();
+    let mut ctx = ctx.map_err(js_error)?;
+    ctx.subgroup_kernels = subgroups && ctx.adapter_info.subgroup_min_size >= 4;
+    Ok(ctx)
 }
 
 /// The adapter's description; browsers often leave it empty (www/wgpose.js then asks
@@ -80,6 +123,11 @@ impl GpuEngine {
                 Err(e)
             }
         }
+    }
+
+    /// Whether the kernels share weight loads across subgroups.
+    pub fn subgroup_kernels(&self) -> bool {
+        self.ctx.subgroup_kernels
     }
 
     /// The attached person detector's config name ("" without one).

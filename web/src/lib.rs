@@ -56,6 +56,7 @@ pub struct WasmEstimator {
     detector: String,
     /// Milliseconds of the creation's stages (opening the device, building the estimator).
     creation: Stages,
+    subgroups: bool,
 }
 
 /// The person detector of a weights file's bytes (`label` names it in errors), on `ctx` when
@@ -142,6 +143,7 @@ pub async fn create_estimator(
         }
     };
     let t1 = precise_now_ms();
+    let subgroups = engine.as_ref().is_some_and(|g| g.subgroup_kernels());
     let (engine, backend, detector) = match engine {
         Some(g) => {
             let name = g.detector_name();
@@ -166,6 +168,7 @@ pub async fn create_estimator(
     let tracker = Tracker::new(TrackerOptions::default()).map_err(js_error)?;
     Ok(WasmEstimator {
         creation,
+        subgroups,
         state: Rc::new(RefCell::new(State { engine: Some(engine), stages: Vec::new(), tracker })),
         config: cfg,
         backend: backend.to_string(),
@@ -279,6 +282,13 @@ impl WasmEstimator {
     #[wasm_bindgen(getter)]
     pub fn backend(&self) -> String {
         self.backend.clone()
+    }
+
+    /// Whether the WebGPU kernels share weight loads across subgroups (the adapter offers the
+    /// `subgroups` feature with at least 4 invocations per subgroup); false on the CPU.
+    #[wasm_bindgen(getter)]
+    pub fn subgroups(&self) -> bool {
+        self.subgroups
     }
 
     /// The WebGPU adapter's description (empty on the CPU).

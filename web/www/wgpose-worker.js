@@ -14,8 +14,8 @@ async function handle(op, args) {
   if (op === "create") {
     if (est) throw new WgposeError("internal", "this worker already holds an estimator");
     est = await createEstimator({ ...args, worker: false });
-    const { backend, adapter, fallbackReason, model, weightsFromCache, detector, detectorNote, wasm, creation } = est;
-    return { backend, adapter, fallbackReason, model, weightsFromCache, detector, detectorNote, wasm, creation };
+    const { backend, adapter, fallbackReason, model, weightsFromCache, detector, detectorNote, wasm, creation, subgroups } = est;
+    return { backend, adapter, fallbackReason, model, weightsFromCache, detector, detectorNote, wasm, creation, subgroups };
   }
   if (!est) throw new WgposeError("disposed", "this estimator was disposed");
   switch (op) {

@@ -201,6 +201,8 @@ class Estimator {
     this.backend = inner.backend;
     /** The WebGPU adapter's name ("" on the CPU). */
     this.adapter = inner.adapter;
+    /** True when the WebGPU kernels share weight loads across subgroups (the adapter's `subgroups`). */
+    this.subgroups = inner.subgroups;
     /** Why the CPU runs although WebGPU was allowed ("" otherwise). */
     this.fallbackReason = inner.fallbackReason;
     /** { name, input: [c, h, w], joints: [names], limbs: [[a, b]] } */
