@@ -16,6 +16,8 @@
 //   est.resetTrack();                        // the next track() runs the detector
 //   est.backend  // "webgpu" or "cpu";  est.adapter, est.fallbackReason, est.detector, est.detectorNote,
 //   est.wasm     // "relaxed-simd" (the CPU fallback's matrix tile with fused multiply-adds) or "simd128"
+//   est.subgroups // true when the WebGPU convolutions share weight loads across subgroups
+//   est.creation  // [[stage, ms], ...]: where createEstimator's time went
 //   await est.profile(); est.dispose();
 //
 // `createEstimator({ ..., worker: true })` runs the estimator in a module Web Worker
