@@ -34,8 +34,9 @@ pub struct GpuContext {
     pub(crate) pipelines: PipelineCache,
     /// Whether models compiled on this context use the kernels that share loads across a
     /// subgroup (the device has the `subgroups` feature with subgroups of at least 4
-    /// invocations). Set by [`GpuContext::from_adapter`] (`WGPOSE_GPU_SUBGROUPS=0` in the
-    /// environment turns it off); a context from [`GpuContext::from_device`] starts without
+    /// invocations). Set by [`GpuContext::from_adapter`] on software adapters (lavapipe,
+    /// SwiftShader), where they were measured; `WGPOSE_GPU_SUBGROUPS=1` in the environment turns
+    /// them on for any adapter that has the feature, `=0` off. A context from [`GpuContext::from_device`] starts without
     /// them: set it only if that device was opened with [`wgpu::Features::SUBGROUP`] and its
     /// subgroups hold at least 4 invocations. Changing it affects models compiled afterwards.
     pub subgroup_kernels: bool,
@@ -73,11 +74,16 @@ impl GpuContext {
         limits.max_storage_buffer_binding_size = supported.max_storage_buffer_binding_size;
         limits.max_buffer_size = supported.max_buffer_size;
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
-        let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 4;
-        let subgroups = match std::env::var("WGPOSE_GPU_SUBGROUPS").as_deref() {
-            Ok("0") => false,
-            _ => subgroups,
-        };
+        // The subgroup kernels were measured on software adapters only (faster on SwiftShader,
+        // equal or faster on lavapipe); on a GPU, whose compilers already load uniform weights
+        // once per wave, they are opt-in (`WGPOSE_GPU_SUBGROUPS=1`), and `=0` turns them off.
+        let has_subgroups = adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 4;
+        let subgroups = has_subgroups
+            && match std::env::var("WGPOSE_GPU_SUBGROUPS").as_deref() {
+                Ok("0") => false,
+                Ok("1") => true,
+                _ => is_software_adapter(&info),
+            };
         let mut required_features = wgpu::Features::empty();
         if timestamps {
             required_features |= wgpu::Features::TIMESTAMP_QUERY;

@@ -66,14 +66,15 @@ extern "C" {
 }
 
 /// Opens the browser's WebGPU adapter and device, with the `subgroups` feature when the adapter
-/// offers it with subgroups of at least 4 invocations (then the convolutions share weight
-/// loads across a subgroup: `GpuContext::subgroup_kernels`).
+/// offers it. On a software adapter (SwiftShader) with subgroups of at least 4 invocations the
+/// convolutions then share weight loads across a subgroup (`GpuContext::subgroup_kernels`; as
+/// natively, GPUs keep the plain kernels, which were not measured against them).
 pub async fn open_device() -> Result<GpuContext, JsValue> {
     wrap_request_device();
     let ctx = GpuContext::new_async().await;
     let subgroups = unwrap_request_device();
     let mut ctx = ctx.map_err(js_error)?;
-    ctx.subgroup_kernels = subgroups && ctx.adapter_info.subgroup_min_size >= 4;
+    ctx.subgroup_kernels = subgroups && ctx.adapter_info.subgroup_min_size >= 4 && ctx.is_software();
     Ok(ctx)
 }
 
