@@ -22,8 +22,8 @@ pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 /// `conv2d.wgsl` after the common prelude: every convolution entry point.
 pub const CONV2D_WGSL: &str =
     concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/conv2d.wgsl"));
-/// conv2d.wgsl plus `conv2d_subgroup.wgsl` (the 3x3 kernel sharing weight loads across a
-/// subgroup), for devices with the `subgroups` feature: a module of its own. Browsers require
+/// conv2d.wgsl plus `conv2d_subgroup.wgsl` (the tiled, 3x3 and 1x1 kernels sharing weight loads
+/// across a subgroup), for devices with the `subgroups` feature: a module of its own. Browsers require
 /// the WGSL `enable subgroups;` directive, which naga (wgpu's native shader compiler, version
 /// 30) still refuses as unsupported; natively the device feature alone enables the builtins.
 #[cfg(not(target_arch = "wasm32"))]
@@ -397,6 +397,8 @@ pub(crate) fn kernels_of(g: &Graph, shapes: &[[usize; 4]], subgroups: bool) -> V
             | Op::Activation(_)
             | Op::Add
             | Op::GatedAdd { .. }
+            // A concat whose inputs are all written in place dispatches nothing; compiling the
+            // elementwise pipeline for it anyway costs one small pipeline at most.
             | Op::Concat => Kernel::Elementwise,
             Op::MaxPool { .. } => Kernel::MaxPool,
             Op::UpsampleNearest { .. } => Kernel::UpsampleNearest,

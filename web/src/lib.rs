@@ -105,12 +105,14 @@ pub async fn create_estimator(
     let detector = (!detector_weights.is_empty()).then_some((&detector_weights[..], &detector_label[..]));
     let mut creation: Stages = Vec::new();
     let t0 = precise_now_ms();
+    let mut open_ms = 0.0;
     let (engine, adapter, fallback_reason) = match backend.as_str() {
         "cpu" => (None, String::new(), "the CPU backend was asked for".to_string()),
         "webgpu" | "auto" => {
             let auto = backend == "auto";
             let device = gpu::open_device().await;
-            creation.push(("open the WebGPU device", precise_now_ms() - t0));
+            open_ms = precise_now_ms() - t0;
+            creation.push(("open the WebGPU device", open_ms));
             match device {
                 Err(e) if auto => (None, String::new(), format!("WebGPU unavailable: {}", errors::message(&e))),
                 Err(e) => return Err(e),
@@ -162,7 +164,7 @@ pub async fn create_estimator(
     creation.push(match engine {
         // GpuEngine::open ran in the match above: weights checked, graph lowered, pipelines and
         // buffers created (the GPU compiles the pipelines in the background).
-        Engine::Gpu(_) => ("build the estimator (weights, pipelines, uploads)", t1 - t0 - creation[0].1),
+        Engine::Gpu(_) => ("build the estimator (weights, pipelines, uploads)", t1 - t0 - open_ms),
         Engine::Cpu(_) => ("build the estimator (weights, graph)", precise_now_ms() - t1),
     });
     let tracker = Tracker::new(TrackerOptions::default()).map_err(js_error)?;
