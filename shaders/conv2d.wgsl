@@ -258,13 +258,14 @@ fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
     store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, oy * p.ow + ox0, p.ow - ox0);
 }
 
-// 1x1, stride 1, no padding: a plain GEMM over flattened pixels; no bounds arithmetic at all
-// (the last tile re-reads clamped pixels and stores only the real ones).
+// 1x1, no padding, any stride: a plain GEMM over flattened output pixels; no bounds arithmetic
+// at all (the last tile re-reads clamped pixels and stores only the real ones). A stride is
+// only in where the four input offsets point, computed once per invocation.
 @compute @workgroup_size(CONV_TILED_WG)
 fn conv2d_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let hw = p.h * p.w;
+    let ohw = p.oh * p.ow;
     let pix0 = (gid.x + p.x0) * TN;
-    if (pix0 >= hw) {
+    if (pix0 >= ohw) {
         return;
     }
     let n = wid.z + p.z0;
@@ -274,11 +275,12 @@ fn conv2d_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
     var c2: Col;
     var c3: Col;
     var wi = cb * p.ci_n * 4u;
+    let hw = p.h * p.w;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * hw;
-    let i0 = pix0;
-    let i1 = min(pix0 + 1u, hw - 1u);
-    let i2 = min(pix0 + 2u, hw - 1u);
-    let i3 = min(pix0 + 3u, hw - 1u);
+    let i0 = in_1x1(pix0);
+    let i1 = in_1x1(min(pix0 + 1u, ohw - 1u));
+    let i2 = in_1x1(min(pix0 + 2u, ohw - 1u));
+    let i3 = in_1x1(min(pix0 + 3u, ohw - 1u));
     for (var ci = 0u; ci < p.ci_n; ci++) {
         let base = ch0 + ci * hw;
         let w = weights(wi);
@@ -288,8 +290,14 @@ fn conv2d_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
         c2 = col_fma(c2, w, arena[base + i2]);
         c3 = col_fma(c3, w, arena[base + i3]);
     }
-    // Flattened pixels are rows of width `ow` = w for the store.
-    store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, pix0, p.oh * p.ow - pix0);
+    // Flattened pixels are rows of width `ow` for the store.
+    store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, pix0, ohw - pix0);
+}
+
+// Where output pixel `pix` (flattened) of a 1x1 convolution without padding reads its input,
+// within one input channel.
+fn in_1x1(pix: u32) -> u32 {
+    return (pix / p.ow) * p.sh * p.w + (pix % p.ow) * p.sw;
 }
 
 // Weights for conv2d_direct keep the original [cout][cin_g][kh][kw] layout.

@@ -58,15 +58,15 @@ fn conv2d_tiled_sg(
     store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, oy * p.ow + ox0, left);
 }
 
-// conv2d_1x1 with `weights_sg`.
+// conv2d_1x1 (any stride) with `weights_sg`.
 @compute @workgroup_size(CONV_TILED_WG)
 fn conv2d_1x1_sg(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let hw = p.h * p.w;
-    let n_tiles = (hw + TN - 1u) / TN;
+    let ohw = p.oh * p.ow;
+    let n_tiles = (ohw + TN - 1u) / TN;
     // No early return (see conv2d_3x3_sg).
     let pix0 = min(gid.x + p.x0, n_tiles - 1u) * TN;
     let n = wid.z + p.z0;
@@ -76,20 +76,22 @@ fn conv2d_1x1_sg(
     var c2: Col;
     var c3: Col;
     var wi = cb * p.ci_n * 4u;
+    let hw = p.h * p.w;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * hw;
-    let i1 = min(pix0 + 1u, hw - 1u);
-    let i2 = min(pix0 + 2u, hw - 1u);
-    let i3 = min(pix0 + 3u, hw - 1u);
+    let i0 = in_1x1(pix0);
+    let i1 = in_1x1(min(pix0 + 1u, ohw - 1u));
+    let i2 = in_1x1(min(pix0 + 2u, ohw - 1u));
+    let i3 = in_1x1(min(pix0 + 3u, ohw - 1u));
     for (var ci = 0u; ci < p.ci_n; ci++) {
         let base = ch0 + ci * hw;
         let w = weights_sg(wi, lane);
         wi += 4u;
-        c0 = col_fma(c0, w, arena[base + pix0]);
+        c0 = col_fma(c0, w, arena[base + i0]);
         c1 = col_fma(c1, w, arena[base + i1]);
         c2 = col_fma(c2, w, arena[base + i2]);
         c3 = col_fma(c3, w, arena[base + i3]);
     }
-    let left = select(0u, p.oh * p.ow - pix0, gid.x + p.x0 < n_tiles);
+    let left = select(0u, ohw - pix0, gid.x + p.x0 < n_tiles);
     store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, pix0, left);
 }
 

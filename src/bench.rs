@@ -47,6 +47,8 @@ pub fn op_cases() -> Vec<(&'static str, [usize; 4], Op)> {
     vec![
         ("conv3x3 64->64 @64x64 +relu", [1, 64, 64, 64], conv(64, 64, 3, 1, 1, Act::Relu)),
         ("conv1x1 128->128 @64x64", [1, 128, 64, 64], conv(128, 128, 1, 1, 1, Act::None)),
+        ("conv3x3/2 64->128 @64x64", [1, 64, 64, 64], conv(64, 128, 3, 2, 1, Act::None)),
+        ("conv1x1/2 64->128 @64x64", [1, 64, 64, 64], conv(64, 128, 1, 2, 1, Act::None)),
         ("conv7x7/2 3->64 @256x256", [1, 3, 256, 256], conv(3, 64, 7, 2, 1, Act::Relu)),
         ("depthwise3x3 128 @64x64", [1, 128, 64, 64], conv(128, 128, 3, 1, 128, Act::None)),
         ("pixel_shuffle x2 64 @64x64", [1, 64, 64, 64], Op::PixelShuffle { factor: 2 }),

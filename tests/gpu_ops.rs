@@ -88,6 +88,13 @@ fn conv2d_matches_reference() {
         ([1, 8, 13, 13], 8, [3, 3], 1, 1, 1, 8, true),  // depthwise
         ([2, 6, 10, 7], 6, [3, 3], 2, 1, 1, 6, false),  // depthwise, stride 2
         ([1, 3, 33, 31], 16, [7, 7], 2, 3, 1, 1, true), // stem
+        ([2, 5, 21, 30], 20, [7, 7], 2, 3, 1, 1, false), // stem: 15 wide, two channel blocks
+        ([1, 4, 13, 17], 16, [7, 7], 2, 0, 1, 1, true),  // 7x7 stride 2, no padding
+        ([1, 24, 15, 15], 16, [7, 7], 2, 3, 1, 1, true), // 7x7 stride 2 over 2 input chunks
+        ([1, 3, 12, 14], 16, [5, 5], 2, 2, 1, 1, true),  // 5x5 stride 2
+        ([1, 4, 9, 10], 18, [2, 2], 2, 1, 1, 1, false),  // even kernel, stride 2
+        ([1, 4, 9, 11], 16, [1, 3], 2, 1, 1, 1, true),   // 1x3 stride 2 with padding
+        ([1, 6, 7, 9], 16, [1, 1], 2, 1, 1, 1, true),    // 1x1 stride 2 with padding
         ([1, 10, 7, 9], 9, [1, 1], 1, 0, 1, 1, true),
         ([1, 5, 12, 10], 7, [3, 3], 1, 2, 2, 1, true), // dilation 2
         ([2, 4, 6, 6], 4, [5, 5], 1, 0, 1, 1, true),
@@ -100,6 +107,12 @@ fn conv2d_matches_reference() {
         ([1, 2, 40, 3], 16, [3, 3], 1, 1, 1, 1, true),    // narrower than one pixel tile
         ([1, 7, 5, 13], 17, [3, 3], 1, 1, 1, 1, true),    // 13 = three pixel tiles + 1
         ([2, 9, 4, 16], 20, [3, 3], 1, 0, 1, 1, false),   // no padding: 14 wide
+        ([1, 5, 13, 19], 20, [3, 3], 2, 1, 1, 1, true),   // 3x3 stride 2 on odd sizes: 10 wide
+        ([2, 3, 8, 11], 16, [3, 3], 2, 0, 1, 1, false),   // 3x3 stride 2, no padding
+        ([1, 130, 7, 9], 24, [3, 3], 2, 1, 1, 1, true),   // 3x3 stride 2 over 2 input chunks
+        ([1, 10, 9, 11], 12, [1, 1], 2, 0, 1, 1, true),   // 1x1 stride 2 on odd sizes (downsample)
+        ([2, 1100, 5, 7], 20, [1, 1], 2, 0, 1, 1, false), // 1x1 stride 2 over 2 input chunks
+        ([1, 6, 10, 13], 9, [1, 1], 3, 0, 1, 1, true),    // 1x1 stride 3
     ];
     for (i, &(s, cout, k, st, p, d, g, bias)) in cases.iter().enumerate() {
         let op = Op::Conv2d(conv_op(&mut rng, s[1], cout, k, st, p, d, g, bias));
