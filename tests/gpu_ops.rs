@@ -85,9 +85,9 @@ fn conv2d_matches_reference() {
     let cases: &[([usize; 4], usize, [usize; 2], usize, usize, usize, usize, bool)] = &[
         ([1, 3, 17, 23], 5, [3, 3], 1, 1, 1, 1, true),
         ([2, 6, 9, 11], 12, [3, 3], 2, 1, 1, 2, false),
-        ([1, 8, 13, 13], 8, [3, 3], 1, 1, 1, 8, true),  // depthwise
-        ([2, 6, 10, 7], 6, [3, 3], 2, 1, 1, 6, false),  // depthwise, stride 2
-        ([1, 3, 33, 31], 16, [7, 7], 2, 3, 1, 1, true), // stem
+        ([1, 8, 13, 13], 8, [3, 3], 1, 1, 1, 8, true),   // depthwise
+        ([2, 6, 10, 7], 6, [3, 3], 2, 1, 1, 6, false),   // depthwise, stride 2
+        ([1, 3, 33, 31], 16, [7, 7], 2, 3, 1, 1, true),  // stem
         ([2, 5, 21, 30], 20, [7, 7], 2, 3, 1, 1, false), // stem: 15 wide, two channel blocks
         ([1, 4, 13, 17], 16, [7, 7], 2, 0, 1, 1, true),  // 7x7 stride 2, no padding
         ([1, 24, 15, 15], 16, [7, 7], 2, 3, 1, 1, true), // 7x7 stride 2 over 2 input chunks
