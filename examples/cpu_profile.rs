@@ -12,11 +12,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "fasterpose-r18-s16-lsp".into());
     let cfg = wgpose::models::config(&name)?;
     let (graph, inputs) = wgpose::bench::model_case(&cfg, 1)?;
-    let graph = wgpose::graph::passes::optimize_for_inference(&graph);
+    let prepared = wgpose::cpu::PackedGraph::new(wgpose::graph::passes::optimize_for_inference(&graph));
+    let graph = prepared.graph();
     let (warm, timed) = (5, 25);
     let mut ms = vec![0.0f64; graph.nodes.len()];
     for run in 0..warm + timed {
-        let (_, times) = wgpose::cpu::run_profiled(&graph, &inputs)?;
+        let (_, times) = prepared.run_profiled(&inputs)?;
         if run >= warm {
             ms.iter_mut().zip(&times).for_each(|(m, t)| *m += t.as_secs_f64() * 1e3 / timed as f64);
         }

@@ -34,7 +34,7 @@ pub struct PersonDetector {
     pub weights: WeightsSource,
     /// How its output maps become boxes (peak threshold, NMS, at most how many).
     pub detect: DetectConfig,
-    graph: Graph,
+    graph: crate::cpu::PackedGraph,
     gpu: Option<(GpuContext, GpuPreprocess, GpuModel)>,
 }
 
@@ -107,7 +107,7 @@ impl PersonDetector {
             )),
             None => None,
         };
-        Ok(PersonDetector { config: *config, weights, detect, graph, gpu })
+        Ok(PersonDetector { config: *config, weights, detect, graph: crate::cpu::PackedGraph::new(graph), gpu })
     }
 
     /// True when the detector runs on the GPU.
@@ -117,7 +117,7 @@ impl PersonDetector {
 
     /// The inference graph (for executors other than the CPU).
     pub fn graph(&self) -> &Graph {
-        &self.graph
+        self.graph.graph()
     }
 
     /// The letterbox crop of a `w x h` image for this detector's input.
@@ -132,7 +132,7 @@ impl PersonDetector {
         let outs = match &mut self.gpu {
             None => {
                 let x = warp_batch(image, &[crop], in_w, in_h, &Normalization::IMAGENET)?;
-                crate::cpu::run(&self.graph, &[x])?
+                self.graph.run(&[x])?
             }
             Some((ctx, pre, model)) => {
                 let src = upload_frame(ctx, &packed_rgba(image))?;

@@ -111,8 +111,9 @@ pub struct Estimator {
     pub weights: WeightsSource,
     /// The joints the network predicts, in output order.
     pub skeleton: &'static Skeleton,
-    /// The inference-optimised graph (also what the CPU backend runs).
-    graph: Graph,
+    /// The inference-optimised graph, with the CPU executor's packed weights (packed on the
+    /// first CPU run).
+    graph: crate::cpu::PackedGraph,
     backend: Backend,
     opts: EstimatorOptions,
     choice: DeviceChoice,
@@ -224,7 +225,7 @@ impl Estimator {
         mut opts: EstimatorOptions,
     ) -> Result<Self> {
         opts.decode.kind = if config.sigmoid_output() { HeatmapKind::Sigmoid } else { HeatmapKind::Linear };
-        let graph = optimize_for_inference(&graph);
+        let graph = crate::cpu::PackedGraph::new(optimize_for_inference(&graph));
         let backend = match ctx {
             Some(ctx) => Backend::Gpu {
                 ctx: ctx.clone(),
@@ -458,7 +459,7 @@ impl Estimator {
             return Err(Error::Input("not a GPU estimator".into()));
         };
         if !models.contains_key(&batch) {
-            models.insert(batch, GpuModel::compile_with(ctx, &self.graph, batch)?);
+            models.insert(batch, GpuModel::compile_with(ctx, self.graph.graph(), batch)?);
         }
         let model = models.get_mut(&batch).ok_or_else(|| Error::Gpu("model cache".into()))?;
         Ok((pre, model))
@@ -520,7 +521,7 @@ impl Estimator {
     fn cpu_heatmaps(&self, image: &ImageRef, crops: &[CropTransform]) -> Result<Tensor> {
         let [_, in_h, in_w] = self.config.input;
         let x = warp_batch(image, crops, in_w, in_h, &Normalization::IMAGENET)?;
-        last_output(crate::cpu::run(&self.graph, &[x])?)
+        last_output(self.graph.run(&[x])?)
     }
 
     /// The last stack's heatmaps for every crop, `[crops, K, H/4, W/4]`.

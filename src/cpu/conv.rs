@@ -18,18 +18,71 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{matmul_offsets, matmul_panels, offsets_slack, Epilogue, Mat, MatMut, Panels, Parallelism};
+use super::gemm::{matmul_offsets, matmul_panels, offsets_slack, Epilogue, Kernel, Mat, MatMut, Panels, Parallelism};
+use super::indirect::{conv_indirect, PackedWeights};
 use super::ops::{act_in_place, planes_per_task, valid_range};
 use crate::graph::{Act, Conv2d, Residual};
 use crate::tensor::Tensor;
 
+/// How convolutions that are not depthwise run on the CPU: the one dispatcher's choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvStrategy {
+    /// `Y^T = im2col^T * W^T` over MR-pixel x NR-channel tiles with prepacked weights
+    /// (`super::indirect`).
+    Indirect,
+    /// `Y = W * im2col` over channel x pixel tiles, the im2col matrix read in place (stride 1)
+    /// or packed per panel (`super::gemm`).
+    Gemm,
+}
+
+impl ConvStrategy {
+    /// `WGPOSE_CPU_CONV=indirect` or `=gemm` if set; otherwise indirect with the AVX2 kernel,
+    /// where it was measured faster (README, "CPU executor speed"), and the matrix-product form
+    /// with the others (AVX-512: the form measured against ONNX Runtime there; portable and
+    /// wasm: not yet measured).
+    pub fn detect() -> ConvStrategy {
+        static STRATEGY: std::sync::OnceLock<ConvStrategy> = std::sync::OnceLock::new();
+        *STRATEGY.get_or_init(|| match std::env::var("WGPOSE_CPU_CONV").as_deref() {
+            Ok("indirect") => ConvStrategy::Indirect,
+            Ok("gemm") => ConvStrategy::Gemm,
+            _ if Kernel::detect() == Kernel::Avx2 => ConvStrategy::Indirect,
+            _ => ConvStrategy::Gemm,
+        })
+    }
+}
+
+/// Whether convolution `c` runs through prepacked weights (what `super::PackedGraph` packs).
+pub(crate) fn uses_packed_weights(c: &Conv2d) -> bool {
+    !is_depthwise(c) && ConvStrategy::detect() == ConvStrategy::Indirect
+}
+
+fn is_depthwise(c: &Conv2d) -> bool {
+    c.cin_per_group() == 1 && c.cout() == c.groups
+}
+
+/// `c`'s weights packed for the indirect kernel.
+pub(crate) fn pack_weights(c: &Conv2d) -> PackedWeights {
+    let [kh, kw] = c.kernel();
+    PackedWeights::new(Kernel::detect(), &c.weight.data, c.groups, c.cout() / c.groups, c.cin_per_group() * kh * kw)
+}
+
 /// Convolution with its fused epilogue. `x` is `[n, cin, h, w]`, `residual` (present exactly
-/// when the epilogue has one) has the output shape `out`. Inputs are assumed validated.
-pub fn conv2d(x: &Tensor, residual: Option<&Tensor>, c: &Conv2d, out: [usize; 4]) -> Tensor {
+/// when the epilogue has one) has the output shape `out`; `packed`, `c`'s weights as
+/// [`pack_weights`] gives them when the caller keeps them (packed here otherwise). Inputs are
+/// assumed validated.
+pub fn conv2d(
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    c: &Conv2d,
+    out: [usize; 4],
+    packed: Option<&PackedWeights>,
+) -> Tensor {
     let mut y = vec![0.0f32; out.iter().product()];
     let ep = EpilogueRef::new(c, residual);
-    if c.cin_per_group() == 1 && c.cout() == c.groups {
+    if is_depthwise(c) {
         depthwise(x, c, out, &ep, &mut y);
+    } else if ConvStrategy::detect() == ConvStrategy::Indirect {
+        indirect_conv(x, c, out, &ep, &mut y, packed);
     } else {
         gemm_conv(x, c, out, &ep, &mut y);
     }
@@ -117,6 +170,54 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
                 let src = ConvPanels::new(xg, [cin_g, h, w], c, [oh, ow]);
                 matmul_panels(dst, lhs, &src, false, par, epilogue);
             }
+        }
+    }
+}
+
+/// Any convolution that is not depthwise through [`conv_indirect`]: the input, zero-padded when
+/// the convolution pads, is read in place through each output pixel's corner and each tap's
+/// offset; nothing is packed but the weights (once, by the caller that keeps them).
+fn indirect_conv(
+    x: &Tensor,
+    c: &Conv2d,
+    out: [usize; 4],
+    ep: &EpilogueRef,
+    y: &mut [f32],
+    packed: Option<&PackedWeights>,
+) {
+    let [n, cin, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let [_, cout, oh, ow] = out;
+    let (ohw, hw, groups) = (oh * ow, h * w, c.groups);
+    let (cin_g, cout_g) = (cin / groups, cout / groups);
+    let [kh, kw] = c.kernel();
+    let k = cin_g * kh * kw;
+    let owned;
+    let packed = match packed {
+        Some(p) if p.fits(groups, cout_g, k) => p,
+        _ => {
+            owned = pack_weights(c);
+            &owned
+        }
+    };
+    let ([sy, sx], [py, px], [dy, dx]) = (c.stride, c.padding, c.dilation);
+    let pads = py > 0 || px > 0;
+    let pitch = if pads { w + 2 * px } else { w };
+    let plane = if pads { (h + 2 * py) * pitch } else { hw };
+    let offsets: Vec<usize> =
+        (0..k).map(|p| (p / (kh * kw)) * plane + (p / kw % kh) * dy * pitch + (p % kw) * dx).collect();
+    let pix: Vec<usize> = (0..ohw).map(|q| (q / ow) * sy * pitch + (q % ow) * sx).collect();
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    for b in 0..n {
+        for g in 0..groups {
+            let xg = &x.data[(b * cin + g * cin_g) * hw..(b * cin + (g + 1) * cin_g) * hw];
+            let padded = pads.then(|| padded_source(xg, [cin_g, h, w], [kh, kw], [py, px], [dy, dx]).0);
+            let y0 = (b * cout + g * cout_g) * ohw;
+            let epilogue =
+                |row: usize, col0: usize, v: &mut [f32]| ep.apply(v, g * cout_g + row, y0 + row * ohw + col0);
+            let epilogue: Option<Epilogue> = if ep.is_identity() { None } else { Some(&epilogue) };
+            let src = padded.as_deref().unwrap_or(xg);
+            conv_indirect(&mut y[y0..y0 + cout_g * ohw], ohw, packed, g, src, &pix, &offsets, par, epilogue);
         }
     }
 }
@@ -410,6 +511,73 @@ fn depthwise_plane(g: &DwGeom, d: &mut [f32], s: &[f32], wk: &[f32]) {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Epilogue as ConvEpilogue;
+    use crate::rng::Rng;
+
+    /// Both strategies (the indirect one with the panels of every kernel this CPU runs, whatever
+    /// `ConvStrategy::detect` picks here) against the reference convolution, on strides,
+    /// paddings, dilations, groups and sizes that are not multiples of any tile, with a bias,
+    /// an activation and a residual in the epilogue. Tolerance 1e-4 relative to the largest
+    /// output (f32 sums of at most 300 products).
+    #[test]
+    fn both_strategies_match_the_reference() {
+        let mut rng = Rng::new(21);
+        // (cin, cout, groups, kernel, stride, padding, dilation, h, w)
+        let cases = [
+            (3, 5, 1, [3, 3], [1, 1], [1, 1], [1, 1], 7, 9),
+            (3, 17, 1, [7, 7], [2, 2], [3, 3], [1, 1], 13, 11),
+            (8, 33, 1, [1, 1], [1, 1], [0, 0], [1, 1], 5, 6),
+            (8, 12, 1, [1, 1], [2, 2], [0, 0], [1, 1], 9, 7),
+            (6, 10, 2, [3, 3], [1, 1], [2, 2], [2, 2], 8, 5),
+            (16, 7, 1, [3, 3], [2, 2], [1, 1], [1, 1], 10, 10),
+            (4, 9, 1, [3, 1], [1, 2], [1, 0], [1, 1], 6, 9),
+            (2, 3, 1, [2, 2], [1, 1], [0, 0], [1, 1], 1 + 1, 2),
+        ];
+        for (i, &(cin, cout, groups, kernel, stride, padding, dilation, h, w)) in cases.iter().enumerate() {
+            let cin_g = cin / groups;
+            let std = (2.0 / (cin_g * kernel[0] * kernel[1]) as f32).sqrt();
+            let c = Conv2d {
+                weight: Tensor {
+                    shape: vec![cout, cin_g, kernel[0], kernel[1]],
+                    data: (0..cout * cin_g * kernel[0] * kernel[1]).map(|_| rng.normal() * std).collect(),
+                },
+                bias: Some(Tensor { shape: vec![cout], data: rng.vec(cout, -0.5, 0.5) }),
+                stride,
+                padding,
+                dilation,
+                groups,
+                epilogue: ConvEpilogue { act: Act::Relu, residual: Some(Residual::Add), post_act: Act::None },
+            };
+            let n = 2;
+            let x = Tensor { shape: vec![n, cin, h, w], data: rng.vec(n * cin * h * w, -1.0, 1.0) };
+            let [oh, ow] = c.out_hw(h, w).expect("the kernel fits");
+            let out = [n, cout, oh, ow];
+            let r = Tensor { shape: out.to_vec(), data: rng.vec(out.iter().product(), -1.0, 1.0) };
+            let want = super::super::reference::conv2d(&x, Some(&r), &c, out);
+            let scale = want.data.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            let check = |what: &str, got: &[f32]| {
+                for (j, (g, w)) in got.iter().zip(&want.data).enumerate() {
+                    assert!((g - w).abs() / scale < 1e-4, "case {i} {what}: element {j}: {g} vs {w}");
+                }
+            };
+            let ep = EpilogueRef::new(&c, Some(&r));
+            let k = cin_g * kernel[0] * kernel[1];
+            for kern in Kernel::supported() {
+                let packed = PackedWeights::new(kern, &c.weight.data, groups, cout / groups, k);
+                let mut y = vec![f32::NAN; want.data.len()];
+                indirect_conv(&x, &c, out, &ep, &mut y, Some(&packed));
+                check(&format!("indirect {kern:?}"), &y);
+            }
+            let mut y = vec![f32::NAN; want.data.len()];
+            gemm_conv(&x, &c, out, &ep, &mut y);
+            check("gemm", &y);
         }
     }
 }

@@ -153,7 +153,7 @@ impl Kernel {
     }
 
     /// Tile rows and columns.
-    fn shape(self) -> (usize, usize) {
+    pub(crate) fn shape(self) -> (usize, usize) {
         match self {
             Kernel::Avx512 => (8, 32),
             Kernel::Avx2 => (6, 16),
@@ -171,20 +171,19 @@ impl Kernel {
     }
 }
 
-/// `tile[MR x NR] = A[MR x k] * B`, `A` element `(i, p)` at `a[i * ars + p * acs]`, row `p` of
+/// `tile[MR x NR] = A[MR x k] * B`, element `(i, p)` of `A` read by `a_at(i, p)`, row `p` of
 /// `B` the `NR` values at `b_row(p)`. Written to be vectorised along `NR` with `acc` kept in
-/// registers.
+/// registers; `a_at` is a strided matrix (`a[i * ars + p * acs]`) or, for the indirect
+/// convolution, one input pointer per tile row plus the depth's offset.
 ///
 /// # Safety
-/// `a` must be readable at every `i * ars + p * acs` (`i < MR`, `p < k`), every `b_row(p)` for
-/// `NR` values, `tile` writable for `MR * NR` values.
+/// `a_at(i, p)` must be a valid read for `i < MR`, `p < k`, every `b_row(p)` readable for `NR`
+/// values, `tile` writable for `MR * NR` values.
 #[inline(always)]
 #[cfg_attr(all(target_arch = "wasm32", target_feature = "relaxed-simd"), allow(dead_code))]
 unsafe fn tile_kernel<const MR: usize, const NR: usize, const FMA: bool>(
     k: usize,
-    a: *const f32,
-    ars: usize,
-    acs: usize,
+    a_at: impl Fn(usize, usize) -> f32,
     b_row: impl Fn(usize) -> *const f32,
     tile: *mut f32,
 ) {
@@ -193,7 +192,7 @@ unsafe fn tile_kernel<const MR: usize, const NR: usize, const FMA: bool>(
         // SAFETY: per the contract above (an `[f32; NR]` only needs f32 alignment).
         let bv: [f32; NR] = unsafe { *(b_row(p) as *const [f32; NR]) };
         for (i, row) in acc.iter_mut().enumerate() {
-            let av = unsafe { *a.add(i * ars + p * acs) };
+            let av = a_at(i, p);
             for j in 0..NR {
                 // `mul_add` is one instruction where FMA is enabled, a libm call elsewhere.
                 row[j] = if FMA { av.mul_add(bv[j], row[j]) } else { av * bv[j] + row[j] };
@@ -209,15 +208,19 @@ type TileFn = unsafe fn(usize, *const f32, usize, usize, *const f32, *mut f32);
 /// A kernel over rows found by offset: `(k, a, ars, acs, base, offsets, tile)`, row `p` at
 /// `base + offsets[p]` (the implicit im2col of a stride-1 convolution, see [`matmul_offsets`]).
 type TileOffFn = unsafe fn(usize, *const f32, usize, usize, *const f32, *const usize, *mut f32);
+/// The indirect convolution's kernel (`super::indirect`): `(k, src, pix, offsets, panel, tile)`,
+/// `A` element `(i, p)` at `src + pix[i] + offsets[p]` (output pixel `i`, im2col row `p`), row
+/// `p` of the packed weights at `panel + p * NR`.
+pub(crate) type TileIndFn = unsafe fn(usize, *const f32, *const usize, *const usize, *const f32, *mut f32);
 
-/// One kernel pair (packed, offsets) around a tile function `$kernel` (the generic
-/// [`tile_kernel`] at one shape, or a hand-written one) for tiles `$nr` wide and target features.
+/// The kernels (packed, offsets, indirect) around a tile function `$kernel` (the generic
+/// [`tile_kernel`] at one shape, or a hand-written one) for tiles `$mr x $nr` and target features.
 macro_rules! tile_kernels {
-    ($packed:ident, $offsets:ident, $nr:expr, $kernel:expr $(, $feat:literal)?) => {
+    ($packed:ident, $offsets:ident, $indirect:ident, $mr:expr, $nr:expr, $kernel:expr $(, $feat:literal)?) => {
         $(#[target_feature(enable = $feat)])?
         unsafe fn $packed(k: usize, a: *const f32, ars: usize, acs: usize, b: *const f32, tile: *mut f32) {
             // SAFETY: forwarded contract.
-            unsafe { $kernel(k, a, ars, acs, |p| b.add(p * $nr), tile) }
+            unsafe { $kernel(k, |i, p| *a.add(i * ars + p * acs), |p| b.add(p * $nr), tile) }
         }
         $(#[target_feature(enable = $feat)])?
         unsafe fn $offsets(
@@ -230,18 +233,39 @@ macro_rules! tile_kernels {
             tile: *mut f32,
         ) {
             // SAFETY: forwarded contract.
-            unsafe { $kernel(k, a, ars, acs, |p| base.add(*offs.add(p)), tile) }
+            unsafe { $kernel(k, |i, p| *a.add(i * ars + p * acs), |p| base.add(*offs.add(p)), tile) }
+        }
+        $(#[target_feature(enable = $feat)])?
+        unsafe fn $indirect(
+            k: usize,
+            src: *const f32,
+            pix: *const usize,
+            offs: *const usize,
+            b: *const f32,
+            tile: *mut f32,
+        ) {
+            // One pointer per tile row (output pixel), so each step costs one offset load.
+            let rows: [*const f32; $mr] = std::array::from_fn(|i| unsafe { src.add(*pix.add(i)) });
+            // SAFETY: forwarded contract.
+            unsafe { $kernel(k, |i, p| *rows[i].add(*offs.add(p)), |p| b.add(p * $nr), tile) }
         }
     };
 }
 
 #[cfg(target_arch = "x86_64")]
-tile_kernels!(tile_avx512, tile_off_avx512, 32, tile_kernel::<8, 32, true>, "avx512f,fma");
+tile_kernels!(tile_avx512, tile_off_avx512, tile_ind_avx512, 8, 32, tile_kernel::<8, 32, true>, "avx512f,fma");
 #[cfg(target_arch = "x86_64")]
-tile_kernels!(tile_avx2, tile_off_avx2, 16, tile_kernel::<6, 16, true>, "avx2,fma");
+tile_kernels!(tile_avx2, tile_off_avx2, tile_ind_avx2, 6, 16, tile_kernel::<6, 16, true>, "avx2,fma");
 // aarch64 always has FMA; elsewhere (x86 without AVX2, wasm32) `mul_add` would be a call.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
-tile_kernels!(tile_portable, tile_off_portable, 8, tile_kernel::<8, 8, { cfg!(target_arch = "aarch64") }>);
+tile_kernels!(
+    tile_portable,
+    tile_off_portable,
+    tile_ind_portable,
+    8,
+    8,
+    tile_kernel::<8, 8, { cfg!(target_arch = "aarch64") }>
+);
 
 /// The 8 x 8 tile with wasm's relaxed-SIMD multiply-add (`f32x4.relaxed_madd`), which engines
 /// lower to one FMA instruction where the CPU has one (a multiply and an add otherwise): the
@@ -253,9 +277,7 @@ tile_kernels!(tile_portable, tile_off_portable, 8, tile_kernel::<8, 8, { cfg!(ta
 #[inline(always)]
 unsafe fn tile_kernel_relaxed(
     k: usize,
-    a: *const f32,
-    ars: usize,
-    acs: usize,
+    a_at: impl Fn(usize, usize) -> f32,
     b_row: impl Fn(usize) -> *const f32,
     tile: *mut f32,
 ) {
@@ -268,7 +290,7 @@ unsafe fn tile_kernel_relaxed(
             (v128_load(b as *const v128), v128_load(b.add(4) as *const v128))
         };
         for (i, row) in acc.iter_mut().enumerate() {
-            let av = f32x4_splat(unsafe { *a.add(i * ars + p * acs) });
+            let av = f32x4_splat(a_at(i, p));
             row[0] = f32x4_relaxed_madd(av, b0, row[0]);
             row[1] = f32x4_relaxed_madd(av, b1, row[1]);
         }
@@ -283,7 +305,7 @@ unsafe fn tile_kernel_relaxed(
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-tile_kernels!(tile_portable, tile_off_portable, 8, tile_kernel_relaxed);
+tile_kernels!(tile_portable, tile_off_portable, tile_ind_portable, 8, 8, tile_kernel_relaxed);
 
 fn tile_fn(kernel: Kernel) -> TileFn {
     match kernel {
@@ -292,6 +314,17 @@ fn tile_fn(kernel: Kernel) -> TileFn {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => tile_avx2,
         _ => tile_portable,
+    }
+}
+
+/// The indirect-convolution kernel of `kernel` (`super::indirect`).
+pub(crate) fn tile_ind_fn(kernel: Kernel) -> TileIndFn {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => tile_ind_avx512,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => tile_ind_avx2,
+        _ => tile_ind_portable,
     }
 }
 
@@ -312,7 +345,7 @@ thread_local! {
 
 /// The destination's base pointer, shared by tasks that write disjoint tiles.
 #[derive(Clone, Copy)]
-struct DstPtr(*mut f32);
+pub(crate) struct DstPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint elements (distinct tiles) and the destination outlives the
 // parallel loop that uses this pointer.
 unsafe impl Send for DstPtr {}
@@ -320,7 +353,7 @@ unsafe impl Sync for DstPtr {}
 
 impl DstPtr {
     /// Through a method, so closures capture the `Sync` wrapper, not its raw-pointer field.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -545,7 +578,7 @@ impl TaskSplit {
 /// Threads for a product of `macs` multiply-adds: one below [`SERIAL_MACS`], where waking the
 /// pool costs more than the product (LDCRN runs ~180 convolutions per frame, many of a few
 /// hundred thousand multiply-adds).
-fn threads_for(par: Parallelism, macs: usize) -> usize {
+pub(crate) fn threads_for(par: Parallelism, macs: usize) -> usize {
     match par {
         Parallelism::Rayon(t) if macs >= SERIAL_MACS => t.max(1),
         _ => 1,

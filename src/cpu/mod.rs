@@ -14,6 +14,7 @@
 
 pub(crate) mod conv;
 pub mod gemm;
+pub mod indirect;
 pub(crate) mod ops;
 pub(crate) mod pool;
 pub mod reference;
@@ -30,19 +31,69 @@ use crate::tensor::{checked_numel, Tensor};
 /// batch size `N >= 1` and have the node's `[c, h, w]`. Intermediate tensors are dropped after
 /// their last use.
 pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-    run_timed(graph, inputs, None)
+    run_timed(graph, None, inputs, None)
 }
 
 /// [`run`], also returning each node's wall time (index = node id; zero for inputs): the CPU
 /// side of `wgpose profile`.
 pub fn run_profiled(graph: &Graph, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>)> {
     let mut times = vec![std::time::Duration::ZERO; graph.nodes.len()];
-    let out = run_timed(graph, inputs, Some(&mut times))?;
+    let out = run_timed(graph, None, inputs, Some(&mut times))?;
     Ok((out, times))
+}
+
+/// A graph prepared for repeated runs on the CPU executor: the weights of every convolution
+/// that reads packed panels (`conv::ConvStrategy::Indirect`) are packed once, on the first run,
+/// as ONNX Runtime prepacks at session creation, instead of on every call. Running it gives
+/// exactly what [`run`] gives on the same graph; the graph cannot change behind the packed
+/// copies (it is only lent out immutably).
+pub struct PackedGraph {
+    graph: Graph,
+    packed: std::sync::OnceLock<Vec<Option<indirect::PackedWeights>>>,
+}
+
+impl PackedGraph {
+    /// Takes `graph` (run [`crate::graph::passes::optimize_for_inference`] first: it folds batch
+    /// norms into the weights). Nothing is packed until the first run, so a graph that only ever
+    /// runs on the GPU costs no second copy of its weights.
+    pub fn new(graph: Graph) -> PackedGraph {
+        PackedGraph { graph, packed: std::sync::OnceLock::new() }
+    }
+
+    /// The graph as given.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn packed(&self) -> &[Option<indirect::PackedWeights>] {
+        self.packed.get_or_init(|| {
+            self.graph
+                .nodes
+                .iter()
+                .map(|n| match &n.op {
+                    Op::Conv2d(c) if conv::uses_packed_weights(c) => Some(conv::pack_weights(c)),
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    /// [`run`] on the graph, with the packed weights.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        run_timed(&self.graph, Some(self.packed()), inputs, None)
+    }
+
+    /// [`run_profiled`] on the graph, with the packed weights.
+    pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>)> {
+        let mut times = vec![std::time::Duration::ZERO; self.graph.nodes.len()];
+        let out = run_timed(&self.graph, Some(self.packed()), inputs, Some(&mut times))?;
+        Ok((out, times))
+    }
 }
 
 fn run_timed(
     graph: &Graph,
+    packed: Option<&[Option<indirect::PackedWeights>]>,
     inputs: &[Tensor],
     mut times: Option<&mut Vec<std::time::Duration>>,
 ) -> Result<Vec<Tensor>> {
@@ -55,7 +106,8 @@ fn run_timed(
         } else {
             let args: Vec<&Tensor> = node.inputs.iter().map(|&i| available(&values, i)).collect();
             let start = times.is_some().then(std::time::Instant::now);
-            let v = eval_unchecked(&node.op, &args, plan.shapes[id]);
+            let pack = packed.and_then(|p| p[id].as_ref());
+            let v = eval_packed(&node.op, &args, plan.shapes[id], pack);
             if let (Some(t), Some(s)) = (times.as_deref_mut(), start) {
                 t[id] = s.elapsed();
             }
@@ -129,9 +181,14 @@ fn eval_op_with(name: &str, op: &Op, inputs: &[&Tensor], eval: Eval) -> Result<T
 /// Fast evaluation of a non-input operator whose inputs and parameters have been validated and
 /// whose output shape is `out`.
 fn eval_unchecked(op: &Op, x: &[&Tensor], out: [usize; 4]) -> Tensor {
+    eval_packed(op, x, out, None)
+}
+
+/// [`eval_unchecked`] with a convolution's prepacked weights when the caller keeps them.
+fn eval_packed(op: &Op, x: &[&Tensor], out: [usize; 4], packed: Option<&indirect::PackedWeights>) -> Tensor {
     match op {
         Op::Input { .. } => unreachable!("input nodes are not evaluated"),
-        Op::Conv2d(c) => conv::conv2d(x[0], x.get(1).copied(), c, out),
+        Op::Conv2d(c) => conv::conv2d(x[0], x.get(1).copied(), c, out, packed),
         Op::BatchNorm(bn) => {
             let (scale, shift) = bn.scale_shift();
             ops::channel_affine(x[0], &scale, &shift, crate::graph::Act::None)

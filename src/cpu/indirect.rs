@@ -1,0 +1,223 @@
+//! Indirect convolution: the product `Y^T = im2col(x)^T * W^T`, tiled as `MR` output pixels x
+//! `NR` output channels, with the im2col matrix read in place through two offset lists.
+//!
+//! Element `(q, p)` of `im2col(x)^T` (output pixel `q`, depth `p = (ci*kh + ky)*kw + kx`) is
+//! `src[pix[q] + offsets[p]]`, where `src` is the (zero-padded, when the convolution pads) input,
+//! `pix[q]` the top-left corner of pixel `q`'s receptive field and `offsets[p]` the tap's
+//! distance from it. Any stride, padding and dilation fit that form, so one path serves every
+//! convolution that is not depthwise; the kernel broadcasts `MR` input values per depth step
+//! (neighbouring pixels: usually one cache line) and streams the weights.
+//!
+//! Why this orientation, and not `Y = W * im2col(x)` as in `super::gemm::matmul_offsets`: there
+//! the columns (pixels) of a tile must be consecutive in the padded input, so each output row
+//! computes its padding columns too (a 10-wide padded row for an 8-wide output: 96 columns for
+//! 64 on 8x8 maps), and each depth step loads `NR` values at an arbitrary, unaligned offset. Here
+//! the pixels are listed one by one (no wasted columns) and the `NR`-wide operand is the weights,
+//! packed once per prepared graph ([`PackedWeights`], `super::PackedGraph`) into aligned panels,
+//! as ONNX Runtime and XNNPACK prepack theirs. The cost moves to the stores: a tile's `MR` values
+//! per channel are a short run of an output row.
+
+use rayon::prelude::*;
+
+use super::gemm::{threads_for, tile_ind_fn, DstPtr, Epilogue, Kernel, Parallelism};
+
+/// A convolution's weights (`[groups * cout_g, k]` row-major, `k = cin_g*kh*kw`) packed for the
+/// indirect kernel: per group, `ceil(cout_g / NR)` panels of `k` rows of `NR` values (channel
+/// `c0 + j` at depth `p` in row `p`, column `j`), zero beyond `cout_g`.
+#[derive(Clone, Debug)]
+pub struct PackedWeights {
+    kernel: Kernel,
+    groups: usize,
+    cout_g: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedWeights {
+    /// Packs `weights` for `kernel`'s tile width.
+    ///
+    /// Panics when `weights` does not hold `groups * cout_g * k` values (a caller's bug: shapes
+    /// come from validated graphs).
+    pub fn new(kernel: Kernel, weights: &[f32], groups: usize, cout_g: usize, k: usize) -> Self {
+        assert_eq!(weights.len(), groups * cout_g * k, "packed weights: shape mismatch");
+        let nr = kernel.shape().1;
+        let panels = cout_g.div_ceil(nr);
+        let mut data = vec![0.0f32; groups * panels * k * nr];
+        for g in 0..groups {
+            for c in 0..cout_g {
+                let (jp, j) = (c / nr, c % nr);
+                let row = &weights[(g * cout_g + c) * k..][..k];
+                let panel = &mut data[(g * panels + jp) * k * nr..][..k * nr];
+                for (p, &v) in row.iter().enumerate() {
+                    panel[p * nr + j] = v;
+                }
+            }
+        }
+        PackedWeights { kernel, groups, cout_g, k, data }
+    }
+
+    /// The kernel these panels were packed for.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Whether these are the panels of a `groups x cout_g x k` weight tensor.
+    pub fn fits(&self, groups: usize, cout_g: usize, k: usize) -> bool {
+        (self.groups, self.cout_g, self.k) == (groups, cout_g, k)
+    }
+
+    fn group(&self, g: usize) -> &[f32] {
+        let len = self.data.len() / self.groups;
+        &self.data[g * len..(g + 1) * len]
+    }
+}
+
+/// Output pixels per tile the indirect product uses with `kernel` (its `MR`).
+pub fn pixels_per_tile(kernel: Kernel) -> usize {
+    kernel.shape().0
+}
+
+/// `dst[c * row_stride + q] = sum_p W[c, p] * src[pix[q] + offsets[p]]` for channels
+/// `c < cout_g` of group `g` of `weights` and pixels `q < pix.len()`, then `epilogue(c, q0, run)`
+/// on every stored run of a channel's row (`q0` its first pixel).
+///
+/// Panics when a read or write would leave its slice or the weights do not fit: bugs of the
+/// caller, never a consequence of user input.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_indirect(
+    dst: &mut [f32],
+    row_stride: usize,
+    weights: &PackedWeights,
+    g: usize,
+    src: &[f32],
+    pix: &[usize],
+    offsets: &[usize],
+    par: Parallelism,
+    epilogue: Option<Epilogue<'_>>,
+) {
+    let (cout, k, npix) = (weights.cout_g, weights.k, pix.len());
+    assert!(g < weights.groups && offsets.len() == k, "conv_indirect: weights do not fit");
+    if cout == 0 || npix == 0 {
+        return;
+    }
+    assert!(k > 0, "conv_indirect needs a non-empty depth");
+    assert!((cout - 1) * row_stride + npix <= dst.len() && row_stride >= npix, "conv_indirect: dst out of bounds");
+    let reach = pix.iter().max().copied().unwrap_or(0) + offsets.iter().max().copied().unwrap_or(0);
+    assert!(reach < src.len(), "conv_indirect: source out of bounds");
+    let kernel = weights.kernel;
+    let (mr, nr) = kernel.shape();
+    let tile = tile_ind_fn(kernel);
+    let panels = weights.group(g);
+    let (pix_tiles, col_panels) = (npix.div_ceil(mr), cout.div_ceil(nr));
+    // Tiles in channel-panel-major order: a task's run of tiles mostly shares one weight panel
+    // (k x NR, read from L1/L2) and walks neighbouring pixels.
+    let tiles = pix_tiles * col_panels;
+    let threads = threads_for(par, cout * npix * k);
+    let tasks = if threads > 1 { (4 * threads).min(tiles) } else { 1 };
+    let per_task = tiles.div_ceil(tasks);
+    let dst = DstPtr(dst.as_mut_ptr());
+    let task = |t: usize| {
+        let mut buf = [0.0f32; 8 * 32];
+        let mut tail = [0usize; 8];
+        let (first, end) = (t * per_task, ((t + 1) * per_task).min(tiles));
+        // The task's tiles, one weight panel at a time: pixel tiles ip0..ip1 of panel jp.
+        let mut id = first;
+        while id < end {
+            let (jp, ip0) = (id / pix_tiles, id % pix_tiles);
+            let ip1 = pix_tiles.min(ip0 + end - id);
+            let (c0, c1) = (jp * nr, cout.min(jp * nr + nr));
+            for ip in ip0..ip1 {
+                let q0 = ip * mr;
+                let rows = mr.min(npix - q0);
+                let pix_ptr = if rows == mr {
+                    pix[q0..].as_ptr()
+                } else {
+                    // The last, partial tile repeats its last pixel (valid reads, results dropped).
+                    tail[..mr].iter_mut().enumerate().for_each(|(i, t)| *t = pix[q0 + i.min(rows - 1)]);
+                    tail.as_ptr()
+                };
+                // SAFETY: every pix entry plus every offset is below src.len() (asserted above);
+                // the panel holds k x nr values; buf holds mr * nr <= 8 * 32 values.
+                unsafe {
+                    tile(k, src.as_ptr(), pix_ptr, offsets.as_ptr(), panels[jp * k * nr..].as_ptr(), buf.as_mut_ptr())
+                };
+                for c in c0..c1 {
+                    // SAFETY: channel c < cout, pixels q0..q0 + rows <= npix <= row_stride:
+                    // inside dst (asserted above); tiles are disjoint, this one is this task's.
+                    let run = unsafe { std::slice::from_raw_parts_mut(dst.get().add(c * row_stride + q0), rows) };
+                    run.iter_mut().enumerate().for_each(|(i, v)| *v = buf[i * nr + c - c0]);
+                }
+            }
+            // The epilogue once per channel over the segment's pixels (not per tile: a tile's
+            // run is only MR values), while they are still in cache.
+            if let Some(ep) = epilogue {
+                let (q0, q1) = (ip0 * mr, npix.min(ip1 * mr));
+                for c in c0..c1 {
+                    // SAFETY: as above; these pixels' tiles were all computed by this task.
+                    let run = unsafe { std::slice::from_raw_parts_mut(dst.get().add(c * row_stride + q0), q1 - q0) };
+                    ep(c, q0, run);
+                }
+            }
+            id += ip1 - ip0;
+        }
+    };
+    if tasks > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        task(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Every kernel this CPU runs against an f64 sum of the definition, on pixel and channel
+    /// counts that are not multiples of any tile (and smaller than one), two groups, one thread
+    /// and several. Tolerance: 1e-4 relative to the sum of |products|.
+    #[test]
+    fn indirect_product_matches_the_definition() {
+        let mut rng = Rng::new(11);
+        for kernel in Kernel::supported() {
+            for &(npix, cout_g, k) in &[(1, 1, 1), (7, 5, 9), (13, 17, 27), (61, 33, 144), (100, 40, 300)] {
+                let groups = 2;
+                let src = rng.vec(500, -1.0, 1.0);
+                let pix: Vec<usize> = (0..npix).map(|q| (q * 7) % 150).collect();
+                let offsets: Vec<usize> = (0..k).map(|p| (p * 13) % 349).collect();
+                let w = rng.vec(groups * cout_g * k, -1.0, 1.0);
+                let packed = PackedWeights::new(kernel, &w, groups, cout_g, k);
+                for par in [Parallelism::None, Parallelism::Rayon(3)] {
+                    for g in 0..groups {
+                        let stride = npix + 3;
+                        let mut dst = vec![9.0f32; cout_g * stride];
+                        let plus_one = |_: usize, _: usize, v: &mut [f32]| v.iter_mut().for_each(|x| *x += 1.0);
+                        conv_indirect(&mut dst, stride, &packed, g, &src, &pix, &offsets, par, Some(&plus_one));
+                        for c in 0..cout_g {
+                            for q in 0..npix {
+                                let terms = (0..k)
+                                    .map(|p| w[(g * cout_g + c) * k + p] as f64 * src[pix[q] + offsets[p]] as f64);
+                                let scale = terms.clone().map(f64::abs).sum::<f64>().max(1e-3);
+                                let want = terms.sum::<f64>() + 1.0;
+                                let got = dst[c * stride + q] as f64;
+                                assert!(
+                                    (got - want).abs() / scale < 1e-4,
+                                    "{kernel:?} {npix}x{cout_g}x{k} {par:?} group {g}: ({c}, {q}) {got} vs {want}"
+                                );
+                            }
+                            assert_eq!(&dst[c * stride + npix..c * stride + stride], &[9.0; 3], "gap untouched");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "source out of bounds")]
+    fn a_source_too_short_is_refused() {
+        let packed = PackedWeights::new(Kernel::Portable, &[1.0; 4], 1, 2, 2);
+        let mut dst = vec![0.0f32; 6];
+        conv_indirect(&mut dst, 3, &packed, 0, &[0.0; 5], &[0, 1, 2], &[0, 3], Parallelism::None, None);
+    }
+}
