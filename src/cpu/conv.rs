@@ -63,7 +63,9 @@ fn is_depthwise(c: &Conv2d) -> bool {
 /// `c`'s weights packed for the indirect kernel.
 pub(crate) fn pack_weights(c: &Conv2d) -> PackedWeights {
     let [kh, kw] = c.kernel();
-    PackedWeights::new(Kernel::detect(), &c.weight.data, c.groups, c.cout() / c.groups, c.cin_per_group() * kh * kw)
+    let cout_g = c.cout() / c.groups;
+    let kernel = super::indirect::kernel_for(Kernel::detect(), cout_g);
+    PackedWeights::new(kernel, &c.weight.data, c.groups, cout_g, c.cin_per_group() * kh * kw)
 }
 
 /// Convolution with its fused epilogue. `x` is `[n, cin, h, w]`, `residual` (present exactly

@@ -107,6 +107,10 @@ pub enum Kernel {
     Avx512,
     /// x86-64 with AVX2 and FMA: 6 x 16 tiles (12 ymm accumulators).
     Avx2,
+    /// x86-64 with AVX2 and FMA, 8 x 8 tiles (8 ymm accumulators, one per row): the indirect
+    /// convolution's kernel for layers of at most 8 output channels (LDCRN's), where 16-wide
+    /// tiles would compute as many zero columns as real ones. Never picked by [`Kernel::detect`].
+    Avx2Narrow,
     /// Any CPU (aarch64 NEON, and wasm32 SIMD128 in the browser build, through LLVM's vectoriser):
     /// 8 x 8 tiles.
     Portable,
@@ -142,11 +146,11 @@ impl Kernel {
     /// Every kernel this CPU can run (for tests).
     pub fn supported() -> Vec<Kernel> {
         let best = Kernel::best_supported();
-        [Kernel::Avx512, Kernel::Avx2, Kernel::Portable]
+        [Kernel::Avx512, Kernel::Avx2, Kernel::Avx2Narrow, Kernel::Portable]
             .into_iter()
             .filter(|k| match best {
                 Kernel::Avx512 => true,
-                Kernel::Avx2 => *k != Kernel::Avx512,
+                Kernel::Avx2 | Kernel::Avx2Narrow => *k != Kernel::Avx512,
                 Kernel::Portable => *k == Kernel::Portable,
             })
             .collect()
@@ -157,6 +161,7 @@ impl Kernel {
         match self {
             Kernel::Avx512 => (8, 32),
             Kernel::Avx2 => (6, 16),
+            Kernel::Avx2Narrow => (8, 8),
             Kernel::Portable => (8, 8),
         }
     }
@@ -166,6 +171,7 @@ impl Kernel {
         match self {
             Kernel::Avx512 => "avx512",
             Kernel::Avx2 => "avx2",
+            Kernel::Avx2Narrow => "avx2-narrow",
             Kernel::Portable => "portable",
         }
     }
@@ -256,6 +262,8 @@ macro_rules! tile_kernels {
 tile_kernels!(tile_avx512, tile_off_avx512, tile_ind_avx512, 8, 32, tile_kernel::<8, 32, true>, "avx512f,fma");
 #[cfg(target_arch = "x86_64")]
 tile_kernels!(tile_avx2, tile_off_avx2, tile_ind_avx2, 6, 16, tile_kernel::<6, 16, true>, "avx2,fma");
+#[cfg(target_arch = "x86_64")]
+tile_kernels!(tile_avx2n, tile_off_avx2n, tile_ind_avx2n, 8, 8, tile_kernel::<8, 8, true>, "avx2,fma");
 // aarch64 always has FMA; elsewhere (x86 without AVX2, wasm32) `mul_add` would be a call.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
 tile_kernels!(
@@ -313,6 +321,8 @@ fn tile_fn(kernel: Kernel) -> TileFn {
         Kernel::Avx512 => tile_avx512,
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => tile_avx2,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Narrow => tile_avx2n,
         _ => tile_portable,
     }
 }
@@ -324,6 +334,8 @@ pub(crate) fn tile_ind_fn(kernel: Kernel) -> TileIndFn {
         Kernel::Avx512 => tile_ind_avx512,
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => tile_ind_avx2,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Narrow => tile_ind_avx2n,
         _ => tile_ind_portable,
     }
 }
@@ -334,6 +346,8 @@ fn tile_off_fn(kernel: Kernel) -> TileOffFn {
         Kernel::Avx512 => tile_off_avx512,
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => tile_off_avx2,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Narrow => tile_off_avx2n,
         _ => tile_off_portable,
     }
 }
