@@ -8,8 +8,9 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::conv::{im2col, padded_source};
-use crate::cpu::gemm::{matmul, matmul_offsets, Mat, MatMut, Parallelism};
+use crate::cpu::conv::{im2col, padded_source, ConvStrategy};
+use crate::cpu::gemm::{matmul, matmul_offsets, Kernel, Mat, MatMut, Parallelism};
+use crate::cpu::indirect::{conv_indirect, kernel_for, PackedWeights};
 use crate::cpu::ops::{bilinear_taps, planes_per_task, valid_range};
 use crate::graph::{Act, Conv2d};
 use crate::tensor::Tensor;
@@ -54,7 +55,7 @@ pub fn conv2d_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> Co
     let (dx, dw) = if c.cin_per_group() == 1 && c.cout() == c.groups {
         depthwise_backward(x, dy, c, need_dx)
     } else {
-        gemm_conv_backward(x, dy, c, need_dx)
+        gemm_conv_backward(x, dy, c, need_dx, ConvStrategy::detect())
     };
     ConvGrads { dx: dx.map(|d| like(x, d)), dw: Tensor { shape: c.weight.shape.clone(), data: dw }, db }
 }
@@ -68,7 +69,13 @@ fn parallelism() -> Parallelism {
     }
 }
 
-fn gemm_conv_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> (Option<Vec<f32>>, Vec<f32>) {
+fn gemm_conv_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    c: &Conv2d,
+    need_dx: bool,
+    strategy: ConvStrategy,
+) -> (Option<Vec<f32>>, Vec<f32>) {
     let [n, cin, h, w] = dims(x);
     let cout = dy.shape[1];
     let k = (cin / c.groups) * c.kernel()[0] * c.kernel()[1];
@@ -82,7 +89,7 @@ fn gemm_conv_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> (Op
         let mut ws = Workspace::default();
         for b in 0..items {
             let dxb = if need_dx { Some(&mut dxs[b * cin * h * w..(b + 1) * cin * h * w]) } else { None };
-            item_backward(x, dy, c, b0 + b, dxb, &mut dw, &mut ws, par);
+            item_backward(x, dy, c, b0 + b, dxb, &mut dw, &mut ws, par, strategy);
         }
         dw
     };
@@ -102,7 +109,7 @@ fn gemm_conv_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> (Op
                     let mut dw = vec![0.0f32; cout * k];
                     let mut ws = Workspace::default();
                     for b in i * chunk..((i + 1) * chunk).min(n) {
-                        item_backward(x, dy, c, b, None, &mut dw, &mut ws, Parallelism::None);
+                        item_backward(x, dy, c, b, None, &mut dw, &mut ws, Parallelism::None, strategy);
                     }
                     dw
                 })
@@ -139,6 +146,9 @@ struct Workspace {
     /// The flipped, transposed weights of the stride-1 input gradient (see `item_backward`),
     /// built once per workspace.
     flipped: Vec<f32>,
+    /// `flipped` packed for the indirect convolution (`ConvStrategy::Indirect`), once per
+    /// workspace.
+    flipped_packed: Option<PackedWeights>,
 }
 
 /// A stride-1 convolution's input gradient is a stride-1 convolution of dY with the kernel
@@ -187,6 +197,7 @@ fn item_backward(
     dw: &mut [f32],
     ws: &mut Workspace,
     par: Parallelism,
+    strategy: ConvStrategy,
 ) {
     let [_, cin, h, w] = dims(x);
     let [_, cout, oh, ow] = dims(dy);
@@ -245,6 +256,16 @@ fn item_backward(
             // dY_g, instead of a k x ohw dcol matrix and col2im.
             let kk = cout_g * kh * kw;
             let (padded, offsets, pitch) = padded_source(dyg, [cout_g, oh, ow], [kh, kw], pad, c.dilation);
+            if strategy == ConvStrategy::Indirect {
+                // As the forward pass runs it: pixel-major tiles, the flipped weights packed.
+                let flipped = &ws.flipped;
+                let packed = ws.flipped_packed.get_or_insert_with(|| {
+                    PackedWeights::new(kernel_for(Kernel::detect(), cin_g), flipped, groups, cin_g, kk)
+                });
+                let pix: Vec<usize> = (0..hw).map(|q| (q / w) * pitch + q % w).collect();
+                conv_indirect(dxg, hw, packed, g, &padded, &pix, &offsets, par, None);
+                continue;
+            }
             matmul_offsets(
                 MatMut::rows(dxg, cin_g, hw, hw),
                 Mat::rows(&ws.flipped[g * cin_g * kk..(g + 1) * cin_g * kk], cin_g, kk, kk),
@@ -593,4 +614,53 @@ pub fn pixel_shuffle_backward(x: &Tensor, dy: &Tensor, r: usize) -> Tensor {
         }
     });
     like(x, dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Epilogue;
+    use crate::rng::Rng;
+
+    /// The input and weight gradients of both convolution strategies agree (the matrix-product
+    /// one is checked against f64 finite differences in `tests/autodiff.rs`, on whichever
+    /// strategy that CPU picks), on stride-1 layers with padding, dilation and groups, batch 3
+    /// (items split over threads). Tolerance 1e-4 relative to the largest gradient.
+    #[test]
+    fn both_strategies_give_the_same_gradients() {
+        let mut rng = Rng::new(31);
+        // (cin, cout, groups, kernel, padding, dilation, h, w)
+        for &(cin, cout, groups, kernel, padding, dilation, h, w) in &[
+            (5, 7, 1, [3, 3], [1, 1], [1, 1], 9, 11),
+            (6, 4, 2, [3, 3], [2, 2], [2, 2], 7, 6),
+            (3, 20, 1, [5, 3], [2, 1], [1, 1], 8, 5),
+            (16, 8, 1, [3, 3], [0, 0], [1, 1], 10, 10),
+        ] {
+            let cin_g = cin / groups;
+            let c = Conv2d {
+                weight: Tensor {
+                    shape: vec![cout, cin_g, kernel[0], kernel[1]],
+                    data: rng.vec(cout * cin_g * kernel[0] * kernel[1], -1.0, 1.0),
+                },
+                bias: None,
+                stride: [1, 1],
+                padding,
+                dilation,
+                groups,
+                epilogue: Epilogue::default(),
+            };
+            let n = 3;
+            let x = Tensor { shape: vec![n, cin, h, w], data: rng.vec(n * cin * h * w, -1.0, 1.0) };
+            let [oh, ow] = c.out_hw(h, w).expect("the kernel fits");
+            let dy = Tensor { shape: vec![n, cout, oh, ow], data: rng.vec(n * cout * oh * ow, -1.0, 1.0) };
+            let (dx_a, dw_a) = gemm_conv_backward(&x, &dy, &c, true, ConvStrategy::Gemm);
+            let (dx_b, dw_b) = gemm_conv_backward(&x, &dy, &c, true, ConvStrategy::Indirect);
+            for (what, a, b) in [("dx", dx_a.expect("dx asked"), dx_b.expect("dx asked")), ("dw", dw_a, dw_b)] {
+                let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+                    assert!((u - v).abs() / scale < 1e-4, "{what} {cin}->{cout} g{groups}: element {i}: {u} vs {v}");
+                }
+            }
+        }
+    }
 }
