@@ -36,17 +36,17 @@ pub enum ConvStrategy {
 }
 
 impl ConvStrategy {
-    /// `WGPOSE_CPU_CONV=indirect` or `=gemm` if set; otherwise indirect with the AVX2 kernel,
-    /// where it was measured faster (README, "CPU executor speed"), and the matrix-product form
-    /// with the others (AVX-512: the form measured against ONNX Runtime there; portable and
-    /// wasm: not yet measured).
+    /// `WGPOSE_CPU_CONV=indirect` or `=gemm` if set; otherwise indirect, measured faster with
+    /// the AVX2 and the portable kernels (README, "CPU executor speed"), except with the AVX-512
+    /// kernel: the matrix-product form is the one measured against ONNX Runtime there, and the
+    /// indirect one has not been timed on an AVX-512 machine yet.
     pub fn detect() -> ConvStrategy {
         static STRATEGY: std::sync::OnceLock<ConvStrategy> = std::sync::OnceLock::new();
         *STRATEGY.get_or_init(|| match std::env::var("WGPOSE_CPU_CONV").as_deref() {
             Ok("indirect") => ConvStrategy::Indirect,
             Ok("gemm") => ConvStrategy::Gemm,
-            _ if Kernel::detect() == Kernel::Avx2 => ConvStrategy::Indirect,
-            _ => ConvStrategy::Gemm,
+            _ if Kernel::detect() == Kernel::Avx512 => ConvStrategy::Gemm,
+            _ => ConvStrategy::Indirect,
         })
     }
 }
