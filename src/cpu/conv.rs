@@ -1,4 +1,12 @@
-//! Fast CPU convolution.
+//! Fast CPU convolution, in one of two strategies ([`ConvStrategy`], picked once per process).
+//!
+//! **Indirect** (the default with every kernel but AVX-512): any convolution that is not
+//! depthwise, per batch item and group, as `out^T = im2col^T x W^T` in tiles of output pixels x
+//! output channels (`super::indirect`): the input, copied into its zero padding when the
+//! convolution pads, is read in place through each pixel's receptive-field corner and each tap's
+//! offset, and the weights come packed (once per `super::PackedGraph`, else per call).
+//!
+//! **Matrix product** (`gemm`, the AVX-512 default):
 //!
 //! - General case: per batch item and group, `out[cout_g, oh*ow] = W[cout_g, K] x B[K, oh*ow]`
 //!   with `K = cin_g*kh*kw`, through `super::gemm::matmul_panels`. `B` is the im2col matrix, but
