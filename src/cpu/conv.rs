@@ -213,15 +213,14 @@ fn indirect_conv(
     let pads = py > 0 || px > 0;
     let pitch = if pads { w + 2 * px } else { w };
     let plane = if pads { (h + 2 * py) * pitch } else { hw };
-    let offsets: Vec<usize> =
-        (0..k).map(|p| (p / (kh * kw)) * plane + (p / kw % kh) * dy * pitch + (p % kw) * dx).collect();
+    let offsets = tap_offsets(cin_g, [kh, kw], [dy, dx], plane, pitch);
     let pix: Vec<usize> = (0..ohw).map(|q| (q / ow) * sy * pitch + (q % ow) * sx).collect();
     let threads = rayon::current_num_threads();
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     for b in 0..n {
         for g in 0..groups {
             let xg = &x.data[(b * cin + g * cin_g) * hw..(b * cin + (g + 1) * cin_g) * hw];
-            let padded = pads.then(|| padded_source(xg, [cin_g, h, w], [kh, kw], [py, px], [dy, dx]).0);
+            let padded = pads.then(|| zero_padded(xg, [cin_g, h, w], [py, px]));
             let y0 = (b * cout + g * cout_g) * ohw;
             let epilogue =
                 |row: usize, col0: usize, v: &mut [f32]| ep.apply(v, g * cout_g + row, y0 + row * ohw + col0);
@@ -250,7 +249,15 @@ pub(crate) fn padded_source(
     [dy, dx]: [usize; 2],
 ) -> (Vec<f32>, Vec<usize>, usize) {
     let (hp, wp) = (h + 2 * py, w + 2 * px);
-    let plane = hp * wp;
+    let padded = zero_padded(x, [cin_g, h, w], [py, px]);
+    (padded, tap_offsets(cin_g, [kh, kw], [dy, dx], hp * wp, wp), wp)
+}
+
+/// `x` (`[cin_g, h, w]`) copied into a zero border of `py` rows and `px` columns on each side,
+/// plus the slack `matmul_offsets` reads past the last plane.
+fn zero_padded(x: &[f32], [cin_g, h, w]: [usize; 3], [py, px]: [usize; 2]) -> Vec<f32> {
+    let wp = w + 2 * px;
+    let plane = (h + 2 * py) * wp;
     let mut padded = vec![0.0f32; cin_g * plane + offsets_slack()];
     for ci in 0..cin_g {
         for y in 0..h {
@@ -258,15 +265,21 @@ pub(crate) fn padded_source(
             padded[d..d + w].copy_from_slice(&x[(ci * h + y) * w..(ci * h + y + 1) * w]);
         }
     }
+    padded
+}
+
+/// The im2col row offsets `ci*plane + ky*dy*pitch + kx*dx`, row `(ci*kh + ky)*kw + kx`, of a
+/// source with planes `plane` values apart and rows `pitch` apart.
+fn tap_offsets(cin_g: usize, [kh, kw]: [usize; 2], [dy, dx]: [usize; 2], plane: usize, pitch: usize) -> Vec<usize> {
     let mut offsets = Vec::with_capacity(cin_g * kh * kw);
     for ci in 0..cin_g {
         for ky in 0..kh {
             for kx in 0..kw {
-                offsets.push(ci * plane + ky * dy * wp + kx * dx);
+                offsets.push(ci * plane + ky * dy * pitch + kx * dx);
             }
         }
     }
-    (padded, offsets, wp)
+    offsets
 }
 
 /// The im2col matrix of one group of one batch item (`[cin_g, h, w]`), packed panel by panel
