@@ -4,7 +4,7 @@
 //! Runs the inference graph (fused as `Estimator` runs it) on seeded random weights and input,
 //! 5 warm-up runs and 25 timed ones, and prints the time per operator kind and the slowest
 //! nodes. `RAYON_NUM_THREADS` sets the threads, `WGPOSE_CPU_KERNEL=avx2` / `portable` narrows
-//! the matrix-product kernel.
+//! the matrix-product kernel, `TOP=N` prints the N slowest nodes (12 by default).
 
 use std::collections::BTreeMap;
 
@@ -44,7 +44,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut order: Vec<usize> = (0..graph.nodes.len()).collect();
     order.sort_by(|&a, &b| ms[b].total_cmp(&ms[a]));
     println!("slowest nodes (GFLOP/s: multiply-add = 2 operations):");
-    for &i in order.iter().take(12) {
+    let top = std::env::var("TOP").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+    for &i in order.iter().take(top) {
         let s = &stats[i];
         let gflops = s.flops as f64 / (ms[i] * 1e6);
         println!("  {:8.3} ms {gflops:7.1} GFLOP/s  {:?}  {}", ms[i], s.shape, graph.nodes[i].name);
