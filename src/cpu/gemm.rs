@@ -15,7 +15,7 @@
 //!   no spills). aarch64 (NEON and FMA are baseline) and wasm32 use the same function with their
 //!   own tile shape: one code base for every CPU. The one exception is the browser build with
 //!   WebAssembly relaxed SIMD: Rust has no portable way to ask wasm for a fused multiply-add
-//!   (`mul_add` is a libm call there), so that build's 8 x 8 tile is written with
+//!   (`mul_add` is a libm call there), so that build's tile is written with
 //!   `f32x4_relaxed_madd` (`tile_kernel_relaxed`), about 1.3x faster in Chromium (web/build.sh).
 //!
 //! The kernel is picked at run time from the CPU's features. `WGPOSE_CPU_KERNEL=avx2` or
@@ -112,7 +112,7 @@ pub enum Kernel {
     /// tiles would compute as many zero columns as real ones. Never picked by [`Kernel::detect`].
     Avx2Narrow,
     /// Any CPU (aarch64 NEON, and wasm32 SIMD128 in the browser build, through LLVM's vectoriser):
-    /// 8 x 8 tiles.
+    /// 8 x 8 tiles on aarch64, 6 x 8 elsewhere (see `PORTABLE_MR`).
     Portable,
 }
 
@@ -162,7 +162,7 @@ impl Kernel {
             Kernel::Avx512 => (8, 32),
             Kernel::Avx2 => (6, 16),
             Kernel::Avx2Narrow => (8, 8),
-            Kernel::Portable => (8, 8),
+            Kernel::Portable => (PORTABLE_MR, 8),
         }
     }
 
@@ -270,17 +270,17 @@ tile_kernels!(
     tile_portable,
     tile_off_portable,
     tile_ind_portable,
+    PORTABLE_MR,
     8,
-    8,
-    tile_kernel::<8, 8, { cfg!(target_arch = "aarch64") }>
+    tile_kernel::<PORTABLE_MR, 8, { cfg!(target_arch = "aarch64") }>
 );
 
-/// The 8 x 8 tile with wasm's relaxed-SIMD multiply-add (`f32x4.relaxed_madd`), which engines
+/// The `PORTABLE_MR` x 8 tile with wasm's relaxed-SIMD multiply-add (`f32x4.relaxed_madd`), which engines
 /// lower to one FMA instruction where the CPU has one (a multiply and an add otherwise): the
 /// browser build made with `+relaxed-simd` (web/build.sh), loaded where the browser validates it.
 ///
 /// # Safety
-/// As [`tile_kernel`] with `MR = NR = 8`.
+/// As [`tile_kernel`] with `MR = PORTABLE_MR`, `NR = 8`.
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
 #[inline(always)]
 unsafe fn tile_kernel_relaxed(
@@ -290,7 +290,7 @@ unsafe fn tile_kernel_relaxed(
     tile: *mut f32,
 ) {
     use core::arch::wasm32::{f32x4_relaxed_madd, f32x4_splat, v128, v128_load, v128_store};
-    let mut acc = [[f32x4_splat(0.0); 2]; 8];
+    let mut acc = [[f32x4_splat(0.0); 2]; PORTABLE_MR];
     for p in 0..k {
         // SAFETY: per the contract (wasm loads and stores need no alignment).
         let (b0, b1) = unsafe {
@@ -313,7 +313,12 @@ unsafe fn tile_kernel_relaxed(
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-tile_kernels!(tile_portable, tile_off_portable, tile_ind_portable, 8, 8, tile_kernel_relaxed);
+tile_kernels!(tile_portable, tile_off_portable, tile_ind_portable, PORTABLE_MR, 8, tile_kernel_relaxed);
+
+/// Rows of the portable tile: 8 on aarch64 (32 vector registers: 16 accumulators + 3), else 6:
+/// wasm engines map v128 values onto the 16 xmm registers of an x86-64 host, as SSE does, and
+/// 12 accumulators + 2 weight vectors + 1 broadcast fit where 8 rows spill.
+const PORTABLE_MR: usize = if cfg!(target_arch = "aarch64") { 8 } else { 6 };
 
 fn tile_fn(kernel: Kernel) -> TileFn {
     match kernel {
