@@ -474,7 +474,7 @@ fn random_graph(seed: u64) -> (Graph, Vec<[usize; 3]>) {
     for s in 0..steps {
         let (cur, [c, h, w]) = *avail.last().unwrap();
         let name = |part: &str| format!("b{s}.{part}");
-        let next: (NodeId, [usize; 3]) = match rng.below(9) {
+        let next: (NodeId, [usize; 3]) = match rng.below(10) {
             0 => {
                 // conv - bn - relu, maybe strided
                 let cout = 2 + rng.below(9);
@@ -543,6 +543,21 @@ fn random_graph(seed: u64) -> (Graph, Vec<[usize; 3]>) {
                 let y = if rng.below(2) == 0 { b.sigmoid(&name("sig"), y).unwrap() } else { y };
                 (y, [c + oc, h, w])
             }
+            8 => {
+                // pre-activation (batch norm + ReLU, then a padded convolution, as in the
+                // hourglass), its activations read once or, sometimes, twice
+                let y = b.batch_norm(&name("pre_bn"), cur).unwrap();
+                let y = b.relu(&name("pre_relu"), y).unwrap();
+                let cout = 2 + rng.below(7);
+                let stride = if h >= 8 && w >= 8 && rng.below(3) == 0 { 2 } else { 1 };
+                let conv = b.conv(&name("pre_conv"), y, ConvSpec::new(cout, 3).stride(stride)).unwrap();
+                if stride == 1 && rng.below(3) == 0 {
+                    let other = b.conv(&name("pre_conv2"), y, ConvSpec::new(cout, 3)).unwrap();
+                    (b.add(&name("pre_add"), conv, other).unwrap(), [cout, h, w])
+                } else {
+                    (conv, [cout, (h - 1) / stride + 1, (w - 1) / stride + 1])
+                }
+            }
             _ => {
                 // sub-pixel upsampling
                 let y = b.conv(&name("ps_conv"), cur, ConvSpec::new(4 * c, 3)).unwrap();
@@ -568,7 +583,7 @@ fn random_graph(seed: u64) -> (Graph, Vec<[usize; 3]>) {
 
 #[test]
 fn fused_graph_on_fast_path_equals_unfused_on_reference() {
-    let mut fused_nodes = 0;
+    let (mut fused_nodes, mut input_affines) = (0, 0);
     for seed in 0..24 {
         let (g, in_shapes) = random_graph(seed);
         let fused = optimize_for_inference(&g);
@@ -581,6 +596,17 @@ fn fused_graph_on_fast_path_equals_unfused_on_reference() {
         assert_eq!(got.len(), want.len());
         for (k, (a, b)) in got.iter().zip(&want).enumerate() {
             assert_close(&format!("seed {seed} output {k}"), a, b);
+        }
+        // As the Estimator runs it: packed weights, channel affines applied by the convolution
+        // that reads them.
+        let packed = cpu::PackedGraph::new(fused.clone());
+        input_affines += packed.fused_input_affines();
+        for _ in 0..2 {
+            let got = packed.run(&inputs).unwrap();
+            assert_eq!(got.len(), want.len());
+            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_close(&format!("seed {seed} packed graph output {k}"), a, b);
+            }
         }
         // The unfused graph on the fast path, and run_all vs run, agree too.
         let fast_unfused = cpu::run(&g, &inputs).unwrap();
@@ -596,6 +622,7 @@ fn fused_graph_on_fast_path_equals_unfused_on_reference() {
         }
     }
     assert!(fused_nodes > 24, "the passes should have fused many nodes, fused {fused_nodes}");
+    assert!(input_affines >= 3, "few convolutions applied their input's affine: {input_affines}");
 }
 
 #[test]

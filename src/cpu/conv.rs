@@ -68,6 +68,30 @@ fn is_depthwise(c: &Conv2d) -> bool {
     c.cin_per_group() == 1 && c.cout() == c.groups
 }
 
+/// `act(scale[c] * x + shift[c])` on a convolution's input channels, applied while the input is
+/// copied into its zero padding: a channel affine (a pre-activation batch norm + ReLU) that only
+/// feeds this convolution costs no pass and no tensor of its own (`super::PackedGraph` finds
+/// them). The padding stays zero, as it is after a separate affine.
+#[derive(Clone, Copy)]
+pub(crate) struct InputAffine<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub act: Act,
+}
+
+impl InputAffine<'_> {
+    /// Channels `c0..` of this affine (a group's input channels).
+    fn from_channel(self, c0: usize) -> Self {
+        InputAffine { scale: &self.scale[c0..], shift: &self.shift[c0..], act: self.act }
+    }
+}
+
+/// Whether `c` copies its whole input into a zero padding (so an [`InputAffine`] costs nothing
+/// extra): a padded convolution that is not depthwise, on the indirect path or at stride 1.
+pub(crate) fn accepts_input_affine(c: &Conv2d) -> bool {
+    !is_depthwise(c) && c.padding != [0, 0] && (ConvStrategy::detect() == ConvStrategy::Indirect || c.stride == [1, 1])
+}
+
 /// `c`'s weights packed for the indirect kernel.
 pub(crate) fn pack_weights(c: &Conv2d) -> PackedWeights {
     let [kh, kw] = c.kernel();
@@ -78,23 +102,26 @@ pub(crate) fn pack_weights(c: &Conv2d) -> PackedWeights {
 
 /// Convolution with its fused epilogue. `x` is `[n, cin, h, w]`, `residual` (present exactly
 /// when the epilogue has one) has the output shape `out`; `packed`, `c`'s weights as
-/// [`pack_weights`] gives them when the caller keeps them (packed here otherwise). Inputs are
-/// assumed validated.
-pub fn conv2d(
+/// [`pack_weights`] gives them when the caller keeps them (packed here otherwise); `input`, an
+/// affine applied to `x` first, only where [`accepts_input_affine`] (panics otherwise: a
+/// caller's bug). Inputs are assumed validated.
+pub(crate) fn conv2d(
     x: &Tensor,
     residual: Option<&Tensor>,
     c: &Conv2d,
     out: [usize; 4],
     packed: Option<&PackedWeights>,
+    input: Option<InputAffine>,
 ) -> Tensor {
+    assert!(input.is_none() || accepts_input_affine(c), "conv2d: this convolution takes no input affine");
     let mut y = vec![0.0f32; out.iter().product()];
     let ep = EpilogueRef::new(c, residual);
     if is_depthwise(c) {
         depthwise(x, c, out, &ep, &mut y);
     } else if ConvStrategy::detect() == ConvStrategy::Indirect {
-        indirect_conv(x, c, out, &ep, &mut y, packed);
+        indirect_conv(x, c, out, &ep, &mut y, packed, input);
     } else {
-        gemm_conv(x, c, out, &ep, &mut y);
+        gemm_conv(x, c, out, &ep, &mut y, input);
     }
     Tensor { shape: out.to_vec(), data: y }
 }
@@ -148,7 +175,7 @@ impl<'a> EpilogueRef<'a> {
     }
 }
 
-fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut [f32]) {
+fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut [f32], input: Option<InputAffine>) {
     let [n, cin, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
     let [_, cout, oh, ow] = out;
     let (ohw, hw) = (oh * ow, h * w);
@@ -157,6 +184,7 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
     let [kh, kw] = c.kernel();
     let k = cin_g * kh * kw;
     let direct = kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0];
+    assert!(input.is_none() || (c.stride == [1, 1] && !direct), "gemm_conv: an input affine needs the padded copy");
     let threads = rayon::current_num_threads();
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     for b in 0..n {
@@ -174,7 +202,8 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
             if direct {
                 matmul_panels(dst, lhs, &Mat::rows(xg, cin_g, ohw, hw), false, par, epilogue);
             } else if c.stride == [1, 1] {
-                let (padded, offsets, pitch) = padded_input(xg, [cin_g, h, w], c);
+                let input = input.map(|a| a.from_channel(g * cin_g));
+                let (padded, offsets, pitch) = padded_input(xg, [cin_g, h, w], c, input);
                 matmul_offsets(dst, lhs, &padded, &offsets, [pitch, ow], par, epilogue);
             } else {
                 let src = ConvPanels::new(xg, [cin_g, h, w], c, [oh, ow]);
@@ -194,6 +223,7 @@ fn indirect_conv(
     ep: &EpilogueRef,
     y: &mut [f32],
     packed: Option<&PackedWeights>,
+    input: Option<InputAffine>,
 ) {
     let [n, cin, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
     let [_, cout, oh, ow] = out;
@@ -211,6 +241,7 @@ fn indirect_conv(
     };
     let ([sy, sx], [py, px], [dy, dx]) = (c.stride, c.padding, c.dilation);
     let pads = py > 0 || px > 0;
+    assert!(input.is_none() || pads, "indirect_conv: an input affine needs the padded copy");
     let pitch = if pads { w + 2 * px } else { w };
     let plane = if pads { (h + 2 * py) * pitch } else { hw };
     let offsets = tap_offsets(cin_g, [kh, kw], [dy, dx], plane, pitch);
@@ -220,7 +251,8 @@ fn indirect_conv(
     for b in 0..n {
         for g in 0..groups {
             let xg = &x.data[(b * cin + g * cin_g) * hw..(b * cin + (g + 1) * cin_g) * hw];
-            let padded = pads.then(|| zero_padded(xg, [cin_g, h, w], [py, px]));
+            let input = input.map(|a| a.from_channel(g * cin_g));
+            let padded = pads.then(|| zero_padded(xg, [cin_g, h, w], [py, px], input));
             let y0 = (b * cout + g * cout_g) * ohw;
             let epilogue =
                 |row: usize, col0: usize, v: &mut [f32]| ep.apply(v, g * cout_g + row, y0 + row * ohw + col0);
@@ -235,8 +267,13 @@ fn indirect_conv(
 /// zero border of the convolution's padding, with the slack `matmul_offsets` reads past it;
 /// the im2col row offsets `ci*plane + ky*dy*pitch + kx*dx`; and the padded width (`pitch`).
 /// One copy of the input replaces the `kh*kw` times larger im2col matrix.
-fn padded_input(x: &[f32], [cin_g, h, w]: [usize; 3], c: &Conv2d) -> (Vec<f32>, Vec<usize>, usize) {
-    padded_source(x, [cin_g, h, w], c.kernel(), c.padding, c.dilation)
+fn padded_input(
+    x: &[f32],
+    [cin_g, h, w]: [usize; 3],
+    c: &Conv2d,
+    input: Option<InputAffine>,
+) -> (Vec<f32>, Vec<usize>, usize) {
+    padded_source(x, [cin_g, h, w], c.kernel(), c.padding, c.dilation, input)
 }
 
 /// [`padded_input`] with the geometry spelled out (the training backward pass runs the
@@ -247,24 +284,37 @@ pub(crate) fn padded_source(
     [kh, kw]: [usize; 2],
     [py, px]: [usize; 2],
     [dy, dx]: [usize; 2],
+    input: Option<InputAffine>,
 ) -> (Vec<f32>, Vec<usize>, usize) {
     let (hp, wp) = (h + 2 * py, w + 2 * px);
-    let padded = zero_padded(x, [cin_g, h, w], [py, px]);
+    let padded = zero_padded(x, [cin_g, h, w], [py, px], input);
     (padded, tap_offsets(cin_g, [kh, kw], [dy, dx], hp * wp, wp), wp)
 }
 
-/// `x` (`[cin_g, h, w]`) copied into a zero border of `py` rows and `px` columns on each side,
-/// plus the slack `matmul_offsets` reads past the last plane.
-fn zero_padded(x: &[f32], [cin_g, h, w]: [usize; 3], [py, px]: [usize; 2]) -> Vec<f32> {
+/// `x` (`[cin_g, h, w]`, through `input` when given) copied into a zero border of `py` rows and
+/// `px` columns on each side, plus the slack `matmul_offsets` reads past the last plane.
+/// Parallel over planes (a serial copy of a 64-channel 64x64 input was a visible share of a
+/// two-thread run).
+fn zero_padded(x: &[f32], [cin_g, h, w]: [usize; 3], [py, px]: [usize; 2], input: Option<InputAffine>) -> Vec<f32> {
     let wp = w + 2 * px;
     let plane = (h + 2 * py) * wp;
     let mut padded = vec![0.0f32; cin_g * plane + offsets_slack()];
-    for ci in 0..cin_g {
-        for y in 0..h {
-            let d = ci * plane + (y + py) * wp + px;
-            padded[d..d + w].copy_from_slice(&x[(ci * h + y) * w..(ci * h + y + 1) * w]);
-        }
-    }
+    padded[..cin_g * plane].par_chunks_mut(plane).with_min_len(planes_per_task(plane)).enumerate().for_each(
+        |(ci, dst)| {
+            for y in 0..h {
+                let d = &mut dst[(y + py) * wp + px..][..w];
+                let s = &x[(ci * h + y) * w..][..w];
+                match input {
+                    None => d.copy_from_slice(s),
+                    Some(a) => {
+                        let (m, b) = (a.scale[ci], a.shift[ci]);
+                        d.iter_mut().zip(s).for_each(|(d, &s)| *d = m * s + b);
+                        act_in_place(d, a.act);
+                    }
+                }
+            }
+        },
+    );
     padded
 }
 
@@ -583,24 +633,47 @@ mod tests {
             let [oh, ow] = c.out_hw(h, w).expect("the kernel fits");
             let out = [n, cout, oh, ow];
             let r = Tensor { shape: out.to_vec(), data: rng.vec(out.iter().product(), -1.0, 1.0) };
-            let want = super::super::reference::conv2d(&x, Some(&r), &c, out);
-            let scale = want.data.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-            let check = |what: &str, got: &[f32]| {
-                for (j, (g, w)) in got.iter().zip(&want.data).enumerate() {
-                    assert!((g - w).abs() / scale < 1e-4, "case {i} {what}: element {j}: {g} vs {w}");
-                }
+            // Also with an input affine (scale, shift, ReLU per input channel) where the
+            // convolution copies its input into a padding: against the reference convolution of
+            // the affine's output.
+            let (a_scale, a_shift) = (rng.vec(cin, 0.5, 1.5), rng.vec(cin, -0.5, 0.5));
+            let affine = InputAffine { scale: &a_scale, shift: &a_shift, act: Act::Relu };
+            let x_affine = Tensor {
+                shape: x.shape.clone(),
+                data: x
+                    .data
+                    .iter()
+                    .enumerate()
+                    .map(|(e, &v)| (a_scale[e / (h * w) % cin] * v + a_shift[e / (h * w) % cin]).max(0.0))
+                    .collect(),
             };
-            let ep = EpilogueRef::new(&c, Some(&r));
-            let k = cin_g * kernel[0] * kernel[1];
-            for kern in Kernel::supported() {
-                let packed = PackedWeights::new(kern, &c.weight.data, groups, cout / groups, k);
-                let mut y = vec![f32::NAN; want.data.len()];
-                indirect_conv(&x, &c, out, &ep, &mut y, Some(&packed));
-                check(&format!("indirect {kern:?}"), &y);
+            let pads = padding != [0, 0];
+            for (input, x_ref) in [(None, &x), (Some(affine), &x_affine)] {
+                if input.is_some() && !pads {
+                    continue;
+                }
+                let want = super::super::reference::conv2d(x_ref, Some(&r), &c, out);
+                let scale = want.data.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                let check = |what: &str, got: &[f32]| {
+                    for (j, (g, w)) in got.iter().zip(&want.data).enumerate() {
+                        assert!((g - w).abs() / scale < 1e-4, "case {i} {what}: element {j}: {g} vs {w}");
+                    }
+                };
+                let with = if input.is_some() { " with an input affine" } else { "" };
+                let ep = EpilogueRef::new(&c, Some(&r));
+                let k = cin_g * kernel[0] * kernel[1];
+                for kern in Kernel::supported() {
+                    let packed = PackedWeights::new(kern, &c.weight.data, groups, cout / groups, k);
+                    let mut y = vec![f32::NAN; want.data.len()];
+                    indirect_conv(&x, &c, out, &ep, &mut y, Some(&packed), input);
+                    check(&format!("indirect {kern:?}{with}"), &y);
+                }
+                if input.is_none() || stride == [1, 1] {
+                    let mut y = vec![f32::NAN; want.data.len()];
+                    gemm_conv(&x, &c, out, &ep, &mut y, input);
+                    check(&format!("gemm{with}"), &y);
+                }
             }
-            let mut y = vec![f32::NAN; want.data.len()];
-            gemm_conv(&x, &c, out, &ep, &mut y);
-            check("gemm", &y);
         }
     }
 }

@@ -34,6 +34,13 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
     run_timed(graph, None, inputs, None)
 }
 
+/// What a [`PackedGraph`] adds to a run: each convolution's packed weights (by node id), and
+/// the channel affine each convolution applies to its input (see [`input_affines`]).
+struct RunPlan<'a> {
+    packed: &'a [Option<indirect::PackedWeights>],
+    input_affine: &'a [Option<NodeId>],
+}
+
 /// [`run`], also returning each node's wall time (index = node id; zero for inputs): the CPU
 /// side of `wgpose profile`.
 pub fn run_profiled(graph: &Graph, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>)> {
@@ -50,6 +57,7 @@ pub fn run_profiled(graph: &Graph, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Ve
 pub struct PackedGraph {
     graph: Graph,
     packed: std::sync::OnceLock<Vec<Option<indirect::PackedWeights>>>,
+    input_affine: Vec<Option<NodeId>>,
 }
 
 impl PackedGraph {
@@ -57,7 +65,18 @@ impl PackedGraph {
     /// norms into the weights). Nothing is packed until the first run, so a graph that only ever
     /// runs on the GPU costs no second copy of its weights.
     pub fn new(graph: Graph) -> PackedGraph {
-        PackedGraph { graph, packed: std::sync::OnceLock::new() }
+        let input_affine = input_affines(&graph);
+        PackedGraph { graph, packed: std::sync::OnceLock::new(), input_affine }
+    }
+
+    /// How many channel affines the runs skip because the convolution reading them applies them
+    /// to its input (see `input_affines`).
+    pub fn fused_input_affines(&self) -> usize {
+        self.input_affine.iter().flatten().count()
+    }
+
+    fn plan(&self) -> RunPlan<'_> {
+        RunPlan { packed: self.packed(), input_affine: &self.input_affine }
     }
 
     /// The graph as given.
@@ -80,41 +99,88 @@ impl PackedGraph {
 
     /// [`run`] on the graph, with the packed weights.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        run_timed(&self.graph, Some(self.packed()), inputs, None)
+        run_timed(&self.graph, Some(self.plan()), inputs, None)
     }
 
     /// [`run_profiled`] on the graph, with the packed weights.
     pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>)> {
         let mut times = vec![std::time::Duration::ZERO; self.graph.nodes.len()];
-        let out = run_timed(&self.graph, Some(self.packed()), inputs, Some(&mut times))?;
+        let out = run_timed(&self.graph, Some(self.plan()), inputs, Some(&mut times))?;
         Ok((out, times))
     }
 }
 
+/// For every convolution that can apply it while copying its input into the padding
+/// ([`conv::accepts_input_affine`]) and whose input is a channel affine read by nothing else
+/// (not a graph output), that affine's node id: the run then skips the affine node and the
+/// convolution reads the affine's input. In the soft-gated hourglass every pre-activation
+/// batch norm + ReLU is one (51 nodes).
+fn input_affines(graph: &Graph) -> Vec<Option<NodeId>> {
+    let mut readers = vec![0usize; graph.nodes.len()];
+    graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|&i| readers[i] += 1);
+    graph
+        .nodes
+        .iter()
+        .map(|node| match (&node.op, node.inputs.first()) {
+            (Op::Conv2d(c), Some(&a))
+                if conv::accepts_input_affine(c)
+                    && matches!(graph.nodes[a].op, Op::ChannelAffine { .. })
+                    && readers[a] == 1
+                    && !graph.outputs.contains(&a) =>
+            {
+                Some(a)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn run_timed(
     graph: &Graph,
-    packed: Option<&[Option<indirect::PackedWeights>]>,
+    run_plan: Option<RunPlan<'_>>,
     inputs: &[Tensor],
     mut times: Option<&mut Vec<std::time::Duration>>,
 ) -> Result<Vec<Tensor>> {
     let plan = prepare(graph, inputs)?;
-    let last_use = last_uses(graph);
+    let fused: &[Option<NodeId>] = run_plan.as_ref().map_or(&[], |p| p.input_affine);
+    let fused_into = |id: usize| fused.get(id).copied().flatten();
+    // The inputs each node reads in this run: a convolution that applies its input's affine
+    // reads the affine's input, and the absorbed affine reads (and computes) nothing.
+    let mut reads: Vec<Vec<NodeId>> = graph.nodes.iter().map(|n| n.inputs.clone()).collect();
+    let mut absorbed = vec![false; graph.nodes.len()];
+    for id in 0..graph.nodes.len() {
+        if let Some(a) = fused_into(id) {
+            reads[id][0] = graph.nodes[a].inputs[0];
+            reads[a].clear();
+            absorbed[a] = true;
+        }
+    }
+    let last_use = last_uses(graph, &reads);
     let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; graph.nodes.len()];
     for (id, node) in graph.nodes.iter().enumerate() {
+        if absorbed[id] {
+            continue;
+        }
         let v = if let Op::Input { .. } = node.op {
             Cow::Borrowed(&inputs[plan.input_index[id]])
         } else {
-            let args: Vec<&Tensor> = node.inputs.iter().map(|&i| available(&values, i)).collect();
+            let args: Vec<&Tensor> = reads[id].iter().map(|&i| available(&values, i)).collect();
             let start = times.is_some().then(std::time::Instant::now);
-            let pack = packed.and_then(|p| p[id].as_ref());
-            let v = eval_packed(&node.op, &args, plan.shapes[id], pack);
+            let pack = run_plan.as_ref().and_then(|p| p.packed[id].as_ref());
+            let input = fused_into(id).map(|a| match &graph.nodes[a].op {
+                Op::ChannelAffine { scale, shift, act } => {
+                    conv::InputAffine { scale: &scale.data, shift: &shift.data, act: *act }
+                }
+                _ => unreachable!("input_affines only fuses channel affines"),
+            });
+            let v = eval_packed(&node.op, &args, plan.shapes[id], pack, input);
             if let (Some(t), Some(s)) = (times.as_deref_mut(), start) {
                 t[id] = s.elapsed();
             }
             Cow::Owned(v)
         };
         values[id] = Some(v);
-        for &i in &node.inputs {
+        for &i in &reads[id] {
             if last_use[i] == id {
                 values[i] = None;
             }
@@ -181,14 +247,21 @@ fn eval_op_with(name: &str, op: &Op, inputs: &[&Tensor], eval: Eval) -> Result<T
 /// Fast evaluation of a non-input operator whose inputs and parameters have been validated and
 /// whose output shape is `out`.
 fn eval_unchecked(op: &Op, x: &[&Tensor], out: [usize; 4]) -> Tensor {
-    eval_packed(op, x, out, None)
+    eval_packed(op, x, out, None, None)
 }
 
-/// [`eval_unchecked`] with a convolution's prepacked weights when the caller keeps them.
-fn eval_packed(op: &Op, x: &[&Tensor], out: [usize; 4], packed: Option<&indirect::PackedWeights>) -> Tensor {
+/// [`eval_unchecked`] with a convolution's prepacked weights when the caller keeps them, and the
+/// affine it applies to its input when the run fused one into it.
+fn eval_packed(
+    op: &Op,
+    x: &[&Tensor],
+    out: [usize; 4],
+    packed: Option<&indirect::PackedWeights>,
+    input: Option<conv::InputAffine>,
+) -> Tensor {
     match op {
         Op::Input { .. } => unreachable!("input nodes are not evaluated"),
-        Op::Conv2d(c) => conv::conv2d(x[0], x.get(1).copied(), c, out, packed),
+        Op::Conv2d(c) => conv::conv2d(x[0], x.get(1).copied(), c, out, packed, input),
         Op::BatchNorm(bn) => {
             let (scale, shift) = bn.scale_shift();
             ops::channel_affine(x[0], &scale, &shift, crate::graph::Act::None)
@@ -209,12 +282,12 @@ fn available<'a>(values: &'a [Option<Cow<'_, Tensor>>], id: NodeId) -> &'a Tenso
     values[id].as_deref().expect("a node's inputs are computed before it and kept until their last use")
 }
 
-/// For every node, the last node that reads it; graph outputs (and nodes nobody reads) get
-/// `usize::MAX` / their own id respectively.
-fn last_uses(graph: &Graph) -> Vec<usize> {
+/// For every node, the last node that reads it (`reads[id]`: what node `id` reads); graph
+/// outputs (and nodes nobody reads) get `usize::MAX` / their own id respectively.
+fn last_uses(graph: &Graph, reads: &[Vec<NodeId>]) -> Vec<usize> {
     let mut last: Vec<usize> = (0..graph.nodes.len()).collect();
-    for (id, node) in graph.nodes.iter().enumerate() {
-        for &i in &node.inputs {
+    for (id, inputs) in reads.iter().enumerate() {
+        for &i in inputs {
             last[i] = last[i].max(id);
         }
     }
