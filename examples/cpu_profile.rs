@@ -32,6 +32,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rayon::current_num_threads(),
         wgpose::cpu::gemm::Kernel::detect().name()
     );
+    println!(
+        "  (not run: {} channel affines applied in a convolution's padding copy, {} concatenations read in parts)",
+        prepared.fused_input_affines(),
+        prepared.virtual_concats()
+    );
     let mut kinds: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     for (node, t) in graph.nodes.iter().zip(&ms) {
         let e = kinds.entry(kind(&node.op)).or_default();

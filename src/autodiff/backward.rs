@@ -255,7 +255,7 @@ fn item_backward(
             // Stride 1: dX_g = (flipped W_g) conv dY_g, read in place from a padded copy of
             // dY_g, instead of a k x ohw dcol matrix and col2im.
             let kk = cout_g * kh * kw;
-            let (padded, offsets, pitch) = padded_source(dyg, [cout_g, oh, ow], [kh, kw], pad, c.dilation, None);
+            let (padded, offsets, pitch) = padded_source(dyg, [cout_g, oh, ow], [kh, kw], pad, c.dilation);
             if strategy == ConvStrategy::Indirect {
                 // As the forward pass runs it: pixel-major tiles, the flipped weights packed.
                 let flipped = &ws.flipped;

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul_offsets, matmul_panels, offsets_slack, Epilogue, Kernel, Mat, MatMut, Panels, Parallelism};
 use super::indirect::{conv_indirect, PackedWeights};
-use super::ops::{act_in_place, planes_per_task, valid_range};
+use super::ops::{act_in_place, planes_per_task, valid_range, Planes};
 use crate::graph::{Act, Conv2d, Residual};
 use crate::tensor::Tensor;
 
@@ -86,9 +86,10 @@ impl InputAffine<'_> {
     }
 }
 
-/// Whether `c` copies its whole input into a zero padding (so an [`InputAffine`] costs nothing
-/// extra): a padded convolution that is not depthwise, on the indirect path or at stride 1.
-pub(crate) fn accepts_input_affine(c: &Conv2d) -> bool {
+/// Whether `c` copies its whole input into a zero padding, so that it can apply an
+/// [`InputAffine`] and gather a concatenation's parts ([`Planes`]) on the way at no extra cost: a
+/// padded convolution that is not depthwise, on the indirect path or at stride 1.
+pub(crate) fn copies_input_to_padding(c: &Conv2d) -> bool {
     !is_depthwise(c) && c.padding != [0, 0] && (ConvStrategy::detect() == ConvStrategy::Indirect || c.stride == [1, 1])
 }
 
@@ -100,24 +101,27 @@ pub(crate) fn pack_weights(c: &Conv2d) -> PackedWeights {
     PackedWeights::new(kernel, &c.weight.data, c.groups, cout_g, c.cin_per_group() * kh * kw)
 }
 
-/// Convolution with its fused epilogue. `x` is `[n, cin, h, w]`, `residual` (present exactly
-/// when the epilogue has one) has the output shape `out`; `packed`, `c`'s weights as
-/// [`pack_weights`] gives them when the caller keeps them (packed here otherwise); `input`, an
-/// affine applied to `x` first, only where [`accepts_input_affine`] (panics otherwise: a
-/// caller's bug). Inputs are assumed validated.
+/// Convolution with its fused epilogue. `x` is `[n, cin, h, w]` (in several parts, or with
+/// `input`, an affine applied to it first, only where [`copies_input_to_padding`]: panics
+/// otherwise, a caller's bug), `residual` (present exactly when the epilogue has one) has the
+/// output shape `out`; `packed`, `c`'s weights as [`pack_weights`] gives them when the caller
+/// keeps them (packed here otherwise). Inputs are assumed validated.
 pub(crate) fn conv2d(
-    x: &Tensor,
+    x: &Planes,
     residual: Option<&Tensor>,
     c: &Conv2d,
     out: [usize; 4],
     packed: Option<&PackedWeights>,
     input: Option<InputAffine>,
 ) -> Tensor {
-    assert!(input.is_none() || accepts_input_affine(c), "conv2d: this convolution takes no input affine");
+    assert!(
+        (input.is_none() && x.whole().is_some()) || copies_input_to_padding(c),
+        "conv2d: this convolution reads its input in place"
+    );
     let mut y = vec![0.0f32; out.iter().product()];
     let ep = EpilogueRef::new(c, residual);
     if is_depthwise(c) {
-        depthwise(x, c, out, &ep, &mut y);
+        depthwise(x.whole().expect("checked above"), c, out, &ep, &mut y);
     } else if ConvStrategy::detect() == ConvStrategy::Indirect {
         indirect_conv(x, c, out, &ep, &mut y, packed, input);
     } else {
@@ -175,8 +179,8 @@ impl<'a> EpilogueRef<'a> {
     }
 }
 
-fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut [f32], input: Option<InputAffine>) {
-    let [n, cin, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+fn gemm_conv(x: &Planes, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut [f32], input: Option<InputAffine>) {
+    let [n, cin, h, w] = x.dims();
     let [_, cout, oh, ow] = out;
     let (ohw, hw) = (oh * ow, h * w);
     let groups = c.groups;
@@ -184,12 +188,16 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
     let [kh, kw] = c.kernel();
     let k = cin_g * kh * kw;
     let direct = kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0];
-    assert!(input.is_none() || (c.stride == [1, 1] && !direct), "gemm_conv: an input affine needs the padded copy");
+    assert!(
+        (input.is_none() && x.whole().is_some()) || (c.stride == [1, 1] && !direct),
+        "gemm_conv: an input affine or parts need the padded copy"
+    );
     let threads = rayon::current_num_threads();
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     for b in 0..n {
         for g in 0..groups {
-            let xg = &x.data[(b * cin + g * cin_g) * hw..(b * cin + (g + 1) * cin_g) * hw];
+            // In place (one part, checked above) unless it is copied into its padding.
+            let xg = || &x.whole().expect("one part").data[(b * cin + g * cin_g) * hw..][..cin_g * hw];
             let wg = &c.weight.data[g * cout_g * k..(g + 1) * cout_g * k];
             let y0 = (b * cout + g * cout_g) * ohw;
             let yt = &mut y[y0..y0 + cout_g * ohw];
@@ -200,13 +208,13 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
             let dst = MatMut::rows(yt, cout_g, ohw, ohw);
             let lhs = Mat::rows(wg, cout_g, k, k);
             if direct {
-                matmul_panels(dst, lhs, &Mat::rows(xg, cin_g, ohw, hw), false, par, epilogue);
+                matmul_panels(dst, lhs, &Mat::rows(xg(), cin_g, ohw, hw), false, par, epilogue);
             } else if c.stride == [1, 1] {
                 let input = input.map(|a| a.from_channel(g * cin_g));
-                let (padded, offsets, pitch) = padded_input(xg, [cin_g, h, w], c, input);
+                let (padded, offsets, pitch) = padded_input(|ci| x.plane(b, g * cin_g + ci), [cin_g, h, w], c, input);
                 matmul_offsets(dst, lhs, &padded, &offsets, [pitch, ow], par, epilogue);
             } else {
-                let src = ConvPanels::new(xg, [cin_g, h, w], c, [oh, ow]);
+                let src = ConvPanels::new(xg(), [cin_g, h, w], c, [oh, ow]);
                 matmul_panels(dst, lhs, &src, false, par, epilogue);
             }
         }
@@ -217,7 +225,7 @@ fn gemm_conv(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
 /// the convolution pads, is read in place through each output pixel's corner and each tap's
 /// offset; nothing is packed but the weights (once, by the caller that keeps them).
 fn indirect_conv(
-    x: &Tensor,
+    x: &Planes,
     c: &Conv2d,
     out: [usize; 4],
     ep: &EpilogueRef,
@@ -225,7 +233,7 @@ fn indirect_conv(
     packed: Option<&PackedWeights>,
     input: Option<InputAffine>,
 ) {
-    let [n, cin, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let [n, cin, h, w] = x.dims();
     let [_, cout, oh, ow] = out;
     let (ohw, hw, groups) = (oh * ow, h * w, c.groups);
     let (cin_g, cout_g) = (cin / groups, cout / groups);
@@ -241,7 +249,10 @@ fn indirect_conv(
     };
     let ([sy, sx], [py, px], [dy, dx]) = (c.stride, c.padding, c.dilation);
     let pads = py > 0 || px > 0;
-    assert!(input.is_none() || pads, "indirect_conv: an input affine needs the padded copy");
+    assert!(
+        (input.is_none() && x.whole().is_some()) || pads,
+        "indirect_conv: an input affine or parts need the padded copy"
+    );
     let pitch = if pads { w + 2 * px } else { w };
     let plane = if pads { (h + 2 * py) * pitch } else { hw };
     let offsets = tap_offsets(cin_g, [kh, kw], [dy, dx], plane, pitch);
@@ -250,14 +261,17 @@ fn indirect_conv(
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     for b in 0..n {
         for g in 0..groups {
-            let xg = &x.data[(b * cin + g * cin_g) * hw..(b * cin + (g + 1) * cin_g) * hw];
             let input = input.map(|a| a.from_channel(g * cin_g));
-            let padded = pads.then(|| zero_padded(xg, [cin_g, h, w], [py, px], input));
+            let padded = pads.then(|| zero_padded(|ci| x.plane(b, g * cin_g + ci), [cin_g, h, w], [py, px], input));
             let y0 = (b * cout + g * cout_g) * ohw;
             let epilogue =
                 |row: usize, col0: usize, v: &mut [f32]| ep.apply(v, g * cout_g + row, y0 + row * ohw + col0);
             let epilogue: Option<Epilogue> = if ep.is_identity() { None } else { Some(&epilogue) };
-            let src = padded.as_deref().unwrap_or(xg);
+            // In place (one part, checked above) unless it was copied into its padding.
+            let src = match &padded {
+                Some(p) => &p[..],
+                None => &x.whole().expect("one part").data[(b * cin + g * cin_g) * hw..][..cin_g * hw],
+            };
             conv_indirect(&mut y[y0..y0 + cout_g * ohw], ohw, packed, g, src, &pix, &offsets, par, epilogue);
         }
     }
@@ -267,13 +281,13 @@ fn indirect_conv(
 /// zero border of the convolution's padding, with the slack `matmul_offsets` reads past it;
 /// the im2col row offsets `ci*plane + ky*dy*pitch + kx*dx`; and the padded width (`pitch`).
 /// One copy of the input replaces the `kh*kw` times larger im2col matrix.
-fn padded_input(
-    x: &[f32],
-    [cin_g, h, w]: [usize; 3],
+fn padded_input<'a>(
+    plane: impl Fn(usize) -> &'a [f32] + Sync,
+    dims: [usize; 3],
     c: &Conv2d,
     input: Option<InputAffine>,
 ) -> (Vec<f32>, Vec<usize>, usize) {
-    padded_source(x, [cin_g, h, w], c.kernel(), c.padding, c.dilation, input)
+    padded_planes(plane, dims, c.kernel(), c.padding, c.dilation, input)
 }
 
 /// [`padded_input`] with the geometry spelled out (the training backward pass runs the
@@ -281,21 +295,37 @@ fn padded_input(
 pub(crate) fn padded_source(
     x: &[f32],
     [cin_g, h, w]: [usize; 3],
+    kernel: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> (Vec<f32>, Vec<usize>, usize) {
+    padded_planes(|ci| &x[ci * h * w..(ci + 1) * h * w], [cin_g, h, w], kernel, padding, dilation, None)
+}
+
+fn padded_planes<'a>(
+    plane: impl Fn(usize) -> &'a [f32] + Sync,
+    [cin_g, h, w]: [usize; 3],
     [kh, kw]: [usize; 2],
     [py, px]: [usize; 2],
     [dy, dx]: [usize; 2],
     input: Option<InputAffine>,
 ) -> (Vec<f32>, Vec<usize>, usize) {
     let (hp, wp) = (h + 2 * py, w + 2 * px);
-    let padded = zero_padded(x, [cin_g, h, w], [py, px], input);
+    let padded = zero_padded(plane, [cin_g, h, w], [py, px], input);
     (padded, tap_offsets(cin_g, [kh, kw], [dy, dx], hp * wp, wp), wp)
 }
 
-/// `x` (`[cin_g, h, w]`, through `input` when given) copied into a zero border of `py` rows and
-/// `px` columns on each side, plus the slack `matmul_offsets` reads past the last plane.
+/// The `cin_g` planes `src_plane(ci)` (`h x w` each, through `input` when given) copied into a zero
+/// border of `py` rows and `px` columns on each side, plus the slack `matmul_offsets` reads past
+/// the last plane.
 /// Parallel over planes (a serial copy of a 64-channel 64x64 input was a visible share of a
 /// two-thread run).
-fn zero_padded(x: &[f32], [cin_g, h, w]: [usize; 3], [py, px]: [usize; 2], input: Option<InputAffine>) -> Vec<f32> {
+fn zero_padded<'a>(
+    src_plane: impl Fn(usize) -> &'a [f32] + Sync,
+    [cin_g, h, w]: [usize; 3],
+    [py, px]: [usize; 2],
+    input: Option<InputAffine>,
+) -> Vec<f32> {
     let wp = w + 2 * px;
     let plane = (h + 2 * py) * wp;
     let mut padded = vec![0.0f32; cin_g * plane + offsets_slack()];
@@ -303,7 +333,7 @@ fn zero_padded(x: &[f32], [cin_g, h, w]: [usize; 3], [py, px]: [usize; 2], input
         |(ci, dst)| {
             for y in 0..h {
                 let d = &mut dst[(y + py) * wp + px..][..w];
-                let s = &x[(ci * h + y) * w..][..w];
+                let s = &src_plane(ci)[y * w..][..w];
                 match input {
                     None => d.copy_from_slice(s),
                     Some(a) => {
@@ -647,11 +677,26 @@ mod tests {
                     .map(|(e, &v)| (a_scale[e / (h * w) % cin] * v + a_shift[e / (h * w) % cin]).max(0.0))
                     .collect(),
             };
+            // And, where it pads, with the input in two parts (channels 0..1 and 1..cin, as a
+            // concatenation the run never wrote out).
             let pads = padding != [0, 0];
-            for (input, x_ref) in [(None, &x), (Some(affine), &x_affine)] {
-                if input.is_some() && !pads {
+            let channels = |lo: usize, hi: usize| Tensor {
+                shape: vec![n, hi - lo, h, w],
+                data: (0..n).flat_map(|b| x.data[(b * cin + lo) * h * w..(b * cin + hi) * h * w].to_vec()).collect(),
+            };
+            let (head, tail) = (channels(0, 1), channels(1, cin));
+            let (whole, split) = ([&x], [&head, &tail]);
+            let cases: [(Option<InputAffine>, &Tensor, &[&Tensor]); 4] = [
+                (None, &x, &whole),
+                (Some(affine), &x_affine, &whole),
+                (None, &x, &split),
+                (Some(affine), &x_affine, &split),
+            ];
+            for (input, x_ref, parts) in cases {
+                if (input.is_some() || parts.len() > 1) && !pads {
                     continue;
                 }
+                let planes = Planes::new(parts);
                 let want = super::super::reference::conv2d(x_ref, Some(&r), &c, out);
                 let scale = want.data.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
                 let check = |what: &str, got: &[f32]| {
@@ -659,18 +704,22 @@ mod tests {
                         assert!((g - w).abs() / scale < 1e-4, "case {i} {what}: element {j}: {g} vs {w}");
                     }
                 };
-                let with = if input.is_some() { " with an input affine" } else { "" };
+                let with = format!(
+                    "{}{}",
+                    if input.is_some() { " with an input affine" } else { "" },
+                    if parts.len() > 1 { " in parts" } else { "" }
+                );
                 let ep = EpilogueRef::new(&c, Some(&r));
                 let k = cin_g * kernel[0] * kernel[1];
                 for kern in Kernel::supported() {
                     let packed = PackedWeights::new(kern, &c.weight.data, groups, cout / groups, k);
                     let mut y = vec![f32::NAN; want.data.len()];
-                    indirect_conv(&x, &c, out, &ep, &mut y, Some(&packed), input);
+                    indirect_conv(&planes, &c, out, &ep, &mut y, Some(&packed), input);
                     check(&format!("indirect {kern:?}{with}"), &y);
                 }
-                if input.is_none() || stride == [1, 1] {
+                if (input.is_none() && parts.len() == 1) || stride == [1, 1] {
                     let mut y = vec![f32::NAN; want.data.len()];
-                    gemm_conv(&x, &c, out, &ep, &mut y, input);
+                    gemm_conv(&planes, &c, out, &ep, &mut y, input);
                     check(&format!("gemm{with}"), &y);
                 }
             }

@@ -8,7 +8,13 @@
 //!   with the epilogue fused, depthwise convolutions as direct loops, and every other operator
 //!   parallelised with rayon over `(n, c)` planes.
 //!
-//! Both share the validation in this module, so they accept and refuse exactly the same inputs,
+//! A [`PackedGraph`] (what the `Estimator`, the detector and the benches run) also plans two
+//! things the GPU's memory plan does with buffers: a channel affine read only by a padded
+//! convolution is applied while that convolution copies its input into the padding, and a
+//! concatenation whose readers all take operands in parts (`ops::Planes`) is never written
+//! out. Both only skip work: every value computed is the same, bit for bit.
+//!
+//! The reference and the fast path share the validation in this module, so they accept and refuse exactly the same inputs,
 //! and neither panics on bad data: wrong input counts, shapes, non-finite inputs and malformed
 //! parameters are all `Err`.
 
@@ -34,11 +40,13 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
     run_timed(graph, None, inputs, None)
 }
 
-/// What a [`PackedGraph`] adds to a run: each convolution's packed weights (by node id), and
-/// the channel affine each convolution applies to its input (see [`input_affines`]).
+/// What a [`PackedGraph`] adds to a run: each convolution's packed weights (by node id), the
+/// channel affine each convolution applies to its input (see [`input_affines`]), and the
+/// concatenations never written out (see [`virtual_concats`]).
 struct RunPlan<'a> {
     packed: &'a [Option<indirect::PackedWeights>],
     input_affine: &'a [Option<NodeId>],
+    virtual_concat: &'a [bool],
 }
 
 /// [`run`], also returning each node's wall time (index = node id; zero for inputs): the CPU
@@ -58,6 +66,7 @@ pub struct PackedGraph {
     graph: Graph,
     packed: std::sync::OnceLock<Vec<Option<indirect::PackedWeights>>>,
     input_affine: Vec<Option<NodeId>>,
+    virtual_concat: Vec<bool>,
 }
 
 impl PackedGraph {
@@ -66,7 +75,8 @@ impl PackedGraph {
     /// runs on the GPU costs no second copy of its weights.
     pub fn new(graph: Graph) -> PackedGraph {
         let input_affine = input_affines(&graph);
-        PackedGraph { graph, packed: std::sync::OnceLock::new(), input_affine }
+        let virtual_concat = virtual_concats(&graph);
+        PackedGraph { graph, packed: std::sync::OnceLock::new(), input_affine, virtual_concat }
     }
 
     /// How many channel affines the runs skip because the convolution reading them applies them
@@ -75,8 +85,13 @@ impl PackedGraph {
         self.input_affine.iter().flatten().count()
     }
 
+    /// How many concatenations the runs never write out (see `virtual_concats`).
+    pub fn virtual_concats(&self) -> usize {
+        self.virtual_concat.iter().filter(|&&v| v).count()
+    }
+
     fn plan(&self) -> RunPlan<'_> {
-        RunPlan { packed: self.packed(), input_affine: &self.input_affine }
+        RunPlan { packed: self.packed(), input_affine: &self.input_affine, virtual_concat: &self.virtual_concat }
     }
 
     /// The graph as given.
@@ -111,7 +126,7 @@ impl PackedGraph {
 }
 
 /// For every convolution that can apply it while copying its input into the padding
-/// ([`conv::accepts_input_affine`]) and whose input is a channel affine read by nothing else
+/// ([`conv::copies_input_to_padding`]) and whose input is a channel affine read by nothing else
 /// (not a graph output), that affine's node id: the run then skips the affine node and the
 /// convolution reads the affine's input. In the soft-gated hourglass every pre-activation
 /// batch norm + ReLU is one (51 nodes).
@@ -123,7 +138,7 @@ fn input_affines(graph: &Graph) -> Vec<Option<NodeId>> {
         .iter()
         .map(|node| match (&node.op, node.inputs.first()) {
             (Op::Conv2d(c), Some(&a))
-                if conv::accepts_input_affine(c)
+                if conv::copies_input_to_padding(c)
                     && matches!(graph.nodes[a].op, Op::ChannelAffine { .. })
                     && readers[a] == 1
                     && !graph.outputs.contains(&a) =>
@@ -133,6 +148,37 @@ fn input_affines(graph: &Graph) -> Vec<Option<NodeId>> {
             _ => None,
         })
         .collect()
+}
+
+/// The concatenations whose readers all take their operand as parts ([`ops::Planes`]): channel
+/// affines, gated adds, and convolutions that copy their input into a padding anyway (directly
+/// or through an input affine they apply). Not graph outputs. The run skips them and hands
+/// their readers the parts. In the hourglass, each block's concatenation of its three
+/// convolutions feeds only the gated residual add; in LDCRN's dense blocks, a 3x3 convolution
+/// and a batch norm + ReLU read each one.
+fn virtual_concats(graph: &Graph) -> Vec<bool> {
+    let mut ok: Vec<bool> = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(id, n)| matches!(n.op, Op::Concat) && !graph.outputs.contains(&id))
+        .collect();
+    for node in &graph.nodes {
+        for (k, &i) in node.inputs.iter().enumerate() {
+            if !ok[i] {
+                continue;
+            }
+            let takes_parts = match &node.op {
+                // (An affine a convolution absorbed is read through that convolution's padded
+                // copy, which takes parts as well.)
+                Op::ChannelAffine { .. } | Op::BatchNorm(_) | Op::GatedAdd { .. } => true,
+                Op::Conv2d(c) => k == 0 && conv::copies_input_to_padding(c),
+                _ => false,
+            };
+            ok[i] = takes_parts;
+        }
+    }
+    ok
 }
 
 fn run_timed(
@@ -155,6 +201,27 @@ fn run_timed(
             absorbed[a] = true;
         }
     }
+    // A virtual concatenation's readers read its parts instead: `parts[id][k]` is how many
+    // entries of `reads[id]` make up operand k.
+    let is_virtual = |id: usize| run_plan.as_ref().is_some_and(|p| p.virtual_concat[id]);
+    let mut parts: Vec<Vec<usize>> = reads.iter().map(|r| vec![1; r.len()]).collect();
+    for id in 0..graph.nodes.len() {
+        if reads[id].iter().any(|&i| is_virtual(i)) {
+            let (mut flat, mut counts) = (Vec::new(), Vec::new());
+            for &i in &reads[id] {
+                let operand = if is_virtual(i) { &graph.nodes[i].inputs[..] } else { std::slice::from_ref(&i) };
+                flat.extend_from_slice(operand);
+                counts.push(operand.len());
+            }
+            (reads[id], parts[id]) = (flat, counts);
+        }
+    }
+    for id in 0..graph.nodes.len() {
+        if is_virtual(id) {
+            reads[id].clear();
+            absorbed[id] = true;
+        }
+    }
     let last_use = last_uses(graph, &reads);
     let mut values: Vec<Option<Cow<'_, Tensor>>> = vec![None; graph.nodes.len()];
     for (id, node) in graph.nodes.iter().enumerate() {
@@ -173,7 +240,7 @@ fn run_timed(
                 }
                 _ => unreachable!("input_affines only fuses channel affines"),
             });
-            let v = eval_packed(&node.op, &args, plan.shapes[id], pack, input);
+            let v = eval_packed(&node.op, &args, &parts[id], plan.shapes[id], pack, input);
             if let (Some(t), Some(s)) = (times.as_deref_mut(), start) {
                 t[id] = s.elapsed();
             }
@@ -247,33 +314,51 @@ fn eval_op_with(name: &str, op: &Op, inputs: &[&Tensor], eval: Eval) -> Result<T
 /// Fast evaluation of a non-input operator whose inputs and parameters have been validated and
 /// whose output shape is `out`.
 fn eval_unchecked(op: &Op, x: &[&Tensor], out: [usize; 4]) -> Tensor {
-    eval_packed(op, x, out, None, None)
+    eval_packed(op, x, &vec![1; x.len()], out, None, None)
 }
 
-/// [`eval_unchecked`] with a convolution's prepacked weights when the caller keeps them, and the
-/// affine it applies to its input when the run fused one into it.
+/// [`eval_unchecked`] with a convolution's prepacked weights when the caller keeps them, the
+/// affine it applies to its input when the run fused one into it, and operands in parts:
+/// operand k is the concatenation of the next `parts[k]` tensors of `args` (only where
+/// [`virtual_concats`] allows it; one each elsewhere).
 fn eval_packed(
     op: &Op,
-    x: &[&Tensor],
+    args: &[&Tensor],
+    parts: &[usize],
     out: [usize; 4],
     packed: Option<&indirect::PackedWeights>,
     input: Option<conv::InputAffine>,
 ) -> Tensor {
+    let mut operands = Vec::with_capacity(parts.len());
+    let mut rest = args;
+    for &n in parts {
+        let (operand, tail) = rest.split_at(n);
+        operands.push(operand);
+        rest = tail;
+    }
+    let x: Vec<&Tensor> = operands.iter().map(|o| o[0]).collect();
+    let planes = |k: usize| ops::Planes::new(operands[k]);
+    if !matches!(op, Op::Conv2d(_) | Op::BatchNorm(_) | Op::ChannelAffine { .. } | Op::GatedAdd { .. }) {
+        assert!(parts.iter().all(|&n| n == 1), "eval: {} takes no operand in parts", op.kind());
+    }
     match op {
         Op::Input { .. } => unreachable!("input nodes are not evaluated"),
-        Op::Conv2d(c) => conv::conv2d(x[0], x.get(1).copied(), c, out, packed, input),
+        Op::Conv2d(c) => {
+            assert!(parts.get(1).is_none_or(|&n| n == 1), "eval: a residual in parts");
+            conv::conv2d(&planes(0), x.get(1).copied(), c, out, packed, input)
+        }
         Op::BatchNorm(bn) => {
             let (scale, shift) = bn.scale_shift();
-            ops::channel_affine(x[0], &scale, &shift, crate::graph::Act::None)
+            ops::channel_affine(&planes(0), &scale, &shift, crate::graph::Act::None)
         }
-        Op::ChannelAffine { scale, shift, act } => ops::channel_affine(x[0], &scale.data, &shift.data, *act),
+        Op::ChannelAffine { scale, shift, act } => ops::channel_affine(&planes(0), &scale.data, &shift.data, *act),
         Op::Activation(act) => ops::activation(x[0], *act),
         Op::MaxPool { kernel, stride, padding } => pool::max_pool(x[0], *kernel, *stride, *padding, out),
         Op::UpsampleNearest { factor } => ops::upsample_nearest(x[0], *factor),
         Op::UpsampleBilinear { factor } => ops::upsample_bilinear(x[0], *factor),
-        Op::Concat => ops::concat(x, out),
+        Op::Concat => ops::concat(&x, out),
         Op::Add => ops::add(x[0], x[1]),
-        Op::GatedAdd { alpha } => ops::gated_add(x[0], x[1], &alpha.data),
+        Op::GatedAdd { alpha } => ops::gated_add(&planes(0), &planes(1), &alpha.data),
         Op::PixelShuffle { factor } => ops::pixel_shuffle(x[0], *factor),
     }
 }

@@ -19,6 +19,44 @@ fn dims(t: &Tensor) -> [usize; 4] {
     [t.shape[0], t.shape[1], t.shape[2], t.shape[3]]
 }
 
+/// An NCHW operand given as the channel concatenation of its parts (one part: a plain tensor),
+/// read plane by plane: a concatenation whose readers all take their operand this way is never
+/// written out (`super::run_timed`).
+pub(crate) struct Planes<'a> {
+    parts: &'a [&'a Tensor],
+    /// Per channel of the concatenation: (part, channel in that part).
+    index: Vec<(usize, usize)>,
+}
+
+impl<'a> Planes<'a> {
+    /// The concatenation of `parts` (at least one, all `[n, _, h, w]` alike: validated graphs).
+    pub(crate) fn new(parts: &'a [&'a Tensor]) -> Self {
+        assert!(!parts.is_empty(), "Planes: no parts");
+        let index = parts.iter().enumerate().flat_map(|(k, t)| (0..t.shape[1]).map(move |c| (k, c))).collect();
+        Planes { parts, index }
+    }
+
+    /// `[n, c, h, w]` of the concatenation.
+    pub(crate) fn dims(&self) -> [usize; 4] {
+        let [n, _, h, w] = dims(self.parts[0]);
+        [n, self.index.len(), h, w]
+    }
+
+    /// Plane `ch` of batch item `b`.
+    pub(crate) fn plane(&self, b: usize, ch: usize) -> &'a [f32] {
+        let (k, c) = self.index[ch];
+        let t = self.parts[k];
+        let hw = t.shape[2] * t.shape[3];
+        let p = b * t.shape[1] + c;
+        &t.data[p * hw..(p + 1) * hw]
+    }
+
+    /// The tensor itself when there is one part (paths that read the input in place need it).
+    pub(crate) fn whole(&self) -> Option<&'a Tensor> {
+        (self.parts.len() == 1).then(|| self.parts[0])
+    }
+}
+
 /// Applies an activation in place to a slice (one loop per activation so each vectorises).
 pub(crate) fn act_in_place(v: &mut [f32], act: Act) {
     match act {
@@ -29,18 +67,16 @@ pub(crate) fn act_in_place(v: &mut [f32], act: Act) {
 }
 
 /// `act(scale[c] * x + shift[c])` (also batch norm, through `BatchNorm::scale_shift`).
-pub(crate) fn channel_affine(x: &Tensor, scale: &[f32], shift: &[f32], act: Act) -> Tensor {
-    let [_, c, h, w] = dims(x);
+pub(crate) fn channel_affine(x: &Planes, scale: &[f32], shift: &[f32], act: Act) -> Tensor {
+    let [n, c, h, w] = x.dims();
     let hw = h * w;
-    let mut y = vec![0.0f32; x.data.len()];
-    y.par_chunks_mut(hw).zip(x.data.par_chunks(hw)).with_min_len(planes_per_task(hw)).enumerate().for_each(
-        |(p, (d, s))| {
-            let (a, b) = (scale[p % c], shift[p % c]);
-            d.iter_mut().zip(s).for_each(|(d, &s)| *d = a * s + b);
-            act_in_place(d, act);
-        },
-    );
-    Tensor { shape: x.shape.clone(), data: y }
+    let mut y = vec![0.0f32; n * c * hw];
+    y.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
+        let (a, b) = (scale[p % c], shift[p % c]);
+        d.iter_mut().zip(x.plane(p / c, p % c)).for_each(|(d, &s)| *d = a * s + b);
+        act_in_place(d, act);
+    });
+    Tensor { shape: vec![n, c, h, w], data: y }
 }
 
 pub(crate) fn activation(x: &Tensor, act: Act) -> Tensor {
@@ -116,15 +152,10 @@ pub(crate) fn upsample_bilinear(x: &Tensor, f: usize) -> Tensor {
 pub(crate) fn concat(xs: &[&Tensor], out: [usize; 4]) -> Tensor {
     let [_, c, h, w] = out;
     let hw = h * w;
-    // For every output channel: (input, channel in that input).
-    let src: Vec<(usize, usize)> =
-        xs.iter().enumerate().flat_map(|(k, x)| (0..x.shape[1]).map(move |ch| (k, ch))).collect();
+    let x = Planes::new(xs);
     let mut y = vec![0.0f32; out.iter().product()];
     y.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
-        let (b, ch) = (p / c, p % c);
-        let (k, xc) = src[ch];
-        let plane = b * xs[k].shape[1] + xc;
-        d.copy_from_slice(&xs[k].data[plane * hw..(plane + 1) * hw]);
+        d.copy_from_slice(x.plane(p / c, p % c));
     });
     Tensor { shape: out.to_vec(), data: y }
 }
@@ -138,19 +169,15 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Tensor {
 }
 
 /// `alpha[c] * skip + x`
-pub(crate) fn gated_add(skip: &Tensor, x: &Tensor, alpha: &[f32]) -> Tensor {
-    let [_, c, h, w] = dims(x);
+pub(crate) fn gated_add(skip: &Planes, x: &Planes, alpha: &[f32]) -> Tensor {
+    let [n, c, h, w] = x.dims();
     let hw = h * w;
-    let mut y = vec![0.0f32; x.data.len()];
-    y.par_chunks_mut(hw)
-        .zip(skip.data.par_chunks(hw).zip(x.data.par_chunks(hw)))
-        .with_min_len(planes_per_task(hw))
-        .enumerate()
-        .for_each(|(p, (d, (s, x)))| {
-            let a = alpha[p % c];
-            d.iter_mut().zip(s.iter().zip(x)).for_each(|(d, (s, x))| *d = a * s + x);
-        });
-    Tensor { shape: x.shape.clone(), data: y }
+    let mut y = vec![0.0f32; n * c * hw];
+    y.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
+        let (a, s, x) = (alpha[p % c], skip.plane(p / c, p % c), x.plane(p / c, p % c));
+        d.iter_mut().zip(s.iter().zip(x)).for_each(|(d, (s, x))| *d = a * s + x);
+    });
+    Tensor { shape: vec![n, c, h, w], data: y }
 }
 
 /// Depth to space, `out[n, c, h*r + i, w*r + j] = in[n, c*r*r + i*r + j, h, w]`.
