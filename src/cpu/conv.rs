@@ -318,8 +318,8 @@ fn padded_planes<'a>(
 /// The `cin_g` planes `src_plane(ci)` (`h x w` each, through `input` when given) copied into a zero
 /// border of `py` rows and `px` columns on each side, plus the slack `matmul_offsets` reads past
 /// the last plane.
-/// Parallel over planes (a serial copy of a 64-channel 64x64 input was a visible share of a
-/// two-thread run).
+/// Parallel over planes when there are threads and enough values to share (from a caller
+/// outside the pool, even one thread costs a hand-off per call).
 fn zero_padded<'a>(
     src_plane: impl Fn(usize) -> &'a [f32] + Sync,
     [cin_g, h, w]: [usize; 3],
@@ -329,22 +329,26 @@ fn zero_padded<'a>(
     let wp = w + 2 * px;
     let plane = (h + 2 * py) * wp;
     let mut padded = vec![0.0f32; cin_g * plane + offsets_slack()];
-    padded[..cin_g * plane].par_chunks_mut(plane).with_min_len(planes_per_task(plane)).enumerate().for_each(
-        |(ci, dst)| {
-            for y in 0..h {
-                let d = &mut dst[(y + py) * wp + px..][..w];
-                let s = &src_plane(ci)[y * w..][..w];
-                match input {
-                    None => d.copy_from_slice(s),
-                    Some(a) => {
-                        let (m, b) = (a.scale[ci], a.shift[ci]);
-                        d.iter_mut().zip(s).for_each(|(d, &s)| *d = m * s + b);
-                        act_in_place(d, a.act);
-                    }
+    let fill = |ci: usize, dst: &mut [f32]| {
+        let (src, affine) = (src_plane(ci), input.map(|a| (a.scale[ci], a.shift[ci], a.act)));
+        for (y, s) in src.chunks_exact(w).enumerate() {
+            let d = &mut dst[(y + py) * wp + px..][..w];
+            match affine {
+                None => d.copy_from_slice(s),
+                Some((m, b, Act::Relu)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = (m * s + b).max(0.0)),
+                Some((m, b, act)) => {
+                    d.iter_mut().zip(s).for_each(|(d, &s)| *d = m * s + b);
+                    act_in_place(d, act);
                 }
             }
-        },
-    );
+        }
+    };
+    let body = &mut padded[..cin_g * plane];
+    if rayon::current_num_threads() > 1 && cin_g >= 2 * planes_per_task(plane) {
+        body.par_chunks_mut(plane).with_min_len(planes_per_task(plane)).enumerate().for_each(|(ci, d)| fill(ci, d));
+    } else {
+        body.chunks_mut(plane).enumerate().for_each(|(ci, d)| fill(ci, d));
+    }
     padded
 }
 
