@@ -14,9 +14,9 @@
 //! concatenation whose readers all take operands in parts (`ops::Planes`) is never written
 //! out. Both only skip work: every value computed is the same, bit for bit.
 //!
-//! The reference and the fast path share the validation in this module, so they accept and refuse exactly the same inputs,
-//! and neither panics on bad data: wrong input counts, shapes, non-finite inputs and malformed
-//! parameters are all `Err`.
+//! The reference and the fast path share the validation in this module, so they accept and
+//! refuse exactly the same inputs, and neither panics on bad data: wrong input counts, shapes,
+//! non-finite inputs and malformed parameters are all `Err`.
 
 pub(crate) mod conv;
 pub mod gemm;
