@@ -418,6 +418,9 @@ fn conv_gradients() {
     let cases: Vec<(&str, [usize; 4], ConvSpec)> = vec![
         ("3x3 pad 1", [2, 4, 6, 7], ConvSpec::new(5, 3).padding(1)),
         ("3x3 pad 0", [2, 4, 6, 7], ConvSpec::new(3, 3)),
+        // Rows of 8+ output pixels: the weight gradient from the padded input (`cpu::weight_grad`),
+        // one full vector and a tail per row.
+        ("3x3 pad 1 wide rows", [2, 3, 4, 11], ConvSpec::new(5, 3).padding(1)),
         ("3x3 groups 2", [2, 4, 6, 7], ConvSpec::new(6, 3).padding(1).groups(2)),
         ("3x3 depthwise", [2, 4, 6, 7], ConvSpec::new(4, 3).padding(1).groups(4)),
         ("5x5 depthwise stride 2 dil 2", [2, 3, 9, 8], ConvSpec::new(3, 5).padding(2).stride(2).dilation(2).groups(3)),

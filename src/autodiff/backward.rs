@@ -12,6 +12,7 @@ use crate::cpu::conv::{im2col, padded_source, ConvStrategy};
 use crate::cpu::gemm::{matmul, matmul_offsets, Kernel, Mat, MatMut, Parallelism};
 use crate::cpu::indirect::{conv_indirect, kernel_for, PackedWeights};
 use crate::cpu::ops::{bilinear_taps, planes_per_task, valid_range};
+use crate::cpu::weight_grad::{self, DwGeometry};
 use crate::graph::{Act, Conv2d};
 use crate::tensor::Tensor;
 
@@ -185,6 +186,25 @@ fn flipped_weights(c: &Conv2d, cout: usize) -> Vec<f32> {
     f
 }
 
+/// Output channels per group up to which a stride-1 convolution's weight gradient is computed
+/// from a padded copy of the input (`cpu::weight_grad`) instead of im2col and a product.
+const DW_FROM_PADDED_MAX_COUT: usize = 32;
+
+/// Whether `item_backward` computes `c`'s weight gradient without im2col:
+/// `WGPOSE_CPU_DW=padded` for every stride-1 convolution (but 1x1 ones without padding, which
+/// need no im2col), `=im2col` for none (tests and A/Bs run both), else up to
+/// [`DW_FROM_PADDED_MAX_COUT`] output channels per group on rows of at least 8 output pixels (its
+/// vector width; narrower rows run its scalar tail).
+fn weight_grad_without_im2col(c: &Conv2d, cout_g: usize, ow: usize) -> bool {
+    static CHOICE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *CHOICE.get_or_init(|| match std::env::var("WGPOSE_CPU_DW").as_deref() {
+        Ok("padded") => Some(true),
+        Ok("im2col") => Some(false),
+        _ => None,
+    });
+    c.stride == [1, 1] && forced.unwrap_or(cout_g <= DW_FROM_PADDED_MAX_COUT && ow >= 8)
+}
+
 /// dW (accumulated, per group column-major: see [`rows_from_columns`]) and dX (written, when
 /// given) of batch item `b`.
 #[allow(clippy::too_many_arguments)]
@@ -208,11 +228,12 @@ fn item_backward(
     let k = cin_g * kh * kw;
     let direct = kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0];
     let transposed = transposed_padding(c).filter(|_| dxb.is_some());
-    if !direct {
+    let dw_from_padded = !direct && weight_grad_without_im2col(c, cout_g, ow);
+    if !direct && !dw_from_padded {
         ws.col.resize(k * ohw, 0.0);
-        if dxb.is_some() && transposed.is_none() {
-            ws.dcol.resize(k * ohw, 0.0);
-        }
+    }
+    if !direct && dxb.is_some() && transposed.is_none() {
+        ws.dcol.resize(k * ohw, 0.0);
     }
     if transposed.is_some() && ws.flipped.is_empty() {
         ws.flipped = flipped_weights(c, cout);
@@ -223,30 +244,14 @@ fn item_backward(
         let ys = (b * cout + g * cout_g) * ohw;
         let dyg = &dy.data[ys..ys + cout_g * ohw];
         let wg = &c.weight.data[g * cout_g * k..(g + 1) * cout_g * k];
-        let colref: &[f32] = if direct {
-            xg
+        let dwg = &mut dw[g * cout_g * k..(g + 1) * cout_g * k];
+        if dw_from_padded {
+            let (padded, offsets, pitch) = padded_source(xg, [cin_g, h, w], [kh, kw], c.padding, c.dilation);
+            let geo = DwGeometry { dy: dyg, cout_g, oh, ow, padded: &padded, pitch, offsets: &offsets };
+            weight_grad::accumulate(&geo, dwg, Kernel::detect());
         } else {
-            im2col(xg, [cin_g, h, w], c, [0, oh], ow, &mut ws.col[..k * ohw]);
-            &ws.col[..k * ohw]
-        };
-        // dW_g[cout_g, k] += dY_g[cout_g, ohw] * col[k, ohw]^T, into a column-major dW_g:
-        // `matmul` computes a column-major destination as the transposed product, whose left
-        // operand, the im2col matrix, it then reads in place (row-major) and whose right one,
-        // the smaller dY_g, it packs (packing the im2col matrix was 15% of a batch-16
-        // hourglass step with the `gemm` crate used before).
-        matmul(
-            MatMut {
-                data: &mut dw[g * cout_g * k..(g + 1) * cout_g * k],
-                rows: cout_g,
-                cols: k,
-                row_stride: 1,
-                col_stride: cout_g,
-            },
-            Mat::rows(dyg, cout_g, ohw, ohw),
-            Mat::transposed(colref, ohw, k, ohw),
-            true,
-            par,
-        );
+            dw_by_product(xg, dyg, c, [cin_g, h, w], [oh, ow], direct, dwg, &mut ws.col, par);
+        }
         let Some(dxb) = dxb.as_deref_mut() else {
             continue;
         };
@@ -290,6 +295,41 @@ fn item_backward(
             col2im(&ws.dcol[..k * ohw], [cin_g, h, w], c, [oh, ow], dxg);
         }
     }
+}
+
+/// dW_g (column-major, accumulated) through im2col and a matrix product.
+#[allow(clippy::too_many_arguments)]
+fn dw_by_product(
+    xg: &[f32],
+    dyg: &[f32],
+    c: &Conv2d,
+    [cin_g, h, w]: [usize; 3],
+    [oh, ow]: [usize; 2],
+    direct: bool,
+    dwg: &mut [f32],
+    col: &mut [f32],
+    par: Parallelism,
+) {
+    let [kh, kw] = c.kernel();
+    let (k, ohw, cout_g) = (cin_g * kh * kw, oh * ow, dyg.len() / (oh * ow));
+    let colref: &[f32] = if direct {
+        xg
+    } else {
+        im2col(xg, [cin_g, h, w], c, [0, oh], ow, &mut col[..k * ohw]);
+        &col[..k * ohw]
+    };
+    // dW_g[cout_g, k] += dY_g[cout_g, ohw] * col[k, ohw]^T, into a column-major dW_g:
+    // `matmul` computes a column-major destination as the transposed product, whose left
+    // operand, the im2col matrix, it then reads in place (row-major) and whose right one,
+    // the smaller dY_g, it packs (packing the im2col matrix was 15% of a batch-16
+    // hourglass step with the `gemm` crate used before).
+    matmul(
+        MatMut { data: dwg, rows: cout_g, cols: k, row_stride: 1, col_stride: cout_g },
+        Mat::rows(dyg, cout_g, ohw, ohw),
+        Mat::transposed(colref, ohw, k, ohw),
+        true,
+        par,
+    );
 }
 
 /// Adjoint of `im2col` over the whole output: accumulates `dcol` (`[cin_g*kh*kw, oh*ow]`) into

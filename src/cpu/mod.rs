@@ -24,6 +24,7 @@ pub mod indirect;
 pub(crate) mod ops;
 pub(crate) mod pool;
 pub mod reference;
+pub(crate) mod weight_grad;
 
 use std::borrow::Cow;
 
