@@ -3,8 +3,10 @@
 //! All kernels take the upstream gradient `dy` (shape of the node's output) plus whatever the
 //! forward pass left on the tape, and return gradients with respect to the inputs and the
 //! parameters. Convolutions go through im2col + `cpu::gemm` (dW = dY * im2col(X)^T,
-//! dX = col2im(W^T * dY)); depthwise convolutions use direct loops; everything else is
-//! parallelised with rayon over `(n, c)` planes or channels.
+//! dX = col2im(W^T * dY)), except where something cheaper exists: stride-1 input gradients are a
+//! convolution of dY with the flipped kernel, and narrow stride-1 layers take their weight
+//! gradient straight from the padded input (`cpu::weight_grad`); depthwise convolutions use
+//! direct loops; everything else is parallelised with rayon over `(n, c)` planes or channels.
 
 use rayon::prelude::*;
 
