@@ -195,8 +195,8 @@ const DW_FROM_PADDED_MAX_COUT: usize = 32;
 /// Whether `item_backward` computes `c`'s weight gradient without im2col:
 /// `WGPOSE_CPU_DW=padded` for every stride-1 convolution (but 1x1 ones without padding, which
 /// need no im2col), `=im2col` for none (tests and A/Bs run both), else up to
-/// [`DW_FROM_PADDED_MAX_COUT`] output channels per group on rows of at least 8 output pixels (its
-/// vector width; narrower rows run its scalar tail).
+/// [`DW_FROM_PADDED_MAX_COUT`] output channels per group on rows of at least `weight_grad::L`
+/// output pixels (its vector width; narrower rows run its scalar tail).
 fn weight_grad_without_im2col(c: &Conv2d, cout_g: usize, ow: usize) -> bool {
     static CHOICE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced = *CHOICE.get_or_init(|| match std::env::var("WGPOSE_CPU_DW").as_deref() {
@@ -204,7 +204,7 @@ fn weight_grad_without_im2col(c: &Conv2d, cout_g: usize, ow: usize) -> bool {
         Ok("im2col") => Some(false),
         _ => None,
     });
-    c.stride == [1, 1] && forced.unwrap_or(cout_g <= DW_FROM_PADDED_MAX_COUT && ow >= 8)
+    c.stride == [1, 1] && forced.unwrap_or(cout_g <= DW_FROM_PADDED_MAX_COUT && ow >= weight_grad::L)
 }
 
 /// dW (accumulated, per group column-major: see [`rows_from_columns`]) and dX (written, when
@@ -252,7 +252,7 @@ fn item_backward(
             let geo = DwGeometry { dy: dyg, cout_g, oh, ow, padded: &padded, pitch, offsets: &offsets };
             weight_grad::accumulate(&geo, dwg, Kernel::detect());
         } else {
-            dw_by_product(xg, dyg, c, [cin_g, h, w], [oh, ow], direct, dwg, &mut ws.col, par);
+            dw_by_product(xg, dyg, c, [cin_g, cout_g, h, w], [oh, ow], direct, dwg, &mut ws.col, par);
         }
         let Some(dxb) = dxb.as_deref_mut() else {
             continue;
@@ -305,7 +305,7 @@ fn dw_by_product(
     xg: &[f32],
     dyg: &[f32],
     c: &Conv2d,
-    [cin_g, h, w]: [usize; 3],
+    [cin_g, cout_g, h, w]: [usize; 4],
     [oh, ow]: [usize; 2],
     direct: bool,
     dwg: &mut [f32],
@@ -313,7 +313,7 @@ fn dw_by_product(
     par: Parallelism,
 ) {
     let [kh, kw] = c.kernel();
-    let (k, ohw, cout_g) = (cin_g * kh * kw, oh * ow, dyg.len() / (oh * ow));
+    let (k, ohw) = (cin_g * kh * kw, oh * ow);
     let colref: &[f32] = if direct {
         xg
     } else {

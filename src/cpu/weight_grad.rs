@@ -16,8 +16,8 @@
 
 use super::gemm::Kernel;
 
-/// Output pixels per vector step.
-const L: usize = 8;
+/// Output pixels per vector step: rows narrower than this run only the scalar tail.
+pub(crate) const L: usize = 8;
 /// Output channels per tile.
 const TO: usize = 4;
 /// Taps (im2col rows: input channel, ky, kx) per tile.
