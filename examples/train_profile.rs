@@ -4,7 +4,8 @@
 //! The step `wgpose train` performs, without the optimiser: the model's graph on seeded random
 //! weights, its final sigmoid stripped (RCE) or not (MSE), a random batch, batch norms in
 //! training mode. One warm-up step and 3 timed ones; prints the forward and backward time per
-//! operator kind and the slowest nodes. `RAYON_NUM_THREADS` sets the threads.
+//! operator kind, the convolutions by kernel and stride with the rate each class computes at,
+//! and the slowest nodes. `RAYON_NUM_THREADS` sets the threads.
 //!
 //! The `wgpose` binary keeps freed memory in the process (`src/main.rs`, `keep_freed_memory`);
 //! this example does not, so on glibc its large tensors page-fault on every step. For the
@@ -81,6 +82,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  {:18} {:>10} {:>10} {:>6}", "op", "fwd ms", "bwd ms", "nodes");
     for (k, (tf, tb, count)) in &kinds {
         println!("  {k:18} {tf:10.1} {tb:10.1} {count:6}");
+    }
+    // Convolutions by kernel and stride, with the rate each class computes at (the backward
+    // pass counts dX and dW: twice the forward's multiply-adds).
+    let mut classes: BTreeMap<String, (f64, f64, f64, usize)> = BTreeMap::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let Op::Conv2d(c) = &node.op else { continue };
+        let [kh, kw] = c.kernel();
+        let out = &shapes[i];
+        let flops = 2.0 * (out.iter().product::<usize>() * c.cin_per_group() * kh * kw) as f64;
+        let dw = if c.cin_per_group() == 1 && c.cout() == c.groups { " depthwise" } else { "" };
+        let e = classes.entry(format!("{kh}x{kw} stride {}{dw}", c.stride[0])).or_default();
+        e.0 += fwd[i];
+        e.1 += bwd[i];
+        e.2 += flops;
+        e.3 += 1;
+    }
+    println!(
+        "  {:24} {:>8} {:>8} {:>10} {:>10} {:>6}",
+        "convolutions", "fwd ms", "bwd ms", "fwd GF/s", "bwd GF/s", "nodes"
+    );
+    for (k, (tf, tb, flops, count)) in &classes {
+        let rate = |ms: f64, f: f64| if ms > 0.0 { f / ms / 1e6 } else { 0.0 };
+        println!("  {k:24} {tf:8.1} {tb:8.1} {:10.1} {:10.1} {count:6}", rate(*tf, *flops), rate(*tb, 2.0 * flops));
     }
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| (fwd[b] + bwd[b]).total_cmp(&(fwd[a] + bwd[a])));

@@ -1,13 +1,17 @@
 //! Max pooling, with or without the winning indices (the training forward pass keeps them for
 //! the backward pass). Parallel over `(n, c)` planes.
 //!
-//! A window's maximum is separable: each input row is first reduced over the window's columns
-//! (`kw` taps per output column), then each output is the maximum of `kh` such row results.
-//! Strided taps are made contiguous by splitting each input row into its `stride` phases
-//! (`row[j * stride + r]`), so both passes are plain loops over output columns with
-//! branch-free compare-selects (`select_unpredictable`: as plain `if`s LLVM compiled the
-//! indexed ones into branches, which mispredict half the time on real activations), instead of
-//! `kh * kw` strided comparisons per output.
+//! A window's maximum is separable. Without indices (inference), each output row first takes
+//! the element-wise maximum of its window's `kh` input rows (contiguous, vectorised), then
+//! reduces that one row over each output column's `kw` taps. With indices (training), each input
+//! row is first reduced over the columns (keeping the winning column), then each output is the
+//! maximum of `kh` such row results, so ties resolve in window order. Strided taps are made
+//! contiguous by splitting a row into its `stride` phases (`row[j * stride + r]`), so every pass
+//! is a plain loop over output columns; the indexed ones use branch-free compare-selects
+//! (`select_unpredictable`: as plain `if`s LLVM compiled them into branches, which mispredict
+//! half the time on real activations), instead of `kh * kw` strided comparisons per output.
+//! Rows first halved the inference pool of ResNet's stem (3x3, stride 2, 64 planes of 64x64:
+//! 0.33 -> 0.20 ms on one Zen 1 thread, planes in a loop).
 //!
 //! Semantics (PyTorch's): padded positions never win; the winner is the first maximum in window
 //! order (rows, then columns); NaN propagates, and its index is the window's first NaN. A plane
@@ -105,7 +109,7 @@ pub(crate) fn max_pool(
             if has_nan(s) {
                 exact_plane(&g, s, d, None);
             } else {
-                separable_plane::<false>(&g, &plan, s, d, &mut [], scratch);
+                rows_first_plane(&g, &plan, s, d, scratch);
             }
         });
     Tensor { shape: out.to_vec(), data: y }
@@ -131,7 +135,7 @@ pub(crate) fn max_pool_with_argmax(
             if has_nan(s) {
                 exact_plane(&g, s, d, Some(ix));
             } else {
-                separable_plane::<true>(&g, &plan, s, d, ix, scratch);
+                separable_plane(&g, &plan, s, d, ix, scratch);
             }
         });
     (Tensor { shape: out.to_vec(), data: y }, idx)
@@ -155,72 +159,36 @@ fn has_nan(s: &[f32]) -> bool {
     s.chunks(256).any(|c| c.iter().fold(false, |acc, v| acc | v.is_nan()))
 }
 
-/// One NaN-free plane, separably (see the module comment). `ARG`: also write the indices.
-fn separable_plane<const ARG: bool>(
-    g: &Geometry,
-    plan: &Plan,
-    s: &[f32],
-    d: &mut [f32],
-    ix: &mut [u32],
-    scratch: &mut Scratch,
-) {
+/// One NaN-free plane with the winners' indices (training), columns first (see the module
+/// comment).
+fn separable_plane(g: &Geometry, plan: &Plan, s: &[f32], d: &mut [f32], ix: &mut [u32], scratch: &mut Scratch) {
     let Geometry { h, w, ow, stride, .. } = *g;
     let (sx, phase_len) = (stride[1], plan.phase_len);
     scratch.phases.resize(sx * phase_len, 0.0);
     scratch.row_max.resize(h * ow, 0.0);
-    if ARG {
-        scratch.row_arg.resize(h * ow, 0);
-    }
+    scratch.row_arg.resize(h * ow, 0);
     // Pass 1: every input row reduced over each output column's window.
     for iy in 0..h {
         let row = &s[iy * w..(iy + 1) * w];
-        if sx == 1 {
-            scratch.phases[..w].copy_from_slice(row);
-        } else if sx == 2 {
-            // The common case, as pairs (LLVM turns this into vector shuffles).
-            let (even, odd) = scratch.phases.split_at_mut(phase_len);
-            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
-                *e = pair[0];
-                *o = pair[1];
-            }
-            if w % 2 == 1 {
-                even[w / 2] = row[w - 1];
-            }
-        } else {
-            for r in 0..sx.min(w) {
-                let phase = &mut scratch.phases[r * phase_len..(r + 1) * phase_len];
-                for (p, &v) in phase.iter_mut().zip(row[r..].iter().step_by(sx)) {
-                    *p = v;
-                }
-            }
-        }
+        split_phases(row, sx, phase_len, &mut scratch.phases);
         let m = &mut scratch.row_max[iy * ow..(iy + 1) * ow];
-        let a = if ARG { &mut scratch.row_arg[iy * ow..(iy + 1) * ow] } else { &mut [][..] };
+        let a = &mut scratch.row_arg[iy * ow..(iy + 1) * ow];
         // Start from each window's first column, so every output has a real element.
         for (ox, &c) in plan.first_col.iter().enumerate() {
             m[ox] = row[c];
-            if ARG {
-                a[ox] = c as u32;
-            }
+            a[ox] = c as u32;
         }
         for &(x0, x1, at) in &plan.taps {
             let n = x1 - x0;
-            let (m, src) = (&mut m[x0..x1], &scratch.phases[at..at + n]);
-            if ARG {
-                let a = &mut a[x0..x1];
-                // Input column of output x0 for this tap.
-                let (c0, step) = (((at / phase_len) + (at % phase_len) * sx) as u32, sx as u32);
-                for i in 0..n {
-                    let v = src[i];
-                    let col = c0 + i as u32 * step;
-                    let gt = v > m[i];
-                    m[i] = select_unpredictable(gt, v, m[i]);
-                    a[i] = select_unpredictable(gt, col, a[i]);
-                }
-            } else {
-                for i in 0..n {
-                    m[i] = select_unpredictable(src[i] > m[i], src[i], m[i]);
-                }
+            let (m, src, a) = (&mut m[x0..x1], &scratch.phases[at..at + n], &mut a[x0..x1]);
+            // Input column of output x0 for this tap.
+            let (c0, step) = (((at / phase_len) + (at % phase_len) * sx) as u32, sx as u32);
+            for i in 0..n {
+                let v = src[i];
+                let col = c0 + i as u32 * step;
+                let gt = v > m[i];
+                m[i] = select_unpredictable(gt, v, m[i]);
+                a[i] = select_unpredictable(gt, col, a[i]);
             }
         }
     }
@@ -228,28 +196,77 @@ fn separable_plane<const ARG: bool>(
     for (oy, &(y0, y1)) in plan.rows.iter().enumerate() {
         let drow = &mut d[oy * ow..(oy + 1) * ow];
         drow.copy_from_slice(&scratch.row_max[y0 * ow..(y0 + 1) * ow]);
-        if ARG {
-            let irow = &mut ix[oy * ow..(oy + 1) * ow];
-            let w0 = (y0 * w) as u32;
-            for (i, &c) in irow.iter_mut().zip(&scratch.row_arg[y0 * ow..(y0 + 1) * ow]) {
-                *i = w0 + c;
+        let irow = &mut ix[oy * ow..(oy + 1) * ow];
+        let w0 = (y0 * w) as u32;
+        for (i, &c) in irow.iter_mut().zip(&scratch.row_arg[y0 * ow..(y0 + 1) * ow]) {
+            *i = w0 + c;
+        }
+        for iy in y0 + 1..y1 {
+            let wy = (iy * w) as u32;
+            let (m, a) = (&scratch.row_max[iy * ow..(iy + 1) * ow], &scratch.row_arg[iy * ow..(iy + 1) * ow]);
+            for i in 0..ow {
+                let gt = m[i] > drow[i];
+                drow[i] = select_unpredictable(gt, m[i], drow[i]);
+                irow[i] = select_unpredictable(gt, wy + a[i], irow[i]);
             }
-            for iy in y0 + 1..y1 {
-                let wy = (iy * w) as u32;
-                let (m, a) = (&scratch.row_max[iy * ow..(iy + 1) * ow], &scratch.row_arg[iy * ow..(iy + 1) * ow]);
-                for i in 0..ow {
-                    let gt = m[i] > drow[i];
-                    drow[i] = select_unpredictable(gt, m[i], drow[i]);
-                    irow[i] = select_unpredictable(gt, wy + a[i], irow[i]);
-                }
+        }
+    }
+}
+
+/// `row` split into its `sx` phases (`phases[r * phase_len + j] = row[j * sx + r]`).
+fn split_phases(row: &[f32], sx: usize, phase_len: usize, phases: &mut [f32]) {
+    let w = row.len();
+    if sx == 1 {
+        phases[..w].copy_from_slice(row);
+    } else if sx == 2 {
+        // The common case, as pairs (LLVM turns this into vector shuffles).
+        let (even, odd) = phases.split_at_mut(phase_len);
+        for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+            *e = pair[0];
+            *o = pair[1];
+        }
+        if w % 2 == 1 {
+            even[w / 2] = row[w - 1];
+        }
+    } else {
+        for r in 0..sx.min(w) {
+            let phase = &mut phases[r * phase_len..(r + 1) * phase_len];
+            for (p, &v) in phase.iter_mut().zip(row[r..].iter().step_by(sx)) {
+                *p = v;
             }
-        } else {
-            for iy in y0 + 1..y1 {
-                let m = &scratch.row_max[iy * ow..(iy + 1) * ow];
-                for i in 0..ow {
-                    drow[i] = select_unpredictable(m[i] > drow[i], m[i], drow[i]);
-                }
-            }
+        }
+    }
+}
+
+/// `m = max(m, v)` element-wise (no NaN reaches here).
+fn max_into(m: &mut [f32], v: &[f32]) {
+    for (m, &v) in m.iter_mut().zip(v) {
+        *m = if v > *m { v } else { *m };
+    }
+}
+
+/// One NaN-free plane without indices (inference): rows first, so the column pass runs once
+/// per output row instead of once per input row, and the row pass is a contiguous
+/// element-wise maximum (vectorised; with a stride of 2 this halves the work of the
+/// column-first order `separable_plane` keeps for its indices).
+fn rows_first_plane(g: &Geometry, plan: &Plan, s: &[f32], d: &mut [f32], scratch: &mut Scratch) {
+    let Geometry { w, ow, stride, .. } = *g;
+    let (sx, phase_len) = (stride[1], plan.phase_len);
+    scratch.phases.resize(sx * phase_len, 0.0);
+    scratch.row_max.resize(w, 0.0);
+    for (oy, &(y0, y1)) in plan.rows.iter().enumerate() {
+        let v = &mut scratch.row_max[..w];
+        v.copy_from_slice(&s[y0 * w..(y0 + 1) * w]);
+        for iy in y0 + 1..y1 {
+            max_into(v, &s[iy * w..(iy + 1) * w]);
+        }
+        split_phases(v, sx, phase_len, &mut scratch.phases);
+        let drow = &mut d[oy * ow..(oy + 1) * ow];
+        for (o, &c) in drow.iter_mut().zip(&plan.first_col) {
+            *o = v[c];
+        }
+        for &(x0, x1, at) in &plan.taps {
+            max_into(&mut drow[x0..x1], &scratch.phases[at..at + (x1 - x0)]);
         }
     }
 }
