@@ -24,6 +24,7 @@ pub mod indirect;
 pub(crate) mod ops;
 pub(crate) mod pool;
 pub mod reference;
+mod threads;
 pub(crate) mod weight_grad;
 
 use std::borrow::Cow;
@@ -183,6 +184,16 @@ fn virtual_concats(graph: &Graph) -> Vec<bool> {
 }
 
 fn run_timed(
+    graph: &Graph,
+    run_plan: Option<RunPlan<'_>>,
+    inputs: &[Tensor],
+    times: Option<&mut Vec<std::time::Duration>>,
+) -> Result<Vec<Tensor>> {
+    // One inference on a pool worker, the other workers kept looking for work (`threads`).
+    threads::run_with_busy_pool(|| run_on_this_thread(graph, run_plan, inputs, times))
+}
+
+fn run_on_this_thread(
     graph: &Graph,
     run_plan: Option<RunPlan<'_>>,
     inputs: &[Tensor],
