@@ -480,11 +480,15 @@ pub fn trainable_params(graph: &Graph) -> Vec<(String, &Tensor)> {
 /// running statistics the caller may apply with [`Tape::apply_running_stats`]).
 pub fn train_step<F>(graph: &Graph, inputs: &[Tensor], bn_mode: BnMode, loss_fn: F) -> Result<(f32, Gradients, Tape)>
 where
-    F: FnOnce(&[&Tensor]) -> Result<(f32, Vec<Tensor>)>,
+    F: FnOnce(&[&Tensor]) -> Result<(f32, Vec<Tensor>)> + Send,
 {
-    let tape = forward_train(graph, inputs, bn_mode)?;
-    let outs: Vec<&Tensor> = graph.outputs.iter().map(|&o| &tape.values[o]).collect();
-    let (loss, dout) = loss_fn(&outs)?;
-    let grads = backward_timed(graph, &tape, &dout, false, None)?;
-    Ok((loss, grads, tape))
+    // On a pool worker with the others polling, as an inference runs (`crate::cpu::threads`):
+    // a step is about a thousand parallel operators.
+    crate::cpu::threads::run_with_busy_pool(|| {
+        let tape = forward_train(graph, inputs, bn_mode)?;
+        let outs: Vec<&Tensor> = graph.outputs.iter().map(|&o| &tape.values[o]).collect();
+        let (loss, dout) = loss_fn(&outs)?;
+        let grads = backward_timed(graph, &tape, &dout, false, None)?;
+        Ok((loss, grads, tape))
+    })
 }

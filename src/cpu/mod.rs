@@ -24,7 +24,7 @@ pub mod indirect;
 pub(crate) mod ops;
 pub(crate) mod pool;
 pub mod reference;
-mod threads;
+pub(crate) mod threads;
 pub(crate) mod weight_grad;
 
 use std::borrow::Cow;
