@@ -14,6 +14,10 @@
 //! concatenation whose readers all take operands in parts (`ops::Planes`) is never written
 //! out. Both only skip work: every value computed is the same, bit for bit.
 //!
+//! A run on the fast path (and a training step) enters rayon's pool once and keeps the other
+//! workers polling for work until it ends (`threads`), rather than waking the pool for every
+//! operator: LDCRN's ~300 small operators made that hand-off cost more than a second core gave.
+//!
 //! The reference and the fast path share the validation in this module, so they accept and
 //! refuse exactly the same inputs, and neither panics on bad data: wrong input counts, shapes,
 //! non-finite inputs and malformed parameters are all `Err`.
