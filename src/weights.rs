@@ -33,6 +33,7 @@ use crate::graph::{param_name, Graph};
 use crate::models::ModelConfig;
 use crate::tensor::Tensor;
 
+pub mod average;
 pub mod half;
 
 /// The input normalisation of ImageNet-pretrained backbones, in the card's notation.

@@ -767,3 +767,70 @@ fn bytes_load_exactly_like_files() {
     let mut other = config("sghg-1x64-lsp").unwrap().build(1).unwrap();
     assert!(matches!(load_bytes_into(&bytes, "w", &mut other), Err(Error::Format { .. })));
 }
+
+/// `wgpose average-weights`: the written file holds the mean of its inputs (all three
+/// families, within f32 rounding) and loads back; one input, a missing file and two different
+/// networks are errors with a non-zero exit and a message, and write nothing.
+#[test]
+fn average_weights_command_writes_the_mean_and_refuses_bad_inputs() {
+    let dir = TempDir::new("average-weights");
+    let bin = env!("CARGO_BIN_EXE_wgpose");
+    let run =
+        |args: &[&std::ffi::OsStr]| std::process::Command::new(bin).arg("average-weights").args(args).output().unwrap();
+    let mut files = Vec::new();
+    for name in SMALL {
+        let cfg = config(name).unwrap();
+        let mut graphs = Vec::new();
+        for seed in [1u64, 2] {
+            let mut g = cfg.build(0).unwrap();
+            randomise(&mut g, seed);
+            let mut card = ModelCard::for_model(&cfg, &g);
+            card.training_data = format!("seed {seed}");
+            let path = dir.path().join(format!("{name}-{seed}.safetensors"));
+            save(&path, &g, &card).unwrap();
+            graphs.push((path, g));
+        }
+        let out = dir.path().join(format!("{name}-soup.safetensors"));
+        let o = run(&[graphs[0].0.as_os_str(), graphs[1].0.as_os_str()]);
+        assert!(!o.status.success(), "no --out must be refused");
+        let o = std::process::Command::new(bin)
+            .arg("average-weights")
+            .arg("--out")
+            .arg(&out)
+            .arg(&graphs[0].0)
+            .arg(&graphs[1].0)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let mut back = cfg.build(0).unwrap();
+        let card = load_into(&out, &mut back).unwrap();
+        assert!(card.training_data.starts_with("uniform average of 2 weight files"), "{}", card.training_data);
+        for (((n, m), (_, a)), (_, b)) in
+            named_params(&back).iter().zip(named_params(&graphs[0].1)).zip(named_params(&graphs[1].1))
+        {
+            for ((&m, &a), &b) in m.data.iter().zip(&a.data).zip(&b.data) {
+                let want = (a as f64 + b as f64) / 2.0;
+                assert!((m as f64 - want).abs() <= 1e-6 * want.abs().max(1e-3), "{name} {n}: {m} vs {want}");
+            }
+        }
+        files.push(graphs.remove(0).0);
+    }
+    let out = dir.path().join("refused.safetensors");
+    let missing = dir.path().join("missing.safetensors");
+    for (inputs, says) in [
+        (vec![files[0].clone()], "2 values required"),
+        (vec![files[0].clone(), missing.clone()], "missing.safetensors"),
+        (vec![files[0].clone(), files[1].clone()], "cannot average different networks"),
+    ] {
+        let o = std::process::Command::new(bin)
+            .arg("average-weights")
+            .arg("--out")
+            .arg(&out)
+            .args(&inputs)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{inputs:?}: {err}");
+        assert!(!out.exists(), "{inputs:?}: nothing may be written");
+    }
+}

@@ -12,6 +12,7 @@ macro_rules! print {
     ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
 }
 
+mod average;
 mod bench;
 mod convert;
 mod eval;
@@ -53,6 +54,8 @@ enum Command {
     Export(run::ExportArgs),
     /// Rewrites a weights file in half precision (F16), keeping F32 where f16 would overflow or lose precision.
     ConvertWeights(convert::ConvertArgs),
+    /// Writes the uniform average of weight files of one network (a model soup of fine-tunes).
+    AverageWeights(average::AverageArgs),
     /// Trains a model on the CPU (LSP-extended): checkpoints, CSV log, curve PNG, final weights.
     Train(wgpose::training::TrainConfig),
     /// Thousands of frames through the Estimator on each executor, resident memory at intervals.
@@ -147,6 +150,7 @@ pub fn main() -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Export(a) => run::export(a),
         Command::ConvertWeights(a) => convert::run(a),
+        Command::AverageWeights(a) => average::run(a),
         Command::Train(a) => train::run(a),
         Command::Soak(a) => soak::run(a),
         Command::Info => {

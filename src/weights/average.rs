@@ -1,0 +1,153 @@
+//! A uniform average of weight files of one network: a "model soup" (Wortsman et al., ICML
+//! 2022). Fine-tunes that start from the same weights land in one basin, and the mean of their
+//! parameters often scores better than each of them: two warm restarts of the default model
+//! that each tied their starting point (sessions 15 and 16) average to +0.4 PCK points
+//! (`models/README.md`, session 17). Every parameter is averaged, batch-norm running statistics
+//! included (the mean of the running means and of the running variances).
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::models;
+
+use super::{load_into, named_params, named_params_mut, read_card, ModelCard};
+
+/// The uniform average of `paths` (at least two files, all of the same config), as the config's
+/// graph holding the averaged parameters and a card that says what it is: `training_data` lists
+/// each input with its crops and recipe; `train_crops_total` is the shared prior plus every
+/// input's own crops when the inputs share one starting point (the same `train_prior_crops`),
+/// absent otherwise; the wall time, epochs, metrics and the per-run training keys of the inputs
+/// are not carried over (they describe single runs).
+///
+/// Every input is loaded with the checks of [`load_into`], so a missing, truncated or
+/// mismatched file is an error naming it; a config mismatch is an [`Error::Input`].
+pub fn average_files(paths: &[&Path]) -> Result<(Graph, ModelCard)> {
+    if paths.len() < 2 {
+        return Err(Error::Input(format!("averaging needs at least two weight files, got {}", paths.len())));
+    }
+    let cards: Vec<ModelCard> = paths.iter().map(|p| read_card(p)).collect::<Result<_>>()?;
+    let config = &cards[0].config;
+    if let Some((p, c)) = paths.iter().zip(&cards).find(|(_, c)| &c.config != config) {
+        return Err(Error::Input(format!(
+            "cannot average different networks: {} is `{config}`, {} is `{}`",
+            paths[0].display(),
+            p.display(),
+            c.config
+        )));
+    }
+    let cfg = models::config(config)?;
+    let mut graph = cfg.build(0)?;
+    let mut sums: Vec<Vec<f64>> = named_params(&graph).iter().map(|(_, t)| vec![0.0; t.data.len()]).collect();
+    for path in paths {
+        let mut g = graph.clone();
+        load_into(path, &mut g)?;
+        for (sum, (_, t)) in sums.iter_mut().zip(named_params(&g)) {
+            sum.iter_mut().zip(&t.data).for_each(|(s, &v)| *s += v as f64);
+        }
+    }
+    let n = paths.len() as f64;
+    for (sum, (_, t)) in sums.iter().zip(named_params_mut(&mut graph)) {
+        t.data.iter_mut().zip(sum).for_each(|(v, &s)| *v = (s / n) as f32);
+    }
+    let card = soup_card(&cfg, &graph, paths, &cards);
+    Ok((graph, card))
+}
+
+fn soup_card(cfg: &models::ModelConfig, graph: &Graph, paths: &[&Path], cards: &[ModelCard]) -> ModelCard {
+    let num = |c: &ModelCard, k: &str| c.extra.get(k).and_then(|v| v.parse::<u64>().ok());
+    let parts: Vec<String> = paths
+        .iter()
+        .zip(cards)
+        .enumerate()
+        .map(|(i, (p, c))| {
+            // The run's folder and file name (`runs/fp-s15/x.safetensors` -> `fp-s15/x.safetensors`):
+            // enough to tell the inputs apart without the machine's paths.
+            let tail: Vec<String> =
+                p.iter().rev().take(2).map(|s| s.to_string_lossy().into_owned()).collect::<Vec<_>>();
+            let name = tail.into_iter().rev().collect::<Vec<_>>().join("/");
+            let crops = num(c, "train_crops_total").map_or_else(|| "unknown".into(), |t| t.to_string());
+            let seed = num(c, "train_seed").map(|s| format!(", seed {s}")).unwrap_or_default();
+            format!("[{}] {name} ({crops} crops{seed}): {}", i + 1, c.training_data)
+        })
+        .collect();
+    let mut card = ModelCard::for_model(cfg, graph);
+    card.training_data = format!(
+        "uniform average of {} weight files (model soup: every parameter and batch-norm statistic averaged): {}",
+        paths.len(),
+        parts.join(" | ")
+    );
+    card.joint_format = cards[0].joint_format.clone();
+    card.normalisation = cards[0].normalisation.clone();
+    let priors: Vec<Option<u64>> = cards.iter().map(|c| num(c, "train_prior_crops")).collect();
+    let totals: Option<Vec<u64>> = cards.iter().map(|c| num(c, "train_crops_total")).collect();
+    if let (Some(Some(prior)), Some(totals)) = (priors.first().copied(), totals) {
+        if priors.iter().all(|p| *p == Some(prior)) && totals.iter().all(|&t| t >= prior) {
+            let own: u64 = totals.iter().map(|t| t - prior).sum();
+            card.extra.insert("train_prior_crops".into(), prior.to_string());
+            card.extra.insert("train_crops_total".into(), (prior + own).to_string());
+        }
+    }
+    card.extra.insert("soup_inputs".into(), paths.len().to_string());
+    card
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::save;
+
+    fn write(dir: &Path, name: &str, graph: &Graph, prior: u64, total: u64) -> std::path::PathBuf {
+        let cfg = models::config("sghg-1x64-lsp").unwrap();
+        let mut card = ModelCard::for_model(&cfg, graph);
+        card.training_data = format!("run {name}");
+        card.extra.insert("train_prior_crops".into(), prior.to_string());
+        card.extra.insert("train_crops_total".into(), total.to_string());
+        let path = dir.join(name);
+        save(&path, graph, &card).unwrap();
+        path
+    }
+
+    /// The average of two seeded initialisations is their element-wise mean (within f32
+    /// rounding of an f64 sum: 1e-6 relative), the crops add up over the shared prior, and
+    /// fewer than two files, another network and a truncated file are errors.
+    #[test]
+    fn averages_parameters_and_counts_crops() {
+        let dir = std::env::temp_dir().join(format!("wgpose-average-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = models::config("sghg-1x64-lsp").unwrap();
+        let (a, b) = (cfg.build(1).unwrap(), cfg.build(2).unwrap());
+        let (pa, pb) = (write(&dir, "a.safetensors", &a, 100, 140), write(&dir, "b.safetensors", &b, 100, 148));
+        let (avg, card) = average_files(&[&pa, &pb]).unwrap();
+        for (((name, x), (_, y)), (_, m)) in named_params(&a).iter().zip(named_params(&b)).zip(named_params(&avg)) {
+            for ((&x, &y), &m) in x.data.iter().zip(&y.data).zip(&m.data) {
+                let want = (x as f64 + y as f64) / 2.0;
+                assert!((m as f64 - want).abs() <= 1e-6 * want.abs().max(1e-6), "{name}: {m} vs {want}");
+            }
+        }
+        assert_eq!(card.extra.get("train_crops_total").map(String::as_str), Some("188"));
+        let first =
+            format!("[1] {}/a.safetensors (140 crops): run a.safetensors", dir.file_name().unwrap().to_string_lossy());
+        assert!(card.training_data.contains(&first), "{}", card.training_data);
+        // The soup saves and loads back like any weights file, card included.
+        let ps = dir.join("soup.safetensors");
+        save(&ps, &avg, &card).unwrap();
+        let mut back = cfg.build(3).unwrap();
+        let back_card = load_into(&ps, &mut back).unwrap();
+        assert_eq!(back_card.extra.get("soup_inputs").map(String::as_str), Some("2"));
+        assert!(named_params(&back).iter().zip(named_params(&avg)).all(|((_, x), (_, y))| x.data == y.data));
+        assert!(average_files(&[&pa]).is_err());
+        let other = models::config("ldcrn-w16-lsp").unwrap();
+        let c = other.build(1).unwrap();
+        let mut oc = ModelCard::for_model(&other, &c);
+        oc.training_data = "other".into();
+        let pc = dir.join("c.safetensors");
+        save(&pc, &c, &oc).unwrap();
+        assert!(matches!(average_files(&[&pa, &pc]), Err(Error::Input(_))));
+        let bytes = std::fs::read(&pb).unwrap();
+        let pt = dir.join("t.safetensors");
+        std::fs::write(&pt, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(average_files(&[&pa, &pt]).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
