@@ -48,9 +48,16 @@ pub(crate) fn run_with_busy_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R 
                 }
             });
         }
-        let out = work();
-        done.store(true, Ordering::Release);
-        out
+        // Set on the way out even if `work` panics: the scope waits for the pollers, which only
+        // stop on this flag, so a panic would otherwise hang the caller instead of reaching it.
+        struct StopPolling<'a>(&'a AtomicBool);
+        impl Drop for StopPolling<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let _stop = StopPolling(done);
+        work()
     })
 }
 
@@ -62,6 +69,23 @@ mod tests {
 
     fn parallel_sum(n: usize) -> u64 {
         (0..n).into_par_iter().with_min_len(64).map(|i| (i * i % 7) as u64).sum()
+    }
+
+    /// A panic inside the work reaches the caller (the pollers stop), instead of hanging it.
+    #[test]
+    fn a_panicking_run_panics_instead_of_hanging() {
+        let caught = std::thread::spawn(|| {
+            std::panic::catch_unwind(|| {
+                run_with_busy_pool(|| {
+                    parallel_sum(1000);
+                    panic!("a bug inside the run")
+                })
+            })
+            .is_err()
+        });
+        assert!(caught.join().unwrap());
+        // The pool still works afterwards.
+        assert_eq!(run_with_busy_pool(|| parallel_sum(100)), (0..100u64).map(|i| i * i % 7).sum::<u64>());
     }
 
     /// The run's result is the work's, from outside the pool, from several threads at once (each
