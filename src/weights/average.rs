@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::models;
 
-use super::{load_into, named_params, named_params_mut, read_card, ModelCard};
+use super::{load_bytes_into, named_params, named_params_mut, read_bytes, read_card_bytes, ModelCard};
 
 /// The uniform average of `paths` (at least two files, all of the same config), as the config's
 /// graph holding the averaged parameters and a card that says what it is: `training_data` lists
@@ -20,32 +20,40 @@ use super::{load_into, named_params, named_params_mut, read_card, ModelCard};
 /// absent otherwise; the wall time, epochs, metrics and the per-run training keys of the inputs
 /// are not carried over (they describe single runs).
 ///
-/// Every input is loaded with the checks of [`load_into`], so a missing, truncated or
+/// Every input is loaded with the checks of [`super::load_into`], so a missing, truncated or
 /// mismatched file is an error naming it; a config mismatch is an [`Error::Input`].
 pub fn average_files(paths: &[&Path]) -> Result<(Graph, ModelCard)> {
     if paths.len() < 2 {
         return Err(Error::Input(format!("averaging needs at least two weight files, got {}", paths.len())));
     }
-    let cards: Vec<ModelCard> = paths.iter().map(|p| read_card(p)).collect::<Result<_>>()?;
-    let config = &cards[0].config;
-    if let Some((p, c)) = paths.iter().zip(&cards).find(|(_, c)| &c.config != config) {
+    // Each file is read once (all are held at once: soups are of a few small files): its card
+    // for the config check, then its tensors with every check of `load_into`.
+    let files: Vec<(String, Vec<u8>, ModelCard)> = paths
+        .iter()
+        .map(|p| {
+            let (label, bytes) = (p.display().to_string(), read_bytes(p)?);
+            let card = read_card_bytes(&bytes, &label)?;
+            Ok((label, bytes, card))
+        })
+        .collect::<Result<_>>()?;
+    let config = &files[0].2.config;
+    if let Some((label, _, card)) = files.iter().find(|(_, _, c)| &c.config != config) {
         return Err(Error::Input(format!(
-            "cannot average different networks: {} is `{config}`, {} is `{}`",
-            paths[0].display(),
-            p.display(),
-            c.config
+            "cannot average different networks: {} is `{config}`, {label} is `{}`",
+            files[0].0, card.config
         )));
     }
     let cfg = models::config(config)?;
     let mut graph = cfg.build(0)?;
     let mut sums: Vec<Vec<f64>> = named_params(&graph).iter().map(|(_, t)| vec![0.0; t.data.len()]).collect();
-    for path in paths {
+    for (label, bytes, _) in &files {
         let mut g = graph.clone();
-        load_into(path, &mut g)?;
+        load_bytes_into(bytes, label, &mut g)?;
         for (sum, (_, t)) in sums.iter_mut().zip(named_params(&g)) {
             sum.iter_mut().zip(&t.data).for_each(|(s, &v)| *s += v as f64);
         }
     }
+    let cards: Vec<ModelCard> = files.into_iter().map(|(_, _, c)| c).collect();
     let n = paths.len() as f64;
     for (sum, (_, t)) in sums.iter().zip(named_params_mut(&mut graph)) {
         t.data.iter_mut().zip(sum).for_each(|(v, &s)| *v = (s / n) as f32);
@@ -95,7 +103,7 @@ fn soup_card(cfg: &models::ModelConfig, graph: &Graph, paths: &[&Path], cards: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::save;
+    use crate::weights::{load_into, save};
 
     fn write(dir: &Path, name: &str, graph: &Graph, prior: u64, total: u64) -> std::path::PathBuf {
         let cfg = models::config("sghg-1x64-lsp").unwrap();
