@@ -4,7 +4,8 @@
 //! Runs the inference graph (fused as `Estimator` runs it) on seeded random weights and input,
 //! 5 warm-up runs and 25 timed ones, and prints the time per operator kind and the slowest
 //! nodes. `RAYON_NUM_THREADS` sets the threads, `WGPOSE_CPU_KERNEL=avx2` / `portable` narrows
-//! the matrix-product kernel, `TOP=N` prints the N slowest nodes (12 by default).
+//! the matrix-product kernel, `TOP=N` prints the N slowest nodes (12 by default), `WEIGHTS=FILE`
+//! runs a weights file instead of the seeded random weights (LDCRN timed the same both ways).
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "fasterpose-r18-s16-lsp".into());
     let cfg = wgpose::models::config(&name)?;
     let (graph, inputs) = wgpose::bench::model_case(&cfg, 1)?;
+    let graph = match std::env::var_os("WEIGHTS") {
+        Some(p) => wgpose::models::load_model(&cfg, Some(std::path::Path::new(&p)), 0)?.0,
+        None => graph,
+    };
     let prepared = wgpose::cpu::PackedGraph::new(wgpose::graph::passes::optimize_for_inference(&graph));
     let graph = prepared.graph();
     let (warm, timed) = (5, 25);
