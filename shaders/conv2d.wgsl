@@ -21,6 +21,11 @@
 // dispatches, the later ones accumulating into the output; the last applies the epilogue), and
 // over blocks of output channels.
 //
+// Input affine: a pipeline can also apply a per-channel affine (+ ReLU) to every input value as
+// it loads it: a pre-activation batch norm that cannot be folded into weights (its input is read
+// elsewhere too) then costs no pass over memory of its own (src/graph/passes.rs,
+// `input_affines`). Padding stays 0, as in the normalised tensor.
+//
 // conv2d_direct: one output channel x TD pixels per invocation, for convolutions with few output
 // channels per group (depthwise), where channel tiles would be mostly padding.
 //
@@ -57,6 +62,38 @@ const CONV_TILED_WG: u32 = 8u;
 const CONV_DIRECT_WG: u32 = 64u;
 const TM: u32 = 16u;
 const TD: u32 = 4u;
+
+// The input affine this pipeline applies (`InputAffine` in src/gpu/kernels.rs): 0 none,
+// 1 `s * x + t`, 2 `max(s * x + t, 0)`, with (s, t) of each input channel of the dispatch's chunk
+// in the first `ci_n` vec4s of the weight window. Pipeline-overridable, so a pipeline without it
+// compiles to the kernel without it. conv2d_direct ignores it (never chosen for it).
+override IN_AFFINE: u32 = 0u;
+const IN_AFFINE_RELU: u32 = 2u;
+
+// Where this dispatch's weights start in the window, in vec4s: after the input affine's.
+fn weights_start() -> u32 {
+    return select(0u, p.ci_n, IN_AFFINE != 0u);
+}
+
+// (s, t) of input channel `ci` of the chunk.
+fn in_affine(ci: u32) -> vec2<f32> {
+    if (IN_AFFINE == 0u) {
+        return vec2<f32>(1.0, 0.0);
+    }
+    return wts[ci].xy;
+}
+
+// One loaded input value after the input affine.
+fn affine_x(v: f32, a: vec2<f32>) -> f32 {
+    if (IN_AFFINE == 0u) {
+        return v;
+    }
+    let y = fma(v, a.x, a.y);
+    if (IN_AFFINE == IN_AFFINE_RELU) {
+        return max(y, 0.0);
+    }
+    return y;
+}
 
 // `res_mode` and `mode` values (src/gpu/uniforms.rs).
 const RES_NONE: u32 = 0u;
@@ -102,11 +139,27 @@ fn finish(sum: f32, n: u32, c: u32, pix: u32) {
     }
 }
 
-// Reads one input value, or 0 in the padding. Branch-free: lavapipe runs both sides of every
-// `if` under a lane mask, so selects are cheaper than control flow.
-fn load_x(base: u32, iy: i32, ix: i32) -> f32 {
+// Reads one input value after the input affine `a`, or 0 in the padding. Branch-free: lavapipe
+// runs both sides of every `if` under a lane mask, so selects are cheaper than control flow.
+fn load_x(base: u32, iy: i32, ix: i32, a: vec2<f32>) -> f32 {
     let inside = iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
-    return select(0.0, arena[select(0u, base + u32(iy) * p.w + u32(ix), inside)], inside);
+    return select(0.0, affine_x(arena[select(0u, base + u32(iy) * p.w + u32(ix), inside)], a), inside);
+}
+
+// The TN + 2 inputs of one kernel row under a 4-pixel tile of a 3x3 stride-1 convolution,
+// starting at input column `ix0`: loaded once, shared by the row's three taps.
+struct Row6 {
+    x0: f32,
+    x1: f32,
+    x2: f32,
+    x3: f32,
+    x4: f32,
+    x5: f32,
+}
+
+fn load_row6(base: u32, iy: i32, ix0: i32, a: vec2<f32>) -> Row6 {
+    return Row6(load_x(base, iy, ix0, a), load_x(base, iy, ix0 + 1, a), load_x(base, iy, ix0 + 2, a),
+                load_x(base, iy, ix0 + 3, a), load_x(base, iy, ix0 + 4, a), load_x(base, iy, ix0 + 5, a));
 }
 
 // The register tile is four `Col`s, one per output pixel, each 16 output channels (TM). Every
@@ -186,20 +239,21 @@ fn conv2d_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
     var c1: Col;
     var c2: Col;
     var c3: Col;
-    var wi = cb * p.ci_n * p.kh * p.kw * 4u;
+    var wi = weights_start() + cb * p.ci_n * p.kh * p.kw * 4u;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * p.h * p.w;
     for (var ci = 0u; ci < p.ci_n; ci++) {
         let base = ch0 + ci * p.h * p.w;
+        let a = in_affine(ci);
         for (var ky = 0u; ky < p.kh; ky++) {
             let iy = iy0 + i32(ky * p.dh);
             for (var kx = 0u; kx < p.kw; kx++) {
                 let w = weights(wi);
                 wi += 4u;
                 let ix = ix0 + i32(kx * p.dw);
-                c0 = col_fma(c0, w, load_x(base, iy, ix));
-                c1 = col_fma(c1, w, load_x(base, iy, ix + sw));
-                c2 = col_fma(c2, w, load_x(base, iy, ix + 2 * sw));
-                c3 = col_fma(c3, w, load_x(base, iy, ix + 3 * sw));
+                c0 = col_fma(c0, w, load_x(base, iy, ix, a));
+                c1 = col_fma(c1, w, load_x(base, iy, ix + sw, a));
+                c2 = col_fma(c2, w, load_x(base, iy, ix + 2 * sw, a));
+                c3 = col_fma(c3, w, load_x(base, iy, ix + 3 * sw, a));
             }
         }
     }
@@ -225,33 +279,29 @@ fn conv2d_3x3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
     var c1: Col;
     var c2: Col;
     var c3: Col;
-    var wi = cb * p.ci_n * 9u * 4u;
+    var wi = weights_start() + cb * p.ci_n * 9u * 4u;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * p.h * p.w;
     for (var ci = 0u; ci < p.ci_n; ci++) {
         let base = ch0 + ci * p.h * p.w;
+        let a = in_affine(ci);
         for (var ky = 0u; ky < 3u; ky++) {
             let iy = iy0 + i32(ky);
-            let x0 = load_x(base, iy, ix0);
-            let x1 = load_x(base, iy, ix0 + 1);
-            let x2 = load_x(base, iy, ix0 + 2);
-            let x3 = load_x(base, iy, ix0 + 3);
-            let x4 = load_x(base, iy, ix0 + 4);
-            let x5 = load_x(base, iy, ix0 + 5);
+            let r = load_row6(base, iy, ix0, a);
             var w = weights(wi);
-            c0 = col_fma(c0, w, x0);
-            c1 = col_fma(c1, w, x1);
-            c2 = col_fma(c2, w, x2);
-            c3 = col_fma(c3, w, x3);
+            c0 = col_fma(c0, w, r.x0);
+            c1 = col_fma(c1, w, r.x1);
+            c2 = col_fma(c2, w, r.x2);
+            c3 = col_fma(c3, w, r.x3);
             w = weights(wi + 4u);
-            c0 = col_fma(c0, w, x1);
-            c1 = col_fma(c1, w, x2);
-            c2 = col_fma(c2, w, x3);
-            c3 = col_fma(c3, w, x4);
+            c0 = col_fma(c0, w, r.x1);
+            c1 = col_fma(c1, w, r.x2);
+            c2 = col_fma(c2, w, r.x3);
+            c3 = col_fma(c3, w, r.x4);
             w = weights(wi + 8u);
-            c0 = col_fma(c0, w, x2);
-            c1 = col_fma(c1, w, x3);
-            c2 = col_fma(c2, w, x4);
-            c3 = col_fma(c3, w, x5);
+            c0 = col_fma(c0, w, r.x2);
+            c1 = col_fma(c1, w, r.x3);
+            c2 = col_fma(c2, w, r.x4);
+            c3 = col_fma(c3, w, r.x5);
             wi += 12u;
         }
     }
@@ -274,7 +324,7 @@ fn conv2d_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
     var c1: Col;
     var c2: Col;
     var c3: Col;
-    var wi = cb * p.ci_n * 4u;
+    var wi = weights_start() + cb * p.ci_n * 4u;
     let hw = p.h * p.w;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * hw;
     let i0 = in_1x1(pix0);
@@ -283,12 +333,13 @@ fn conv2d_1x1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
     let i3 = in_1x1(min(pix0 + 3u, ohw - 1u));
     for (var ci = 0u; ci < p.ci_n; ci++) {
         let base = ch0 + ci * hw;
+        let a = in_affine(ci);
         let w = weights(wi);
         wi += 4u;
-        c0 = col_fma(c0, w, arena[base + i0]);
-        c1 = col_fma(c1, w, arena[base + i1]);
-        c2 = col_fma(c2, w, arena[base + i2]);
-        c3 = col_fma(c3, w, arena[base + i3]);
+        c0 = col_fma(c0, w, affine_x(arena[base + i0], a));
+        c1 = col_fma(c1, w, affine_x(arena[base + i1], a));
+        c2 = col_fma(c2, w, affine_x(arena[base + i2], a));
+        c3 = col_fma(c3, w, affine_x(arena[base + i3], a));
     }
     // Flattened pixels are rows of width `ow` for the store.
     store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, pix0, ohw - pix0);

@@ -37,20 +37,21 @@ fn conv2d_tiled_sg(
     var c1: Col;
     var c2: Col;
     var c3: Col;
-    var wi = cb * p.ci_n * p.kh * p.kw * 4u;
+    var wi = weights_start() + cb * p.ci_n * p.kh * p.kw * 4u;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * p.h * p.w;
     for (var ci = 0u; ci < p.ci_n; ci++) {
         let base = ch0 + ci * p.h * p.w;
+        let a = in_affine(ci);
         for (var ky = 0u; ky < p.kh; ky++) {
             let iy = iy0 + i32(ky * p.dh);
             for (var kx = 0u; kx < p.kw; kx++) {
                 let w = weights_sg(wi, lane);
                 wi += 4u;
                 let ix = ix0 + i32(kx * p.dw);
-                c0 = col_fma(c0, w, load_x(base, iy, ix));
-                c1 = col_fma(c1, w, load_x(base, iy, ix + sw));
-                c2 = col_fma(c2, w, load_x(base, iy, ix + 2 * sw));
-                c3 = col_fma(c3, w, load_x(base, iy, ix + 3 * sw));
+                c0 = col_fma(c0, w, load_x(base, iy, ix, a));
+                c1 = col_fma(c1, w, load_x(base, iy, ix + sw, a));
+                c2 = col_fma(c2, w, load_x(base, iy, ix + 2 * sw, a));
+                c3 = col_fma(c3, w, load_x(base, iy, ix + 3 * sw, a));
             }
         }
     }
@@ -75,7 +76,7 @@ fn conv2d_1x1_sg(
     var c1: Col;
     var c2: Col;
     var c3: Col;
-    var wi = cb * p.ci_n * 4u;
+    var wi = weights_start() + cb * p.ci_n * 4u;
     let hw = p.h * p.w;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * hw;
     let i0 = in_1x1(pix0);
@@ -84,12 +85,13 @@ fn conv2d_1x1_sg(
     let i3 = in_1x1(min(pix0 + 3u, ohw - 1u));
     for (var ci = 0u; ci < p.ci_n; ci++) {
         let base = ch0 + ci * hw;
+        let a = in_affine(ci);
         let w = weights_sg(wi, lane);
         wi += 4u;
-        c0 = col_fma(c0, w, arena[base + i0]);
-        c1 = col_fma(c1, w, arena[base + i1]);
-        c2 = col_fma(c2, w, arena[base + i2]);
-        c3 = col_fma(c3, w, arena[base + i3]);
+        c0 = col_fma(c0, w, affine_x(arena[base + i0], a));
+        c1 = col_fma(c1, w, affine_x(arena[base + i1], a));
+        c2 = col_fma(c2, w, affine_x(arena[base + i2], a));
+        c3 = col_fma(c3, w, affine_x(arena[base + i3], a));
     }
     let left = select(0u, ohw - pix0, gid.x + p.x0 < n_tiles);
     store_cols4(c0, c1, c2, c3, n, p.g0, p.cb0 + cb, pix0, left);
@@ -116,33 +118,29 @@ fn conv2d_3x3_sg(
     var c1: Col;
     var c2: Col;
     var c3: Col;
-    var wi = cb * p.ci_n * 9u * 4u;
+    var wi = weights_start() + cb * p.ci_n * 9u * 4u;
     let ch0 = p.x_off + n * p.x_bs + (p.g0 * p.cin_g + p.ci0) * p.h * p.w;
     for (var ci = 0u; ci < p.ci_n; ci++) {
         let base = ch0 + ci * p.h * p.w;
+        let a = in_affine(ci);
         for (var ky = 0u; ky < 3u; ky++) {
             let iy = iy0 + i32(ky);
-            let x0 = load_x(base, iy, ix0);
-            let x1 = load_x(base, iy, ix0 + 1);
-            let x2 = load_x(base, iy, ix0 + 2);
-            let x3 = load_x(base, iy, ix0 + 3);
-            let x4 = load_x(base, iy, ix0 + 4);
-            let x5 = load_x(base, iy, ix0 + 5);
+            let r = load_row6(base, iy, ix0, a);
             var w = weights_sg(wi, lane);
-            c0 = col_fma(c0, w, x0);
-            c1 = col_fma(c1, w, x1);
-            c2 = col_fma(c2, w, x2);
-            c3 = col_fma(c3, w, x3);
+            c0 = col_fma(c0, w, r.x0);
+            c1 = col_fma(c1, w, r.x1);
+            c2 = col_fma(c2, w, r.x2);
+            c3 = col_fma(c3, w, r.x3);
             w = weights_sg(wi + 4u, lane);
-            c0 = col_fma(c0, w, x1);
-            c1 = col_fma(c1, w, x2);
-            c2 = col_fma(c2, w, x3);
-            c3 = col_fma(c3, w, x4);
+            c0 = col_fma(c0, w, r.x1);
+            c1 = col_fma(c1, w, r.x2);
+            c2 = col_fma(c2, w, r.x3);
+            c3 = col_fma(c3, w, r.x4);
             w = weights_sg(wi + 8u, lane);
-            c0 = col_fma(c0, w, x2);
-            c1 = col_fma(c1, w, x3);
-            c2 = col_fma(c2, w, x4);
-            c3 = col_fma(c3, w, x5);
+            c0 = col_fma(c0, w, r.x2);
+            c1 = col_fma(c1, w, r.x3);
+            c2 = col_fma(c2, w, r.x4);
+            c3 = col_fma(c3, w, r.x5);
             wi += 12u;
         }
     }

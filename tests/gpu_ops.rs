@@ -208,3 +208,91 @@ fn pooling_and_resampling_match_reference() {
         check(&ctx, name, &single_op(&[s], op), s[0], 200 + i as u64);
     }
 }
+
+/// A channel affine (an unfoldable batch norm, with or without its ReLU) read only by a
+/// convolution is applied by the convolution as it loads its input, on every tiled kernel
+/// (3x3, 1x1 at strides 1 and 2, the generic one, input chunks split over two weight windows):
+/// checked against the reference, with the affine counted as fused. Padding must stay zero
+/// after the affine (the shifts are nonzero, so a padding that went through it would show).
+#[test]
+fn input_affines_fused_into_convolutions_match_reference() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(4);
+    // (input NCHW, cout, kernel, stride, pad, groups, affine activation)
+    let cases: &[([usize; 4], usize, [usize; 2], usize, usize, usize, Act)] = &[
+        ([2, 5, 11, 13], 10, [3, 3], 1, 1, 1, Act::Relu),
+        ([1, 7, 9, 6], 17, [3, 3], 1, 1, 1, Act::None),
+        ([1, 6, 13, 11], 16, [3, 3], 2, 1, 1, Act::Relu), // generic kernel, stride 2
+        ([2, 9, 7, 9], 12, [1, 1], 1, 0, 1, Act::Relu),
+        ([1, 10, 9, 11], 20, [1, 1], 2, 0, 1, Act::None),
+        ([1, 6, 7, 9], 16, [1, 1], 1, 1, 1, Act::Relu), // 1x1 with padding: generic kernel
+        ([1, 130, 7, 9], 24, [3, 3], 1, 1, 1, Act::Relu), // two input chunks
+        ([1, 64, 6, 7], 80, [3, 3], 1, 1, 2, Act::Relu), // groups
+        ([1, 3, 33, 31], 16, [7, 7], 2, 3, 1, Act::None),
+    ];
+    for (i, &(s, cout, k, st, p, groups, act)) in cases.iter().enumerate() {
+        let mut g = Graph::new();
+        let x = g.push("x", Op::Input { chw: [s[1], s[2], s[3]] }, vec![]).unwrap();
+        let affine = Op::ChannelAffine {
+            scale: vec_param(&mut rng, s[1], -2.0, 2.0),
+            shift: vec_param(&mut rng, s[1], 0.2, 1.0),
+            act,
+        };
+        let a = g.push("bn", affine, vec![x]).unwrap();
+        let conv = conv_op(&mut rng, s[1], cout, k, st, p, 1, groups, true);
+        let y = g.push("conv", Op::Conv2d(conv), vec![a]).unwrap();
+        g.outputs = vec![y];
+        let what = format!("input affine case {i} {s:?}");
+        check(&ctx, &what, &g, s[0], 300 + i as u64);
+        let m = GpuModel::compile_with(&ctx, &g, s[0]).unwrap();
+        assert_eq!(m.fused_input_affines, 1, "{what}");
+    }
+}
+
+/// The input affine's input must stay alive until the convolution that absorbed the affine has
+/// run, even when another node runs in between (the memory plan takes its lifetimes from what
+/// the kernels read, not from the graph's edges). An affine read twice is not absorbed.
+#[test]
+fn input_affine_lifetimes_and_shared_affines() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(5);
+    let s = [1, 8, 9, 11];
+    let affine = |rng: &mut Rng| Op::ChannelAffine {
+        scale: vec_param(rng, 8, 0.5, 2.0),
+        shift: vec_param(rng, 8, -1.0, 1.0),
+        act: Act::Relu,
+    };
+    // x -> bn -> (relu of another input, free to take x's memory if x died at bn) -> conv(bn) + it
+    let mut g = Graph::new();
+    let x = g.push("x", Op::Input { chw: [8, 9, 11] }, vec![]).unwrap();
+    let x2 = g.push("x2", Op::Input { chw: [8, 9, 11] }, vec![]).unwrap();
+    let a = g.push("bn", affine(&mut rng), vec![x]).unwrap();
+    let b = g.push("relu", Op::Activation(Act::Sigmoid), vec![x2]).unwrap();
+    let b2 = g.push("relu2", Op::Activation(Act::Relu), vec![b]).unwrap();
+    let mut conv = conv_op(&mut rng, 8, 8, [3, 3], 1, 1, 1, 1, true);
+    conv.epilogue.residual = Some(Residual::Add);
+    let y = g.push("conv", Op::Conv2d(conv), vec![a, b2]).unwrap();
+    g.outputs = vec![y];
+    check(&ctx, "affine with a node between it and its convolution", &g, 1, 400);
+    assert_eq!(GpuModel::compile_with(&ctx, &g, 1).unwrap().fused_input_affines, 1);
+
+    // An affine read by a convolution and also a graph output stays a pass of its own.
+    let mut g = Graph::new();
+    let x = g.push("x", Op::Input { chw: [s[1], s[2], s[3]] }, vec![]).unwrap();
+    let a = g.push("bn", affine(&mut rng), vec![x]).unwrap();
+    let y = g.push("conv", Op::Conv2d(conv_op(&mut rng, 8, 16, [3, 3], 1, 1, 1, 1, false)), vec![a]).unwrap();
+    g.outputs = vec![y, a];
+    check(&ctx, "affine also an output", &g, 1, 401);
+    assert_eq!(GpuModel::compile_with(&ctx, &g, 1).unwrap().fused_input_affines, 0);
+
+    // Turned off on the context: same outputs, nothing fused.
+    let mut off = ctx.clone();
+    off.fuse_input_affines = false;
+    let mut g = Graph::new();
+    let x = g.push("x", Op::Input { chw: [s[1], s[2], s[3]] }, vec![]).unwrap();
+    let a = g.push("bn", affine(&mut rng), vec![x]).unwrap();
+    let y = g.push("conv", Op::Conv2d(conv_op(&mut rng, 8, 16, [3, 3], 1, 1, 1, 1, false)), vec![a]).unwrap();
+    g.outputs = vec![y];
+    check(&off, "fusion off", &g, 1, 402);
+    assert_eq!(GpuModel::compile_with(&off, &g, 1).unwrap().fused_input_affines, 0);
+}

@@ -131,29 +131,12 @@ impl PackedGraph {
     }
 }
 
-/// For every convolution that can apply it while copying its input into the padding
-/// ([`conv::copies_input_to_padding`]) and whose input is a channel affine read by nothing else
-/// (not a graph output), that affine's node id: the run then skips the affine node and the
-/// convolution reads the affine's input. In the soft-gated hourglass every pre-activation
+/// The channel affines the runs skip because the convolution reading them applies them while
+/// copying its input into the padding ([`conv::copies_input_to_padding`]); see
+/// [`crate::graph::passes::input_affines`]. In the soft-gated hourglass every pre-activation
 /// batch norm + ReLU is one (51 nodes).
 fn input_affines(graph: &Graph) -> Vec<Option<NodeId>> {
-    let mut readers = vec![0usize; graph.nodes.len()];
-    graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|&i| readers[i] += 1);
-    graph
-        .nodes
-        .iter()
-        .map(|node| match (&node.op, node.inputs.first()) {
-            (Op::Conv2d(c), Some(&a))
-                if conv::copies_input_to_padding(c)
-                    && matches!(graph.nodes[a].op, Op::ChannelAffine { .. })
-                    && readers[a] == 1
-                    && !graph.outputs.contains(&a) =>
-            {
-                Some(a)
-            }
-            _ => None,
-        })
-        .collect()
+    crate::graph::passes::input_affines(graph, |c, _| conv::copies_input_to_padding(c))
 }
 
 /// The concatenations whose readers all take their operand as parts ([`ops::Planes`]): channel

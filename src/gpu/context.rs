@@ -40,6 +40,12 @@ pub struct GpuContext {
     /// them: set it only if that device was opened with [`wgpu::Features::SUBGROUP`] and its
     /// subgroups hold at least 4 invocations. Changing it affects models compiled afterwards.
     pub subgroup_kernels: bool,
+    /// Whether models compiled on this context let a convolution apply the channel affine
+    /// (an unfoldable batch norm, with its ReLU) that feeds it as it loads its input, instead of
+    /// running the affine as a pass of its own ([`crate::graph::passes::input_affines`]). On by
+    /// default; `WGPOSE_GPU_FUSE_AFFINES=0` in the environment turns it off (for comparisons).
+    /// Changing it affects models compiled afterwards.
+    pub fuse_input_affines: bool,
 }
 
 impl GpuContext {
@@ -129,6 +135,7 @@ impl GpuContext {
             lost,
             pipelines: PipelineCache::default(),
             subgroup_kernels: false,
+            fuse_input_affines: std::env::var("WGPOSE_GPU_FUSE_AFFINES").as_deref() != Ok("0"),
         }
     }
 

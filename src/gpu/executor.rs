@@ -7,10 +7,10 @@ use std::ops::Range;
 use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
-use super::kernels::{kernels_of, lower, Dispatch, Kernel, ParamPack};
+use super::kernels::{gpu_input_affines, kernels_of, lower, reads_with_input_affines, Dispatch, Kernel, ParamPack};
 use super::readback::{read_buffer, read_buffer_async};
 use crate::error::{Error, Result};
-use crate::graph::memory::{plan, MemoryPlan};
+use crate::graph::memory::{plan_with_reads, MemoryPlan};
 use crate::graph::passes::optimize_for_inference;
 use crate::graph::{Graph, NodeId, Op};
 use crate::tensor::Tensor;
@@ -62,6 +62,9 @@ pub struct GpuModel {
     outputs: Vec<(NodeId, u64, u64, u64)>,
     /// Size of the packed parameter buffer on the device, bytes.
     pub param_bytes: usize,
+    /// How many channel affines the convolutions reading them apply as they load their input
+    /// (no dispatch of their own; see [`GpuContext::fuse_input_affines`]).
+    pub fused_input_affines: usize,
 }
 
 fn bytes_of(t: &[f32]) -> &[u8] {
@@ -88,7 +91,8 @@ impl GpuModel {
         let g = optimize_for_inference(graph);
         let shapes = g.shapes(1)?;
         ctx.scoped("compiling the kernels", || {
-            Ok(ctx.pipelines.get(&ctx.device, kernels_of(&g, &shapes, ctx.subgroup_kernels)).1.len())
+            let kernels = kernels_of(&g, &shapes, ctx.subgroup_kernels, ctx.fuse_input_affines);
+            Ok(ctx.pipelines.get(&ctx.device, kernels).1.len())
         })
     }
 
@@ -110,10 +114,13 @@ impl GpuModel {
     }
 
     fn build(ctx: &GpuContext, graph: Graph, batch: usize, max_workgroups: u32) -> Result<Self> {
-        let plan = plan(&graph, batch)?;
+        // Shapes first: the analysis below indexes nodes by id.
+        graph.shapes(batch)?;
+        let absorbed = gpu_input_affines(&graph, ctx.subgroup_kernels, ctx.fuse_input_affines);
+        let plan = plan_with_reads(&graph, batch, &reads_with_input_affines(&graph, &absorbed))?;
         let mut pack = ParamPack::default();
         let max_workgroups = max_workgroups.min(ctx.device.limits().max_compute_workgroups_per_dimension);
-        let dispatches = lower(&graph, &plan, &mut pack, max_workgroups, ctx.subgroup_kernels)?;
+        let dispatches = lower(&graph, &plan, &mut pack, max_workgroups, ctx.subgroup_kernels, &absorbed)?;
         let limits = ctx.device.limits();
         let arena_bytes = (plan.arena_len.max(64) * 4) as u64;
         let param_bytes = (pack.data.len().max(4) * 4) as u64;
@@ -209,6 +216,7 @@ impl GpuModel {
             staging,
             outputs,
             param_bytes: pack.data.len() * 4,
+            fused_input_affines: absorbed.iter().flatten().count(),
         })
     }
 

@@ -61,16 +61,38 @@ pub const SHADERS: &[(&str, &str, &[&str])] = &[
     ("preprocess.wgsl", include_str!("../../shaders/preprocess.wgsl"), &["preprocess"]),
 ];
 
+/// The affine a convolution pipeline applies to each input value as it loads it (the
+/// pipeline-overridable `IN_AFFINE` of conv2d.wgsl): a channel affine the convolution absorbed
+/// (see [`crate::graph::passes::input_affines`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum InputAffine {
+    None = 0,
+    Affine = 1,
+    AffineRelu = 2,
+}
+
+impl InputAffine {
+    /// The pipeline variant for an absorbed affine with activation `act`, if the kernels have
+    /// one.
+    fn for_act(act: Act) -> Option<InputAffine> {
+        match act {
+            Act::None => Some(InputAffine::Affine),
+            Act::Relu => Some(InputAffine::AffineRelu),
+            Act::Sigmoid => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
-    ConvTiled,
-    Conv3x3,
-    Conv1x1,
+    ConvTiled(InputAffine),
+    Conv3x3(InputAffine),
+    Conv1x1(InputAffine),
     /// `ConvTiled`, `Conv3x3` and `Conv1x1` with weight loads shared across a subgroup of at
     /// least 4 invocations (same dispatches and weight windows).
-    ConvTiledSubgroup,
-    Conv3x3Subgroup,
-    Conv1x1Subgroup,
+    ConvTiledSubgroup(InputAffine),
+    Conv3x3Subgroup(InputAffine),
+    Conv1x1Subgroup(InputAffine),
     ConvDirect,
     Elementwise,
     MaxPool,
@@ -82,18 +104,52 @@ pub(crate) enum Kernel {
 impl Kernel {
     pub(crate) fn source(self) -> (&'static str, &'static str) {
         match self {
-            Kernel::ConvTiled => (CONV2D_WGSL, "conv2d_tiled"),
-            Kernel::Conv3x3 => (CONV2D_WGSL, "conv2d_3x3"),
-            Kernel::ConvTiledSubgroup => (CONV2D_SUBGROUP_WGSL, "conv2d_tiled_sg"),
-            Kernel::Conv3x3Subgroup => (CONV2D_SUBGROUP_WGSL, "conv2d_3x3_sg"),
-            Kernel::Conv1x1Subgroup => (CONV2D_SUBGROUP_WGSL, "conv2d_1x1_sg"),
-            Kernel::Conv1x1 => (CONV2D_WGSL, "conv2d_1x1"),
+            Kernel::ConvTiled(_) => (CONV2D_WGSL, "conv2d_tiled"),
+            Kernel::Conv3x3(_) => (CONV2D_WGSL, "conv2d_3x3"),
+            Kernel::ConvTiledSubgroup(_) => (CONV2D_SUBGROUP_WGSL, "conv2d_tiled_sg"),
+            Kernel::Conv3x3Subgroup(_) => (CONV2D_SUBGROUP_WGSL, "conv2d_3x3_sg"),
+            Kernel::Conv1x1Subgroup(_) => (CONV2D_SUBGROUP_WGSL, "conv2d_1x1_sg"),
+            Kernel::Conv1x1(_) => (CONV2D_WGSL, "conv2d_1x1"),
             Kernel::ConvDirect => (CONV2D_WGSL, "conv2d_direct"),
             Kernel::Elementwise => (ELEMENTWISE_WGSL, "elementwise"),
             Kernel::MaxPool => (POOL_WGSL, "max_pool"),
             Kernel::UpsampleNearest => (RESAMPLE_WGSL, "upsample_nearest"),
             Kernel::UpsampleBilinear => (RESAMPLE_WGSL, "upsample_bilinear"),
             Kernel::PixelShuffle => (RESAMPLE_WGSL, "pixel_shuffle"),
+        }
+    }
+
+    /// The input affine of a tiled convolution kernel (None for every other kernel).
+    pub(crate) fn input_affine(self) -> Option<InputAffine> {
+        match self {
+            Kernel::ConvTiled(a)
+            | Kernel::Conv3x3(a)
+            | Kernel::Conv1x1(a)
+            | Kernel::ConvTiledSubgroup(a)
+            | Kernel::Conv3x3Subgroup(a)
+            | Kernel::Conv1x1Subgroup(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The pipeline-overridable constants its pipeline is created with.
+    pub(crate) fn constants(self) -> Vec<(&'static str, f64)> {
+        match self.input_affine() {
+            Some(a) if a != InputAffine::None => vec![("IN_AFFINE", a as u32 as f64)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The same kernel applying input affine `a` (tiled convolutions only).
+    fn with_input_affine(self, a: InputAffine) -> Kernel {
+        match self {
+            Kernel::ConvTiled(_) => Kernel::ConvTiled(a),
+            Kernel::Conv3x3(_) => Kernel::Conv3x3(a),
+            Kernel::Conv1x1(_) => Kernel::Conv1x1(a),
+            Kernel::ConvTiledSubgroup(_) => Kernel::ConvTiledSubgroup(a),
+            Kernel::Conv3x3Subgroup(_) => Kernel::Conv3x3Subgroup(a),
+            Kernel::Conv1x1Subgroup(_) => Kernel::Conv1x1Subgroup(a),
+            k => k,
         }
     }
 }
@@ -282,24 +338,40 @@ fn resample(
 
 /// Turns every node of `g` into dispatches, packing parameters as it goes. `max_workgroups` is
 /// the device's limit per grid dimension (`max_compute_workgroups_per_dimension`); larger grids
-/// are folded into more dimensions or split over several dispatches.
+/// are folded into more dimensions or split over several dispatches. `absorbed[id]` is the
+/// channel affine convolution `id` applies to its input ([`gpu_input_affines`]): that affine
+/// dispatches nothing and the convolution reads the affine's input.
 pub(crate) fn lower(
     g: &Graph,
     plan: &MemoryPlan,
     pack: &mut ParamPack,
     max_workgroups: u32,
     subgroups: bool,
+    absorbed: &[Option<NodeId>],
 ) -> Result<Vec<Dispatch>> {
     let max = (max_workgroups as usize).max(1);
+    let reads = reads_with_input_affines(g, absorbed);
+    let mut skipped = vec![false; g.nodes.len()];
+    absorbed.iter().flatten().for_each(|&a| skipped[a] = true);
     let mut out = Vec::new();
     for (id, node) in g.nodes.iter().enumerate() {
+        if skipped[id] {
+            continue;
+        }
         let shape = plan.shapes[id];
         let y = plan.views[id];
-        let ins: Vec<[usize; 4]> = node.inputs.iter().map(|&i| plan.shapes[i]).collect();
-        let xv: Vec<View> = node.inputs.iter().map(|&i| plan.views[i]).collect();
+        let ins: Vec<[usize; 4]> = reads[id].iter().map(|&i| plan.shapes[i]).collect();
+        let xv: Vec<View> = reads[id].iter().map(|&i| plan.views[i]).collect();
         match &node.op {
             Op::Input { .. } => {}
-            Op::Conv2d(c) => out.extend(conv(id, c, ins[0], shape, &xv, y, pack, max, subgroups)?),
+            Op::Conv2d(c) => {
+                let affine = absorbed.get(id).copied().flatten().map(|a| match &g.nodes[a].op {
+                    Op::ChannelAffine { scale, shift, act } => Ok((&scale.data[..], &shift.data[..], *act)),
+                    _ => Err(Error::Graph(format!("node {a} is not a channel affine"))),
+                });
+                let affine = affine.transpose()?;
+                out.extend(conv(id, c, ins[0], shape, &xv, y, pack, max, subgroups, affine)?)
+            }
             Op::BatchNorm(bn) => {
                 let (scale, shift) = bn.scale_shift();
                 let (s, t) = (pack.push(&scale), pack.push(&shift));
@@ -373,27 +445,72 @@ fn conv_kernel(c: &crate::graph::Conv2d, cout: usize, subgroups: bool) -> Kernel
     let [kh, kw] = c.kernel();
     // Few output channels per group (depthwise), or a kernel too large for one weight window:
     // one channel per invocation, weights from the storage buffer.
+    let none = InputAffine::None;
     if cout / c.groups < 8 || kh * kw * CONV_TM > WINDOW_FLOATS {
         Kernel::ConvDirect
     } else if kh == 3 && kw == 3 && c.stride == [1, 1] && c.dilation == [1, 1] {
-        [Kernel::Conv3x3, Kernel::Conv3x3Subgroup][subgroups as usize]
+        [Kernel::Conv3x3(none), Kernel::Conv3x3Subgroup(none)][subgroups as usize]
     } else if kh == 1 && kw == 1 && c.padding == [0, 0] {
         // Any stride: the ResNet downsampling shortcuts (1x1, stride 2) ran 4-6x faster here
         // than on the generic kernel on SwiftShader (README, session 11).
-        [Kernel::Conv1x1, Kernel::Conv1x1Subgroup][subgroups as usize]
+        [Kernel::Conv1x1(none), Kernel::Conv1x1Subgroup(none)][subgroups as usize]
     } else {
-        [Kernel::ConvTiled, Kernel::ConvTiledSubgroup][subgroups as usize]
+        [Kernel::ConvTiled(none), Kernel::ConvTiledSubgroup(none)][subgroups as usize]
     }
+}
+
+/// The channel affines the GPU run skips because the convolution reading them applies them as
+/// it loads its input (every tiled kernel can, for an affine without activation or with ReLU;
+/// see [`crate::graph::passes::input_affines`]). Empty when `fuse` is off.
+pub(crate) fn gpu_input_affines(g: &Graph, subgroups: bool, fuse: bool) -> Vec<Option<NodeId>> {
+    if !fuse {
+        return vec![None; g.nodes.len()];
+    }
+    crate::graph::passes::input_affines(g, |c, act| {
+        let [kh, kw] = c.kernel();
+        // (The affine takes one vec4 per input channel of the weight window.)
+        conv_kernel(c, c.cout(), subgroups) != Kernel::ConvDirect
+            && kh * kw * CONV_TM + 4 <= WINDOW_FLOATS
+            && InputAffine::for_act(act).is_some()
+    })
+}
+
+/// What each node reads in a run where the convolutions apply the affines in `absorbed`
+/// (from [`gpu_input_affines`]) themselves: the affine's input instead of the affine, and the
+/// skipped affine nothing. The memory plan takes its lifetimes from it.
+pub(crate) fn reads_with_input_affines(g: &Graph, absorbed: &[Option<NodeId>]) -> Vec<Vec<NodeId>> {
+    let mut reads: Vec<Vec<NodeId>> = g.nodes.iter().map(|n| n.inputs.clone()).collect();
+    for (id, a) in absorbed.iter().enumerate() {
+        if let Some(a) = *a {
+            reads[id][0] = g.nodes[a].inputs[0];
+            reads[a].clear();
+        }
+    }
+    reads
 }
 
 /// The kernels `lower` turns the nodes of `g` into (output shapes `shapes`), without packing
 /// any parameters: what to compile ahead of the weights.
-pub(crate) fn kernels_of(g: &Graph, shapes: &[[usize; 4]], subgroups: bool) -> Vec<Kernel> {
+pub(crate) fn kernels_of(g: &Graph, shapes: &[[usize; 4]], subgroups: bool, fuse_affines: bool) -> Vec<Kernel> {
+    let absorbed = gpu_input_affines(g, subgroups, fuse_affines);
+    let mut skipped = vec![false; g.nodes.len()];
+    absorbed.iter().flatten().for_each(|&a| skipped[a] = true);
     let mut out = Vec::new();
     for (id, node) in g.nodes.iter().enumerate() {
+        if skipped[id] {
+            continue;
+        }
         let kernel = match &node.op {
             Op::Input { .. } => continue,
-            Op::Conv2d(c) => conv_kernel(c, shapes[id][1], subgroups),
+            Op::Conv2d(c) => {
+                let k = conv_kernel(c, shapes[id][1], subgroups);
+                match absorbed[id].map(|a| &g.nodes[a].op) {
+                    Some(Op::ChannelAffine { act, .. }) => {
+                        k.with_input_affine(InputAffine::for_act(*act).unwrap_or(InputAffine::None))
+                    }
+                    _ => k,
+                }
+            }
             Op::BatchNorm(_)
             | Op::ChannelAffine { .. }
             | Op::Activation(_)
@@ -424,6 +541,7 @@ fn conv(
     pack: &mut ParamPack,
     max: usize,
     subgroups: bool,
+    affine: Option<(&[f32], &[f32], Act)>,
 ) -> Result<Vec<Dispatch>> {
     let [n, cin, h, w] = ins;
     let [_, cout, oh, ow] = out;
@@ -433,6 +551,9 @@ fn conv(
     let cin_g = c.cin_per_group();
     let cout_g = cout / g;
     let direct = conv_kernel(c, cout, subgroups) == Kernel::ConvDirect;
+    if direct && affine.is_some() {
+        return Err(Error::Graph("the direct convolution kernel cannot apply an input affine".into()));
+    }
     let b_off = c.bias.as_ref().map_or(0, |b| pack.push(&b.data));
     let (res_mode, g_off) = match &c.epilogue.residual {
         None => (RES_NONE, 0),
@@ -490,14 +611,31 @@ fn conv(
         let tiles = (oh * ow).div_ceil(CONV_TD).div_ceil(CONV_DIRECT_WG);
         return split_grid(id, Kernel::ConvDirect, un, 0, [tiles, cout, n], CONV_DIRECT_WG, max);
     }
-    // Split input channels into chunks whose 16-channel weight block fits one window, and
-    // group as many output-channel blocks per dispatch as the window holds.
-    let max_ci = (WINDOW_FLOATS / (kk * CONV_TM)).max(1);
+    // An absorbed input affine: (s, t) of each input channel of a dispatch's chunk as one vec4
+    // at the start of its window, before the weight blocks.
+    let (kernel, aff_floats) = match affine {
+        None => (conv_kernel(c, cout, subgroups), 0),
+        Some((_, _, act)) => {
+            let a = InputAffine::for_act(act)
+                .ok_or_else(|| Error::Graph(format!("the convolution kernels cannot apply a {act:?} input affine")))?;
+            (conv_kernel(c, cout, subgroups).with_input_affine(a), 4)
+        }
+    };
+    if let Some((scale, shift, _)) = affine {
+        if scale.len() != cin || shift.len() != cin {
+            return Err(Error::Graph(format!(
+                "an input affine of {} channels before a {cin}-channel convolution",
+                scale.len()
+            )));
+        }
+    }
+    // Split input channels into chunks whose 16-channel weight block (and input affine) fits
+    // one window, and group as many output-channel blocks per dispatch as the window holds.
+    let max_ci = (WINDOW_FLOATS / (kk * CONV_TM + aff_floats)).max(1);
     let n_chunks = cin_g.div_ceil(max_ci);
     let cpc = cin_g.div_ceil(n_chunks);
     let n_blocks = cout_g.div_ceil(CONV_TM);
-    let kernel = conv_kernel(c, cout, subgroups);
-    let tiles = if matches!(kernel, Kernel::Conv1x1 | Kernel::Conv1x1Subgroup) {
+    let tiles = if matches!(kernel, Kernel::Conv1x1(_) | Kernel::Conv1x1Subgroup(_)) {
         (oh * ow).div_ceil(CONV_TN).div_ceil(CONV_TILED_WG)
     } else {
         (ow.div_ceil(CONV_TN) * oh).div_ceil(CONV_TILED_WG)
@@ -508,11 +646,19 @@ fn conv(
             let ci0 = chunk * cpc;
             let ci_n = cpc.min(cin_g - ci0);
             let block = ci_n * kk * CONV_TM;
-            let per_window = (WINDOW_FLOATS / block).max(1);
+            let head = ci_n * aff_floats;
+            let per_window = ((WINDOW_FLOATS - head) / block).max(1);
             let mut cb0 = 0;
             while cb0 < n_blocks {
                 let m = per_window.min(n_blocks - cb0);
-                let mut win = vec![0f32; m * block];
+                let mut win = vec![0f32; head + m * block];
+                if let Some((scale, shift, _)) = affine {
+                    for k in 0..ci_n {
+                        let ch = gi * cin_g + ci0 + k;
+                        win[4 * k] = scale[ch];
+                        win[4 * k + 1] = shift[ch];
+                    }
+                }
                 for b in 0..m {
                     for i in 0..CONV_TM {
                         let co = (cb0 + b) * CONV_TM + i;
@@ -521,7 +667,7 @@ fn conv(
                         }
                         let src = &c.weight.data[((gi * cout_g + co) * cin_g + ci0) * kk..][..ci_n * kk];
                         for (k, &v) in src.iter().enumerate() {
-                            win[(b * ci_n * kk + k) * CONV_TM + i] = v;
+                            win[head + (b * ci_n * kk + k) * CONV_TM + i] = v;
                         }
                     }
                 }

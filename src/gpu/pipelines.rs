@@ -51,7 +51,7 @@ impl PipelineCache {
             if !compiled.pipelines.contains_key(&kernel) {
                 let (src, entry) = kernel.source();
                 let module = compiled.modules.entry(src).or_insert_with(|| trusted_module(device, src, entry));
-                let pipeline = setup::compute_pipeline(device, &compiled.layouts, module, entry);
+                let pipeline = setup::compute_pipeline(device, &compiled.layouts, module, entry, &kernel.constants());
                 compiled.pipelines.insert(kernel, pipeline);
             }
             out.insert(kernel, compiled.pipelines[&kernel].clone());

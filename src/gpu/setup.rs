@@ -42,19 +42,22 @@ pub(crate) fn layouts(device: &wgpu::Device, label: &str, bindings: &[BufferBind
     Layouts { group, pipeline }
 }
 
-/// The compute pipeline of `entry` in `module`, labelled after the entry point.
+/// The compute pipeline of `entry` in `module`, labelled after the entry point, with values for
+/// the module's pipeline-overridable constants (`override` in WGSL; the others keep their
+/// defaults).
 pub(crate) fn compute_pipeline(
     device: &wgpu::Device,
     layouts: &Layouts,
     module: &wgpu::ShaderModule,
     entry: &str,
+    constants: &[(&str, f64)],
 ) -> wgpu::ComputePipeline {
     device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(entry),
         layout: Some(&layouts.pipeline),
         module,
         entry_point: Some(entry),
-        compilation_options: Default::default(),
+        compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
         cache: None,
     })
 }

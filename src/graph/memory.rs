@@ -59,6 +59,19 @@ impl MemoryPlan {
 /// Plans the arena of `g` at batch size `batch`; errors when the graph is invalid or its
 /// shapes do not fit.
 pub fn plan(g: &Graph, batch: usize) -> Result<MemoryPlan> {
+    let reads: Vec<Vec<NodeId>> = g.nodes.iter().map(|n| n.inputs.clone()).collect();
+    plan_with_reads(g, batch, &reads)
+}
+
+/// [`plan`] for an executor that does not read every node's inputs as the graph says:
+/// `reads[id]` is what node `id` actually reads (a convolution that applies its input's affine
+/// itself reads the affine's input, and the skipped affine reads nothing; see
+/// [`super::passes::input_affines`]). Lifetimes follow `reads`; concatenations must read their
+/// inputs as the graph says (their slices are planned from the graph).
+pub fn plan_with_reads(g: &Graph, batch: usize, reads: &[Vec<NodeId>]) -> Result<MemoryPlan> {
+    if reads.len() != g.nodes.len() || reads.iter().flatten().any(|&i| i >= g.nodes.len()) {
+        return Err(Error::Graph("the read lists do not match the graph".into()));
+    }
     let shapes = g.shapes(batch)?;
     let n = g.nodes.len();
     // parent[i] = (concat node, channel offset) when i is written into a concat's slice.
@@ -98,7 +111,7 @@ pub fn plan(g: &Graph, batch: usize) -> Result<MemoryPlan> {
         let start = if matches!(node.op, Op::Input { .. }) { 0 } else { id };
         lifetime[r].0 = lifetime[r].0.min(start);
         lifetime[r].1 = lifetime[r].1.max(id);
-        for &i in &node.inputs {
+        for &i in &reads[id] {
             let ri = root[i].0;
             lifetime[ri].1 = lifetime[ri].1.max(id);
         }

@@ -2,9 +2,10 @@
 //! graph that computes the same outputs (tests check fused == unfused on random graphs).
 //!
 //! Concat-without-copies and buffer reuse are decided by the memory planner (`memory.rs`), which
-//! runs on the graph these passes produce.
+//! runs on the graph these passes produce. [`input_affines`] is an analysis both executors run
+//! on that graph: which batch norms a convolution applies to its input as it reads it.
 
-use super::{Act, Graph, Node, NodeId, Op, Residual};
+use super::{Act, Conv2d, Graph, Node, NodeId, Op, Residual};
 use crate::tensor::Tensor;
 
 /// All inference passes in order: fold batch norms, fuse activations, fuse residual and gated
@@ -21,6 +22,35 @@ pub fn optimize_for_inference(g: &Graph) -> Graph {
     let g = fuse_activations(&g);
     let g = fuse_residual_adds(&g);
     fuse_activations(&g)
+}
+
+/// For every convolution that `can_absorb` (given the convolution and the affine's activation)
+/// whose first input is a channel affine read by nothing else and not a graph output, that
+/// affine's id: the executor skips the affine and the convolution reads the affine's input,
+/// applying the affine (and its activation) to each value as it loads it. Padding stays zero,
+/// as in the normalised tensor. These are the pre-activation batch norm + ReLU pairs that
+/// cannot be folded into weights because the un-normalised tensor is read elsewhere too (the
+/// soft-gated hourglass's residual branches: 51 of them). Each executor says which
+/// convolutions its kernels can do it in (`cpu::conv::copies_input_to_padding`,
+/// `gpu::kernels`); the graph itself is not changed, so training and export never see it.
+pub fn input_affines(graph: &Graph, can_absorb: impl Fn(&Conv2d, Act) -> bool) -> Vec<Option<NodeId>> {
+    let mut readers = vec![0usize; graph.nodes.len()];
+    graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|&i| readers[i] += 1);
+    graph
+        .nodes
+        .iter()
+        .map(|node| match (&node.op, node.inputs.first()) {
+            (Op::Conv2d(c), Some(&a)) => match &graph.nodes[a].op {
+                Op::ChannelAffine { act, .. }
+                    if readers[a] == 1 && !graph.outputs.contains(&a) && can_absorb(c, *act) =>
+                {
+                    Some(a)
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// A node whose output is read only by `consumer` and is not a graph output.

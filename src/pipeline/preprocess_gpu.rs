@@ -98,7 +98,7 @@ impl GpuPreprocess {
                 label: Some("preprocess.wgsl"),
                 source: wgpu::ShaderSource::Wgsl(PREPROCESS_WGSL.into()),
             });
-            let pipeline = setup::compute_pipeline(device, &layouts, &module, "preprocess");
+            let pipeline = setup::compute_pipeline(device, &layouts, &module, "preprocess", &[]);
             Ok(GpuPreprocess { device: device.clone(), pipeline, layout: layouts.group, norm })
         })
     }
