@@ -23,6 +23,36 @@ pub enum LossArg {
     Rce,
 }
 
+/// A network input size for training: `N` (square) or `HxW`, as on the command line
+/// (`--size 160`, `--size 192x128`). Each side must be a multiple of the model's size multiple
+/// (the hourglass: 64); the crop around each person is widened or heightened to its aspect ratio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputSize {
+    /// Height, pixels.
+    pub h: usize,
+    /// Width, pixels.
+    pub w: usize,
+}
+
+impl std::str::FromStr for InputSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let side = |t: &str| t.trim().parse::<usize>().ok().filter(|&v| v > 0);
+        let parsed = match s.split_once(['x', 'X']) {
+            Some((h, w)) => side(h).zip(side(w)).map(|(h, w)| InputSize { h, w }),
+            None => side(s).map(|n| InputSize { h: n, w: n }),
+        };
+        parsed.ok_or_else(|| format!("size `{s}` is not N or HxW with sides of at least 1 (e.g. 160 or 192x128)"))
+    }
+}
+
+impl std::fmt::Display for InputSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.h, self.w)
+    }
+}
+
 /// Learning-rate schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -135,9 +165,10 @@ pub struct TrainConfig {
     /// The teacher's share of each target, 0 to 1 (with `--teacher`).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.5, requires = "teacher"))]
     pub teacher_weight: f32,
-    /// Square input size (a multiple of the model's size multiple); default: the config's.
+    /// Input size, `N` (square) or `HxW` (each side a multiple of the model's size multiple,
+    /// e.g. `192x128` for the hourglass); default: the config's.
     #[cfg_attr(feature = "cli", arg(long))]
-    pub size: Option<usize>,
+    pub size: Option<InputSize>,
     /// Gaussian sigma in heatmap pixels.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 2.0))]
     pub sigma: f32,
@@ -238,5 +269,21 @@ mod tests {
     fn new_matches_the_command_line_defaults() {
         let parsed = Cli::try_parse_from(["wgpose-train", "--model", "sghg-1x64-lsp", "--root", "data/lsp"]).unwrap();
         assert_eq!(parsed.config, TrainConfig::new("sghg-1x64-lsp", "data/lsp"));
+    }
+
+    /// `--size` takes `N` (square) and `HxW`; anything else, or a zero side, is refused when
+    /// the arguments are parsed.
+    #[test]
+    fn sizes_parse_square_and_hxw() {
+        let size = |v: &str| {
+            Cli::try_parse_from(["wgpose-train", "--model", "sghg-1x64-lsp", "--root", "r", "--size", v])
+                .map(|c| c.config.size)
+        };
+        assert_eq!(size("160").unwrap(), Some(InputSize { h: 160, w: 160 }));
+        assert_eq!(size("192x128").unwrap(), Some(InputSize { h: 192, w: 128 }));
+        assert_eq!(InputSize { h: 192, w: 128 }.to_string(), "192x128");
+        for bad in ["0", "192x0", "x128", "192x", "abc", "-64", "1.5"] {
+            assert!(size(bad).is_err(), "{bad}");
+        }
     }
 }

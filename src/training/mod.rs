@@ -14,6 +14,6 @@ pub(crate) mod plot;
 pub mod session;
 
 pub use augment::{make_sample, AugmentConfig, AugmentParams, Occluder, Sample, SampleShape};
-pub use config::TrainConfig;
+pub use config::{InputSize, TrainConfig};
 pub use dataset::{Batch, BatchSource, ImageCache, Loader, TrainSet};
 pub use session::{run, TrainEvent, TrainSummary, ValScore};

@@ -302,7 +302,7 @@ fn optim_path(ckpt: &Path) -> PathBuf {
 pub(crate) fn model_config(a: &TrainConfig) -> Result<ModelConfig> {
     let cfg = models::config(&a.model)?;
     Ok(match a.size {
-        Some(s) => cfg.with_input([cfg.input[0], s, s]),
+        Some(s) => cfg.with_input([cfg.input[0], s.h, s.w]),
         None => cfg,
     })
 }
@@ -335,7 +335,7 @@ pub(crate) fn validate(a: &TrainConfig) -> Result<()> {
             return bad(format!("--{name} must be at least 1"));
         }
     }
-    for (name, v) in [("limit", a.limit), ("val-limit", a.val_limit), ("size", a.size)] {
+    for (name, v) in [("limit", a.limit), ("val-limit", a.val_limit)] {
         if v == Some(0) {
             return bad(format!("--{name} must be at least 1"));
         }
