@@ -296,3 +296,41 @@ fn input_affine_lifetimes_and_shared_affines() {
     check(&off, "fusion off", &g, 1, 402);
     assert_eq!(GpuModel::compile_with(&off, &g, 1).unwrap().fused_input_affines, 0);
 }
+
+/// A dense block whose concatenations are views of the last one's prefixes (the memory plan,
+/// `dense_block_concatenations_are_prefix_views` in tests/memory_plan.rs), with a batch norm +
+/// ReLU before each layer's convolution (absorbed into it) and batch 2 (the views' batch stride
+/// is the whole block's): against the reference.
+#[test]
+fn dense_block_with_prefix_views_matches_reference() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(6);
+    let mut g = Graph::new();
+    let x = g.push("x", Op::Input { chw: [5, 9, 11] }, vec![]).unwrap();
+    let x = g.push("stem", Op::Conv2d(conv_op(&mut rng, 5, 6, [3, 3], 1, 1, 1, 1, true)), vec![x]).unwrap();
+    let mut feats = vec![x];
+    let mut c = 6;
+    for i in 0..3 {
+        let input = if i == 0 { x } else { g.push(format!("cat{i}"), Op::Concat, feats.clone()).unwrap() };
+        let bn = Op::ChannelAffine {
+            scale: vec_param(&mut rng, c, 0.5, 2.0),
+            shift: vec_param(&mut rng, c, -1.0, 1.0),
+            act: Act::Relu,
+        };
+        let a = g.push(format!("bn{i}"), bn, vec![input]).unwrap();
+        let side =
+            g.push(format!("side{i}"), Op::Conv2d(conv_op(&mut rng, c, 3, [1, 1], 1, 0, 1, 1, false)), vec![input]);
+        let y = g
+            .push(format!("layer{i}"), Op::Conv2d(conv_op(&mut rng, c, 3, [3, 3], 1, 1, 1, 1, true)), vec![a])
+            .unwrap();
+        let y = g.push(format!("add{i}"), Op::Add, vec![y, side.unwrap()]).unwrap();
+        feats.push(y);
+        c += 3;
+    }
+    let out = g.push("out", Op::Concat, feats).unwrap();
+    let y = g.push("head", Op::Conv2d(conv_op(&mut rng, c, 4, [1, 1], 1, 0, 1, 1, true)), vec![out]).unwrap();
+    g.outputs = vec![y];
+    check(&ctx, "dense block", &g, 2, 500);
+    let p = wgpose::graph::memory::plan(&g, 2).unwrap();
+    assert!((0..3).all(|k| p.concat_input_in_place(&g, out, k)));
+}

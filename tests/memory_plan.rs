@@ -101,3 +101,40 @@ fn reuse_saves_memory_on_a_deep_chain() {
     assert_eq!(p.arena_len, 2 * 8 * 32 * 32);
     assert_eq!(p.unplanned_len, 21 * 8 * 32 * 32);
 }
+
+/// A dense block (LDCRN): each layer reads the concatenation of the block input and every
+/// earlier layer, and the block outputs the concatenation of all. Every one of those
+/// concatenations is a channel prefix of the last, so nothing is copied: the last one holds
+/// every input and the earlier ones are views of its prefixes. A concatenation in another
+/// order is not a prefix and copies.
+#[test]
+fn dense_block_concatenations_are_prefix_views() {
+    let mut b = wgpose::graph::GraphBuilder::new(1);
+    let x = b.input("input", [3, 8, 8]).unwrap();
+    let x = b.conv("stem", x, wgpose::graph::ConvSpec::new(6, 3)).unwrap();
+    let mut feats = vec![x];
+    let mut cats = Vec::new();
+    for i in 0..4 {
+        let input = if i == 0 { x } else { b.concat(&format!("cat{i}"), &feats).unwrap() };
+        if i > 0 {
+            cats.push(input);
+        }
+        let y = b.conv(&format!("layer{i}"), input, wgpose::graph::ConvSpec::new(2, 3)).unwrap();
+        feats.push(y);
+    }
+    let out = b.concat("out", &feats).unwrap();
+    let swapped = b.concat("swapped", &[feats[1], feats[0]]).unwrap();
+    let y = b.conv("head", out, wgpose::graph::ConvSpec::new(2, 1)).unwrap();
+    let z = b.conv("head2", swapped, wgpose::graph::ConvSpec::new(2, 1)).unwrap();
+    let g = b.finish(vec![y, z]).unwrap();
+    check_plan(&g, 2);
+    let p = plan(&g, 2).unwrap();
+    for &c in cats.iter().chain([&out]) {
+        assert_eq!(p.root[c].0, p.root[out].0, "`{}`", g.nodes[c].name);
+        assert_eq!(p.views[c], wgpose::graph::memory::View { offset: p.views[out].offset, ..p.views[out] });
+        for k in 0..g.nodes[c].inputs.len() {
+            assert!(p.concat_input_in_place(&g, c, k), "`{}` input {k}", g.nodes[c].name);
+        }
+    }
+    assert!(!p.concat_input_in_place(&g, swapped, 0) && !p.concat_input_in_place(&g, swapped, 1));
+}

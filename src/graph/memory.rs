@@ -43,17 +43,40 @@ pub struct MemoryPlan {
 const ALIGN: usize = 64;
 
 impl MemoryPlan {
-    /// True when concat node `id` has nothing to copy for input position `k`.
+    /// True when concat node `id` has nothing to copy for input position `k`: the input already
+    /// lies where the concat's channels `c_off..` are (its producer wrote it there).
     pub fn concat_input_in_place(&self, g: &Graph, id: NodeId, k: usize) -> bool {
-        let input = g.nodes[id].inputs[k];
-        let first = g.nodes[id].inputs.iter().position(|&i| i == input) == Some(k);
-        first && self.root[input].0 == self.root[id].0
+        let inputs = &g.nodes[id].inputs;
+        let input = inputs[k];
+        let first = inputs.iter().position(|&i| i == input) == Some(k);
+        let c_off: usize = inputs[..k].iter().map(|&i| self.shapes[i][1]).sum();
+        let (root, at) = self.root[id];
+        first && self.root[input] == (root, at + c_off)
     }
 
     /// Size of the arena in bytes.
     pub fn peak_bytes(&self) -> usize {
         self.arena_len * 4
     }
+}
+
+/// Where a concatenation of `inputs` already lies in one piece: when every input is placed in the
+/// same concatenation, in order and back to back (channel offsets `off, off + c0, ...`), that
+/// concatenation and `off`.
+fn contiguous_slot(
+    inputs: &[NodeId],
+    parent: &[Option<(NodeId, usize)>],
+    shapes: &[[usize; 4]],
+) -> Option<(NodeId, usize)> {
+    let (p, start) = parent[*inputs.first()?]?;
+    let mut off = start;
+    for &i in inputs {
+        if parent[i] != Some((p, off)) {
+            return None;
+        }
+        off += shapes[i][1];
+    }
+    Some((p, start))
 }
 
 /// Plans the arena of `g` at batch size `batch`; errors when the graph is invalid or its
@@ -75,10 +98,20 @@ pub fn plan_with_reads(g: &Graph, batch: usize, reads: &[Vec<NodeId>]) -> Result
     let shapes = g.shapes(batch)?;
     let n = g.nodes.len();
     // parent[i] = (concat node, channel offset) when i is written into a concat's slice.
+    // Concatenations with more inputs claim them first (then later ones): a dense block's
+    // concatenations (the block input and ever more layer outputs, LDCRN) are channel prefixes
+    // of its last, longest one, so that one holds every input and each earlier one becomes a
+    // view of its prefix instead of a copy.
     let mut parent: Vec<Option<(NodeId, usize)>> = vec![None; n];
-    for (id, node) in g.nodes.iter().enumerate() {
-        if !matches!(node.op, Op::Concat) {
-            continue;
+    let mut concats: Vec<NodeId> = (0..n).filter(|&id| matches!(g.nodes[id].op, Op::Concat)).collect();
+    concats.sort_by_key(|&id| std::cmp::Reverse((g.nodes[id].inputs.len(), id)));
+    for id in concats {
+        let node = &g.nodes[id];
+        if parent[id].is_none() && !g.outputs.contains(&id) {
+            if let Some(slot) = contiguous_slot(&node.inputs, &parent, &shapes) {
+                parent[id] = Some(slot);
+                continue;
+            }
         }
         let mut off = 0;
         for (k, &i) in node.inputs.iter().enumerate() {
