@@ -208,8 +208,7 @@ fn forward_train_timed(
                         (b.mean.data.clone(), b.var.data.clone())
                     };
                     let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + b.eps).sqrt()).collect();
-                    let scale: Vec<f32> = (0..c).map(|i| b.gamma.data[i] * inv_std[i]).collect();
-                    let shift: Vec<f32> = (0..c).map(|i| b.beta.data[i] - mean[i] * scale[i]).collect();
+                    let (scale, shift) = backward::bn_scale_shift(&b.gamma.data, &b.beta.data, &mean, &inv_std);
                     // The executor's batch-norm kernel is this channel affine.
                     let op = Op::ChannelAffine {
                         scale: Tensor { shape: vec![c], data: scale },
@@ -368,6 +367,10 @@ fn backward_timed(
         params.insert(param_name(name, kind), Tensor { shape: shape.to_vec(), data });
     };
     let mut found_input_grads: BTreeMap<NodeId, Tensor> = BTreeMap::new();
+    // A ReLU the forward pass fused into its batch norm hands its gradient on unmasked; the
+    // batch norm's backward step applies the mask (one pass over the tensors instead of two).
+    let fused = fused_activations(graph);
+    let mut relu_after_bn = vec![false; graph.nodes.len()];
     for id in (0..graph.nodes.len()).rev() {
         let node = &graph.nodes[id];
         let Some(dy) = grads[id].take() else {
@@ -396,8 +399,11 @@ fn backward_timed(
             }
             Op::BatchNorm(b) => {
                 let st = tape.bn[id].as_ref().ok_or_else(|| Error::Input("tape lacks batch-norm statistics".into()))?;
+                let affine = relu_after_bn[id]
+                    .then(|| backward::bn_scale_shift(&b.gamma.data, &b.beta.data, &st.mean, &st.inv_std));
+                let relu = affine.as_ref().map(|(a, b)| (&a[..], &b[..]));
                 let (dx, dgamma, dbeta) =
-                    backward::batch_norm_backward(xs[0], &dy, &b.gamma.data, &st.mean, &st.inv_std, st.batch);
+                    backward::batch_norm_backward(xs[0], dy, &b.gamma.data, &st.mean, &st.inv_std, st.batch, relu);
                 put(&node.name, ParamKind::BnGamma, &b.gamma.shape, dgamma);
                 put(&node.name, ParamKind::BnBeta, &b.beta.shape, dbeta);
                 accumulate(&mut grads, node.inputs[0], dx);
@@ -409,8 +415,17 @@ fn backward_timed(
                 accumulate(&mut grads, node.inputs[0], dx);
             }
             Op::Activation(act) => {
-                let dx = backward::activation_backward_owned(y, dy, *act);
-                accumulate(&mut grads, node.inputs[0], dx);
+                let p = node.inputs[0];
+                if *act == Act::Relu
+                    && fused[p] == Some((id, Act::Relu))
+                    && matches!(graph.nodes[p].op, Op::BatchNorm(_))
+                {
+                    relu_after_bn[p] = true;
+                    accumulate(&mut grads, p, dy);
+                } else {
+                    let dx = backward::activation_backward_owned(y, dy, *act);
+                    accumulate(&mut grads, p, dx);
+                }
             }
             Op::MaxPool { .. } => {
                 let am = tape.argmax[id].as_ref().ok_or_else(|| Error::Input("tape lacks max-pool indices".into()))?;
