@@ -389,6 +389,18 @@ fn predict_options_are_checked_before_inference() {
     }
     let o = wgpose(&["predict", s(&sample()), "--device", "both"]);
     assert_fails_with(&o, &["--device both"]);
+    // The image forgotten (the bundled sample becomes the input) and the photo named as the JSON
+    // output: refused, the photo untouched; the same for an input named as the output.
+    let photo = d.join("photo.jpg");
+    std::fs::copy(sample(), &photo).unwrap();
+    let before = std::fs::read(&photo).unwrap();
+    let o = wgpose(&["predict", "--json", s(&photo), "--device", "cpu"]);
+    assert_fails_with(&o, &["--json", "JPEG or PNG image", "refusing"]);
+    let o = wgpose(&["predict", "--json", s(&sample()), "--device", "cpu"]);
+    assert_fails_with(&o, &["--json", "one of the input images"]);
+    let o = wgpose(&["predict", s(&photo), "--overlay", s(&photo), "--device", "cpu"]);
+    assert_fails_with(&o, &["--overlay", "one of the input images"]);
+    assert_eq!(std::fs::read(&photo).unwrap(), before, "the photo was modified");
     let o = wgpose(&["run", "--model", "sghg-1x64-lsp", "--input", "x.npy", "--output", "y.npy", "--device", "both"]);
     assert_fails_with(&o, &["--device both"]);
 }

@@ -129,6 +129,25 @@ fn validate(a: &PredictArgs) -> Result<()> {
     if let Some(json) = a.json.as_ref().filter(|p| p.is_dir()) {
         return Err(Error::Input(format!("--json {} is a directory", json.display())));
     }
+    // Results never replace an input or a picture: `predict --json photo.jpg` (the image
+    // forgotten, so the bundled sample is the input) would otherwise turn photo.jpg into JSON.
+    let inputs = input_images(a);
+    for (flag, out) in [("--json", &a.json), ("--overlay", &a.overlay)] {
+        let Some(out) = out else { continue };
+        if inputs.iter().any(|i| same_file(i, out)) {
+            return Err(Error::Input(format!(
+                "{flag} {} is one of the input images; name a new file for the output",
+                out.display()
+            )));
+        }
+        if flag == "--json" && is_picture(out) {
+            return Err(Error::Input(format!(
+                "--json {} is a JPEG or PNG image; refusing to overwrite it with JSON (images to \
+                 read come first: `wgpose predict IMAGE --json OUT.json`)",
+                out.display()
+            )));
+        }
+    }
     if a.json.is_some() && a.images.iter().any(|p| p.as_os_str() == "people") {
         return Err(Error::Input("an input named `people` would collide with the JSON's `people` key".into()));
     }
@@ -173,13 +192,37 @@ fn describe_failure(path: &Path, e: &Error) -> String {
     }
 }
 
-pub fn run(a: PredictArgs) -> Result<()> {
-    validate(&a)?;
-    let images = if a.images.is_empty() {
+/// The images to read: the arguments, or the bundled sample when there are none.
+fn input_images(a: &PredictArgs) -> Vec<PathBuf> {
+    if a.images.is_empty() {
         vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/sample.jpg")]
     } else {
         a.images.clone()
-    };
+    }
+}
+
+/// Whether two paths name the same existing file (symbolic links and `..` resolved).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Whether `p` is an existing file that starts like a JPEG or a PNG.
+fn is_picture(p: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let Ok(mut f) = std::fs::File::open(p) else { return false };
+    match f.read(&mut head) {
+        Ok(n) => head[..n].starts_with(&[0xFF, 0xD8, 0xFF]) || head[..n].starts_with(b"\x89PNG\r\n\x1a\n"),
+        Err(_) => false,
+    }
+}
+
+pub fn run(a: PredictArgs) -> Result<()> {
+    validate(&a)?;
+    let images = input_images(&a);
     let bbox = a.bbox.as_deref().map(parse_bbox).transpose()?;
     let (cfg, weights) = resolve_model(&a.model)?;
     // The detector is attached below, from --detector with this command's thresholds.
