@@ -27,7 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for &(cin, cout, side, k, stride) in &[
         (64usize, 32usize, 64usize, 3usize, 1usize),
         (32, 16, 64, 3, 1),
+        (64, 32, 32, 3, 1),
         (32, 32, 32, 3, 1),
+        (32, 32, 16, 3, 1),
+        (32, 32, 8, 3, 1),
         (16, 16, 32, 3, 1),
         (64, 64, 32, 3, 1),
         (128, 128, 16, 3, 1),

@@ -5,7 +5,8 @@
 //! weights, its final sigmoid stripped (RCE) or not (MSE), a random batch, batch norms in
 //! training mode. One warm-up step and 3 timed ones; prints the forward and backward time per
 //! operator kind, the convolutions by kernel and stride with the rate each class computes at,
-//! and the slowest nodes. `RAYON_NUM_THREADS` sets the threads.
+//! and the slowest nodes (`TOP=N`: the N slowest, 15 by default). `RAYON_NUM_THREADS` sets the
+//! threads.
 //!
 //! The `wgpose` binary keeps freed memory in the process (`src/main.rs`, `keep_freed_memory`);
 //! this example does not, so on glibc its large tensors page-fault on every step. For the
@@ -109,7 +110,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| (fwd[b] + bwd[b]).total_cmp(&(fwd[a] + bwd[a])));
     println!("slowest nodes (fwd ms, bwd ms, output shape):");
-    for &i in order.iter().take(15) {
+    let top = std::env::var("TOP").ok().and_then(|t| t.parse().ok()).unwrap_or(15);
+    for &i in order.iter().take(top) {
         println!("  {:8.1} {:8.1}  {:?}  {}", fwd[i], bwd[i], shapes[i], graph.nodes[i].name);
     }
     Ok(())

@@ -89,6 +89,7 @@ fn gemm_conv_backward(
         // not needed), into a private dW.
         let items = if need_dx { dxs.len() / (cin * h * w) } else { n - b0 };
         let mut dw = vec![0.0f32; cout * k];
+        dw_from_padded_items(x, dy, c, b0..b0 + items, &mut dw);
         let mut ws = Workspace::default();
         for b in 0..items {
             let dxb = if need_dx { Some(&mut dxs[b * cin * h * w..(b + 1) * cin * h * w]) } else { None };
@@ -110,6 +111,7 @@ fn gemm_conv_backward(
                 .into_par_iter()
                 .map(|i| {
                     let mut dw = vec![0.0f32; cout * k];
+                    dw_from_padded_items(x, dy, c, i * chunk..((i + 1) * chunk).min(n), &mut dw);
                     let mut ws = Workspace::default();
                     for b in i * chunk..((i + 1) * chunk).min(n) {
                         item_backward(x, dy, c, b, None, &mut dw, &mut ws, Parallelism::None, strategy);
@@ -204,11 +206,63 @@ fn weight_grad_without_im2col(c: &Conv2d, cout_g: usize, ow: usize) -> bool {
         Ok("im2col") => Some(false),
         _ => None,
     });
-    c.stride == [1, 1] && forced.unwrap_or(cout_g <= DW_FROM_PADDED_MAX_COUT && ow >= weight_grad::L)
+    // 1x1 convolutions without padding need no im2col: their product reads the input directly.
+    let direct = c.kernel() == [1, 1] && c.padding == [0, 0];
+    c.stride == [1, 1] && !direct && forced.unwrap_or(cout_g <= DW_FROM_PADDED_MAX_COUT && ow >= weight_grad::L)
 }
 
-/// dW (accumulated, per group column-major: see [`rows_from_columns`]) and dX (written, when
-/// given) of batch item `b`.
+/// Bytes of padded input and output gradient one pass of [`dw_from_padded_items`] may span:
+/// within L2, so each tile's passes over the items read from cache.
+const DW_PASS_BYTES: usize = 256 << 10;
+
+/// The weight gradient of batch items `range` (accumulated, per group column-major) when
+/// [`weight_grad_without_im2col`] holds for `c` (else nothing: `item_backward` computes it).
+/// Items go through `weight_grad` several at a time, as many as fit in [`DW_PASS_BYTES`]: on
+/// small images (LDCRN's and the hourglass's 16x16 to 4x4 layers) one item per call left each
+/// tile reducing its accumulators and re-padding the input for a few hundred pixels of work,
+/// and ran at a quarter to half of the large layers' rate.
+fn dw_from_padded_items(x: &Tensor, dy: &Tensor, c: &Conv2d, range: std::ops::Range<usize>, dw: &mut [f32]) {
+    let [_, cin, h, w] = dims(x);
+    let [_, cout, oh, ow] = dims(dy);
+    let groups = c.groups;
+    let (cin_g, cout_g) = (cin / groups, cout / groups);
+    let [kh, kw] = c.kernel();
+    let k = cin_g * kh * kw;
+    if !weight_grad_without_im2col(c, cout_g, ow) {
+        return;
+    }
+    let plane = (h + 2 * c.padding[0]) * (w + 2 * c.padding[1]);
+    let per_item = 4 * (cin * plane + cout * oh * ow);
+    let pass = (DW_PASS_BYTES / per_item.max(1)).max(1);
+    let kernel = Kernel::detect();
+    let mut b0 = range.start;
+    while b0 < range.end {
+        let items = pass.min(range.end - b0);
+        // All channels of the pass's items, padded plane after plane: item `b`'s group `g`
+        // starts `b * cin + g * cin_g` planes in.
+        let xs = &x.data[b0 * cin * h * w..(b0 + items) * cin * h * w];
+        let (padded, offsets, pitch) = padded_source(xs, [items * cin, h, w], [kh, kw], c.padding, c.dilation);
+        for g in 0..groups {
+            let geo = DwGeometry {
+                dy: &dy.data[(b0 * cout + g * cout_g) * oh * ow..],
+                cout_g,
+                oh,
+                ow,
+                padded: &padded[g * cin_g * plane..],
+                pitch,
+                offsets: &offsets[..k],
+                items,
+                dy_item: cout * oh * ow,
+                padded_item: cin * plane,
+            };
+            weight_grad::accumulate(&geo, &mut dw[g * cout_g * k..(g + 1) * cout_g * k], kernel);
+        }
+        b0 += items;
+    }
+}
+
+/// dW (accumulated, per group column-major: see [`rows_from_columns`]; not when
+/// [`dw_from_padded_items`] computes it) and dX (written, when given) of batch item `b`.
 #[allow(clippy::too_many_arguments)]
 fn item_backward(
     x: &Tensor,
@@ -230,7 +284,7 @@ fn item_backward(
     let k = cin_g * kh * kw;
     let direct = kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0];
     let transposed = transposed_padding(c).filter(|_| dxb.is_some());
-    let dw_from_padded = !direct && weight_grad_without_im2col(c, cout_g, ow);
+    let dw_from_padded = weight_grad_without_im2col(c, cout_g, ow);
     if !direct && !dw_from_padded {
         ws.col.resize(k * ohw, 0.0);
     }
@@ -247,11 +301,7 @@ fn item_backward(
         let dyg = &dy.data[ys..ys + cout_g * ohw];
         let wg = &c.weight.data[g * cout_g * k..(g + 1) * cout_g * k];
         let dwg = &mut dw[g * cout_g * k..(g + 1) * cout_g * k];
-        if dw_from_padded {
-            let (padded, offsets, pitch) = padded_source(xg, [cin_g, h, w], [kh, kw], c.padding, c.dilation);
-            let geo = DwGeometry { dy: dyg, cout_g, oh, ow, padded: &padded, pitch, offsets: &offsets };
-            weight_grad::accumulate(&geo, dwg, Kernel::detect());
-        } else {
+        if !dw_from_padded {
             dw_by_product(xg, dyg, c, [cin_g, cout_g, h, w], [oh, ow], direct, dwg, &mut ws.col, par);
         }
         let Some(dxb) = dxb.as_deref_mut() else {
