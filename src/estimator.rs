@@ -22,7 +22,9 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuModel};
 use crate::graph::passes::optimize_for_inference;
 use crate::graph::Graph;
-use crate::models::{config, config as config_of, load_model, load_model_bytes, ModelConfig, WeightsSource};
+use crate::models::{
+    at_trained_input, config, config as config_of, load_model, load_model_bytes, ModelConfig, WeightsSource,
+};
 use crate::pipeline::crop::{warp_batch, CropConfig, CropTransform, ImageRef, Normalization};
 use crate::pipeline::decode::{average_flipped, decode, DecodeConfig, HeatmapKind, Keypoint};
 use crate::pipeline::preprocess_gpu::GpuPreprocess;
@@ -174,6 +176,9 @@ impl Estimator {
         ctx: Option<&GpuContext>,
         opts: EstimatorOptions,
     ) -> Result<Self> {
+        // The input size the weights were trained at (the shipped hourglass's 192x128, LDCRN's
+        // 160x160), unless the caller chose one.
+        let config = &at_trained_input(config, weights)?;
         let skeleton = skeleton_of(config)?;
         let (graph, weights, _card) = load_model(config, weights, opts.seed)?;
         if matches!(weights, WeightsSource::RandomInit { .. }) && !opts.random_weights {

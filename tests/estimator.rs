@@ -305,3 +305,41 @@ fn a_config_without_weights_is_an_error_unless_random_weights_are_asked_for() {
     let est = Estimator::new(&cfg, None, None, opts).unwrap();
     assert_eq!(est.weights, WeightsSource::RandomInit { seed: 7 });
 }
+
+/// The shipped weights carry the input size they were trained at (the hourglass 192x128, LDCRN
+/// 160x160): naming a config gets that size, as loading the file does, unless the caller set
+/// another; and the estimator built by name gives the same keypoints as the one built from the
+/// file (before session 20, by name cropped at the config's 128x128).
+#[test]
+fn named_configs_run_at_their_weights_input_size() {
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&models).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+            continue;
+        }
+        let from_file = wgpose::models::ModelConfig::from_weights_file(&path).unwrap();
+        let named = config(from_file.name).unwrap();
+        let resolved = wgpose::models::at_trained_input(&named, None).unwrap();
+        assert_eq!(resolved.input, from_file.input, "{}", path.display());
+        let custom = named.with_input([3, 64, 64]);
+        assert_eq!(wgpose::models::at_trained_input(&custom, None).unwrap().input, [3, 64, 64]);
+        checked += 1;
+    }
+    assert!(checked >= 3, "expected the shipped weights in {}", models.display());
+    let hourglass = models.join("sghg-1x64-lsp.safetensors");
+    assert_ne!(
+        wgpose::models::ModelConfig::from_weights_file(&hourglass).unwrap().input,
+        config("sghg-1x64-lsp").unwrap().input,
+        "the shipped hourglass no longer differs from its config's size: this test checks nothing"
+    );
+    let img = load_rgb(&sample()).unwrap();
+    let mut by_name = Estimator::from_name("sghg-1x64-lsp", wgpose::Device::Cpu).unwrap();
+    let mut by_file = Estimator::from_file(&hourglass, wgpose::Device::Cpu).unwrap();
+    let (a, b) = (by_name.estimate(&img, None).unwrap(), by_file.estimate(&img, None).unwrap());
+    assert_eq!(a.len(), 1);
+    for (p, q) in a[0].keypoints.iter().zip(&b[0].keypoints) {
+        assert_eq!((p.x, p.y, p.score), (q.x, q.y, q.score));
+    }
+}

@@ -84,6 +84,42 @@ pub fn bundled_weights(name: &str) -> Option<&'static [u8]> {
     }
 }
 
+/// `cfg` at the input size its trained weights were made for. When `cfg` still has its named
+/// configuration's input size and the weights [`load_model`] would read for it (`weights`, else
+/// the shipped file, else the bundled copy) carry a model card with another one, that size
+/// (and the card's joint count); otherwise `cfg` unchanged. The shipped hourglass and LDCRN
+/// were trained at 192x128 and 160x160 while their configurations say 128x128: without this, a
+/// caller naming them (`Estimator::from_name`, `wgpose predict --model NAME`) cropped people at
+/// 128x128 for weights that expect more pixels. A caller who set another size keeps it.
+pub fn at_trained_input(cfg: &ModelConfig, weights: Option<&Path>) -> Result<ModelConfig> {
+    if super::config(cfg.name).map(|named| named.input != cfg.input).unwrap_or(true) {
+        return Ok(*cfg);
+    }
+    let card = match weights {
+        Some(p) => Some(crate::weights::read_card(p)?),
+        None => {
+            let p = shipped_weights_path(cfg.name);
+            if p.is_file() {
+                Some(crate::weights::read_card(&p)?)
+            } else {
+                bundled_weights(cfg.name)
+                    .map(|bytes| read_card_bytes(bytes, &format!("bundled weights of {}", cfg.name)))
+                    .transpose()?
+            }
+        }
+    };
+    let mut out = *cfg;
+    if let Some(card) = card.filter(|c| c.config == cfg.name) {
+        if let Some(input) = card.input {
+            out = out.with_input(input);
+        }
+        if let Some(j) = card.joints {
+            out = out.with_joints(j);
+        }
+    }
+    Ok(out)
+}
+
 /// Builds `cfg` and fills in weights, looking in this order: `weights` if given, else the shipped
 /// file [`shipped_weights_path`] (in `$WGPOSE_MODELS`, else the source tree's `models/`) if
 /// present, else the [`bundled_weights`] of the config, else a random initialisation from `seed`.

@@ -31,8 +31,8 @@ use crate::graph::{Graph, Op};
 pub use fasterpose::{Backbone, FasterPoseArch, Head};
 pub use ldcrn::LdcrnArch;
 pub use load::{
-    bundled_weights, calibrate_batch_norms, config_for_weights, load_model, load_model_bytes, models_dir,
-    shipped_weights_path, WeightsSource,
+    at_trained_input, bundled_weights, calibrate_batch_norms, config_for_weights, load_model, load_model_bytes,
+    models_dir, shipped_weights_path, WeightsSource,
 };
 pub use person_detector::{DEFAULT_DETECTOR, DETECTOR_CHANNELS};
 pub use soft_gated_hourglass::HourglassArch;
