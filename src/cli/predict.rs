@@ -91,13 +91,7 @@ pub fn resolve_model(model: &str) -> Result<(ModelConfig, Option<PathBuf>)> {
         if card.epochs == Some(0) {
             eprintln!("warning: {model} was trained for 0 epochs: its weights are a random initialisation");
         }
-        let mut cfg = config(&card.config)?;
-        if let Some(input) = card.input {
-            cfg = cfg.with_input(input);
-        }
-        if let Some(j) = card.joints {
-            cfg = cfg.with_joints(j);
-        }
+        let cfg = config(&card.config)?.with_card(&card);
         return Ok((cfg, Some(p.to_path_buf())));
     }
     Ok((config(model)?, None))

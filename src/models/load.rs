@@ -44,18 +44,24 @@ impl std::fmt::Display for WeightsSource {
 }
 
 impl ModelConfig {
+    /// This configuration with the input size and joint count a model card records (each only
+    /// when the card has it): the network the card's weights were trained as.
+    pub fn with_card(self, card: &ModelCard) -> ModelConfig {
+        let cfg = match card.input {
+            Some(input) => self.with_input(input),
+            None => self,
+        };
+        match card.joints {
+            Some(j) => cfg.with_joints(j),
+            None => cfg,
+        }
+    }
+
     /// The configuration a weights file was trained for: the one its model card names, with the
     /// card's input size and joint count.
     pub fn from_weights_file(path: &Path) -> Result<ModelConfig> {
         let card = crate::weights::read_card(path)?;
-        let mut cfg = super::config(&card.config)?;
-        if let Some(input) = card.input {
-            cfg = cfg.with_input(input);
-        }
-        if let Some(j) = card.joints {
-            cfg = cfg.with_joints(j);
-        }
-        Ok(cfg)
+        Ok(super::config(&card.config)?.with_card(&card))
     }
 }
 
@@ -108,16 +114,10 @@ pub fn at_trained_input(cfg: &ModelConfig, weights: Option<&Path>) -> Result<Mod
             }
         }
     };
-    let mut out = *cfg;
-    if let Some(card) = card.filter(|c| c.config == cfg.name) {
-        if let Some(input) = card.input {
-            out = out.with_input(input);
-        }
-        if let Some(j) = card.joints {
-            out = out.with_joints(j);
-        }
-    }
-    Ok(out)
+    Ok(match card.filter(|c| c.config == cfg.name) {
+        Some(card) => cfg.with_card(&card),
+        None => *cfg,
+    })
 }
 
 /// Builds `cfg` and fills in weights, looking in this order: `weights` if given, else the shipped
@@ -222,14 +222,7 @@ pub fn calibrate_batch_norms(graph: &mut Graph, inputs: &[crate::Tensor]) -> Res
 /// --model FILE` resolves it.
 pub fn config_for_weights(bytes: &[u8], label: &str) -> Result<ModelConfig> {
     let card = read_card_bytes(bytes, label)?;
-    let mut cfg = super::config(&card.config)?;
-    if let Some(input) = card.input {
-        cfg = cfg.with_input(input);
-    }
-    if let Some(j) = card.joints {
-        cfg = cfg.with_joints(j);
-    }
-    Ok(cfg)
+    Ok(super::config(&card.config)?.with_card(&card))
 }
 
 /// Builds `cfg` and loads the weights file `bytes` (already in memory; `label` names it in
