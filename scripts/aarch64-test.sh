@@ -17,7 +17,11 @@ if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/
 fi
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
-cargo test --release --target aarch64-unknown-linux-gnu --target-dir "${AARCH64_TARGET_DIR:-target}" \
-  --lib -- cpu::
-cargo test --release --target aarch64-unknown-linux-gnu --target-dir "${AARCH64_TARGET_DIR:-target}" \
-  --test cpu_ops
+# The kernels under test are wgpose's own, built at opt-level 3 as users get them; the other
+# crates (wgpu, naga, tract, criterion: compiled only because the test targets link them, none of
+# them run here) are left unoptimised, which halves this cross build, a slow step of `.ci/run`.
+FAST_DEPS=(--config 'profile.release.package."*".opt-level=0' --config 'profile.release.package."*".codegen-units=256')
+cargo test --release "${FAST_DEPS[@]}" --target aarch64-unknown-linux-gnu \
+  --target-dir "${AARCH64_TARGET_DIR:-target}" --lib -- cpu::
+cargo test --release "${FAST_DEPS[@]}" --target aarch64-unknown-linux-gnu \
+  --target-dir "${AARCH64_TARGET_DIR:-target}" --test cpu_ops
