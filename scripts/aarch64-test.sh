@@ -20,8 +20,9 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch
 # The kernels under test are wgpose's own, built at opt-level 3 as users get them; the other
 # crates (wgpu, naga, tract, criterion: compiled only because the test targets link them, none of
 # them run here) are left unoptimised, which halves this cross build, a slow step of `.ci/run`.
-FAST_DEPS=(--config 'profile.release.package."*".opt-level=0' --config 'profile.release.package."*".codegen-units=256')
-cargo test --release "${FAST_DEPS[@]}" --target aarch64-unknown-linux-gnu \
-  --target-dir "${AARCH64_TARGET_DIR:-target}" --lib -- cpu::
-cargo test --release "${FAST_DEPS[@]}" --target aarch64-unknown-linux-gnu \
-  --target-dir "${AARCH64_TARGET_DIR:-target}" --test cpu_ops
+# Without the default `cli` feature: no CLI binary (clap) to build for the integration test.
+ARGS=(--release --no-default-features --target aarch64-unknown-linux-gnu --target-dir "${AARCH64_TARGET_DIR:-target}"
+  --config 'profile.release.package."*".opt-level=0' --config 'profile.release.package."*".codegen-units=256')
+cargo test "${ARGS[@]}" --lib --test cpu_ops --no-run
+cargo test "${ARGS[@]}" --lib -- cpu::
+cargo test "${ARGS[@]}" --test cpu_ops

@@ -5,9 +5,15 @@
 # or publishing wgpose-weights (its build.rs refuses a package without them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin wgpose
+# WGPOSE_CLI names an already built CLI (.ci/run passes the one its test build made: building the
+# bin alone resolves other crate features than the workspace's test build and recompiled for
+# minutes); else it is built here.
+if [ -z "${WGPOSE_CLI:-}" ]; then
+  cargo build --release --bin wgpose
+fi
+WGPOSE_CLI=${WGPOSE_CLI:-./target/release/wgpose}
 mkdir -p wgpose-weights/models
 while read -r config; do
   case "$config" in ''|'#'*) continue ;; esac
-  ./target/release/wgpose convert-weights --f16 "models/$config.safetensors" "wgpose-weights/models/$config.safetensors"
+  "$WGPOSE_CLI" convert-weights --f16 "models/$config.safetensors" "wgpose-weights/models/$config.safetensors"
 done < wgpose-weights/bundle.txt

@@ -15,8 +15,10 @@ fi
 if ! wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $WASM_BINDGEN_VERSION"; then
   # --locked uses the CLI's own lock file; a registry that lacks one of its pinned versions
   # makes that fail, and the unlocked install resolves within the same semver ranges.
-  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --locked ||
-    cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+  # --debug: it compiles in half the time (76 s instead of 168 s on session 21's CI clone) and
+  # writes the same files, in 1 s instead of 0.2 s per module.
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --debug --locked ||
+    cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --debug
 fi
 
 # The root target/ is shared with the native build (different target triple, no clash).
@@ -54,10 +56,11 @@ cp ../tests/fixtures/lspet-val/images/im0800[1-3].jpg dist/fixtures/
 
 # The ONNX files of the benchmark page, written by the native CLI when it has been built
 # (`cargo build --release`): the shipped models at 128x128.
-if [ -x ../target/release/wgpose ]; then
+CLI=${WGPOSE_CLI:-../target/release/wgpose}
+if [ -x "$CLI" ]; then
   mkdir -p dist/onnx
   for m in fasterpose-r18-s16-lsp sghg-1x64-lsp; do
-    ../target/release/wgpose export --model "$m" --size 128x128 --onnx "dist/onnx/$m-128x128.onnx" 2>/dev/null
+    "$CLI" export --model "$m" --size 128x128 --onnx "dist/onnx/$m-128x128.onnx" 2>/dev/null
   done
 fi
 

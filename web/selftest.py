@@ -161,7 +161,7 @@ def png_fixtures():
 def native_predict(model, device, detect=False):
     """Native keypoints of the top person per image; with `detect`, the `people` lists instead."""
     out = tempfile.mktemp(suffix=".json")
-    exe = os.path.join(ROOT, "target", "release", "wgpose")
+    exe = os.environ.get("WGPOSE_CLI") or os.path.join(ROOT, "target", "release", "wgpose")
     images = IMAGES + [BLANK] if detect else IMAGES
     imgs = [os.path.join(DIST, i) for i in images]
     # --no-detect: the self-test runs on the whole image as the box, like the page; with

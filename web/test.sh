@@ -12,7 +12,12 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
-cargo build --release --bin wgpose
+# WGPOSE_CLI: an already built native CLI to compare with (.ci/run passes its test build's);
+# else it is built here.
+if [ -z "${WGPOSE_CLI:-}" ]; then
+  cargo build --release --bin wgpose
+fi
+export WGPOSE_CLI=${WGPOSE_CLI:-$PWD/target/release/wgpose}
 bash web/build.sh
 if ! /usr/bin/python3 -c "import PIL" 2>/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pil >/dev/null

@@ -666,10 +666,10 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
     let batches_per_epoch = if per_epoch < a.batch.max(1) { 1 } else { per_epoch / a.batch.max(1) } as u64;
     let total_steps = batches_per_epoch * a.epochs as u64;
     progress(&TrainEvent::Message(format!(
-        "training {} ({}x{}, {} params) with {} / {} on {training_data}",
+        "training {} ({}x{} HxW, {} params) with {} / {} on {training_data}",
         cfg.name,
-        shape.input_w,
         shape.input_h,
+        shape.input_w,
         graph.param_count(),
         match loss_kind {
             LossArg::Mse => "MSE",
