@@ -147,6 +147,12 @@ fn conv_cases() -> Vec<ConvCase> {
         c(2, 7, [17, 23], 9, 1),
         c(1, 7, [17, 23], 9, 1).stride(2),
         c(1, 7, [8, 9], 9, 1).pad(1),
+        // 1x1 with several panels of output channels (its input gathered pixel-major, in
+        // blocks): channel counts that are not multiples of 8, stride 2, groups, several blocks.
+        c(2, 13, [17, 23], 37, 1),
+        c(1, 20, [15, 17], 33, 1).stride(2),
+        c(1, 24, [9, 9], 40, 1).groups(2),
+        c(1, 64, [33, 35], 48, 1),
         // Groups, depthwise, and depthwise with a channel multiplier (GEMM path).
         c(2, 6, [17, 23], 10, 3).groups(2),
         c(1, 6, [11, 13], 4, 1).groups(2),
@@ -570,7 +576,10 @@ fn random_graph(seed: u64) -> (Graph, Vec<[usize; 3]>) {
                         (b.gated_add(&name("pre_gate"), cur, cat, 0.5).unwrap(), [c, h, w])
                     }
                     1 => {
-                        // dense block: a padded convolution reads the input too
+                        // dense block: a padded convolution reads the input too; half the
+                        // time wide enough that the 1x1 convolution gathers its input
+                        // pixel-major (more than one panel of output channels)
+                        let cout = if rng.below(2) == 0 { 17 + rng.below(20) } else { cout };
                         let side = b.conv(&name("pre_side"), src, ConvSpec::new(cout, 3)).unwrap();
                         let conv = b.conv(&name("pre_conv"), y, ConvSpec::new(cout, 1)).unwrap();
                         (b.add(&name("pre_add"), side, conv).unwrap(), [cout, h, w])

@@ -27,7 +27,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{matmul_offsets, matmul_panels, offsets_slack, Epilogue, Kernel, Mat, MatMut, Panels, Parallelism};
-use super::indirect::{conv_indirect, PackedWeights};
+use super::indirect::{conv_indirect, conv_pointwise, PackedWeights};
 use super::ops::{act_in_place, planes_per_task, valid_range, Planes};
 use crate::graph::{Act, Conv2d, Residual};
 use crate::tensor::Tensor;
@@ -86,20 +86,73 @@ impl InputAffine<'_> {
     }
 }
 
-/// Whether `c` copies its whole input into a zero padding, so that it can apply an
-/// [`InputAffine`] and gather a concatenation's parts ([`Planes`]) on the way at no extra cost: a
-/// padded convolution that is not depthwise, on the indirect path or at stride 1.
-pub(crate) fn copies_input_to_padding(c: &Conv2d) -> bool {
-    !is_depthwise(c) && c.padding != [0, 0] && (ConvStrategy::detect() == ConvStrategy::Indirect || c.stride == [1, 1])
+/// Whether `c` copies its whole input (into a zero padding, or gathered pixel-major), so that it
+/// can apply an [`InputAffine`] and gather a concatenation's parts ([`Planes`]) on the way at no
+/// extra cost: a padded convolution that is not depthwise, on the indirect path or at stride 1,
+/// and the pointwise ones [`gathers_pixels`] picks.
+pub(crate) fn copies_input(c: &Conv2d) -> bool {
+    let indirect = ConvStrategy::detect() == ConvStrategy::Indirect;
+    !is_depthwise(c) && ((c.padding != [0, 0] && (indirect || c.stride == [1, 1])) || gathers_pixels(c))
+}
+
+/// Whether `c` runs as a pointwise convolution with its input gathered pixel-major a block at a
+/// time ([`conv_pointwise`]): a 1x1 convolution without padding (any stride) on the indirect
+/// path, with more than one panel of output channels. Read in place, its input is read once
+/// per panel, from another plane at every depth step; with one panel, in place costs less (the
+/// hourglass's 128 -> 16 heatmap layer: 0.33 ms in place, 0.39-0.43 gathered, one Zen 3 thread).
+fn gathers_pixels(c: &Conv2d) -> bool {
+    let cout_g = c.cout() / c.groups;
+    ConvStrategy::detect() == ConvStrategy::Indirect
+        && !is_depthwise(c)
+        && c.kernel() == [1, 1]
+        && c.padding == [0, 0]
+        && cout_g > super::indirect::kernel_for(Kernel::detect(), cout_g).shape().1
 }
 
 /// `c`'s weights packed for the indirect kernel.
 pub(crate) fn pack_weights(c: &Conv2d) -> PackedWeights {
-    let [kh, kw] = c.kernel();
-    let cout_g = c.cout() / c.groups;
-    let kernel = super::indirect::kernel_for(Kernel::detect(), cout_g);
-    PackedWeights::new(kernel, &c.weight.data, c.groups, cout_g, c.cin_per_group() * kh * kw)
+    pack_weights_for(c, super::indirect::kernel_for(Kernel::detect(), c.cout() / c.groups))
 }
+
+/// `c`'s weights packed for `kernel`'s tiles, in the depth order `c`'s input is read in.
+fn pack_weights_for(c: &Conv2d, kernel: Kernel) -> PackedWeights {
+    let [kh, kw] = c.kernel();
+    let (cout_g, cin_g) = (c.cout() / c.groups, c.cin_per_group());
+    let k = cin_g * kh * kw;
+    if !reads_pixel_major_padding(c) {
+        return PackedWeights::new(kernel, &c.weight.data, c.groups, cout_g, k);
+    }
+    // Depth in the padded copy's order: tap (ky, kx), then input channel.
+    let mut w = vec![0.0f32; c.weight.data.len()];
+    for (dst, src) in w.chunks_exact_mut(k).zip(c.weight.data.chunks_exact(k)) {
+        for ci in 0..cin_g {
+            for t in 0..kh * kw {
+                dst[t * cin_g + ci] = src[ci * kh * kw + t];
+            }
+        }
+    }
+    PackedWeights::new(kernel, &w, c.groups, cout_g, k)
+}
+
+/// Whether `c`, on the indirect path, reads its input from a pixel-major zero-padded copy
+/// ([`zero_padded_pixel_major`]) with its depth ordered tap, then input channel: padded
+/// convolutions that are not depthwise, with at least [`PIXEL_MAJOR_MIN_CHANNELS`] input
+/// channels per group (the others copy planes, [`zero_padded`]). A tile's depth steps then read
+/// each of its pixels' values as one contiguous run per tap instead of one cache line per channel
+/// plane and kernel row: the kernel alone, on a 3x3, 64 -> 64 layer at 32x32 (ResNet-18's
+/// layer1), ran at 95.5 GFLOP/s instead of 87.3 on one Zen 3 thread.
+fn reads_pixel_major_padding(c: &Conv2d) -> bool {
+    !is_depthwise(c) && c.padding != [0, 0] && c.cin_per_group() >= PIXEL_MAJOR_MIN_CHANNELS
+}
+
+/// Input channels per group from which a padded convolution reads its input pixel-major. With
+/// 16 or 32 the runs are one or two cache lines per tap and the planes did better (the soft-gated
+/// hourglass's 32 -> 16 and 16 -> 16 layers took 5-20% longer pixel-major); whole models on one
+/// Zen 3 thread (`examples/cpu_profile`, two runs each): from 64 channels 7.99-8.08 / 10.38 /
+/// 11.38-11.39 ms (hourglass, LDCRN, default model), from 16 channels 8.17-8.68 / 10.55-10.76 /
+/// 11.47-11.50, from 1 channel 8.19-9.20 / 10.58-10.69 / 11.42-11.97, never 8.02-8.10 / 10.48 /
+/// 11.84-12.14.
+const PIXEL_MAJOR_MIN_CHANNELS: usize = 64;
 
 /// Convolution with its fused epilogue. `x` is `[n, cin, h, w]` (in several parts, or with
 /// `input`, an affine applied to it first, only where [`copies_input_to_padding`]: panics
@@ -115,7 +168,7 @@ pub(crate) fn conv2d(
     input: Option<InputAffine>,
 ) -> Tensor {
     assert!(
-        (input.is_none() && x.whole().is_some()) || copies_input_to_padding(c),
+        (input.is_none() && x.whole().is_some()) || copies_input(c),
         "conv2d: this convolution reads its input in place"
     );
     let mut y = vec![0.0f32; out.iter().product()];
@@ -248,21 +301,53 @@ fn indirect_conv(
         }
     };
     let ([sy, sx], [py, px], [dy, dx]) = (c.stride, c.padding, c.dilation);
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    if gathers_pixels(c) {
+        for b in 0..n {
+            for g in 0..groups {
+                let input = input.map(|a| a.from_channel(g * cin_g));
+                let gather = |q0: usize, out: &mut [f32]| {
+                    gather_pixels(|ci| x.plane(b, g * cin_g + ci), cin_g, [sy, sx], [w, ow], input, q0, out)
+                };
+                let y0 = (b * cout + g * cout_g) * ohw;
+                let epilogue =
+                    |row: usize, col0: usize, v: &mut [f32]| ep.apply(v, g * cout_g + row, y0 + row * ohw + col0);
+                let epilogue: Option<Epilogue> = if ep.is_identity() { None } else { Some(&epilogue) };
+                conv_pointwise(&mut y[y0..y0 + cout_g * ohw], ohw, packed, g, ohw, &gather, par, epilogue);
+            }
+        }
+        return;
+    }
     let pads = py > 0 || px > 0;
     assert!(
         (input.is_none() && x.whole().is_some()) || pads,
         "indirect_conv: an input affine or parts need the padded copy"
     );
-    let pitch = if pads { w + 2 * px } else { w };
-    let plane = if pads { (h + 2 * py) * pitch } else { hw };
-    let offsets = tap_offsets(cin_g, [kh, kw], [dy, dx], plane, pitch);
-    let pix: Vec<usize> = (0..ohw).map(|q| (q / ow) * sy * pitch + (q % ow) * sx).collect();
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let pm = reads_pixel_major_padding(c);
+    // Padded: pixel-major, depth (ky, kx, ci), as the weights were packed; else planes in place.
+    let (offsets, pix): (Vec<usize>, Vec<usize>) = if pm {
+        let wp = w + 2 * px;
+        let offsets = (0..kh * kw)
+            .flat_map(|t| (0..cin_g).map(move |ci| ((t / kw) * dy * wp + (t % kw) * dx) * cin_g + ci))
+            .collect();
+        (offsets, (0..ohw).map(|q| ((q / ow) * sy * wp + (q % ow) * sx) * cin_g).collect())
+    } else {
+        let pitch = if pads { w + 2 * px } else { w };
+        let plane = if pads { (h + 2 * py) * pitch } else { hw };
+        let offsets = tap_offsets(cin_g, [kh, kw], [dy, dx], plane, pitch);
+        (offsets, (0..ohw).map(|q| (q / ow) * sy * pitch + (q % ow) * sx).collect())
+    };
     for b in 0..n {
         for g in 0..groups {
             let input = input.map(|a| a.from_channel(g * cin_g));
-            let padded = pads.then(|| zero_padded(|ci| x.plane(b, g * cin_g + ci), [cin_g, h, w], [py, px], input));
+            let padded = pads.then(|| {
+                if pm {
+                    zero_padded_pixel_major(|ci| x.plane(b, g * cin_g + ci), [cin_g, h, w], [py, px], input)
+                } else {
+                    zero_padded(|ci| x.plane(b, g * cin_g + ci), [cin_g, h, w], [py, px], input)
+                }
+            });
             let y0 = (b * cout + g * cout_g) * ohw;
             let epilogue =
                 |row: usize, col0: usize, v: &mut [f32]| ep.apply(v, g * cout_g + row, y0 + row * ohw + col0);
@@ -273,6 +358,115 @@ fn indirect_conv(
                 None => &x.whole().expect("one part").data[(b * cin + g * cin_g) * hw..][..cin_g * hw],
             };
             conv_indirect(&mut y[y0..y0 + cout_g * ohw], ohw, packed, g, src, &pix, &offsets, par, epilogue);
+        }
+    }
+}
+
+/// Output pixels `q0..` of a pointwise convolution's input channels `plane(0..k)`, pixel-major
+/// (`out[i * k + ci]`, as many pixels as `out` holds), through `input` when given.
+fn gather_pixels<'a>(
+    plane: impl Fn(usize) -> &'a [f32],
+    k: usize,
+    [sy, sx]: [usize; 2],
+    [w, ow]: [usize; 2],
+    input: Option<InputAffine>,
+    q0: usize,
+    out: &mut [f32],
+) {
+    if k == 0 {
+        return;
+    }
+    let n = out.len() / k;
+    let unit = sy == 1 && sx == 1;
+    let src: Vec<usize> =
+        if unit { Vec::new() } else { (q0..q0 + n).map(|q| (q / ow) * sy * w + (q % ow) * sx).collect() };
+    // Eight channels at a time: eight read streams, one 32-byte run written per pixel.
+    const CH: usize = 8;
+    for ci0 in (0..k).step_by(CH) {
+        let m = CH.min(k - ci0);
+        let planes: [&[f32]; CH] = std::array::from_fn(|j| plane(ci0 + j.min(m - 1)));
+        if unit {
+            let runs: [&[f32]; CH] = std::array::from_fn(|j| &planes[j][q0..q0 + n]);
+            // Whole 8 x 8 blocks by vector transposes where the CPU has them.
+            let done = if m == CH { transpose_runs(&runs, &mut out[ci0..], k) } else { 0 };
+            for (i, row) in out.chunks_exact_mut(k).enumerate().skip(done) {
+                for (j, v) in row[ci0..ci0 + m].iter_mut().enumerate() {
+                    *v = runs[j][i];
+                }
+            }
+        } else {
+            for (row, &s) in out.chunks_exact_mut(k).zip(&src) {
+                for (j, v) in row[ci0..ci0 + m].iter_mut().enumerate() {
+                    *v = planes[j][s];
+                }
+            }
+        }
+    }
+    if let Some(a) = input {
+        let (scale, shift) = (&a.scale[..k], &a.shift[..k]);
+        for row in out.chunks_exact_mut(k) {
+            row.iter_mut().zip(scale.iter().zip(shift)).for_each(|(v, (m, b))| *v = m * *v + b);
+            act_in_place(row, a.act);
+        }
+    }
+}
+
+/// `out[i * stride + j] = runs[j][i]` for the first pixels `i` in whole groups of eight (all
+/// eight runs equally long), by AVX2 8 x 8 transposes; returns how many pixels it wrote (0 without
+/// AVX2).
+fn transpose_runs(runs: &[&[f32]; 8], out: &mut [f32], stride: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        let n = runs[0].len() / 8 * 8;
+        assert!(runs.iter().all(|r| r.len() >= n) && (n == 0 || (n - 1) * stride + 8 <= out.len()));
+        for i in (0..n).step_by(8) {
+            // SAFETY: AVX2 is present (checked); every run holds pixels i..i + 8 and `out` rows
+            // i..i + 8 hold 8 values at stride `stride` (asserted above).
+            unsafe {
+                transpose_8x8_avx2(
+                    std::array::from_fn(|j| runs[j][i..].as_ptr()),
+                    out[i * stride..].as_mut_ptr(),
+                    stride,
+                )
+            };
+        }
+        return n;
+    }
+    let _ = (runs, out, stride);
+    0
+}
+
+/// Eight runs of eight values (`rows[j][0..8]`) written transposed: `out[i * stride + j]`.
+///
+/// # Safety
+/// AVX2 must be available; each `rows[j]` readable for 8 values, `out` writable at rows `0..8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_8x8_avx2(rows: [*const f32; 8], out: *mut f32, stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: per the contract.
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(rows[j]));
+        // Pairs of rows interleaved, then quads: u0 holds pixels 0 and 4 of channels 0..4, ...
+        let (t0, t1) = (_mm256_unpacklo_ps(r[0], r[1]), _mm256_unpackhi_ps(r[0], r[1]));
+        let (t2, t3) = (_mm256_unpacklo_ps(r[2], r[3]), _mm256_unpackhi_ps(r[2], r[3]));
+        let (t4, t5) = (_mm256_unpacklo_ps(r[4], r[5]), _mm256_unpackhi_ps(r[4], r[5]));
+        let (t6, t7) = (_mm256_unpacklo_ps(r[6], r[7]), _mm256_unpackhi_ps(r[6], r[7]));
+        let u = [
+            _mm256_shuffle_ps::<0x44>(t0, t2),
+            _mm256_shuffle_ps::<0xEE>(t0, t2),
+            _mm256_shuffle_ps::<0x44>(t1, t3),
+            _mm256_shuffle_ps::<0xEE>(t1, t3),
+        ];
+        let v = [
+            _mm256_shuffle_ps::<0x44>(t4, t6),
+            _mm256_shuffle_ps::<0xEE>(t4, t6),
+            _mm256_shuffle_ps::<0x44>(t5, t7),
+            _mm256_shuffle_ps::<0xEE>(t5, t7),
+        ];
+        for i in 0..4 {
+            _mm256_storeu_ps(out.add(i * stride), _mm256_permute2f128_ps::<0x20>(u[i], v[i]));
+            _mm256_storeu_ps(out.add((i + 4) * stride), _mm256_permute2f128_ps::<0x31>(u[i], v[i]));
         }
     }
 }
@@ -348,6 +542,54 @@ fn zero_padded<'a>(
         body.par_chunks_mut(plane).with_min_len(planes_per_task(plane)).enumerate().for_each(|(ci, d)| fill(ci, d));
     } else {
         body.chunks_mut(plane).enumerate().for_each(|(ci, d)| fill(ci, d));
+    }
+    padded
+}
+
+/// The `cin_g` planes `src_plane(ci)` (`h x w` each, through `input` when given) copied
+/// pixel-major into a zero border of `py` rows and `px` columns on each side: value
+/// `(ci, y, x)` at `((y + py) * (w + 2 px) + x + px) * cin_g + ci`. Whole groups of eight
+/// channels and pixels go through vector transposes ([`transpose_runs`]); parallel over rows
+/// when there are threads and enough values to share.
+fn zero_padded_pixel_major<'a>(
+    src_plane: impl Fn(usize) -> &'a [f32] + Sync,
+    [cin_g, h, w]: [usize; 3],
+    [py, px]: [usize; 2],
+    input: Option<InputAffine>,
+) -> Vec<f32> {
+    let wp = w + 2 * px;
+    let row = wp * cin_g;
+    let mut padded = vec![0.0f32; (h + 2 * py) * row];
+    let planes: Vec<&[f32]> = (0..cin_g).map(&src_plane).collect();
+    let fill = |y: usize, dst: &mut [f32]| {
+        // dst: padded row y + py; its interior starts at pixel px.
+        let interior = &mut dst[px * cin_g..(px + w) * cin_g];
+        for ci0 in (0..cin_g).step_by(8) {
+            let m = 8.min(cin_g - ci0);
+            let runs: [&[f32]; 8] = std::array::from_fn(|j| &planes[ci0 + j.min(m - 1)][y * w..(y + 1) * w]);
+            let done = if m == 8 { transpose_runs(&runs, &mut interior[ci0..], cin_g) } else { 0 };
+            for (i, px_vals) in interior.chunks_exact_mut(cin_g).enumerate().skip(done) {
+                for (j, v) in px_vals[ci0..ci0 + m].iter_mut().enumerate() {
+                    *v = runs[j][i];
+                }
+            }
+        }
+        if let Some(a) = input {
+            let (scale, shift) = (&a.scale[..cin_g], &a.shift[..cin_g]);
+            for px_vals in interior.chunks_exact_mut(cin_g) {
+                px_vals.iter_mut().zip(scale.iter().zip(shift)).for_each(|(v, (m, b))| *v = m * *v + b);
+                act_in_place(px_vals, a.act);
+            }
+        }
+    };
+    let body = &mut padded[py * row..(py + h) * row];
+    if cin_g > 0 && w > 0 {
+        let rows_per_task = planes_per_task(row);
+        if rayon::current_num_threads() > 1 && h >= 2 * rows_per_task {
+            body.par_chunks_mut(row).with_min_len(rows_per_task).enumerate().for_each(|(y, d)| fill(y, d));
+        } else {
+            body.chunks_mut(row).enumerate().for_each(|(y, d)| fill(y, d));
+        }
     }
     padded
 }
@@ -628,6 +870,41 @@ mod tests {
     use crate::graph::Epilogue as ConvEpilogue;
     use crate::rng::Rng;
 
+    /// The pixel-major gather against plain indexing: unit stride (vector transposes for whole
+    /// groups of eight channels and pixels, plain copies for the rest) and stride 2, channel
+    /// and pixel counts that are not multiples of 8, with and without an input affine.
+    #[test]
+    fn gather_pixels_matches_indexing() {
+        let mut rng = Rng::new(23);
+        for &(k, h, w, s, q0, n) in &[
+            (8, 4, 4, 1, 0, 16),
+            (19, 5, 7, 1, 3, 29),
+            (24, 9, 9, 1, 8, 40),
+            (13, 9, 11, 2, 2, 20),
+            (3, 2, 2, 1, 0, 4),
+        ] {
+            let x = rng.vec(k * h * w, -1.0, 1.0);
+            let (oh, ow) = ((h - 1) / s + 1, (w - 1) / s + 1);
+            let n = n.min(oh * ow - q0);
+            let (scale, shift) = (rng.vec(k, -2.0, 2.0), rng.vec(k, -1.0, 1.0));
+            for affine in [None, Some(InputAffine { scale: &scale, shift: &shift, act: Act::Relu })] {
+                let mut out = vec![f32::NAN; n * k];
+                gather_pixels(|ci| &x[ci * h * w..(ci + 1) * h * w], k, [s, s], [w, ow], affine, q0, &mut out);
+                for i in 0..n {
+                    let (oy, ox) = ((q0 + i) / ow, (q0 + i) % ow);
+                    for ci in 0..k {
+                        let v = x[ci * h * w + oy * s * w + ox * s];
+                        let want = match affine {
+                            None => v,
+                            Some(a) => (a.scale[ci] * v + a.shift[ci]).max(0.0),
+                        };
+                        assert_eq!(out[i * k + ci], want, "k {k} {h}x{w} stride {s}: pixel {}, channel {ci}", q0 + i);
+                    }
+                }
+            }
+        }
+    }
+
     /// Both strategies (the indirect one with the panels of every kernel this CPU runs, whatever
     /// `ConvStrategy::detect` picks here) against the reference convolution, on strides,
     /// paddings, dilations, groups and sizes that are not multiples of any tile, with a bias,
@@ -646,6 +923,10 @@ mod tests {
             (16, 7, 1, [3, 3], [2, 2], [1, 1], [1, 1], 10, 10),
             (4, 9, 1, [3, 1], [1, 2], [1, 0], [1, 1], 6, 9),
             (2, 3, 1, [2, 2], [1, 1], [0, 0], [1, 1], 1 + 1, 2),
+            // Pixel-major padded copies (at least 64 input channels per group): channel and
+            // pixel counts that are not multiples of 8, groups, stride and dilation.
+            (134, 20, 2, [3, 3], [1, 1], [1, 1], [1, 1], 9, 11),
+            (64, 17, 1, [3, 3], [2, 1], [2, 2], [2, 2], 12, 10),
         ];
         for (i, &(cin, cout, groups, kernel, stride, padding, dilation, h, w)) in cases.iter().enumerate() {
             let cin_g = cin / groups;
@@ -714,9 +995,8 @@ mod tests {
                     if parts.len() > 1 { " in parts" } else { "" }
                 );
                 let ep = EpilogueRef::new(&c, Some(&r));
-                let k = cin_g * kernel[0] * kernel[1];
                 for kern in Kernel::supported() {
-                    let packed = PackedWeights::new(kern, &c.weight.data, groups, cout / groups, k);
+                    let packed = pack_weights_for(&c, kern);
                     let mut y = vec![f32::NAN; want.data.len()];
                     indirect_conv(&planes, &c, out, &ep, &mut y, Some(&packed), input);
                     check(&format!("indirect {kern:?}{with}"), &y);

@@ -132,19 +132,20 @@ impl PackedGraph {
 }
 
 /// The channel affines the runs skip because the convolution reading them applies them while
-/// copying its input into the padding ([`conv::copies_input_to_padding`]); see
+/// copying its input (into a padding, or gathered pixel-major) ([`conv::copies_input`]); see
 /// [`crate::graph::passes::input_affines`]. In the soft-gated hourglass every pre-activation
 /// batch norm + ReLU is one (51 nodes).
 fn input_affines(graph: &Graph) -> Vec<Option<NodeId>> {
-    crate::graph::passes::input_affines(graph, |c, _| conv::copies_input_to_padding(c))
+    crate::graph::passes::input_affines(graph, |c, _| conv::copies_input(c))
 }
 
 /// The concatenations whose readers all take their operand as parts ([`ops::Planes`]): channel
-/// affines, gated adds, and convolutions that copy their input into a padding anyway (directly
-/// or through an input affine they apply). Not graph outputs. The run skips them and hands
-/// their readers the parts. In the hourglass, each block's concatenation of its three
-/// convolutions feeds only the gated residual add; in LDCRN's dense blocks, a 3x3 convolution
-/// and a batch norm + ReLU read each one.
+/// affines, gated adds, and convolutions that copy their input anyway, into a padding or
+/// gathered pixel-major ([`conv::copies_input`], directly or through an input affine they
+/// apply). Not graph outputs. The run skips them and hands their readers the parts. In the
+/// hourglass, each block's concatenation of its three convolutions feeds only the gated
+/// residual add, and each level's merge of the skip and upsampled branches only its 1x1
+/// convolution; in LDCRN's dense blocks, a 3x3 convolution and a batch norm + ReLU read each one.
 fn virtual_concats(graph: &Graph) -> Vec<bool> {
     let mut ok: Vec<bool> = graph
         .nodes
@@ -161,7 +162,7 @@ fn virtual_concats(graph: &Graph) -> Vec<bool> {
                 // (An affine a convolution absorbed is read through that convolution's padded
                 // copy, which takes parts as well.)
                 Op::ChannelAffine { .. } | Op::BatchNorm(_) | Op::GatedAdd { .. } => true,
-                Op::Conv2d(c) => k == 0 && conv::copies_input_to_padding(c),
+                Op::Conv2d(c) => k == 0 && conv::copies_input(c),
                 _ => false,
             };
             ok[i] = takes_parts;

@@ -31,7 +31,7 @@ pub fn optimize_for_inference(g: &Graph) -> Graph {
 /// as in the normalised tensor. These are the pre-activation batch norm + ReLU pairs that
 /// cannot be folded into weights because the un-normalised tensor is read elsewhere too (the
 /// soft-gated hourglass's residual branches: 51 of them). Each executor says which
-/// convolutions its kernels can do it in (`cpu::conv::copies_input_to_padding`,
+/// convolutions its kernels can do it in (`cpu::conv::copies_input`,
 /// `gpu::kernels`); the graph itself is not changed, so training and export never see it.
 pub fn input_affines(graph: &Graph, can_absorb: impl Fn(&Conv2d, Act) -> bool) -> Vec<Option<NodeId>> {
     let mut readers = vec![0usize; graph.nodes.len()];
