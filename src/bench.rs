@@ -57,6 +57,12 @@ pub fn op_cases() -> Vec<(&'static str, [usize; 4], Op)> {
             [1, 64, 128, 128],
             Op::MaxPool { kernel: [3, 3], stride: [2, 2], padding: [1, 1] },
         ),
+        (
+            "max_pool 2x2/2 128 @64x64",
+            [1, 128, 64, 64],
+            Op::MaxPool { kernel: [2, 2], stride: [2, 2], padding: [0, 0] },
+        ),
+        ("upsample_nearest x2 128 @32x32", [1, 128, 32, 32], Op::UpsampleNearest { factor: 2 }),
     ]
 }
 

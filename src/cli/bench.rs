@@ -8,7 +8,7 @@ use super::{open_gpu, DeviceArg};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Suite {
-    /// Single layers: 3x3, 1x1, 7x7/2, depthwise convs, pixel shuffle, max pool.
+    /// Single layers: 3x3, 1x1, 7x7/2, depthwise convs, pixel shuffle, max pools, nearest upsampling.
     Ops,
     /// Whole networks: latency, first-call latency, GFLOP/s and memory per config.
     Models,

@@ -105,8 +105,18 @@ pub(crate) fn upsample_nearest(x: &Tensor, f: usize) -> Tensor {
         |(d, s)| {
             for (i, block) in d.chunks_exact_mut(f * ow).enumerate() {
                 let (first, rest) = block.split_at_mut(ow);
-                for (o, &v) in first.chunks_exact_mut(f).zip(&s[i * w..(i + 1) * w]) {
-                    o.fill(v);
+                let src = &s[i * w..(i + 1) * w];
+                if f == 2 {
+                    // The common factor as pairs, which vectorise (`fill` on each two-value
+                    // run did not: 0.46 ms for 128 planes of 32x32 on one Zen 3 thread).
+                    for (o, &v) in first.chunks_exact_mut(2).zip(src) {
+                        o[0] = v;
+                        o[1] = v;
+                    }
+                } else {
+                    for (o, &v) in first.chunks_exact_mut(f).zip(src) {
+                        o.fill(v);
+                    }
                 }
                 for r in rest.chunks_exact_mut(ow) {
                     r.copy_from_slice(first);

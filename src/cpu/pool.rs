@@ -260,14 +260,54 @@ fn rows_first_plane(g: &Geometry, plan: &Plan, s: &[f32], d: &mut [f32], scratch
         for iy in y0 + 1..y1 {
             max_into(v, &s[iy * w..(iy + 1) * w]);
         }
-        split_phases(v, sx, phase_len, &mut scratch.phases);
         let drow = &mut d[oy * ow..(oy + 1) * ow];
+        if pairs_row(g, v, drow) {
+            continue;
+        }
+        split_phases(v, sx, phase_len, &mut scratch.phases);
         for (o, &c) in drow.iter_mut().zip(&plan.first_col) {
             *o = v[c];
         }
         for &(x0, x1, at) in &plan.taps {
             max_into(&mut drow[x0..x1], &scratch.phases[at..at + (x1 - x0)]);
         }
+    }
+}
+
+/// The column pass of the two common stride-2 windows straight from pairs of the row's values,
+/// without splitting it into phases: 2 wide without padding (the hourglass's pool) and 3 wide
+/// with one column of padding (ResNet's stem pool). Returns false for any other geometry.
+/// ResNet-18's stem pool (64 planes of 64x64) took 0.25-0.39 ms on one Zen 3 thread through
+/// the phases, ONNX Runtime's 0.04.
+fn pairs_row(g: &Geometry, v: &[f32], d: &mut [f32]) -> bool {
+    let max = |a: f32, b: f32| if b > a { b } else { a };
+    match (g.kernel[1], g.stride[1], g.padding[1]) {
+        (2, 2, 0) => {
+            // Output x: columns 2x, 2x + 1 (the last clipped to 2x when w is odd).
+            for (o, p) in d.iter_mut().zip(v.chunks_exact(2)) {
+                *o = max(p[0], p[1]);
+            }
+            if g.ow > g.w / 2 {
+                d[g.ow - 1] = v[g.w - 1];
+            }
+            true
+        }
+        (3, 2, 1) => {
+            // Output x: columns 2x - 1, 2x, 2x + 1, clipped; in window order, so ties keep the first.
+            let full = g.w / 2;
+            if full > 0 {
+                d[0] = max(v[0], v[1]);
+                for (o, w) in d[1..full].iter_mut().zip(v[1..].windows(3).step_by(2)) {
+                    *o = max(max(w[0], w[1]), w[2]);
+                }
+            }
+            if g.ow > full {
+                // w odd: the last window is columns w - 2, w - 1 (or column 0 alone when w = 1).
+                d[g.ow - 1] = if g.w >= 2 { max(v[g.w - 2], v[g.w - 1]) } else { v[0] };
+            }
+            true
+        }
+        _ => false,
     }
 }
 
