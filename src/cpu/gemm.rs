@@ -318,7 +318,7 @@ tile_kernels!(tile_portable, tile_off_portable, tile_ind_portable, PORTABLE_MR, 
 /// Rows of the portable tile: 8 on aarch64 (32 vector registers: 16 accumulators + 3), else 6:
 /// wasm engines map v128 values onto the 16 xmm registers of an x86-64 host, as SSE does, and
 /// 12 accumulators + 2 weight vectors + 1 broadcast fit where 8 rows spill.
-const PORTABLE_MR: usize = if cfg!(target_arch = "aarch64") { 8 } else { 6 };
+pub(crate) const PORTABLE_MR: usize = if cfg!(target_arch = "aarch64") { 8 } else { 6 };
 
 fn tile_fn(kernel: Kernel) -> TileFn {
     match kernel {

@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{threads_for, tile_ind_fn, DstPtr, Epilogue, Kernel, Parallelism};
+use super::gemm::{threads_for, tile_ind_fn, DstPtr, Epilogue, Kernel, Parallelism, PORTABLE_MR};
 
 /// A convolution's weights (`[groups * cout_g, k]` row-major, `k = cin_g*kh*kw`) packed for the
 /// indirect kernel: per group, `ceil(cout_g / NR)` panels of `k` rows of `NR` values (channel
@@ -85,6 +85,49 @@ pub fn kernel_for(widest: Kernel, cout_g: usize) -> Kernel {
     }
 }
 
+/// Writes a finished tile (`buf[i * NR + j]`: pixel `i`, channel `j`) to its place in the
+/// output: channel `j`'s first `rows` pixels at `dst + j * row_stride`, for `channels` channels.
+type StoreFn = unsafe fn(&[f32; MAX_TILE], *mut f32, usize, usize, usize);
+
+/// The tile store of `kernel`'s `MR x NR` tiles, with the shape known at compile time: whole
+/// tiles' pixel loops unrolled, no bounds checks (the store is the main per-tile cost besides
+/// the kernel on layers of shallow depth).
+fn store_fn(kernel: Kernel) -> StoreFn {
+    match kernel {
+        Kernel::Avx512 => store_tile::<8, 32>,
+        Kernel::Avx2 => store_tile::<6, 16>,
+        Kernel::Avx2Narrow => store_tile::<8, 8>,
+        Kernel::Portable => store_tile::<PORTABLE_MR, 8>,
+    }
+}
+
+/// # Safety
+/// `dst + j * row_stride + i` must be writable for `j < channels <= NR`, `i < rows <= MR`.
+unsafe fn store_tile<const MR: usize, const NR: usize>(
+    buf: &[f32; MAX_TILE],
+    dst: *mut f32,
+    row_stride: usize,
+    channels: usize,
+    rows: usize,
+) {
+    const { assert!(MR * NR <= MAX_TILE) };
+    let channels = channels.min(NR);
+    if rows == MR {
+        for j in 0..channels {
+            let run: [f32; MR] = std::array::from_fn(|i| buf[i * NR + j]);
+            // SAFETY: per the contract (rows == MR).
+            unsafe { (dst.add(j * row_stride) as *mut [f32; MR]).write_unaligned(run) };
+        }
+    } else {
+        for j in 0..channels {
+            for i in 0..rows.min(MR) {
+                // SAFETY: per the contract.
+                unsafe { dst.add(j * row_stride + i).write(buf[i * NR + j]) };
+            }
+        }
+    }
+}
+
 /// The largest tile (`MR * NR`) and tile height of any kernel.
 const MAX_TILE: usize = 8 * 32;
 const MAX_ROWS: usize = 8;
@@ -129,6 +172,7 @@ pub fn conv_indirect(
     let kernel = weights.kernel;
     let (mr, nr) = kernel.shape();
     let tile = tile_ind_fn(kernel);
+    let store = store_fn(kernel);
     let panels = weights.group(g);
     let (pix_tiles, col_panels) = (npix.div_ceil(mr), cout.div_ceil(nr));
     // Tiles in channel-panel-major order: a task's run of tiles mostly shares one weight panel
@@ -163,12 +207,9 @@ pub fn conv_indirect(
                 unsafe {
                     tile(k, src.as_ptr(), pix_ptr, offsets.as_ptr(), panels[jp * k * nr..].as_ptr(), buf.as_mut_ptr())
                 };
-                for c in c0..c1 {
-                    // SAFETY: channel c < cout, pixels q0..q0 + rows <= npix <= row_stride:
-                    // inside dst (asserted above); tiles are disjoint, this one is this task's.
-                    let run = unsafe { std::slice::from_raw_parts_mut(dst.get().add(c * row_stride + q0), rows) };
-                    run.iter_mut().enumerate().for_each(|(i, v)| *v = buf[i * nr + c - c0]);
-                }
+                // SAFETY: channels c0..c1 < cout, pixels q0..q0 + rows <= npix <= row_stride:
+                // inside dst (asserted above); tiles are disjoint, this one is this task's.
+                unsafe { store(&buf, dst.get().add(c0 * row_stride + q0), row_stride, c1 - c0, rows) };
             }
             // The epilogue once per channel over the segment's pixels (not per tile: a tile's
             // run is only MR values), while they are still in cache.
@@ -239,6 +280,7 @@ pub fn conv_pointwise(
     }
     let blocks = npix.div_ceil(block);
     let tile = tile_ind_fn(kernel);
+    let store = store_fn(kernel);
     let panels = weights.group(g);
     let offsets: Vec<usize> = (0..k).collect();
     let dst = DstPtr(dst.as_mut_ptr());
@@ -271,12 +313,9 @@ pub fn conv_pointwise(
                         )
                     };
                 }
-                for c in c0..c1 {
-                    // SAFETY: channel c < cout, pixels q0 + t0 .. + rows <= npix <= row_stride:
-                    // inside dst (asserted above); blocks are disjoint, this one is this task's.
-                    let run = unsafe { std::slice::from_raw_parts_mut(dst.get().add(c * row_stride + q0 + t0), rows) };
-                    run.iter_mut().enumerate().for_each(|(i, v)| *v = buf[i * nr + c - c0]);
-                }
+                // SAFETY: channels c0..c1 < cout, pixels q0 + t0 .. + rows <= npix <= row_stride:
+                // inside dst (asserted above); blocks are disjoint, this one is this task's.
+                unsafe { store(&buf, dst.get().add(c0 * row_stride + q0 + t0), row_stride, c1 - c0, rows) };
             }
             if let Some(ep) = epilogue {
                 for c in c0..c1 {
