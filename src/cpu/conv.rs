@@ -97,9 +97,10 @@ pub(crate) fn copies_input(c: &Conv2d) -> bool {
 
 /// Whether `c` runs as a pointwise convolution with its input gathered pixel-major a block at a
 /// time ([`conv_pointwise`]): a 1x1 convolution without padding (any stride) on the indirect
-/// path, with more than one panel of output channels. Read in place, its input is read once
-/// per panel, from another plane at every depth step; with one panel, in place costs less (the
-/// hourglass's 128 -> 16 heatmap layer: 0.33 ms in place, 0.39-0.43 gathered, one Zen 3 thread).
+/// path, with more than one panel of output channels, where the CPU has vector transposes
+/// ([`has_vector_transposes`]). Read in place, its input is read once per panel, from another
+/// plane at every depth step; with one panel, in place costs less (the hourglass's 128 -> 16
+/// heatmap layer: 0.33 ms in place, 0.39-0.43 gathered, one Zen 3 thread).
 fn gathers_pixels(c: &Conv2d) -> bool {
     let cout_g = c.cout() / c.groups;
     ConvStrategy::detect() == ConvStrategy::Indirect
@@ -107,6 +108,7 @@ fn gathers_pixels(c: &Conv2d) -> bool {
         && c.kernel() == [1, 1]
         && c.padding == [0, 0]
         && cout_g > super::indirect::kernel_for(Kernel::detect(), cout_g).shape().1
+        && has_vector_transposes()
 }
 
 /// `c`'s weights packed for the indirect kernel.
@@ -142,7 +144,21 @@ fn pack_weights_for(c: &Conv2d, kernel: Kernel) -> PackedWeights {
 /// plane and kernel row: the kernel alone, on a 3x3, 64 -> 64 layer at 32x32 (ResNet-18's
 /// layer1), ran at 95.5 GFLOP/s instead of 87.3 on one Zen 3 thread.
 fn reads_pixel_major_padding(c: &Conv2d) -> bool {
-    !is_depthwise(c) && c.padding != [0, 0] && c.cin_per_group() >= PIXEL_MAJOR_MIN_CHANNELS
+    !is_depthwise(c) && c.padding != [0, 0] && c.cin_per_group() >= PIXEL_MAJOR_MIN_CHANNELS && has_vector_transposes()
+}
+
+/// Whether [`transpose_runs`] has vector transposes on this CPU (x86-64 with AVX2). Elsewhere
+/// (aarch64, the browser's wasm build) pixel-major copies would be scalar scatters, measured
+/// nowhere: those targets keep reading planes.
+fn has_vector_transposes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Input channels per group from which a padded convolution reads its input pixel-major. With
