@@ -4,7 +4,11 @@
 //! depthwise, per batch item and group, as `out^T = im2col^T x W^T` in tiles of output pixels x
 //! output channels (`super::indirect`): the input, copied into its zero padding when the
 //! convolution pads, is read in place through each pixel's receptive-field corner and each tap's
-//! offset, and the weights come packed (once per `super::PackedGraph`, else per call).
+//! offset, and the weights come packed (once per `super::PackedGraph`, else per call). On x86-64
+//! with AVX2, padded convolutions with at least 64 input channels copy their input pixel-major
+//! (channels of a pixel contiguous, depth ordered tap then channel), and 1x1 convolutions with
+//! more than one panel of output channels gather blocks of pixels pixel-major
+//! (`super::indirect::conv_pointwise`): a tile's depth steps then read contiguous runs.
 //!
 //! **Matrix product** (`gemm`, the AVX-512 default):
 //!
