@@ -406,14 +406,7 @@ fn gather_pixels<'a>(
         let m = CH.min(k - ci0);
         let planes: [&[f32]; CH] = std::array::from_fn(|j| plane(ci0 + j.min(m - 1)));
         if unit {
-            let runs: [&[f32]; CH] = std::array::from_fn(|j| &planes[j][q0..q0 + n]);
-            // Whole 8 x 8 blocks by vector transposes where the CPU has them.
-            let done = if m == CH { transpose_runs(&runs, &mut out[ci0..], k) } else { 0 };
-            for (i, row) in out.chunks_exact_mut(k).enumerate().skip(done) {
-                for (j, v) in row[ci0..ci0 + m].iter_mut().enumerate() {
-                    *v = runs[j][i];
-                }
-            }
+            interleave_channels(std::array::from_fn(|j| &planes[j][q0..q0 + n]), m, &mut out[ci0..], k);
         } else {
             for (row, &s) in out.chunks_exact_mut(k).zip(&src) {
                 for (j, v) in row[ci0..ci0 + m].iter_mut().enumerate() {
@@ -422,11 +415,28 @@ fn gather_pixels<'a>(
             }
         }
     }
+    apply_to_pixels(input, out, k);
+}
+
+/// `out[i * stride + j] = runs[j][i]` for the first `m` runs (all of one length) and every
+/// pixel `i`: whole groups of eight pixels by vector transposes when all eight runs count
+/// ([`transpose_runs`]), the rest one value at a time.
+fn interleave_channels(runs: [&[f32]; 8], m: usize, out: &mut [f32], stride: usize) {
+    let done = if m == 8 { transpose_runs(&runs, out, stride) } else { 0 };
+    for (i, px) in out.chunks_mut(stride).enumerate().take(runs[0].len()).skip(done) {
+        for (j, v) in px[..m].iter_mut().enumerate() {
+            *v = runs[j][i];
+        }
+    }
+}
+
+/// `act(scale[ci] * v + shift[ci])` on every pixel's `k` channels of a pixel-major `out`.
+fn apply_to_pixels(input: Option<InputAffine>, out: &mut [f32], k: usize) {
     if let Some(a) = input {
         let (scale, shift) = (&a.scale[..k], &a.shift[..k]);
-        for row in out.chunks_exact_mut(k) {
-            row.iter_mut().zip(scale.iter().zip(shift)).for_each(|(v, (m, b))| *v = m * *v + b);
-            act_in_place(row, a.act);
+        for px in out.chunks_exact_mut(k) {
+            px.iter_mut().zip(scale.iter().zip(shift)).for_each(|(v, (m, b))| *v = m * *v + b);
+            act_in_place(px, a.act);
         }
     }
 }
@@ -586,21 +596,10 @@ fn zero_padded_pixel_major<'a>(
         let interior = &mut dst[px * cin_g..(px + w) * cin_g];
         for ci0 in (0..cin_g).step_by(8) {
             let m = 8.min(cin_g - ci0);
-            let runs: [&[f32]; 8] = std::array::from_fn(|j| &planes[ci0 + j.min(m - 1)][y * w..(y + 1) * w]);
-            let done = if m == 8 { transpose_runs(&runs, &mut interior[ci0..], cin_g) } else { 0 };
-            for (i, px_vals) in interior.chunks_exact_mut(cin_g).enumerate().skip(done) {
-                for (j, v) in px_vals[ci0..ci0 + m].iter_mut().enumerate() {
-                    *v = runs[j][i];
-                }
-            }
+            let runs = std::array::from_fn(|j| &planes[ci0 + j.min(m - 1)][y * w..(y + 1) * w]);
+            interleave_channels(runs, m, &mut interior[ci0..], cin_g);
         }
-        if let Some(a) = input {
-            let (scale, shift) = (&a.scale[..cin_g], &a.shift[..cin_g]);
-            for px_vals in interior.chunks_exact_mut(cin_g) {
-                px_vals.iter_mut().zip(scale.iter().zip(shift)).for_each(|(v, (m, b))| *v = m * *v + b);
-                act_in_place(px_vals, a.act);
-            }
-        }
+        apply_to_pixels(input, interior, cin_g);
     };
     let body = &mut padded[py * row..(py + h) * row];
     if cin_g > 0 && w > 0 {
