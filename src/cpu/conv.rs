@@ -48,24 +48,48 @@ pub enum ConvStrategy {
 }
 
 impl ConvStrategy {
-    /// `WGPOSE_CPU_CONV=indirect` or `=gemm` if set; otherwise indirect, measured faster with
-    /// the AVX2 and the portable kernels (README, "CPU executor speed"), except with the AVX-512
-    /// kernel: the matrix-product form is the one measured against ONNX Runtime there, and the
-    /// indirect one has not been timed on an AVX-512 machine yet.
+    /// The strategy of training's backward pass: `WGPOSE_CPU_CONV=indirect` or `=gemm` if set;
+    /// otherwise indirect, measured faster with the AVX2 and the portable kernels (README, "CPU
+    /// executor speed"), except with the AVX-512 kernel, where the backward pass has only been
+    /// timed as matrix products. The forward pass picks by layer ([`ConvStrategy::for_conv`]).
     pub fn detect() -> ConvStrategy {
-        static STRATEGY: std::sync::OnceLock<ConvStrategy> = std::sync::OnceLock::new();
-        *STRATEGY.get_or_init(|| match std::env::var("WGPOSE_CPU_CONV").as_deref() {
-            Ok("indirect") => ConvStrategy::Indirect,
-            Ok("gemm") => ConvStrategy::Gemm,
-            _ if Kernel::detect() == Kernel::Avx512 => ConvStrategy::Gemm,
-            _ => ConvStrategy::Indirect,
+        match Self::forced() {
+            Some(s) => s,
+            None if Kernel::detect() == Kernel::Avx512 => ConvStrategy::Gemm,
+            None => ConvStrategy::Indirect,
+        }
+    }
+
+    /// The strategy `WGPOSE_CPU_CONV` forces, if any.
+    fn forced() -> Option<ConvStrategy> {
+        static FORCED: std::sync::OnceLock<Option<ConvStrategy>> = std::sync::OnceLock::new();
+        *FORCED.get_or_init(|| match std::env::var("WGPOSE_CPU_CONV").as_deref() {
+            Ok("indirect") => Some(ConvStrategy::Indirect),
+            Ok("gemm") => Some(ConvStrategy::Gemm),
+            _ => None,
         })
+    }
+
+    /// The strategy of convolution `c` in the forward pass: `WGPOSE_CPU_CONV`'s if set, otherwise
+    /// indirect (on AVX-512 since session 23, where it was 1.0-1.2x faster on the ResNet and
+    /// hourglass models), except that with the AVX-512
+    /// kernel, layers of fewer than 32 output channels per group run as matrix products: the
+    /// indirect path would give them a narrower AVX2 tile (its 32-channel panels would be half
+    /// zeros), where the product puts the pixels along the 32-wide vectors. LDCRN (layers of 8
+    /// and 16 channels), one thread of an AVX-512 Xeon, session 23: all indirect 11.7 ms, all
+    /// matrix products 10.8 ms, by layer N ms.
+    pub(crate) fn for_conv(c: &Conv2d) -> ConvStrategy {
+        match Self::forced() {
+            Some(s) => s,
+            None if Kernel::detect() == Kernel::Avx512 && c.cout() / c.groups < 32 => ConvStrategy::Gemm,
+            None => ConvStrategy::Indirect,
+        }
     }
 }
 
 /// Whether convolution `c` runs through prepacked weights (what `super::PackedGraph` packs).
 pub(crate) fn uses_packed_weights(c: &Conv2d) -> bool {
-    !is_depthwise(c) && ConvStrategy::detect() == ConvStrategy::Indirect
+    !is_depthwise(c) && ConvStrategy::for_conv(c) == ConvStrategy::Indirect
 }
 
 fn is_depthwise(c: &Conv2d) -> bool {
@@ -95,7 +119,7 @@ impl InputAffine<'_> {
 /// extra cost: a padded convolution that is not depthwise, on the indirect path or at stride 1,
 /// and the pointwise ones [`gathers_pixels`] picks.
 pub(crate) fn copies_input(c: &Conv2d) -> bool {
-    let indirect = ConvStrategy::detect() == ConvStrategy::Indirect;
+    let indirect = ConvStrategy::for_conv(c) == ConvStrategy::Indirect;
     !is_depthwise(c) && ((c.padding != [0, 0] && (indirect || c.stride == [1, 1])) || gathers_pixels(c))
 }
 
@@ -107,7 +131,7 @@ pub(crate) fn copies_input(c: &Conv2d) -> bool {
 /// heatmap layer: 0.33 ms in place, 0.39-0.43 gathered, one Zen 3 thread).
 fn gathers_pixels(c: &Conv2d) -> bool {
     let cout_g = c.cout() / c.groups;
-    ConvStrategy::detect() == ConvStrategy::Indirect
+    ConvStrategy::for_conv(c) == ConvStrategy::Indirect
         && !is_depthwise(c)
         && c.kernel() == [1, 1]
         && c.padding == [0, 0]
@@ -195,7 +219,7 @@ pub(crate) fn conv2d(
     let ep = EpilogueRef::new(c, residual);
     if is_depthwise(c) {
         depthwise(x.whole().expect("checked above"), c, out, &ep, &mut y);
-    } else if ConvStrategy::detect() == ConvStrategy::Indirect {
+    } else if ConvStrategy::for_conv(c) == ConvStrategy::Indirect {
         indirect_conv(x, c, out, &ep, &mut y, packed, input);
     } else {
         gemm_conv(x, c, out, &ep, &mut y, input);
