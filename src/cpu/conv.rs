@@ -1,6 +1,7 @@
-//! Fast CPU convolution, in one of two strategies ([`ConvStrategy`], picked once per process).
+//! Fast CPU convolution, in one of two strategies ([`ConvStrategy`], picked per layer).
 //!
-//! **Indirect** (the default with every kernel but AVX-512): any convolution that is not
+//! **Indirect** (the default, except for layers of fewer than 32 output channels per group
+//! with the AVX-512 kernel, and training's backward pass on AVX-512): any convolution that is not
 //! depthwise, per batch item and group, as `out^T = im2col^T x W^T` in tiles of output pixels x
 //! output channels (`super::indirect`): the input, copied into its zero padding when the
 //! convolution pads, is read in place through each pixel's receptive-field corner and each tap's
@@ -10,7 +11,7 @@
 //! more than one panel of output channels gather blocks of pixels pixel-major
 //! (`super::indirect::conv_pointwise`): a tile's depth steps then read contiguous runs.
 //!
-//! **Matrix product** (`gemm`, the AVX-512 default):
+//! **Matrix product** (`gemm`; with the AVX-512 kernel, narrow layers and the backward pass):
 //!
 //! - General case: per batch item and group, `out[cout_g, oh*ow] = W[cout_g, K] x B[K, oh*ow]`
 //!   with `K = cin_g*kh*kw`, through `super::gemm::matmul_panels`. `B` is the im2col matrix, but
@@ -76,8 +77,8 @@ impl ConvStrategy {
     /// kernel, layers of fewer than 32 output channels per group run as matrix products: the
     /// indirect path would give them a narrower AVX2 tile (its 32-channel panels would be half
     /// zeros), where the product puts the pixels along the 32-wide vectors. LDCRN (layers of 8
-    /// and 16 channels), one thread of an AVX-512 Xeon, session 23: all indirect 11.7 ms, all
-    /// matrix products 10.8 ms, by layer N ms.
+    /// and 16 channels), one thread of an AVX-512 Xeon, session 23 (`scripts/compare_cpu.py`):
+    /// all indirect 11.7 ms, all matrix products 10.6-10.8 ms, by layer 10.0 ms.
     pub(crate) fn for_conv(c: &Conv2d) -> ConvStrategy {
         match Self::forced() {
             Some(s) => s,
