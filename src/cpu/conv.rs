@@ -497,7 +497,7 @@ fn transpose_runs(runs: &[&[f32]; 8], out: &mut [f32], stride: usize) -> usize {
 /// AVX2 must be available; each `rows[j]` readable for 8 values, `out` writable at rows `0..8`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn transpose_8x8_avx2(rows: [*const f32; 8], out: *mut f32, stride: usize) {
+pub(crate) unsafe fn transpose_8x8_avx2(rows: [*const f32; 8], out: *mut f32, stride: usize) {
     use std::arch::x86_64::*;
     // SAFETY: per the contract.
     unsafe {
