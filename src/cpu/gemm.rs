@@ -220,9 +220,13 @@ type TileOffFn = unsafe fn(usize, *const f32, usize, usize, *const f32, *const u
 pub(crate) type TileIndFn = unsafe fn(usize, *const f32, *const usize, *const usize, *const f32, *mut f32);
 
 /// The kernels (packed, offsets, indirect) around a tile function `$kernel` (the generic
-/// [`tile_kernel`] at one shape, or a hand-written one) for tiles `$mr x $nr` and target features.
+/// [`tile_kernel`] at one shape, or a hand-written one) for tiles `$mr x $nr` and target features;
+/// the `@` form gives the offsets kernel (whose `B` rows are not one contiguous run) its own.
 macro_rules! tile_kernels {
     ($packed:ident, $offsets:ident, $indirect:ident, $mr:expr, $nr:expr, $kernel:expr $(, $feat:literal)?) => {
+        tile_kernels!(@ $packed, $offsets, $indirect, $mr, $nr, $kernel, $kernel $(, $feat)?);
+    };
+    (@ $packed:ident, $offsets:ident, $indirect:ident, $mr:expr, $nr:expr, $kernel:expr, $off_kernel:expr $(, $feat:literal)?) => {
         $(#[target_feature(enable = $feat)])?
         unsafe fn $packed(k: usize, a: *const f32, ars: usize, acs: usize, b: *const f32, tile: *mut f32) {
             // SAFETY: forwarded contract.
@@ -239,7 +243,7 @@ macro_rules! tile_kernels {
             tile: *mut f32,
         ) {
             // SAFETY: forwarded contract.
-            unsafe { $kernel(k, |i, p| *a.add(i * ars + p * acs), |p| base.add(*offs.add(p)), tile) }
+            unsafe { $off_kernel(k, |i, p| *a.add(i * ars + p * acs), |p| base.add(*offs.add(p)), tile) }
         }
         $(#[target_feature(enable = $feat)])?
         unsafe fn $indirect(
@@ -262,25 +266,41 @@ macro_rules! tile_kernels {
 /// broadcast. The generic [`tile_kernel`] at this shape is vectorised well where `A` is read by
 /// stride, but with the indirect convolution's eight row pointers LLVM's cost model for AVX-512
 /// turned the eight `A` reads into a gather and vectorised across the rows: 5.7 GFLOP/s instead
-/// of 100+ (session 23, `bench ops` on an AVX-512 Xeon).
+/// of 100+ (session 23, `bench ops` on an AVX-512 Xeon). With `PF > 0`, `B` must be one
+/// contiguous run of rows (`b_row(p) = b + 32 p`: packed panels) and each step prefetches row
+/// `p + PF`: a layer's weights come from L3 or memory on every inference (ResNet-18's 8x8
+/// layers hold 2.4 MB each), and the first pixel tile of each panel waited on them. The kernel
+/// alone, one thread, caches flushed before each call: 256 -> 256 channels at 8x8 108-119
+/// GFLOP/s without, 132-144 with 8-32 rows ahead (149 with 24); with warm caches 151-157
+/// without, 159-165 with. The default model, one thread: 8.2-8.5 -> 7.5-7.8 ms.
 ///
 /// # Safety
 /// As [`tile_kernel`] with `MR = 8`, `NR = 32`; the caller must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn tile_kernel_avx512<const MR: usize>(
+unsafe fn tile_kernel_avx512<const MR: usize, const PF: usize>(
     k: usize,
     a_at: impl Fn(usize, usize) -> f32,
     b_row: impl Fn(usize) -> *const f32,
     tile: *mut f32,
 ) {
-    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps};
+    use std::arch::x86_64::{
+        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps, _mm_prefetch,
+        _MM_HINT_T0,
+    };
     // SAFETY: the caller has AVX-512F (this is only inlined into `avx512f` functions); reads and
     // writes per the contract above (unaligned loads and stores).
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for p in 0..k {
             let b = b_row(p);
+            if PF > 0 {
+                // `B` row `p + PF` (two cache lines; past the panel's end, the next panel's
+                // first rows: prefetches never fault, and `wrapping_add` keeps this defined).
+                let ahead = b.wrapping_add(32 * PF) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            }
             let (b0, b1) = (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)));
             for (i, row) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(a_at(i, p));
@@ -297,18 +317,21 @@ unsafe fn tile_kernel_avx512<const MR: usize>(
 
 #[cfg(target_arch = "x86_64")]
 tile_kernels!(
-    tile_avx512,
+    @ tile_avx512,
     tile_off_avx512,
     tile_ind_avx512,
     AVX512_MR,
     32,
-    tile_kernel_avx512::<AVX512_MR>,
+    tile_kernel_avx512::<AVX512_MR, PREFETCH_ROWS>,
+    tile_kernel_avx512::<AVX512_MR, 0>,
     "avx512f,fma"
 );
 /// Rows of the AVX-512 tile. The indirect kernel alone (3x3 layers of ResNet-18's shapes, one
 /// thread of an AVX-512 Xeon, session 23): 8 rows 133-151 GFLOP/s, 10 rows 141-159 (but 8x8
 /// maps waste 6 of 70 rows), 12 rows 72-86 and 14 rows 75-79 (the row pointers spill).
 pub(crate) const AVX512_MR: usize = 8;
+/// Rows of `B` the AVX-512 kernel prefetches ahead on packed panels (see `tile_kernel_avx512`).
+const PREFETCH_ROWS: usize = 24;
 #[cfg(target_arch = "x86_64")]
 tile_kernels!(tile_avx2, tile_off_avx2, tile_ind_avx2, 6, 16, tile_kernel::<6, 16, true>, "avx2,fma");
 #[cfg(target_arch = "x86_64")]
