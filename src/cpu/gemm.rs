@@ -133,10 +133,13 @@ impl Kernel {
     fn best_supported() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            // (The AVX-512 tile also uses FMA, and its store AVX2 transposes: every AVX-512 CPU
+            // has both, but a virtual machine may mask features one by one.)
+            if avx2 && is_x86_feature_detected!("avx512f") {
                 return Kernel::Avx512;
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if avx2 {
                 return Kernel::Avx2;
             }
         }
