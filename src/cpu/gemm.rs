@@ -278,7 +278,7 @@ macro_rules! tile_kernels {
 /// without, 159-165 with. The default model, one thread: 8.2-8.5 -> 7.5-7.8 ms.
 ///
 /// # Safety
-/// As [`tile_kernel`] with `MR = 8`, `NR = 32`; the caller must have AVX-512F.
+/// As [`tile_kernel`] with `NR = 32`; the caller must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn tile_kernel_avx512<const MR: usize, const PF: usize>(

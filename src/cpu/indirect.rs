@@ -109,8 +109,11 @@ impl PackedWeights {
 /// The kernel for a layer of `cout_g` output channels per group on a CPU whose widest kernel
 /// is `widest`: the 8 x 8 AVX2 tile for at most 8 channels (a 6 x 16 tile would compute as
 /// many zero columns as real ones; with this tile LDCRN's 8-channel 3x3 layers ran at 47-50
-/// GFLOP/s on one Zen 3 thread, against 42-44 on the matrix-product path), else `widest`. (A 12 x 8 tile, 1.8x faster in
-/// isolation, compiled with its row pointers and accumulators spilled to the stack.)
+/// GFLOP/s on one Zen 3 thread, against 42-44 on the matrix-product path); with AVX-512, also
+/// the 6 x 16 AVX2 tile for 9 to 16 channels (half of a 32-wide panel would be zeros; the
+/// forward pass sends such layers to the matrix product anyway, `ConvStrategy::for_conv`); else
+/// `widest`. (A 12 x 8 tile, 1.8x faster in isolation, compiled with its row pointers and
+/// accumulators spilled to the stack.)
 pub fn kernel_for(widest: Kernel, cout_g: usize) -> Kernel {
     match widest {
         Kernel::Avx2 | Kernel::Avx512 if cout_g <= 8 => Kernel::Avx2Narrow,
