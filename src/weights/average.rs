@@ -43,7 +43,16 @@ pub fn average_files(paths: &[&Path]) -> Result<(Graph, ModelCard)> {
             files[0].0, card.config
         )));
     }
-    let cfg = models::config(config)?;
+    // The network is built as the first card describes it (input size, joint count): a soup of
+    // 192x128 fine-tunes must stay a 192x128 network, not fall back to the config's default.
+    let first = &files[0].2;
+    if let Some((label, _, card)) = files.iter().find(|(_, _, c)| c.input != first.input || c.joints != first.joints) {
+        return Err(Error::Input(format!(
+            "cannot average networks trained at different shapes: {} has input {:?} and {:?} joints, {label} has {:?} and {:?}",
+            files[0].0, first.input, first.joints, card.input, card.joints
+        )));
+    }
+    let cfg = models::config(config)?.with_card(first);
     let mut graph = cfg.build(0)?;
     let mut sums: Vec<Vec<f64>> = named_params(&graph).iter().map(|(_, t)| vec![0.0; t.data.len()]).collect();
     for (label, bytes, _) in &files {
@@ -156,6 +165,30 @@ mod tests {
         let pt = dir.join("t.safetensors");
         std::fs::write(&pt, &bytes[..bytes.len() / 2]).unwrap();
         assert!(average_files(&[&pa, &pt]).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A soup keeps the input size its inputs were trained at (the shipped hourglass is
+    /// 192x128, not its config's 128x128), and inputs of different sizes are an error.
+    #[test]
+    fn keeps_the_trained_input_size() {
+        let dir = std::env::temp_dir().join(format!("wgpose-average-size-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tall = models::config("sghg-1x64-lsp").unwrap().with_input([3, 192, 128]);
+        let save_as = |name: &str, cfg: &models::ModelConfig, seed: u64| {
+            let g = cfg.build(seed).unwrap();
+            let mut card = ModelCard::for_model(cfg, &g);
+            card.training_data = format!("run {name}");
+            let path = dir.join(name);
+            save(&path, &g, &card).unwrap();
+            path
+        };
+        let (pa, pb) = (save_as("a.safetensors", &tall, 1), save_as("b.safetensors", &tall, 2));
+        let (_, card) = average_files(&[&pa, &pb]).unwrap();
+        assert_eq!(card.input, Some([3, 192, 128]));
+        let square = save_as("c.safetensors", &models::config("sghg-1x64-lsp").unwrap(), 3);
+        let err = average_files(&[&pa, &square]).unwrap_err();
+        assert!(matches!(err, Error::Input(ref m) if m.contains("different shapes")), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }
