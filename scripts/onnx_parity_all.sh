@@ -22,7 +22,7 @@ for l in sys.stdin:
   IFS=: read -r name c h w <<<"$row"
   [[ -n "$filter" && "$name" != *"$filter"* ]] && continue
   "$py" -c "import numpy as np; np.save('$out/$name.in.npy', np.random.default_rng(7).uniform(-1, 1, (1, $c, $h, $w)).astype(np.float32))"
-  $bin export --model "$name" --onnx "$out/$name.onnx" 2>/dev/null
+  $bin export --model "$name" --size "${h}x${w}" --onnx "$out/$name.onnx" 2>/dev/null
   last=$($py -c "import onnx" 2>/dev/null; "$py" - "$out/$name.onnx" <<'PY'
 import sys, onnxruntime as ort
 s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])

@@ -492,3 +492,23 @@ fn eval_with_detected_boxes_reports_boxes_and_pck() {
     let o = wgpose(&[&base[..], &["--refine-threshold", "2"]].concat());
     assert_fails_with(&o, &["--refine-threshold 2"]);
 }
+
+/// `export` without `--size` writes the size the weights were trained at (the shipped hourglass:
+/// 192x128, its config says 128x128), and `--size` still wins. Before session 24 the file was
+/// always the config's size, so onnxruntime ran the hourglass at 128x128 in the browser benchmark
+/// while wgpose ran it at 192x128.
+#[test]
+fn export_defaults_to_the_trained_input_size() {
+    if !wgpose::models::shipped_weights_path("sghg-1x64-lsp").is_file() {
+        eprintln!("skipping: no shipped sghg-1x64-lsp weights");
+        return;
+    }
+    let dir = TempDir::new("export-size");
+    let out = dir.join("m.onnx");
+    let o = wgpose(&["export", "--model", "sghg-1x64-lsp", "--onnx", s(&out)]);
+    assert_ok(&o);
+    assert!(stderr(&o).contains("[N, 3, 192, 128]"), "{}", stderr(&o));
+    let o = wgpose(&["export", "--model", "sghg-1x64-lsp", "--size", "128x128", "--onnx", s(&out)]);
+    assert_ok(&o);
+    assert!(stderr(&o).contains("[N, 3, 128, 128]"), "{}", stderr(&o));
+}

@@ -55,12 +55,13 @@ cp ../assets/sample.jpg dist/fixtures/
 cp ../tests/fixtures/lspet-val/images/im0800[1-3].jpg dist/fixtures/
 
 # The ONNX files of the benchmark page, written by the native CLI when it has been built
-# (`cargo build --release`): the shipped models at 128x128.
+# (`cargo build --release`): the shipped models at the input size they were trained at (their
+# model card's; 192x128 for the hourglass), which bench.html reads from the same card.
 CLI=${WGPOSE_CLI:-../target/release/wgpose}
 if [ -x "$CLI" ]; then
   mkdir -p dist/onnx
-  for m in fasterpose-r18-s16-lsp sghg-1x64-lsp; do
-    "$CLI" export --model "$m" --size 128x128 --onnx "dist/onnx/$m-128x128.onnx" 2>/dev/null
+  for m in fasterpose-r18-s16-lsp sghg-1x64-lsp ldcrn-w16-lsp; do
+    "$CLI" export --model "$m" --onnx "dist/onnx/$m.onnx" 2>/dev/null
   done
 fi
 

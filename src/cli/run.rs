@@ -39,7 +39,8 @@ pub struct ExportArgs {
     /// Output .onnx file.
     #[arg(long)]
     onnx: PathBuf,
-    /// Input size HxW (default: the config's).
+    /// Input size HxW (default: the size the weights were trained at, from their model card;
+    /// the config's for a random initialisation).
     #[arg(long)]
     size: Option<String>,
     /// Fix the batch size in the file (default: a symbolic batch dimension `N`).
@@ -109,7 +110,12 @@ pub fn run(a: RunArgs) -> Result<()> {
 
 pub fn export(a: ExportArgs) -> Result<()> {
     let size = a.size.as_deref().map(super::profile::parse_size).transpose()?;
-    let cfg = sized(config(&a.model)?, size);
+    // Without --size the file takes the size the weights expect: the shipped hourglass was
+    // trained at 192x128 and LDCRN at 160x160, not their configs' 128x128.
+    let cfg = match size {
+        Some(_) => sized(config(&a.model)?, size),
+        None => wgpose::models::at_trained_input(&config(&a.model)?, a.weights.as_deref())?,
+    };
     let (graph, source, _) = load_model(&cfg, a.weights.as_deref(), a.seed)?;
     eprintln!("{}: {source}", cfg.name);
     let graph = if a.optimized { wgpose::graph::passes::optimize_for_inference(&graph) } else { graph };
