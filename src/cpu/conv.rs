@@ -216,7 +216,9 @@ pub(crate) fn conv2d(
         (input.is_none() && x.whole().is_some()) || copies_input(c),
         "conv2d: this convolution reads its input in place"
     );
-    let mut y = vec![0.0f32; out.iter().product()];
+    // Depthwise accumulates into zeros; the other two paths store every output value.
+    let n = out.iter().product();
+    let mut y = if is_depthwise(c) { vec![0.0f32; n] } else { super::buffer::overwritten(n) };
     let ep = EpilogueRef::new(c, residual);
     if is_depthwise(c) {
         depthwise(x.whole().expect("checked above"), c, out, &ep, &mut y);
@@ -577,8 +579,16 @@ fn zero_padded<'a>(
 ) -> Vec<f32> {
     let wp = w + 2 * px;
     let plane = (h + 2 * py) * wp;
-    let mut padded = vec![0.0f32; cin_g * plane + offsets_slack()];
+    let mut padded = super::buffer::overwritten(cin_g * plane + offsets_slack());
+    padded[cin_g * plane..].fill(0.0);
     let fill = |ci: usize, dst: &mut [f32]| {
+        // The zero border: py rows above and below, px columns either side of each row.
+        dst[..py * wp].fill(0.0);
+        dst[(py + h) * wp..].fill(0.0);
+        for row in dst[py * wp..(py + h) * wp].chunks_exact_mut(wp) {
+            row[..px].fill(0.0);
+            row[px + w..].fill(0.0);
+        }
         let (src, affine) = (src_plane(ci), input.map(|a| (a.scale[ci], a.shift[ci], a.act)));
         for (y, s) in src.chunks_exact(w).enumerate() {
             let d = &mut dst[(y + py) * wp + px..][..w];
@@ -614,10 +624,14 @@ fn zero_padded_pixel_major<'a>(
 ) -> Vec<f32> {
     let wp = w + 2 * px;
     let row = wp * cin_g;
-    let mut padded = vec![0.0f32; (h + 2 * py) * row];
+    let mut padded = super::buffer::overwritten((h + 2 * py) * row);
+    padded[..py * row].fill(0.0);
+    padded[(py + h) * row..].fill(0.0);
     let planes: Vec<&[f32]> = (0..cin_g).map(&src_plane).collect();
     let fill = |y: usize, dst: &mut [f32]| {
-        // dst: padded row y + py; its interior starts at pixel px.
+        // dst: padded row y + py, zero for px pixels either side; its interior starts at pixel px.
+        dst[..px * cin_g].fill(0.0);
+        dst[(px + w) * cin_g..].fill(0.0);
         let interior = &mut dst[px * cin_g..(px + w) * cin_g];
         for ci0 in (0..cin_g).step_by(8) {
             let m = 8.min(cin_g - ci0);

@@ -22,6 +22,7 @@
 //! refuse exactly the same inputs, and neither panics on bad data: wrong input counts, shapes,
 //! non-finite inputs and malformed parameters are all `Err`.
 
+pub(crate) mod buffer;
 pub(crate) mod conv;
 pub mod gemm;
 pub mod indirect;
@@ -36,6 +37,9 @@ use std::borrow::Cow;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Op};
 use crate::tensor::{checked_numel, Tensor};
+
+#[doc(hidden)]
+pub use buffer::poison_fresh_buffers;
 
 /// Runs the graph on the fast path and returns the graph outputs in order.
 ///

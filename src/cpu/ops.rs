@@ -70,7 +70,7 @@ pub(crate) fn act_in_place(v: &mut [f32], act: Act) {
 pub(crate) fn channel_affine(x: &Planes, scale: &[f32], shift: &[f32], act: Act) -> Tensor {
     let [n, c, h, w] = x.dims();
     let hw = h * w;
-    let mut y = vec![0.0f32; n * c * hw];
+    let mut y = super::buffer::overwritten(n * c * hw);
     y.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
         let (a, b) = (scale[p % c], shift[p % c]);
         d.iter_mut().zip(x.plane(p / c, p % c)).for_each(|(d, &s)| *d = a * s + b);
@@ -100,7 +100,7 @@ pub(crate) fn valid_range(len: usize, out_len: usize, stride: usize, k: usize, p
 pub(crate) fn upsample_nearest(x: &Tensor, f: usize) -> Tensor {
     let [n, c, h, w] = dims(x);
     let (oh, ow) = (h * f, w * f);
-    let mut y = vec![0.0f32; n * c * oh * ow];
+    let mut y = super::buffer::overwritten(n * c * oh * ow);
     y.par_chunks_mut(oh * ow).zip(x.data.par_chunks(h * w)).with_min_len(planes_per_task(oh * ow)).for_each(
         |(d, s)| {
             for (i, block) in d.chunks_exact_mut(f * ow).enumerate() {
@@ -141,7 +141,7 @@ pub(crate) fn upsample_bilinear(x: &Tensor, f: usize) -> Tensor {
     let (oh, ow) = (h * f, w * f);
     let xt: Vec<(usize, usize, f32)> = (0..ow).map(|o| bilinear_taps(o, f, w)).collect();
     let yt: Vec<(usize, usize, f32)> = (0..oh).map(|o| bilinear_taps(o, f, h)).collect();
-    let mut y = vec![0.0f32; n * c * oh * ow];
+    let mut y = super::buffer::overwritten(n * c * oh * ow);
     y.par_chunks_mut(oh * ow).zip(x.data.par_chunks(h * w)).with_min_len(planes_per_task(oh * ow)).for_each(
         |(d, s)| {
             for (drow, &(y0, y1, ly)) in d.chunks_exact_mut(ow).zip(&yt) {
@@ -163,7 +163,7 @@ pub(crate) fn concat(xs: &[&Tensor], out: [usize; 4]) -> Tensor {
     let [_, c, h, w] = out;
     let hw = h * w;
     let x = Planes::new(xs);
-    let mut y = vec![0.0f32; out.iter().product()];
+    let mut y = super::buffer::overwritten(out.iter().product());
     y.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
         d.copy_from_slice(x.plane(p / c, p % c));
     });
@@ -171,7 +171,7 @@ pub(crate) fn concat(xs: &[&Tensor], out: [usize; 4]) -> Tensor {
 }
 
 pub(crate) fn add(a: &Tensor, b: &Tensor) -> Tensor {
-    let mut y = vec![0.0f32; a.data.len()];
+    let mut y = super::buffer::overwritten(a.data.len());
     y.par_chunks_mut(MIN_TASK_ELEMS)
         .zip(a.data.par_chunks(MIN_TASK_ELEMS).zip(b.data.par_chunks(MIN_TASK_ELEMS)))
         .for_each(|(d, (a, b))| d.iter_mut().zip(a.iter().zip(b)).for_each(|(d, (a, b))| *d = a + b));
@@ -182,7 +182,7 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Tensor {
 pub(crate) fn gated_add(skip: &Planes, x: &Planes, alpha: &[f32]) -> Tensor {
     let [n, c, h, w] = x.dims();
     let hw = h * w;
-    let mut y = vec![0.0f32; n * c * hw];
+    let mut y = super::buffer::overwritten(n * c * hw);
     y.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
         let (a, s, x) = (alpha[p % c], skip.plane(p / c, p % c), x.plane(p / c, p % c));
         d.iter_mut().zip(s.iter().zip(x)).for_each(|(d, (s, x))| *d = a * s + x);
@@ -195,7 +195,7 @@ pub(crate) fn pixel_shuffle(x: &Tensor, r: usize) -> Tensor {
     let [n, c, h, w] = dims(x);
     let co = c / (r * r);
     let (oh, ow) = (h * r, w * r);
-    let mut y = vec![0.0f32; n * co * oh * ow];
+    let mut y = super::buffer::overwritten(n * co * oh * ow);
     y.par_chunks_mut(oh * ow).with_min_len(planes_per_task(oh * ow)).enumerate().for_each(|(p, d)| {
         // Output plane p = (b, ch) reads input planes (b, ch*r*r .. (ch+1)*r*r).
         let base = p * r * r;
