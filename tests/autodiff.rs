@@ -437,6 +437,12 @@ fn conv_gradients() {
         ("1x1 pad 1", [1, 3, 3, 4], ConvSpec::new(2, 1).padding(1)),
         ("7x7 stride 2 pad 3", [2, 3, 9, 10], ConvSpec::new(4, 7).stride(2).padding(3)),
         ("7x7 pad 0", [1, 2, 8, 7], ConvSpec::new(2, 7)),
+        // Five items: small maps put several side by side in each weight-gradient product
+        // (`dw_by_product_items`), in chunks of 3 + 2 on two threads and 5 on one.
+        ("3x3 pad 1 batch 5", [5, 3, 4, 5], ConvSpec::new(4, 3).padding(1)),
+        ("3x3 groups 2 batch 5", [5, 4, 5, 4], ConvSpec::new(6, 3).padding(1).groups(2)),
+        ("1x1 batch 5", [5, 5, 3, 4], ConvSpec::new(3, 1)),
+        ("3x3 stride 2 batch 5", [5, 3, 7, 6], ConvSpec::new(4, 3).padding(1).stride(2)),
     ];
     for (k, (what, shape, spec)) in cases.into_iter().enumerate() {
         let (g, x) = one_conv(shape, spec, 100 + k as u64);

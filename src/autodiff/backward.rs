@@ -91,9 +91,11 @@ fn gemm_conv_backward(
         let mut dw = vec![0.0f32; cout * k];
         dw_from_padded_items(x, dy, c, b0..b0 + items, &mut dw);
         let mut ws = Workspace::default();
-        for b in 0..items {
-            let dxb = if need_dx { Some(&mut dxs[b * cin * h * w..(b + 1) * cin * h * w]) } else { None };
-            item_backward(x, dy, c, b0 + b, dxb, &mut dw, &mut ws, par, strategy);
+        dw_by_product_items(x, dy, c, b0..b0 + items, &mut dw, &mut ws, par);
+        if need_dx {
+            for (b, dxb) in dxs.chunks_exact_mut(cin * h * w).enumerate() {
+                item_backward(x, dy, c, b0 + b, dxb, &mut ws, par, strategy);
+            }
         }
         dw
     };
@@ -111,11 +113,9 @@ fn gemm_conv_backward(
                 .into_par_iter()
                 .map(|i| {
                     let mut dw = vec![0.0f32; cout * k];
-                    dw_from_padded_items(x, dy, c, i * chunk..((i + 1) * chunk).min(n), &mut dw);
-                    let mut ws = Workspace::default();
-                    for b in i * chunk..((i + 1) * chunk).min(n) {
-                        item_backward(x, dy, c, b, None, &mut dw, &mut ws, Parallelism::None, strategy);
-                    }
+                    let items = i * chunk..((i + 1) * chunk).min(n);
+                    dw_from_padded_items(x, dy, c, items.clone(), &mut dw);
+                    dw_by_product_items(x, dy, c, items, &mut dw, &mut Workspace::default(), Parallelism::None);
                     dw
                 })
                 .collect()
@@ -148,6 +148,10 @@ fn rows_from_columns(dwt: &[f32], cout_g: usize, k: usize) -> Vec<f32> {
 struct Workspace {
     col: Vec<f32>,
     dcol: Vec<f32>,
+    /// Several items' im2col matrices side by side (`k x items*ohw`) and their output gradients
+    /// (`cout_g x items*ohw`), for [`dw_by_product_items`].
+    stacked_col: Vec<f32>,
+    stacked_dy: Vec<f32>,
     /// The flipped, transposed weights of the stride-1 input gradient (see `item_backward`),
     /// built once per workspace.
     flipped: Vec<f32>,
@@ -261,16 +265,13 @@ fn dw_from_padded_items(x: &Tensor, dy: &Tensor, c: &Conv2d, range: std::ops::Ra
     }
 }
 
-/// dW (accumulated, per group column-major: see [`rows_from_columns`]; not when
-/// [`dw_from_padded_items`] computes it) and dX (written, when given) of batch item `b`.
-#[allow(clippy::too_many_arguments)]
+/// dX (written) of batch item `b` (dW: [`dw_from_padded_items`] or [`dw_by_product_items`]).
 fn item_backward(
     x: &Tensor,
     dy: &Tensor,
     c: &Conv2d,
     b: usize,
-    mut dxb: Option<&mut [f32]>,
-    dw: &mut [f32],
+    dxb: &mut [f32],
     ws: &mut Workspace,
     par: Parallelism,
     strategy: ConvStrategy,
@@ -283,30 +284,17 @@ fn item_backward(
     let [kh, kw] = c.kernel();
     let k = cin_g * kh * kw;
     let direct = kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0];
-    let transposed = transposed_padding(c).filter(|_| dxb.is_some());
-    let dw_from_padded = weight_grad_without_im2col(c, cout_g, ow);
-    if !direct && !dw_from_padded {
-        ws.col.resize(k * ohw, 0.0);
-    }
-    if !direct && dxb.is_some() && transposed.is_none() {
+    let transposed = transposed_padding(c);
+    if !direct && transposed.is_none() {
         ws.dcol.resize(k * ohw, 0.0);
     }
     if transposed.is_some() && ws.flipped.is_empty() {
         ws.flipped = flipped_weights(c, cout);
     }
     for g in 0..groups {
-        let xs = (b * cin + g * cin_g) * hw;
-        let xg = &x.data[xs..xs + cin_g * hw];
         let ys = (b * cout + g * cout_g) * ohw;
         let dyg = &dy.data[ys..ys + cout_g * ohw];
         let wg = &c.weight.data[g * cout_g * k..(g + 1) * cout_g * k];
-        let dwg = &mut dw[g * cout_g * k..(g + 1) * cout_g * k];
-        if !dw_from_padded {
-            dw_by_product(xg, dyg, c, [cin_g, cout_g, h, w], [oh, ow], direct, dwg, &mut ws.col, par);
-        }
-        let Some(dxb) = dxb.as_deref_mut() else {
-            continue;
-        };
         let dxg = &mut dxb[g * cin_g * hw..(g + 1) * cin_g * hw];
         if let Some(pad) = transposed {
             // Stride 1: dX_g = (flipped W_g) conv dY_g, read in place from a padded copy of
@@ -382,6 +370,86 @@ fn dw_by_product(
         true,
         par,
     );
+}
+
+/// Depth of the weight gradient's products, in output pixels: batch items whose maps are
+/// smaller go through [`dw_by_product_items`] several at a time.
+const DW_PRODUCT_DEPTH: usize = 512;
+
+/// dW (accumulated, per group column-major) of batch items `range` through matrix products,
+/// unless [`weight_grad_without_im2col`] holds (then [`dw_from_padded_items`] has done it).
+///
+/// Why several items per product: `dW_g += dY_g * col^T` has depth `oh * ow`, 64 pixels on
+/// ResNet-18's 8x8 maps and 16 on 4x4, so one item per product read and wrote the whole
+/// gradient (2.4 MB for a 256-channel 3x3 layer, 9.4 MB at 512) for a few FMAs per value: the
+/// destination's read-modify-write took 8% of a two-thread training step of
+/// fasterpose-r18-s32 (`perf`, session 24). Items are laid side by side along the depth
+/// (`col` as `k x items*ohw`, `dY_g` as `cout_g x items*ohw`) up to [`DW_PRODUCT_DEPTH`]
+/// pixels, so the gradient is read and written once per group of items.
+fn dw_by_product_items(
+    x: &Tensor,
+    dy: &Tensor,
+    c: &Conv2d,
+    range: std::ops::Range<usize>,
+    dw: &mut [f32],
+    ws: &mut Workspace,
+    par: Parallelism,
+) {
+    let [_, cin, h, w] = dims(x);
+    let [_, cout, oh, ow] = dims(dy);
+    let (ohw, hw, groups) = (oh * ow, h * w, c.groups);
+    let (cin_g, cout_g) = (cin / groups, cout / groups);
+    let [kh, kw] = c.kernel();
+    let k = cin_g * kh * kw;
+    if weight_grad_without_im2col(c, cout_g, ow) || range.is_empty() || ohw == 0 {
+        return;
+    }
+    let direct = kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0];
+    let per_product = (DW_PRODUCT_DEPTH / ohw).clamp(1, range.len());
+    let items: Vec<usize> = range.collect();
+    for group in items.chunks(per_product) {
+        for g in 0..groups {
+            let xg = |b: usize| &x.data[(b * cin + g * cin_g) * hw..][..cin_g * hw];
+            let dyg = |b: usize| &dy.data[(b * cout + g * cout_g) * ohw..][..cout_g * ohw];
+            let dwg = &mut dw[g * cout_g * k..(g + 1) * cout_g * k];
+            if let [b] = group {
+                // One item: its matrices in place, as they are.
+                if !direct {
+                    ws.col.resize(k * ohw, 0.0);
+                }
+                dw_by_product(xg(*b), dyg(*b), c, [cin_g, cout_g, h, w], [oh, ow], direct, dwg, &mut ws.col, par);
+                continue;
+            }
+            let depth = group.len() * ohw;
+            ws.stacked_col.resize(k * depth, 0.0);
+            ws.stacked_dy.resize(cout_g * depth, 0.0);
+            if !direct {
+                ws.col.resize(k * ohw, 0.0);
+            }
+            for (i, &b) in group.iter().enumerate() {
+                let col: &[f32] = if direct {
+                    xg(b)
+                } else {
+                    im2col(xg(b), [cin_g, h, w], c, [0, oh], ow, &mut ws.col[..k * ohw]);
+                    &ws.col[..k * ohw]
+                };
+                for (row, src) in ws.stacked_col.chunks_exact_mut(depth).zip(col.chunks_exact(ohw)) {
+                    row[i * ohw..(i + 1) * ohw].copy_from_slice(src);
+                }
+                for (row, src) in ws.stacked_dy.chunks_exact_mut(depth).zip(dyg(b).chunks_exact(ohw)) {
+                    row[i * ohw..(i + 1) * ohw].copy_from_slice(src);
+                }
+            }
+            // As in `dw_by_product`: a column-major dW_g as the transposed product.
+            matmul(
+                MatMut { data: dwg, rows: cout_g, cols: k, row_stride: 1, col_stride: cout_g },
+                Mat::rows(&ws.stacked_dy[..cout_g * depth], cout_g, depth, depth),
+                Mat::transposed(&ws.stacked_col[..k * depth], depth, k, depth),
+                true,
+                par,
+            );
+        }
+    }
 }
 
 /// Adjoint of `im2col` over the whole output: accumulates `dcol` (`[cin_g*kh*kw, oh*ow]`) into
