@@ -266,6 +266,7 @@ fn dw_from_padded_items(x: &Tensor, dy: &Tensor, c: &Conv2d, range: std::ops::Ra
 }
 
 /// dX (written) of batch item `b` (dW: [`dw_from_padded_items`] or [`dw_by_product_items`]).
+#[allow(clippy::too_many_arguments)]
 fn item_backward(
     x: &Tensor,
     dy: &Tensor,
