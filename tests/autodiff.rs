@@ -370,6 +370,8 @@ fn grad_check(
 }
 
 fn assert_grads(what: &str, graph: &Graph, inputs: &[Tensor], mode: BnMode) {
+    // Fast-path buffers that must be overwritten start as NaN (`cpu::poison_fresh_buffers`).
+    wgpose::cpu::poison_fresh_buffers(true);
     let (n, fails) = grad_check(graph, inputs, mode, 400, None, 7);
     assert!(n > 0, "{what}: nothing checked");
     assert!(fails.is_empty(), "{what}: {} of {n} coordinates differ:\n{}", fails.len(), fails.join("\n"));

@@ -82,7 +82,15 @@ fn gemm_conv_backward(
     let [n, cin, h, w] = dims(x);
     let cout = dy.shape[1];
     let k = (cin / c.groups) * c.kernel()[0] * c.kernel()[1];
-    let mut dx = if need_dx { vec![0.0f32; x.data.len()] } else { Vec::new() };
+    // Stride-1 input gradients (a convolution of dY) and 1x1 ones (a product) store every
+    // value; only col2im accumulates into zeros. Zeroing a batch's dX serially cost the second
+    // thread its wait (see `cpu::buffer`).
+    let direct = c.kernel() == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0];
+    let mut dx = match (need_dx, direct || transposed_padding(c).is_some()) {
+        (false, _) => Vec::new(),
+        (true, true) => crate::cpu::buffer::overwritten(x.data.len()),
+        (true, false) => vec![0.0f32; x.data.len()],
+    };
     let threads = rayon::current_num_threads();
     let per_item = |b0: usize, dxs: &mut [f32], par: Parallelism| -> Vec<f32> {
         // Gradients of batch items b0.. (as many as `dxs` holds, or all remaining when dx is
@@ -773,7 +781,7 @@ pub fn concat_backward(dy: &Tensor, cs: &[usize]) -> Vec<Tensor> {
     let mut off = 0;
     cs.iter()
         .map(|&ci| {
-            let mut d = vec![0.0f32; n * ci * hw];
+            let mut d = crate::cpu::buffer::overwritten(n * ci * hw);
             d.par_chunks_mut(ci * hw).enumerate().for_each(|(b, dst)| {
                 let s = (b * c + off) * hw;
                 dst.copy_from_slice(&dy.data[s..s + ci * hw]);
@@ -802,7 +810,7 @@ pub fn pixel_shuffle_backward(x: &Tensor, dy: &Tensor, r: usize) -> Tensor {
     let [_, _, h, w] = dims(x);
     let ow = w * r;
     let (ohw, hw) = (h * r * ow, h * w);
-    let mut dx = vec![0.0f32; x.data.len()];
+    let mut dx = crate::cpu::buffer::overwritten(x.data.len());
     // Input plane q = (b, ch*r*r + di*r + dj) reads output plane p = q / (r*r).
     dx.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(q, d)| {
         let p = q / (r * r);
