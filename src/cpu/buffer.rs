@@ -10,8 +10,8 @@
 //! Contract: the caller writes every element of the buffer before anything reads it (a padded
 //! copy zeroes its own border). Tests hold the callers to it: with [`poison_fresh_buffers`] on,
 //! fresh buffers are filled with NaN instead, so an element left unwritten reaches the output as
-//! NaN and fails the comparison with the reference (`tests/cpu_ops.rs`, `tests/models.rs`, and for training's input gradients
-//! `tests/autodiff.rs`).
+//! NaN and fails the comparison with the reference (`tests/cpu_ops.rs`, `tests/models.rs`;
+//! training's input gradients in `tests/autodiff.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
