@@ -175,6 +175,18 @@ fn conv_cases() -> Vec<ConvCase> {
         c(1, 64, [40, 44], 8, 3),
         c(1, 64, [40, 44], 13, 3).stride(2),
         c(2, 33, [37, 70], 13, 3),
+        // Winograd F(2x2, 3x3) (3x3, stride 1, padding 1, 32-256 channels, maps of at least
+        // 16 tiles of 2x2): odd and even maps (partial tiles on the right and bottom), rows of
+        // fewer tiles than the kernel's rows (items of whole rows), channel counts that are not
+        // multiples of the kernels' tiles, batch 2, the widest layers.
+        c(1, 32, [17, 15], 40, 3),
+        c(2, 48, [16, 16], 64, 3),
+        c(1, 64, [33, 35], 33, 3),
+        c(1, 37, [7, 9], 32, 3),
+        c(1, 128, [40, 7], 128, 3),
+        c(1, 96, [130, 3], 100, 3),
+        c(1, 256, [8, 8], 256, 3),
+        c(1, 200, [9, 7], 224, 3),
     ];
     let mut nb = c(1, 5, [10, 9], 4, 3);
     nb.bias = false;
@@ -232,6 +244,7 @@ fn conv_epilogues_match_reference() {
         ConvCase::new(1, 6, [13, 11], 10, 3).groups(2), // grouped
         ConvCase::new(2, 7, [9, 11], 7, 3).groups(7),   // depthwise
         ConvCase::new(1, 64, [40, 44], 8, 3),           // many column panels
+        ConvCase::new(2, 32, [17, 13], 40, 3),          // Winograd, odd map
     ];
     for case in cases {
         for ep in all_epilogues(&mut rng, case.cout) {
@@ -810,25 +823,60 @@ fn eval_op_bad_inputs_are_errors() {
     }
 }
 
+/// A `PackedGraph` packs a 3x3 layer for the Winograd path on maps of at least 16 tiles (17x23
+/// here) and for the direct path below (6x7), with a fused input affine (the batch norm + ReLU
+/// before it), a residual and batch 2: both against the reference on the same graph.
+#[test]
+fn packed_graph_packs_for_the_map_size() {
+    poison_unwritten_outputs();
+    let mut rng = Rng::new(6);
+    for [h, w] in [[17, 23], [6, 7]] {
+        let mut b = GraphBuilder::new(5);
+        b.random_norm_stats = true;
+        let x = b.input("x", [40, h, w]).unwrap();
+        let n = b.batch_norm("bn", x).unwrap();
+        let r = b.relu("relu", n).unwrap();
+        let c = b.conv("conv", r, ConvSpec::new(40, 3)).unwrap();
+        let s = b.conv("skip", x, ConvSpec::new(40, 1)).unwrap();
+        let y = b.add("add", c, s).unwrap();
+        let graph = optimize_for_inference(&b.finish(vec![y]).unwrap());
+        let packed = cpu::PackedGraph::new(graph.clone());
+        assert_eq!(packed.fused_input_affines(), 1, "the affine is applied in the padding copy");
+        for batch in [1, 2, 1] {
+            let x = rand_tensor(&mut rng, &[batch, 40, h, w]);
+            let want = cpu::reference::run(&graph, std::slice::from_ref(&x)).unwrap();
+            let got = packed.run(std::slice::from_ref(&x)).unwrap();
+            assert_close(&format!("{h}x{w}, batch {batch}"), &got[0], &want[0]);
+        }
+    }
+}
+
 // ---- Speed (release only): cargo test --release --test cpu_ops -- --ignored --nocapture
 
+/// Times one convolution (+ ReLU) as the `Estimator` runs it: a one-layer `cpu::PackedGraph`,
+/// weights packed once before the timed runs.
 fn bench_conv(label: &str, case: ConvCase) {
-    let ConvCase { n, cin, hw: [hw, _], cout, k: [k, _], groups, .. } = case;
+    let ConvCase { n, cin, hw: [hw, _], cout, k: [k, _], groups, stride, pad, .. } = case;
     let mut rng = Rng::new(11);
-    let ep = Epilogue { act: Act::Relu, ..Default::default() };
-    let conv = case.conv(&mut rng, ep);
+    let mut b = GraphBuilder::new(11);
+    let x = b.input("x", [cin, hw, hw]).unwrap();
+    let spec = ConvSpec::new(cout, k).stride(stride[0]).padding(pad[0]).groups(groups);
+    let y = b.conv("conv", x, spec).unwrap();
+    let y = b.relu("relu", y).unwrap();
+    let graph = optimize_for_inference(&b.finish(vec![y]).unwrap());
+    let packed = cpu::PackedGraph::new(graph);
     let x = case.input(&mut rng);
-    let op = Op::Conv2d(conv.clone());
-    let [oh, ow] = conv.out_hw(hw, hw).unwrap();
+    let inputs = [x];
+    let [oh, ow] = [(hw + 2 * pad[0] - k) / stride[0] + 1; 2];
     let flops = 2.0 * (n * cout * oh * ow * (cin / groups) * k * k) as f64;
     for _ in 0..3 {
-        cpu::eval_op(label, &op, &[&x]).unwrap();
+        packed.run(&inputs).unwrap();
     }
     let mut times = Vec::new();
     let start = std::time::Instant::now();
     while times.len() < 10 || (start.elapsed().as_secs_f64() < 2.0 && times.len() < 200) {
         let t0 = std::time::Instant::now();
-        std::hint::black_box(cpu::eval_op(label, &op, &[&x]).unwrap());
+        std::hint::black_box(packed.run(&inputs).unwrap());
         times.push(t0.elapsed().as_secs_f64());
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -847,6 +895,10 @@ fn bench_conv(label: &str, case: ConvCase) {
 fn conv_speed() {
     println!("rayon threads: {}", rayon::current_num_threads());
     bench_conv("3x3 64->64 @64x64", ConvCase::new(1, 64, [64, 64], 64, 3));
+    bench_conv("3x3 64->64 @32x32", ConvCase::new(1, 64, [32, 32], 64, 3));
+    bench_conv("3x3 128->128 @16x16", ConvCase::new(1, 128, [16, 16], 128, 3));
+    bench_conv("3x3 128->128 @8x8", ConvCase::new(1, 128, [8, 8], 128, 3));
+    bench_conv("3x3 256->256 @8x8", ConvCase::new(1, 256, [8, 8], 256, 3));
     bench_conv("1x1 128->128 @64x64", ConvCase::new(1, 128, [64, 64], 128, 1));
     bench_conv("7x7 s2 3->64 @256x256", ConvCase::new(1, 3, [256, 256], 64, 7).stride(2));
     bench_conv("3x3 256->256 @16x16", ConvCase::new(1, 256, [16, 16], 256, 3));

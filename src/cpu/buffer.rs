@@ -35,3 +35,18 @@ pub(crate) fn overwritten(n: usize) -> Vec<f32> {
     unsafe { v.set_len(n) };
     v
 }
+
+/// `buf` resized to `n` values for a caller that writes all of them before reading any (module
+/// contract): a scratch buffer kept across calls (a thread-local one), so that large scratch
+/// space is not returned to the system and faulted in again on every call. Filled with NaN
+/// when [`poison_fresh_buffers`] is on.
+pub(crate) fn reused(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+    let buf = &mut buf[..n];
+    if POISON.load(Ordering::Relaxed) {
+        buf.fill(f32::NAN);
+    }
+    buf
+}

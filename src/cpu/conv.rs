@@ -1,4 +1,6 @@
-//! Fast CPU convolution, in one of two strategies ([`ConvStrategy`], picked per layer).
+//! Fast CPU convolution, in one of two strategies ([`ConvStrategy`], picked per layer), except
+//! for the 3x3, stride-1, padding-1 layers of 32 to 256 channels on maps of at least 8x8, which
+//! run as Winograd F(2x2, 3x3) (`super::winograd`; `WGPOSE_CPU_WINOGRAD=0` turns it off).
 //!
 //! **Indirect** (the default, except for layers of fewer than 32 output channels per group
 //! with the AVX-512 kernel, and training's backward pass on AVX-512): any convolution that is not
@@ -90,7 +92,7 @@ impl ConvStrategy {
 
 /// Whether convolution `c` runs through prepacked weights (what `super::PackedGraph` packs).
 pub(crate) fn uses_packed_weights(c: &Conv2d) -> bool {
-    !is_depthwise(c) && ConvStrategy::for_conv(c) == ConvStrategy::Indirect
+    !is_depthwise(c) && (ConvStrategy::for_conv(c) == ConvStrategy::Indirect || super::winograd::applies(c))
 }
 
 fn is_depthwise(c: &Conv2d) -> bool {
@@ -140,8 +142,12 @@ fn gathers_pixels(c: &Conv2d) -> bool {
         && has_vector_transposes()
 }
 
-/// `c`'s weights packed for the indirect kernel.
-pub(crate) fn pack_weights(c: &Conv2d) -> PackedWeights {
+/// `c`'s weights packed for the path it takes on output maps of `out_hw` (any size if unknown):
+/// transformed for the Winograd path (`super::winograd::takes`), else for the indirect kernel.
+pub(crate) fn pack_weights(c: &Conv2d, out_hw: Option<[usize; 2]>) -> PackedWeights {
+    if super::winograd::takes(c, out_hw) {
+        return super::winograd::pack_weights(c);
+    }
     pack_weights_for(c, super::indirect::kernel_for(Kernel::detect(), c.cout() / c.groups))
 }
 
@@ -222,6 +228,8 @@ pub(crate) fn conv2d(
     let ep = EpilogueRef::new(c, residual);
     if is_depthwise(c) {
         depthwise(x.whole().expect("checked above"), c, out, &ep, &mut y);
+    } else if super::winograd::chosen(c, packed, [out[2], out[3]]) {
+        super::winograd::conv2d(x, c, out, &ep, &mut y, packed, input);
     } else if ConvStrategy::for_conv(c) == ConvStrategy::Indirect {
         indirect_conv(x, c, out, &ep, &mut y, packed, input);
     } else {
@@ -231,7 +239,7 @@ pub(crate) fn conv2d(
 }
 
 /// The epilogue with its per-channel parameters borrowed.
-struct EpilogueRef<'a> {
+pub(super) struct EpilogueRef<'a> {
     bias: Option<&'a [f32]>,
     act: Act,
     /// (kind, gate, residual tensor data)
@@ -249,13 +257,13 @@ impl<'a> EpilogueRef<'a> {
         }
     }
 
-    fn is_identity(&self) -> bool {
+    pub(super) fn is_identity(&self) -> bool {
         self.bias.is_none() && self.act == Act::None && self.residual.is_none() && self.post_act == Act::None
     }
 
     /// Applies the epilogue to `v`, a run of channel `o`'s outputs that starts at element
     /// `offset` of the whole output tensor.
-    fn apply(&self, v: &mut [f32], o: usize, offset: usize) {
+    pub(super) fn apply(&self, v: &mut [f32], o: usize, offset: usize) {
         if let Some(b) = self.bias {
             let b = b[o];
             v.iter_mut().for_each(|x| *x += b);
@@ -343,7 +351,7 @@ fn indirect_conv(
     let packed = match packed {
         Some(p) if p.fits(groups, cout_g, k) => p,
         _ => {
-            owned = pack_weights(c);
+            owned = pack_weights_for(c, super::indirect::kernel_for(Kernel::detect(), cout_g));
             &owned
         }
     };
@@ -622,9 +630,22 @@ fn zero_padded_pixel_major<'a>(
     [py, px]: [usize; 2],
     input: Option<InputAffine>,
 ) -> Vec<f32> {
-    let wp = w + 2 * px;
+    zero_padded_pixel_major_to(src_plane, [cin_g, h, w], [py, px], [h + 2 * py, w + 2 * px], input)
+}
+
+/// [`zero_padded_pixel_major`] into a padded map of `hp x wp` pixels (at least `py + h` by
+/// `px + w`): the zero border below and to the right is whatever remains (the Winograd path
+/// rounds the map up to whole 2x2 tiles).
+pub(super) fn zero_padded_pixel_major_to<'a>(
+    src_plane: impl Fn(usize) -> &'a [f32] + Sync,
+    [cin_g, h, w]: [usize; 3],
+    [py, px]: [usize; 2],
+    [hp, wp]: [usize; 2],
+    input: Option<InputAffine>,
+) -> Vec<f32> {
+    assert!(hp >= py + h && wp >= px + w, "zero_padded_pixel_major_to: the map does not fit");
     let row = wp * cin_g;
-    let mut padded = super::buffer::overwritten((h + 2 * py) * row);
+    let mut padded = super::buffer::overwritten(hp * row);
     padded[..py * row].fill(0.0);
     padded[(py + h) * row..].fill(0.0);
     let planes: Vec<&[f32]> = (0..cin_g).map(&src_plane).collect();

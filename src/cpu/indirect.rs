@@ -99,6 +99,13 @@ impl PackedWeights {
         (self.groups, self.cout_g, self.k) == (groups, cout_g, k)
     }
 
+    /// Panel `jp` of group `g`: `k` rows of `NR` values (for kernels that call the tile
+    /// function themselves, as `super::winograd` does).
+    pub(crate) fn panel(&self, g: usize, jp: usize) -> &[f32] {
+        let nr = self.kernel.shape().1;
+        &self.group(g)[jp * self.k * nr..(jp + 1) * self.k * nr]
+    }
+
     fn group(&self, g: usize) -> &[f32] {
         let data = self.data.as_slice();
         let len = data.len() / self.groups;

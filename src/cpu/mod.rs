@@ -31,6 +31,7 @@ pub(crate) mod pool;
 pub mod reference;
 pub(crate) mod threads;
 pub(crate) mod weight_grad;
+pub(crate) mod winograd;
 
 use std::borrow::Cow;
 
@@ -100,8 +101,8 @@ impl PackedGraph {
         self.virtual_concat.iter().filter(|&&v| v).count()
     }
 
-    fn plan(&self) -> RunPlan<'_> {
-        RunPlan { packed: self.packed(), input_affine: &self.input_affine, virtual_concat: &self.virtual_concat }
+    fn plan(&self, inputs: &[Tensor]) -> RunPlan<'_> {
+        RunPlan { packed: self.packed(inputs), input_affine: &self.input_affine, virtual_concat: &self.virtual_concat }
     }
 
     /// The graph as given.
@@ -109,13 +110,22 @@ impl PackedGraph {
         &self.graph
     }
 
-    fn packed(&self) -> &[Option<indirect::PackedWeights>] {
+    /// The packed weights, packed on the first run for the map sizes of its `inputs` (which
+    /// decide whether a convolution takes the Winograd path; runs at other sizes still give the
+    /// same results through the path packed for).
+    fn packed(&self, inputs: &[Tensor]) -> &[Option<indirect::PackedWeights>] {
         self.packed.get_or_init(|| {
+            // Shapes unknown (inputs the run will refuse): packed for any size.
+            let shapes = prepare(&self.graph, inputs).ok().map(|p| p.shapes);
             self.graph
                 .nodes
                 .iter()
-                .map(|n| match &n.op {
-                    Op::Conv2d(c) if conv::uses_packed_weights(c) => Some(conv::pack_weights(c)),
+                .enumerate()
+                .map(|(id, n)| match &n.op {
+                    Op::Conv2d(c) if conv::uses_packed_weights(c) => {
+                        let out_hw = shapes.as_ref().map(|s| [s[id][2], s[id][3]]);
+                        Some(conv::pack_weights(c, out_hw))
+                    }
                     _ => None,
                 })
                 .collect()
@@ -124,13 +134,13 @@ impl PackedGraph {
 
     /// [`run`] on the graph, with the packed weights.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        run_timed(&self.graph, Some(self.plan()), inputs, None)
+        run_timed(&self.graph, Some(self.plan(inputs)), inputs, None)
     }
 
     /// [`run_profiled`] on the graph, with the packed weights.
     pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>)> {
         let mut times = vec![std::time::Duration::ZERO; self.graph.nodes.len()];
-        let out = run_timed(&self.graph, Some(self.plan()), inputs, Some(&mut times))?;
+        let out = run_timed(&self.graph, Some(self.plan(inputs)), inputs, Some(&mut times))?;
         Ok((out, times))
     }
 }

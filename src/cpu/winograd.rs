@@ -1,0 +1,441 @@
+//! Winograd F(2x2, 3x3) convolution: 3x3, stride-1, padding-1 layers with 2.25x fewer
+//! multiplications than the direct paths of `super::conv`.
+//!
+//! Each 2x2 block of output pixels (a *tile*) depends on a 4x4 window `d` of the zero-padded
+//! input. With the transforms of Lavin and Gray (CVPR 2016), `V = B^T d B` per window and input
+//! channel and `U = G g G^T` per 3x3 kernel `g`, the tile is `A^T (sum_ci U[co, ci] . V[ci]) A`:
+//! per position `xi` of the 4x4 transformed domain, one matrix product
+//! `M[xi] (tiles x cout) = V[xi] (tiles x cin) x U[xi] (cin x cout)`, 16 multiplications per tile
+//! and channel pair instead of 36. The transforms only add (and halve, for `U`, once per packed
+//! graph), so the results stay within a few ulps of the direct sum (`tests/cpu_ops.rs` holds
+//! them to the same tolerance as every other path).
+//!
+//! Layout and order, per batch item:
+//! 1. the input is copied pixel-major into a zero border rounded up to whole tiles
+//!    (`super::conv::zero_padded_pixel_major_to`, which also applies a fused input affine);
+//! 2. the tiles go in *items* of up to `MR` tiles (the kernel's tile rows: 8 on AVX-512), the
+//!    parallel tasks. Per item, the input transform writes `V[xi][tile][ci]` (channels
+//!    contiguous: its vector loops run along them, 16 x 8 x cin values, in L1/L2);
+//! 3. per panel of `NR` output channels, the 16 products are 16 calls of the indirect
+//!    convolution's tile kernel (`super::gemm::tile_ind_fn`), `U` prepacked in its aligned
+//!    panels (one "group" per `xi`, `super::indirect::PackedWeights`), into 16 tiles in L1;
+//! 4. the output transform runs on those tiles (vectorised along the channels), and the 2x2
+//!    outputs of 8 tiles go out as 16-pixel runs of each channel's rows through 8 x 8 transposes
+//!    (AVX2), then the epilogue on each run.
+//!
+//! A first version that ran each product over a block of 48 tiles (`super::indirect::
+//! conv_indirect`, its channel-major stores) and the transforms as separate passes over the
+//! block was no faster than the direct path on 64-channel layers: the transformed inputs and
+//! products (4x the activations each) went through L2 and its stores' transposes cost as much
+//! as the products saved.
+//!
+//! Why F(2x2, 3x3) and not F(4x4, 3x3), which saves more multiplications: the larger
+//! transforms carry larger factors and lose precision in f32 (Lavin and Gray); not tried.
+
+use rayon::prelude::*;
+
+use super::buffer::reused;
+use super::conv::{zero_padded_pixel_major_to, EpilogueRef, InputAffine};
+use super::gemm::{threads_for, tile_ind_fn, DstPtr, Kernel, Parallelism};
+use super::indirect::{kernel_for, PackedWeights};
+use super::ops::Planes;
+use crate::graph::Conv2d;
+
+/// Positions of the transformed 4x4 domain (one matrix product each).
+const POSITIONS: usize = 16;
+
+/// Channel range of the layers this path takes: below 32 output channels the wide tiles are
+/// half empty. Up to 256: ResNet-18's 256-channel 3x3 layers at 8x8 (4 MiB of transformed
+/// weights each, streamed once per group of 8 tiles) went from 0.61-0.62 to 0.50-0.60 ms on one
+/// thread of an AVX-512 Xeon, and the four of them plus the head's 256 -> 224 layer from
+/// 1.50-1.58 to 1.04-1.14 ms on two (session 25, `examples/cpu_profile`); 512 is untested.
+const MIN_CHANNELS: usize = 32;
+const MAX_CHANNELS: usize = 256;
+
+/// Whether `c` runs through this path: a 3x3 convolution, stride 1, dilation 1, padding 1, one
+/// group, within the channel range above, unless `WGPOSE_CPU_WINOGRAD=0` turns the path off (for
+/// comparisons).
+pub(crate) fn applies(c: &Conv2d) -> bool {
+    let channels = MIN_CHANNELS..=MAX_CHANNELS;
+    c.kernel() == [3, 3]
+        && c.stride == [1, 1]
+        && c.dilation == [1, 1]
+        && c.padding == [1, 1]
+        && c.groups == 1
+        && channels.contains(&c.cin_per_group())
+        && channels.contains(&c.cout())
+        && enabled()
+}
+
+/// Output maps from which the path is taken: 16 tiles (8 x 8 pixels, see above). On smaller
+/// maps there are fewer tiles than one group of the kernel's rows (8 on AVX-512).
+const MIN_TILES: usize = 16;
+
+/// Whether `c` takes this path on output maps of `out_hw` (on any size if unknown: callers that
+/// pack before they know the size).
+pub(crate) fn takes(c: &Conv2d, out_hw: Option<[usize; 2]>) -> bool {
+    applies(c) && out_hw.is_none_or(|[h, w]| h.div_ceil(2) * w.div_ceil(2) >= MIN_TILES)
+}
+
+/// Whether convolution `c` on output maps `out_hw` runs through this path: as its weights were
+/// packed when they were (`packed`), else by [`takes`].
+pub(crate) fn chosen(c: &Conv2d, packed: Option<&PackedWeights>, out_hw: [usize; 2]) -> bool {
+    match packed {
+        Some(p) => applies(c) && p.fits(POSITIONS, c.cout(), c.cin_per_group()),
+        None => takes(c, Some(out_hw)),
+    }
+}
+
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !matches!(std::env::var("WGPOSE_CPU_WINOGRAD").as_deref(), Ok("0" | "off")))
+}
+
+/// `c`'s kernels transformed (`U = G g G^T`) and packed for the indirect kernel: group `xi`
+/// holds the `cout x cin` matrix of position `xi`.
+pub(crate) fn pack_weights(c: &Conv2d) -> PackedWeights {
+    let (cout, cin) = (c.cout(), c.cin_per_group());
+    let mut u = vec![0.0f32; POSITIONS * cout * cin];
+    for (i, g) in c.weight.data.chunks_exact(9).enumerate() {
+        let (co, ci) = (i / cin, i % cin);
+        for (xi, v) in transform_kernel(g).into_iter().enumerate() {
+            u[(xi * cout + co) * cin + ci] = v;
+        }
+    }
+    PackedWeights::new(kernel_for(Kernel::detect(), cout), &u, POSITIONS, cout, cin)
+}
+
+/// `G g G^T` for a 3x3 kernel `g` (row-major), `G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]`.
+fn transform_kernel(g: &[f32]) -> [f32; POSITIONS] {
+    let rows = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    let cols: [[f32; 4]; 3] = std::array::from_fn(|j| rows(g[j], g[3 + j], g[6 + j]));
+    let mut u = [0.0; POSITIONS];
+    for i in 0..4 {
+        let r = rows(cols[0][i], cols[1][i], cols[2][i]);
+        u[4 * i..4 * i + 4].copy_from_slice(&r);
+    }
+    u
+}
+
+/// The convolution through this path (see the module notes); `packed` is used when it holds
+/// `c`'s transformed weights ([`pack_weights`]), else they are transformed here.
+pub(super) fn conv2d(
+    x: &Planes,
+    c: &Conv2d,
+    out: [usize; 4],
+    ep: &EpilogueRef,
+    y: &mut [f32],
+    packed: Option<&PackedWeights>,
+    input: Option<InputAffine>,
+) {
+    let [n, cin, h, w] = x.dims();
+    let [_, cout, oh, ow] = out;
+    assert!([oh, ow] == [h, w] && applies(c), "winograd::conv2d: not a 3x3 'same' convolution");
+    assert!(y.len() >= n * cout * oh * ow, "winograd::conv2d: output too short");
+    let owned;
+    let packed = match packed {
+        Some(p) if p.fits(POSITIONS, cout, cin) => p,
+        _ => {
+            owned = pack_weights(c);
+            &owned
+        }
+    };
+    let kernel = packed.kernel();
+    let (mr, nr) = kernel.shape();
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let g = Geometry { cin, cout, oh, ow, tw, wp: 2 * tw + 2, mr, nr };
+    // Items of up to `mr` tiles (the kernel's rows), by flattened tile index `ty * tw + tx`:
+    // within one tile row when rows hold at least `mr` tiles, else whole rows.
+    let (per_row, rows_per_item) = if tw >= mr { (tw.div_ceil(mr), 1) } else { (1, mr / tw) };
+    let items = th.div_ceil(rows_per_item) * per_row;
+    let first_tile = |i: usize| {
+        let (r, k) = (i / per_row * rows_per_item, i % per_row);
+        let t0 = r * tw + k * mr;
+        let end = if tw >= mr { r * tw + tw.min((k + 1) * mr) } else { (th * tw).min((r + rows_per_item) * tw) };
+        (t0, end - t0)
+    };
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let tasks = threads_for(par, th * tw * POSITIONS * cin * cout);
+    let dst = DstPtr(y.as_mut_ptr());
+    for b in 0..n {
+        let padded =
+            zero_padded_pixel_major_to(|ci| x.plane(b, ci), [cin, h, w], [1, 1], [2 * th + 2, 2 * tw + 2], input);
+        let y0 = b * cout * oh * ow;
+        let item = |i: usize| {
+            let (t0, count) = first_tile(i);
+            SCRATCH.with(|s| {
+                let mut v = s.take();
+                let buf = reused(&mut v, POSITIONS * mr * cin);
+                transform_inputs(&g, &padded, t0, count, buf);
+                // SAFETY: this item's output pixels (those of tiles t0..t0 + count) are its own
+                // (items split the tiles) and inside `y` (asserted above).
+                unsafe { products_and_outputs(&g, packed, buf, t0, count, dst.get().add(y0), y0, ep) };
+                s.set(v);
+            });
+        };
+        if tasks > 1 && items > 1 {
+            (0..items).into_par_iter().for_each(item);
+        } else {
+            (0..items).for_each(item);
+        }
+    }
+}
+
+thread_local! {
+    /// A block's transformed inputs, kept per thread across items and calls (`buffer::reused`).
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A layer's sizes: channels, output map, tiles per row, padded width (pixels), and the
+/// kernel's tile (`mr` Winograd tiles x `nr` output channels).
+struct Geometry {
+    cin: usize,
+    cout: usize,
+    oh: usize,
+    ow: usize,
+    tw: usize,
+    wp: usize,
+    mr: usize,
+    nr: usize,
+}
+
+/// The largest kernel tile (`MR * NR` values).
+const MAX_TILE: usize = 8 * 32;
+
+/// For the `count` tiles `t0..` (flattened index `ty * tw + tx`) whose transformed inputs are in `v` (`V[xi][i][ci]`,
+/// `mr * cin` values per position): the 16 products per panel of `nr` output channels, the
+/// output transform, the stores into the output (`y`, batch item's first value at offset `y0` of
+/// the whole tensor) and the epilogue on each stored run.
+///
+/// # Safety
+/// `y` must be writable at `(co * oh + oy) * ow + ox` for every channel and output pixel of these
+/// tiles, and no other thread may access those elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn products_and_outputs(
+    g: &Geometry,
+    packed: &PackedWeights,
+    v: &[f32],
+    t0: usize,
+    count: usize,
+    y: *mut f32,
+    y0: usize,
+    ep: &EpilogueRef,
+) {
+    let (mr, nr, cin) = (g.mr, g.nr, g.cin);
+    assert!(mr * nr <= MAX_TILE && count >= 1 && count <= mr && v.len() >= POSITIONS * mr * cin);
+    let tile = tile_ind_fn(packed.kernel());
+    // Rows past `count` repeat the last tile (valid reads, results dropped).
+    let pix: [usize; 8] = std::array::from_fn(|i| i.min(count - 1) * cin);
+    let offsets: Vec<usize> = (0..cin).collect();
+    let mut m = [[0.0f32; MAX_TILE]; POSITIONS];
+    let mut o = [[0.0f32; MAX_TILE]; 4];
+    for jp in 0..g.cout.div_ceil(nr) {
+        for (xi, m) in m.iter_mut().enumerate() {
+            let panel = packed.panel(xi, jp);
+            // SAFETY: rows pix[i] + offsets[p] < mr * cin of position xi's slice of `v`
+            // (asserted above); the panel holds cin x nr values; m holds MAX_TILE >= mr * nr.
+            unsafe {
+                tile(cin, v[xi * mr * cin..].as_ptr(), pix.as_ptr(), offsets.as_ptr(), panel.as_ptr(), m.as_mut_ptr())
+            };
+        }
+        output_transform(&m, &mut o, mr * nr);
+        let channels = nr.min(g.cout - jp * nr);
+        // SAFETY: forwarded contract; channels jp * nr .. + channels < cout.
+        unsafe { store_outputs(g, &o, t0, count, jp * nr, channels, y, y0, ep) };
+    }
+}
+
+/// `o[k][q] = (A^T m A)[k]` for every value `q < len` of the tiles (`m[xi][q]`), `A^T = [1 1 1 0;
+/// 0 1 -1 -1]`: the outputs (0, 0), (0, 1), (1, 0), (1, 1) of each Winograd tile and channel.
+fn output_transform(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f32; MAX_TILE]; 4], len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    match Kernel::detect() {
+        // SAFETY: the kernel implies the CPU's features (`Kernel::detect`).
+        Kernel::Avx512 => return unsafe { output_transform_avx512(m, o, len) },
+        Kernel::Avx2 => return unsafe { output_transform_avx2(m, o, len) },
+        _ => {}
+    }
+    output_transform_with(m, o, len)
+}
+
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn output_transform_avx512(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f32; MAX_TILE]; 4], len: usize) {
+    output_transform_with(m, o, len)
+}
+
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn output_transform_avx2(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f32; MAX_TILE]; 4], len: usize) {
+    output_transform_with(m, o, len)
+}
+
+#[inline(always)]
+fn output_transform_with(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f32; MAX_TILE]; 4], len: usize) {
+    let [o0, o1, o2, o3] = o;
+    for q in 0..len.min(MAX_TILE) {
+        let e = |xi: usize| m[xi][q];
+        let s0 = [e(0) + e(4) + e(8), e(1) + e(5) + e(9), e(2) + e(6) + e(10), e(3) + e(7) + e(11)];
+        let s1 = [e(4) - e(8) - e(12), e(5) - e(9) - e(13), e(6) - e(10) - e(14), e(7) - e(11) - e(15)];
+        o0[q] = s0[0] + s0[1] + s0[2];
+        o1[q] = s0[1] - s0[2] - s0[3];
+        o2[q] = s1[0] + s1[1] + s1[2];
+        o3[q] = s1[1] - s1[2] - s1[3];
+    }
+}
+
+/// Writes the outputs `o[k][i * nr + j]` of tiles `t0 + i`, `i < count`, and channels `c0 + j`,
+/// `j < channels`, into `y`, then runs the epilogue on each channel's output-row runs (one or
+/// two per tile row the tiles cover).
+///
+/// # Safety
+/// As [`products_and_outputs`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_outputs(
+    g: &Geometry,
+    o: &[[f32; MAX_TILE]; 4],
+    t0: usize,
+    count: usize,
+    c0: usize,
+    channels: usize,
+    y: *mut f32,
+    y0: usize,
+    ep: &EpilogueRef,
+) {
+    let (nr, ow) = (g.nr, g.ow);
+    // A whole row-aligned group: channel-major runs of 8 tiles by 8 x 8 transposes,
+    // T[k][j * 8 + i].
+    let mut t = [[0.0f32; MAX_TILE]; 4];
+    let transposed = transposes_tiles(g.mr, count, channels) && t0 % g.tw + count <= g.tw && {
+        for (k, t) in t.iter_mut().enumerate() {
+            for j0 in (0..channels).step_by(8) {
+                let rows: [*const f32; 8] = std::array::from_fn(|i| o[k][i * nr + j0..].as_ptr());
+                // SAFETY: AVX2 (transposes_tiles); rows i < 8 hold nr >= j0 + 8 values from
+                // i * nr; t[k] holds (j0 + 8) * 8 <= nr * 8 values.
+                unsafe { crate::cpu::conv::transpose_8x8_avx2(rows, t[j0 * 8..].as_mut_ptr(), 8) };
+            }
+        }
+        true
+    };
+    // Segments of the tiles within one tile row: i0..i1, at tile row ty from column tx0.
+    let mut i0 = 0;
+    while i0 < count {
+        let (ty, tx0) = ((t0 + i0) / g.tw, (t0 + i0) % g.tw);
+        let i1 = count.min(i0 + g.tw - tx0);
+        let rows = if 2 * ty + 1 < g.oh { 2 } else { 1 };
+        let (x0, x1) = (2 * tx0, ow.min(2 * (tx0 + i1 - i0)));
+        for j in 0..channels {
+            let co = c0 + j;
+            for r in 0..rows {
+                let offset = (co * g.oh + 2 * ty + r) * ow + x0;
+                // SAFETY: per the contract, this run of channel co's output row is ours.
+                let run = unsafe { std::slice::from_raw_parts_mut(y.add(offset), x1 - x0) };
+                if transposed && run.len() == 16 {
+                    let (left, right) = (&t[2 * r][j * 8..j * 8 + 8], &t[2 * r + 1][j * 8..j * 8 + 8]);
+                    for i in 0..8 {
+                        run[2 * i] = left[i];
+                        run[2 * i + 1] = right[i];
+                    }
+                } else {
+                    for (x, v) in run.iter_mut().enumerate() {
+                        *v = o[2 * r + x % 2][(i0 + x / 2) * nr + j];
+                    }
+                }
+                if !ep.is_identity() {
+                    ep.apply(run, co, y0 + offset);
+                }
+            }
+        }
+        i0 = i1;
+    }
+}
+
+/// Whether [`store_outputs`] goes through 8 x 8 transposes: 8-tile kernels, a whole group of
+/// tiles, whole groups of 8 channels, and a CPU with AVX2.
+fn transposes_tiles(mr: usize, count: usize, channels: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        mr == 8 && count == 8 && channels.is_multiple_of(8) && std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (mr, count, channels);
+        false
+    }
+}
+
+/// `V[xi][i][ci] = (B^T d B)[xi]` for the `count` tiles `t0 + i` (flattened), `d` the 4x4
+/// window of channel `ci` at the tile's corner in the pixel-major padded input,
+/// `B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`; `mr * cin` values per position.
+fn transform_inputs(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match Kernel::detect() {
+        // SAFETY: the kernel implies the CPU's features (`Kernel::detect`).
+        Kernel::Avx512 => return unsafe { transform_inputs_avx512(g, padded, t0, count, v) },
+        Kernel::Avx2 => return unsafe { transform_inputs_avx2(g, padded, t0, count, v) },
+        _ => {}
+    }
+    transform_inputs_with(g, padded, t0, count, v)
+}
+
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_inputs_avx512(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) {
+    transform_inputs_with(g, padded, t0, count, v)
+}
+
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transform_inputs_avx2(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) {
+    transform_inputs_with(g, padded, t0, count, v)
+}
+
+#[inline(always)]
+fn transform_inputs_with(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) {
+    let (cin, wp) = (g.cin, g.wp);
+    let stride = g.mr * cin;
+    assert!(count <= g.mr && v.len() >= POSITIONS * stride, "winograd: V too short");
+    for i in 0..count {
+        let (ty, tx) = ((t0 + i) / g.tw, (t0 + i) % g.tw);
+        let corner = (2 * ty * wp + 2 * tx) * cin;
+        // The window's last pixel ends inside the padded map (rounded up to whole tiles).
+        assert!(corner + (3 * wp + 4) * cin <= padded.len(), "winograd: window out of bounds");
+        let src = padded[corner..].as_ptr();
+        let dst = v[i * cin..].as_mut_ptr();
+        for ci in 0..cin {
+            // SAFETY: window pixel (r, c) of channel ci is at (r * wp + c) * cin + ci from the
+            // corner, inside `padded` (asserted above); position xi's value goes to
+            // xi * stride + i * cin + ci < v.len() (asserted above). Unchecked, so that the
+            // loop over channels vectorises.
+            unsafe {
+                let d = |r: usize, c: usize| *src.add((r * wp + c) * cin + ci);
+                // Columns: B^T d.
+                let mut s = [0.0f32; 16];
+                for c in 0..4 {
+                    let (d0, d1, d2, d3) = (d(0, c), d(1, c), d(2, c), d(3, c));
+                    s[c] = d0 - d2;
+                    s[4 + c] = d1 + d2;
+                    s[8 + c] = d2 - d1;
+                    s[12 + c] = d1 - d3;
+                }
+                // Rows: (B^T d) B.
+                for r in 0..4 {
+                    let (a0, a1, a2, a3) = (s[4 * r], s[4 * r + 1], s[4 * r + 2], s[4 * r + 3]);
+                    *dst.add((4 * r) * stride + ci) = a0 - a2;
+                    *dst.add((4 * r + 1) * stride + ci) = a1 + a2;
+                    *dst.add((4 * r + 2) * stride + ci) = a2 - a1;
+                    *dst.add((4 * r + 3) * stride + ci) = a1 - a3;
+                }
+            }
+        }
+    }
+}
