@@ -175,10 +175,10 @@ fn conv_cases() -> Vec<ConvCase> {
         c(1, 64, [40, 44], 8, 3),
         c(1, 64, [40, 44], 13, 3).stride(2),
         c(2, 33, [37, 70], 13, 3),
-        // Winograd F(2x2, 3x3) (3x3, stride 1, padding 1, 32-256 channels, maps of at least
-        // 16 tiles of 2x2): odd and even maps (partial tiles on the right and bottom), rows of
-        // fewer tiles than the kernel's rows (items of whole rows), channel counts that are not
-        // multiples of the kernels' tiles, batch 2, the widest layers.
+        // Winograd F(2x2, 3x3) (3x3, stride 1, padding 1, 32-256 channels with AVX-512, 32-128
+        // otherwise, maps of at least 16 tiles of 2x2): odd and even maps (partial tiles on the
+        // right and bottom), rows of fewer tiles than the kernel's rows (items across rows),
+        // channel counts that are not multiples of the kernels' tiles, batch 2, the widest layers.
         c(1, 32, [17, 15], 40, 3),
         c(2, 48, [16, 16], 64, 3),
         c(1, 64, [33, 35], 33, 3),

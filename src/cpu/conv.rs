@@ -1,6 +1,7 @@
 //! Fast CPU convolution, in one of two strategies ([`ConvStrategy`], picked per layer), except
-//! for the 3x3, stride-1, padding-1 layers of 32 to 256 channels on maps of at least 8x8, which
-//! run as Winograd F(2x2, 3x3) (`super::winograd`; `WGPOSE_CPU_WINOGRAD=0` turns it off).
+//! for the 3x3, stride-1, padding-1 layers of 32 to 256 channels (128 without AVX-512) on maps
+//! of at least 8x8, which run as Winograd F(2x2, 3x3) (`super::winograd`;
+//! `WGPOSE_CPU_WINOGRAD=0` turns it off).
 //!
 //! **Indirect** (the default, except for layers of fewer than 32 output channels per group
 //! with the AVX-512 kernel, and training's backward pass on AVX-512): any convolution that is not

@@ -13,7 +13,7 @@
 //! Layout and order, per batch item:
 //! 1. the input is copied pixel-major into a zero border rounded up to whole tiles
 //!    (`super::conv::zero_padded_pixel_major_to`, which also applies a fused input affine);
-//! 2. the tiles go in *items* of up to `MR` tiles (the kernel's tile rows: 8 on AVX-512), the
+//! 2. the tiles go in *items* of `MR` tiles (the kernel's tile rows: 8 on AVX-512), the
 //!    parallel tasks. Per item, the input transform writes `V[xi][tile][ci]` (channels
 //!    contiguous: its vector loops run along them, 16 x 8 x cin values, in L1/L2);
 //! 3. per panel of `NR` output channels, the 16 products are 16 calls of the indirect
@@ -45,18 +45,27 @@ use crate::graph::Conv2d;
 const POSITIONS: usize = 16;
 
 /// Channel range of the layers this path takes: below 32 output channels the wide tiles are
-/// half empty. Up to 256: ResNet-18's 256-channel 3x3 layers at 8x8 (4 MiB of transformed
-/// weights each, streamed once per group of 8 tiles) went from 0.61-0.62 to 0.50-0.60 ms on one
-/// thread of an AVX-512 Xeon, and the four of them plus the head's 256 -> 224 layer from
-/// 1.50-1.58 to 1.04-1.14 ms on two (session 25, `examples/cpu_profile`); 512 is untested.
+/// half empty. With the AVX-512 kernel up to 256: ResNet-18's 256-channel 3x3 layers at 8x8
+/// (4 MiB of transformed weights each, streamed once per item) went from 0.61-0.62 to 0.50-0.60
+/// ms on one thread of an AVX-512 Xeon, and the four of them plus the head's 256 -> 224 layer
+/// from 1.50-1.58 to 1.04-1.14 ms on two (session 25, `examples/cpu_profile`); 512 is untested.
+/// With the 6 x 16 AVX2 kernel (three items of 6 tiles on 8x8 maps) the same layers took
+/// 3-12% longer than direct, the 64- and 128-channel ones 5-28% less (`WGPOSE_CPU_KERNEL=avx2`
+/// on the same machine, one thread): up to 128 there, and on the other kernels.
 const MIN_CHANNELS: usize = 32;
-const MAX_CHANNELS: usize = 256;
+fn max_channels() -> usize {
+    if Kernel::detect() == Kernel::Avx512 {
+        256
+    } else {
+        128
+    }
+}
 
 /// Whether `c` runs through this path: a 3x3 convolution, stride 1, dilation 1, padding 1, one
 /// group, within the channel range above, unless `WGPOSE_CPU_WINOGRAD=0` turns the path off (for
 /// comparisons).
 pub(crate) fn applies(c: &Conv2d) -> bool {
-    let channels = MIN_CHANNELS..=MAX_CHANNELS;
+    let channels = MIN_CHANNELS..=max_channels();
     c.kernel() == [3, 3]
         && c.stride == [1, 1]
         && c.dilation == [1, 1]
@@ -144,16 +153,12 @@ pub(super) fn conv2d(
     let (mr, nr) = kernel.shape();
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let g = Geometry { cin, cout, oh, ow, tw, wp: 2 * tw + 2, mr, nr };
-    // Items of up to `mr` tiles (the kernel's rows), by flattened tile index `ty * tw + tx`:
-    // within one tile row when rows hold at least `mr` tiles, else whole rows.
-    let (per_row, rows_per_item) = if tw >= mr { (tw.div_ceil(mr), 1) } else { (1, mr / tw) };
-    let items = th.div_ceil(rows_per_item) * per_row;
-    let first_tile = |i: usize| {
-        let (r, k) = (i / per_row * rows_per_item, i % per_row);
-        let t0 = r * tw + k * mr;
-        let end = if tw >= mr { r * tw + tw.min((k + 1) * mr) } else { (th * tw).min((r + rows_per_item) * tw) };
-        (t0, end - t0)
-    };
+    // Items of `mr` tiles (the kernel's rows) in flattened order `ty * tw + tx`, across rows:
+    // on maps of fewer than `mr` tiles per row, row-aligned items would leave kernel rows empty
+    // and stream all of `U` once more per item.
+    let tiles = th * tw;
+    let items = tiles.div_ceil(mr);
+    let first_tile = |i: usize| (i * mr, mr.min(tiles - i * mr));
     let threads = rayon::current_num_threads();
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let tasks = threads_for(par, th * tw * POSITIONS * cin * cout);
