@@ -187,6 +187,15 @@ fn conv_cases() -> Vec<ConvCase> {
         c(1, 96, [130, 3], 100, 3),
         c(1, 256, [8, 8], 256, 3),
         c(1, 200, [9, 7], 224, 3),
+        // Batches on small maps (at most 256 output pixels) as one product over all items'
+        // pixels: padded as planes and pixel-major, strided, dilated, in place (1x1), and
+        // below Winograd's 16 tiles.
+        c(3, 40, [9, 7], 48, 3).stride(2),
+        c(2, 64, [8, 8], 96, 3).stride(2),
+        c(2, 48, [7, 9], 32, 1),
+        c(4, 64, [4, 5], 64, 3),
+        c(2, 32, [9, 9], 33, 3).dil(2).pad(2),
+        c(2, 33, [16, 16], 40, 3),
     ];
     let mut nb = c(1, 5, [10, 9], 4, 3);
     nb.bias = false;
@@ -245,6 +254,7 @@ fn conv_epilogues_match_reference() {
         ConvCase::new(2, 7, [9, 11], 7, 3).groups(7),   // depthwise
         ConvCase::new(1, 64, [40, 44], 8, 3),           // many column panels
         ConvCase::new(2, 32, [17, 13], 40, 3),          // Winograd, odd map
+        ConvCase::new(3, 40, [6, 7], 36, 3),            // a batch folded into one product
     ];
     for case in cases {
         for ep in all_epilogues(&mut rng, case.cout) {
