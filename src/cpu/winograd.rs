@@ -317,14 +317,7 @@ unsafe fn store_outputs(
     // T[k][j * 8 + i].
     let mut t = [[0.0f32; MAX_TILE]; 4];
     let transposed = transposes_tiles(g.mr, count, channels) && t0 % g.tw + count <= g.tw && {
-        for (k, t) in t.iter_mut().enumerate() {
-            for j0 in (0..channels).step_by(8) {
-                let rows: [*const f32; 8] = std::array::from_fn(|i| o[k][i * nr + j0..].as_ptr());
-                // SAFETY: AVX2 (transposes_tiles); rows i < 8 hold nr >= j0 + 8 values from
-                // i * nr; t[k] holds (j0 + 8) * 8 <= nr * 8 values.
-                unsafe { crate::cpu::conv::transpose_8x8_avx2(rows, t[j0 * 8..].as_mut_ptr(), 8) };
-            }
-        }
+        transpose_tiles(o, &mut t, nr, channels);
         true
     };
     // Segments of the tiles within one tile row: i0..i1, at tile row ty from column tx0.
@@ -357,6 +350,29 @@ unsafe fn store_outputs(
             }
         }
         i0 = i1;
+    }
+}
+
+/// `t[k][j * 8 + i] = o[k][i * nr + j]` for 8 tiles `i` and `channels` channels `j` (a multiple
+/// of 8), by 8 x 8 AVX2 transposes; only called where [`transposes_tiles`] holds.
+fn transpose_tiles(o: &[[f32; MAX_TILE]; 4], t: &mut [[f32; MAX_TILE]; 4], nr: usize, channels: usize) {
+    assert!(channels <= nr && 8 * nr <= MAX_TILE, "transpose_tiles: tile too large");
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(std::is_x86_feature_detected!("avx2"), "transpose_tiles: needs AVX2");
+        for (k, t) in t.iter_mut().enumerate() {
+            for j0 in (0..channels / 8 * 8).step_by(8) {
+                let rows: [*const f32; 8] = std::array::from_fn(|i| o[k][i * nr + j0..].as_ptr());
+                // SAFETY: AVX2 (asserted); rows i < 8 hold nr >= j0 + 8 values from i * nr;
+                // t[k] holds (j0 + 8) * 8 <= nr * 8 <= MAX_TILE values.
+                unsafe { crate::cpu::conv::transpose_8x8_avx2(rows, t[j0 * 8..].as_mut_ptr(), 8) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (o, t);
+        unreachable!("transpose_tiles: x86-64 only (transposes_tiles)");
     }
 }
 
