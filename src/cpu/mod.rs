@@ -101,8 +101,8 @@ impl PackedGraph {
         self.virtual_concat.iter().filter(|&&v| v).count()
     }
 
-    fn plan(&self, inputs: &[Tensor]) -> RunPlan<'_> {
-        RunPlan { packed: self.packed(inputs), input_affine: &self.input_affine, virtual_concat: &self.virtual_concat }
+    fn plan(&self) -> RunPlan<'_> {
+        RunPlan { packed: self.packed(), input_affine: &self.input_affine, virtual_concat: &self.virtual_concat }
     }
 
     /// The graph as given.
@@ -110,13 +110,12 @@ impl PackedGraph {
         &self.graph
     }
 
-    /// The packed weights, packed on the first run for the map sizes of its `inputs` (which
-    /// decide whether a convolution takes the Winograd path; runs at other sizes still give the
-    /// same results through the path packed for).
-    fn packed(&self, inputs: &[Tensor]) -> &[Option<indirect::PackedWeights>] {
+    /// The packed weights, packed on the first run for the map sizes the graph's inputs fix
+    /// (which decide whether a convolution takes the Winograd path).
+    fn packed(&self) -> &[Option<indirect::PackedWeights>] {
         self.packed.get_or_init(|| {
-            // Shapes unknown (inputs the run will refuse): packed for any size.
-            let shapes = prepare(&self.graph, inputs).ok().map(|p| p.shapes);
+            // Shapes unknown (a malformed graph the run will refuse): packed for any size.
+            let shapes = self.graph.shapes(1).ok();
             self.graph
                 .nodes
                 .iter()
@@ -134,13 +133,13 @@ impl PackedGraph {
 
     /// [`run`] on the graph, with the packed weights.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        run_timed(&self.graph, Some(self.plan(inputs)), inputs, None)
+        run_timed(&self.graph, Some(self.plan()), inputs, None)
     }
 
     /// [`run_profiled`] on the graph, with the packed weights.
     pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>)> {
         let mut times = vec![std::time::Duration::ZERO; self.graph.nodes.len()];
-        let out = run_timed(&self.graph, Some(self.plan(inputs)), inputs, Some(&mut times))?;
+        let out = run_timed(&self.graph, Some(self.plan()), inputs, Some(&mut times))?;
         Ok((out, times))
     }
 }

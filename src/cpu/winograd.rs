@@ -159,6 +159,8 @@ pub(super) fn conv2d(
     let tiles = th * tw;
     let items = tiles.div_ceil(mr);
     let first_tile = |i: usize| (i * mr, mr.min(tiles - i * mr));
+    // The depth offsets of a transformed window's channels, the same for every product.
+    let offsets: Vec<usize> = (0..cin).collect();
     let threads = rayon::current_num_threads();
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let tasks = threads_for(par, th * tw * POSITIONS * cin * cout);
@@ -175,7 +177,7 @@ pub(super) fn conv2d(
                 transform_inputs(&g, &padded, t0, count, buf);
                 // SAFETY: this item's output pixels (those of tiles t0..t0 + count) are its own
                 // (items split the tiles) and inside `y` (asserted above).
-                unsafe { products_and_outputs(&g, packed, buf, t0, count, dst.get().add(y0), y0, ep) };
+                unsafe { products_and_outputs(&g, packed, buf, &offsets, t0, count, dst.get().add(y0), y0, ep) };
                 s.set(v);
             });
         };
@@ -215,12 +217,14 @@ const MAX_TILE: usize = 8 * 32;
 ///
 /// # Safety
 /// `y` must be writable at `(co * oh + oy) * ow + ox` for every channel and output pixel of these
-/// tiles, and no other thread may access those elements meanwhile.
+/// tiles, and no other thread may access those elements meanwhile; `offsets` must be `0..cin`
+/// (the depth offsets within one transformed window, built once per call by [`conv2d`]).
 #[allow(clippy::too_many_arguments)]
 unsafe fn products_and_outputs(
     g: &Geometry,
     packed: &PackedWeights,
     v: &[f32],
+    offsets: &[usize],
     t0: usize,
     count: usize,
     y: *mut f32,
@@ -229,10 +233,10 @@ unsafe fn products_and_outputs(
 ) {
     let (mr, nr, cin) = (g.mr, g.nr, g.cin);
     assert!(mr * nr <= MAX_TILE && count >= 1 && count <= mr && v.len() >= POSITIONS * mr * cin);
+    assert_eq!(offsets.len(), cin, "winograd: one offset per input channel");
     let tile = tile_ind_fn(packed.kernel());
     // Rows past `count` repeat the last tile (valid reads, results dropped).
     let pix: [usize; 8] = std::array::from_fn(|i| i.min(count - 1) * cin);
-    let offsets: Vec<usize> = (0..cin).collect();
     let mut m = [[0.0f32; MAX_TILE]; POSITIONS];
     let mut o = [[0.0f32; MAX_TILE]; 4];
     for jp in 0..g.cout.div_ceil(nr) {
