@@ -6,7 +6,8 @@
 //! dX is the difference between a backward pass with and without the input gradient.
 //! `RAYON_NUM_THREADS` sets the threads; `WGPOSE_CPU_DW=padded|im2col` forces the weight
 //! gradient's method (`autodiff::backward`). The shapes are the hourglass's, LDCRN's and
-//! fasterpose's typical layers.
+//! fasterpose's typical layers, or `SHAPES="cin,cout,side,kernel,stride;..."` (e.g.
+//! `SHAPES="512,512,4,3,1"` for ResNet-18's last layers).
 
 use std::time::Instant;
 
@@ -24,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = Rng::new(1);
     let n = 16;
     // (cin, cout, input side, kernel, stride)
-    for &(cin, cout, side, k, stride) in &[
+    let default_shapes = [
         (64usize, 32usize, 64usize, 3usize, 1usize),
         (32, 16, 64, 3, 1),
         (64, 32, 32, 3, 1),
@@ -35,7 +36,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (64, 64, 32, 3, 1),
         (128, 128, 16, 3, 1),
         (64, 128, 32, 3, 2),
-    ] {
+    ];
+    let shapes: Vec<(usize, usize, usize, usize, usize)> = match std::env::var("SHAPES") {
+        Ok(list) => list
+            .split(';')
+            .map(|s| {
+                let v: Vec<usize> = s.split(',').map(|d| d.trim().parse()).collect::<Result<_, _>>()?;
+                match v[..] {
+                    [a, b, c, d, e] => Ok((a, b, c, d, e)),
+                    _ => Err(format!("SHAPES: `{s}` is not cin,cout,side,kernel,stride").into()),
+                }
+            })
+            .collect::<Result<_, Box<dyn std::error::Error>>>()?,
+        Err(_) => default_shapes.to_vec(),
+    };
+    for &(cin, cout, side, k, stride) in &shapes {
         let c = Conv2d {
             weight: Tensor::new(vec![cout, cin, k, k], rng.vec(cout * cin * k * k, -0.1, 0.1))?,
             bias: None,

@@ -445,6 +445,12 @@ fn conv_gradients() {
         ("3x3 groups 2 batch 5", [5, 4, 5, 4], ConvSpec::new(6, 3).padding(1).groups(2)),
         ("1x1 batch 5", [5, 5, 3, 4], ConvSpec::new(3, 1)),
         ("3x3 stride 2 batch 5", [5, 3, 7, 6], ConvSpec::new(4, 3).padding(1).stride(2)),
+        // Small maps in a batch: the stride-1 input gradient of all items as one product, the
+        // flipped weights packed straight from the weights; 35 input channels make two panels
+        // of 32 (AVX-512) or more, the last one partial; 20 output channels, two blocks of the
+        // weight gradient's transpose (16 rows each), the last one partial.
+        ("3x3 pad 1 batch 3, 35 -> 20 channels", [3, 35, 3, 4], ConvSpec::new(20, 3).padding(1)),
+        ("5x5 pad 2 dilation 1 batch 2", [2, 3, 5, 4], ConvSpec::new(2, 5).padding(2)),
     ];
     for (k, (what, shape, spec)) in cases.into_iter().enumerate() {
         let (g, x) = one_conv(shape, spec, 100 + k as u64);

@@ -80,6 +80,11 @@ fn gemm_conv_backward(
     strategy: ConvStrategy,
 ) -> (Option<Vec<f32>>, Vec<f32>) {
     let [n, cin, h, w] = dims(x);
+    if need_dx && folds_input_gradient(c, n, h * w) {
+        let dx = folded_input_gradient(x, dy, c);
+        let (_, dw) = gemm_conv_backward(x, dy, c, false, strategy);
+        return (Some(dx), dw);
+    }
     let cout = dy.shape[1];
     let k = (cin / c.groups) * c.kernel()[0] * c.kernel()[1];
     // Stride-1 input gradients (a convolution of dY) and 1x1 ones (a product) store every
@@ -140,17 +145,97 @@ fn gemm_conv_backward(
     (need_dx.then_some(dx), rows_from_columns(&dw, cout / c.groups, k))
 }
 
+/// Input maps up to which a stride-1 input gradient runs as one product over the whole
+/// batch ([`folded_input_gradient`]) instead of one per item: as in the forward pass
+/// (`cpu::conv`'s fold), a product per item streams all of the layer's weights for a few pixel
+/// tiles (9.4 MB per item of 16 pixels on ResNet-18's 512-channel 4x4 layers).
+const FOLD_MAX_PIXELS: usize = 256;
+
+/// Whether [`gemm_conv_backward`] computes `c`'s input gradient with [`folded_input_gradient`]
+/// (whatever the strategy: with the AVX-512 kernel the per-item path runs matrix products,
+/// which stream the weights per item just the same).
+fn folds_input_gradient(c: &Conv2d, n: usize, hw: usize) -> bool {
+    n > 1 && c.groups == 1 && hw <= FOLD_MAX_PIXELS && transposed_padding(c).is_some()
+}
+
+/// The stride-1 input gradient of a whole batch (one group) as one indirect convolution of
+/// the padded dY with the flipped weights: every item's pixels in one product, `[cin, n * hw]`,
+/// then each `(item, channel)` row copied to its place.
+fn folded_input_gradient(x: &Tensor, dy: &Tensor, c: &Conv2d) -> Vec<f32> {
+    let [n, cin, h, w] = dims(x);
+    let [_, cout, oh, ow] = dims(dy);
+    let hw = h * w;
+    let [kh, kw] = c.kernel();
+    let kk = cout * kh * kw;
+    let pad = transposed_padding(c).expect("checked by folds_input_gradient");
+    let packed = packed_flipped_weights(c);
+    // Every item's dY planes padded one after the other; item b's taps start b * cout planes in.
+    let (padded, offsets, pitch) = padded_source(&dy.data, [n * cout, oh, ow], [kh, kw], pad, c.dilation);
+    let item = cout * (oh + 2 * pad[0]) * pitch;
+    let pix: Vec<usize> = (0..n * hw).map(|q| (q / hw) * item + (q % hw / w) * pitch + q % w).collect();
+    let mut folded = crate::cpu::buffer::overwritten(cin * n * hw);
+    conv_indirect(&mut folded, n * hw, &packed, 0, &padded, &pix, &offsets[..kk], parallelism(), None);
+    let mut dx = crate::cpu::buffer::overwritten(n * cin * hw);
+    dx.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(bc, run)| {
+        let (b, ci) = (bc / cin, bc % cin);
+        run.copy_from_slice(&folded[(ci * n + b) * hw..][..hw]);
+    });
+    dx
+}
+
+/// [`flipped_weights`] (one group) packed for the indirect kernel, straight from the weights:
+/// for each output channel, the panel's input channels' kernels are one contiguous run of the
+/// weights, so the flip and the packing are one pass in cache (flipping first, then packing,
+/// read the weights one value per cache line).
+fn packed_flipped_weights(c: &Conv2d) -> PackedWeights {
+    let [kh, kw] = c.kernel();
+    let (cout, cin, taps) = (c.cout(), c.cin_per_group(), kh * kw);
+    let kernel = kernel_for(Kernel::detect(), cin);
+    let nr = kernel.shape().1;
+    PackedWeights::from_panels(kernel, 1, cin, cout * taps, |_, ci0, panel| {
+        let cols = nr.min(cin - ci0);
+        for co in 0..cout {
+            let run = &c.weight.data[(co * cin + ci0) * taps..][..cols * taps];
+            let rows = &mut panel[co * taps * nr..][..taps * nr];
+            for (j, kernel) in run.chunks_exact(taps).enumerate() {
+                for (t, &v) in kernel.iter().rev().enumerate() {
+                    rows[t * nr + j] = v;
+                }
+            }
+            if cols < nr {
+                rows.chunks_exact_mut(nr).for_each(|r| r[cols..].fill(0.0));
+            }
+        }
+    })
+}
+
 /// The weight gradient from the layout the GEMMs accumulate it in (per group, `cout_g x k`
 /// column-major: element `(o, kk)` at `kk * cout_g + o`) to the weight's row-major layout.
+///
+/// A transpose, done [`TRANSPOSE_ROWS`] output rows at a time: each step reads one short
+/// contiguous run of a source row and appends one value to each of those output rows. Row by
+/// row, each value read from a different source row (`cout_g * 4` bytes apart: 2 KiB for
+/// ResNet-18's 512-channel layers) missed the cache, and this pass took a quarter of a training
+/// step's backward time on those layers (session 26, `perf`).
 fn rows_from_columns(dwt: &[f32], cout_g: usize, k: usize) -> Vec<f32> {
     let mut dw = vec![0.0f32; dwt.len()];
-    dw.par_chunks_mut(k).with_min_len(planes_per_task(k)).enumerate().for_each(|(row, d)| {
-        let (g, o) = (row / cout_g, row % cout_g);
-        let src = &dwt[g * cout_g * k..(g + 1) * cout_g * k];
-        d.iter_mut().enumerate().for_each(|(kk, v)| *v = src[kk * cout_g + o]);
+    let group = cout_g * k;
+    let block = TRANSPOSE_ROWS * k;
+    dw.par_chunks_mut(group).zip(dwt.par_chunks(group)).with_min_len(planes_per_task(group)).for_each(|(dg, src)| {
+        dg.par_chunks_mut(block).with_min_len(planes_per_task(block)).enumerate().for_each(|(i, d)| {
+            let (o0, rows) = (i * TRANSPOSE_ROWS, d.len() / k);
+            for kk in 0..k {
+                for (r, &v) in src[kk * cout_g + o0..][..rows].iter().enumerate() {
+                    d[r * k + kk] = v;
+                }
+            }
+        });
     });
     dw
 }
+
+/// Output rows [`rows_from_columns`] fills together: 16 values, one cache line, per source run.
+const TRANSPOSE_ROWS: usize = 16;
 
 #[derive(Default)]
 struct Workspace {
@@ -187,18 +272,19 @@ fn flipped_weights(c: &Conv2d, cout: usize) -> Vec<f32> {
     let cin_g = c.weight.shape[1];
     let kk = cout_g * kh * kw;
     let mut f = vec![0.0f32; groups * cin_g * kk];
-    for g in 0..groups {
+    // Row by row of the result (group g, input channel ci), in parallel: a training step
+    // flips every layer's weights again.
+    f.par_chunks_mut(kk.max(1)).with_min_len(planes_per_task(kk)).enumerate().for_each(|(row, f)| {
+        let (g, ci) = (row / cin_g, row % cin_g);
         for co in 0..cout_g {
-            for ci in 0..cin_g {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let src = (((g * cout_g + co) * cin_g + ci) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx);
-                        f[(g * cin_g + ci) * kk + (co * kh + ky) * kw + kx] = c.weight.data[src];
-                    }
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let src = (((g * cout_g + co) * cin_g + ci) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx);
+                    f[(co * kh + ky) * kw + kx] = c.weight.data[src];
                 }
             }
         }
-    }
+    });
     f
 }
 

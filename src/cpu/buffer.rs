@@ -24,6 +24,11 @@ pub fn poison_fresh_buffers(on: bool) {
     POISON.store(on, Ordering::Relaxed);
 }
 
+/// Whether [`poison_fresh_buffers`] is on.
+pub(crate) fn poisoned() -> bool {
+    POISON.load(Ordering::Relaxed)
+}
+
 /// `n` values for a caller that writes all of them before reading any (module contract).
 pub(crate) fn overwritten(n: usize) -> Vec<f32> {
     if POISON.load(Ordering::Relaxed) {

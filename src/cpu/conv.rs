@@ -161,15 +161,9 @@ fn pack_weights_for(c: &Conv2d, kernel: Kernel) -> PackedWeights {
         return PackedWeights::new(kernel, &c.weight.data, c.groups, cout_g, k);
     }
     // Depth in the padded copy's order: tap (ky, kx), then input channel.
-    let mut w = vec![0.0f32; c.weight.data.len()];
-    for (dst, src) in w.chunks_exact_mut(k).zip(c.weight.data.chunks_exact(k)) {
-        for ci in 0..cin_g {
-            for t in 0..kh * kw {
-                dst[t * cin_g + ci] = src[ci * kh * kw + t];
-            }
-        }
-    }
-    PackedWeights::new(kernel, &w, c.groups, cout_g, k)
+    let taps = kh * kw;
+    let w = &c.weight.data;
+    PackedWeights::tap_major(kernel, c.groups, cout_g, [cin_g, taps], |g, o| &w[(g * cout_g + o) * k..][..k])
 }
 
 /// Whether `c`, on the indirect path, reads its input from a pixel-major zero-padded copy

@@ -104,17 +104,22 @@ fn enabled() -> bool {
 /// holds the `cout x cin` matrix of position `xi`.
 pub(crate) fn pack_weights(c: &Conv2d) -> PackedWeights {
     let (cout, cin) = (c.cout(), c.cin_per_group());
+    // Output channel by output channel (in parallel: a training step transforms every layer
+    // again), as `[cout][position][cin]`, then packed with the 16 positions as groups.
     let mut u = vec![0.0f32; POSITIONS * cout * cin];
-    for (i, g) in c.weight.data.chunks_exact(9).enumerate() {
-        let (co, ci) = (i / cin, i % cin);
-        for (xi, v) in transform_kernel(g).into_iter().enumerate() {
-            u[(xi * cout + co) * cin + ci] = v;
+    let per_channel = (POSITIONS * cin).max(1);
+    u.par_chunks_mut(per_channel).zip(c.weight.data.par_chunks((9 * cin).max(1))).for_each(|(u, g)| {
+        for (ci, g) in g.chunks_exact(9).enumerate() {
+            for (xi, v) in transform_kernel(g).into_iter().enumerate() {
+                u[xi * cin + ci] = v;
+            }
         }
-    }
-    PackedWeights::new(kernel_for(Kernel::detect(), cout), &u, POSITIONS, cout, cin)
+    });
+    PackedWeights::tap_major(kernel_for(Kernel::detect(), cout), POSITIONS, cout, [cin, 1], |xi, co| {
+        &u[(co * POSITIONS + xi) * cin..][..cin]
+    })
 }
 
-/// `G g G^T` for a 3x3 kernel `g` (row-major), `G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]`.
 fn transform_kernel(g: &[f32]) -> [f32; POSITIONS] {
     let rows = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
     let cols: [[f32; 4]; 3] = std::array::from_fn(|j| rows(g[j], g[3 + j], g[6 + j]));
