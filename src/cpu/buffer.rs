@@ -30,6 +30,8 @@ pub(crate) fn poisoned() -> bool {
 }
 
 /// `n` values for a caller that writes all of them before reading any (module contract).
+// The point of this function: values the caller overwrites (module contract, NaN poison in tests).
+#[allow(clippy::uninit_vec)]
 pub(crate) fn overwritten(n: usize) -> Vec<f32> {
     if POISON.load(Ordering::Relaxed) {
         return vec![f32::NAN; n];

@@ -51,6 +51,7 @@ struct Block([f32; 16]);
 impl AlignedF32 {
     /// `len` values for a caller that writes all of them before reading any (the contract of
     /// `super::buffer`, whose NaN poison applies here too).
+    #[allow(clippy::uninit_vec)] // as `super::buffer::overwritten`
     fn overwritten(len: usize) -> Self {
         let blocks = len.div_ceil(16);
         if super::buffer::poisoned() {
