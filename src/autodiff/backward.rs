@@ -215,12 +215,11 @@ fn packed_flipped_weights(c: &Conv2d) -> PackedWeights {
 /// A transpose, done [`TRANSPOSE_ROWS`] output rows at a time: each step reads one short
 /// contiguous run of a source row and appends one value to each of those output rows. Row by
 /// row, each value read from a different source row (`cout_g * 4` bytes apart: 2 KiB for
-/// ResNet-18's 512-channel layers) missed the cache, and this pass took a quarter of a training
-/// step's backward time on those layers (session 26, `perf`).
+/// ResNet-18's 512-channel layers) missed the cache: 23% of the samples of a `perf` run of
+/// `examples/conv_grad_profile` on a 512-channel 4x4 layer (session 26).
 fn rows_from_columns(dwt: &[f32], cout_g: usize, k: usize) -> Vec<f32> {
     let mut dw = vec![0.0f32; dwt.len()];
-    let group = cout_g * k;
-    let block = TRANSPOSE_ROWS * k;
+    let (group, block) = ((cout_g * k).max(1), (TRANSPOSE_ROWS * k).max(1));
     dw.par_chunks_mut(group).zip(dwt.par_chunks(group)).with_min_len(planes_per_task(group)).for_each(|(dg, src)| {
         dg.par_chunks_mut(block).with_min_len(planes_per_task(block)).enumerate().for_each(|(i, d)| {
             let (o0, rows) = (i * TRANSPOSE_ROWS, d.len() / k);
