@@ -94,8 +94,8 @@ impl PackedWeights {
     /// One pass, panels in parallel, without zeroing first (every value is written): a
     /// training step packs every layer's weights again (9.4 MB for one of ResNet-18's
     /// 512-channel layers), and serially, with a zeroed allocation and a reordered copy before
-    /// the packing, that took as long as the layer's forward product on two threads (session
-    /// 26).
+    /// the packing, that took longer than the layer's forward product on two threads (7.4 ms
+    /// against 4.3, session 26).
     pub(crate) fn tap_major<'a>(
         kernel: Kernel,
         groups: usize,
@@ -269,10 +269,10 @@ unsafe fn store_tile_by_transposes<const NR: usize>(
     }
 }
 
-/// The largest tile (`MR * NR`) and tile height of any kernel.
 /// Input channels [`PackedWeights::tap_major`] reorders at a time.
 const TAP_MAJOR_BLOCK: usize = 16;
 
+/// The largest tile (`MR * NR`) and tile height of any kernel.
 const MAX_TILE: usize = AVX512_MR * 32;
 const MAX_ROWS: usize = 8;
 const _: () = assert!(AVX512_MR <= MAX_ROWS && PORTABLE_MR <= MAX_ROWS);

@@ -120,6 +120,7 @@ pub(crate) fn pack_weights(c: &Conv2d) -> PackedWeights {
     })
 }
 
+/// `G g G^T` for a 3x3 kernel `g` (row-major), `G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]`.
 fn transform_kernel(g: &[f32]) -> [f32; POSITIONS] {
     let rows = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
     let cols: [[f32; 4]; 3] = std::array::from_fn(|j| rows(g[j], g[3 + j], g[6 + j]));
