@@ -14,6 +14,7 @@ use crate::cpu::conv::{im2col, padded_source, ConvStrategy};
 use crate::cpu::gemm::{matmul, matmul_offsets, Kernel, Mat, MatMut, Parallelism};
 use crate::cpu::indirect::{conv_indirect, kernel_for, PackedWeights};
 use crate::cpu::ops::{bilinear_taps, planes_per_task, valid_range};
+use crate::cpu::reduce::centered_sums;
 use crate::cpu::weight_grad::{self, DwGeometry};
 use crate::graph::{Act, Conv2d};
 use crate::tensor::Tensor;
@@ -45,10 +46,11 @@ pub fn conv2d_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> Co
         let data: Vec<f32> = (0..cout)
             .into_par_iter()
             .map(|o| {
+                let kernel = Kernel::detect();
                 let mut s = 0.0f64;
                 for b in 0..n {
                     let p = &dy.data[(b * cout + o) * ohw..(b * cout + o + 1) * ohw];
-                    s += p.iter().map(|&v| v as f64).sum::<f64>();
+                    s += centered_sums(p, 0.0, p, 0.0, kernel).0;
                 }
                 s as f32
             })
@@ -633,17 +635,18 @@ fn depthwise_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> (Op
     (need_dx.then_some(dx), dw)
 }
 
-/// Per-channel sums over batch and space of `f(dy, x)` (two sums per channel).
-fn channel_sums2(dy: &Tensor, x: &Tensor, f: impl Fn(f32, f32, usize) -> (f32, f32) + Sync) -> (Vec<f32>, Vec<f32>) {
+/// Per-channel `(sum dy, sum dy * x)` over batch and space.
+fn channel_dots(dy: &Tensor, x: &Tensor) -> (Vec<f32>, Vec<f32>) {
     let [n, c, h, w] = dims(dy);
     let hw = h * w;
+    let kernel = Kernel::detect();
     let r: Vec<(f32, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
             let (mut a, mut b) = (0.0f64, 0.0f64);
             for bi in 0..n {
                 let off = (bi * c + ch) * hw;
-                let (p, q) = lane_sums2(&dy.data[off..off + hw], &x.data[off..off + hw], |g, v| f(g, v, ch));
+                let (p, q) = centered_sums(&dy.data[off..off + hw], 0.0, &x.data[off..off + hw], 0.0, kernel);
                 a += p;
                 b += q;
             }
@@ -651,30 +654,6 @@ fn channel_sums2(dy: &Tensor, x: &Tensor, f: impl Fn(f32, f32, usize) -> (f32, f
         })
         .collect();
     r.into_iter().unzip()
-}
-
-/// The two sums of `f(a[i], b[i])` over equal-length slices, in 8 independent f64 lanes: one
-/// running sum chained every addition on the previous one (4 cycles each), which made
-/// batch-norm statistics and gradients a tenth of a training step. f64, not f32, because the
-/// batch-norm input gradient subtracts these sums from each other (an f32 accumulation failed
-/// the hourglass gradient check by 0.4%).
-pub(crate) fn lane_sums2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
-    const LANES: usize = 8;
-    let (mut p, mut q) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let (va, vb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    for (&x, &y) in va.remainder().iter().zip(vb.remainder()) {
-        let (u, v) = f(x, y);
-        p[0] += u as f64;
-        q[0] += v as f64;
-    }
-    for (xa, xb) in va.zip(vb) {
-        for l in 0..LANES {
-            let (u, v) = f(xa[l], xb[l]);
-            p[l] += u as f64;
-            q[l] += v as f64;
-        }
-    }
-    (p.iter().sum(), q.iter().sum())
 }
 
 /// The channel affine a batch norm computes with its statistics: `scale = gamma * inv_std`,
@@ -710,8 +689,9 @@ pub fn batch_norm_backward(
     let m = (n * hw) as f32;
     let Tensor { shape, data: mut dx } = dy;
     // Per plane: the ReLU's mask applied in place (dz, the gradient of the batch norm's output),
-    // then, while the plane is in cache, its two sums (dz and dz * xhat) in f64 lanes. A mask
+    // then, while the plane is in cache, its two sums (dz and dz * xhat, `cpu::reduce`). A mask
     // inside the summing loop kept LLVM from vectorising it (3x slower than two passes).
+    let kernel = Kernel::detect();
     let sums: Vec<(f64, f64)> = dx
         .par_chunks_mut(hw)
         .with_min_len(planes_per_task(hw))
@@ -723,8 +703,9 @@ pub fn batch_norm_backward(
                 let (a, b) = (a[ch], b[ch]);
                 d.iter_mut().zip(s).for_each(|(d, &v)| *d = if a * v + b > 0.0 { *d } else { 0.0 });
             }
-            let (mu, is) = (mean[ch], inv_std[ch]);
-            lane_sums2(d, s, |g, v| (g, g * (v - mu) * is))
+            // sum dz * xhat = inv_std * sum dz * (x - mean).
+            let (sb, sg) = centered_sums(d, 0.0, s, mean[ch], kernel);
+            (sb, sg * inv_std[ch] as f64)
         })
         .collect();
     // dbeta = sum dz, dgamma = sum dz * xhat, summed over the batch in item order.
@@ -789,7 +770,7 @@ pub fn channel_affine_backward(
     act: Act,
 ) -> (Tensor, Vec<f32>, Vec<f32>) {
     let dz = if act == Act::None { dy.clone() } else { activation_backward(y, dy, act) };
-    let (dshift, dscale) = channel_sums2(&dz, x, |g, v, _| (g, g * v));
+    let (dshift, dscale) = channel_dots(&dz, x);
     let [_, c, h, w] = dims(x);
     let hw = h * w;
     let mut dx = dz.data;
@@ -879,14 +860,16 @@ pub fn concat_backward(dy: &Tensor, cs: &[usize]) -> Vec<Tensor> {
 
 /// `y = alpha * skip + x`: returns `(dskip, dalpha)` (dx is dy itself).
 pub fn gated_add_backward(skip: &Tensor, dy: &Tensor, alpha: &[f32]) -> (Tensor, Vec<f32>) {
-    let (dalpha, _) = channel_sums2(dy, skip, |g, s, _| (g * s, 0.0));
+    let (_, dalpha) = channel_dots(dy, skip);
     let [_, c, h, w] = dims(dy);
     let hw = h * w;
-    let mut ds = dy.data.clone();
+    // One pass (read dy, write ds) rather than a copy and an in-place scaling.
+    let mut ds = crate::cpu::buffer::overwritten(dy.data.len());
     ds.par_chunks_mut(hw)
+        .zip(dy.data.par_chunks(hw))
         .with_min_len(planes_per_task(hw))
         .enumerate()
-        .for_each(|(p, d)| d.iter_mut().for_each(|v| *v *= alpha[p % c]));
+        .for_each(|(p, (d, g))| d.iter_mut().zip(g).for_each(|(d, &g)| *d = g * alpha[p % c]));
     (like(skip, ds), dalpha)
 }
 

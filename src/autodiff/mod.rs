@@ -251,23 +251,21 @@ fn forward_train_timed(
     Ok(Tape { values, bn, argmax, running, mode: bn_mode })
 }
 
-/// Per-channel mean and biased variance over batch and space, in one pass: f64 sums of `v - s`
-/// and `(v - s)^2`, shifted by the channel's first value `s` so that the variance does not
-/// cancel when the mean is large against the spread.
+/// Per-channel mean and biased variance over batch and space, in one pass: sums of `v - s`
+/// and `(v - s)^2` (`cpu::reduce`, f64 across blocks), shifted by the channel's first value `s`
+/// so that the variance does not cancel when the mean is large against the spread.
 fn batch_stats(x: &Tensor) -> (Vec<f32>, Vec<f32>) {
     let [n, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
     let hw = h * w;
     let m = (n * hw) as f64;
+    let kernel = cpu::gemm::Kernel::detect();
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let shift = x.data[ch * hw];
             let (s1, s2) = (0..n).fold((0.0f64, 0.0f64), |(a, b), item| {
                 let p = &x.data[(item * c + ch) * hw..(item * c + ch + 1) * hw];
-                let (da, db) = backward::lane_sums2(p, p, |v, _| {
-                    let d = v - shift;
-                    (d, d * d)
-                });
+                let (da, db) = cpu::reduce::centered_sums(p, shift, p, shift, kernel);
                 (a + da, b + db)
             });
             let d = s1 / m;

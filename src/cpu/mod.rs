@@ -28,6 +28,7 @@ pub mod gemm;
 pub mod indirect;
 pub(crate) mod ops;
 pub(crate) mod pool;
+pub(crate) mod reduce;
 pub mod reference;
 pub(crate) mod threads;
 pub(crate) mod weight_grad;
