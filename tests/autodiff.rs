@@ -451,6 +451,13 @@ fn conv_gradients() {
         // weight gradient's transpose (16 rows each), the last one partial.
         ("3x3 pad 1 batch 3, 35 -> 20 channels", [3, 35, 3, 4], ConvSpec::new(20, 3).padding(1)),
         ("5x5 pad 2 dilation 1 batch 2", [2, 3, 5, 4], ConvSpec::new(2, 5).padding(2)),
+        // 32 and 33 channels on a 9x10 map: the input gradient as a forward Winograd convolution
+        // with the flipped weights (`cpu::winograd`; partial tiles on both edges).
+        (
+            "3x3 pad 1 batch 2, 32 -> 33 channels, Winograd input gradient",
+            [2, 32, 9, 10],
+            ConvSpec::new(33, 3).padding(1),
+        ),
     ];
     for (k, (what, shape, spec)) in cases.into_iter().enumerate() {
         let (g, x) = one_conv(shape, spec, 100 + k as u64);
