@@ -112,6 +112,7 @@ fn gemm_conv_backward(
         let items = if need_dx { dxs.len() / (cin * h * w) } else { n - b0 };
         let mut dw = vec![0.0f32; cout * k];
         dw_from_padded_items(x, dy, c, b0..b0 + items, &mut dw);
+        dw_winograd_items(x, dy, c, b0..b0 + items, &mut dw);
         let mut ws = Workspace::default();
         dw_by_product_items(x, dy, c, b0..b0 + items, &mut dw, &mut ws, par);
         if need_dx {
@@ -137,6 +138,7 @@ fn gemm_conv_backward(
                     let mut dw = vec![0.0f32; cout * k];
                     let items = i * chunk..((i + 1) * chunk).min(n);
                     dw_from_padded_items(x, dy, c, items.clone(), &mut dw);
+                    dw_winograd_items(x, dy, c, items.clone(), &mut dw);
                     dw_by_product_items(x, dy, c, items, &mut dw, &mut Workspace::default(), Parallelism::None);
                     dw
                 })
@@ -327,16 +329,59 @@ const DW_FROM_PADDED_MAX_COUT: usize = 32;
 /// need no im2col), `=im2col` for none (tests and A/Bs run both), else up to
 /// [`DW_FROM_PADDED_MAX_COUT`] output channels per group on rows of at least `weight_grad::L`
 /// output pixels (its vector width; narrower rows run its scalar tail).
-fn weight_grad_without_im2col(c: &Conv2d, cout_g: usize, ow: usize) -> bool {
+fn weight_grad_without_im2col(c: &Conv2d, cout_g: usize, [oh, ow]: [usize; 2]) -> bool {
+    // 1x1 convolutions without padding need no im2col: their product reads the input directly.
+    let direct = c.kernel() == [1, 1] && c.padding == [0, 0];
+    c.stride == [1, 1]
+        && !direct
+        && forced_weight_grad().unwrap_or(
+            cout_g <= DW_FROM_PADDED_MAX_COUT && ow >= weight_grad::L && !weight_grad_by_winograd(c, [oh, ow]),
+        )
+}
+
+/// `WGPOSE_CPU_DW`: `padded` -> Some(true), `im2col` -> Some(false) (and no Winograd either way).
+fn forced_weight_grad() -> Option<bool> {
     static CHOICE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let forced = *CHOICE.get_or_init(|| match std::env::var("WGPOSE_CPU_DW").as_deref() {
+    *CHOICE.get_or_init(|| match std::env::var("WGPOSE_CPU_DW").as_deref() {
         Ok("padded") => Some(true),
         Ok("im2col") => Some(false),
         _ => None,
-    });
-    // 1x1 convolutions without padding need no im2col: their product reads the input directly.
-    let direct = c.kernel() == [1, 1] && c.padding == [0, 0];
-    c.stride == [1, 1] && !direct && forced.unwrap_or(cout_g <= DW_FROM_PADDED_MAX_COUT && ow >= weight_grad::L)
+    })
+}
+
+/// Whether `c`'s weight gradient on output maps `[oh, ow]` is computed in the Winograd domain
+/// (`cpu::winograd_grad`), unless `WGPOSE_CPU_DW` forces one of the other two ways or
+/// `WGPOSE_CPU_WINOGRAD=0` turns Winograd off.
+fn weight_grad_by_winograd(c: &Conv2d, [oh, ow]: [usize; 2]) -> bool {
+    forced_weight_grad().is_none()
+        && crate::cpu::winograd::enabled()
+        && crate::cpu::winograd_grad::applies(
+            [c.cin_per_group() * c.groups, c.cout()],
+            c.kernel(),
+            c.stride,
+            c.padding,
+            c.dilation,
+            c.groups,
+            [oh, ow],
+        )
+}
+
+/// The weight gradient of batch items `range` (accumulated, column-major) when
+/// [`weight_grad_by_winograd`] holds for `c` (else nothing).
+fn dw_winograd_items(x: &Tensor, dy: &Tensor, c: &Conv2d, range: std::ops::Range<usize>, dw: &mut [f32]) {
+    let [_, cin, h, w] = dims(x);
+    let [_, cout, oh, ow] = dims(dy);
+    if range.is_empty() || !weight_grad_by_winograd(c, [oh, ow]) {
+        return;
+    }
+    let items = range.len();
+    crate::cpu::winograd_grad::accumulate(
+        &x.data[range.start * cin * h * w..][..items * cin * h * w],
+        &dy.data[range.start * cout * oh * ow..][..items * cout * oh * ow],
+        [items, cin, h, w],
+        cout,
+        dw,
+    );
 }
 
 /// Bytes of padded input and output gradient one pass of [`dw_from_padded_items`] may span:
@@ -356,7 +401,7 @@ fn dw_from_padded_items(x: &Tensor, dy: &Tensor, c: &Conv2d, range: std::ops::Ra
     let (cin_g, cout_g) = (cin / groups, cout / groups);
     let [kh, kw] = c.kernel();
     let k = cin_g * kh * kw;
-    if !weight_grad_without_im2col(c, cout_g, ow) {
+    if !weight_grad_without_im2col(c, cout_g, [oh, ow]) {
         return;
     }
     let plane = (h + 2 * c.padding[0]) * (w + 2 * c.padding[1]);
@@ -389,7 +434,8 @@ fn dw_from_padded_items(x: &Tensor, dy: &Tensor, c: &Conv2d, range: std::ops::Ra
     }
 }
 
-/// dX (written) of batch item `b` (dW: [`dw_from_padded_items`] or [`dw_by_product_items`]).
+/// dX (written) of batch item `b` (dW: [`dw_from_padded_items`], [`dw_winograd_items`] or
+/// [`dw_by_product_items`]).
 #[allow(clippy::too_many_arguments)]
 fn item_backward(
     x: &Tensor,
@@ -526,7 +572,11 @@ fn dw_by_product_items(
     let (cin_g, cout_g) = (cin / groups, cout / groups);
     let [kh, kw] = c.kernel();
     let k = cin_g * kh * kw;
-    if weight_grad_without_im2col(c, cout_g, ow) || range.is_empty() || ohw == 0 {
+    if weight_grad_without_im2col(c, cout_g, [oh, ow])
+        || weight_grad_by_winograd(c, [oh, ow])
+        || range.is_empty()
+        || ohw == 0
+    {
         return;
     }
     let direct = kh == 1 && kw == 1 && c.stride == [1, 1] && c.padding == [0, 0];

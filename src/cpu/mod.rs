@@ -33,6 +33,7 @@ pub mod reference;
 pub(crate) mod threads;
 pub(crate) mod weight_grad;
 pub(crate) mod winograd;
+pub(crate) mod winograd_grad;
 
 use std::borrow::Cow;
 

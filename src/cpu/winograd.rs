@@ -95,7 +95,9 @@ pub(crate) fn chosen(c: &Conv2d, packed: Option<&PackedWeights>, out_hw: [usize;
     }
 }
 
-fn enabled() -> bool {
+/// `WGPOSE_CPU_WINOGRAD=0` (or `off`) turns the Winograd paths off: this forward path, the input
+/// gradients that reuse it and the weight gradient (`super::winograd_grad`).
+pub(crate) fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| !matches!(std::env::var("WGPOSE_CPU_WINOGRAD").as_deref(), Ok("0" | "off")))
 }

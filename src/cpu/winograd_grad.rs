@@ -1,0 +1,253 @@
+//! The weight gradient of a 3x3, stride-1, padding-1 convolution in the Winograd F(2x2, 3x3)
+//! domain (Lavin and Gray 2016, as the forward pass in [`super::winograd`]):
+//!
+//! `Y = A^T [U . V] A` per 2x2 output tile, `U = G g G^T`, `V = B^T d B`, so
+//! `dU = sum over tiles of (A dY A^T) . V` (one matrix product per position of the 4x4 tile,
+//! `cout x tiles` times `tiles x cin`) and `dg = G^T dU G`.
+//!
+//! Why: the direct weight gradient (`super::weight_grad`) runs at 55-70 GFLOP/s on one AVX-512
+//! thread whatever the map size (`examples/conv_grad_profile`): its tiles of 4 output channels x 3
+//! taps load 7 vectors per 12 multiply-adds. Here the work is 16 products of depth `tiles` through
+//! the matrix-product kernels, with 4 instead of 9 multiply-adds per output pixel and channel
+//! pair; the transforms only add and subtract.
+//!
+//! Positions are numbered `4 i + j`, `i` the tile's row transform, `j` its column transform.
+
+use super::conv::zero_padded_pixel_major_to;
+use super::gemm::{matmul, Mat, MatMut, Parallelism};
+
+/// Positions of the 4x4 transformed tile.
+const POSITIONS: usize = 16;
+
+/// Input and output channels from which this path is taken. Below, the 16 products are too
+/// thin for the product kernels' tiles: one AVX-512 thread, batch 16, ms for the direct path ->
+/// this one (`examples/conv_grad_profile`): 16 -> 16 at 64x64 4.7 -> 7.2, 16 -> 32 at 64x64
+/// 9.2 -> 11.1, 32 -> 16 at 64x64 9.5 -> 9.0, 64 -> 32 at 64x64 41.1 -> 22.1, 32 -> 32 at 32x32
+/// 4.2 -> 2.8, 64 -> 64 at 32x32 12.3 -> 7.8, 128 -> 128 at 16x16 13.3 -> 6.6.
+const MIN_IN_CHANNELS: usize = 32;
+const MIN_OUT_CHANNELS: usize = 16;
+
+/// Transformed values (inputs and output gradients) per block of tile rows: within L2.
+const BLOCK_VALUES: usize = 256 << 10;
+
+/// Whether a convolution with `cin` -> `cout` channels, `kernel`, `stride`, `padding`,
+/// `dilation` and `groups` on output maps `[oh, ow]` takes this path: 3x3, stride 1, padding 1,
+/// dilation 1, one group, at least [`MIN_IN_CHANNELS`] and [`MIN_OUT_CHANNELS`], maps of at
+/// least 8x8 (16 tiles).
+pub(crate) fn applies(
+    [cin, cout]: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    groups: usize,
+    [oh, ow]: [usize; 2],
+) -> bool {
+    kernel == [3, 3]
+        && stride == [1, 1]
+        && padding == [1, 1]
+        && dilation == [1, 1]
+        && groups == 1
+        && cin >= MIN_IN_CHANNELS
+        && cout >= MIN_OUT_CHANNELS
+        && oh >= 8
+        && ow >= 8
+}
+
+/// Adds the weight gradient of `items` batch items to `dwt`, column-major (`dwt[p * cout + o]`,
+/// `p = (ci * 3 + ky) * 3 + kx`, the layout `autodiff::backward` keeps dW in). `x` holds the
+/// items' inputs `[items, cin, h, w]`, `dy` their output gradients `[items, cout, h, w]`.
+pub(crate) fn accumulate(x: &[f32], dy: &[f32], [items, cin, h, w]: [usize; 4], cout: usize, dwt: &mut [f32]) {
+    assert!(x.len() >= items * cin * h * w && dy.len() >= items * cout * h * w, "winograd_grad: inputs too short");
+    assert!(dwt.len() >= cin * 9 * cout, "winograd_grad: dW too small");
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    if items == 0 || th == 0 || tw == 0 || cin == 0 || cout == 0 {
+        return;
+    }
+    let rows_per_block = (BLOCK_VALUES / (POSITIONS * tw * (cin + cout))).clamp(1, th);
+    let mut du = vec![0.0f32; POSITIONS * cout * cin];
+    // Transformed values, position-major then tile-major: `v[(pos * tiles + t) * cin + ci]`,
+    // `m[(pos * tiles + t) * cout + o]`, so that both sides of each product are read along
+    // their rows (channels) when the product kernels pack them.
+    let (mut v, mut m) = (Vec::new(), Vec::new());
+    let mut tmp = vec![0.0f32; POSITIONS * cin.max(cout)];
+    for b in 0..items {
+        // Pixel-major copies (channels innermost): the input with its padding of 1 and the
+        // gradient padded to whole tiles, zero outside the maps.
+        let (wp, gw) = (2 * tw + 2, 2 * tw);
+        let xp = zero_padded_pixel_major_to(
+            |ci| &x[(b * cin + ci) * h * w..][..h * w],
+            [cin, h, w],
+            [1, 1],
+            [2 * th + 2, wp],
+            None,
+        );
+        let gp = zero_padded_pixel_major_to(
+            |o| &dy[(b * cout + o) * h * w..][..h * w],
+            [cout, h, w],
+            [0, 0],
+            [2 * th, gw],
+            None,
+        );
+        let mut ty0 = 0;
+        while ty0 < th {
+            let rcount = rows_per_block.min(th - ty0);
+            let tiles = rcount * tw;
+            v.resize(POSITIONS * tiles * cin, 0.0);
+            m.resize(POSITIONS * tiles * cout, 0.0);
+            for t in 0..tiles {
+                let (ty, tx) = (ty0 + t / tw, t % tw);
+                let window = |i: usize, j: usize| &xp[((2 * ty + i) * wp + 2 * tx + j) * cin..][..cin];
+                input_tile(window, &mut tmp[..POSITIONS * cin], &mut v, tiles, t);
+                let grad = |i: usize, j: usize| &gp[((2 * ty + i) * gw + 2 * tx + j) * cout..][..cout];
+                gradient_tile(grad, &mut tmp[..POSITIONS * cout], &mut m, tiles, t);
+            }
+            for pos in 0..POSITIONS {
+                matmul(
+                    MatMut::rows(&mut du[pos * cout * cin..][..cout * cin], cout, cin, cin),
+                    Mat::transposed(&m[pos * tiles * cout..][..tiles * cout], cout, tiles, cout),
+                    Mat::rows(&v[pos * tiles * cin..][..tiles * cin], tiles, cin, cin),
+                    true,
+                    Parallelism::None,
+                );
+            }
+            ty0 += rcount;
+        }
+    }
+    // dg = G^T dU G, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]: G^T u for a 4-vector u is
+    // [u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3].
+    let gt = |u: [f32; 4]| [u[0] + 0.5 * (u[1] + u[2]), 0.5 * (u[1] - u[2]), 0.5 * (u[1] + u[2]) + u[3]];
+    for o in 0..cout {
+        for ci in 0..cin {
+            let at = |pos: usize| du[(pos * cout + o) * cin + ci];
+            // Over j for each i (G on the right), then over i (G^T on the left).
+            let half: [[f32; 3]; 4] = std::array::from_fn(|i| gt(std::array::from_fn(|j| at(4 * i + j))));
+            for kx in 0..3 {
+                let col = gt(std::array::from_fn(|i| half[i][kx]));
+                for (ky, value) in col.into_iter().enumerate() {
+                    dwt[((ci * 3 + ky) * 3 + kx) * cout + o] += value;
+                }
+            }
+        }
+    }
+}
+
+/// `V = B^T d B` of one tile, every channel at once: `window(i, j)` is the 4x4 window's pixel
+/// (row `i`, column `j`) as a run of channels; position `pos` goes to
+/// `dst[(pos * tiles + t) * c..]`. `B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`.
+fn input_tile<'a>(
+    window: impl Fn(usize, usize) -> &'a [f32],
+    tmp: &mut [f32],
+    dst: &mut [f32],
+    tiles: usize,
+    t: usize,
+) {
+    let c = tmp.len() / POSITIONS;
+    let at = |pos: usize| (pos * c)..(pos + 1) * c;
+    let out = |pos: usize| (pos * tiles + t) * c..(pos * tiles + t + 1) * c;
+    // tmp[4 i + j] = row i of B^T applied down column j.
+    for j in 0..4 {
+        let (d0, d1, d2, d3) = (window(0, j), window(1, j), window(2, j), window(3, j));
+        combine(&mut tmp[at(j)], d0, d2, -1.0);
+        combine(&mut tmp[at(4 + j)], d1, d2, 1.0);
+        combine(&mut tmp[at(8 + j)], d2, d1, -1.0);
+        combine(&mut tmp[at(12 + j)], d1, d3, -1.0);
+    }
+    for i in 0..4 {
+        let row = |j: usize| &tmp[at(4 * i + j)];
+        combine(&mut dst[out(4 * i)], row(0), row(2), -1.0);
+        combine(&mut dst[out(4 * i + 1)], row(1), row(2), 1.0);
+        combine(&mut dst[out(4 * i + 2)], row(2), row(1), -1.0);
+        combine(&mut dst[out(4 * i + 3)], row(1), row(3), -1.0);
+    }
+}
+
+/// `A dY A^T` of one 2x2 tile, every channel at once (`grad(i, j)` the tile's output pixel as a
+/// run of channels; destinations as for [`input_tile`]), `A = [1 0; 1 1; 1 -1; 0 -1]`.
+fn gradient_tile<'a>(
+    grad: impl Fn(usize, usize) -> &'a [f32],
+    tmp: &mut [f32],
+    dst: &mut [f32],
+    tiles: usize,
+    t: usize,
+) {
+    let c = tmp.len() / POSITIONS;
+    let at = |pos: usize| (pos * c)..(pos + 1) * c;
+    let out = |pos: usize| (pos * tiles + t) * c..(pos * tiles + t + 1) * c;
+    // tmp[4 i + j], j < 2: row i of A applied down column j: g0, g0 + g1, g0 - g1, -g1.
+    for j in 0..2 {
+        let (g0, g1) = (grad(0, j), grad(1, j));
+        tmp[at(j)].copy_from_slice(g0);
+        combine(&mut tmp[at(4 + j)], g0, g1, 1.0);
+        combine(&mut tmp[at(8 + j)], g0, g1, -1.0);
+        combine(&mut tmp[at(12 + j)], g1, g1, -2.0);
+    }
+    for i in 0..4 {
+        let (a, b) = (&tmp[at(4 * i)], &tmp[at(4 * i + 1)]);
+        dst[out(4 * i)].copy_from_slice(a);
+        combine(&mut dst[out(4 * i + 1)], a, b, 1.0);
+        combine(&mut dst[out(4 * i + 2)], a, b, -1.0);
+        combine(&mut dst[out(4 * i + 3)], b, b, -2.0);
+    }
+}
+
+/// `dst = a + s * b` elementwise (`s` is 1, -1 or -2: exact).
+#[inline(always)]
+fn combine(dst: &mut [f32], a: &[f32], b: &[f32], s: f32) {
+    for (d, (&a, &b)) in dst.iter_mut().zip(a.iter().zip(b)) {
+        *d = a + s * b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Against the definition in f64 (zero padding 1), onto a non-zero dW, on maps with odd and
+    /// even sides (partial tiles on the right and bottom), several items, channel counts off the
+    /// product kernels' tiles. Tolerance 1e-4 relative to the largest gradient (sums of up to
+    /// ~1000 products of values in [-1, 1]; the transforms add at most 4 terms each way).
+    #[test]
+    fn matches_the_definition() {
+        let mut rng = Rng::new(41);
+        for &(items, cin, cout, h, w) in &[(1, 32, 16, 8, 8), (2, 17, 19, 9, 11), (3, 20, 33, 12, 10), (1, 40, 3, 3, 5)]
+        {
+            let x = rng.vec(items * cin * h * w, -1.0, 1.0);
+            let dy = rng.vec(items * cout * h * w, -1.0, 1.0);
+            let mut want = vec![0.0f64; cin * 9 * cout];
+            for b in 0..items {
+                for o in 0..cout {
+                    for ci in 0..cin {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let mut s = 0.0f64;
+                                for y in 0..h {
+                                    for xo in 0..w {
+                                        let (iy, ix) = (y as isize + ky as isize - 1, xo as isize + kx as isize - 1);
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                            continue;
+                                        }
+                                        s += dy[((b * cout + o) * h + y) * w + xo] as f64
+                                            * x[((b * cin + ci) * h + iy as usize) * w + ix as usize] as f64;
+                                    }
+                                }
+                                want[((ci * 3 + ky) * 3 + kx) * cout + o] += s;
+                            }
+                        }
+                    }
+                }
+            }
+            let mut got = vec![0.25f32; cin * 9 * cout];
+            accumulate(&x, &dy, [items, cin, h, w], cout, &mut got);
+            let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - 0.25 - w).abs() <= 1e-4 * scale,
+                    "{items}x{cin}->{cout} {h}x{w} at {i}: {} vs {w}",
+                    *g as f64 - 0.25
+                );
+            }
+        }
+    }
+}
