@@ -22,10 +22,11 @@ const POSITIONS: usize = 16;
 /// Input and output channels from which this path is taken. Below, the 16 products are too
 /// thin for the product kernels' tiles: one AVX-512 thread, batch 16, ms for the direct path ->
 /// this one (`examples/conv_grad_profile`): 16 -> 16 at 64x64 4.7 -> 7.2, 16 -> 32 at 64x64
-/// 9.2 -> 11.1, 32 -> 16 at 64x64 9.5 -> 9.0, 64 -> 32 at 64x64 41.1 -> 22.1, 32 -> 32 at 32x32
-/// 4.2 -> 2.8, 64 -> 64 at 32x32 12.3 -> 7.8, 128 -> 128 at 16x16 13.3 -> 6.6.
+/// 9.2 -> 11.1, 32 -> 16 at 64x64 9.5 -> 9.0 (with the AVX2 kernel 10.8 -> 11.9), 64 -> 32 at
+/// 64x64 41.1 -> 22.1 (AVX2 37.6 -> 28.2), 32 -> 32 at 32x32 4.2 -> 2.8 (4.6 -> 4.0), 64 -> 64
+/// at 32x32 12.3 -> 7.8 (18.2 -> 10.7), 128 -> 128 at 16x16 13.3 -> 6.6 (18.9 -> 9.5).
 const MIN_IN_CHANNELS: usize = 32;
-const MIN_OUT_CHANNELS: usize = 16;
+const MIN_OUT_CHANNELS: usize = 32;
 
 /// Transformed values (inputs and output gradients) per block of tile rows: within L2.
 const BLOCK_VALUES: usize = 256 << 10;
