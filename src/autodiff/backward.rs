@@ -50,6 +50,8 @@ pub fn conv2d_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> Co
                 let mut s = 0.0f64;
                 for b in 0..n {
                     let p = &dy.data[(b * cout + o) * ohw..(b * cout + o + 1) * ohw];
+                    // (The kernel's second sum, of squares here, costs nothing in a pass bound by
+                    // memory.)
                     s += centered_sums(p, 0.0, p, 0.0, kernel).0;
                 }
                 s as f32
@@ -159,8 +161,8 @@ fn gemm_conv_backward(
 /// The convolution whose forward pass is `c`'s input gradient, when that forward pass takes the
 /// Winograd path (`cpu::winograd`): a 3x3 "same" convolution's input gradient is the 3x3 "same"
 /// convolution of dY with the flipped, transposed weights (`[cin, cout, 3, 3]`), so it gets the
-/// same 2.25x fewer multiplications as the forward pass. (The hourglass's 32 -> 64-channel
-/// 64x64 gradients ran as an indirect product per item.)
+/// same 2.25x fewer multiplications as the forward pass, and the forward pass's split of the
+/// batch over threads.
 fn winograd_input_gradient(c: &Conv2d, [h, w]: [usize; 2]) -> Option<Conv2d> {
     // The flipped convolution has the same map size and the channel counts swapped.
     if !crate::cpu::winograd::takes(c, Some([h, w])) {
@@ -324,11 +326,12 @@ fn flipped_weights(c: &Conv2d, cout: usize) -> Vec<f32> {
 /// from a padded copy of the input (`cpu::weight_grad`) instead of im2col and a product.
 const DW_FROM_PADDED_MAX_COUT: usize = 32;
 
-/// Whether `item_backward` computes `c`'s weight gradient without im2col:
-/// `WGPOSE_CPU_DW=padded` for every stride-1 convolution (but 1x1 ones without padding, which
-/// need no im2col), `=im2col` for none (tests and A/Bs run both), else up to
-/// [`DW_FROM_PADDED_MAX_COUT`] output channels per group on rows of at least `weight_grad::L`
-/// output pixels (its vector width; narrower rows run its scalar tail).
+/// Whether `c`'s weight gradient is computed from a padded copy of the input
+/// ([`dw_from_padded_items`]): `WGPOSE_CPU_DW=padded` for every stride-1 convolution (but 1x1
+/// ones without padding, which need no im2col), `=im2col` for none (tests and A/Bs run both),
+/// else up to [`DW_FROM_PADDED_MAX_COUT`] output channels per group on rows of at least
+/// `weight_grad::L` output pixels (its vector width; narrower rows run its scalar tail), unless
+/// the Winograd domain takes it ([`weight_grad_by_winograd`]).
 fn weight_grad_without_im2col(c: &Conv2d, cout_g: usize, [oh, ow]: [usize; 2]) -> bool {
     // 1x1 convolutions without padding need no im2col: their product reads the input directly.
     let direct = c.kernel() == [1, 1] && c.padding == [0, 0];

@@ -30,7 +30,7 @@ pub fn centered_sums(a: &[f32], ca: f32, b: &[f32], cb: f32, kernel: Kernel) -> 
     centered_sums_portable(a, ca, b, cb)
 }
 
-/// Eight independent f64 lanes: no chain of dependent additions, no f32 rounding.
+/// Eight independent f64 lanes (no chain of dependent additions), each term computed in f32.
 fn centered_sums_portable(a: &[f32], ca: f32, b: &[f32], cb: f32) -> (f64, f64) {
     const LANES: usize = 8;
     let (mut p, mut q) = ([0.0f64; LANES], [0.0f64; LANES]);
