@@ -326,11 +326,11 @@ fn gemm_conv(x: &Planes, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
 }
 
 /// `item(b, y_b, par)` for every batch item `b` and its output `y_b` (`per_item` values each).
-/// A batch of at least one item per thread is split by items, each item on one thread: one
-/// item's product split over the threads left narrow layers (the hourglass's 16-channel ones at
-/// 32x32 to 64x64, batch 16) little faster on two threads than on one. Otherwise items run in
-/// turn, each with `par`.
-fn for_each_item(
+/// With `par` parallel, a batch of at least one item per thread is split by items, each item on
+/// one thread: one item's product split over the threads left narrow layers (the hourglass's
+/// 16-channel ones at 32x32 to 64x64, batch 16) little faster on two threads than on one.
+/// Otherwise items run in turn, each with `par`.
+pub(super) fn for_each_item(
     y: &mut [f32],
     n: usize,
     per_item: usize,
@@ -341,7 +341,7 @@ fn for_each_item(
     if per_item == 0 {
         return;
     }
-    if threads > 1 && n >= threads {
+    if matches!(par, Parallelism::Rayon(_)) && threads > 1 && n >= threads {
         y.par_chunks_mut(per_item).enumerate().for_each(|(b, yb)| item(b, yb, Parallelism::None));
     } else {
         for (b, yb) in y.chunks_mut(per_item).enumerate() {

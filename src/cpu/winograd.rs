@@ -35,7 +35,7 @@
 use rayon::prelude::*;
 
 use super::buffer::reused;
-use super::conv::{zero_padded_pixel_major_to, EpilogueRef, InputAffine};
+use super::conv::{for_each_item, zero_padded_pixel_major_to, EpilogueRef, InputAffine};
 use super::gemm::{threads_for, tile_ind_fn, DstPtr, Kernel, Parallelism};
 use super::indirect::{kernel_for, PackedWeights};
 use super::ops::Planes;
@@ -172,38 +172,37 @@ pub(super) fn conv2d(
     let threads = rayon::current_num_threads();
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let tasks = threads_for(par, th * tw * POSITIONS * cin * cout);
-    let dst = DstPtr(y.as_mut_ptr());
-    let batch_item = |b: usize, split_tiles: bool| {
+    // Small layers run on the calling thread (`threads_for`).
+    let par = if tasks > 1 { par } else { Parallelism::None };
+    let batch_item = |b: usize, yb: &mut [f32], par: Parallelism| {
         let padded =
             zero_padded_pixel_major_to(|ci| x.plane(b, ci), [cin, h, w], [1, 1], [2 * th + 2, 2 * tw + 2], input);
         let y0 = b * cout * oh * ow;
+        let dst = DstPtr(yb.as_mut_ptr());
         let item = |i: usize| {
             let (t0, count) = first_tile(i);
             SCRATCH.with(|s| {
                 let mut v = s.take();
                 let buf = reused(&mut v, POSITIONS * mr * cin);
                 transform_inputs(&g, &padded, t0, count, buf);
-                // SAFETY: this item's output pixels (those of tiles t0..t0 + count of batch item
-                // b) are its own (items split the tiles, batch items the output) and inside `y`
-                // (asserted above).
-                unsafe { products_and_outputs(&g, packed, buf, &offsets, t0, count, dst.get().add(y0), y0, ep) };
+                // SAFETY: this item's output pixels (those of tiles t0..t0 + count) are its own
+                // (items split the tiles) and inside the batch item's output `yb` (`y` was
+                // asserted long enough above).
+                unsafe { products_and_outputs(&g, packed, buf, &offsets, t0, count, dst.get(), y0, ep) };
                 s.set(v);
             });
         };
-        if split_tiles && tasks > 1 && items > 1 {
+        if matches!(par, Parallelism::Rayon(_)) && items > 1 {
             (0..items).into_par_iter().for_each(item);
         } else {
             (0..items).for_each(item);
         }
     };
-    // A batch of at least one item per thread is split by items: on small maps one item has
-    // too few tile groups to share (training on two threads, batch 16: 32 -> 32 channels at
-    // 32x32 took 2.1 ms against 1.3 for the direct path, `examples/conv_grad_profile`).
-    if tasks > 1 && n >= threads {
-        (0..n).into_par_iter().for_each(|b| batch_item(b, false));
-    } else {
-        (0..n).for_each(|b| batch_item(b, true));
-    }
+    // A batch of at least one item per thread is split by items (`conv::for_each_item`): on
+    // small maps one item has too few tile groups to share (training on two threads, batch 16:
+    // 32 -> 32 channels at 32x32 took 2.1 ms against 1.3 for the direct path,
+    // `examples/conv_grad_profile`).
+    for_each_item(&mut y[..n * cout * oh * ow], n, cout * oh * ow, par, batch_item);
 }
 
 thread_local! {
