@@ -5,13 +5,20 @@
 //! 5 warm-up runs and 25 timed ones, and prints the time per operator kind and the slowest
 //! nodes. `RAYON_NUM_THREADS` sets the threads, `WGPOSE_CPU_KERNEL=avx2` / `portable` narrows
 //! the matrix-product kernel, `TOP=N` prints the N slowest nodes (12 by default), `WEIGHTS=FILE`
-//! runs a weights file instead of the seeded random weights (LDCRN timed the same both ways).
+//! runs a weights file instead of the seeded random weights (LDCRN timed the same both ways),
+//! `SIZE=HxW` another input size.
 
 use std::collections::BTreeMap;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "fasterpose-r18-s16-lsp".into());
-    let cfg = wgpose::models::config(&name)?;
+    let mut cfg = wgpose::models::config(&name)?;
+    // SIZE=HxW: another input size (the ONNX peer `wgpose export --size` writes), e.g. the
+    // 128x128 that `scripts/compare_cpu.py` times every model at.
+    if let Ok(size) = std::env::var("SIZE") {
+        let (h, w) = size.split_once('x').ok_or("SIZE must be HxW")?;
+        cfg = cfg.with_input([3, h.parse()?, w.parse()?]);
+    }
     let (graph, inputs) = wgpose::bench::model_case(&cfg, 1)?;
     let graph = match std::env::var_os("WEIGHTS") {
         Some(p) => wgpose::models::load_model(&cfg, Some(std::path::Path::new(&p)), 0)?.0,

@@ -382,7 +382,8 @@ mod tests {
             ([2, 3], [2, 1], [1, 1]),
             ([2, 2], [3, 3], [1, 0]),
         ];
-        for shape in [[2, 3, 7, 9], [1, 2, 8, 8], [1, 1, 5, 13], [3, 1, 11, 6]] {
+        // Wide rows too, even and odd, for the vector bodies of the row and column passes.
+        for shape in [[2, 3, 7, 9], [1, 2, 8, 8], [1, 1, 5, 13], [3, 1, 11, 6], [1, 3, 9, 70], [2, 2, 13, 67]] {
             let [n, c, h, w] = shape;
             // Few distinct values (ties everywhere), -inf, and one plane with NaNs.
             let mut data: Vec<f32> = (0..n * c * h * w).map(|_| (rng.below(5) as f32) - 2.0).collect();
@@ -390,6 +391,8 @@ mod tests {
             let last = (n * c - 1) * h * w;
             data[last + 4] = f32::NAN;
             data[last + 5] = f32::NAN;
+            // A NaN in a later row of another plane: found after that plane's first output rows.
+            data[(h / 2) * w + w / 2] = f32::NAN;
             let x = Tensor::new(shape.to_vec(), data).unwrap();
             for (kernel, stride, padding) in pools {
                 let (ph, pw) = (h + 2 * padding[0], w + 2 * padding[1]);
