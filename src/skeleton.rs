@@ -12,6 +12,11 @@ pub struct Skeleton {
     pub limbs: &'static [(usize, usize)],
     /// Left/right joint pairs swapped by a horizontal flip.
     pub flip_pairs: &'static [(usize, usize)],
+    /// The flip pairs grouped by limb (legs, arms; the face for COCO): the pairs an annotator
+    /// who mistook a person's front for the back swaps together (LSPET's crowd-sourced labels
+    /// do on a few per cent of people), the unit [`crate::autodiff::loss::match_limb_swaps`]
+    /// swaps.
+    pub limb_groups: &'static [&'static [(usize, usize)]],
 }
 
 /// LSP / LSP-extended (Johnson and Everingham): 14 joints, person-centric left/right.
@@ -50,6 +55,7 @@ pub const LSP14: Skeleton = Skeleton {
         (3, 9),
     ],
     flip_pairs: &[(0, 5), (1, 4), (2, 3), (6, 11), (7, 10), (8, 9)],
+    limb_groups: &[&[(0, 5), (1, 4), (2, 3)], &[(6, 11), (7, 10), (8, 9)]],
 };
 
 /// MPII Human Pose: 16 joints.
@@ -91,6 +97,7 @@ pub const MPII16: Skeleton = Skeleton {
         (14, 15),
     ],
     flip_pairs: &[(0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)],
+    limb_groups: &[&[(0, 5), (1, 4), (2, 3)], &[(10, 15), (11, 14), (12, 13)]],
 };
 
 /// COCO person keypoints: 17 joints.
@@ -137,6 +144,7 @@ pub const COCO17: Skeleton = Skeleton {
         (4, 6),
     ],
     flip_pairs: &[(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)],
+    limb_groups: &[&[(1, 2), (3, 4)], &[(5, 6), (7, 8), (9, 10)], &[(11, 12), (13, 14), (15, 16)]],
 };
 
 /// COCO's per-keypoint OKS constants (sigmas), in COCO17 order.
@@ -208,6 +216,12 @@ mod tests {
                 assert_eq!(na.replace("left_", "right_"), nb.replace("left_", "right_"), "{}", s.name);
                 assert_ne!(na, nb);
             }
+            // The limb groups partition the flip pairs.
+            let mut grouped: Vec<(usize, usize)> = s.limb_groups.iter().flat_map(|g| g.iter().copied()).collect();
+            grouped.sort();
+            let mut pairs = s.flip_pairs.to_vec();
+            pairs.sort();
+            assert_eq!(grouped, pairs, "{}", s.name);
             let p = s.flip_permutation();
             assert!(p.iter().enumerate().all(|(i, &j)| p[j] == i));
             // Every left/right joint has a flip partner.

@@ -720,6 +720,84 @@ fn losses_match_finite_differences() {
     assert!((l as f64 - bce).abs() < 1e-6);
 }
 
+/// `match_limb_swaps` swaps a limb group's target maps and weights exactly when the predicted
+/// peaks are clearly mirrored against the labelled ones, per item and per group; the margin
+/// keeps near-coincident joints and unlabelled pairs out, and logits decide as heatmaps do.
+#[test]
+fn limb_swaps_follow_clearly_mirrored_predictions() {
+    let (k, h, w) = (6, 24, 16);
+    // Joints 0-3 in two groups of one and two pairs; joints 4 and 5 unpaired.
+    let groups: &[&[(usize, usize)]] = &[&[(0, 1)], &[(2, 3), (5, 4)]];
+    // Labelled peaks (heatmap pixels, v = 1), joint j at LABELS[j].
+    const LABELS: [[f32; 2]; 6] = [[3.5, 4.5], [12.5, 5.5], [2.5, 18.5], [13.5, 19.5], [4.5, 11.5], [11.5, 12.5]];
+    let maps = |peaks: &[[f32; 2]], vis: &[f32]| {
+        let kps: Vec<[f32; 3]> = peaks.iter().zip(vis).map(|(p, &v)| [p[0], p[1], v]).collect();
+        autodiff::gaussian_heatmaps(&kps, k, h, w, 1.5)
+    };
+    let ones = [1.0; 6];
+    let mirror = |pairs: &[(usize, usize)], peaks: &mut [[f32; 2]]| pairs.iter().for_each(|&(a, b)| peaks.swap(a, b));
+    // (predicted peaks, visibility of the labels, groups that must be swapped)
+    let mut cases: Vec<(Vec<[f32; 2]>, [f32; 6], Vec<usize>)> = Vec::new();
+    cases.push((LABELS.to_vec(), ones, vec![])); // as labelled
+    let mut p = LABELS.to_vec();
+    mirror(groups[0], &mut p);
+    cases.push((p, ones, vec![0])); // the first group mirrored
+    let mut p = LABELS.to_vec();
+    mirror(groups[1], &mut p);
+    p[2][0] += 1.0; // off by a pixel: still clearly mirrored
+    cases.push((p, ones, vec![1]));
+    // Joint 2 unlabelled (its target map is zeros, peaking at the corner): pair (2, 3) has no
+    // say, even with its predictions placed where it would look mirrored; pair (5, 4) matches.
+    let mut p = LABELS.to_vec();
+    (p[2], p[3]) = (LABELS[3], [0.5, 0.5]);
+    cases.push((p, [1.0, 1.0, 0.0, 1.0, 1.0, 1.0], vec![]));
+    let mut p = LABELS.to_vec();
+    (p[0], p[1]) = ([8.5, 4.5], [7.5, 5.5]);
+    cases.push((p, ones, vec![])); // both wrong, the mirrored reading closer but not by half
+    let mut close = LABELS.to_vec();
+    close[1] = [4.5, 5.5]; // joints 0 and 1 labelled a pixel apart
+    let mut p = close.clone();
+    mirror(groups[0], &mut p);
+    cases.push((p, ones, vec![])); // mirrored, but within the margin
+    let n = cases.len();
+    let mut target = Tensor { shape: vec![n, k, h, w], data: Vec::new() };
+    let mut weights = Vec::new();
+    let mut pred = Tensor { shape: vec![n, k, h, w], data: Vec::new() };
+    for (i, (peaks, vis, _)) in cases.iter().enumerate() {
+        let labels = if i == n - 1 { &close[..] } else { &LABELS[..] };
+        let (t, wt) = maps(labels, vis);
+        target.data.extend(t.data);
+        weights.extend(wt);
+        pred.data.extend(maps(peaks, &ones).0.data.iter().map(|v| 0.8 * v + 0.1));
+    }
+    let logits = Tensor { shape: pred.shape.clone(), data: pred.data.iter().map(|&v| (v / (1.0 - v)).ln()).collect() };
+    let hw = h * w;
+    let map = |t: &Tensor, i: usize, j: usize| t.data[(i * k + j) * hw..][..hw].to_vec();
+    for p in [&pred, &logits] {
+        let (mut t, mut wt) = (target.clone(), weights.clone());
+        let swapped = autodiff::match_limb_swaps(p, &mut t, &mut wt, groups).unwrap();
+        assert_eq!(swapped, 2);
+        for (i, (_, _, swap)) in cases.iter().enumerate() {
+            let mut from: Vec<usize> = (0..k).collect();
+            for &g in swap {
+                groups[g].iter().for_each(|&(a, b)| from.swap(a, b));
+            }
+            for j in 0..k {
+                assert_eq!(map(&t, i, j), map(&target, i, from[j]), "case {i} joint {j}");
+                assert_eq!(wt[i * k + j], weights[i * k + from[j]], "case {i} weight of joint {j}");
+            }
+        }
+        // Matched again, the swapped labels are what the prediction shows: nothing moves.
+        let (mut t2, mut w2) = (t.clone(), wt.clone());
+        assert_eq!(autodiff::match_limb_swaps(p, &mut t2, &mut w2, groups).unwrap(), 0);
+        assert_eq!((t2, w2), (t, wt));
+    }
+    // Pairs outside the joints, and mismatched shapes, are errors.
+    let (mut t, mut wt) = (target.clone(), weights.clone());
+    assert!(autodiff::match_limb_swaps(&pred, &mut t, &mut wt, &[&[(0, 6)]]).is_err());
+    assert!(autodiff::match_limb_swaps(&pred, &mut t, &mut wt[..5].to_vec(), groups).is_err());
+}
+
 #[test]
 fn gaussian_targets_and_decoding() {
     let kps = [[3.5, 2.5, 1.0], [0.0, 0.0, 0.0], [7.2, 5.9, 2.0], [-40.0, 3.0, 1.0]];

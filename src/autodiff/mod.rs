@@ -29,7 +29,8 @@ use crate::graph::{param_name, Act, Epilogue, Graph, NodeId, Op, ParamKind};
 use crate::tensor::Tensor;
 
 pub use loss::{
-    argmax_keypoints, detection_loss, gaussian_heatmaps, mse_loss, rce_loss, stack_batch, strip_final_sigmoid,
+    argmax_keypoints, detection_loss, gaussian_heatmaps, match_limb_swaps, mse_loss, rce_loss, stack_batch,
+    strip_final_sigmoid,
 };
 pub use optim::{step_lr, Kind as OptimizerKind, Optimizer};
 

@@ -165,6 +165,11 @@ pub struct TrainConfig {
     /// The teacher's share of each target, 0 to 1 (with `--teacher`).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.5, requires = "teacher"))]
     pub teacher_weight: f32,
+    /// Left/right label mistakes: per item and limb group (legs, arms), train on the labels as
+    /// given or left/right-swapped, whichever the network's output matches better
+    /// (`autodiff::match_limb_swaps`; LSPET's crowd-sourced labels swap a few per cent).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub match_limb_swaps: bool,
     /// Input size, `N` (square) or `HxW` (each side a multiple of the model's size multiple,
     /// e.g. `192x128` for the hourglass); default: the config's.
     #[cfg_attr(feature = "cli", arg(long))]
@@ -237,6 +242,7 @@ impl TrainConfig {
             seed: 0,
             teacher: None,
             teacher_weight: 0.5,
+            match_limb_swaps: false,
             size: None,
             sigma: 2.0,
             workers: 1,

@@ -43,7 +43,7 @@ use super::distill::Teacher;
 use super::optim::{Kind, Optim};
 use super::plot::write_curve;
 use crate::autodiff::{
-    detection_loss, mse_loss, rce_loss, stack_batch, step_lr, strip_final_sigmoid, train_step, BnMode,
+    detection_loss, match_limb_swaps, mse_loss, rce_loss, stack_batch, step_lr, strip_final_sigmoid, train_step, BnMode,
 };
 use crate::cpu;
 pub use crate::data::parse_range;
@@ -53,6 +53,7 @@ use crate::graph::Graph;
 use crate::metrics::{pck, PckNorm};
 use crate::models::{self, Family, ModelConfig};
 use crate::pipeline::decode::{decode, DecodeConfig, HeatmapKind};
+use crate::skeleton::Skeleton;
 use crate::tensor::Tensor;
 use crate::weights::{self, ModelCard};
 
@@ -353,6 +354,12 @@ pub(crate) fn validate(a: &TrainConfig) -> Result<()> {
     if !a.extra_coco.is_empty() && !models::config(&a.model).is_ok_and(|c| c.family == Family::PersonDetector) {
         return bad("--extra-coco adds person boxes: it trains the person detector only".into());
     }
+    if a.match_limb_swaps {
+        let cfg = model_config(a)?;
+        if cfg.family == Family::PersonDetector || Skeleton::for_joints(cfg.joints).is_none() {
+            return bad(format!("--match-limb-swaps matches left/right joint labels; {} has none", cfg.name));
+        }
+    }
     if a.extra_repeat == 0 {
         return bad("--extra-repeat must be at least 1".into());
     }
@@ -517,6 +524,9 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
             cfg.num_outputs()
         )));
     }
+    // The limb groups `--match-limb-swaps` matches, from the joint layout (`validate` checked
+    // that the model is a pose network with one).
+    let limb_groups = if a.match_limb_swaps { Skeleton::for_joints(cfg.joints).map(|s| s.limb_groups) } else { None };
     // The teacher is checked before anything is written.
     let (teacher, teacher_desc) = match &a.teacher {
         Some(p) => {
@@ -662,6 +672,7 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
             ScheduleArg::Step => format!("lr {} x{} every {} epochs", a.lr, a.lr_gamma, a.lr_step),
             ScheduleArg::Cosine => format!("cosine {} -> {}", a.lr, a.lr_min),
         } + &if a.warmup > 0 { format!(", warm-up {} steps", a.warmup) } else { String::new() }
+            + if limb_groups.is_some() { "; limb labels matched left/right to the network" } else { "" }
     );
     let batches_per_epoch = if per_epoch < a.batch.max(1) { 1 } else { per_epoch / a.batch.max(1) } as u64;
     let total_steps = batches_per_epoch * a.epochs as u64;
@@ -693,6 +704,8 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
         let nb = loader.len();
         let t_epoch = Instant::now();
         let (mut sum, mut cnt, mut win_sum, mut win_cnt, mut imgs) = (0.0f64, 0usize, 0.0f64, 0usize, 0usize);
+        // Limb groups `--match-limb-swaps` trained swapped this epoch.
+        let mut swapped = 0usize;
         for (bi, b) in loader.enumerate() {
             let mut b = b?;
             if let Some(t) = &teacher {
@@ -700,15 +713,26 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
             }
             lr = schedule_lr(a, epoch, step, total_steps);
             let n = b.indices.len();
-            let (loss, grads, tape) =
-                train_step(&graph, std::slice::from_ref(&b.input), BnMode::Train, |outs| match loss_kind {
-                    _ if detector => {
-                        let last = outs.last().ok_or_else(|| Error::Graph("the graph has no output".into()))?;
-                        detection_loss(last, &b.target).map(|(l, g)| (l, vec![g]))
+            let (loss, grads, tape) = train_step(&graph, std::slice::from_ref(&b.input), BnMode::Train, |outs| {
+                let last = outs.last().ok_or_else(|| Error::Graph("the graph has no output".into()))?;
+                if detector {
+                    return detection_loss(last, &b.target).map(|(l, g)| (l, vec![g]));
+                }
+                let matched;
+                let (target, weights) = match limb_groups {
+                    Some(groups) => {
+                        let (mut t, mut w) = (b.target.clone(), b.weights.clone());
+                        swapped += match_limb_swaps(last, &mut t, &mut w, groups)?;
+                        matched = (t, w);
+                        (&matched.0, &matched.1[..])
                     }
-                    LossArg::Mse => mse_loss(outs, &b.target, &b.weights),
-                    LossArg::Rce => rce_loss(outs, &b.target, &b.weights),
-                })?;
+                    None => (&b.target, &b.weights[..]),
+                };
+                match loss_kind {
+                    LossArg::Mse => mse_loss(outs, target, weights),
+                    LossArg::Rce => rce_loss(outs, target, weights),
+                }
+            })?;
             if !loss.is_finite() {
                 return Err(Error::Input(format!(
                     "the loss became {loss} at step {} (epoch {}); try a lower --lr",
@@ -768,6 +792,13 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
             None => None,
         };
         val_pck = score.as_ref().map(|v| v.value);
+        if let Some(groups) = limb_groups {
+            let share = 100.0 * swapped as f64 / (imgs * groups.len()).max(1) as f64;
+            progress(&TrainEvent::Message(format!(
+                "epoch {}: {swapped} limb groups ({share:.2}%) trained on their left/right-swapped labels",
+                epoch + 1
+            )));
+        }
         progress(&TrainEvent::Epoch { epoch: epoch + 1, loss: last_loss, val: score });
         log.push(LogRow {
             epoch: epoch + 1,
