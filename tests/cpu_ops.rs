@@ -644,7 +644,14 @@ fn random_graph(seed: u64) -> (Graph, Vec<[usize; 3]>) {
         avail.push(next);
     }
     let (last, [c, _, _]) = *avail.last().unwrap();
-    let head = b.conv("head", last, ConvSpec::new(c.min(3), 1)).unwrap();
+    // Every third graph ends as FasterPose's head: convolution, pixel shuffle, sigmoid (which
+    // the passes move into the convolution's epilogue).
+    let head = if seed % 3 == 0 {
+        let head = b.conv("head", last, ConvSpec::new(8, 1)).unwrap();
+        b.pixel_shuffle("head_shuffle", head, 2).unwrap()
+    } else {
+        b.conv("head", last, ConvSpec::new(c.min(3), 1)).unwrap()
+    };
     let head = b.sigmoid("head_sig", head).unwrap();
     let mut outputs = vec![head];
     outputs.extend(extra_outputs);

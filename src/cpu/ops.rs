@@ -62,8 +62,33 @@ pub(crate) fn act_in_place(v: &mut [f32], act: Act) {
     match act {
         Act::None => {}
         Act::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
-        Act::Sigmoid => v.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
+        Act::Sigmoid => v.iter_mut().for_each(|x| *x = sigmoid(*x)),
     }
+}
+
+/// `1 / (1 + exp(-x))`, with `exp` computed inline so that loops over it vectorise: libm's
+/// `expf` is a call per value (FasterPose's sigmoid head, 14 x 32 x 32 values, took 0.037-0.043
+/// ms in the default model on an AVX-512 Xeon, ONNX Runtime's 0.012; the loop alone 0.031 ms
+/// with `expf`, 0.0145 with this at the crate's SSE2 baseline). Cephes' `expf` scheme: `2^n e^r` with
+/// `n = round(t / ln 2)` (rounded by adding and subtracting 1.5 * 2^23, which needs no rounding
+/// instruction), `r = t - n ln 2` in two parts, `e^r` a degree-7 polynomial (`1 + r + r^2 p(r)`), `2^n` built in the
+/// exponent bits. `t = -x` is clamped to [-87.3, 88] (`2^n` stays a normal float; the sigmoid is
+/// already 1 or below 1e-38 there); NaN passes through. Within 2e-7 of the f64 sigmoid, relative
+/// (the unit test below).
+#[inline(always)]
+pub(crate) fn sigmoid(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    let t = (-x).clamp(-87.3, 88.0);
+    let m = t * std::f32::consts::LOG2_E + ROUND;
+    let n = m - ROUND;
+    let r = t - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p =
+        ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
+    // `n` is also in the low bits of `m`: `2^n` from them without a float-to-int conversion (a
+    // saturating `as i32` kept the loop scalar: 0.028 ms per 14,336 values against 0.0145).
+    let two_n = f32::from_bits(m.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
+    let e = (p * r * r + r + 1.0) * two_n;
+    1.0 / (1.0 + e)
 }
 
 /// `act(scale[c] * x + shift[c])` (also batch norm, through `BatchNorm::scale_shift`).
@@ -213,4 +238,29 @@ pub(crate) fn pixel_shuffle(x: &Tensor, r: usize) -> Tensor {
         }
     });
     Tensor { shape: vec![n, co, oh, ow], data: y }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inline sigmoid against the f64 definition on a dense sweep of [-100, 100] and the
+    /// special values: relative error below 2e-7 (a couple of f32 ulps) down to 1e-37 (below
+    /// that, where the clamp holds it, absolute), NaN kept.
+    #[test]
+    fn sigmoid_matches_the_definition() {
+        let mut worst = 0.0f64;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 5e-4;
+            let want = 1.0 / (1.0 + (-(x as f64)).exp());
+            let got = sigmoid(x) as f64;
+            worst = worst.max((got - want).abs() / want.max(1e-37 / 2e-7));
+        }
+        assert!(worst < 2e-7, "worst relative error {worst}");
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert_eq!(sigmoid(f32::INFINITY), 1.0);
+        assert_eq!(sigmoid(f32::NEG_INFINITY), 1.0 / (1.0 + 88.0f32.exp()));
+        assert!(sigmoid(-1e30) >= 0.0 && sigmoid(-1e30) < 1e-37 && sigmoid(1e30) == 1.0);
+        assert!(sigmoid(f32::NAN).is_nan());
+    }
 }

