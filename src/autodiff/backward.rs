@@ -866,11 +866,14 @@ pub fn channel_affine_backward(
 pub fn max_pool_backward(x: &Tensor, dy: &Tensor, argmax: &[u32]) -> Tensor {
     let [_, _, h, w] = dims(x);
     let [_, _, oh, ow] = dims(dy);
-    let mut dx = vec![0.0f32; x.data.len()];
+    // Each plane zeroed by its task (in cache, on every thread) instead of one serial `memset`
+    // of the whole gradient first (16 MB for the hourglass's stem pool in a batch of 16).
+    let mut dx = crate::cpu::buffer::overwritten(x.data.len());
     dx.par_chunks_mut(h * w)
         .zip(dy.data.par_chunks(oh * ow).zip(argmax.par_chunks(oh * ow)))
         .with_min_len(planes_per_task(oh * ow))
         .for_each(|(d, (g, ix))| {
+            d.fill(0.0);
             for (&gv, &i) in g.iter().zip(ix) {
                 d[i as usize] += gv;
             }
@@ -883,9 +886,10 @@ pub fn max_pool_backward(x: &Tensor, dy: &Tensor, argmax: &[u32]) -> Tensor {
 pub fn upsample_nearest_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
     let [_, _, h, w] = dims(x);
     let ow = w * f;
-    let mut dx = vec![0.0f32; x.data.len()];
+    let mut dx = crate::cpu::buffer::overwritten(x.data.len());
     dx.par_chunks_mut(h * w).zip(dy.data.par_chunks(h * f * ow)).with_min_len(planes_per_task(h * f * ow)).for_each(
         |(d, g)| {
+            d.fill(0.0); // per plane, as in `max_pool_backward`
             for (oy, grow) in g.chunks_exact(ow).enumerate() {
                 let drow = &mut d[(oy / f) * w..(oy / f + 1) * w];
                 for (dv, gs) in drow.iter_mut().zip(grow.chunks_exact(f)) {
@@ -904,9 +908,10 @@ pub fn upsample_bilinear_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
     let (oh, ow) = (h * f, w * f);
     let xt: Vec<(usize, usize, f32)> = (0..ow).map(|o| bilinear_taps(o, f, w)).collect();
     let yt: Vec<(usize, usize, f32)> = (0..oh).map(|o| bilinear_taps(o, f, h)).collect();
-    let mut dx = vec![0.0f32; x.data.len()];
+    let mut dx = crate::cpu::buffer::overwritten(x.data.len());
     dx.par_chunks_mut(h * w).zip(dy.data.par_chunks(oh * ow)).with_min_len(planes_per_task(oh * ow)).for_each(
         |(d, g)| {
+            d.fill(0.0); // per plane, as in `max_pool_backward`
             for (grow, &(y0, y1, ly)) in g.chunks_exact(ow).zip(&yt) {
                 for (&gv, &(x0, x1, lx)) in grow.iter().zip(&xt) {
                     let top = (1.0 - ly) * gv;
