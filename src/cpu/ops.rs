@@ -69,12 +69,14 @@ pub(crate) fn act_in_place(v: &mut [f32], act: Act) {
 /// `1 / (1 + exp(-x))`, with `exp` computed inline so that loops over it vectorise: libm's
 /// `expf` is a call per value (FasterPose's sigmoid head, 14 x 32 x 32 values, took 0.037-0.043
 /// ms in the default model on an AVX-512 Xeon, ONNX Runtime's 0.012; the loop alone 0.031 ms
-/// with `expf`, 0.0145 with this at the crate's SSE2 baseline). Cephes' `expf` scheme: `2^n e^r` with
-/// `n = round(t / ln 2)` (rounded by adding and subtracting 1.5 * 2^23, which needs no rounding
-/// instruction), `r = t - n ln 2` in two parts, `e^r` a degree-7 polynomial (`1 + r + r^2 p(r)`), `2^n` built in the
-/// exponent bits. `t = -x` is clamped to [-87.3, 88] (`2^n` stays a normal float; the sigmoid is
-/// already 1 or below 1e-38 there); NaN passes through. Within 2e-7 of the f64 sigmoid, relative
-/// (the unit test below).
+/// with `expf`, 0.0145 with this at the crate's SSE2 baseline).
+///
+/// Cephes' `expf` scheme: `2^n e^r` with `n = round(t / ln 2)` (rounded by adding and
+/// subtracting 1.5 * 2^23, which needs no rounding instruction), `r = t - n ln 2` in two parts,
+/// `e^r` a degree-7 polynomial (`1 + r + r^2 p(r)`), `2^n` built in the exponent bits. `t = -x`
+/// is clamped to [-87.3, 88] (`2^n` stays a normal float; the sigmoid is already 1 or below
+/// 1e-38 there); NaN passes through. Within 2e-7 of the f64 sigmoid, relative (the unit test
+/// below).
 #[inline(always)]
 pub(crate) fn sigmoid(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
