@@ -947,16 +947,26 @@ pub fn concat_backward(dy: &Tensor, cs: &[usize]) -> Vec<Tensor> {
 
 /// `y = alpha * skip + x`: returns `(dskip, dalpha)` (dx is dy itself).
 pub fn gated_add_backward(skip: &Tensor, dy: &Tensor, alpha: &[f32]) -> (Tensor, Vec<f32>) {
-    let (_, dalpha) = channel_dots(dy, skip);
-    let [_, c, h, w] = dims(dy);
+    let [n, c, h, w] = dims(dy);
     let hw = h * w;
-    // One pass (read dy, write ds) rather than a copy and an in-place scaling.
+    let kernel = Kernel::detect();
+    // Per plane, the dot product with the skip input and then `ds = alpha * dy` while the plane
+    // of `dy` is still in cache (one pass over `dy` from memory instead of two); the planes'
+    // dots are added per channel in item order, in f64, as `channel_dots` adds them.
     let mut ds = crate::cpu::buffer::overwritten(dy.data.len());
-    ds.par_chunks_mut(hw)
-        .zip(dy.data.par_chunks(hw))
+    let dots: Vec<f64> = ds
+        .par_chunks_mut(hw)
+        .zip(dy.data.par_chunks(hw).zip(skip.data.par_chunks(hw)))
         .with_min_len(planes_per_task(hw))
         .enumerate()
-        .for_each(|(p, (d, g))| d.iter_mut().zip(g).for_each(|(d, &g)| *d = g * alpha[p % c]));
+        .map(|(p, (d, (g, x)))| {
+            let (_, dot) = centered_sums(g, 0.0, x, 0.0, kernel);
+            let a = alpha[p % c];
+            d.iter_mut().zip(g).for_each(|(d, &g)| *d = g * a);
+            dot
+        })
+        .collect();
+    let dalpha = (0..c).map(|ch| (0..n).map(|b| dots[b * c + ch]).sum::<f64>() as f32).collect();
     (like(skip, ds), dalpha)
 }
 
