@@ -427,6 +427,13 @@ fn conv_gradients() {
         ("3x3 depthwise", [2, 4, 6, 7], ConvSpec::new(4, 3).padding(1).groups(4)),
         ("5x5 depthwise stride 2 dil 2", [2, 3, 9, 8], ConvSpec::new(3, 5).padding(2).stride(2).dilation(2).groups(3)),
         ("3x3 stride 2", [2, 3, 7, 8], ConvSpec::new(4, 3).padding(1).stride(2)),
+        // Strided convolutions go by phases (`autodiff::strided`; its unit test also covers a
+        // 2 x 1 stride): stride 3, an even kernel, a stride above the kernel (phases without
+        // taps), and output rows of 9 pixels (the weight gradient from the phase-split input).
+        ("3x3 stride 3", [2, 3, 8, 7], ConvSpec::new(4, 3).padding(1).stride(3)),
+        ("2x2 stride 2", [2, 3, 7, 6], ConvSpec::new(4, 2).stride(2)),
+        ("1x1 stride 3 pad 1", [2, 3, 5, 7], ConvSpec::new(2, 1).padding(1).stride(3)),
+        ("3x3 stride 2 wide rows", [2, 3, 4, 18], ConvSpec::new(4, 3).padding(1).stride(2)),
         ("3x3 dilation 2", [2, 3, 7, 8], ConvSpec::new(4, 3).padding(2).dilation(2)),
         ("3x3 dilation 2 pad 0", [1, 3, 7, 8], ConvSpec::new(2, 3).dilation(2)),
         // Stride-1 input gradients run as a flipped-kernel convolution over padding

@@ -4,8 +4,9 @@
 //! forward pass left on the tape, and return gradients with respect to the inputs and the
 //! parameters. Convolutions go through im2col + `cpu::gemm` (dW = dY * im2col(X)^T,
 //! dX = col2im(W^T * dY)), except where something cheaper exists: stride-1 input gradients are a
-//! convolution of dY with the flipped kernel, and narrow stride-1 layers take their weight
-//! gradient straight from the padded input (`cpu::weight_grad`); depthwise convolutions use
+//! convolution of dY with the flipped kernel, narrow stride-1 layers take their weight
+//! gradient straight from the padded input (`cpu::weight_grad`), strided ones split into their
+//! stride-1 phases (`super::strided`); depthwise convolutions use
 //! direct loops; everything else is parallelised with rayon over `(n, c)` planes or channels.
 
 use rayon::prelude::*;
@@ -61,6 +62,13 @@ pub fn conv2d_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> Co
     });
     let (dx, dw) = if c.cin_per_group() == 1 && c.cout() == c.groups {
         depthwise_backward(x, dy, c, need_dx)
+    } else if super::strided::applies(c) {
+        let dx = need_dx.then(|| super::strided::input_gradient(dy, c, dims(x)));
+        let dw = match super::strided::weight_gradient(x, dy, c) {
+            Some(dw) => dw,
+            None => gemm_conv_backward(x, dy, c, false, ConvStrategy::detect()).1,
+        };
+        (dx, dw)
     } else {
         gemm_conv_backward(x, dy, c, need_dx, ConvStrategy::detect())
     };
@@ -252,7 +260,7 @@ fn packed_flipped_weights(c: &Conv2d) -> PackedWeights {
 /// row, each value read from a different source row (`cout_g * 4` bytes apart: 2 KiB for
 /// ResNet-18's 512-channel layers) missed the cache: 23% of the samples of a `perf` run of
 /// `examples/conv_grad_profile` on a 512-channel 4x4 layer (session 26).
-fn rows_from_columns(dwt: &[f32], cout_g: usize, k: usize) -> Vec<f32> {
+pub(super) fn rows_from_columns(dwt: &[f32], cout_g: usize, k: usize) -> Vec<f32> {
     let mut dw = vec![0.0f32; dwt.len()];
     let (group, block) = ((cout_g * k).max(1), (TRANSPOSE_ROWS * k).max(1));
     dw.par_chunks_mut(group).zip(dwt.par_chunks(group)).with_min_len(planes_per_task(group)).for_each(|(dg, src)| {
@@ -337,9 +345,15 @@ fn weight_grad_without_im2col(c: &Conv2d, cout_g: usize, [oh, ow]: [usize; 2]) -
     let direct = c.kernel() == [1, 1] && c.padding == [0, 0];
     c.stride == [1, 1]
         && !direct
-        && forced_weight_grad().unwrap_or(
-            cout_g <= DW_FROM_PADDED_MAX_COUT && ow >= weight_grad::L && !weight_grad_by_winograd(c, [oh, ow]),
-        )
+        && forced_weight_grad().unwrap_or(narrow_weight_grad(cout_g, ow) && !weight_grad_by_winograd(c, [oh, ow]))
+}
+
+/// Whether a layer of `cout_g` output channels per group and output rows of `ow` pixels is
+/// narrow enough for the weight gradient from the padded input (`cpu::weight_grad`), when its
+/// stride and kernel allow it: up to [`DW_FROM_PADDED_MAX_COUT`] channels on rows of at least
+/// `weight_grad::L` pixels (its vector width; narrower rows run its scalar tail).
+pub(super) fn narrow_weight_grad(cout_g: usize, ow: usize) -> bool {
+    cout_g <= DW_FROM_PADDED_MAX_COUT && ow >= weight_grad::L
 }
 
 /// `WGPOSE_CPU_DW`: `padded` -> Some(true), `im2col` -> Some(false) (and no Winograd either way).
@@ -389,7 +403,7 @@ fn dw_winograd_items(x: &Tensor, dy: &Tensor, c: &Conv2d, range: std::ops::Range
 
 /// Bytes of padded input and output gradient one pass of [`dw_from_padded_items`] may span:
 /// within L2, so each tile's passes over the items read from cache.
-const DW_PASS_BYTES: usize = 256 << 10;
+pub(super) const DW_PASS_BYTES: usize = 256 << 10;
 
 /// The weight gradient of batch items `range` (accumulated, per group column-major) when
 /// [`weight_grad_without_im2col`] holds for `c` (else nothing: `item_backward` computes it).

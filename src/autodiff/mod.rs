@@ -17,6 +17,7 @@
 pub mod backward;
 pub(crate) mod loss;
 pub(crate) mod optim;
+mod strided;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
