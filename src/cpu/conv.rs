@@ -576,7 +576,7 @@ fn apply_to_pixels(input: Option<InputAffine>, out: &mut [f32], k: usize) {
 /// `out[i * stride + j] = runs[j][i]` for the first pixels `i` in whole groups of eight (all
 /// eight runs equally long), by AVX2 8 x 8 transposes; returns how many pixels it wrote (0 without
 /// AVX2).
-fn transpose_runs(runs: &[&[f32]; 8], out: &mut [f32], stride: usize) -> usize {
+pub(super) fn transpose_runs(runs: &[&[f32]; 8], out: &mut [f32], stride: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         let n = runs[0].len() / 8 * 8;

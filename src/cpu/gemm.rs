@@ -864,8 +864,35 @@ fn pack_panel(b: &Mat<'_>, c0: usize, c1: usize, nr: usize, panel: &mut [f32]) {
             row[..w].copy_from_slice(&b.data[s..s + w]);
             row[w..].fill(0.0);
         }
+    } else if b.row_stride == 1 {
+        // Contiguous source columns (a transposed operand): eight columns at a time through
+        // 8 x 8 vector transposes where the CPU has them (`conv::transpose_runs`), the rest one
+        // value at a time. One value at a time (a store every `nr` values) the packing of dY^T
+        // for the weight gradients of 32-channel 1x1 layers took longer than their products.
+        let k = panel.len() / nr;
+        if k == 0 {
+            return;
+        }
+        let col = |j: usize| &b.data[(c0 + j) * b.col_stride..][..k];
+        let mut j0 = 0;
+        while j0 + 8 <= w {
+            let runs: [&[f32]; 8] = std::array::from_fn(|j| col(j0 + j));
+            let done = super::conv::transpose_runs(&runs, &mut panel[j0..], nr);
+            for (j, run) in runs.iter().enumerate() {
+                for (p, &v) in run.iter().enumerate().skip(done) {
+                    panel[p * nr + j0 + j] = v;
+                }
+            }
+            j0 += 8;
+        }
+        for j in j0..w {
+            for (p, &v) in col(j).iter().enumerate() {
+                panel[p * nr + j] = v;
+            }
+        }
+        panel.chunks_exact_mut(nr).for_each(|row| row[w..].fill(0.0));
     } else {
-        // Strided columns (a transposed operand): walk each source column contiguously.
+        // Strided columns and rows: walk each source column.
         for j in 0..nr {
             if j < w {
                 let col = (c0 + j) * b.col_stride;
