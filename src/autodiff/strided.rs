@@ -1,15 +1,16 @@
 //! Gradients of strided convolutions by phase decomposition.
 //!
 //! With stride `(sy, sx)` and padding `(py, px)`, input row `iy` is reached only by the taps
-//! `ky` with `ky = (iy + py) mod sy` modulo `sy`: the input splits into `sy * sx` phases, and
-//! each phase sees a sub-kernel of `ceil((kh - fy) / sy) x ceil((kw - fx) / sx)` taps at stride 1.
+//! `ky` with `ky mod sy == (iy + py) mod sy`: the input splits into `sy * sx` phases, and phase
+//! `(fy, fx)` sees a sub-kernel of `ceil((kh - fy) / sy) x ceil((kw - fx) / sx)` taps at stride 1.
 //! So
-//! - the input gradient of phase `(fy, fx)` is a stride-1 "full" convolution of dY with that
-//!   phase's taps, flipped and with the channels swapped, run by the forward convolution
-//!   (`cpu::conv`: packed weights, batch folding on small maps, its threads), then scattered
-//!   into every `sy`-th row and `sx`-th column of dX;
-//! - the weight gradient of the phase's taps is a stride-1, unpadded weight gradient against
-//!   the phase's subsampled (and zero-padded) input, through `super::backward`'s stride-1 paths.
+//! - the input gradient of each phase is a stride-1 "full" convolution of dY with that phase's
+//!   taps, flipped and with the channels swapped, run by the forward convolution (`cpu::conv`:
+//!   packed weights, batch folding on small maps, its threads), then interleaved into every
+//!   `sy`-th row and `sx`-th column of dX;
+//! - the weight gradient of layers of at most 32 output channels is one `cpu::weight_grad` pass
+//!   over all taps, its source every input plane split into its phases, so that each tap reads
+//!   its phase at stride 1 (wider layers keep `super::backward`'s im2col product).
 //!
 //! Why: the general path (`dW = dY * im2col(X)^T`, `dX = col2im(W^T * dY)`) ran the stride-2
 //! 3x3 layers of LDCRN's training at 6-28 GFLOP/s against 27-82 for their forward passes
