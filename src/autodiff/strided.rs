@@ -17,11 +17,10 @@
 //! (`examples/conv_grad_profile`, one AVX-512 Xeon thread, session 29): col2im scatters one
 //! value at a time, and the products of narrow layers are short.
 //!
-//! With the phases, those layers' gradients run at 12-43 GFLOP/s: 32 -> 32 channels at 64x64,
-//! dW 12.5-12.7 -> 7.0-7.3 ms and dX 15.8-16.9 -> 8.8-8.9 ms; LDCRN's training step on one
-//! thread, backward pass 631-655 -> 544-561 ms (its 20 stride-2 layers 131-136 -> 67-68 ms).
-//! On two threads the step did not change measurably (those layers 40.4-44.8 ms against
-//! 40.8-45.9 with the general path).
+//! With the phases (batch 16, one pinned thread): 16 -> 16 channels at 32x32, dW 1.3-1.4 -> 0.5
+//! ms and dX 1.0-1.1 -> 0.8-0.9; ResNet-18's 256 -> 512 at 8x8, dX 19.4-20.3 -> 14.6; LDCRN's
+//! 20 stride-2 layers in a training step, backward 66.0-67.6 -> 57.2-57.9 ms. On two threads no
+//! change was measurable.
 //!
 //! `WGPOSE_CPU_STRIDED=im2col` turns the decomposition off (A/Bs).
 
