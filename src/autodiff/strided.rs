@@ -13,9 +13,9 @@
 //!   its phase at stride 1 (wider layers keep `super::backward`'s im2col product).
 //!
 //! Why: the general path (`dW = dY * im2col(X)^T`, `dX = col2im(W^T * dY)`) ran the stride-2
-//! 3x3 layers of LDCRN's training at 6-28 GFLOP/s against 27-82 for their forward passes
-//! (`examples/conv_grad_profile`, one AVX-512 Xeon thread, session 29): col2im scatters one
-//! value at a time, and the products of narrow layers are short.
+//! 3x3 layers of LDCRN's shapes at 14-40 GFLOP/s against 28-90 for their forward passes
+//! (`examples/conv_grad_profile`, one pinned thread of an AVX-512 Xeon, session 29): col2im
+//! scatters one value at a time, and the products of narrow layers are short.
 //!
 //! With the phases (batch 16, one pinned thread): 16 -> 16 channels at 32x32, dW 1.3-1.4 -> 0.5
 //! ms and dX 1.0-1.1 -> 0.8-0.9; ResNet-18's 256 -> 512 at 8x8, dX 19.4-20.3 -> 14.6; LDCRN's
