@@ -15,6 +15,7 @@
 //! by the inference fusion passes are refused.
 
 pub mod backward;
+mod conv_backward;
 pub(crate) mod loss;
 pub(crate) mod optim;
 mod strided;

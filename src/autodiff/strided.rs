@@ -10,7 +10,7 @@
 //!   `sy`-th row and `sx`-th column of dX;
 //! - the weight gradient of layers of at most 32 output channels is one `cpu::weight_grad` pass
 //!   over all taps, its source every input plane split into its phases, so that each tap reads
-//!   its phase at stride 1 (wider layers keep `super::backward`'s im2col product).
+//!   its phase at stride 1 (wider layers keep `super::conv_backward`'s im2col product).
 //!
 //! Why: the general path (`dW = dY * im2col(X)^T`, `dX = col2im(W^T * dY)`) ran the stride-2
 //! 3x3 layers of LDCRN's shapes at 14-40 GFLOP/s against 28-90 for their forward passes
@@ -162,13 +162,13 @@ fn flipped_phase_weights(c: &Conv2d, phases: &[Phase]) -> Vec<Vec<f32>> {
 
 /// `dL/dW` (`c`'s weight shape, row-major) of convolution `c` given its input `x` and `dy`,
 /// when the layer is narrow enough for the phases' stride-1 gradients to come from their padded
-/// inputs (`backward::narrow_weight_grad`); None otherwise. Wider layers keep the im2col
+/// inputs (`conv_backward::narrow_weight_grad`); None otherwise. Wider layers keep the im2col
 /// product, which the phases (four products of a quarter of the depth each, plus the
 /// subsampled copies) did not beat: 64 -> 128 channels at 32x32, 13.4 -> 18.6 ms; 256 -> 512
 /// at 8x8, 12.8 -> 15.8 ms (one thread, batch 16); 32 -> 32 at 32x32 went 3.7 -> 2.7 ms.
 pub(super) fn weight_gradient(x: &Tensor, dy: &Tensor, c: &Conv2d) -> Option<Vec<f32>> {
     let [_, cout, _, ow] = dims(dy);
-    super::backward::narrow_weight_grad(cout, ow).then(|| phase_weight_gradient(x, dy, c))
+    super::conv_backward::narrow_weight_grad(cout, ow).then(|| phase_weight_gradient(x, dy, c))
 }
 
 /// [`weight_gradient`] by phases, whatever the layer's width: one `cpu::weight_grad` pass
@@ -193,7 +193,7 @@ fn phase_weight_gradient(x: &Tensor, dy: &Tensor, c: &Conv2d) -> Vec<f32> {
         })
         .collect();
     let split_item = cin * phases * plane;
-    let pass = (super::backward::DW_PASS_BYTES / (4 * (split_item + cout * oh * ow)).max(1)).max(1);
+    let pass = (super::conv_backward::DW_PASS_BYTES / (4 * (split_item + cout * oh * ow)).max(1)).max(1);
     let kernel = crate::cpu::gemm::Kernel::detect();
     let items_grad = |b0: usize, b1: usize| -> Vec<f32> {
         let mut dwt = vec![0.0f32; cout * k];
@@ -226,7 +226,7 @@ fn phase_weight_gradient(x: &Tensor, dy: &Tensor, c: &Conv2d) -> Vec<f32> {
     for p in it {
         dwt.iter_mut().zip(&p).for_each(|(d, s)| *d += s);
     }
-    super::backward::rows_from_columns(&dwt, cout, k)
+    super::conv_backward::rows_from_columns(&dwt, cout, k)
 }
 
 /// Every plane of `xs` (planes of `h x w`) as its `sy * sx` phases, one after the other, each

@@ -59,7 +59,7 @@ impl<'a> DwGeometry<'a> {
 }
 
 /// Accumulates the group's weight gradient into `dwt`, column-major (`dwt[p * cout_g + o]`, the
-/// layout `autodiff::backward` keeps dW in). Panics if a read would leave `dy` or `padded`
+/// layout `autodiff::conv_backward` keeps dW in). Panics if a read would leave `dy` or `padded`
 /// (a caller's bug, checked once up front).
 pub(crate) fn accumulate(g: &DwGeometry, dwt: &mut [f32], kernel: Kernel) {
     let k = g.offsets.len();
@@ -191,7 +191,7 @@ mod tests {
     use crate::rng::Rng;
 
     /// Several batch items in one call (strided `dy` and padded input, as
-    /// `autodiff::backward` lays out a pass) give the sum of the single-item calls, within
+    /// `autodiff::conv_backward` lays out a pass) give the sum of the single-item calls, within
     /// 1e-5 (f32 sums in another order); on every kernel this CPU runs. 3 items of 5 output
     /// channels, 2 input channels of 6 x 13 (rows not a multiple of the 8 lanes), padding 1.
     #[test]

@@ -56,7 +56,7 @@ pub(crate) fn applies(
 }
 
 /// Adds the weight gradient of `items` batch items to `dwt`, column-major (`dwt[p * cout + o]`,
-/// `p = (ci * 3 + ky) * 3 + kx`, the layout `autodiff::backward` keeps dW in). `x` holds the
+/// `p = (ci * 3 + ky) * 3 + kx`, the layout `autodiff::conv_backward` keeps dW in). `x` holds the
 /// items' inputs `[items, cin, h, w]`, `dy` their output gradients `[items, cout, h, w]`.
 pub(crate) fn accumulate(x: &[f32], dy: &[f32], [items, cin, h, w]: [usize; 4], cout: usize, dwt: &mut [f32]) {
     assert!(x.len() >= items * cin * h * w && dy.len() >= items * cout * h * w, "winograd_grad: inputs too short");
