@@ -15,9 +15,9 @@ use super::{load_bytes_into, named_params, named_params_mut, read_bytes, read_ca
 
 /// The uniform average of `paths` (at least two files, all of the same config), as the config's
 /// graph holding the averaged parameters and a card that says what it is: `training_data` lists
-/// each input with its crops and recipe; `train_crops_total` is the shared prior plus every
-/// input's own crops when the inputs share one starting point (the same `train_prior_crops`),
-/// absent otherwise; the wall time, epochs, metrics and the per-run training keys of the inputs
+/// each input with its crops and recipe; `train_crops_total` is the earliest start plus every
+/// input's own crops when each input started from that start or continued another input
+/// ([`lineage_crops`]), absent otherwise; the wall time, epochs, metrics and the per-run training keys of the inputs
 /// are not carried over (they describe single runs).
 ///
 /// Every input is loaded with the checks of [`super::load_into`], so a missing, truncated or
@@ -96,17 +96,27 @@ fn soup_card(cfg: &models::ModelConfig, graph: &Graph, paths: &[&Path], cards: &
     );
     card.joint_format = cards[0].joint_format.clone();
     card.normalisation = cards[0].normalisation.clone();
-    let priors: Vec<Option<u64>> = cards.iter().map(|c| num(c, "train_prior_crops")).collect();
-    let totals: Option<Vec<u64>> = cards.iter().map(|c| num(c, "train_crops_total")).collect();
-    if let (Some(Some(prior)), Some(totals)) = (priors.first().copied(), totals) {
-        if priors.iter().all(|p| *p == Some(prior)) && totals.iter().all(|&t| t >= prior) {
-            let own: u64 = totals.iter().map(|t| t - prior).sum();
-            card.extra.insert("train_prior_crops".into(), prior.to_string());
-            card.extra.insert("train_crops_total".into(), (prior + own).to_string());
-        }
+    let runs: Option<Vec<(u64, u64)>> =
+        cards.iter().map(|c| Some((num(c, "train_prior_crops")?, num(c, "train_crops_total")?))).collect();
+    if let Some(total) = runs.as_deref().and_then(lineage_crops) {
+        let prior = runs.iter().flatten().map(|r| r.0).min().unwrap_or(0);
+        card.extra.insert("train_prior_crops".into(), prior.to_string());
+        card.extra.insert("train_crops_total".into(), total.to_string());
     }
     card.extra.insert("soup_inputs".into(), paths.len().to_string());
     card
+}
+
+/// The crops behind a soup of runs `(prior crops, total crops)`, when every run either started
+/// from the earliest start (fine-tunes of the same weights) or continued another input (a
+/// later warm restart from that input's result): that start plus every run's own crops. None
+/// when a run started from anything else (the inputs do not share a start) or a total is below
+/// its prior.
+fn lineage_crops(runs: &[(u64, u64)]) -> Option<u64> {
+    let start = runs.iter().map(|r| r.0).min()?;
+    let continues = |prior: u64| prior == start || runs.iter().any(|r| r.1 == prior);
+    let sound = runs.iter().all(|&(prior, total)| total >= prior && continues(prior));
+    sound.then(|| start + runs.iter().map(|(prior, total)| total - prior).sum::<u64>())
 }
 
 #[cfg(test)]
@@ -166,6 +176,19 @@ mod tests {
         std::fs::write(&pt, &bytes[..bytes.len() / 2]).unwrap();
         assert!(average_files(&[&pa, &pt]).is_err());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Crops behind a soup: fine-tunes of one start add their own crops to it, a run that
+    /// continued another input counts once on top of it, and anything else is unknown.
+    #[test]
+    fn lineage_crops_count_each_run_once() {
+        assert_eq!(lineage_crops(&[(100, 140), (100, 148)]), Some(188));
+        // The second run started from the first's result: 100 + 40 + 64.
+        assert_eq!(lineage_crops(&[(100, 140), (140, 204)]), Some(204));
+        assert_eq!(lineage_crops(&[(140, 204), (100, 140), (100, 150)]), Some(254));
+        assert_eq!(lineage_crops(&[(100, 140), (120, 160)]), None);
+        assert_eq!(lineage_crops(&[(100, 90), (100, 140)]), None);
+        assert_eq!(lineage_crops(&[]), None);
     }
 
     /// A soup keeps the input size its inputs were trained at (the shipped hourglass is
