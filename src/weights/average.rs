@@ -17,7 +17,7 @@ use super::{load_bytes_into, named_params, named_params_mut, read_bytes, read_ca
 /// graph holding the averaged parameters and a card that says what it is: `training_data` lists
 /// each input with its crops and recipe; `train_crops_total` is the earliest start plus every
 /// input's own crops when each input started from that start or continued another input
-/// ([`lineage_crops`]), absent otherwise; the wall time, epochs, metrics and the per-run training keys of the inputs
+/// (see `lineage_crops`), absent otherwise; the wall time, epochs, metrics and the per-run training keys of the inputs
 /// are not carried over (they describe single runs).
 ///
 /// Every input is loaded with the checks of [`super::load_into`], so a missing, truncated or
