@@ -161,11 +161,13 @@ fn flipped_phase_weights(c: &Conv2d, phases: &[Phase]) -> Vec<Vec<f32>> {
 }
 
 /// `dL/dW` (`c`'s weight shape, row-major) of convolution `c` given its input `x` and `dy`,
-/// when the layer is narrow enough for the phases' stride-1 gradients to come from their padded
-/// inputs (`conv_backward::narrow_weight_grad`); None otherwise. Wider layers keep the im2col
-/// product, which the phases (four products of a quarter of the depth each, plus the
-/// subsampled copies) did not beat: 64 -> 128 channels at 32x32, 13.4 -> 18.6 ms; 256 -> 512
-/// at 8x8, 12.8 -> 15.8 ms (one thread, batch 16); 32 -> 32 at 32x32 went 3.7 -> 2.7 ms.
+/// when the layer is narrow enough for `cpu::weight_grad` (`conv_backward::narrow_weight_grad`:
+/// at most 32 output channels, rows of at least its vector width); None otherwise, and wider
+/// layers keep the im2col product. That split was chosen on a first version that ran one
+/// stride-1 weight gradient per phase (four products of a quarter of the depth each): on
+/// wider layers it lost to the product (64 -> 128 channels at 32x32, 13.4 -> 18.6 ms; 256 -> 512
+/// at 8x8, 12.8 -> 15.8 ms; one unpinned thread, batch 16), and the one-pass version here was
+/// only measured on narrow layers. `WGPOSE_CPU_DW` does not reach this choice.
 pub(super) fn weight_gradient(x: &Tensor, dy: &Tensor, c: &Conv2d) -> Option<Vec<f32>> {
     let [_, cout, _, ow] = dims(dy);
     super::conv_backward::narrow_weight_grad(cout, ow).then(|| phase_weight_gradient(x, dy, c))
