@@ -16,9 +16,16 @@ entropy on the logits against continuous targets (wgpose's RCE). Rounds alternat
 PyTorch (2 threads) and `wgpose bench train`; images per second and the ratio wgpose / PyTorch
 (above 1 = wgpose faster) are printed.
 
+`--hide-avx512` runs every engine with AVX-512 hidden from CPUID (`scripts/hide_avx512.c`, built
+with gcc and preloaded into this script and wgpose; needs the `cpuid_fault` CPU flag): ONNX
+Runtime, PyTorch (oneDNN, MKL, ATen) and wgpose then take the code paths of an AVX2-only CPU, so
+an AVX-512 machine also measures the AVX2 side of the comparison (code paths, not an AVX2 CPU's
+microarchitecture).
+
 Needs: pip install onnxruntime onnx numpy torch onnx2torch   (a CPU-only torch is enough)
 Usage: scripts/compare_cpu.py [--wgpose target/release/wgpose] [--rounds 5] [--reps 10]
                               [--models a,b] [--train-models a,b] [--skip-inference] [--skip-training]
+                              [--hide-avx512]
 """
 
 import argparse
@@ -205,6 +212,16 @@ def compare_training(wgpose, models, rounds, reps, env, tmp):
     return results
 
 
+def rerun_without_avx512():
+    """This script again, with the CPUID shim built and preloaded (into it, and so into every
+    wgpose it starts): the libraries read CPUID when they load, so it must be there from the start."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = os.path.join(tempfile.gettempdir(), "wgpose-hide_avx512.so")
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", out, os.path.join(here, "hide_avx512.c")], check=True)
+    env = dict(os.environ, LD_PRELOAD=out, WGPOSE_HIDE_AVX512="1")
+    return subprocess.run([sys.executable, *sys.argv], env=env).returncode
+
+
 def main():
     global THREADS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,13 +237,28 @@ def main():
     ap.add_argument(
         "--wgpose-env",
         default="",
-        help="extra environment for wgpose, e.g. WGPOSE_CPU_ISA=avx2 to force the AVX2 kernels",
+        help="extra environment for wgpose, e.g. WGPOSE_CPU_KERNEL=avx2 to force its AVX2 kernel",
+    )
+    ap.add_argument(
+        "--hide-avx512",
+        action="store_true",
+        help="hide AVX-512 from every engine's CPUID (scripts/hide_avx512.c, preloaded)",
     )
     a = ap.parse_args()
+    if a.hide_avx512 and "WGPOSE_HIDE_AVX512" not in os.environ:
+        return rerun_without_avx512()
     THREADS = a.threads
     extra = dict(kv.split("=", 1) for kv in a.wgpose_env.split(",") if kv)
     env = wgpose_env(extra)
     print(f"CPU: {cpu_model()}; load average {os.getloadavg()[0]:.1f}; wgpose env {extra or '{}'}")
+    if "WGPOSE_HIDE_AVX512" in os.environ:
+        import torch
+
+        cap = torch.backends.cpu.get_cpu_capability()
+        if cap != "AVX2":
+            sys.exit(f"--hide-avx512: PyTorch still reports CPU capability {cap}; the shim did not take")
+        print(f"AVX-512 hidden from CPUID (scripts/hide_avx512.c): PyTorch's CPU capability {cap}; "
+              "wgpose picks its AVX2 kernel; ONNX Runtime's MLAS its AVX2 kernels")
     with tempfile.TemporaryDirectory() as tmp:
         if not a.skip_inference:
             compare_inference(a.wgpose, [m for m in a.models.split(",") if m], a.rounds, a.reps, env, tmp)
