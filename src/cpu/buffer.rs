@@ -4,8 +4,8 @@
 //! the operator writes every value again. That is a serial pass over each activation (`memset`
 //! showed at 2-5% of a one-thread run), and on two threads the second thread waits it out: with
 //! the convolutions' outputs and padded copies left unzeroed, the default model and the
-//! hourglass took about 9% less time on two threads of an AVX-512 Xeon (session 24, README
-//! "CPU executor speed").
+//! hourglass took about 9% less time on two threads of an AVX-512 Xeon (session 24,
+//! `docs/cpu-speed-log.md`).
 //!
 //! Contract: the caller writes every element of the buffer before anything reads it (a padded
 //! copy zeroes its own border). Tests hold the callers to it: with [`poison_fresh_buffers`] on,

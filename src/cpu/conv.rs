@@ -53,8 +53,8 @@ pub enum ConvStrategy {
 
 impl ConvStrategy {
     /// The strategy of training's backward pass: `WGPOSE_CPU_CONV=indirect` or `=gemm` if set;
-    /// otherwise indirect, measured faster with the AVX2 and the portable kernels (README, "CPU
-    /// executor speed"), except with the AVX-512 kernel, where the backward pass has only been
+    /// otherwise indirect, measured faster with the AVX2 and the portable kernels
+    /// (`docs/cpu-speed-log.md`), except with the AVX-512 kernel, where the backward pass has only been
     /// timed as matrix products. The forward pass picks by layer ([`ConvStrategy::for_conv`]).
     pub fn detect() -> ConvStrategy {
         match Self::forced() {

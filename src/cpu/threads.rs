@@ -6,7 +6,7 @@
 //! worker wakes it, and between two operators the workers go to sleep themselves (rayon parks
 //! an idle worker after a few dozen rounds): LDCRN's ~300 small operators per frame then paid
 //! two sleeps and wake-ups each, and ran slower on two threads than on one (24.3 against 22.8
-//! ms, session 17, README "CPU executor speed"). ONNX Runtime's pool spins between operators for
+//! ms, session 17, `docs/cpu-speed-log.md`). ONNX Runtime's pool spins between operators for
 //! the same reason.
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,7 +6,7 @@
 //! Why: the im2col route writes and reads `cin * kh * kw * oh * ow` values per batch item to
 //! feed a product whose other side has only `cout` rows. With LDCRN's 8-channel dense-block
 //! convolutions (or the hourglass's 16- and 32-channel ones) that traffic, not arithmetic, set
-//! the pace: their backward pass took 5-10x their forward time (README, "CPU executor speed").
+//! the pace: their backward pass took 5-10x their forward time (`docs/cpu-speed-log.md`).
 //! Here each tile of 4 output channels x 3 taps keeps 12 vector accumulators over a whole image,
 //! reading dY rows and shifted input rows straight from L1/L2; every loaded value feeds 3 or 4
 //! multiply-adds.
