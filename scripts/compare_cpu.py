@@ -53,6 +53,8 @@ def cpu_model():
                     name = line.split(":", 1)[1].strip()
                     flags = open("/proc/cpuinfo").read()
                     isa = "AVX-512" if " avx512f" in flags else ("AVX2" if " avx2" in flags else "no AVX2")
+                    if isa == "AVX-512" and "WGPOSE_HIDE_AVX512" in os.environ:
+                        isa = "AVX-512, hidden from CPUID: AVX2 code paths"
                     return f"{name} ({isa}, {os.cpu_count()} logical CPUs)"
     except OSError:
         pass
