@@ -219,7 +219,10 @@ def rerun_without_avx512():
     wgpose it starts): the libraries read CPUID when they load, so it must be there from the start."""
     here = os.path.dirname(os.path.abspath(__file__))
     out = os.path.join(tempfile.gettempdir(), "wgpose-hide_avx512.so")
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", out, os.path.join(here, "hide_avx512.c")], check=True)
+    try:
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", out, os.path.join(here, "hide_avx512.c")], check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        sys.exit(f"--hide-avx512: cannot build scripts/hide_avx512.c with gcc ({e})")
     env = dict(os.environ, LD_PRELOAD=out, WGPOSE_HIDE_AVX512="1")
     return subprocess.run([sys.executable, *sys.argv], env=env).returncode
 
