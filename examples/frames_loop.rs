@@ -32,6 +32,11 @@ fn main() -> wgpose::Result<()> {
 
     let mut estimator = Estimator::from_name("fasterpose-r18-s16-lsp", Device::Auto)?;
     eprintln!("{} frames; running on the {}", frames.len(), estimator.device_choice());
+    if !estimator.device_choice().gpu {
+        // A camera loop idles between frames; pinned, the CPU executor's workers come back from
+        // each idle spell on CPUs of their own (see `pin_cpu_threads`).
+        wgpose::pin_cpu_threads();
+    }
     let mut smoother = PoseSmoother::new(estimator.skeleton.joints.len(), OneEuroConfig::default())?;
     // Follows while the mean keypoint score is at least 0.3; below it the detector searches again.
     let mut tracker = Tracker::new(TrackerOptions::default())?;

@@ -16,6 +16,11 @@ entropy on the logits against continuous targets (wgpose's RCE). Rounds alternat
 PyTorch (2 threads) and `wgpose bench train`; images per second and the ratio wgpose / PyTorch
 (above 1 = wgpose faster) are printed.
 
+`--gap-ms N` makes both engines sleep N ms before each timed inference, as a live video loop
+idles between frames (33 at 30 fps): thread pools, caches and, on a virtual machine, the CPUs
+themselves are cold when each run starts. Add `--wgpose-env WGPOSE_CPU_PIN=1` to time wgpose
+with its workers pinned (`wgpose::pin_cpu_threads`).
+
 `--hide-avx512` runs every engine with AVX-512 hidden from CPUID (`scripts/hide_avx512.c`, built
 with gcc and preloaded into this script and wgpose; needs the `cpuid_fault` CPU flag): ONNX
 Runtime, PyTorch (oneDNN, MKL, ATen) and wgpose then take the code paths of an AVX2-only CPU, so
@@ -25,7 +30,7 @@ microarchitecture).
 Needs: pip install onnxruntime onnx numpy torch onnx2torch   (a CPU-only torch is enough)
 Usage: scripts/compare_cpu.py [--wgpose target/release/wgpose] [--rounds 5] [--reps 10]
                               [--models a,b] [--train-models a,b] [--skip-inference] [--skip-training]
-                              [--hide-avx512]
+                              [--gap-ms 30] [--hide-avx512]
 """
 
 import argparse
@@ -81,10 +86,11 @@ def wgpose_json(wgpose, args, env):
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def wgpose_infer_ms(wgpose, model, reps, env):
+def wgpose_infer_ms(wgpose, model, reps, env, gap_ms):
     rows = wgpose_json(
         wgpose,
-        ["models", "--device", "cpu", "--filter", model, "--size", f"{SIZE[0]}x{SIZE[1]}", "--reps", str(reps)],
+        ["models", "--device", "cpu", "--filter", model, "--size", f"{SIZE[0]}x{SIZE[1]}", "--reps", str(reps),
+         "--gap-ms", str(gap_ms)],
         env,
     )
     return next(r["ms"] for r in rows if r["model"] == model and r["device"] == "cpu")
@@ -100,11 +106,12 @@ def wgpose_train_ips(wgpose, model, reps, env):
     return r["images_per_s"], r["loss"]
 
 
-def compare_inference(wgpose, models, rounds, reps, env, tmp):
+def compare_inference(wgpose, models, rounds, reps, env, tmp, gap_ms):
     import numpy as np
     import onnxruntime as ort
 
-    print(f"\n## Inference: batch 1, {THREADS} threads, {SIZE[0]}x{SIZE[1]}, onnxruntime {ort.__version__}")
+    gap = f", {gap_ms} ms idle before each run" if gap_ms else ""
+    print(f"\n## Inference: batch 1, {THREADS} threads, {SIZE[0]}x{SIZE[1]}{gap}, onnxruntime {ort.__version__}")
     print(f"{'model':<26} {'ONNX Runtime ms':>16} {'wgpose ms':>10} {'ratio':>7}")
     results = []
     for model in models:
@@ -123,11 +130,13 @@ def compare_inference(wgpose, models, rounds, reps, env, tmp):
         for _ in range(rounds):
             t = []
             for _ in range(reps):
+                if gap_ms:
+                    time.sleep(gap_ms / 1e3)
                 s = time.perf_counter()
                 sess.run(None, {inp.name: x})
                 t.append((time.perf_counter() - s) * 1e3)
             ort_ms.append(statistics.median(t))
-            wg_ms.append(wgpose_infer_ms(wgpose, model, reps, env))
+            wg_ms.append(wgpose_infer_ms(wgpose, model, reps, env, gap_ms))
         o, w = statistics.median(ort_ms), statistics.median(wg_ms)
         # Per-round ratios too: both engines of a round ran back to back under the same load.
         r = statistics.median([b / a for a, b in zip(ort_ms, wg_ms)])
@@ -237,6 +246,7 @@ def main():
     ap.add_argument("--models", default=",".join(INFER_MODELS))
     ap.add_argument("--train-models", default=",".join(TRAIN_MODELS))
     ap.add_argument("--threads", type=int, default=THREADS, help="threads of every engine (default 2)")
+    ap.add_argument("--gap-ms", type=int, default=0, help="idle ms before each timed inference (33: 30 fps video)")
     ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument(
@@ -266,7 +276,7 @@ def main():
               "wgpose picks its AVX2 kernel; ONNX Runtime's MLAS its AVX2 kernels")
     with tempfile.TemporaryDirectory() as tmp:
         if not a.skip_inference:
-            compare_inference(a.wgpose, [m for m in a.models.split(",") if m], a.rounds, a.reps, env, tmp)
+            compare_inference(a.wgpose, [m for m in a.models.split(",") if m], a.rounds, a.reps, env, tmp, a.gap_ms)
         if not a.skip_training:
             compare_training(a.wgpose, [m for m in a.train_models.split(",") if m], a.rounds, a.train_reps, env, tmp)
     print("\nratio: inference = wgpose ms / ONNX Runtime ms (<1: wgpose faster); "

@@ -106,10 +106,20 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Median wall-clock milliseconds of `f` over `reps` runs after one warm-up.
-pub fn time_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+pub fn time_ms(reps: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    time_ms_paced(reps, std::time::Duration::ZERO, f)
+}
+
+/// [`time_ms`] with the thread asleep for `gap` before each timed run, as a live loop idles
+/// between frames: the CPU executor's pool, the caches and (on a virtual machine) the CPUs
+/// themselves are cold when each run starts.
+pub fn time_ms_paced(reps: usize, gap: std::time::Duration, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     let mut t = Vec::with_capacity(reps);
     for _ in 0..reps {
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
         let s = Instant::now();
         f()?;
         t.push(s.elapsed().as_secs_f64() * 1e3);
@@ -240,6 +250,18 @@ pub fn bench_model(
     reps: usize,
     with_cpu: bool,
 ) -> Result<Vec<ModelBenchRow>> {
+    bench_model_paced(ctx, cfg, batch, reps, with_cpu, std::time::Duration::ZERO)
+}
+
+/// [`bench_model`] with `gap` of idle time before each timed run ([`time_ms_paced`]).
+pub fn bench_model_paced(
+    ctx: Option<&GpuContext>,
+    cfg: &crate::models::ModelConfig,
+    batch: usize,
+    reps: usize,
+    with_cpu: bool,
+    gap: std::time::Duration,
+) -> Result<Vec<ModelBenchRow>> {
     let (g, inputs) = model_case(cfg, batch)?;
     let flops = g.flops(batch)? as f64;
     let input = [batch, cfg.input[0], cfg.input[1], cfg.input[2]];
@@ -251,7 +273,7 @@ pub fn bench_model(
         let t0 = Instant::now();
         fused.run(&inputs)?;
         let first_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let ms = time_ms(reps, || fused.run(&inputs).map(|_| ()))?;
+        let ms = time_ms_paced(reps, gap, || fused.run(&inputs).map(|_| ()))?;
         rows.push(ModelBenchRow {
             model: cfg.name.into(),
             device: "cpu".into(),
@@ -268,7 +290,7 @@ pub fn bench_model(
         let mut m = GpuModel::compile(ctx, &g, batch)?;
         m.run(&inputs)?;
         let first_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let ms = time_ms(reps, || m.run(&inputs).map(|_| ()))?;
+        let ms = time_ms_paced(reps, gap, || m.run(&inputs).map(|_| ()))?;
         rows.push(ModelBenchRow {
             model: cfg.name.into(),
             device: "gpu".into(),

@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Input size HxW for `models` and `train`, overriding each config's own (e.g. 128x128).
     #[arg(long)]
     size: Option<String>,
+    /// `models`: idle milliseconds before each timed run, as a live loop idles between frames
+    /// (33 at 30 fps): the CPU pool and caches are cold when each run starts.
+    #[arg(long, default_value_t = 0)]
+    gap_ms: u64,
     /// Images per run (default: 1 for `models`, 16 for `train`).
     #[arg(long)]
     batch: Option<usize>,
@@ -88,12 +92,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     Some([h, w]) => cfg.with_input([cfg.input[0], h, w]),
                     None => cfg,
                 };
-                let rows = wgpose::bench::bench_model(
+                let rows = wgpose::bench::bench_model_paced(
                     ctx.as_ref(),
                     &cfg,
                     a.batch.unwrap_or(1),
                     a.reps.max(1),
                     !matches!(a.device, DeviceArg::Gpu | DeviceArg::Auto),
+                    std::time::Duration::from_millis(a.gap_ms),
                 )?;
                 for r in rows {
                     if a.json {

@@ -43,6 +43,7 @@ use crate::tensor::{checked_numel, Tensor};
 
 #[doc(hidden)]
 pub use buffer::poison_fresh_buffers;
+pub use threads::pin_cpu_threads;
 
 /// Runs the graph on the fast path and returns the graph outputs in order.
 ///

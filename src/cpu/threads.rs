@@ -8,6 +8,9 @@
 //! two sleeps and wake-ups each, and ran slower on two threads than on one (24.3 against 22.8
 //! ms, session 17, `docs/cpu-speed-log.md`). ONNX Runtime's pool spins between operators for
 //! the same reason.
+//!
+//! [`pin_cpu_threads`] (or `WGPOSE_CPU_PIN=1`) gives each worker a CPU of its own: for live video,
+//! where the pool idles between frames (see its documentation for the measurements).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -20,6 +23,7 @@ pub(crate) fn run_with_busy_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R 
     if rayon::current_thread_index().is_some() {
         return work();
     }
+    pin_if_asked();
     if threads <= 1 {
         // On the one worker too: from outside the pool every parallel loop of the run would
         // hand its single task to that worker and sleep until woken (tens of microseconds per
@@ -67,11 +71,135 @@ pub(crate) fn run_with_busy_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R 
     })
 }
 
+/// Pins every worker of rayon's global pool to a CPU of its own (worker `i` to the `i`-th CPU
+/// the process may run on), for the rest of the process, and returns how many were pinned.
+/// `None`, and nothing changes, where that cannot be done: not Linux, fewer allowed CPUs than
+/// workers (two workers on one CPU would be worse than none pinned), or a refused system call.
+/// Called from inside another rayon pool, it pins that pool's workers instead.
+///
+/// **When to call it:** in an application that runs the CPU executor on live video, before the
+/// first frame (the desktop demo does so when it runs on the CPU). Between frames the pool
+/// idles; on the 2-CPU virtual machines these numbers come from, the first inference after an
+/// idle spell then ran with both workers on one CPU for the whole run. The default model at
+/// 128x128, two threads, one inference every 30 ms: 6.3-8.6 ms per inference unpinned (4.7-6.5
+/// on one thread) and 4.5-5.3 ms pinned, with ONNX Runtime at 2.8-4.0; back to back, 2.8-4.0 ms
+/// either way (session 31, README "CPU executor speed").
+///
+/// **Why not always:** the global pool is shared with the rest of the process, and a pinned
+/// thread cannot move off a CPU that another busy process takes. `WGPOSE_CPU_PIN=1` calls it
+/// before the first inference of a program that does not.
+pub fn pin_cpu_threads() -> Option<usize> {
+    let allowed = cpu_affinity::CpuMask::current()?.cpus();
+    let threads = rayon::current_num_threads();
+    if allowed.len() < threads {
+        return None;
+    }
+    let pinned: Vec<bool> = rayon::broadcast(|ctx| cpu_affinity::CpuMask::only(allowed[ctx.index()]).apply());
+    pinned.iter().all(|&ok| ok).then_some(threads)
+}
+
+/// [`pin_cpu_threads`] once per process when `WGPOSE_CPU_PIN=1`.
+fn pin_if_asked() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("WGPOSE_CPU_PIN").is_ok_and(|v| v == "1") {
+            pin_cpu_threads();
+        }
+    });
+}
+
+/// The calling thread's affinity mask (Linux; elsewhere nothing is known and nothing moves).
+mod cpu_affinity {
+    /// A set of CPUs, as glibc's and musl's `cpu_set_t` (1024 bits).
+    #[derive(Clone, Copy)]
+    pub(super) struct CpuMask([u64; 16]);
+
+    #[cfg(target_os = "linux")]
+    extern "C" {
+        fn sched_getaffinity(pid: i32, size: usize, mask: *mut u64) -> i32;
+        fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
+    }
+
+    impl CpuMask {
+        /// The calling thread's affinity mask.
+        pub(super) fn current() -> Option<CpuMask> {
+            #[cfg(target_os = "linux")]
+            {
+                let mut mask = CpuMask([0; 16]);
+                // SAFETY: pid 0 is the calling thread; the buffer holds `size_of_val` bytes.
+                let ok = unsafe { sched_getaffinity(0, std::mem::size_of_val(&mask.0), mask.0.as_mut_ptr()) } == 0;
+                ok.then_some(mask)
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                None
+            }
+        }
+
+        /// The set of one CPU.
+        pub(super) fn only(cpu: usize) -> CpuMask {
+            let mut mask = CpuMask([0; 16]);
+            mask.0[cpu / 64] = 1 << (cpu % 64);
+            mask
+        }
+
+        /// The CPUs in the set, in increasing order.
+        pub(super) fn cpus(&self) -> Vec<usize> {
+            (0..64 * self.0.len()).filter(|&c| (self.0[c / 64] >> (c % 64)) & 1 == 1).collect()
+        }
+
+        /// Makes this the calling thread's affinity mask (the kernel moves the thread at once
+        /// if it runs outside it); false, and the mask unchanged, if the kernel refuses.
+        pub(super) fn apply(&self) -> bool {
+            #[cfg(target_os = "linux")]
+            {
+                // SAFETY: pid 0 is the calling thread; the buffer holds `size_of_val` bytes.
+                unsafe { sched_setaffinity(0, std::mem::size_of_val(&self.0), self.0.as_ptr()) == 0 }
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                let _ = self;
+                false
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rayon::prelude::*;
 
-    use super::run_with_busy_pool;
+    use super::{cpu_affinity::CpuMask, pin_cpu_threads, run_with_busy_pool};
+
+    /// Inside a pool of as many workers as allowed CPUs, every worker ends on a CPU of its own
+    /// (Linux); with one worker more than CPUs nothing is pinned. Elsewhere: `None`.
+    #[test]
+    fn pins_each_worker_to_its_own_cpu_or_nothing() {
+        let Some(allowed) = CpuMask::current().map(|m| m.cpus()) else {
+            assert_eq!(pin_cpu_threads(), None);
+            return;
+        };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(allowed.len()).build().unwrap();
+        let (pinned, masks) = pool.install(|| {
+            let pinned = pin_cpu_threads();
+            (pinned, rayon::broadcast(|_| CpuMask::current().unwrap().cpus()))
+        });
+        assert_eq!(pinned, Some(allowed.len()));
+        let mut cpus: Vec<usize> = masks
+            .iter()
+            .map(|m| {
+                assert_eq!(m.len(), 1, "{masks:?}");
+                m[0]
+            })
+            .collect();
+        cpus.sort();
+        assert_eq!(cpus, allowed);
+        let crowded = rayon::ThreadPoolBuilder::new().num_threads(allowed.len() + 1).build().unwrap();
+        let (pinned, masks) =
+            crowded.install(|| (pin_cpu_threads(), rayon::broadcast(|_| CpuMask::current().unwrap().cpus())));
+        assert_eq!(pinned, None);
+        assert!(masks.iter().all(|m| *m == allowed), "{masks:?}");
+    }
 
     fn parallel_sum(n: usize) -> u64 {
         (0..n).into_par_iter().with_min_len(64).map(|i| (i * i % 7) as u64).sum()

@@ -210,6 +210,11 @@ impl DemoApp {
                     w => format!("weights: {w}"),
                 };
                 self.device_note = format!("networks on the {}", est.device_choice());
+                if !est.device_choice().gpu {
+                    // Live video idles the CPU executor's pool between frames: one CPU per
+                    // worker keeps both working on each frame (`wgpose::pin_cpu_threads`).
+                    wgpose::pin_cpu_threads();
+                }
                 self.tracking.skeleton = Some(est.skeleton);
                 self.estimator = Some(est);
                 self.estimator_error = None;
