@@ -6,6 +6,10 @@
 //! runs, and only the heatmaps come back (K x H/4 x W/4 floats per crop, a few tens of KB, so
 //! decoding them on the CPU costs less than another kernel and readback would save). On the CPU
 //! the same steps run with the CPU warp and executor.
+//!
+//! A live loop on the CPU executor (a webcam at 30 fps) idles between frames: call
+//! [`crate::pin_cpu_threads`] once before the first frame (its documentation has the
+//! measurements; the desktop demo and `examples/frames_loop.rs` do).
 
 mod device;
 mod input;
