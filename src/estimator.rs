@@ -58,7 +58,18 @@ pub struct EstimatorOptions {
     pub find_people: bool,
     /// How detections become people (refinement passes, duplicate removal).
     pub people: PeopleOptions,
+    /// Run the network at this input `[height, width]` instead of the size its weights were
+    /// trained at (their model card's; the config's when there is no card). The networks are
+    /// fully convolutional, so weights run at any size that is a multiple of
+    /// [`ModelConfig::size_multiple`] (from that multiple up to [`MAX_INPUT_SIDE`] on each side);
+    /// accuracy is best near the trained size, and time grows with the pixel count. `None` (the
+    /// default): the trained size.
+    pub input_size: Option<[usize; 2]>,
 }
+
+/// The largest input side [`EstimatorOptions::input_size`] accepts: a person crop larger than
+/// this only costs time (the shipped networks were trained at 128 to 192 pixels).
+pub const MAX_INPUT_SIDE: usize = 1024;
 
 impl Default for EstimatorOptions {
     fn default() -> Self {
@@ -70,6 +81,7 @@ impl Default for EstimatorOptions {
             random_weights: false,
             find_people: true,
             people: PeopleOptions::default(),
+            input_size: None,
         }
     }
 }
@@ -181,8 +193,11 @@ impl Estimator {
         opts: EstimatorOptions,
     ) -> Result<Self> {
         // The input size the weights were trained at (the shipped hourglass's 192x128, LDCRN's
-        // 160x160), unless the caller chose one.
-        let config = &at_trained_input(config, weights)?;
+        // 160x160), unless the caller chose one (in the options, or as a config of another size).
+        let config = &match opts.input_size {
+            Some(size) => sized(config, size)?,
+            None => at_trained_input(config, weights)?,
+        };
         let skeleton = skeleton_of(config)?;
         let (graph, weights, _card) = load_model(config, weights, opts.seed)?;
         if matches!(weights, WeightsSource::RandomInit { .. }) && !opts.random_weights {
@@ -220,6 +235,10 @@ impl Estimator {
         ctx: Option<&GpuContext>,
         opts: EstimatorOptions,
     ) -> Result<Self> {
+        let config = &match opts.input_size {
+            Some(size) => sized(config, size)?,
+            None => *config,
+        };
         let skeleton = skeleton_of(config)?;
         let (graph, _card) = load_model_bytes(config, bytes, label)?;
         Self::from_loaded(config, skeleton, graph, WeightsSource::Bytes(label.to_string()), ctx, opts)
@@ -555,6 +574,20 @@ impl Estimator {
         })
         .await
     }
+}
+
+/// `config` at the input `[h, w]` of [`EstimatorOptions::input_size`], or an error that says
+/// which sizes fit.
+fn sized(config: &ModelConfig, [h, w]: [usize; 2]) -> Result<ModelConfig> {
+    let m = config.size_multiple();
+    let fits = |v: usize| v >= m && v <= MAX_INPUT_SIDE && v % m == 0;
+    if !(fits(h) && fits(w)) {
+        return Err(Error::Input(format!(
+            "input size {h}x{w} does not fit `{}`: each side must be a multiple of {m} from {m} to {MAX_INPUT_SIDE}",
+            config.name
+        )));
+    }
+    Ok(config.with_input([config.input[0], h, w]))
 }
 
 /// The joint layout of a pose network's output, or an error for a config that is not one.

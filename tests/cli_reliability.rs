@@ -477,6 +477,34 @@ fn eval_box_jitter_moves_the_boxes_reproducibly() {
     assert_fails_with(&o, &["--box-jitter moves ground-truth boxes"]);
 }
 
+/// `--size HxW` runs the network at another input size (printed on the model line) and changes
+/// the predictions; a size the network cannot take, or one that is not HxW, is an error.
+#[test]
+fn eval_and_predict_take_an_input_size() {
+    let lsp = root().join("tests/fixtures/lspet");
+    let dir = TempDir::new("size");
+    let base = ["eval", "--format", "lsp", "--root", s(&lsp), "--range", "1..3", "--device", "cpu"];
+    let run = |extra: &[&str], name: &str| {
+        let json = dir.path().join(name);
+        let o = wgpose(&[&base[..], &["--json", s(&json)], extra].concat());
+        assert_ok(&o);
+        (stderr(&o), std::fs::read_to_string(&json).unwrap())
+    };
+    let (err, trained) = run(&[], "trained.json");
+    assert!(err.contains("fasterpose-r18-s16-lsp at "), "{err}");
+    let (err, other) = run(&["--size", "96x64"], "other.json");
+    assert!(err.contains("fasterpose-r18-s16-lsp at 96x64"), "{err}");
+    assert_ne!(trained, other, "another input size gave the same predictions");
+    let o = wgpose(&[&base[..], &["--size", "100x64"]].concat());
+    assert_fails_with(&o, &["100x64", "multiple of 16"]);
+    let o = wgpose(&[&base[..], &["--size", "96"]].concat());
+    assert_fails_with(&o, &["`96` is not HxW"]);
+    let sample = root().join("assets/sample.jpg");
+    let o = wgpose(&["predict", s(&sample), "--device", "cpu", "--no-detect", "--size", "96x64"]);
+    assert_ok(&o);
+    assert!(stderr(&o).contains("at 96x64"), "{}", stderr(&o));
+}
+
 /// `eval --boxes detected` runs the library's pipeline (detector, top person, one refinement)
 /// and reports box AP next to PCK; bad pipeline options are refused before any work.
 #[test]

@@ -343,3 +343,35 @@ fn named_configs_run_at_their_weights_input_size() {
         assert_eq!((p.x, p.y, p.score), (q.x, q.y, q.score));
     }
 }
+
+/// `EstimatorOptions::input_size` runs shipped weights at another size, even at the config's
+/// own default size that the model card would otherwise replace (the hourglass ships at 192x128,
+/// its config says 128x128); sizes that do not fit the network are refused before anything is
+/// loaded, with the multiple in the message.
+#[test]
+fn input_size_option_overrides_the_trained_size() {
+    let named = config("sghg-1x64-lsp").unwrap();
+    let trained = wgpose::models::at_trained_input(&named, None).unwrap().input;
+    let own = [named.input[1], named.input[2]];
+    assert_ne!([trained[1], trained[2]], own, "the shipped hourglass runs at its config's size: nothing to override");
+    let img = load_rgb(&sample()).unwrap();
+    let mut keypoints = Vec::new();
+    for size in [own, [256, 128]] {
+        let opts = EstimatorOptions { input_size: Some(size), find_people: false, ..Default::default() };
+        let mut est = Estimator::with_options(&named, None, wgpose::Device::Cpu, opts).unwrap();
+        assert_eq!(est.config.input, [3, size[0], size[1]]);
+        let poses = est.estimate(&img, None).unwrap();
+        assert_eq!(poses.len(), 1);
+        assert!(poses[0].keypoints.iter().all(|k| k.x.is_finite() && k.y.is_finite()));
+        keypoints.push(poses[0].keypoints.clone());
+    }
+    assert_ne!(keypoints[0], keypoints[1], "two input sizes gave identical keypoints");
+    for bad in [[100, 128], [0, 128], [2048, 128]] {
+        let opts = EstimatorOptions { input_size: Some(bad), find_people: false, ..Default::default() };
+        let err = match Estimator::with_options(&named, None, wgpose::Device::Cpu, opts) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("input size {bad:?} was accepted"),
+        };
+        assert!(err.contains("multiple of 64") && err.contains(&format!("{}x{}", bad[0], bad[1])), "{err}");
+    }
+}

@@ -61,6 +61,12 @@ pub struct EvalArgs {
     /// Evaluate at most this many people (quick checks).
     #[arg(long)]
     limit: Option<usize>,
+    /// Run the network at this input size, HxW (e.g. 128x128), instead of the size its weights
+    /// were trained at (their model card's): each side a multiple of the config's size multiple
+    /// (`wgpose models`). Smaller is faster, and accuracy is best near the trained size.
+    #[arg(long)]
+    size: Option<String>,
+
     #[arg(long, value_enum, default_value_t = BoxSource::Gt)]
     boxes: BoxSource,
     /// With ground-truth boxes: move each box's centre by up to this fraction of its width and
@@ -107,6 +113,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         return Err(Error::Input("--limit must be at least 1".into()));
     }
     let range = a.range.as_deref().map(parse_range).transpose()?;
+    let input_size = a.size.as_deref().map(super::profile::parse_size).transpose()?;
     // People to evaluate, and the crop padding that matches each benchmark's box rule.
     let (people, missing, padding, coco_gt) = match a.format {
         Format::Lsp => {
@@ -177,8 +184,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
     } else {
         EstimatorOptions { flip_test: a.flip, padding, find_people: false, ..Default::default() }
     };
+    let opts = EstimatorOptions { input_size, ..opts };
     let mut est = open_estimator(&cfg, weights.as_deref(), a.device, opts)?;
-    eprintln!("model {}: {}; {}", cfg.name, est.weights, est.device_choice());
+    let [_, in_h, in_w] = est.config.input;
+    eprintln!("model {} at {in_h}x{in_w}: {}; {}", cfg.name, est.weights, est.device_choice());
     let pipeline_detect = DetectConfig { score_threshold: a.people.det_threshold, ..Default::default() };
     if detected {
         let (dcfg, dweights) = resolve_model(&a.detector)?;

@@ -57,6 +57,11 @@ pub struct PredictArgs {
     /// Joints below this confidence are not drawn.
     #[arg(long, default_value_t = 0.2)]
     threshold: f32,
+    /// Run the network at this input size, HxW (e.g. 128x128), instead of the size its weights
+    /// were trained at (their model card's): each side a multiple of the config's size multiple
+    /// (`wgpose models`). Smaller is faster, and accuracy is best near the trained size.
+    #[arg(long)]
+    size: Option<String>,
 }
 
 pub fn parse_bbox(s: &str) -> Result<[f32; 4]> {
@@ -221,9 +226,11 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let (cfg, weights) = resolve_model(&a.model)?;
     // The detector is attached below, from --detector with this command's thresholds.
     let people = a.people.apply(PeopleOptions::default());
-    let opts = EstimatorOptions { flip_test: a.flip, find_people: false, people, ..Default::default() };
+    let input_size = a.size.as_deref().map(super::profile::parse_size).transpose()?;
+    let opts = EstimatorOptions { flip_test: a.flip, find_people: false, people, input_size, ..Default::default() };
     let mut est = open_estimator(&cfg, weights.as_deref(), a.device, opts)?;
-    eprintln!("model {}: {}; {}", cfg.name, est.weights, est.device_choice());
+    let [_, in_h, in_w] = est.config.input;
+    eprintln!("model {} at {in_h}x{in_w}: {}; {}", cfg.name, est.weights, est.device_choice());
     if bbox.is_none() && !a.no_detect {
         let (dcfg, dweights) = resolve_model(&a.detector)?;
         let dc =
