@@ -237,7 +237,7 @@ def rerun_without_avx512():
 
 
 def main():
-    global THREADS
+    global THREADS, SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wgpose", default="target/release/wgpose")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per model")
@@ -246,6 +246,7 @@ def main():
     ap.add_argument("--models", default=",".join(INFER_MODELS))
     ap.add_argument("--train-models", default=",".join(TRAIN_MODELS))
     ap.add_argument("--threads", type=int, default=THREADS, help="threads of every engine (default 2)")
+    ap.add_argument("--size", default=f"{SIZE[0]}x{SIZE[1]}", help="input HxW of every model (default 128x128)")
     ap.add_argument("--gap-ms", type=int, default=0, help="idle ms before each timed inference (33: 30 fps video)")
     ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--skip-training", action="store_true")
@@ -263,6 +264,11 @@ def main():
     if a.hide_avx512 and "WGPOSE_HIDE_AVX512" not in os.environ:
         return rerun_without_avx512()
     THREADS = a.threads
+    try:
+        SIZE = tuple(int(v) for v in a.size.split("x"))
+        assert len(SIZE) == 2 and min(SIZE) > 0
+    except (ValueError, AssertionError):
+        sys.exit(f"--size {a.size}: expected HxW, e.g. 160x128")
     extra = dict(kv.split("=", 1) for kv in a.wgpose_env.split(",") if kv)
     env = wgpose_env(extra)
     print(f"CPU: {cpu_model()}; load average {os.getloadavg()[0]:.1f}; wgpose env {extra or '{}'}")
