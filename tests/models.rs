@@ -103,7 +103,8 @@ fn hourglass_outputs_one_heatmap_per_stack_in_order() {
         let g = c.build(1).unwrap();
         assert_eq!(g.outputs.len(), a.stacks, "{}", c.name);
         for (s, &o) in g.outputs.iter().enumerate() {
-            assert_eq!(g.nodes[o].name, format!("stack{s}.heatmap"), "{}", c.name);
+            let last = if a.sigmoid_heatmaps { "sigmoid" } else { "heatmap" };
+            assert_eq!(g.nodes[o].name, format!("stack{s}.{last}"), "{}", c.name);
         }
         assert!(g.outputs.windows(2).all(|w| w[0] < w[1]));
         // One soft gate per residual block, initialised to 1 (none in the identity-skip ablation).
@@ -132,6 +133,28 @@ fn identity_skip_ablation_differs_from_the_soft_gated_net_only_by_its_gates() {
         gates.iter().map(|n| if let Op::GatedAdd { alpha } = &n.op { alpha.data.len() } else { 0 }).sum();
     assert_eq!(gated.param_count(), plain.param_count() + gate_params);
     assert_eq!(gated.nodes.len(), plain.nodes.len());
+}
+
+/// The RCE hourglass is the MSE one with a sigmoid on its heatmaps: the same parameters (so
+/// each one's weights load into the other), and on the same weights its output is exactly the
+/// sigmoid of the MSE network's.
+#[test]
+fn rce_hourglass_is_the_mse_one_with_sigmoid_heatmaps() {
+    let cfg = config("sghg-1x64-rce-lsp").unwrap().with_input([3, 64, 64]);
+    assert!(cfg.sigmoid_output() && !config("sghg-1x64-lsp").unwrap().sigmoid_output());
+    let mse = config("sghg-1x64-lsp").unwrap().with_input([3, 64, 64]).build(5).unwrap();
+    let rce = cfg.build(5).unwrap();
+    assert_eq!(mse.param_count(), rce.param_count());
+    assert_eq!(rce.nodes.len(), mse.nodes.len() + 1);
+    assert!(matches!(rce.nodes[rce.outputs[0]].op, Op::Activation(wgpose::graph::Act::Sigmoid)));
+    let mut rng = Rng::new(3);
+    let x = Tensor { shape: vec![1, 3, 64, 64], data: (0..3 * 64 * 64).map(|_| 2.0 * rng.uniform() - 1.0).collect() };
+    let a = wgpose::cpu::run(&mse, std::slice::from_ref(&x)).unwrap();
+    let b = wgpose::cpu::run(&rce, &[x]).unwrap();
+    for (z, p) in a[0].data.iter().zip(&b[0].data) {
+        let want = 1.0 / (1.0 + (-z).exp());
+        assert!((p - want).abs() <= 1e-6, "sigmoid({z}) = {want}, the RCE hourglass gave {p}");
+    }
 }
 
 #[test]

@@ -170,10 +170,15 @@ impl ModelConfig {
         [self.joints, self.input[1] / 4, self.input[2] / 4]
     }
 
-    /// Whether the outputs have already gone through a sigmoid (FasterPose's LR head, trained
-    /// with a cross-entropy style loss) rather than being linear heatmaps (MSE-style targets).
+    /// Whether the outputs have already gone through a sigmoid (FasterPose's LR head, the
+    /// hourglass's `sigmoid_heatmaps` variant; trained with a cross-entropy style loss) rather
+    /// than being linear heatmaps (MSE-style targets).
     pub fn sigmoid_output(&self) -> bool {
-        matches!(&self.arch, Arch::FasterPose(a) if matches!(a.head, Head::LowRes { .. }))
+        match &self.arch {
+            Arch::FasterPose(a) => matches!(a.head, Head::LowRes { .. }),
+            Arch::Hourglass(a) => a.sigmoid_heatmaps,
+            Arch::Ldcrn(_) => false,
+        }
     }
 
     fn check(&self) -> Result<()> {

@@ -56,6 +56,10 @@ pub struct HourglassArch {
     /// instead of 2 (false in every named config: the brief's / Newell's stem). Saves ~0.9 GMACs
     /// at 256x256 for C >= 128, which is about the gap between our and the paper's FLOPs.
     pub stem_pool_first: bool,
+    /// A sigmoid on every stack's heatmaps, for training with RCE (FasterPose's binary
+    /// cross-entropy against the Gaussian targets) instead of MSE; the next stack still reads the
+    /// linear heatmaps. It adds no parameters, so weights load either way.
+    pub sigmoid_heatmaps: bool,
 }
 
 impl HourglassArch {
@@ -69,6 +73,7 @@ impl HourglassArch {
             gate_init: 1.0,
             gated: true,
             stem_pool_first: false,
+            sigmoid_heatmaps: false,
         }
     }
 
@@ -177,6 +182,13 @@ pub(super) fn configs() -> Vec<ModelConfig> {
             arch: Arch::Hourglass(HourglassArch { gated: false, ..HourglassArch::new(1, 64) }),
             ..hg("", 1, 64, 128, LSP, None, "")
         },
+        ModelConfig {
+            name: "sghg-1x64-rce-lsp",
+            note: "sghg-1x64-lsp with a sigmoid on its heatmaps, trained with RCE (FasterPose's loss) instead of \
+                   MSE; the same parameters, so the weights of either load into the other.",
+            arch: Arch::Hourglass(HourglassArch { sigmoid_heatmaps: true, ..HourglassArch::new(1, 64) }),
+            ..hg("", 1, 64, 128, LSP, None, "")
+        },
     ]
 }
 
@@ -259,7 +271,7 @@ pub(super) fn build(a: &HourglassArch, input: [usize; 3], joints: usize, seed: u
         let y = blocks_seq(&mut b, &format!("{p}.block"), y, c, a.blocks, g)?;
         let y = blocks::conv_bn(&mut b, &format!("{p}.lin"), y, ConvSpec::new(c, 1), true)?;
         let heat = b.conv(&format!("{p}.heatmap"), y, ConvSpec::new(joints, 1))?;
-        outputs.push(heat);
+        outputs.push(if a.sigmoid_heatmaps { b.sigmoid(&format!("{p}.sigmoid"), heat)? } else { heat });
         if s + 1 < a.stacks {
             let f = b.conv(&format!("{p}.remap_feat"), y, ConvSpec::new(c, 1))?;
             let h = b.conv(&format!("{p}.remap_heat"), heat, ConvSpec::new(c, 1))?;
