@@ -277,6 +277,36 @@ fn conv_epilogues_match_reference() {
     }
 }
 
+/// Winograd layers with fewer tile groups than a multiple of the threads split each group's
+/// output channels between tasks (`cpu::winograd`): ResNet's 256-channel layers on the 10x8 maps
+/// of a 160x128 input (three groups of 8 tiles on AVX-512), the head's 256 -> 224, a 64-channel
+/// map of five groups, and a residual epilogue whose reads follow the split. On pools of 2 and 3
+/// threads, whatever this machine has.
+#[test]
+fn winograd_channel_split_matches_reference() {
+    let mut rng = Rng::new(21);
+    let cases = [
+        ConvCase::new(1, 256, [10, 8], 256, 3),
+        ConvCase::new(1, 256, [10, 8], 224, 3),
+        ConvCase::new(1, 64, [12, 13], 72, 3),
+        ConvCase::new(2, 128, [10, 8], 128, 3),
+    ];
+    for threads in [2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            for case in cases {
+                let ep = Epilogue { act: Act::Relu, residual: Some(Residual::Add), post_act: Act::Relu };
+                let conv = case.conv(&mut rng, ep);
+                let x = case.input(&mut rng);
+                let r = rand_tensor(&mut rng, &[case.n, case.cout, case.hw[0], case.hw[1]]);
+                check_op(&format!("{case:?} on {threads} threads"), &Op::Conv2d(conv), &[&x, &r]);
+                let conv = case.conv(&mut rng, Epilogue::default());
+                check_op(&format!("{case:?} on {threads} threads, no epilogue"), &Op::Conv2d(conv), &[&x]);
+            }
+        });
+    }
+}
+
 /// Awkward activation shapes shared by the elementwise and resampling tests.
 const SHAPES: [[usize; 4]; 5] = [[1, 3, 17, 23], [2, 5, 7, 9], [1, 1, 1, 1], [2, 6, 1, 13], [1, 33, 4, 4]];
 

@@ -174,28 +174,37 @@ pub(super) fn conv2d(
     let tasks = threads_for(par, th * tw * POSITIONS * cin * cout);
     // Small layers run on the calling thread (`threads_for`).
     let par = if tasks > 1 { par } else { Parallelism::None };
+    let panels = cout.div_ceil(nr);
     let batch_item = |b: usize, yb: &mut [f32], par: Parallelism| {
         let padded =
             zero_padded_pixel_major_to(|ci| x.plane(b, ci), [cin, h, w], [1, 1], [2 * th + 2, 2 * tw + 2], input);
         let y0 = b * cout * oh * ow;
         let dst = DstPtr(yb.as_mut_ptr());
-        let item = |i: usize| {
-            let (t0, count) = first_tile(i);
+        let parts = match par {
+            Parallelism::Rayon(threads) => panel_parts(items, threads, panels),
+            Parallelism::None => 1,
+        };
+        // Task `t`: the tiles of item `t / parts`, the output channels of its part `t % parts`.
+        let task = |t: usize| {
+            let (t0, count) = first_tile(t / parts);
+            let part = t % parts;
+            let jp = part * panels / parts..(part + 1) * panels / parts;
             SCRATCH.with(|s| {
                 let mut v = s.take();
                 let buf = reused(&mut v, POSITIONS * mr * cin);
                 transform_inputs(&g, &padded, t0, count, buf);
-                // SAFETY: this item's output pixels (those of tiles t0..t0 + count) are its own
-                // (items split the tiles) and inside the batch item's output `yb` (`y` was
-                // asserted long enough above).
-                unsafe { products_and_outputs(&g, packed, buf, &offsets, t0, count, dst.get(), y0, ep) };
+                // SAFETY: this task's outputs (the channels of panels `jp` at the pixels of
+                // tiles t0..t0 + count) are its own (tasks split the tiles, then the panels)
+                // and inside the batch item's output `yb` (`y` was asserted long enough above).
+                unsafe { products_and_outputs(&g, packed, buf, &offsets, (t0, count), jp, dst.get(), y0, ep) };
                 s.set(v);
             });
         };
-        if matches!(par, Parallelism::Rayon(_)) && items > 1 {
-            (0..items).into_par_iter().for_each(item);
+        let tasks = items * parts;
+        if matches!(par, Parallelism::Rayon(_)) && tasks > 1 {
+            (0..tasks).into_par_iter().for_each(task);
         } else {
-            (0..items).for_each(item);
+            (0..tasks).for_each(task);
         }
     };
     // A batch of at least one item per thread is split by items (`conv::for_each_item`): on
@@ -203,6 +212,21 @@ pub(super) fn conv2d(
     // 32 -> 32 channels at 32x32 took 2.1 ms against 1.3 for the direct path,
     // `examples/conv_grad_profile`).
     for_each_item(&mut y[..n * cout * oh * ow], n, cout * oh * ow, par, batch_item);
+}
+
+/// Into how many parts (of whole panels of output channels) each item's products split, so
+/// that `items * parts` tasks share `threads` evenly. Why: on small maps a layer has only a few
+/// items of `mr` tiles, e.g. three on ResNet's 10 x 8 maps (the default model's 160 x 128
+/// input), and two threads then take two items and one, the time of two. Split in two, six
+/// tasks take the time of 1.5 items; each extra part transforms its item's inputs once more,
+/// counted here as 3% of an item.
+fn panel_parts(items: usize, threads: usize, panels: usize) -> usize {
+    let time = |parts: usize| (items * parts).div_ceil(threads) as f64 / parts as f64 + 0.03 * (parts - 1) as f64;
+    if threads <= 1 || items == 0 {
+        return 1;
+    }
+    // `min_by` keeps the first of equal times: the fewest parts.
+    (1..=panels.clamp(1, 4)).min_by(|&a, &b| time(a).total_cmp(&time(b))).unwrap_or(1)
 }
 
 thread_local! {
@@ -227,13 +251,13 @@ struct Geometry {
 const MAX_TILE: usize = 8 * 32;
 
 /// For the `count` tiles `t0..` (flattened index `ty * tw + tx`) whose transformed inputs are in `v` (`V[xi][i][ci]`,
-/// `mr * cin` values per position): the 16 products per panel of `nr` output channels, the
-/// output transform, the stores into the output (`y`, batch item's first value at offset `y0` of
-/// the whole tensor) and the epilogue on each stored run.
+/// `mr * cin` values per position): the 16 products per panel of `nr` output channels in
+/// `panels`, the output transform, the stores into the output (`y`, batch item's first value at
+/// offset `y0` of the whole tensor) and the epilogue on each stored run.
 ///
 /// # Safety
-/// `y` must be writable at `(co * oh + oy) * ow + ox` for every channel and output pixel of these
-/// tiles, and no other thread may access those elements meanwhile; `offsets` must be `0..cin`
+/// `y` must be writable at `(co * oh + oy) * ow + ox` for every channel of these panels and
+/// output pixel of these tiles, and no other thread may access those elements meanwhile; `offsets` must be `0..cin`
 /// (the depth offsets within one transformed window, built once per call by [`conv2d`]).
 #[allow(clippy::too_many_arguments)]
 unsafe fn products_and_outputs(
@@ -241,8 +265,8 @@ unsafe fn products_and_outputs(
     packed: &PackedWeights,
     v: &[f32],
     offsets: &[usize],
-    t0: usize,
-    count: usize,
+    (t0, count): (usize, usize),
+    panels: std::ops::Range<usize>,
     y: *mut f32,
     y0: usize,
     ep: &EpilogueRef,
@@ -255,7 +279,7 @@ unsafe fn products_and_outputs(
     let pix: [usize; 8] = std::array::from_fn(|i| i.min(count - 1) * cin);
     let mut m = [[0.0f32; MAX_TILE]; POSITIONS];
     let mut o = [[0.0f32; MAX_TILE]; 4];
-    for jp in 0..g.cout.div_ceil(nr) {
+    for jp in panels.start..panels.end.min(g.cout.div_ceil(nr)) {
         for (xi, m) in m.iter_mut().enumerate() {
             let panel = packed.panel(xi, jp);
             // SAFETY: rows pix[i] + offsets[p] < mr * cin of position xi's slice of `v`
@@ -478,5 +502,24 @@ fn transform_inputs_with(g: &Geometry, padded: &[f32], t0: usize, count: usize, 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::panel_parts;
+
+    #[test]
+    fn panel_parts_balance_the_threads() {
+        // Groups that already share the threads evenly, or one thread: no split.
+        assert_eq!(panel_parts(2, 2, 16), 1);
+        assert_eq!(panel_parts(40, 2, 16), 1);
+        assert_eq!(panel_parts(3, 1, 16), 1);
+        // Three groups on two threads (ResNet's 10x8 maps): two parts, the time of 1.5 groups.
+        assert_eq!(panel_parts(3, 2, 16), 2);
+        assert_eq!(panel_parts(5, 2, 8), 2);
+        // Never more parts than panels.
+        assert_eq!(panel_parts(3, 2, 1), 1);
+        assert_eq!(panel_parts(1, 3, 2), 2);
     }
 }
