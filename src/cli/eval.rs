@@ -66,7 +66,8 @@ pub struct EvalArgs {
     /// (`wgpose models`). Smaller is faster, and accuracy is best near the trained size.
     #[arg(long)]
     size: Option<String>,
-
+    /// Where each person's box comes from: the dataset's ground truth, or the person detector on
+    /// the whole image (LSP only).
     #[arg(long, value_enum, default_value_t = BoxSource::Gt)]
     boxes: BoxSource,
     /// With ground-truth boxes: move each box's centre by up to this fraction of its width and
