@@ -14,7 +14,8 @@
 //! 1. the input is copied pixel-major into a zero border rounded up to whole tiles
 //!    (`super::conv::zero_padded_pixel_major_to`, which also applies a fused input affine);
 //! 2. the tiles go in *items* of `MR` tiles (the kernel's tile rows: 8 on AVX-512), the
-//!    parallel tasks. Per item, the input transform writes `V[xi][tile][ci]` (channels
+//!    parallel tasks (split further by panels of output channels when there are too few items
+//!    to share the threads evenly, `panel_parts`). Per item, the input transform writes `V[xi][tile][ci]` (channels
 //!    contiguous: its vector loops run along them, 16 x 8 x cin values, in L1/L2);
 //! 3. per panel of `NR` output channels, the 16 products are 16 calls of the indirect
 //!    convolution's tile kernel (`super::gemm::tile_ind_fn`), `U` prepacked in its aligned
@@ -257,8 +258,9 @@ const MAX_TILE: usize = 8 * 32;
 ///
 /// # Safety
 /// `y` must be writable at `(co * oh + oy) * ow + ox` for every channel of these panels and
-/// output pixel of these tiles, and no other thread may access those elements meanwhile; `offsets` must be `0..cin`
-/// (the depth offsets within one transformed window, built once per call by [`conv2d`]).
+/// output pixel of these tiles, and no other thread may access those elements meanwhile;
+/// `offsets` must be `0..cin` (the depth offsets within one transformed window, built once per
+/// call by [`conv2d`]).
 #[allow(clippy::too_many_arguments)]
 unsafe fn products_and_outputs(
     g: &Geometry,
