@@ -6,7 +6,7 @@
 //! nodes. `RAYON_NUM_THREADS` sets the threads, `WGPOSE_CPU_KERNEL=avx2` / `portable` narrows
 //! the matrix-product kernel, `TOP=N` prints the N slowest nodes (12 by default), `WEIGHTS=FILE`
 //! runs a weights file instead of the seeded random weights (LDCRN timed the same both ways),
-//! `SIZE=HxW` another input size.
+//! `SIZE=HxW` another input size, `RUNS=N` N timed runs instead of 25 (for `perf record`).
 
 use std::collections::BTreeMap;
 
@@ -26,7 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let prepared = wgpose::cpu::PackedGraph::new(wgpose::graph::passes::optimize_for_inference(&graph));
     let graph = prepared.graph();
-    let (warm, timed) = (5, 25);
+    // RUNS=N timed runs (25 by default): more for `perf record`, so setup is a small share.
+    let timed = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(25usize).max(1);
+    let warm = 5;
     let mut ms = vec![0.0f64; graph.nodes.len()];
     for run in 0..warm + timed {
         let (_, times) = prepared.run_profiled(&inputs)?;

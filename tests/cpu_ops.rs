@@ -255,6 +255,8 @@ fn conv_epilogues_match_reference() {
         ConvCase::new(1, 64, [40, 44], 8, 3),           // many column panels
         ConvCase::new(2, 32, [17, 13], 40, 3),          // Winograd, odd map
         ConvCase::new(3, 40, [6, 7], 36, 3),            // a batch folded into one product
+        ConvCase::new(1, 8, [17, 19], 72, 3).stride(2), // indirect, bias + activation in the tile
+        ConvCase::new(1, 16, [9, 11], 72, 1),           // pointwise gathered, the same
     ];
     for case in cases {
         for ep in all_epilogues(&mut rng, case.cout) {

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::cpu::conv::{im2col, padded_source, ConvStrategy};
 use crate::cpu::gemm::{matmul, matmul_offsets, Kernel, Mat, MatMut, Parallelism};
-use crate::cpu::indirect::{conv_indirect, kernel_for, PackedWeights};
+use crate::cpu::indirect::{conv_indirect, kernel_for, PackedWeights, TileEpilogue};
 use crate::cpu::ops::{planes_per_task, valid_range, Planes};
 use crate::cpu::reduce::centered_sums;
 use crate::cpu::weight_grad::{self, DwGeometry};
@@ -217,7 +217,18 @@ fn folded_input_gradient(x: &Tensor, dy: &Tensor, c: &Conv2d) -> Vec<f32> {
     let item = cout * (oh + 2 * pad[0]) * pitch;
     let pix: Vec<usize> = (0..n * hw).map(|q| (q / hw) * item + (q % hw / w) * pitch + q % w).collect();
     let mut folded = crate::cpu::buffer::overwritten(cin * n * hw);
-    conv_indirect(&mut folded, n * hw, &packed, 0, &padded, &pix, &offsets[..kk], parallelism(), None);
+    conv_indirect(
+        &mut folded,
+        n * hw,
+        &packed,
+        0,
+        &padded,
+        &pix,
+        &offsets[..kk],
+        parallelism(),
+        TileEpilogue::NONE,
+        None,
+    );
     let mut dx = crate::cpu::buffer::overwritten(n * cin * hw);
     dx.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(bc, run)| {
         let (b, ci) = (bc / cin, bc % cin);
@@ -496,7 +507,7 @@ fn item_backward(
                     PackedWeights::new(kernel_for(Kernel::detect(), cin_g), flipped, groups, cin_g, kk)
                 });
                 let pix: Vec<usize> = (0..hw).map(|q| (q / w) * pitch + q % w).collect();
-                conv_indirect(dxg, hw, packed, g, &padded, &pix, &offsets, par, None);
+                conv_indirect(dxg, hw, packed, g, &padded, &pix, &offsets, par, TileEpilogue::NONE, None);
                 continue;
             }
             matmul_offsets(

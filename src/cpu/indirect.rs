@@ -20,6 +20,8 @@
 use rayon::prelude::*;
 
 use super::gemm::{threads_for, tile_ind_fn, DstPtr, Epilogue, Kernel, Parallelism, AVX512_MR, PORTABLE_MR};
+use super::ops::sigmoid;
+use crate::graph::Act;
 
 /// A convolution's weights (`[groups * cout_g, k]` row-major, `k = cin_g*kh*kw`) packed for the
 /// indirect kernel: per group, `ceil(cout_g / NR)` panels of `k` rows of `NR` values (channel
@@ -275,11 +277,87 @@ const TAP_MAJOR_BLOCK: usize = 16;
 /// The largest tile (`MR * NR`) and tile height of any kernel.
 const MAX_TILE: usize = AVX512_MR * 32;
 const MAX_ROWS: usize = 8;
+/// The widest tile of any kernel (`NR`).
+pub(crate) const MAX_NR: usize = 32;
 const _: () = assert!(AVX512_MR <= MAX_ROWS && PORTABLE_MR <= MAX_ROWS);
 
-/// `dst[c * row_stride + q] = sum_p W[c, p] * src[pix[q] + offsets[p]]` for channels
-/// `c < cout_g` of group `g` of `weights` and pixels `q < pix.len()`, then `epilogue(c, q0, run)`
-/// on every stored run of a channel's row (`q0` its first pixel).
+/// `act(v + bias[c])` on every value of a finished tile while it is in registers' reach (the
+/// tile buffer, in L1), before the store: the part of a convolution's epilogue that needs no
+/// other tensor. The rest (a residual, the activation after it) runs on the stored rows.
+/// Channel `c` is the group's (`bias` holds `cout_g` values).
+#[derive(Clone, Copy, Default)]
+pub struct TileEpilogue<'a> {
+    /// Per output channel of the group, added first.
+    pub bias: Option<&'a [f32]>,
+    /// Applied after the bias.
+    pub act: Act,
+}
+
+impl TileEpilogue<'_> {
+    /// Nothing to do.
+    pub const NONE: TileEpilogue<'static> = TileEpilogue { bias: None, act: Act::None };
+
+    pub(crate) fn is_identity(&self) -> bool {
+        self.bias.is_none() && self.act == Act::None
+    }
+
+    /// Channels `c0..c0 + nr` of the bias, zero past the group's last channel.
+    pub(crate) fn panel_bias(&self, c0: usize, nr: usize) -> [f32; MAX_NR] {
+        let mut b = [0.0f32; MAX_NR];
+        if let Some(bias) = self.bias {
+            let n = nr.min(bias.len().saturating_sub(c0));
+            b[..n].copy_from_slice(&bias[c0..c0 + n]);
+        }
+        b
+    }
+}
+
+/// `rows[i * nr + j] = act(rows[i * nr + j] + bias[j])` for every whole row of `nr` values,
+/// compiled for the kernel's vectors (also the Winograd path's outputs, `super::winograd`).
+pub(crate) fn finish_rows(kernel: Kernel, rows: &mut [f32], nr: usize, bias: &[f32; MAX_NR], act: Act) {
+    #[cfg(target_arch = "x86_64")]
+    match kernel {
+        // SAFETY: the kernel implies the CPU's features (`Kernel::detect`, `kernel_for`).
+        Kernel::Avx512 => return unsafe { finish_rows_avx512(rows, nr, bias, act) },
+        Kernel::Avx2 | Kernel::Avx2Narrow => return unsafe { finish_rows_avx2(rows, nr, bias, act) },
+        Kernel::Portable => {}
+    }
+    let _ = kernel;
+    finish_rows_body(rows, nr, bias, act)
+}
+
+#[inline(always)]
+fn finish_rows_body(rows: &mut [f32], nr: usize, bias: &[f32; MAX_NR], act: Act) {
+    let bias = &bias[..nr];
+    for row in rows.chunks_exact_mut(nr) {
+        match act {
+            Act::None => row.iter_mut().zip(bias).for_each(|(v, b)| *v += b),
+            Act::Relu => row.iter_mut().zip(bias).for_each(|(v, b)| *v = (*v + b).max(0.0)),
+            Act::Sigmoid => row.iter_mut().zip(bias).for_each(|(v, b)| *v = sigmoid(*v + b)),
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn finish_rows_avx512(rows: &mut [f32], nr: usize, bias: &[f32; MAX_NR], act: Act) {
+    finish_rows_body(rows, nr, bias, act)
+}
+
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish_rows_avx2(rows: &mut [f32], nr: usize, bias: &[f32; MAX_NR], act: Act) {
+    finish_rows_body(rows, nr, bias, act)
+}
+
+/// `dst[c * row_stride + q] = finish(sum_p W[c, p] * src[pix[q] + offsets[p]])` for channels
+/// `c < cout_g` of group `g` of `weights` and pixels `q < pix.len()`, `finish` the tile
+/// epilogue, then `epilogue(c, q0, run)` on every stored run of a channel's row (`q0` its first
+/// pixel).
 ///
 /// Panics when a read or write would leave its slice or the weights do not fit: bugs of the
 /// caller, never a consequence of user input.
@@ -293,6 +371,7 @@ pub fn conv_indirect(
     pix: &[usize],
     offsets: &[usize],
     par: Parallelism,
+    finish: TileEpilogue<'_>,
     epilogue: Option<Epilogue<'_>>,
 ) {
     let (cout, k, npix) = (weights.cout_g, weights.k, pix.len());
@@ -305,7 +384,8 @@ pub fn conv_indirect(
         // An empty sum (no input channels): zeros, then the epilogue, as `gemm::matmul` does.
         for c in 0..cout {
             let run = &mut dst[c * row_stride..c * row_stride + npix];
-            run.fill(0.0);
+            let b = finish.bias.map_or(0.0, |b| b[c]);
+            run.fill(finish.act.apply(b));
             if let Some(ep) = epilogue {
                 ep(c, 0, run);
             }
@@ -337,6 +417,7 @@ pub fn conv_indirect(
             let (jp, ip0) = (id / pix_tiles, id % pix_tiles);
             let ip1 = pix_tiles.min(ip0 + end - id);
             let (c0, c1) = (jp * nr, cout.min(jp * nr + nr));
+            let bias = finish.panel_bias(c0, nr);
             for ip in ip0..ip1 {
                 let q0 = ip * mr;
                 let rows = mr.min(npix - q0);
@@ -352,6 +433,9 @@ pub fn conv_indirect(
                 unsafe {
                     tile(k, src.as_ptr(), pix_ptr, offsets.as_ptr(), panels[jp * k * nr..].as_ptr(), buf.as_mut_ptr())
                 };
+                if !finish.is_identity() {
+                    finish_rows(kernel, &mut buf[..mr * nr], nr, &bias, finish.act);
+                }
                 // SAFETY: channels c0..c1 < cout, pixels q0..q0 + rows <= npix <= row_stride:
                 // inside dst (asserted above); tiles are disjoint, this one is this task's.
                 unsafe { store(&buf, dst.get().add(c0 * row_stride + q0), row_stride, c1 - c0, rows) };
@@ -384,9 +468,9 @@ pub type GatherPixels<'a> = &'a (dyn Fn(usize, &mut [f32]) + Sync);
 /// L1/L2 while every panel goes over the block.
 const POINTWISE_BLOCK_BYTES: usize = 64 * 1024;
 
-/// `dst[c * row_stride + q] = sum_ci W[c, ci] * x[q, ci]` for channels `c < cout_g` of group `g`
-/// and pixels `q < npix`, `x` read through `gather` a block of pixels at a time, then
-/// `epilogue(c, q0, run)` on every run of a channel's row.
+/// `dst[c * row_stride + q] = finish(sum_ci W[c, ci] * x[q, ci])` for channels `c < cout_g` of
+/// group `g` and pixels `q < npix`, `x` read through `gather` a block of pixels at a time,
+/// `finish` the tile epilogue, then `epilogue(c, q0, run)` on every run of a channel's row.
 ///
 /// Why not [`conv_indirect`] with plane offsets: read in place from NCHW planes, each depth step
 /// of a tile loads from another plane (another cache line, planes a power of two apart on most
@@ -405,6 +489,7 @@ pub fn conv_pointwise(
     npix: usize,
     gather: GatherPixels<'_>,
     par: Parallelism,
+    finish: TileEpilogue<'_>,
     epilogue: Option<Epilogue<'_>>,
 ) {
     let (cout, k) = (weights.cout_g, weights.k);
@@ -438,6 +523,7 @@ pub fn conv_pointwise(
         let mut rows_at = [0usize; MAX_ROWS];
         for jp in 0..col_panels {
             let (c0, c1) = (jp * nr, cout.min(jp * nr + nr));
+            let bias = finish.panel_bias(c0, nr);
             for t0 in (0..n).step_by(mr) {
                 let rows = mr.min(n - t0);
                 // A partial tile repeats its last pixel (valid reads, results dropped).
@@ -457,6 +543,9 @@ pub fn conv_pointwise(
                             buf.as_mut_ptr(),
                         )
                     };
+                }
+                if !finish.is_identity() {
+                    finish_rows(kernel, &mut buf[..mr * nr], nr, &bias, finish.act);
                 }
                 // SAFETY: channels c0..c1 < cout, pixels q0 + t0 .. + rows <= npix <= row_stride:
                 // inside dst (asserted above); blocks are disjoint, this one is this task's.
@@ -484,6 +573,32 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
+    /// The tile epilogues the products are tested with: none, and bias + ReLU, bias + sigmoid,
+    /// ReLU alone, each on one thread and on several.
+    fn finishes(bias: &[f32]) -> Vec<(Parallelism, TileEpilogue<'_>)> {
+        vec![
+            (Parallelism::None, TileEpilogue::NONE),
+            (Parallelism::Rayon(3), TileEpilogue::NONE),
+            (Parallelism::None, TileEpilogue { bias: Some(bias), act: Act::Relu }),
+            (Parallelism::Rayon(3), TileEpilogue { bias: Some(bias), act: Act::Sigmoid }),
+            (Parallelism::Rayon(3), TileEpilogue { bias: None, act: Act::Relu }),
+        ]
+    }
+
+    /// The expected `finish(sum of terms) + 1` (the tests' run epilogue adds one) in f64, and the
+    /// scale its error is measured against: the sum of |terms| and |bias| (at least 1 after a
+    /// sigmoid, whose f32 form is exact to 2e-7 relative, at least 1e-3 otherwise).
+    fn finished(terms: impl Iterator<Item = f64> + Clone, c: usize, finish: TileEpilogue) -> (f64, f64) {
+        let b = finish.bias.map_or(0.0, |b| b[c] as f64);
+        let v = terms.clone().sum::<f64>() + b;
+        let abs = terms.map(f64::abs).sum::<f64>() + b.abs();
+        match finish.act {
+            Act::None => (v + 1.0, abs.max(1e-3)),
+            Act::Relu => (v.max(0.0) + 1.0, abs.max(1e-3)),
+            Act::Sigmoid => (1.0 / (1.0 + (-v).exp()) + 1.0, abs.max(1.0)),
+        }
+    }
+
     /// Every kernel this CPU runs against an f64 sum of the definition, on pixel and channel
     /// counts that are not multiples of any tile (and smaller than one), two groups, one thread
     /// and several. Tolerance: 1e-4 relative to the sum of |products|.
@@ -498,22 +613,23 @@ mod tests {
                 let offsets: Vec<usize> = (0..k).map(|p| (p * 13) % 349).collect();
                 let w = rng.vec(groups * cout_g * k, -1.0, 1.0);
                 let packed = PackedWeights::new(kernel, &w, groups, cout_g, k);
-                for par in [Parallelism::None, Parallelism::Rayon(3)] {
+                let bias = rng.vec(cout_g, -1.0, 1.0);
+                for (par, finish) in finishes(&bias) {
                     for g in 0..groups {
                         let stride = npix + 3;
                         let mut dst = vec![9.0f32; cout_g * stride];
                         let plus_one = |_: usize, _: usize, v: &mut [f32]| v.iter_mut().for_each(|x| *x += 1.0);
-                        conv_indirect(&mut dst, stride, &packed, g, &src, &pix, &offsets, par, Some(&plus_one));
+                        conv_indirect(&mut dst, stride, &packed, g, &src, &pix, &offsets, par, finish, Some(&plus_one));
                         for c in 0..cout_g {
                             for q in 0..npix {
                                 let terms = (0..k)
                                     .map(|p| w[(g * cout_g + c) * k + p] as f64 * src[pix[q] + offsets[p]] as f64);
-                                let scale = terms.clone().map(f64::abs).sum::<f64>().max(1e-3);
-                                let want = terms.sum::<f64>() + 1.0;
+                                let (want, scale) = finished(terms, c, finish);
                                 let got = dst[c * stride + q] as f64;
                                 assert!(
                                     (got - want).abs() / scale < 1e-4,
-                                    "{kernel:?} {npix}x{cout_g}x{k} {par:?} group {g}: ({c}, {q}) {got} vs {want}"
+                                    "{kernel:?} {npix}x{cout_g}x{k} {par:?} {:?} group {g}: ({c}, {q}) {got} vs {want}",
+                                    finish.act
                                 );
                             }
                             assert_eq!(&dst[c * stride + npix..c * stride + stride], &[9.0; 3], "gap untouched");
@@ -538,7 +654,8 @@ mod tests {
                 let x = rng.vec(groups * npix * k, -1.0, 1.0);
                 let w = rng.vec(groups * cout_g * k, -1.0, 1.0);
                 let packed = PackedWeights::new(kernel, &w, groups, cout_g, k);
-                for par in [Parallelism::None, Parallelism::Rayon(3)] {
+                let bias = rng.vec(cout_g, -1.0, 1.0);
+                for (par, finish) in finishes(&bias) {
                     for g in 0..groups {
                         let stride = npix + 2;
                         let mut dst = vec![9.0f32; cout_g * stride];
@@ -546,17 +663,17 @@ mod tests {
                             out.copy_from_slice(&x[(g * npix + q0) * k..][..out.len()]);
                         };
                         let plus_one = |_: usize, _: usize, v: &mut [f32]| v.iter_mut().for_each(|x| *x += 1.0);
-                        conv_pointwise(&mut dst, stride, &packed, g, npix, &gather, par, Some(&plus_one));
+                        conv_pointwise(&mut dst, stride, &packed, g, npix, &gather, par, finish, Some(&plus_one));
                         for c in 0..cout_g {
                             for q in 0..npix {
                                 let terms = (0..k)
                                     .map(|p| w[(g * cout_g + c) * k + p] as f64 * x[(g * npix + q) * k + p] as f64);
-                                let scale = terms.clone().map(f64::abs).sum::<f64>().max(1e-3);
-                                let want = terms.sum::<f64>() + 1.0;
+                                let (want, scale) = finished(terms, c, finish);
                                 let got = dst[c * stride + q] as f64;
                                 assert!(
                                     (got - want).abs() / scale < 1e-4,
-                                    "{kernel:?} {npix}x{cout_g}x{k} {par:?} group {g}: ({c}, {q}) {got} vs {want}"
+                                    "{kernel:?} {npix}x{cout_g}x{k} {par:?} {:?} group {g}: ({c}, {q}) {got} vs {want}",
+                                    finish.act
                                 );
                             }
                             assert_eq!(&dst[c * stride + npix..c * stride + stride], &[9.0; 2], "gap untouched");
@@ -572,6 +689,17 @@ mod tests {
     fn a_source_too_short_is_refused() {
         let packed = PackedWeights::new(Kernel::Portable, &[1.0; 4], 1, 2, 2);
         let mut dst = vec![0.0f32; 6];
-        conv_indirect(&mut dst, 3, &packed, 0, &[0.0; 5], &[0, 1, 2], &[0, 3], Parallelism::None, None);
+        conv_indirect(
+            &mut dst,
+            3,
+            &packed,
+            0,
+            &[0.0; 5],
+            &[0, 1, 2],
+            &[0, 3],
+            Parallelism::None,
+            TileEpilogue::NONE,
+            None,
+        );
     }
 }
