@@ -281,10 +281,10 @@ const MAX_ROWS: usize = 8;
 pub(crate) const MAX_NR: usize = 32;
 const _: () = assert!(AVX512_MR <= MAX_ROWS && PORTABLE_MR <= MAX_ROWS);
 
-/// `act(v + bias[c])` on every value of a finished tile while it is in registers' reach (the
-/// tile buffer, in L1), before the store: the part of a convolution's epilogue that needs no
-/// other tensor. The rest (a residual, the activation after it) runs on the stored rows.
-/// Channel `c` is the group's (`bias` holds `cout_g` values).
+/// `act(v + bias[c])` on every value of a finished tile before it is stored (the tile buffer
+/// is still in L1): the part of a convolution's epilogue that needs no other tensor. The rest
+/// (a residual, the activation after it) runs on the stored rows. Channel `c` is the group's
+/// (`bias` holds at least `cout_g` values; the products panic otherwise).
 #[derive(Clone, Copy, Default)]
 pub struct TileEpilogue<'a> {
     /// Per output channel of the group, added first.
@@ -359,8 +359,8 @@ unsafe fn finish_rows_avx2(rows: &mut [f32], nr: usize, bias: &[f32; MAX_NR], ac
 /// epilogue, then `epilogue(c, q0, run)` on every stored run of a channel's row (`q0` its first
 /// pixel).
 ///
-/// Panics when a read or write would leave its slice or the weights do not fit: bugs of the
-/// caller, never a consequence of user input.
+/// Panics when a read or write would leave its slice, the weights do not fit or the bias is
+/// short: bugs of the caller, never a consequence of user input.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_indirect(
     dst: &mut [f32],
@@ -376,6 +376,7 @@ pub fn conv_indirect(
 ) {
     let (cout, k, npix) = (weights.cout_g, weights.k, pix.len());
     assert!(g < weights.groups && offsets.len() == k, "conv_indirect: weights do not fit");
+    assert!(finish.bias.is_none_or(|b| b.len() >= cout), "conv_indirect: bias shorter than the channels");
     if cout == 0 || npix == 0 {
         return;
     }
@@ -479,7 +480,8 @@ const POINTWISE_BLOCK_BYTES: usize = 64 * 1024;
 /// went from 60 to 72 GFLOP/s on one Zen 3 thread (3x3 layers: 82-86), its 128 -> 128 ones from
 /// 53 to 65.
 ///
-/// Panics when a write would leave `dst` or the weights do not fit (callers' bugs).
+/// Panics when a write would leave `dst`, the weights do not fit or the bias is short (callers'
+/// bugs).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_pointwise(
     dst: &mut [f32],
@@ -494,6 +496,7 @@ pub fn conv_pointwise(
 ) {
     let (cout, k) = (weights.cout_g, weights.k);
     assert!(g < weights.groups, "conv_pointwise: weights do not fit");
+    assert!(finish.bias.is_none_or(|b| b.len() >= cout), "conv_pointwise: bias shorter than the channels");
     if cout == 0 || npix == 0 {
         return;
     }
