@@ -353,21 +353,17 @@ fn residual_steps(v: &mut [f32], residual: Option<(ResidualStep, &[f32])>, post_
     let Some((step, r)) = residual else {
         return act_steps(v, post_act);
     };
-    let join = |x: &mut f32, r: f32| match step {
-        ResidualStep::Add => *x += r,
-        ResidualStep::ScaleResidual(a) => *x += a * r,
-        ResidualStep::ScaleConv(a) => *x = a * *x + r,
-    };
-    // Each combination its own loop, so that each one vectorises.
+    // Each combination its own loop, so that each one vectorises; a ReLU after the residual
+    // rides along in the same pass.
     match (step, post_act) {
         (ResidualStep::Add, Act::Relu) => v.iter_mut().zip(r).for_each(|(x, &r)| *x = (*x + r).max(0.0)),
         (ResidualStep::ScaleResidual(a), Act::Relu) => {
             v.iter_mut().zip(r).for_each(|(x, &r)| *x = (*x + a * r).max(0.0))
         }
         (ResidualStep::ScaleConv(a), Act::Relu) => v.iter_mut().zip(r).for_each(|(x, &r)| *x = (a * *x + r).max(0.0)),
-        (ResidualStep::Add, _) => v.iter_mut().zip(r).for_each(|(x, &r)| join(x, r)),
-        (ResidualStep::ScaleResidual(_), _) => v.iter_mut().zip(r).for_each(|(x, &r)| join(x, r)),
-        (ResidualStep::ScaleConv(_), _) => v.iter_mut().zip(r).for_each(|(x, &r)| join(x, r)),
+        (ResidualStep::Add, _) => v.iter_mut().zip(r).for_each(|(x, &r)| *x += r),
+        (ResidualStep::ScaleResidual(a), _) => v.iter_mut().zip(r).for_each(|(x, &r)| *x += a * r),
+        (ResidualStep::ScaleConv(a), _) => v.iter_mut().zip(r).for_each(|(x, &r)| *x = a * *x + r),
     }
     if post_act != Act::Relu {
         act_steps(v, post_act);
