@@ -167,7 +167,6 @@ pub(super) fn conv2d(
     // and stream all of `U` once more per item.
     let tiles = th * tw;
     let items = tiles.div_ceil(mr);
-    let first_tile = |i: usize| (i * mr, mr.min(tiles - i * mr));
     // The depth offsets of a transformed window's channels, the same for every product.
     let offsets: Vec<usize> = (0..cin).collect();
     let threads = rayon::current_num_threads();
@@ -181,27 +180,35 @@ pub(super) fn conv2d(
             zero_padded_pixel_major_to(|ci| x.plane(b, ci), [cin, h, w], [1, 1], [2 * th + 2, 2 * tw + 2], input);
         let y0 = b * cout * oh * ow;
         let dst = DstPtr(yb.as_mut_ptr());
-        let parts = match par {
-            Parallelism::Rayon(threads) => panel_parts(items, threads, panels),
+        // Blocks of items whose transformed inputs sit in L2 together, so that each panel of `U`
+        // is read once per block and not once per item (see `item_blocks`).
+        let threads = match par {
+            Parallelism::Rayon(threads) => threads,
             Parallelism::None => 1,
         };
-        // Task `t`: the tiles of item `t / parts`, the output channels of its part `t % parts`.
+        let v_item = POSITIONS * mr * cin;
+        let (blocks, per_block) = item_blocks(items, v_item, threads);
+        let parts = panel_parts(blocks, threads, panels);
+        // Task `t`: the items of block `t / parts`, the output channels of its part `t % parts`.
         let task = |t: usize| {
-            let (t0, count) = first_tile(t / parts);
+            let block = (t / parts) * per_block..((t / parts + 1) * per_block).min(items);
             let part = t % parts;
             let jp = part * panels / parts..(part + 1) * panels / parts;
             SCRATCH.with(|s| {
                 let mut v = s.take();
-                let buf = reused(&mut v, POSITIONS * mr * cin);
-                transform_inputs(&g, &padded, t0, count, buf);
+                let buf = reused(&mut v, block.len() * v_item);
+                for (k, item) in block.clone().enumerate() {
+                    let (t0, count) = (item * mr, mr.min(tiles - item * mr));
+                    transform_inputs(&g, &padded, t0, count, &mut buf[k * v_item..(k + 1) * v_item]);
+                }
                 // SAFETY: this task's outputs (the channels of panels `jp` at the pixels of
-                // tiles t0..t0 + count) are its own (tasks split the tiles, then the panels)
+                // the block's tiles) are its own (tasks split the items, then the panels)
                 // and inside the batch item's output `yb` (`y` was asserted long enough above).
-                unsafe { products_and_outputs(&g, packed, buf, &offsets, (t0, count), jp, dst.get(), y0, ep) };
+                unsafe { products_and_outputs(&g, packed, buf, &offsets, (block, tiles), jp, dst.get(), y0, ep) };
                 s.set(v);
             });
         };
-        let tasks = items * parts;
+        let tasks = blocks * parts;
         if matches!(par, Parallelism::Rayon(_)) && tasks > 1 {
             (0..tasks).into_par_iter().for_each(task);
         } else {
@@ -215,8 +222,30 @@ pub(super) fn conv2d(
     for_each_item(&mut y[..n * cout * oh * ow], n, cout * oh * ow, par, batch_item);
 }
 
-/// Into how many parts (of whole panels of output channels) each item's products split, so
-/// that `items * parts` tasks share `threads` evenly. Why: on small maps a layer has only a few
+/// Transformed inputs per block of items, at most (values; 512 KiB): with a panel of `U` (16 x
+/// cin x nr values, 512 KiB at 256 input channels and the AVX-512 tile) they stay in a 2 MiB L2.
+const BLOCK_VALUES: usize = 1 << 17;
+
+/// How the `items` (of `v_item` transformed values each) go into blocks: `(blocks, items per
+/// block)`, the last block possibly shorter. Each task reads its panels of `U` once per block;
+/// with one item per block, ResNet's 256-channel layers on 10 x 8 maps (three items, 4 MiB of
+/// `U`) read 12 MiB of weights from L3 each. More than one block: a multiple of `threads`, so
+/// that the blocks share the threads evenly.
+fn item_blocks(items: usize, v_item: usize, threads: usize) -> (usize, usize) {
+    if items == 0 {
+        return (0, 1);
+    }
+    let per_block = (BLOCK_VALUES / v_item.max(1)).clamp(1, items);
+    let mut blocks = items.div_ceil(per_block);
+    if blocks > 1 && threads > 1 {
+        blocks = blocks.div_ceil(threads) * threads;
+    }
+    let per_block = items.div_ceil(blocks.min(items));
+    (items.div_ceil(per_block), per_block)
+}
+
+/// Into how many parts (of whole panels of output channels) each block's products split, so
+/// that `items * parts` tasks share `threads` evenly (`items`: the blocks of [`item_blocks`]). Why: on small maps a layer has only a few
 /// items of `mr` tiles, e.g. three on ResNet's 10 x 8 maps (the default model's 160 x 128
 /// input), and two threads then take two items and one, the time of two. Split in two, six
 /// tasks take the time of 1.5 items; each extra part transforms its item's inputs once more,
@@ -251,9 +280,10 @@ struct Geometry {
 /// The largest kernel tile (`MR * NR` values).
 const MAX_TILE: usize = 8 * 32;
 
-/// For the `count` tiles `t0..` (flattened index `ty * tw + tx`) whose transformed inputs are in `v` (`V[xi][i][ci]`,
-/// `mr * cin` values per position): the 16 products per panel of `nr` output channels in
-/// `panels`, the output transform, the stores into the output (`y`, batch item's first value at
+/// For the items `block` of `mr` tiles each (item `i`: tiles `i * mr..`, flattened index
+/// `ty * tw + tx`, fewer in the last item of the `tiles`), whose transformed inputs are in `v`,
+/// item after item (`V[xi][i][ci]`, `mr * cin` values per position): the 16 products per panel
+/// of `nr` output channels in `panels`, the output transform, the stores into the output (`y`, batch item's first value at
 /// offset `y0` of the whole tensor) and the epilogue on each stored run.
 ///
 /// # Safety
@@ -267,33 +297,40 @@ unsafe fn products_and_outputs(
     packed: &PackedWeights,
     v: &[f32],
     offsets: &[usize],
-    (t0, count): (usize, usize),
+    (block, tiles): (std::ops::Range<usize>, usize),
     panels: std::ops::Range<usize>,
     y: *mut f32,
     y0: usize,
     ep: &EpilogueRef,
 ) {
     let (mr, nr, cin) = (g.mr, g.nr, g.cin);
-    assert!(mr * nr <= MAX_TILE && count >= 1 && count <= mr && v.len() >= POSITIONS * mr * cin);
+    let v_item = POSITIONS * mr * cin;
+    assert!(mr * nr <= MAX_TILE && block.end * mr < tiles + mr && v.len() >= block.len() * v_item);
     assert_eq!(offsets.len(), cin, "winograd: one offset per input channel");
     let tile = tile_ind_fn(packed.kernel());
-    // Rows past `count` repeat the last tile (valid reads, results dropped).
-    let pix: [usize; 8] = std::array::from_fn(|i| i.min(count - 1) * cin);
     let mut m = [[0.0f32; MAX_TILE]; POSITIONS];
     let mut o = [[0.0f32; MAX_TILE]; 4];
+    // Panels outside, items inside: a panel of `U` (16 x cin x nr values) is read from memory
+    // once per block, the block's transformed inputs stay in L2 (`item_blocks`).
     for jp in panels.start..panels.end.min(g.cout.div_ceil(nr)) {
-        for (xi, m) in m.iter_mut().enumerate() {
-            let panel = packed.panel(xi, jp);
-            // SAFETY: rows pix[i] + offsets[p] < mr * cin of position xi's slice of `v`
-            // (asserted above); the panel holds cin x nr values; m holds MAX_TILE >= mr * nr.
-            unsafe {
-                tile(cin, v[xi * mr * cin..].as_ptr(), pix.as_ptr(), offsets.as_ptr(), panel.as_ptr(), m.as_mut_ptr())
-            };
+        for (k, item) in block.clone().enumerate() {
+            let (t0, count) = (item * mr, mr.min(tiles - item * mr));
+            // Rows past `count` repeat the last tile (valid reads, results dropped).
+            let pix: [usize; 8] = std::array::from_fn(|i| i.min(count - 1) * cin);
+            let v = &v[k * v_item..(k + 1) * v_item];
+            for (xi, m) in m.iter_mut().enumerate() {
+                let panel = packed.panel(xi, jp);
+                // SAFETY: rows pix[i] + offsets[p] < mr * cin of position xi's slice of this
+                // item's `v`; the panel holds cin x nr values; m holds MAX_TILE >= mr * nr.
+                unsafe {
+                    tile(cin, v[xi * mr * cin..].as_ptr(), pix.as_ptr(), offsets.as_ptr(), panel.as_ptr(), m.as_mut_ptr())
+                };
+            }
+            output_transform(&m, &mut o, mr * nr);
+            let channels = nr.min(g.cout - jp * nr);
+            // SAFETY: forwarded contract; channels jp * nr .. + channels < cout.
+            unsafe { store_outputs(g, &mut o, t0, count, jp * nr, channels, y, y0, ep) };
         }
-        output_transform(&m, &mut o, mr * nr);
-        let channels = nr.min(g.cout - jp * nr);
-        // SAFETY: forwarded contract; channels jp * nr .. + channels < cout.
-        unsafe { store_outputs(g, &mut o, t0, count, jp * nr, channels, y, y0, ep) };
     }
 }
 
@@ -521,7 +558,28 @@ fn transform_inputs_with(g: &Geometry, padded: &[f32], t0: usize, count: usize, 
 
 #[cfg(test)]
 mod tests {
-    use super::panel_parts;
+    use super::{item_blocks, panel_parts, BLOCK_VALUES};
+
+    #[test]
+    fn item_blocks_cover_the_items_within_the_budget() {
+        // ResNet's 256-channel layers on 10 x 8 maps: three items of 8 tiles, one block.
+        assert_eq!(item_blocks(3, 16 * 8 * 256, 2), (1, 3));
+        // 41 items of 8 tiles x 64 channels, 16 to a block: four blocks on two threads, three
+        // on three, one thread as it comes.
+        assert_eq!(item_blocks(41, 16 * 8 * 64, 2), (4, 11));
+        assert_eq!(item_blocks(41, 16 * 8 * 64, 3), (3, 14));
+        assert_eq!(item_blocks(41, 16 * 8 * 64, 1), (3, 14));
+        for items in [1, 2, 7, 40, 41, 200] {
+            for v_item in [1, 8192, 32768, BLOCK_VALUES + 1] {
+                for threads in [1, 2, 3, 4] {
+                    let (blocks, per_block) = item_blocks(items, v_item, threads);
+                    assert!(blocks * per_block >= items && (blocks - 1) * per_block < items);
+                    assert!(per_block == 1 || per_block * v_item <= BLOCK_VALUES, "{items} {v_item} {threads}");
+                }
+            }
+        }
+        assert_eq!(item_blocks(0, 8192, 2).0, 0);
+    }
 
     #[test]
     fn panel_parts_balance_the_threads() {
