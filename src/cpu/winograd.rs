@@ -187,7 +187,7 @@ pub(super) fn conv2d(
             Parallelism::None => 1,
         };
         let v_item = POSITIONS * mr * cin;
-        let (blocks, per_block) = item_blocks(items, v_item, threads);
+        let (blocks, per_block) = item_blocks(items, v_item, POSITIONS * cin * cout, threads);
         let parts = panel_parts(blocks, threads, panels);
         // Task `t`: the items of block `t / parts`, the output channels of its part `t % parts`.
         let task = |t: usize| {
@@ -226,14 +226,23 @@ pub(super) fn conv2d(
 /// cin x nr values, 512 KiB at 256 input channels and the AVX-512 tile) they stay in a 2 MiB L2.
 const BLOCK_VALUES: usize = 1 << 17;
 
+/// Transformed weights (values; 512 KiB) that stay in L2 from one item to the next: layers
+/// with no more are not blocked, so that their items remain as many tasks to balance between
+/// the threads (the hourglass's 64 -> 32 layers on 24 x 16 maps became one task in blocks).
+const SMALL_U_VALUES: usize = 1 << 17;
+
 /// How the `items` (of `v_item` transformed values each) go into blocks: `(blocks, items per
 /// block)`, the last block possibly shorter. Each task reads its panels of `U` once per block;
 /// with one item per block, ResNet's 256-channel layers on 10 x 8 maps (three items, 4 MiB of
-/// `U`) read 12 MiB of weights from L3 each. More than one block: a multiple of `threads`, so
-/// that the blocks share the threads evenly.
-fn item_blocks(items: usize, v_item: usize, threads: usize) -> (usize, usize) {
+/// `U`) read 12 MiB of weights from L3 each. Only layers with more than [`SMALL_U_VALUES`] of
+/// `U` (`u_values`) are blocked. More than one block: a multiple of `threads`, so that the
+/// blocks share the threads evenly.
+fn item_blocks(items: usize, v_item: usize, u_values: usize, threads: usize) -> (usize, usize) {
     if items == 0 {
         return (0, 1);
+    }
+    if u_values <= SMALL_U_VALUES {
+        return (items, 1);
     }
     let per_block = (BLOCK_VALUES / v_item.max(1)).clamp(1, items);
     let mut blocks = items.div_ceil(per_block);
@@ -323,7 +332,14 @@ unsafe fn products_and_outputs(
                 // SAFETY: rows pix[i] + offsets[p] < mr * cin of position xi's slice of this
                 // item's `v`; the panel holds cin x nr values; m holds MAX_TILE >= mr * nr.
                 unsafe {
-                    tile(cin, v[xi * mr * cin..].as_ptr(), pix.as_ptr(), offsets.as_ptr(), panel.as_ptr(), m.as_mut_ptr())
+                    tile(
+                        cin,
+                        v[xi * mr * cin..].as_ptr(),
+                        pix.as_ptr(),
+                        offsets.as_ptr(),
+                        panel.as_ptr(),
+                        m.as_mut_ptr(),
+                    )
                 };
             }
             output_transform(&m, &mut o, mr * nr);
@@ -558,27 +574,31 @@ fn transform_inputs_with(g: &Geometry, padded: &[f32], t0: usize, count: usize, 
 
 #[cfg(test)]
 mod tests {
-    use super::{item_blocks, panel_parts, BLOCK_VALUES};
+    use super::{item_blocks, panel_parts, BLOCK_VALUES, SMALL_U_VALUES};
 
     #[test]
     fn item_blocks_cover_the_items_within_the_budget() {
         // ResNet's 256-channel layers on 10 x 8 maps: three items of 8 tiles, one block.
-        assert_eq!(item_blocks(3, 16 * 8 * 256, 2), (1, 3));
-        // 41 items of 8 tiles x 64 channels, 16 to a block: four blocks on two threads, three
-        // on three, one thread as it comes.
-        assert_eq!(item_blocks(41, 16 * 8 * 64, 2), (4, 11));
-        assert_eq!(item_blocks(41, 16 * 8 * 64, 3), (3, 14));
-        assert_eq!(item_blocks(41, 16 * 8 * 64, 1), (3, 14));
+        let u = |cin: usize, cout: usize| 16 * cin * cout;
+        assert_eq!(item_blocks(3, 16 * 8 * 256, u(256, 256), 2), (1, 3));
+        // 41 items of 8 tiles x 128 channels, 8 to a block: six blocks on two threads, six on
+        // three, one thread as it comes.
+        assert_eq!(item_blocks(41, 16 * 8 * 128, u(128, 128), 2), (6, 7));
+        assert_eq!(item_blocks(41, 16 * 8 * 128, u(128, 128), 3), (6, 7));
+        assert_eq!(item_blocks(41, 16 * 8 * 128, u(128, 128), 1), (6, 7));
+        assert_eq!(item_blocks(43, 16 * 8 * 128, u(128, 128), 2), (6, 8));
+        // Small transformed weights: one item per block (the most tasks).
+        assert_eq!(item_blocks(12, 16 * 8 * 64, u(64, 32), 2), (12, 1));
         for items in [1, 2, 7, 40, 41, 200] {
             for v_item in [1, 8192, 32768, BLOCK_VALUES + 1] {
                 for threads in [1, 2, 3, 4] {
-                    let (blocks, per_block) = item_blocks(items, v_item, threads);
+                    let (blocks, per_block) = item_blocks(items, v_item, SMALL_U_VALUES + 1, threads);
                     assert!(blocks * per_block >= items && (blocks - 1) * per_block < items);
                     assert!(per_block == 1 || per_block * v_item <= BLOCK_VALUES, "{items} {v_item} {threads}");
                 }
             }
         }
-        assert_eq!(item_blocks(0, 8192, 2).0, 0);
+        assert_eq!(item_blocks(0, 8192, SMALL_U_VALUES + 1, 2).0, 0);
     }
 
     #[test]
