@@ -13,11 +13,14 @@
 //! Layout and order, per batch item:
 //! 1. the input is copied pixel-major into a zero border rounded up to whole tiles
 //!    (`super::conv::zero_padded_pixel_major_to`, which also applies a fused input affine);
-//! 2. the tiles go in *items* of `MR` tiles (the kernel's tile rows: 8 on AVX-512), the
-//!    parallel tasks (split further by panels of output channels when there are too few items
-//!    to share the threads evenly, `panel_parts`). Per item, the input transform writes `V[xi][tile][ci]` (channels
-//!    contiguous: its vector loops run along them, 16 x 8 x cin values, in L1/L2);
-//! 3. per panel of `NR` output channels, the 16 products are 16 calls of the indirect
+//! 2. the tiles go in *items* of `MR` tiles (the kernel's tile rows: 8 on AVX-512), and the
+//!    items in *blocks* (one item each unless `U` outgrows L2, `item_blocks`), the parallel
+//!    tasks (split further by panels of output channels when there are too few blocks to share
+//!    the threads evenly, `panel_parts`). Per item of its block, a task's input transform writes
+//!    `V[xi][tile][ci]` (channels contiguous: its vector loops run along them, 16 x 8 x cin
+//!    values, in L1/L2);
+//! 3. per panel of `NR` output channels, then per item of the block (so that the panel is read
+//!    from memory once per block), the 16 products are 16 calls of the indirect
 //!    convolution's tile kernel (`super::gemm::tile_ind_fn`), `U` prepacked in its aligned
 //!    panels (one "group" per `xi`, `super::indirect::PackedWeights`), into 16 tiles in L1;
 //! 4. the output transform runs on those tiles (vectorised along the channels), and the 2x2
@@ -254,11 +257,12 @@ fn item_blocks(items: usize, v_item: usize, u_values: usize, threads: usize) -> 
 }
 
 /// Into how many parts (of whole panels of output channels) each block's products split, so
-/// that `items * parts` tasks share `threads` evenly (`items`: the blocks of [`item_blocks`]). Why: on small maps a layer has only a few
-/// items of `mr` tiles, e.g. three on ResNet's 10 x 8 maps (the default model's 160 x 128
-/// input), and two threads then take two items and one, the time of two. Split in two, six
-/// tasks take the time of 1.5 items; each extra part transforms its item's inputs once more,
-/// counted here as 3% of an item.
+/// that `items * parts` tasks share `threads` evenly (`items`: the blocks of [`item_blocks`]).
+/// Why: on small maps a layer has only a few items of `mr` tiles, e.g. three on ResNet's 10 x 8
+/// maps (the default model's 160 x 128 input), and two threads then take two items and one, the
+/// time of two. Split in two, six tasks take the time of 1.5 items; each extra part transforms
+/// its block's inputs once more, counted here as 3% of an item. (With `U` over 512 KiB those
+/// three items are now one block, split in two parts: each thread reads half of `U` once.)
 fn panel_parts(items: usize, threads: usize, panels: usize) -> usize {
     let time = |parts: usize| (items * parts).div_ceil(threads) as f64 / parts as f64 + 0.03 * (parts - 1) as f64;
     if threads <= 1 || items == 0 {
