@@ -296,8 +296,9 @@ const MAX_TILE: usize = 8 * 32;
 /// For the items `block` of `mr` tiles each (item `i`: tiles `i * mr..`, flattened index
 /// `ty * tw + tx`, fewer in the last item of the `tiles`), whose transformed inputs are in `v`,
 /// item after item (`V[xi][i][ci]`, `mr * cin` values per position): the 16 products per panel
-/// of `nr` output channels in `panels`, the output transform, the stores into the output (`y`, batch item's first value at
-/// offset `y0` of the whole tensor) and the epilogue on each stored run.
+/// of `nr` output channels in `panels`, the output transform, the stores into the output (`y`,
+/// batch item's first value at offset `y0` of the whole tensor) and the epilogue on each stored
+/// run.
 ///
 /// # Safety
 /// `y` must be writable at `(co * oh + oy) * ow + ox` for every channel of these panels and
