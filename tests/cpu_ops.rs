@@ -257,6 +257,7 @@ fn conv_epilogues_match_reference() {
         ConvCase::new(3, 40, [6, 7], 36, 3),            // a batch folded into one product
         ConvCase::new(1, 8, [17, 19], 72, 3).stride(2), // indirect, bias + activation in the tile
         ConvCase::new(1, 16, [9, 11], 72, 1),           // pointwise gathered, the same
+        ConvCase::new(1, 40, [11, 37], 48, 3),          // Winograd: 16 + 16 + 8 channels, 16-pixel runs and a tail
     ];
     for case in cases {
         for ep in all_epilogues(&mut rng, case.cout) {
