@@ -257,15 +257,15 @@ fn item_blocks(items: usize, v_item: usize, u_values: usize, threads: usize) -> 
 }
 
 /// Into how many parts (of whole panels of output channels) each block's products split, so
-/// that `items * parts` tasks share `threads` evenly (`items`: the blocks of [`item_blocks`]).
+/// that `blocks * parts` tasks share `threads` evenly (`blocks`: those of [`item_blocks`]).
 /// Why: on small maps a layer has only a few items of `mr` tiles, e.g. three on ResNet's 10 x 8
 /// maps (the default model's 160 x 128 input), and two threads then take two items and one, the
 /// time of two. Split in two, six tasks take the time of 1.5 items; each extra part transforms
-/// its block's inputs once more, counted here as 3% of an item. (With `U` over 512 KiB those
+/// its block's inputs once more, counted here as 3% of a block. (With `U` over 512 KiB those
 /// three items are now one block, split in two parts: each thread reads half of `U` once.)
-fn panel_parts(items: usize, threads: usize, panels: usize) -> usize {
-    let time = |parts: usize| (items * parts).div_ceil(threads) as f64 / parts as f64 + 0.03 * (parts - 1) as f64;
-    if threads <= 1 || items == 0 {
+fn panel_parts(blocks: usize, threads: usize, panels: usize) -> usize {
+    let time = |parts: usize| (blocks * parts).div_ceil(threads) as f64 / parts as f64 + 0.03 * (parts - 1) as f64;
+    if threads <= 1 || blocks == 0 {
         return 1;
     }
     // `min_by` keeps the first of equal times: the fewest parts.
