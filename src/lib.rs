@@ -79,7 +79,7 @@ pub mod tracker;
 pub mod training;
 pub mod weights;
 
-pub use cpu::pin_cpu_threads;
+pub use cpu::{pin_cpu_threads, release_spare_buffers};
 pub use detector::{Person, PersonDetector};
 pub use error::{Error, Result};
 pub use estimator::{Boxes, Device, DeviceChoice, Estimator, EstimatorOptions, Picture, Pose};

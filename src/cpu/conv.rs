@@ -558,6 +558,9 @@ fn indirect_conv(
             };
             let yg = &mut yb[g * cout_g * ohw..(g + 1) * cout_g * ohw];
             conv_indirect(yg, ohw, packed, g, src, &pix, &offsets, par, ep.tile_part(g, cout_g), epilogue);
+            if let Some(p) = padded {
+                super::buffer::recycle(p);
+            }
         }
     };
     for_each_item(&mut y[..n * cout * ohw], n, cout * ohw, par, item);

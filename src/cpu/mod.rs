@@ -42,7 +42,7 @@ use crate::graph::{Graph, NodeId, Op};
 use crate::tensor::{checked_numel, Tensor};
 
 #[doc(hidden)]
-pub use buffer::poison_fresh_buffers;
+pub use buffer::{poison_fresh_buffers, release_spare_buffers};
 pub use threads::pin_cpu_threads;
 
 /// Runs the graph on the fast path and returns the graph outputs in order.
@@ -263,14 +263,15 @@ fn run_on_this_thread(
             Cow::Owned(v)
         };
         values[id] = Some(v);
+        // Values past their last reader go back to the spare buffers (`buffer::recycle`).
         for &i in &reads[id] {
             if last_use[i] == id {
-                values[i] = None;
+                recycle_value(values[i].take());
             }
         }
         if last_use[id] == id {
             // Nobody reads it and it is not an output.
-            values[id] = None;
+            recycle_value(values[id].take());
         }
     }
     // Move each output out (clone only an output listed again later, or a graph input).
@@ -284,6 +285,14 @@ fn run_on_this_thread(
         outputs.push(t);
     }
     Ok(outputs)
+}
+
+/// A finished value's buffer kept for a later operator's output (only values this run computed:
+/// borrowed ones are the caller's inputs).
+fn recycle_value(v: Option<Cow<'_, Tensor>>) {
+    if let Some(Cow::Owned(t)) = v {
+        buffer::recycle(t.data);
+    }
 }
 
 /// Same as [`run`] but returns every node's output (index = node id); used by tests and
