@@ -217,6 +217,7 @@ pub(super) fn conv2d(
         } else {
             (0..tasks).for_each(task);
         }
+        super::buffer::recycle(padded);
     };
     // A batch of at least one item per thread is split by items (`conv::for_each_item`): on
     // small maps one item has too few tile groups to share (training on two threads, batch 16:
@@ -322,37 +323,56 @@ unsafe fn products_and_outputs(
     assert!(mr * nr <= MAX_TILE && block.end * mr < tiles + mr && v.len() >= block.len() * v_item);
     assert_eq!(offsets.len(), cin, "winograd: one offset per input channel");
     let tile = tile_ind_fn(packed.kernel());
-    let mut m = [[0.0f32; MAX_TILE]; POSITIONS];
-    let mut o = [[0.0f32; MAX_TILE]; 4];
-    // Panels outside, items inside: a panel of `U` (16 x cin x nr values) is read from memory
-    // once per block, the block's transformed inputs stay in L2 (`item_blocks`).
-    for jp in panels.start..panels.end.min(g.cout.div_ceil(nr)) {
-        for (k, item) in block.clone().enumerate() {
-            let (t0, count) = (item * mr, mr.min(tiles - item * mr));
-            // Rows past `count` repeat the last tile (valid reads, results dropped).
-            let pix: [usize; 8] = std::array::from_fn(|i| i.min(count - 1) * cin);
-            let v = &v[k * v_item..(k + 1) * v_item];
-            for (xi, m) in m.iter_mut().enumerate() {
-                let panel = packed.panel(xi, jp);
-                // SAFETY: rows pix[i] + offsets[p] < mr * cin of position xi's slice of this
-                // item's `v`; the panel holds cin x nr values; m holds MAX_TILE >= mr * nr.
-                unsafe {
-                    tile(
-                        cin,
-                        v[xi * mr * cin..].as_ptr(),
-                        pix.as_ptr(),
-                        offsets.as_ptr(),
-                        panel.as_ptr(),
-                        m.as_mut_ptr(),
-                    )
-                };
+    TILES.with_borrow_mut(|tiles_buf| {
+        let Tiles { m, o, t } = &mut **tiles_buf;
+        // Panels outside, items inside: a panel of `U` (16 x cin x nr values) is read from memory
+        // once per block, the block's transformed inputs stay in L2 (`item_blocks`).
+        for jp in panels.start..panels.end.min(g.cout.div_ceil(nr)) {
+            for (k, item) in block.clone().enumerate() {
+                let (t0, count) = (item * mr, mr.min(tiles - item * mr));
+                // Rows past `count` repeat the last tile (valid reads, results dropped).
+                let pix: [usize; 8] = std::array::from_fn(|i| i.min(count - 1) * cin);
+                let v = &v[k * v_item..(k + 1) * v_item];
+                for (xi, m) in m.iter_mut().enumerate() {
+                    let panel = packed.panel(xi, jp);
+                    // SAFETY: rows pix[i] + offsets[p] < mr * cin of position xi's slice of this
+                    // item's `v`; the panel holds cin x nr values; m holds MAX_TILE >= mr * nr.
+                    unsafe {
+                        tile(
+                            cin,
+                            v[xi * mr * cin..].as_ptr(),
+                            pix.as_ptr(),
+                            offsets.as_ptr(),
+                            panel.as_ptr(),
+                            m.as_mut_ptr(),
+                        )
+                    };
+                }
+                output_transform(m, o, mr * nr);
+                let channels = nr.min(g.cout - jp * nr);
+                // SAFETY: forwarded contract; channels jp * nr .. + channels < cout.
+                unsafe { store_outputs(g, o, t, t0, count, jp * nr, channels, y, y0, ep) };
             }
-            output_transform(&m, &mut o, mr * nr);
-            let channels = nr.min(g.cout - jp * nr);
-            // SAFETY: forwarded contract; channels jp * nr .. + channels < cout.
-            unsafe { store_outputs(g, &mut o, t0, count, jp * nr, channels, y, y0, ep) };
         }
-    }
+    });
+}
+
+/// A task's tiles: the 16 products `m`, their output transform `o`, and `o` transposed for the
+/// stores (`t`). Kept per thread: as zeroed locals they cost a 20 KiB `memset` per call of
+/// [`products_and_outputs`], once per item on small blocks (1.4% of the hourglass's time on
+/// one thread, session 36); every value read is written first in each use.
+struct Tiles {
+    m: [[f32; MAX_TILE]; POSITIONS],
+    o: [[f32; MAX_TILE]; 4],
+    t: [[f32; MAX_TILE]; 4],
+}
+
+thread_local! {
+    static TILES: std::cell::RefCell<Box<Tiles>> = std::cell::RefCell::new(Box::new(Tiles {
+        m: [[0.0; MAX_TILE]; POSITIONS],
+        o: [[0.0; MAX_TILE]; 4],
+        t: [[0.0; MAX_TILE]; 4],
+    }));
 }
 
 /// `o[k][q] = (A^T m A)[k]` for every value `q < len` of the tiles (`m[xi][q]`), `A^T = [1 1 1 0;
@@ -403,6 +423,7 @@ fn output_transform_with(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f32; MAX_TI
 /// along the channels), then runs the rest of the epilogue on each channel's output-row runs (one
 /// or two per tile row the tiles cover). Applied per run, the whole epilogue took 5-7% of the
 /// default model's time on one thread (`perf`, session 34): ResNet's 10 x 8 maps make runs of 8.
+/// `t` is scratch space for the transposed tiles.
 ///
 /// # Safety
 /// As [`products_and_outputs`].
@@ -410,6 +431,7 @@ fn output_transform_with(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f32; MAX_TI
 unsafe fn store_outputs(
     g: &Geometry,
     o: &mut [[f32; MAX_TILE]; 4],
+    t: &mut [[f32; MAX_TILE]; 4],
     t0: usize,
     count: usize,
     c0: usize,
@@ -431,9 +453,8 @@ unsafe fn store_outputs(
     let o = &*o;
     // A whole row-aligned group: channel-major runs of 8 tiles by 8 x 8 transposes,
     // T[k][j * 8 + i].
-    let mut t = [[0.0f32; MAX_TILE]; 4];
     let transposed = transposes_tiles(g.mr, count, channels) && t0 % g.tw + count <= g.tw && {
-        transpose_tiles(o, &mut t, nr, channels);
+        transpose_tiles(o, t, nr, channels);
         true
     };
     // Segments of the tiles within one tile row: i0..i1, at tile row ty from column tx0.
