@@ -361,6 +361,36 @@ fn pooling_and_resampling_match_reference() {
     }
 }
 
+/// The stride-2 pools of the shipped networks (2x2, and 3x3 with padding 1) on rows long
+/// enough for their vector path (8 outputs from 16 columns), with odd and even widths, ties
+/// (values from a small set, signed zeros among them), and planes holding NaN (which must
+/// propagate): the same values as the reference, NaN where it has NaN.
+#[test]
+fn stride2_pools_on_wide_rows_match_reference() {
+    poison_unwritten_outputs();
+    let mut rng = Rng::new(40);
+    let levels = [-1.0f32, -0.0, 0.0, 0.25, 0.5, 2.0];
+    for shape in [[1, 3, 9, 64], [1, 2, 7, 47], [2, 2, 6, 33], [1, 1, 3, 18], [1, 2, 4, 17], [1, 1, 5, 16]] {
+        let n: usize = shape.iter().product();
+        let mut data: Vec<f32> = (0..n).map(|_| levels[rng.below(6)]).collect();
+        // A NaN in the second plane (when there is one): its outputs take the exact path.
+        if n > shape[2] * shape[3] {
+            data[shape[2] * shape[3] + 7] = f32::NAN;
+        }
+        let x = Tensor::new(shape.to_vec(), data).unwrap();
+        for (kernel, padding) in [([2, 2], [0, 0]), ([3, 3], [1, 1])] {
+            let op = Op::MaxPool { kernel, stride: [2, 2], padding };
+            let what = format!("max_pool {kernel:?} {shape:?}");
+            let want = cpu::reference::eval_op(&what, &op, &[&x]).unwrap();
+            let got = cpu::eval_op(&what, &op, &[&x]).unwrap();
+            assert_eq!(got.shape, want.shape, "{what}");
+            for (i, (a, b)) in got.data.iter().zip(&want.data).enumerate() {
+                assert!(a == b || (a.is_nan() && b.is_nan()), "{what}: {a} at {i}, reference {b}");
+            }
+        }
+    }
+}
+
 #[test]
 fn concat_and_pixel_shuffle_match_reference() {
     let mut rng = Rng::new(5);
