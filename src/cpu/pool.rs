@@ -148,7 +148,7 @@ mod stride2 {
         let (w, ow) = (g.w, g.ow);
         let three = match (g.kernel, g.stride, g.padding) {
             ([2, 2], [2, 2], [0, 0]) if ow == w / 2 => false,
-            ([3, 3], [2, 2], [1, 1]) if ow == (w + 1) / 2 => true,
+            ([3, 3], [2, 2], [1, 1]) if ow == w.div_ceil(2) => true,
             _ => return false,
         };
         if s.len() < g.h * w || d.len() < g.oh * ow || has_nan(&s[..g.h * w]) {
@@ -167,8 +167,8 @@ mod stride2 {
                     store(out, x, _mm256_max_ps(o, e));
                     x += 8;
                 }
-                for x in x..ow {
-                    out[x] = window_max(rows, w, 2 * x, 2 * x + 2);
+                for (x, o) in out.iter_mut().enumerate().skip(x) {
+                    *o = window_max(rows, w, 2 * x, 2 * x + 2);
                 }
             } else {
                 // out[x] = max(col(2x - 1), col(2x), col(2x + 1)), clipped to the row.
@@ -181,8 +181,8 @@ mod stride2 {
                     store(out, x, _mm256_max_ps(o, _mm256_max_ps(e, p)));
                     x += 8;
                 }
-                for x in x..ow {
-                    out[x] = window_max(rows, w, 2 * x - 1, (2 * x + 2).min(w));
+                for (x, o) in out.iter_mut().enumerate().skip(x) {
+                    *o = window_max(rows, w, 2 * x - 1, (2 * x + 2).min(w));
                 }
             }
         }
