@@ -53,15 +53,17 @@ const POSITIONS: usize = 16;
 /// (4 MiB of transformed weights each, streamed once per item) went from 0.61-0.62 to 0.50-0.60
 /// ms on one thread of an AVX-512 Xeon, and the four of them plus the head's 256 -> 224 layer
 /// from 1.50-1.58 to 1.04-1.14 ms on two (session 25, `examples/cpu_profile`); 512 is untested.
-/// With the 6 x 16 AVX2 kernel (three items of 6 tiles on 8x8 maps) the same layers took
-/// 3-12% longer than direct, the 64- and 128-channel ones 5-28% less (`WGPOSE_CPU_KERNEL=avx2`
-/// on the same machine, one thread): up to 128 there, and on the other kernels.
+/// With the 6 x 16 AVX2 kernel the same layers first took 3-12% longer than direct (`U` read
+/// once per item of 6 tiles); since the items go in blocks that read each panel of `U` once
+/// (`item_blocks`, session 35) they take 0.70-0.75 of the direct time on one Zen 3 thread, and
+/// the default model 0.89-0.92 of its time at 160 x 128 on one thread and 0.92-0.96 on two
+/// (session 36, alternated in one process), so AVX2 takes up to 256 too. The portable kernel
+/// (NEON on aarch64; nothing measured there) keeps 128.
 const MIN_CHANNELS: usize = 32;
 fn max_channels() -> usize {
-    if Kernel::detect() == Kernel::Avx512 {
-        256
-    } else {
-        128
+    match Kernel::detect() {
+        Kernel::Avx512 | Kernel::Avx2 => 256,
+        _ => 128,
     }
 }
 
