@@ -362,7 +362,9 @@ unsafe fn products_and_outputs(
 /// A task's tiles: the 16 products `m`, their output transform `o`, and `o` transposed for the
 /// stores (`t`). Kept per thread: as zeroed locals they cost a 20 KiB `memset` per call of
 /// [`products_and_outputs`], once per item on small blocks (1.4% of the hourglass's time on
-/// one thread, session 36); every value read is written first in each use.
+/// one thread, session 36); every value read is written first in each use. Borrowed for the
+/// whole of [`products_and_outputs`], which makes no rayon calls: a thread never steals other
+/// work while it holds them (with nodes run side by side, `cpu::independent_groups`).
 struct Tiles {
     m: [[f32; MAX_TILE]; POSITIONS],
     o: [[f32; MAX_TILE]; 4],
