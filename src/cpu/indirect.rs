@@ -469,6 +469,14 @@ pub type GatherPixels<'a> = &'a (dyn Fn(usize, &mut [f32]) + Sync);
 /// L1/L2 while every panel goes over the block.
 const POINTWISE_BLOCK_BYTES: usize = 64 * 1024;
 
+/// Weights (values; 256 KiB) from which [`conv_pointwise`] on too few pixels for its threads
+/// splits the weights between tasks instead of the pixels: with smaller pixel blocks every task
+/// read all of them, and the 512 -> 896 head layer of `fasterpose-r18-s32` at 4 x 4 (1.8 MB)
+/// took longer on two threads than on one: 0.39 against 0.32 ms with the AVX2 kernel on a Zen 4
+/// (session 37); split in two, 0.17 on two threads. One part per thread: each part gathers its
+/// block again.
+const POINTWISE_SPLIT_WEIGHTS: usize = 1 << 16;
+
 /// `dst[c * row_stride + q] = finish(sum_ci W[c, ci] * x[q, ci])` for channels `c < cout_g` of
 /// group `g` and pixels `q < npix`, `x` read through `gather` a block of pixels at a time,
 /// `finish` the tile epilogue, then `epilogue(c, q0, run)` on every run of a channel's row.
@@ -505,11 +513,19 @@ pub fn conv_pointwise(
     let (mr, nr) = kernel.shape();
     let col_panels = cout.div_ceil(nr);
     let threads = threads_for(par, cout * npix * k.max(1));
-    // Pixels per block: a multiple of MR within the byte budget, and at least two blocks per
-    // thread when there are threads to share them.
+    // Pixels per block: a multiple of MR within the byte budget. Too few blocks for the threads:
+    // smaller blocks (two per thread), or, when the weights are the larger operand and at least
+    // `POINTWISE_SPLIT_WEIGHTS`, the blocks' panels in parts (a task per thread).
     let mut block = (POINTWISE_BLOCK_BYTES / (4 * k.max(1))).clamp(mr, 32 * mr) / mr * mr;
-    if threads > 1 {
-        block = block.min(npix.div_ceil(2 * threads).div_ceil(mr) * mr);
+    let mut parts = 1;
+    if threads > 1 && npix.div_ceil(block) < 2 * threads {
+        let blocks = npix.div_ceil(block);
+        if cout > npix && k * cout >= POINTWISE_SPLIT_WEIGHTS {
+            block = npix.div_ceil(blocks).div_ceil(mr) * mr;
+            parts = threads.div_ceil(blocks).min(col_panels);
+        } else {
+            block = block.min(npix.div_ceil(2 * threads).div_ceil(mr) * mr);
+        }
     }
     let blocks = npix.div_ceil(block);
     let tile = tile_ind_fn(kernel);
@@ -517,14 +533,17 @@ pub fn conv_pointwise(
     let panels = weights.group(g);
     let offsets: Vec<usize> = (0..k).collect();
     let dst = DstPtr(dst.as_mut_ptr());
-    let run_block = |xs: &mut Vec<f32>, bi: usize| {
+    // Task `bi * parts + part`: block `bi`'s pixels (gathered once per part) times part `part`
+    // of the panels.
+    let run_block = |xs: &mut Vec<f32>, task: usize| {
+        let (bi, part) = (task / parts, task % parts);
         let (q0, q1) = (bi * block, npix.min(bi * block + block));
         let n = q1 - q0;
         xs.resize(n * k, 0.0);
         gather(q0, &mut xs[..n * k]);
         let mut buf = [0.0f32; MAX_TILE];
         let mut rows_at = [0usize; MAX_ROWS];
-        for jp in 0..col_panels {
+        for jp in part * col_panels / parts..(part + 1) * col_panels / parts {
             let (c0, c1) = (jp * nr, cout.min(jp * nr + nr));
             let bias = finish.panel_bias(c0, nr);
             for t0 in (0..n).step_by(mr) {
@@ -563,11 +582,11 @@ pub fn conv_pointwise(
             }
         }
     };
-    if threads > 1 && blocks > 1 {
-        (0..blocks).into_par_iter().for_each_init(Vec::new, run_block);
+    if threads > 1 && blocks * parts > 1 {
+        (0..blocks * parts).into_par_iter().for_each_init(Vec::new, run_block);
     } else {
         let mut xs = Vec::new();
-        (0..blocks).for_each(|bi| run_block(&mut xs, bi));
+        (0..blocks * parts).for_each(|task| run_block(&mut xs, task));
     }
 }
 
@@ -650,7 +669,8 @@ mod tests {
     fn pointwise_product_matches_the_definition() {
         let mut rng = Rng::new(12);
         for kernel in Kernel::supported() {
-            for &(npix, cout_g, k) in &[(1, 1, 1), (5, 3, 0), (7, 17, 9), (61, 33, 144), (700, 40, 300), (301, 20, 64)]
+            for &(npix, cout_g, k) in
+                &[(1, 1, 1), (5, 3, 0), (7, 17, 9), (61, 33, 144), (700, 40, 300), (301, 20, 64), (17, 300, 230)]
             {
                 let groups = 2;
                 // Input pixel q, channel ci of group g at x[(g * npix + q) * k + ci].
