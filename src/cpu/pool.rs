@@ -173,13 +173,18 @@ mod stride2 {
             } else {
                 // out[x] = max(col(2x - 1), col(2x), col(2x + 1)), clipped to the row.
                 out[0] = window_max(rows, w, 0, 2.min(w));
+                // Outputs x..x + 8 from columns 2x - 2..2x + 16, for x from 1 in steps of 8 and
+                // then once more at the last x that fits, overlapping the previous step (the
+                // same values again): on 64-wide rows 7 of 32 outputs were left to the scalar
+                // tail and took as long as the other 25.
+                let last = (ow.saturating_sub(8)).min(w.saturating_sub(16) / 2);
                 let mut x = 1;
-                while x + 8 <= ow && 2 * x + 16 <= w {
+                while x <= last {
                     let (e, o) = even_odd(column_max(rows, w, 2 * x), column_max(rows, w, 2 * x + 8));
                     // Odd columns of the pairs from 2x - 2: columns 2x - 1, 2x + 1, ...
                     let (_, p) = even_odd(column_max(rows, w, 2 * x - 2), column_max(rows, w, 2 * x + 6));
                     store(out, x, _mm256_max_ps(o, _mm256_max_ps(e, p)));
-                    x += 8;
+                    x = if x == last { x + 8 } else { (x + 8).min(last) };
                 }
                 for (x, o) in out.iter_mut().enumerate().skip(x) {
                     *o = window_max(rows, w, 2 * x - 1, (2 * x + 2).min(w));
