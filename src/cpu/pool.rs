@@ -158,7 +158,7 @@ mod stride2 {
             let rows = &s[y0 * w..y1 * w];
             let out = &mut d[oy * ow..(oy + 1) * ow];
             // SAFETY (the `column_max` calls): AVX2 (this function's contract); x + 8 <= w by
-            // the loop conditions (2x + 16 <= w; ow <= (w + 1) / 2).
+            // the loop conditions (2x + 16 <= w, in the 3x3 case through `last`; ow <= (w + 1) / 2).
             if !three {
                 // out[x] = max(col(2x), col(2x + 1)).
                 let mut x = 0;
@@ -177,7 +177,7 @@ mod stride2 {
                 // then once more at the last x that fits, overlapping the previous step (the
                 // same values again): on 64-wide rows 7 of 32 outputs were left to the scalar
                 // tail (ResNet's stem pool, 64 planes of 64x64: 0.115 -> 0.080 ms, session 37).
-                let last = (ow.saturating_sub(8)).min(w.saturating_sub(16) / 2);
+                let last = ow.saturating_sub(8).min(w.saturating_sub(16) / 2);
                 let mut x = 1;
                 while x <= last {
                     let (e, o) = even_odd(column_max(rows, w, 2 * x), column_max(rows, w, 2 * x + 8));
