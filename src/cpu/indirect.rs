@@ -520,7 +520,7 @@ pub fn conv_pointwise(
     let mut parts = 1;
     if threads > 1 && npix.div_ceil(block) < 2 * threads {
         let blocks = npix.div_ceil(block);
-        if cout > npix && k * cout >= POINTWISE_SPLIT_WEIGHTS {
+        if cout > npix && col_panels > 1 && k * cout >= POINTWISE_SPLIT_WEIGHTS {
             block = npix.div_ceil(blocks).div_ceil(mr) * mr;
             parts = threads.div_ceil(blocks).min(col_panels);
         } else {
