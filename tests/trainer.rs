@@ -513,3 +513,26 @@ fn occluder_paints_a_flat_rectangle_and_leaves_the_targets() {
     assert!((covered.input.data[y0 * 128 + x0] - (1.0 - 0.485) / 0.229).abs() < 1e-5);
     assert!((covered.input.data[plane + y0 * 128 + x0] - (0.0 - 0.456) / 0.224).abs() < 1e-5);
 }
+
+/// `--rotation` and `--scale-jitter` reach the crops: at their defaults the run is the default
+/// run, set otherwise the batches (so the loss) change and the card records the ranges.
+#[test]
+fn rotation_and_scale_flags_set_the_augmentation() {
+    let dir = tempdir("geometry");
+    let plain = wgpose::training::run(&train_args(&dir.join("plain"), &["--epochs", "1"]), &mut |_| {}).unwrap();
+    let same = wgpose::training::run(
+        &train_args(&dir.join("same"), &["--epochs", "1", "--rotation", "30", "--scale-jitter", "0.25"]),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(plain.last_loss, same.last_loss, "the defaults must draw the default crops");
+    let wide = wgpose::training::run(
+        &train_args(&dir.join("wide"), &["--epochs", "1", "--rotation", "45", "--scale-jitter", "0.35"]),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_ne!(plain.last_loss, wide.last_loss, "wider ranges must change the crops");
+    let card = wgpose::weights::read_card(&wide.final_weights).unwrap();
+    assert!(card.training_data.contains("rotation +-45 deg, scale 0.65-1.35"), "{}", card.training_data);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -149,6 +149,13 @@ pub struct TrainConfig {
     /// Probability of painting an occluding rectangle over the crop (coarse dropout).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.0))]
     pub occlusion: f32,
+    /// Rotation augmentation: uniform in +-this many degrees (pose networks, 0 to 180).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 30.0))]
+    pub rotation: f32,
+    /// Scale augmentation: the crop's size is multiplied by a factor uniform in
+    /// `[1 - F, 1 + F]` (pose networks, 0 to 0.9).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.25, value_name = "F"))]
+    pub scale_jitter: f32,
     /// Images per epoch (a seeded random subset, different each epoch).
     #[cfg_attr(feature = "cli", arg(long))]
     pub limit: Option<usize>,
@@ -238,6 +245,8 @@ impl TrainConfig {
             shift: 0.0,
             half_body: 0.0,
             occlusion: 0.0,
+            rotation: 30.0,
+            scale_jitter: 0.25,
             limit: None,
             val_limit: None,
             seed: 0,

@@ -351,6 +351,12 @@ pub(crate) fn validate(a: &TrainConfig) -> Result<()> {
         return bad(format!("--lr-min {} must be a finite number from 0 to --lr ({})", a.lr_min, a.lr));
     }
     fraction("shift", a.shift, true)?;
+    let default_geometry = (a.rotation, a.scale_jitter) == (30.0, 0.25);
+    if !default_geometry && models::config(&a.model).is_ok_and(|c| c.family == Family::PersonDetector) {
+        return bad(
+            "--rotation and --scale-jitter set the pose crops' augmentation; the person detector has its own".into()
+        );
+    }
     if !a.extra_coco.is_empty() && !models::config(&a.model).is_ok_and(|c| c.family == Family::PersonDetector) {
         return bad("--extra-coco adds person boxes: it trains the person detector only".into());
     }
@@ -366,6 +372,12 @@ pub(crate) fn validate(a: &TrainConfig) -> Result<()> {
     fraction("half-body", a.half_body, false)?;
     fraction("teacher-weight", a.teacher_weight, false)?;
     fraction("occlusion", a.occlusion, false)?;
+    if !(a.rotation.is_finite() && (0.0..=180.0).contains(&a.rotation)) {
+        return bad(format!("--rotation {} must be a number of degrees from 0 to 180", a.rotation));
+    }
+    if !(a.scale_jitter.is_finite() && (0.0..=0.9).contains(&a.scale_jitter)) {
+        return bad(format!("--scale-jitter {} must be a number from 0 to 0.9", a.scale_jitter));
+    }
     if let Some(f) = a.teacher.as_ref().filter(|f| !f.is_file()) {
         return bad(format!("--teacher {}: no such file", f.display()));
     }
@@ -606,6 +618,8 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
             shift: a.shift,
             half_body_prob: a.half_body,
             occlusion_prob: a.occlusion,
+            rotation_deg: a.rotation,
+            scale: (1.0 - a.scale_jitter, 1.0 + a.scale_jitter),
             ..AugmentConfig::default()
         }
     };
