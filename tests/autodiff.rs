@@ -452,6 +452,10 @@ fn conv_gradients() {
         ("3x3 groups 2 batch 5", [5, 4, 5, 4], ConvSpec::new(6, 3).padding(1).groups(2)),
         ("1x1 batch 5", [5, 5, 3, 4], ConvSpec::new(3, 1)),
         ("3x3 stride 2 batch 5", [5, 3, 7, 6], ConvSpec::new(4, 3).padding(1).stride(2)),
+        // 64 output channels on small maps: the input gradient of strided layers by the product
+        // and col2im instead of phases (`autodiff::strided::product_is_cheaper`).
+        ("3x3 stride 2, 64 outputs", [2, 3, 7, 6], ConvSpec::new(64, 3).padding(1).stride(2)),
+        ("1x1 stride 2, 64 outputs", [3, 5, 5, 4], ConvSpec::new(64, 1).stride(2)),
         // Small maps in a batch: the stride-1 input gradient of all items as one product, the
         // flipped weights packed straight from the weights; 35 input channels make two panels
         // of 32 (AVX-512) or more, the last one partial; 20 output channels, two blocks of the

@@ -62,7 +62,7 @@ pub fn conv2d_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> Co
     });
     let (dx, dw) = if c.cin_per_group() == 1 && c.cout() == c.groups {
         depthwise_backward(x, dy, c, need_dx)
-    } else if super::strided::applies(c) {
+    } else if super::strided::applies(c, [dims(dy)[2], dims(dy)[3]]) {
         let dx = need_dx.then(|| super::strided::input_gradient(dy, c, dims(x)));
         let dw = match super::strided::weight_gradient(x, dy, c) {
             Some(dw) => dw,

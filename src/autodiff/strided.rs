@@ -22,6 +22,9 @@
 //! 20 stride-2 layers in a training step, backward 66.0-67.6 -> 57.2-57.9 ms. On two threads no
 //! change was measurable.
 //!
+//! Wide layers on small maps (ResNet-18's stride-2 layers, 64 or more output channels) keep
+//! the general path's input gradient, which is faster there ([`product_is_cheaper`]).
+//!
 //! `WGPOSE_CPU_STRIDED=im2col` turns the decomposition off (A/Bs).
 
 use rayon::prelude::*;
@@ -32,11 +35,41 @@ use crate::graph::{Conv2d, Epilogue};
 use crate::tensor::Tensor;
 
 /// Whether `c`'s gradients are computed by phases: a strided, undilated convolution of one
-/// group (depthwise ones have their own direct loops), unless `WGPOSE_CPU_STRIDED=im2col`.
-pub(super) fn applies(c: &Conv2d) -> bool {
+/// group (depthwise ones have their own direct loops) whose product path is not the cheaper
+/// ([`product_is_cheaper`]), unless `WGPOSE_CPU_STRIDED=im2col`.
+pub(super) fn applies(c: &Conv2d, out_hw: [usize; 2]) -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("WGPOSE_CPU_STRIDED").as_deref() == Ok("im2col"));
-    !off && c.stride != [1, 1] && c.dilation == [1, 1] && c.groups == 1
+    !off && c.stride != [1, 1] && c.dilation == [1, 1] && c.groups == 1 && !product_is_cheaper(c, out_hw)
+}
+
+/// Bytes of one item's im2col columns up to which [`product_is_cheaper`] holds: about what
+/// stays in a core's L2 beside the product's other operands.
+const PRODUCT_MAX_COLUMN_BYTES: usize = 640 << 10;
+
+/// Whether the general path (`dX = col2im(W^T * dY)`, one product per item, items split
+/// between the threads) beats the phases for `c`'s input gradient: at least 64 output channels
+/// (the product's depth) and one item's columns within [`PRODUCT_MAX_COLUMN_BYTES`], so col2im
+/// adds into cache; on one thread also at least 64 input channels and 64 output pixels.
+///
+/// The phases were made for LDCRN's narrow layers; on ResNet-18's stride-2 layers they split a
+/// deep product into four shallow ones. `examples/conv_grad_profile`, batch 16, a Zen 4
+/// (session 38), dX in ms, phases against product, three alternated runs (input side given):
+/// two threads, 64 -> 128 at 32x32 4.8-5.4 / 3.9-4.0 (one run 11.3), 128 -> 256 at 16x16
+/// 6.8-7.6 / 3.4-4.7, 256 -> 512 at 8x8 9.3-9.9 / 7.1-7.3, the 1x1 stride-2 ones 1.1-1.6 /
+/// 0.4-0.7; one thread 8.9-12.8 / 8.2-8.7, 9.8-10.7 / 7.6-8.5, 16.1-16.8 / 12.9-17.2. Past the
+/// column budget the phases won on two threads (64 -> 128 at 36x36, 746 KiB of columns:
+/// 8.9-9.2 / 11.4-11.7). In whole steps (`examples/train_profile MODEL 16`, five alternated
+/// runs): fasterpose-r18-s32's stride-2 layers' backward on two threads 5.7-6.1 -> 4.1-5.4 ms
+/// (1x1) and 32.1-33.4 -> 27.0-29.5 ms (3x3), about 2% of the step; the default model's 3x3
+/// ones on one thread 37.0-38.1 -> 34.7-36.2 ms.
+fn product_is_cheaper(c: &Conv2d, [oh, ow]: [usize; 2]) -> bool {
+    let [kh, kw] = c.kernel();
+    let deep = c.cout() >= 64 && c.cin_per_group() * kh * kw * oh * ow * 4 <= PRODUCT_MAX_COLUMN_BYTES;
+    // One thread: the phases fold the batch into one product per phase and stay level or ahead
+    // on narrow inputs and tiny maps (LDCRN's 16/32 -> 64 layers at 8x8 took 0.3-0.6 ms more
+    // each by products); with threads, they split four small products between them.
+    deep && (rayon::current_num_threads() > 1 || (c.cin_per_group() >= 64 && oh * ow >= 64))
 }
 
 /// One phase: input rows `iy` with `(iy + py) mod sy == fy` (and columns alike), reached by the
