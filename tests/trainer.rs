@@ -461,6 +461,18 @@ fn distillation_blends_the_teachers_heatmaps_into_the_targets() {
     assert_ne!(plain.last_loss, half.last_loss, "the teacher did not reach the targets");
     let card = wgpose::weights::read_card(&half.final_weights).unwrap();
     assert!(card.training_data.contains("distilled from sghg-1x64-lsp"), "{}", card.training_data);
+    assert!(card.training_data.contains("run at 64x64"), "{}", card.training_data);
+    // A teacher trained at another size (the shipped hourglass, 192x128) runs at the student's.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sghg-1x64-lsp.safetensors");
+    let resized = wgpose::training::run(
+        &train_args(&dir.join("resized"), &["--epochs", "1", "--teacher", shipped.to_str().unwrap()]),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(resized.last_loss.is_finite());
+    assert_ne!(resized.last_loss, half.last_loss, "another teacher gives other targets");
+    let card = wgpose::weights::read_card(&resized.final_weights).unwrap();
+    assert!(card.training_data.contains("run at 64x64"), "{}", card.training_data);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -29,9 +29,15 @@ pub struct Teacher {
 
 impl Teacher {
     /// Loads the teacher from a weights file and checks it fits `student`: a pose network with
-    /// the same input size, joint count and heatmap size.
+    /// the same joint count and heatmap size at the student's input size. A teacher trained at
+    /// another size runs at the student's when its size multiple allows (the networks are fully
+    /// convolutional): the default model, trained at 160x128, can teach the hourglass at 192x128.
     pub fn load(path: &Path, student: &ModelConfig) -> Result<Teacher> {
-        let cfg = ModelConfig::from_weights_file(path)?;
+        let mut cfg = ModelConfig::from_weights_file(path)?;
+        let [_, h, w] = student.input;
+        if cfg.input[0] == student.input[0] && h % cfg.size_multiple() == 0 && w % cfg.size_multiple() == 0 {
+            cfg = cfg.with_input(student.input);
+        }
         if cfg.family == Family::PersonDetector || student.family == Family::PersonDetector {
             return Err(Error::Input(format!(
                 "--teacher {}: distillation is for pose networks ({} teaching {})",

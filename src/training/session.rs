@@ -543,7 +543,13 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
     let (teacher, teacher_desc) = match &a.teacher {
         Some(p) => {
             let t = Teacher::load(p, &cfg)?;
-            let d = format!("; distilled from {} ({}), teacher weight {}", t.name, p.display(), a.teacher_weight);
+            let [_, h, w] = cfg.input;
+            let d = format!(
+                "; distilled from {} ({}, run at {h}x{w}), teacher weight {}",
+                t.name,
+                p.display(),
+                a.teacher_weight
+            );
             (Some(t), d)
         }
         None => (None, String::new()),
