@@ -25,6 +25,11 @@ use crate::rng::Rng;
 use crate::skeleton::Skeleton;
 use crate::tensor::Tensor;
 
+/// Default rotation range of the pose crops, in degrees (`wgpose train --rotation`).
+pub const DEFAULT_ROTATION_DEG: f32 = 30.0;
+/// Default scale jitter of the pose crops: scale uniform in `1 -+ this` (`--scale-jitter`).
+pub const DEFAULT_SCALE_JITTER: f32 = 0.25;
+
 /// Ranges the random augmentation draws from.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AugmentConfig {
@@ -52,8 +57,8 @@ impl Default for AugmentConfig {
     /// +-30 degrees, scale 0.75-1.25, flip p = 0.5, colour +-20%.
     fn default() -> Self {
         AugmentConfig {
-            rotation_deg: 30.0,
-            scale: (0.75, 1.25),
+            rotation_deg: DEFAULT_ROTATION_DEG,
+            scale: (1.0 - DEFAULT_SCALE_JITTER, 1.0 + DEFAULT_SCALE_JITTER),
             flip_prob: 0.5,
             color: 0.2,
             shift: 0.0,

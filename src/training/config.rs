@@ -150,11 +150,11 @@ pub struct TrainConfig {
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.0))]
     pub occlusion: f32,
     /// Rotation augmentation: uniform in +-this many degrees (pose networks, 0 to 180).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 30.0))]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = super::augment::DEFAULT_ROTATION_DEG))]
     pub rotation: f32,
     /// Scale augmentation: the crop's size is multiplied by a factor uniform in
     /// `[1 - F, 1 + F]` (pose networks, 0 to 0.9).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.25, value_name = "F"))]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = super::augment::DEFAULT_SCALE_JITTER, value_name = "F"))]
     pub scale_jitter: f32,
     /// Images per epoch (a seeded random subset, different each epoch).
     #[cfg_attr(feature = "cli", arg(long))]
@@ -245,8 +245,8 @@ impl TrainConfig {
             shift: 0.0,
             half_body: 0.0,
             occlusion: 0.0,
-            rotation: 30.0,
-            scale_jitter: 0.25,
+            rotation: super::augment::DEFAULT_ROTATION_DEG,
+            scale_jitter: super::augment::DEFAULT_SCALE_JITTER,
             limit: None,
             val_limit: None,
             seed: 0,

@@ -351,7 +351,8 @@ pub(crate) fn validate(a: &TrainConfig) -> Result<()> {
         return bad(format!("--lr-min {} must be a finite number from 0 to --lr ({})", a.lr_min, a.lr));
     }
     fraction("shift", a.shift, true)?;
-    let default_geometry = (a.rotation, a.scale_jitter) == (30.0, 0.25);
+    let default_geometry =
+        (a.rotation, a.scale_jitter) == (super::augment::DEFAULT_ROTATION_DEG, super::augment::DEFAULT_SCALE_JITTER);
     if !default_geometry && models::config(&a.model).is_ok_and(|c| c.family == Family::PersonDetector) {
         return bad(
             "--rotation and --scale-jitter set the pose crops' augmentation; the person detector has its own".into()
