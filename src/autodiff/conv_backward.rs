@@ -104,7 +104,11 @@ fn gemm_conv_backward(
         let (_, dw) = gemm_conv_backward(x, dy, c, false, strategy);
         return (Some(dx), dw);
     }
-    let cout = dy.shape[1];
+    let [_, cout, oh, ow] = dims(dy);
+    if !need_dx && weight_grad_by_winograd(c, [oh, ow]) && crate::cpu::winograd_grad::batch_fits([n, cin, h, w], cout) {
+        // Few tiles and many channels: the whole batch at once, in parallel inside.
+        return (None, crate::cpu::winograd_grad::batch(&x.data, &dy.data, [n, cin, h, w], cout));
+    }
     let k = (cin / c.groups) * c.kernel()[0] * c.kernel()[1];
     // Stride-1 input gradients (a convolution of dY) and 1x1 ones (a product) store every
     // value; only col2im accumulates into zeros. Zeroing a batch's dX serially cost the second

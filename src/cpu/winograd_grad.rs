@@ -11,6 +11,10 @@
 //! the matrix-product kernels, with 4 instead of 9 multiply-adds per output pixel and channel
 //! pair; the transforms only add and subtract.
 //!
+//! Two drivers: [`accumulate`] adds a few items' gradient to a thread's partial dW (blocks of
+//! tiles within L2), [`batch`] takes a whole batch on the pool when the maps are small and the
+//! channels many (see [`batch_fits`]).
+//!
 //! Positions are numbered `4 i + j`, `i` the tile's row transform, `j` its column transform.
 
 use super::conv::zero_padded_pixel_major_to;
@@ -85,19 +89,20 @@ pub(crate) fn accumulate(x: &[f32], dy: &[f32], [items, cin, h, w]: [usize; 4], 
     // block's tiles) must be large enough that the product, not that traffic, sets the time.
     let cap = block_tiles(cin, cout).min(items * th * tw);
     let mut du = vec![0.0f32; POSITIONS * cout * cin];
-    // Transformed values, position-major then tile-major: `v[(pos * cap + t) * cin + ci]`,
-    // `m[(pos * cap + t) * cout + o]`, so that both sides of each product are read along
-    // their rows (channels) when the product kernels pack them.
-    let mut v = vec![0.0f32; POSITIONS * cap * cin];
-    let mut m = vec![0.0f32; POSITIONS * cap * cout];
+    // Transformed values, one slice per position, tile-major within: `v[pos][t * cin + ci]`,
+    // `m[pos][t * cout + o]`, so that both sides of each product are read along their rows
+    // (channels) when the product kernels pack them.
+    let (mut v_values, mut m_values) = (vec![0.0f32; POSITIONS * cap * cin], vec![0.0f32; POSITIONS * cap * cout]);
+    let mut v: Vec<&mut [f32]> = v_values.chunks_mut(cap * cin).collect();
+    let mut m: Vec<&mut [f32]> = m_values.chunks_mut(cap * cout).collect();
     let mut tmp = vec![0.0f32; POSITIONS * cin.max(cout)];
     let mut filled = 0;
-    let flush = |du: &mut [f32], v: &[f32], m: &[f32], filled: usize| {
+    let flush = |du: &mut [f32], v: &[&mut [f32]], m: &[&mut [f32]], filled: usize| {
         for pos in 0..POSITIONS {
             matmul(
                 MatMut::rows(&mut du[pos * cout * cin..][..cout * cin], cout, cin, cin),
-                Mat::transposed(&m[pos * cap * cout..][..filled * cout], cout, filled, cout),
-                Mat::rows(&v[pos * cap * cin..][..filled * cin], filled, cin, cin),
+                Mat::transposed(&m[pos][..filled * cout], cout, filled, cout),
+                Mat::rows(&v[pos][..filled * cin], filled, cin, cin),
                 true,
                 Parallelism::None,
             );
@@ -124,9 +129,9 @@ pub(crate) fn accumulate(x: &[f32], dy: &[f32], [items, cin, h, w]: [usize; 4], 
         for t in 0..th * tw {
             let (ty, tx) = (t / tw, t % tw);
             let window = |i: usize, j: usize| &xp[((2 * ty + i) * wp + 2 * tx + j) * cin..][..cin];
-            input_tile(window, &mut tmp[..POSITIONS * cin], &mut v, cap, filled);
+            input_tile(window, &mut tmp[..POSITIONS * cin], &mut v, filled);
             let grad = |i: usize, j: usize| &gp[((2 * ty + i) * gw + 2 * tx + j) * cout..][..cout];
-            gradient_tile(grad, &mut tmp[..POSITIONS * cout], &mut m, cap, filled);
+            gradient_tile(grad, &mut tmp[..POSITIONS * cout], &mut m, filled);
             filled += 1;
             if filled == cap {
                 flush(&mut du, &v, &m, filled);
@@ -137,37 +142,136 @@ pub(crate) fn accumulate(x: &[f32], dy: &[f32], [items, cin, h, w]: [usize; 4], 
     if filled > 0 {
         flush(&mut du, &v, &m, filled);
     }
-    // dg = G^T dU G, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]: G^T u for a 4-vector u is
-    // [u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3].
-    let gt = |u: [f32; 4]| [u[0] + 0.5 * (u[1] + u[2]), 0.5 * (u[1] - u[2]), 0.5 * (u[1] + u[2]) + u[3]];
     for o in 0..cout {
         for ci in 0..cin {
-            let at = |pos: usize| du[(pos * cout + o) * cin + ci];
-            // Over j for each i (G on the right), then over i (G^T on the left).
-            let half: [[f32; 3]; 4] = std::array::from_fn(|i| gt(std::array::from_fn(|j| at(4 * i + j))));
-            for kx in 0..3 {
-                let col = gt(std::array::from_fn(|i| half[i][kx]));
-                for (ky, value) in col.into_iter().enumerate() {
-                    dwt[((ci * 3 + ky) * 3 + kx) * cout + o] += value;
-                }
+            let g = kernel_gradient(|pos| du[(pos * cout + o) * cin + ci]);
+            for (tap, value) in g.into_iter().enumerate() {
+                dwt[(ci * 9 + tap) * cout + o] += value;
             }
         }
     }
 }
 
+/// Values up to which [`batch`] takes a whole batch at once, dU included (48 MiB).
+const BATCH_MAX_VALUES: usize = 12 << 20;
+
+/// Whether [`batch`] takes a batch of `items` inputs `[cin, h, w]` and `cout` output channels:
+/// when dU is large against the transformed tiles (at most four times fewer values than dU, in
+/// all the batch's tiles: few tiles, many channels), and all of them fit in
+/// [`BATCH_MAX_VALUES`]. Batch 16, weight gradient alone, ms of [`accumulate`] on each thread's
+/// items -> [`batch`], medians paired in one process on a Zen 4 (session 39), two threads (one):
+/// 256 -> 256 channels at 8x8 6.4-6.6 -> 4.2 (11.5-11.7 -> 8.6-9.6), at 10x8 8.2-8.9 -> 5.4
+/// (11.8-12.0 -> 10.6-10.7), 128 -> 128 at 8x8 1.43 -> 1.06 (2.57 -> 2.67-2.87, the one loss
+/// taken). With more tile values than that (measured before this test existed) it gained less
+/// or lost, [`accumulate`]'s blocks staying in L2: 128 at 12x8 2.1 -> 1.8 (3.5 -> 3.8), 128 at
+/// 16x16 4.5 -> 5.3 (8.9 -> 12.0), 64 at 32x32 5.1 -> 8.5 (9.6 -> 17.2).
+pub(crate) fn batch_fits([items, cin, h, w]: [usize; 4], cout: usize) -> bool {
+    let tiles = items * h.div_ceil(2) * w.div_ceil(2);
+    let transformed = POSITIONS * tiles * (cin + cout);
+    transformed <= 4 * POSITIONS * cin * cout && transformed + POSITIONS * cin * cout <= BATCH_MAX_VALUES
+}
+
+/// The weight gradient of a whole batch, in the weight's layout (`[cout, cin, 3, 3]`), on
+/// rayon's pool: the items' tiles transformed side by side, then one product per position over
+/// every tile of the batch (16 tasks), then dU back to dW by output channel. Where the maps are
+/// small and the channels many (ResNet-18's 256 channels at 8x8: 16 tiles per item), the
+/// threads of [`accumulate`] each kept a dU of their own (4 MiB there), wrote it once per block
+/// and summed them at the end; here dU is written once and split, and no partial sums remain.
+/// `x` holds the inputs `[items, cin, h, w]`, `dy` the output gradients `[items, cout, h, w]`.
+pub(crate) fn batch(x: &[f32], dy: &[f32], [items, cin, h, w]: [usize; 4], cout: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    assert!(x.len() >= items * cin * h * w && dy.len() >= items * cout * h * w, "winograd_grad: inputs too short");
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let per_item = th * tw;
+    let tiles = items * per_item;
+    if tiles == 0 || cin == 0 || cout == 0 {
+        return vec![0.0; cout * cin * 9];
+    }
+    let mut v_values = super::buffer::overwritten(POSITIONS * tiles * cin);
+    let mut m_values = super::buffer::overwritten(POSITIONS * tiles * cout);
+    let (v_pieces, m_pieces) =
+        (by_item(&mut v_values, items, per_item * cin), by_item(&mut m_values, items, per_item * cout));
+    v_pieces.into_par_iter().zip(m_pieces).enumerate().for_each(|(b, (mut v, mut m))| {
+        let (wp, gw) = (2 * tw + 2, 2 * tw);
+        let xp = zero_padded_pixel_major_to(
+            |ci| &x[(b * cin + ci) * h * w..][..h * w],
+            [cin, h, w],
+            [1, 1],
+            [2 * th + 2, wp],
+            None,
+        );
+        let gp = zero_padded_pixel_major_to(
+            |o| &dy[(b * cout + o) * h * w..][..h * w],
+            [cout, h, w],
+            [0, 0],
+            [2 * th, gw],
+            None,
+        );
+        let mut tmp = vec![0.0f32; POSITIONS * cin.max(cout)];
+        for t in 0..per_item {
+            let (ty, tx) = (t / tw, t % tw);
+            let window = |i: usize, j: usize| &xp[((2 * ty + i) * wp + 2 * tx + j) * cin..][..cin];
+            input_tile(window, &mut tmp[..POSITIONS * cin], &mut v, t);
+            let grad = |i: usize, j: usize| &gp[((2 * ty + i) * gw + 2 * tx + j) * cout..][..cout];
+            gradient_tile(grad, &mut tmp[..POSITIONS * cout], &mut m, t);
+        }
+    });
+    let mut du = super::buffer::overwritten(POSITIONS * cout * cin);
+    du.par_chunks_mut(cout * cin).enumerate().for_each(|(pos, du)| {
+        matmul(
+            MatMut::rows(du, cout, cin, cin),
+            Mat::transposed(&m_values[pos * tiles * cout..][..tiles * cout], cout, tiles, cout),
+            Mat::rows(&v_values[pos * tiles * cin..][..tiles * cin], tiles, cin, cin),
+            false,
+            Parallelism::None,
+        );
+    });
+    let mut dw = super::buffer::overwritten(cout * cin * 9);
+    dw.par_chunks_mut(cin * 9).enumerate().for_each(|(o, row)| {
+        for (ci, taps) in row.chunks_exact_mut(9).enumerate() {
+            taps.copy_from_slice(&kernel_gradient(|pos| du[(pos * cout + o) * cin + ci]));
+        }
+    });
+    dw
+}
+
+/// Item b's share of every position's slice of `values` (`POSITIONS` slices of `items` runs of
+/// `run` values): `pieces[b][pos]`, disjoint, so that the items' transforms run in parallel.
+fn by_item(values: &mut [f32], items: usize, run: usize) -> Vec<Vec<&mut [f32]>> {
+    let mut pieces: Vec<Vec<&mut [f32]>> = (0..items).map(|_| Vec::with_capacity(POSITIONS)).collect();
+    for slice in values.chunks_mut(items * run) {
+        for (b, piece) in slice.chunks_mut(run).enumerate() {
+            pieces[b].push(piece);
+        }
+    }
+    pieces
+}
+
+/// `dg = G^T dU G` for one (output, input) channel pair, `du(pos)` its transformed gradient at
+/// each position; the nine taps row by row. `G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]`:
+/// `G^T u` for a 4-vector `u` is `[u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3]`.
+#[inline(always)]
+fn kernel_gradient(du: impl Fn(usize) -> f32) -> [f32; 9] {
+    let gt = |u: [f32; 4]| [u[0] + 0.5 * (u[1] + u[2]), 0.5 * (u[1] - u[2]), 0.5 * (u[1] + u[2]) + u[3]];
+    // Over j for each i (G on the right), then over i (G^T on the left).
+    let half: [[f32; 3]; 4] = std::array::from_fn(|i| gt(std::array::from_fn(|j| du(4 * i + j))));
+    let mut g = [0.0f32; 9];
+    for kx in 0..3 {
+        let col = gt(std::array::from_fn(|i| half[i][kx]));
+        for (ky, value) in col.into_iter().enumerate() {
+            g[ky * 3 + kx] = value;
+        }
+    }
+    g
+}
+
 /// `V = B^T d B` of one tile, every channel at once: `window(i, j)` is the 4x4 window's pixel
-/// (row `i`, column `j`) as a run of channels; position `pos` goes to
-/// `dst[(pos * tiles + t) * c..]`. `B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`.
-fn input_tile<'a>(
-    window: impl Fn(usize, usize) -> &'a [f32],
-    tmp: &mut [f32],
-    dst: &mut [f32],
-    tiles: usize,
-    t: usize,
-) {
+/// (row `i`, column `j`) as a run of channels; position `pos` goes to `dst[pos][t * c..]`.
+/// `B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`.
+fn input_tile<'a>(window: impl Fn(usize, usize) -> &'a [f32], tmp: &mut [f32], dst: &mut [&mut [f32]], t: usize) {
     let c = tmp.len() / POSITIONS;
     let at = |pos: usize| (pos * c)..(pos + 1) * c;
-    let out = |pos: usize| (pos * tiles + t) * c..(pos * tiles + t + 1) * c;
+    let out = |_pos: usize| t * c..(t + 1) * c;
     // tmp[4 i + j] = row i of B^T applied down column j.
     for j in 0..4 {
         let (d0, d1, d2, d3) = (window(0, j), window(1, j), window(2, j), window(3, j));
@@ -178,25 +282,19 @@ fn input_tile<'a>(
     }
     for i in 0..4 {
         let row = |j: usize| &tmp[at(4 * i + j)];
-        combine(&mut dst[out(4 * i)], row(0), row(2), -1.0);
-        combine(&mut dst[out(4 * i + 1)], row(1), row(2), 1.0);
-        combine(&mut dst[out(4 * i + 2)], row(2), row(1), -1.0);
-        combine(&mut dst[out(4 * i + 3)], row(1), row(3), -1.0);
+        combine(&mut dst[4 * i][out(4 * i)], row(0), row(2), -1.0);
+        combine(&mut dst[4 * i + 1][out(4 * i + 1)], row(1), row(2), 1.0);
+        combine(&mut dst[4 * i + 2][out(4 * i + 2)], row(2), row(1), -1.0);
+        combine(&mut dst[4 * i + 3][out(4 * i + 3)], row(1), row(3), -1.0);
     }
 }
 
 /// `A dY A^T` of one 2x2 tile, every channel at once (`grad(i, j)` the tile's output pixel as a
 /// run of channels; destinations as for [`input_tile`]), `A = [1 0; 1 1; 1 -1; 0 -1]`.
-fn gradient_tile<'a>(
-    grad: impl Fn(usize, usize) -> &'a [f32],
-    tmp: &mut [f32],
-    dst: &mut [f32],
-    tiles: usize,
-    t: usize,
-) {
+fn gradient_tile<'a>(grad: impl Fn(usize, usize) -> &'a [f32], tmp: &mut [f32], dst: &mut [&mut [f32]], t: usize) {
     let c = tmp.len() / POSITIONS;
     let at = |pos: usize| (pos * c)..(pos + 1) * c;
-    let out = |pos: usize| (pos * tiles + t) * c..(pos * tiles + t + 1) * c;
+    let out = |_pos: usize| t * c..(t + 1) * c;
     // tmp[4 i + j], j < 2: row i of A applied down column j: g0, g0 + g1, g0 - g1, -g1.
     for j in 0..2 {
         let (g0, g1) = (grad(0, j), grad(1, j));
@@ -207,10 +305,10 @@ fn gradient_tile<'a>(
     }
     for i in 0..4 {
         let (a, b) = (&tmp[at(4 * i)], &tmp[at(4 * i + 1)]);
-        dst[out(4 * i)].copy_from_slice(a);
-        combine(&mut dst[out(4 * i + 1)], a, b, 1.0);
-        combine(&mut dst[out(4 * i + 2)], a, b, -1.0);
-        combine(&mut dst[out(4 * i + 3)], b, b, -2.0);
+        dst[4 * i][out(4 * i)].copy_from_slice(a);
+        combine(&mut dst[4 * i + 1][out(4 * i + 1)], a, b, 1.0);
+        combine(&mut dst[4 * i + 2][out(4 * i + 2)], a, b, -1.0);
+        combine(&mut dst[4 * i + 3][out(4 * i + 3)], b, b, -2.0);
     }
 }
 
@@ -227,10 +325,39 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    /// Against the definition in f64 (zero padding 1), onto a non-zero dW, on maps with odd and
-    /// even sides (partial tiles on the right and bottom), several items, channel counts off the
-    /// product kernels' tiles. Tolerance 1e-4 relative to the largest gradient (sums of up to
-    /// ~1000 products of values in [-1, 1]; the transforms add at most 4 terms each way).
+    /// The weight gradient by its definition in f64 (zero padding 1), column-major as
+    /// [`accumulate`] keeps it: `want[(ci * 9 + tap) * cout + o]`.
+    fn definition(x: &[f32], dy: &[f32], [items, cin, h, w]: [usize; 4], cout: usize) -> Vec<f64> {
+        let mut want = vec![0.0f64; cin * 9 * cout];
+        for b in 0..items {
+            for o in 0..cout {
+                for ci in 0..cin {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let mut s = 0.0f64;
+                            for y in 0..h {
+                                for xo in 0..w {
+                                    let (iy, ix) = (y as isize + ky as isize - 1, xo as isize + kx as isize - 1);
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    s += dy[((b * cout + o) * h + y) * w + xo] as f64
+                                        * x[((b * cin + ci) * h + iy as usize) * w + ix as usize] as f64;
+                                }
+                            }
+                            want[((ci * 3 + ky) * 3 + kx) * cout + o] += s;
+                        }
+                    }
+                }
+            }
+        }
+        want
+    }
+
+    /// Against the definition in f64, onto a non-zero dW, on maps with odd and even sides
+    /// (partial tiles on the right and bottom), several items, channel counts off the product
+    /// kernels' tiles. Tolerance 1e-4 relative to the largest gradient (sums of up to ~1000
+    /// products of values in [-1, 1]; the transforms add at most 4 terms each way).
     #[test]
     fn matches_the_definition() {
         let mut rng = Rng::new(41);
@@ -240,29 +367,7 @@ mod tests {
         for &(items, cin, cout, h, w) in &cases {
             let x = rng.vec(items * cin * h * w, -1.0, 1.0);
             let dy = rng.vec(items * cout * h * w, -1.0, 1.0);
-            let mut want = vec![0.0f64; cin * 9 * cout];
-            for b in 0..items {
-                for o in 0..cout {
-                    for ci in 0..cin {
-                        for ky in 0..3 {
-                            for kx in 0..3 {
-                                let mut s = 0.0f64;
-                                for y in 0..h {
-                                    for xo in 0..w {
-                                        let (iy, ix) = (y as isize + ky as isize - 1, xo as isize + kx as isize - 1);
-                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                            continue;
-                                        }
-                                        s += dy[((b * cout + o) * h + y) * w + xo] as f64
-                                            * x[((b * cin + ci) * h + iy as usize) * w + ix as usize] as f64;
-                                    }
-                                }
-                                want[((ci * 3 + ky) * 3 + kx) * cout + o] += s;
-                            }
-                        }
-                    }
-                }
-            }
+            let want = definition(&x, &dy, [items, cin, h, w], cout);
             let mut got = vec![0.25f32; cin * 9 * cout];
             accumulate(&x, &dy, [items, cin, h, w], cout, &mut got);
             let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
@@ -272,6 +377,37 @@ mod tests {
                     "{items}x{cin}->{cout} {h}x{w} at {i}: {} vs {w}",
                     *g as f64 - 0.25
                 );
+            }
+        }
+    }
+
+    /// [`batch`] against the definition, same tolerance, in the weight's layout; with the
+    /// buffers poisoned (NaN), so that a value it leaves unwritten fails. The cases take it
+    /// (`batch_fits`) but the second, which checks that the function stands on its own.
+    #[test]
+    fn batch_matches_the_definition() {
+        let mut rng = Rng::new(43);
+        let cases =
+            [(2, 32, 33, 9, 10, true), (3, 40, 36, 8, 8, true), (1, 5, 7, 7, 9, false), (4, 64, 48, 5, 6, true)];
+        for &(items, cin, cout, h, w, fits) in &cases {
+            assert_eq!(batch_fits([items, cin, h, w], cout), fits, "{items}x{cin}->{cout} {h}x{w}");
+            let x = rng.vec(items * cin * h * w, -1.0, 1.0);
+            let dy = rng.vec(items * cout * h * w, -1.0, 1.0);
+            let want = definition(&x, &dy, [items, cin, h, w], cout);
+            crate::cpu::buffer::poison_fresh_buffers(true);
+            let got = batch(&x, &dy, [items, cin, h, w], cout);
+            crate::cpu::buffer::poison_fresh_buffers(false);
+            let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            for o in 0..cout {
+                for ci in 0..cin {
+                    for tap in 0..9 {
+                        let (g, w) = (got[(o * cin + ci) * 9 + tap] as f64, want[(ci * 9 + tap) * cout + o]);
+                        assert!(
+                            (g - w).abs() <= 1e-4 * scale,
+                            "{items}x{cin}->{cout} {h}x{w} ({o}, {ci}, {tap}): {g} vs {w}"
+                        );
+                    }
+                }
             }
         }
     }
