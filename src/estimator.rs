@@ -30,7 +30,7 @@ use crate::models::{
     at_trained_input, config, config as config_of, load_model, load_model_bytes, ModelConfig, WeightsSource,
 };
 use crate::pipeline::crop::{warp_batch, CropConfig, CropTransform, ImageRef, Normalization};
-use crate::pipeline::decode::{average_flipped, decode, DecodeConfig, HeatmapKind, Keypoint};
+use crate::pipeline::decode::{average_flipped, decode, DecodeConfig, HeatmapKind, Keypoint, Refinement};
 use crate::pipeline::preprocess_gpu::GpuPreprocess;
 use crate::skeleton::Skeleton;
 use crate::tensor::Tensor;
@@ -40,9 +40,14 @@ use crate::tensor::Tensor;
 pub struct EstimatorOptions {
     /// Average with the horizontally mirrored crop (left/right swapped): slower, more accurate.
     pub flip_test: bool,
-    /// How heatmaps become keypoints (DARK refinement by default). The heatmap kind is set from
-    /// the network's output when the estimator is built.
+    /// How heatmaps become keypoints (DARK refinement with sigma 2 by default). The heatmap kind
+    /// is set from the network's output when the estimator is built, and DARK's sigma from the
+    /// weights' card (see `decode_sigma_from_weights`).
     pub decode: DecodeConfig,
+    /// When the weights' model card records the sigma of the Gaussians they were trained on
+    /// ([`crate::weights::HEATMAP_SIGMA_KEY`]), DARK refinement uses it instead of `decode`'s
+    /// (DARK models each peak as that Gaussian). On by default; off keeps `decode` as given.
+    pub decode_sigma_from_weights: bool,
     /// Crop padding around the person box (1.25 = 25% margin).
     pub padding: f32,
     /// Seed of the random initialisation (see `random_weights`).
@@ -76,6 +81,7 @@ impl Default for EstimatorOptions {
         EstimatorOptions {
             flip_test: false,
             decode: DecodeConfig::dark(HeatmapKind::Linear, 2.0),
+            decode_sigma_from_weights: true,
             padding: 1.25,
             seed: 0,
             random_weights: false,
@@ -199,7 +205,7 @@ impl Estimator {
             None => at_trained_input(config, weights)?,
         };
         let skeleton = skeleton_of(config)?;
-        let (graph, weights, _card) = load_model(config, weights, opts.seed)?;
+        let (graph, weights, card) = load_model(config, weights, opts.seed)?;
         if matches!(weights, WeightsSource::RandomInit { .. }) && !opts.random_weights {
             return Err(Error::Input(format!(
                 "no trained weights for `{}`: none given and {} does not exist (pass a weights file, set \
@@ -210,7 +216,7 @@ impl Estimator {
                 crate::models::shipped_weights_path(config.name).display()
             )));
         }
-        let mut est = Self::from_loaded(config, skeleton, graph, weights, ctx, opts)?;
+        let mut est = Self::from_loaded(config, skeleton, graph, weights, card.as_ref(), ctx, opts)?;
         if opts.find_people {
             let det_cfg = config_of(DEFAULT_DETECTOR)?;
             let det = PersonDetector::with_gpu(&det_cfg, None, ctx, Default::default()).map_err(|e| match e {
@@ -240,8 +246,8 @@ impl Estimator {
             None => *config,
         };
         let skeleton = skeleton_of(config)?;
-        let (graph, _card) = load_model_bytes(config, bytes, label)?;
-        Self::from_loaded(config, skeleton, graph, WeightsSource::Bytes(label.to_string()), ctx, opts)
+        let (graph, card) = load_model_bytes(config, bytes, label)?;
+        Self::from_loaded(config, skeleton, graph, WeightsSource::Bytes(label.to_string()), Some(&card), ctx, opts)
     }
 
     fn from_loaded(
@@ -249,10 +255,18 @@ impl Estimator {
         skeleton: &'static Skeleton,
         graph: Graph,
         weights: WeightsSource,
+        card: Option<&crate::weights::ModelCard>,
         ctx: Option<&GpuContext>,
         mut opts: EstimatorOptions,
     ) -> Result<Self> {
         opts.decode.kind = if config.sigmoid_output() { HeatmapKind::Sigmoid } else { HeatmapKind::Linear };
+        if let (true, Refinement::Dark { .. }, Some(card)) =
+            (opts.decode_sigma_from_weights, opts.decode.refinement, card)
+        {
+            if let Some(sigma) = card.heatmap_sigma()? {
+                opts.decode.refinement = Refinement::Dark { sigma };
+            }
+        }
         let graph = crate::cpu::PackedGraph::new(optimize_for_inference(&graph));
         let backend = match ctx {
             Some(ctx) => Backend::Gpu {

@@ -143,6 +143,12 @@ pub const CARD_KEYS: [&str; 13] = [
     "wgpose_version",
 ];
 
+/// Model-card key (in [`ModelCard::extra`]) of the standard deviation, in heatmap pixels, of the
+/// Gaussians the network was trained to output (`wgpose train --sigma`; 2 when absent, the
+/// trainer's default before the key existed). DARK decoding reads it
+/// ([`crate::EstimatorOptions::decode_sigma_from_weights`]).
+pub const HEATMAP_SIGMA_KEY: &str = "heatmap_sigma";
+
 /// Conventional name of a joint set of `k` joints.
 pub fn joint_format_for(k: usize) -> String {
     match k {
@@ -205,6 +211,16 @@ impl ModelCard {
     /// not parse (e.g. `joints=abc`) is an [`Error::Input`] naming the key.
     pub fn from_metadata(map: &BTreeMap<String, String>) -> Result<ModelCard> {
         card_from_metadata(map).map_err(Error::Input)
+    }
+
+    /// The training Gaussians' sigma recorded under [`HEATMAP_SIGMA_KEY`], if any; a value that
+    /// is not a number in (0, 64] is an [`Error::Input`].
+    pub fn heatmap_sigma(&self) -> Result<Option<f32>> {
+        let Some(v) = self.extra.get(HEATMAP_SIGMA_KEY) else { return Ok(None) };
+        match v.trim().parse::<f32>() {
+            Ok(s) if s.is_finite() && s > 0.0 && s <= 64.0 => Ok(Some(s)),
+            _ => Err(Error::Input(format!("model card: `{HEATMAP_SIGMA_KEY}` = {v:?} is not a sigma in (0, 64]"))),
+        }
     }
 
     /// Checks that `extra` does not shadow a named field.

@@ -91,6 +91,49 @@ fn keypoints_land_inside_the_crop_and_boxes_are_checked() {
     }
 }
 
+/// DARK decodes with the sigma the weights' card records (`heatmap_sigma`), unless the options
+/// say to keep theirs; a card whose sigma is not a number is refused with its key named.
+#[test]
+fn decoding_uses_the_training_sigma_of_the_weights() {
+    use wgpose::pipeline::decode::Refinement;
+    let dir = std::env::temp_dir().join(format!("wgpose-est-sigma-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = small_model();
+    let graph = cfg.build(3).unwrap();
+    let file = |name: &str, sigma: Option<&str>| {
+        let mut card = wgpose::weights::ModelCard::for_model(&cfg, &graph);
+        if let Some(s) = sigma {
+            card.extra.insert(wgpose::weights::HEATMAP_SIGMA_KEY.into(), s.into());
+        }
+        let path = dir.join(name);
+        wgpose::weights::save(&path, &graph, &card).unwrap();
+        path
+    };
+    let opts = EstimatorOptions { find_people: false, ..Default::default() };
+    let sigma_of = |est: &Estimator| match est.options().decode.refinement {
+        Refinement::Dark { sigma } => sigma,
+        other => panic!("{other:?}"),
+    };
+    let narrow = file("narrow.safetensors", Some("1.5"));
+    assert_eq!(sigma_of(&Estimator::new(&cfg, Some(&narrow), None, opts).unwrap()), 1.5);
+    let keep = EstimatorOptions { decode_sigma_from_weights: false, ..opts };
+    assert_eq!(sigma_of(&Estimator::new(&cfg, Some(&narrow), None, keep).unwrap()), 2.0);
+    let bytes = std::fs::read(&narrow).unwrap();
+    let from_bytes = Estimator::from_weights_bytes(&cfg, &bytes, "narrow", None, opts).unwrap();
+    assert_eq!(sigma_of(&from_bytes), 1.5);
+    let older = file("older.safetensors", None);
+    assert_eq!(sigma_of(&Estimator::new(&cfg, Some(&older), None, opts).unwrap()), 2.0);
+    for bad in ["wide", "0", "-1", "NaN", "100"] {
+        let path = file("bad.safetensors", Some(bad));
+        match Estimator::new(&cfg, Some(&path), None, opts) {
+            Err(wgpose::Error::Input(m)) => assert!(m.contains("heatmap_sigma"), "{bad}: {m}"),
+            Err(e) => panic!("{bad}: {e}"),
+            Ok(_) => panic!("{bad}: accepted"),
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn every_image_layout_loads_and_bad_files_are_errors() {
     let dir = std::env::temp_dir().join(format!("wgpose-est-{}", std::process::id()));

@@ -327,6 +327,8 @@ fn session_writes_everything_and_resume_continues() {
     assert!(card.metrics.contains("val_pck@0.2="), "{}", card.metrics);
     assert!(card.training_data.contains("LSPET images 1..2"), "{}", card.training_data);
     assert!(card.gflops.unwrap() > 0.0 && card.wall_time_s.unwrap() > 0.0);
+    // The target Gaussians' sigma (the default 2), which decoding reads back.
+    assert_eq!(card.heatmap_sigma().unwrap(), Some(2.0));
     // The final weights load into a fresh graph of the same config.
     let cfg = wgpose::models::config("sghg-1x64-lsp").unwrap().with_input([3, 64, 64]);
     let mut g = cfg.build(0).unwrap();

@@ -11,7 +11,8 @@
 //!   `elapsed_s` is training wall time including earlier sessions of a resumed run.
 //! - `checkpoint-eNNN.safetensors` after epoch NNN: weights (running statistics included) with a
 //!   model card whose `epochs` is the number of completed epochs and whose extra keys hold
-//!   `train_step`, `train_seed`, `train_loss`, `train_optimizer`, `train_batch`, `train_lr`;
+//!   `train_step`, `train_seed`, `train_loss`, `train_optimizer`, `train_batch`, `train_lr` and
+//!   `heatmap_sigma` (the target Gaussians' sigma, which decoding reads);
 //!   beside it `checkpoint-eNNN.optim.safetensors` with the optimiser state
 //!   ([`super::optim`]).
 //! - `curve.png`: loss per logged step and validation PCK per epoch (`training::plot`).
@@ -344,6 +345,10 @@ pub(crate) fn validate(a: &TrainConfig) -> Result<()> {
     positive("lr", a.lr)?;
     positive("lr-gamma", a.lr_gamma)?;
     positive("sigma", a.sigma)?;
+    if a.sigma > 64.0 {
+        // The cards record it (`heatmap_sigma`), and decoding refuses sigmas above 64 pixels.
+        return bad(format!("--sigma {} is beyond 64 heatmap pixels", a.sigma));
+    }
     if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
         return bad(format!("--weight-decay {} must be a finite number, 0 or above", a.weight_decay));
     }
@@ -839,6 +844,7 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
         let ex = &mut card.extra;
         ex.insert("train_step".into(), step.to_string());
         ex.insert("train_seed".into(), a.seed.to_string());
+        ex.insert(weights::HEATMAP_SIGMA_KEY.into(), a.sigma.to_string());
         ex.insert(
             "train_loss".into(),
             match loss_kind {
@@ -881,6 +887,7 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
     card.extra.insert("train_optimizer".into(), kind.as_str().into());
     card.extra.insert("train_batch".into(), a.batch.to_string());
     card.extra.insert("train_seed".into(), a.seed.to_string());
+    card.extra.insert(weights::HEATMAP_SIGMA_KEY.into(), a.sigma.to_string());
     card.extra.insert("train_step".into(), step.to_string());
     card.extra.insert("train_prior_crops".into(), prior_crops.to_string());
     card.extra.insert("train_crops_total".into(), (prior_crops + step * a.batch as u64).to_string());

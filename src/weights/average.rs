@@ -67,11 +67,11 @@ pub fn average_files(paths: &[&Path]) -> Result<(Graph, ModelCard)> {
     for (sum, (_, t)) in sums.iter().zip(named_params_mut(&mut graph)) {
         t.data.iter_mut().zip(sum).for_each(|(v, &s)| *v = (s / n) as f32);
     }
-    let card = soup_card(&cfg, &graph, paths, &cards);
+    let card = soup_card(&cfg, &graph, paths, &cards)?;
     Ok((graph, card))
 }
 
-fn soup_card(cfg: &models::ModelConfig, graph: &Graph, paths: &[&Path], cards: &[ModelCard]) -> ModelCard {
+fn soup_card(cfg: &models::ModelConfig, graph: &Graph, paths: &[&Path], cards: &[ModelCard]) -> Result<ModelCard> {
     let num = |c: &ModelCard, k: &str| c.extra.get(k).and_then(|v| v.parse::<u64>().ok());
     let parts: Vec<String> = paths
         .iter()
@@ -104,7 +104,14 @@ fn soup_card(cfg: &models::ModelConfig, graph: &Graph, paths: &[&Path], cards: &
         card.extra.insert("train_crops_total".into(), total.to_string());
     }
     card.extra.insert("soup_inputs".into(), paths.len().to_string());
-    card
+    // The averaged heatmaps' Gaussians: the inputs' mean sigma (2, the trainer's default, for a
+    // card without one), so that DARK decoding of a soup of runs at one sigma uses that sigma.
+    let mut sigma_sum = 0.0f64;
+    for c in cards {
+        sigma_sum += c.heatmap_sigma()?.unwrap_or(2.0) as f64;
+    }
+    card.extra.insert(super::HEATMAP_SIGMA_KEY.into(), ((sigma_sum / cards.len() as f64) as f32).to_string());
+    Ok(card)
 }
 
 /// The crops behind a soup of runs `(prior crops, total crops)`, when every run either started
@@ -175,6 +182,30 @@ mod tests {
         let pt = dir.join("t.safetensors");
         std::fs::write(&pt, &bytes[..bytes.len() / 2]).unwrap();
         assert!(average_files(&[&pa, &pt]).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A soup's card records the inputs' mean training sigma (2 for a card without one), and
+    /// an input whose sigma does not parse is an error.
+    #[test]
+    fn soup_records_the_mean_sigma() {
+        let dir = std::env::temp_dir().join(format!("wgpose-average-sigma-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = models::config("sghg-1x64-lsp").unwrap();
+        let (a, b) = (cfg.build(1).unwrap(), cfg.build(2).unwrap());
+        let pa = write(&dir, "a.safetensors", &a, 100, 140);
+        let with_sigma = |name: &str, g: &Graph, sigma: &str| {
+            let mut card = ModelCard::for_model(&cfg, g);
+            card.extra.insert(super::super::HEATMAP_SIGMA_KEY.into(), sigma.into());
+            let path = dir.join(name);
+            save(&path, g, &card).unwrap();
+            path
+        };
+        let pb = with_sigma("b.safetensors", &b, "1.5");
+        let (_, card) = average_files(&[&pa, &pb]).unwrap();
+        assert_eq!(card.heatmap_sigma().unwrap(), Some(1.75));
+        let pc = with_sigma("c.safetensors", &b, "wide");
+        assert!(matches!(average_files(&[&pa, &pc]), Err(Error::Input(m)) if m.contains("heatmap_sigma")));
         std::fs::remove_dir_all(&dir).ok();
     }
 
