@@ -109,29 +109,9 @@ pub(crate) fn accumulate(x: &[f32], dy: &[f32], [items, cin, h, w]: [usize; 4], 
         }
     };
     for b in 0..items {
-        // Pixel-major copies (channels innermost): the input with its padding of 1 and the
-        // gradient padded to whole tiles, zero outside the maps.
-        let (wp, gw) = (2 * tw + 2, 2 * tw);
-        let xp = zero_padded_pixel_major_to(
-            |ci| &x[(b * cin + ci) * h * w..][..h * w],
-            [cin, h, w],
-            [1, 1],
-            [2 * th + 2, wp],
-            None,
-        );
-        let gp = zero_padded_pixel_major_to(
-            |o| &dy[(b * cout + o) * h * w..][..h * w],
-            [cout, h, w],
-            [0, 0],
-            [2 * th, gw],
-            None,
-        );
+        let maps = ItemMaps::new(x, dy, b, [cin, h, w], cout);
         for t in 0..th * tw {
-            let (ty, tx) = (t / tw, t % tw);
-            let window = |i: usize, j: usize| &xp[((2 * ty + i) * wp + 2 * tx + j) * cin..][..cin];
-            input_tile(window, &mut tmp[..POSITIONS * cin], &mut v, filled);
-            let grad = |i: usize, j: usize| &gp[((2 * ty + i) * gw + 2 * tx + j) * cout..][..cout];
-            gradient_tile(grad, &mut tmp[..POSITIONS * cout], &mut m, filled);
+            maps.transform(t, &mut tmp, &mut v, &mut m, filled);
             filled += 1;
             if filled == cap {
                 flush(&mut du, &v, &m, filled);
@@ -192,28 +172,10 @@ pub(crate) fn batch(x: &[f32], dy: &[f32], [items, cin, h, w]: [usize; 4], cout:
     let (v_pieces, m_pieces) =
         (by_item(&mut v_values, items, per_item * cin), by_item(&mut m_values, items, per_item * cout));
     v_pieces.into_par_iter().zip(m_pieces).enumerate().for_each(|(b, (mut v, mut m))| {
-        let (wp, gw) = (2 * tw + 2, 2 * tw);
-        let xp = zero_padded_pixel_major_to(
-            |ci| &x[(b * cin + ci) * h * w..][..h * w],
-            [cin, h, w],
-            [1, 1],
-            [2 * th + 2, wp],
-            None,
-        );
-        let gp = zero_padded_pixel_major_to(
-            |o| &dy[(b * cout + o) * h * w..][..h * w],
-            [cout, h, w],
-            [0, 0],
-            [2 * th, gw],
-            None,
-        );
+        let maps = ItemMaps::new(x, dy, b, [cin, h, w], cout);
         let mut tmp = vec![0.0f32; POSITIONS * cin.max(cout)];
         for t in 0..per_item {
-            let (ty, tx) = (t / tw, t % tw);
-            let window = |i: usize, j: usize| &xp[((2 * ty + i) * wp + 2 * tx + j) * cin..][..cin];
-            input_tile(window, &mut tmp[..POSITIONS * cin], &mut v, t);
-            let grad = |i: usize, j: usize| &gp[((2 * ty + i) * gw + 2 * tx + j) * cout..][..cout];
-            gradient_tile(grad, &mut tmp[..POSITIONS * cout], &mut m, t);
+            maps.transform(t, &mut tmp, &mut v, &mut m, t);
         }
     });
     let mut du = super::buffer::overwritten(POSITIONS * cout * cin);
@@ -263,6 +225,50 @@ fn kernel_gradient(du: impl Fn(usize) -> f32) -> [f32; 9] {
         }
     }
     g
+}
+
+/// One item's maps for the tile transforms: pixel-major copies (channels innermost) of its input
+/// with the padding of 1 and of its output gradient padded to whole tiles, zero outside the maps.
+struct ItemMaps {
+    xp: Vec<f32>,
+    gp: Vec<f32>,
+    tw: usize,
+    cin: usize,
+    cout: usize,
+}
+
+impl ItemMaps {
+    /// Item `b` of `x` (`[.., cin, h, w]`) and `dy` (`[.., cout, h, w]`).
+    fn new(x: &[f32], dy: &[f32], b: usize, [cin, h, w]: [usize; 3], cout: usize) -> Self {
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let xp = zero_padded_pixel_major_to(
+            |ci| &x[(b * cin + ci) * h * w..][..h * w],
+            [cin, h, w],
+            [1, 1],
+            [2 * th + 2, 2 * tw + 2],
+            None,
+        );
+        let gp = zero_padded_pixel_major_to(
+            |o| &dy[(b * cout + o) * h * w..][..h * w],
+            [cout, h, w],
+            [0, 0],
+            [2 * th, 2 * tw],
+            None,
+        );
+        ItemMaps { xp, gp, tw, cin, cout }
+    }
+
+    /// Transforms tile `t` (row-major over the item's tiles) into slot `slot` of every
+    /// position's slice of `v` (inputs) and `m` (output gradients); `tmp` is scratch.
+    fn transform(&self, t: usize, tmp: &mut [f32], v: &mut [&mut [f32]], m: &mut [&mut [f32]], slot: usize) {
+        let (tw, cin, cout) = (self.tw, self.cin, self.cout);
+        let (ty, tx) = (t / tw, t % tw);
+        let (wp, gw) = (2 * tw + 2, 2 * tw);
+        let window = |i: usize, j: usize| &self.xp[((2 * ty + i) * wp + 2 * tx + j) * cin..][..cin];
+        input_tile(window, &mut tmp[..POSITIONS * cin], v, slot);
+        let grad = |i: usize, j: usize| &self.gp[((2 * ty + i) * gw + 2 * tx + j) * cout..][..cout];
+        gradient_tile(grad, &mut tmp[..POSITIONS * cout], m, slot);
+    }
 }
 
 /// `V = B^T d B` of one tile, every channel at once: `window(i, j)` is the 4x4 window's pixel
