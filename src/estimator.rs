@@ -80,7 +80,7 @@ impl Default for EstimatorOptions {
     fn default() -> Self {
         EstimatorOptions {
             flip_test: false,
-            decode: DecodeConfig::dark(HeatmapKind::Linear, 2.0),
+            decode: DecodeConfig::default(),
             decode_sigma_from_weights: true,
             padding: 1.25,
             seed: 0,

@@ -40,8 +40,8 @@ fn restore_default_sigpipe() {}
 /// threshold only holds the main one), so the pool's threads kept faulting their scratch space
 /// in again: fasterpose-r18-s32-lsp's batch-16 training step on two threads took 5k-15k page
 /// faults after warm-up, none with one arena (`perf stat` on `wgpose bench train`, 3 against 13
-/// steps, session 39). The threads allocate a few large blocks per layer, so sharing the arena's
-/// lock costs nothing measurable.
+/// steps, session 39). The threads allocate a few large blocks per layer, so they seldom meet on
+/// the arena's lock (the step times stayed within this host's run-to-run noise).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     // SAFETY: called in `main` before any thread exists; mallopt only changes allocator

@@ -144,8 +144,8 @@ pub const CARD_KEYS: [&str; 13] = [
 ];
 
 /// Model-card key (in [`ModelCard::extra`]) of the standard deviation, in heatmap pixels, of the
-/// Gaussians the network was trained to output (`wgpose train --sigma`; 2 when absent, the
-/// trainer's default before the key existed). DARK decoding reads it
+/// Gaussians the network was trained to output (`wgpose train --sigma`; when absent,
+/// [`crate::pipeline::decode::DEFAULT_SIGMA`], the trainer's default before the key existed). DARK decoding reads it
 /// ([`crate::EstimatorOptions::decode_sigma_from_weights`]).
 pub const HEATMAP_SIGMA_KEY: &str = "heatmap_sigma";
 

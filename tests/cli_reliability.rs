@@ -214,6 +214,7 @@ fn train_refuses_bad_arguments_before_the_first_step() {
         (&["--lr", "0"], "--lr"),
         (&["--lr-gamma", "NaN"], "--lr-gamma"),
         (&["--sigma", "0"], "--sigma"),
+        (&["--sigma", "100"], "--sigma"),
         (&["--lr-min", "1"], "--lr-min"),
         (&["--shift=-0.5"], "--shift"),
         (&["--half-body", "2"], "--half-body"),

@@ -142,7 +142,7 @@ const BATCH_MAX_VALUES: usize = 12 << 20;
 /// items -> [`batch`], medians paired in one process on a Zen 4 (session 39), two threads (one):
 /// 256 -> 256 channels at 8x8 6.4-6.6 -> 4.2 (11.5-11.7 -> 8.6-9.6), at 10x8 8.2-8.9 -> 5.4
 /// (11.8-12.0 -> 10.6-10.7), 128 -> 128 at 8x8 1.43 -> 1.06 (2.57 -> 2.67-2.87, the one loss
-/// taken). With more tile values than that (measured before this test existed) it gained less
+/// taken). With more tile values than that (measured before the ratio test existed) it gained less
 /// or lost, [`accumulate`]'s blocks staying in L2: 128 at 12x8 2.1 -> 1.8 (3.5 -> 3.8), 128 at
 /// 16x16 4.5 -> 5.3 (8.9 -> 12.0), 64 at 32x32 5.1 -> 8.5 (9.6 -> 17.2).
 pub(crate) fn batch_fits([items, cin, h, w]: [usize; 4], cout: usize) -> bool {

@@ -114,10 +114,14 @@ impl DecodeConfig {
     }
 }
 
+/// The training Gaussians' sigma, in heatmap pixels, unless said otherwise: `wgpose train
+/// --sigma`'s default, and what DARK assumes for weights whose card records none.
+pub const DEFAULT_SIGMA: f32 = 2.0;
+
 impl Default for DecodeConfig {
-    /// Linear heatmaps, DARK with sigma 2.
+    /// Linear heatmaps, DARK with [`DEFAULT_SIGMA`].
     fn default() -> Self {
-        DecodeConfig::dark(HeatmapKind::Linear, 2.0)
+        DecodeConfig::dark(HeatmapKind::Linear, DEFAULT_SIGMA)
     }
 }
 

@@ -182,8 +182,8 @@ pub struct TrainConfig {
     /// e.g. `192x128` for the hourglass); default: the config's.
     #[cfg_attr(feature = "cli", arg(long))]
     pub size: Option<InputSize>,
-    /// Gaussian sigma in heatmap pixels.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2.0))]
+    /// Gaussian sigma in heatmap pixels (above 0, at most 64).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = crate::pipeline::decode::DEFAULT_SIGMA))]
     pub sigma: f32,
     /// Loader threads building augmented batches ahead of the training step.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 1))]
@@ -254,7 +254,7 @@ impl TrainConfig {
             teacher_weight: 0.5,
             match_limb_swaps: false,
             size: None,
-            sigma: 2.0,
+            sigma: crate::pipeline::decode::DEFAULT_SIGMA,
             workers: 1,
             prefetch: 2,
             cache_mb: 3072,

@@ -104,11 +104,11 @@ fn soup_card(cfg: &models::ModelConfig, graph: &Graph, paths: &[&Path], cards: &
         card.extra.insert("train_crops_total".into(), total.to_string());
     }
     card.extra.insert("soup_inputs".into(), paths.len().to_string());
-    // The averaged heatmaps' Gaussians: the inputs' mean sigma (2, the trainer's default, for a
-    // card without one), so that DARK decoding of a soup of runs at one sigma uses that sigma.
+    // The averaged heatmaps' Gaussians: the inputs' mean sigma (the trainer's default for a card
+    // without one), so that DARK decoding of a soup of runs at one sigma uses that sigma.
     let mut sigma_sum = 0.0f64;
     for c in cards {
-        sigma_sum += c.heatmap_sigma()?.unwrap_or(2.0) as f64;
+        sigma_sum += c.heatmap_sigma()?.unwrap_or(crate::pipeline::decode::DEFAULT_SIGMA) as f64;
     }
     card.extra.insert(super::HEATMAP_SIGMA_KEY.into(), ((sigma_sum / cards.len() as f64) as f32).to_string());
     Ok(card)
