@@ -469,6 +469,10 @@ fn conv_gradients() {
             [2, 32, 9, 10],
             ConvSpec::new(33, 3).padding(1),
         ),
+        // 4x4 maps (too few tiles per item for the Winograd weight gradient item by item): the
+        // weight gradient as one Winograd product per position over the batch's tiles
+        // (`cpu::winograd_grad::batch`), as ResNet-18's last stage at 128x128.
+        ("3x3 pad 1 batch 3, 32 -> 36 channels, 4x4 maps", [3, 32, 4, 4], ConvSpec::new(36, 3).padding(1)),
     ];
     for (k, (what, shape, spec)) in cases.into_iter().enumerate() {
         let (g, x) = one_conv(shape, spec, 100 + k as u64);

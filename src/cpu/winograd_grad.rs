@@ -51,17 +51,32 @@ fn block_tiles(cin: usize, cout: usize) -> usize {
 }
 
 /// Whether a convolution with `cin` -> `cout` channels, `kernel`, `stride`, `padding`,
-/// `dilation` and `groups` on output maps `[oh, ow]` takes this path: 3x3, stride 1, padding 1,
-/// dilation 1, one group, at least [`MIN_IN_CHANNELS`] and [`MIN_OUT_CHANNELS`], maps of at
-/// least 8x8 (16 tiles).
+/// `dilation` and `groups` on output maps `[oh, ow]` takes [`accumulate`]: it
+/// [`fits_kernel`], on maps of at least 8x8 (16 tiles per item).
 pub(crate) fn applies(
-    [cin, cout]: [usize; 2],
+    channels: [usize; 2],
     kernel: [usize; 2],
     stride: [usize; 2],
     padding: [usize; 2],
     dilation: [usize; 2],
     groups: usize,
     [oh, ow]: [usize; 2],
+) -> bool {
+    fits_kernel(channels, kernel, stride, padding, dilation, groups) && oh >= 8 && ow >= 8
+}
+
+/// Whether a convolution with `cin` -> `cout` channels, `kernel`, `stride`, `padding`,
+/// `dilation` and `groups` is one these transforms compute: 3x3, stride 1, padding 1, dilation
+/// 1, one group, at least [`MIN_IN_CHANNELS`] and [`MIN_OUT_CHANNELS`]. [`batch`] takes it on
+/// any map size where [`batch_fits`] (its product runs over the whole batch's tiles);
+/// [`accumulate`] where [`applies`].
+pub(crate) fn fits_kernel(
+    [cin, cout]: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    groups: usize,
 ) -> bool {
     kernel == [3, 3]
         && stride == [1, 1]
@@ -70,8 +85,6 @@ pub(crate) fn applies(
         && groups == 1
         && cin >= MIN_IN_CHANNELS
         && cout >= MIN_OUT_CHANNELS
-        && oh >= 8
-        && ow >= 8
 }
 
 /// Adds the weight gradient of `items` batch items to `dwt`, column-major (`dwt[p * cout + o]`,
@@ -393,8 +406,17 @@ mod tests {
     #[test]
     fn batch_matches_the_definition() {
         let mut rng = Rng::new(43);
-        let cases =
-            [(2, 32, 33, 9, 10, true), (3, 40, 36, 8, 8, true), (1, 5, 7, 7, 9, false), (4, 64, 48, 5, 6, true)];
+        // Maps under 8x8 (which only this path takes): 4x4 as ResNet-18's last stage at
+        // 128x128, and sides of 1 to 3 (partial and single tiles).
+        let cases = [
+            (2, 32, 33, 9, 10, true),
+            (3, 40, 36, 8, 8, true),
+            (1, 5, 7, 7, 9, false),
+            (4, 64, 48, 5, 6, true),
+            (6, 48, 40, 4, 4, true),
+            (3, 36, 33, 2, 3, true),
+            (5, 32, 40, 1, 5, true),
+        ];
         for &(items, cin, cout, h, w, fits) in &cases {
             assert_eq!(batch_fits([items, cin, h, w], cout), fits, "{items}x{cin}->{cout} {h}x{w}");
             let x = rng.vec(items * cin * h * w, -1.0, 1.0);
