@@ -258,6 +258,8 @@ fn conv_epilogues_match_reference() {
         ConvCase::new(1, 8, [17, 19], 72, 3).stride(2), // indirect, bias + activation in the tile
         ConvCase::new(1, 16, [9, 11], 72, 1),           // pointwise gathered, the same
         ConvCase::new(1, 40, [11, 37], 48, 3),          // Winograd: 16 + 16 + 8 channels, 16-pixel runs and a tail
+        ConvCase::new(2, 32, [26, 23], 40, 3),          // Winograd F(4x4, 3x3): partial tiles on both edges
+        ConvCase::new(1, 48, [24, 37], 36, 3),          // F(4x4, 3x3): a partial panel, 32-pixel runs and a tail
     ];
     for case in cases {
         for ep in all_epilogues(&mut rng, case.cout) {
@@ -285,7 +287,9 @@ fn conv_epilogues_match_reference() {
 /// of a 160x128 input (three groups of 8 tiles on AVX-512), the head's 256 -> 224, a 64-channel
 /// map of five groups, and a residual epilogue whose reads follow the split; and 128 channels on
 /// a map of 12 groups, in two blocks of groups whose transformed inputs share L2 (the last group
-/// short). On pools of 2 and 3 threads, whatever this machine has.
+/// short); and two layers on F(4x4, 3x3)'s tiles (64 channels at 32x32: 64 tiles; 128 -> 96 at
+/// 25x24: 42 tiles, the last row of tiles cut). On pools of 2 and 3 threads, whatever this
+/// machine has.
 #[test]
 fn winograd_channel_split_matches_reference() {
     let mut rng = Rng::new(21);
@@ -295,6 +299,8 @@ fn winograd_channel_split_matches_reference() {
         ConvCase::new(1, 64, [12, 13], 72, 3),
         ConvCase::new(2, 128, [10, 8], 128, 3),
         ConvCase::new(1, 128, [18, 20], 128, 3),
+        ConvCase::new(1, 64, [32, 32], 64, 3),
+        ConvCase::new(1, 128, [25, 24], 96, 3),
     ];
     for threads in [2, 3] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -906,13 +912,14 @@ fn eval_op_bad_inputs_are_errors() {
 }
 
 /// A `PackedGraph` packs a 3x3 layer for the Winograd path on maps of at least 16 tiles (17x23
-/// here) and for the direct path below (6x7), with a fused input affine (the batch norm + ReLU
-/// before it), a residual and batch 2: both against the reference on the same graph.
+/// here; F(4x4, 3x3)'s tiles from 32 of them, 26x23) and for the direct path below (6x7), with a
+/// fused input affine (the batch norm + ReLU before it), a residual and batch 2: against the
+/// reference on the same graph.
 #[test]
 fn packed_graph_packs_for_the_map_size() {
     poison_unwritten_outputs();
     let mut rng = Rng::new(6);
-    for [h, w] in [[17, 23], [6, 7]] {
+    for [h, w] in [[17, 23], [26, 23], [6, 7]] {
         let mut b = GraphBuilder::new(5);
         b.random_norm_stats = true;
         let x = b.input("x", [40, h, w]).unwrap();

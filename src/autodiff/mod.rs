@@ -218,7 +218,7 @@ fn forward_train_timed(
                         shift: Tensor { shape: vec![c], data: shift },
                         act: fused[id].map_or(Act::None, |(_, act)| act),
                     };
-                    let y = cpu::eval_op(&node.name, &op, &args)?;
+                    let y = cpu::eval_op_for_training(&node.name, &op, &args)?;
                     bn[id] = Some(BnStats { mean, inv_std, batch: bn_mode == BnMode::Train });
                     y
                 }
@@ -229,7 +229,7 @@ fn forward_train_timed(
                     y
                 }
                 op => {
-                    let mut y = cpu::eval_op(&node.name, op, &args)?;
+                    let mut y = cpu::eval_op_for_training(&node.name, op, &args)?;
                     if let Some((_, act)) = fused[id] {
                         y.data.par_chunks_mut(1 << 14).for_each(|d| cpu::ops::act_in_place(d, act));
                     }

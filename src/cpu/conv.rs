@@ -1,7 +1,8 @@
 //! Fast CPU convolution, in one of two strategies ([`ConvStrategy`], picked per layer), except
 //! for the 3x3, stride-1, padding-1 layers of 32 to 256 channels (128 without AVX-512) on maps
-//! of at least 8x8, which run as Winograd F(2x2, 3x3) (`super::winograd`;
-//! `WGPOSE_CPU_WINOGRAD=0` turns it off).
+//! of at least 8x8, which run as Winograd F(2x2, 3x3), or F(4x4, 3x3) on large maps at
+//! inference (`super::winograd`; `WGPOSE_CPU_WINOGRAD=0` turns Winograd off,
+//! `WGPOSE_CPU_WINOGRAD_F4=0` the larger tiles).
 //!
 //! **Indirect** (the default, except for layers of fewer than 32 output channels per group
 //! with the AVX-512 kernel, and training's backward pass on AVX-512): any convolution that is not
@@ -147,7 +148,7 @@ fn gathers_pixels(c: &Conv2d) -> bool {
 /// transformed for the Winograd path (`super::winograd::takes`), else for the indirect kernel.
 pub(crate) fn pack_weights(c: &Conv2d, out_hw: Option<[usize; 2]>) -> PackedWeights {
     if super::winograd::takes(c, out_hw) {
-        return super::winograd::pack_weights(c);
+        return super::winograd::pack_weights(c, super::winograd::variant_for(c, out_hw));
     }
     pack_weights_for(c, super::indirect::kernel_for(Kernel::detect(), c.cout() / c.groups))
 }
@@ -213,6 +214,25 @@ pub(crate) fn conv2d(
     packed: Option<&PackedWeights>,
     input: Option<InputAffine>,
 ) -> Tensor {
+    conv2d_with(x, residual, c, out, packed, input, TileChoice::BySize)
+}
+
+/// [`conv2d`] for training (the forward pass and the input gradients of `crate::autodiff`):
+/// Winograd layers stay on F(2x2, 3x3)'s tiles ([`TileChoice::Small`]).
+pub(crate) fn conv2d_for_training(x: &Planes, c: &Conv2d, out: [usize; 4]) -> Tensor {
+    conv2d_with(x, None, c, out, None, None, TileChoice::Small)
+}
+
+/// The [`conv2d`] of either kind, `tiles` choosing the Winograd tiles.
+fn conv2d_with(
+    x: &Planes,
+    residual: Option<&Tensor>,
+    c: &Conv2d,
+    out: [usize; 4],
+    packed: Option<&PackedWeights>,
+    input: Option<InputAffine>,
+    tiles: TileChoice,
+) -> Tensor {
     assert!(
         (input.is_none() && x.whole().is_some()) || copies_input(c),
         "conv2d: this convolution reads its input in place"
@@ -224,7 +244,7 @@ pub(crate) fn conv2d(
     if is_depthwise(c) {
         depthwise(x.whole().expect("checked above"), c, out, &ep, &mut y);
     } else if super::winograd::chosen(c, packed, [out[2], out[3]]) {
-        super::winograd::conv2d(x, c, out, &ep, &mut y, packed, input);
+        super::winograd::conv2d(x, c, out, &ep, &mut y, packed, input, tiles);
     } else if ConvStrategy::for_conv(c) == ConvStrategy::Indirect {
         indirect_conv(x, c, out, &ep, &mut y, packed, input);
     } else {
@@ -232,6 +252,8 @@ pub(crate) fn conv2d(
     }
     Tensor { shape: out.to_vec(), data: y }
 }
+
+pub(crate) use super::winograd::TileChoice;
 
 /// The epilogue with its per-channel parameters borrowed.
 pub(super) struct EpilogueRef<'a> {

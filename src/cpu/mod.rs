@@ -327,6 +327,15 @@ pub fn run_all(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
     run_all_with(graph, inputs, eval_unchecked)
 }
 
+/// [`eval_op`] as training evaluates it (`crate::autodiff`'s forward pass): convolutions on the
+/// Winograd tiles of `conv::TileChoice::Small`.
+pub(crate) fn eval_op_for_training(name: &str, op: &Op, inputs: &[&Tensor]) -> Result<Tensor> {
+    eval_op_with(name, op, inputs, |op, x, out| match op {
+        Op::Conv2d(c) if x.len() == 1 => conv::conv2d_for_training(&ops::Planes::new(&x[..1]), c, out),
+        _ => eval_unchecked(op, x, out),
+    })
+}
+
 /// Evaluates one operator on explicit input tensors with the fast kernels and returns the
 /// node's output. `name` only labels errors. Shapes and parameters are checked like in [`run`];
 /// values are not (non-finite values propagate).

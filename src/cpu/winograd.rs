@@ -33,8 +33,16 @@
 //! products (4x the activations each) went through L2 and its stores' transposes cost as much
 //! as the products saved.
 //!
-//! Why F(2x2, 3x3) and not F(4x4, 3x3), which saves more multiplications: the larger
-//! transforms carry larger factors and lose precision in f32 (Lavin and Gray); not tried.
+//! F(4x4, 3x3) (`f4`: 4x4 output tiles from 6x6 windows, 36 products per tile, 2.25 per
+//! output instead of 4) runs the same way on maps of at least 32 such tiles and up to 128
+//! channels ([`variant_for`]), for inference only ([`TileChoice`]): its larger factors round more
+//! in f32, within the executor's tolerance against the reference but not within the gradient
+//! checks' once batch norms normalise the errors. Single layers, batch 16, two threads of a
+//! Zen 4, paired medians (session 40): 64 -> 64 channels at 32x32 4.45 -> 3.69 ms, 32 at 64x64
+//! 5.72 -> 4.22, 128 at 32x32 14.6 -> 9.0, 128 at 24x24 14.0 -> 10.6; 64 at 16x16 (16 tiles)
+//! 1.39 -> 1.54 and 128 at 16x16 even, hence the 32-tile threshold. The input transform is
+//! written with explicit arrays: with `std::array::from_fn` in its loop it stayed a function call
+//! per value and took 39% of a layer's time.
 
 use rayon::prelude::*;
 
@@ -45,8 +53,76 @@ use super::indirect::{finish_rows, kernel_for, PackedWeights};
 use super::ops::Planes;
 use crate::graph::Conv2d;
 
-/// Positions of the transformed 4x4 domain (one matrix product each).
+mod f4;
+
+/// Positions of F(2x2, 3x3)'s transformed 4x4 domain (one matrix product each).
 const POSITIONS: usize = 16;
+
+/// Positions and outputs per tile of the largest variant (F(4x4, 3x3)).
+const MAX_POSITIONS: usize = f4::POSITIONS;
+const MAX_OUTPUTS: usize = 16;
+
+/// The tile size: F(2x2, 3x3) or F(4x4, 3x3) (`f4`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Variant {
+    F2,
+    F4,
+}
+
+impl Variant {
+    /// Output tile side.
+    fn side(self) -> usize {
+        match self {
+            Variant::F2 => 2,
+            Variant::F4 => 4,
+        }
+    }
+
+    /// Positions of the transformed domain: products per tile.
+    fn positions(self) -> usize {
+        match self {
+            Variant::F2 => POSITIONS,
+            Variant::F4 => f4::POSITIONS,
+        }
+    }
+
+    /// The variant packed weights were packed for (by their number of positions).
+    fn of_packed(p: &PackedWeights, cout: usize, cin: usize) -> Option<Variant> {
+        [Variant::F2, Variant::F4].into_iter().find(|v| p.fits(v.positions(), cout, cin))
+    }
+}
+
+/// Which Winograd tiles a convolution may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TileChoice {
+    /// F(4x4, 3x3) where the maps are large enough ([`variant_for`]), else F(2x2, 3x3): inference.
+    BySize,
+    /// F(2x2, 3x3) only: training. F(4x4, 3x3)'s larger factors round more in f32 (on random
+    /// 64-channel layers at 32x32, a largest error of 2.5e-5 against 1.2e-6 for F(2x2, 3x3),
+    /// outputs up to 3.6; session 40), within the executor's tolerance against the reference
+    /// but enough, through the batch norms' normalisation, to move 5 of 62 coordinates of the
+    /// soft-gated hourglass's f64 gradient check (`tests/autodiff.rs`) past its 2e-3.
+    Small,
+}
+
+/// The variant a layer `c` takes on output maps `out_hw` (F(2x2, 3x3) when unknown): F(4x4, 3x3)
+/// where the maps hold at least [`MIN_TILES`] 4x4 tiles and the channels are at most
+/// [`F4_MAX_CHANNELS`], with `WGPOSE_CPU_WINOGRAD_F4` not `0`.
+pub(crate) fn variant_for(c: &Conv2d, out_hw: Option<[usize; 2]>) -> Variant {
+    let large = out_hw.is_some_and(|[h, w]| h.div_ceil(4) * w.div_ceil(4) >= F4_MIN_TILES);
+    if large && f4_enabled() && c.cin_per_group() <= F4_MAX_CHANNELS && c.cout() <= F4_MAX_CHANNELS {
+        Variant::F4
+    } else {
+        Variant::F2
+    }
+}
+
+/// 4x4 tiles per map from which F(4x4, 3x3) is taken: 24x24 maps and larger.
+const F4_MIN_TILES: usize = 32;
+
+/// Channels up to which F(4x4, 3x3) is taken (its transformed weights are 2.25 times
+/// F(2x2, 3x3)'s).
+const F4_MAX_CHANNELS: usize = 128;
 
 /// Channel range of the layers this path takes: below 32 output channels the wide tiles are
 /// half empty. With the AVX-512 kernel up to 256: ResNet-18's 256-channel 3x3 layers at 8x8
@@ -96,9 +172,16 @@ pub(crate) fn takes(c: &Conv2d, out_hw: Option<[usize; 2]>) -> bool {
 /// packed when they were (`packed`), else by [`takes`].
 pub(crate) fn chosen(c: &Conv2d, packed: Option<&PackedWeights>, out_hw: [usize; 2]) -> bool {
     match packed {
-        Some(p) => applies(c) && p.fits(POSITIONS, c.cout(), c.cin_per_group()),
+        Some(p) => applies(c) && Variant::of_packed(p, c.cout(), c.cin_per_group()).is_some(),
         None => takes(c, Some(out_hw)),
     }
+}
+
+/// `WGPOSE_CPU_WINOGRAD_F4=0` (or `off`) keeps every layer of this path on F(2x2, 3x3) (for
+/// comparisons).
+fn f4_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !matches!(std::env::var("WGPOSE_CPU_WINOGRAD_F4").as_deref(), Ok("0" | "off")))
 }
 
 /// `WGPOSE_CPU_WINOGRAD=0` (or `off`) turns the Winograd paths off: this forward path, the input
@@ -108,23 +191,26 @@ pub(crate) fn enabled() -> bool {
     *ON.get_or_init(|| !matches!(std::env::var("WGPOSE_CPU_WINOGRAD").as_deref(), Ok("0" | "off")))
 }
 
-/// `c`'s kernels transformed (`U = G g G^T`) and packed for the indirect kernel: group `xi`
-/// holds the `cout x cin` matrix of position `xi`.
-pub(crate) fn pack_weights(c: &Conv2d) -> PackedWeights {
+/// `c`'s kernels transformed for `variant` (`U = G g G^T`) and packed for the indirect kernel:
+/// group `xi` holds the `cout x cin` matrix of position `xi`.
+pub(crate) fn pack_weights(c: &Conv2d, variant: Variant) -> PackedWeights {
     let (cout, cin) = (c.cout(), c.cin_per_group());
+    let positions = variant.positions();
     // Output channel by output channel (in parallel: a training step transforms every layer
-    // again), as `[cout][position][cin]`, then packed with the 16 positions as groups.
-    let mut u = vec![0.0f32; POSITIONS * cout * cin];
-    let per_channel = (POSITIONS * cin).max(1);
+    // again), as `[cout][position][cin]`, then packed with the positions as groups.
+    let mut u = vec![0.0f32; positions * cout * cin];
+    let per_channel = (positions * cin).max(1);
     u.par_chunks_mut(per_channel).zip(c.weight.data.par_chunks((9 * cin).max(1))).for_each(|(u, g)| {
         for (ci, g) in g.chunks_exact(9).enumerate() {
-            for (xi, v) in transform_kernel(g).into_iter().enumerate() {
-                u[xi * cin + ci] = v;
+            let mut put = |xi: usize, v: f32| u[xi * cin + ci] = v;
+            match variant {
+                Variant::F2 => transform_kernel(g).into_iter().enumerate().for_each(|(xi, v)| put(xi, v)),
+                Variant::F4 => f4::transform_kernel(g).into_iter().enumerate().for_each(|(xi, v)| put(xi, v)),
             }
         }
     });
-    PackedWeights::tap_major(kernel_for(Kernel::detect(), cout), POSITIONS, cout, [cin, 1], |xi, co| {
-        &u[(co * POSITIONS + xi) * cin..][..cin]
+    PackedWeights::tap_major(kernel_for(Kernel::detect(), cout), positions, cout, [cin, 1], |xi, co| {
+        &u[(co * positions + xi) * cin..][..cin]
     })
 }
 
@@ -140,8 +226,10 @@ fn transform_kernel(g: &[f32]) -> [f32; POSITIONS] {
     u
 }
 
-/// The convolution through this path (see the module notes); `packed` is used when it holds
-/// `c`'s transformed weights ([`pack_weights`]), else they are transformed here.
+/// The convolution through this path (see the module notes), on the tiles `tiles` allows;
+/// `packed` is used when it holds `c`'s transformed weights for such tiles ([`pack_weights`]),
+/// else they are transformed here.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn conv2d(
     x: &Planes,
     c: &Conv2d,
@@ -150,23 +238,30 @@ pub(super) fn conv2d(
     y: &mut [f32],
     packed: Option<&PackedWeights>,
     input: Option<InputAffine>,
+    tiles: TileChoice,
 ) {
     let [n, cin, h, w] = x.dims();
     let [_, cout, oh, ow] = out;
     assert!([oh, ow] == [h, w] && applies(c), "winograd::conv2d: not a 3x3 'same' convolution");
     assert!(y.len() >= n * cout * oh * ow, "winograd::conv2d: output too short");
     let owned;
-    let packed = match packed {
-        Some(p) if p.fits(POSITIONS, cout, cin) => p,
+    let prepacked = packed.and_then(|p| Some((p, Variant::of_packed(p, cout, cin)?)));
+    let (packed, variant) = match prepacked {
+        Some((p, variant)) if tiles == TileChoice::BySize || variant == Variant::F2 => (p, variant),
         _ => {
-            owned = pack_weights(c);
-            &owned
+            let variant = match tiles {
+                TileChoice::BySize => variant_for(c, Some([oh, ow])),
+                TileChoice::Small => Variant::F2,
+            };
+            owned = pack_weights(c, variant);
+            (&owned, variant)
         }
     };
     let kernel = packed.kernel();
     let (mr, nr) = kernel.shape();
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let g = Geometry { cin, cout, oh, ow, tw, wp: 2 * tw + 2, mr, nr };
+    let (side, positions) = (variant.side(), variant.positions());
+    let (th, tw) = (h.div_ceil(side), w.div_ceil(side));
+    let g = Geometry { cin, cout, oh, ow, tw, wp: side * tw + 2, mr, nr, side, positions };
     // Items of `mr` tiles (the kernel's rows) in flattened order `ty * tw + tx`, across rows:
     // on maps of fewer than `mr` tiles per row, row-aligned items would leave kernel rows empty
     // and stream all of `U` once more per item.
@@ -176,13 +271,13 @@ pub(super) fn conv2d(
     let offsets: Vec<usize> = (0..cin).collect();
     let threads = rayon::current_num_threads();
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-    let tasks = threads_for(par, th * tw * POSITIONS * cin * cout);
+    let tasks = threads_for(par, th * tw * positions * cin * cout);
     // Small layers run on the calling thread (`threads_for`).
     let par = if tasks > 1 { par } else { Parallelism::None };
     let panels = cout.div_ceil(nr);
     let batch_item = |b: usize, yb: &mut [f32], par: Parallelism| {
         let padded =
-            zero_padded_pixel_major_to(|ci| x.plane(b, ci), [cin, h, w], [1, 1], [2 * th + 2, 2 * tw + 2], input);
+            zero_padded_pixel_major_to(|ci| x.plane(b, ci), [cin, h, w], [1, 1], [side * th + 2, side * tw + 2], input);
         let y0 = b * cout * oh * ow;
         let dst = DstPtr(yb.as_mut_ptr());
         // Blocks of items whose transformed inputs sit in L2 together, so that each panel of `U`
@@ -191,8 +286,8 @@ pub(super) fn conv2d(
             Parallelism::Rayon(threads) => threads,
             Parallelism::None => 1,
         };
-        let v_item = POSITIONS * mr * cin;
-        let (blocks, per_block) = item_blocks(items, v_item, POSITIONS * cin * cout, threads);
+        let v_item = positions * mr * cin;
+        let (blocks, per_block) = item_blocks(items, v_item, positions * cin * cout, threads);
         let parts = panel_parts(blocks, threads, panels);
         // Task `t`: the items of block `t / parts`, the output channels of its part `t % parts`.
         let task = |t: usize| {
@@ -280,8 +375,9 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// A layer's sizes: channels, output map, tiles per row, padded width (pixels), and the
-/// kernel's tile (`mr` Winograd tiles x `nr` output channels).
+/// A layer's sizes: channels, output map, tiles per row, padded width (pixels), the kernel's
+/// tile (`mr` Winograd tiles x `nr` output channels), and the variant's output tile side and
+/// positions.
 struct Geometry {
     cin: usize,
     cout: usize,
@@ -291,6 +387,8 @@ struct Geometry {
     wp: usize,
     mr: usize,
     nr: usize,
+    side: usize,
+    positions: usize,
 }
 
 /// The largest kernel tile (`MR * NR` values).
@@ -321,7 +419,7 @@ unsafe fn products_and_outputs(
     ep: &EpilogueRef,
 ) {
     let (mr, nr, cin) = (g.mr, g.nr, g.cin);
-    let v_item = POSITIONS * mr * cin;
+    let v_item = g.positions * mr * cin;
     assert!(mr * nr <= MAX_TILE && block.end * mr < tiles + mr && v.len() >= block.len() * v_item);
     assert_eq!(offsets.len(), cin, "winograd: one offset per input channel");
     let tile = tile_ind_fn(packed.kernel());
@@ -335,7 +433,7 @@ unsafe fn products_and_outputs(
                 // Rows past `count` repeat the last tile (valid reads, results dropped).
                 let pix: [usize; 8] = std::array::from_fn(|i| i.min(count - 1) * cin);
                 let v = &v[k * v_item..(k + 1) * v_item];
-                for (xi, m) in m.iter_mut().enumerate() {
+                for (xi, m) in m[..g.positions].iter_mut().enumerate() {
                     let panel = packed.panel(xi, jp);
                     // SAFETY: rows pix[i] + offsets[p] < mr * cin of position xi's slice of this
                     // item's `v`; the panel holds cin x nr values; m holds MAX_TILE >= mr * nr.
@@ -350,10 +448,13 @@ unsafe fn products_and_outputs(
                         )
                     };
                 }
-                output_transform(m, o, mr * nr);
+                match g.side {
+                    4 => f4::output_transform(&m[..], &mut o[..], mr * nr),
+                    _ => output_transform(&m[..], &mut o[..], mr * nr),
+                }
                 let channels = nr.min(g.cout - jp * nr);
                 // SAFETY: forwarded contract; channels jp * nr .. + channels < cout.
-                unsafe { store_outputs(g, o, t, t0, count, jp * nr, channels, y, y0, ep) };
+                unsafe { store_outputs(g, &mut o[..], &mut t[..], t0, count, jp * nr, channels, y, y0, ep) };
             }
         }
     });
@@ -366,22 +467,22 @@ unsafe fn products_and_outputs(
 /// whole of [`products_and_outputs`], which makes no rayon calls: a thread never steals other
 /// work while it holds them (with nodes run side by side, `cpu::independent_groups`).
 struct Tiles {
-    m: [[f32; MAX_TILE]; POSITIONS],
-    o: [[f32; MAX_TILE]; 4],
-    t: [[f32; MAX_TILE]; 4],
+    m: [[f32; MAX_TILE]; MAX_POSITIONS],
+    o: [[f32; MAX_TILE]; MAX_OUTPUTS],
+    t: [[f32; MAX_TILE]; MAX_OUTPUTS],
 }
 
 thread_local! {
     static TILES: std::cell::RefCell<Box<Tiles>> = std::cell::RefCell::new(Box::new(Tiles {
-        m: [[0.0; MAX_TILE]; POSITIONS],
-        o: [[0.0; MAX_TILE]; 4],
-        t: [[0.0; MAX_TILE]; 4],
+        m: [[0.0; MAX_TILE]; MAX_POSITIONS],
+        o: [[0.0; MAX_TILE]; MAX_OUTPUTS],
+        t: [[0.0; MAX_TILE]; MAX_OUTPUTS],
     }));
 }
 
 /// `o[k][q] = (A^T m A)[k]` for every value `q < len` of the tiles (`m[xi][q]`), `A^T = [1 1 1 0;
 /// 0 1 -1 -1]`: the outputs (0, 0), (0, 1), (1, 0), (1, 1) of each Winograd tile and channel.
-fn output_transform(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f32; MAX_TILE]; 4], len: usize) {
+fn output_transform(m: &[[f32; MAX_TILE]], o: &mut [[f32; MAX_TILE]], len: usize) {
     #[cfg(target_arch = "x86_64")]
     match Kernel::detect() {
         // SAFETY: the kernel implies the CPU's features (`Kernel::detect`).
@@ -396,7 +497,7 @@ fn output_transform(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f32; MAX_TILE]; 
 /// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn output_transform_avx512(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f32; MAX_TILE]; 4], len: usize) {
+unsafe fn output_transform_avx512(m: &[[f32; MAX_TILE]], o: &mut [[f32; MAX_TILE]], len: usize) {
     output_transform_with(m, o, len)
 }
 
@@ -404,13 +505,14 @@ unsafe fn output_transform_avx512(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f3
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn output_transform_avx2(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f32; MAX_TILE]; 4], len: usize) {
+unsafe fn output_transform_avx2(m: &[[f32; MAX_TILE]], o: &mut [[f32; MAX_TILE]], len: usize) {
     output_transform_with(m, o, len)
 }
 
 #[inline(always)]
-fn output_transform_with(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f32; MAX_TILE]; 4], len: usize) {
-    let [o0, o1, o2, o3] = o;
+fn output_transform_with(m: &[[f32; MAX_TILE]], o: &mut [[f32; MAX_TILE]], len: usize) {
+    assert!(m.len() >= POSITIONS && o.len() >= 4, "winograd: too few tiles");
+    let (m, [o0, o1, o2, o3, ..]) = (&m[..POSITIONS], o) else { unreachable!("asserted above") };
     for q in 0..len.min(MAX_TILE) {
         let e = |xi: usize| m[xi][q];
         let s0 = [e(0) + e(4) + e(8), e(1) + e(5) + e(9), e(2) + e(6) + e(10), e(3) + e(7) + e(11)];
@@ -422,20 +524,21 @@ fn output_transform_with(m: &[[f32; MAX_TILE]; POSITIONS], o: &mut [[f32; MAX_TI
     }
 }
 
-/// Writes the outputs `o[k][i * nr + j]` of tiles `t0 + i`, `i < count`, and channels `c0 + j`,
-/// `j < channels`, into `y`, the bias and the first activation applied to `o` first (in place,
-/// along the channels), then runs the rest of the epilogue on each channel's output-row runs (one
-/// or two per tile row the tiles cover). Applied per run, the whole epilogue took 5-7% of the
-/// default model's time on one thread (`perf`, session 34): ResNet's 10 x 8 maps make runs of 8.
-/// `t` is scratch space for the transposed tiles.
+/// Writes the outputs `o[k][i * nr + j]` (`k = r * side + s`: row `r`, column `s` of the tile)
+/// of tiles `t0 + i`, `i < count`, and channels `c0 + j`, `j < channels`, into `y`, the bias and
+/// the first activation applied to `o` first (in place, along the channels), then runs the rest
+/// of the epilogue on each channel's output-row runs (one per tile row and output row the tiles
+/// cover). Applied per run, the whole epilogue took 5-7% of the default model's time on one
+/// thread (`perf`, session 34): ResNet's 10 x 8 maps make runs of 8. `t` is scratch space for
+/// the transposed tiles.
 ///
 /// # Safety
 /// As [`products_and_outputs`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn store_outputs(
     g: &Geometry,
-    o: &mut [[f32; MAX_TILE]; 4],
-    t: &mut [[f32; MAX_TILE]; 4],
+    o: &mut [[f32; MAX_TILE]],
+    t: &mut [[f32; MAX_TILE]],
     t0: usize,
     count: usize,
     c0: usize,
@@ -444,7 +547,9 @@ unsafe fn store_outputs(
     y0: usize,
     ep: &EpilogueRef,
 ) {
-    let (nr, ow) = (g.nr, g.ow);
+    let (nr, ow, side) = (g.nr, g.ow, g.side);
+    let outputs = side * side;
+    let (o, t) = (&mut o[..outputs], &mut t[..outputs]);
     // The bias and the first activation on the tiles' outputs, vectorised along the channels;
     // the residual and the activation after it on the stored runs (a few values each).
     let finish = ep.tile_part(0, g.cout);
@@ -468,33 +573,40 @@ unsafe fn store_outputs(
     while i0 < count {
         let (ty, tx0) = ((t0 + i0) / g.tw, (t0 + i0) % g.tw);
         let i1 = count.min(i0 + g.tw - tx0);
-        let rows = if 2 * ty + 1 < g.oh { 2 } else { 1 };
-        let (x0, x1) = (2 * tx0, ow.min(2 * (tx0 + i1 - i0)));
+        let rows = side.min(g.oh - side * ty);
+        let (x0, x1) = (side * tx0, ow.min(side * (tx0 + i1 - i0)));
         for j in 0..channels {
             let co = c0 + j;
             for r in 0..rows {
-                let offset = (co * g.oh + 2 * ty + r) * ow + x0;
+                let offset = (co * g.oh + side * ty + r) * ow + x0;
                 // SAFETY: per the contract, this run of channel co's output row is ours.
                 let run = unsafe { std::slice::from_raw_parts_mut(y.add(offset), x1 - x0) };
-                if transposed && run.len() == 16 {
+                if transposed && side == 2 && run.len() == 16 {
                     // A whole group of 8 tiles (unrolled).
                     let (left, right) = (&t[2 * r][j * 8..j * 8 + 8], &t[2 * r + 1][j * 8..j * 8 + 8]);
                     for i in 0..8 {
                         run[2 * i] = left[i];
                         run[2 * i + 1] = right[i];
                     }
+                } else if transposed && side == 4 && run.len() == 32 {
+                    // A whole group of 8 tiles of F(4x4, 3x3).
+                    let cols: [&[f32]; 4] = std::array::from_fn(|s| &t[4 * r + s][j * 8..j * 8 + 8]);
+                    for i in 0..8 {
+                        for s in 0..4 {
+                            run[4 * i + s] = cols[s][i];
+                        }
+                    }
                 } else if transposed {
-                    // Tiles i0..i1 of the group; the last pair may be cut by the map's edge.
-                    let (left, right) = (&t[2 * r][j * 8 + i0..j * 8 + i1], &t[2 * r + 1][j * 8 + i0..j * 8 + i1]);
-                    for (pair, (&a, &b)) in run.chunks_mut(2).zip(left.iter().zip(right)) {
-                        pair[0] = a;
-                        if let Some(v) = pair.get_mut(1) {
-                            *v = b;
+                    // Tiles i0..i1 of the group, `side` values each; the last may be cut by
+                    // the map's edge.
+                    for (i, cell) in run.chunks_mut(side).enumerate() {
+                        for (s, v) in cell.iter_mut().enumerate() {
+                            *v = t[side * r + s][j * 8 + i0 + i];
                         }
                     }
                 } else {
                     for (x, v) in run.iter_mut().enumerate() {
-                        *v = o[2 * r + x % 2][(i0 + x / 2) * nr + j];
+                        *v = o[side * r + x % side][(i0 + x / side) * nr + j];
                     }
                 }
                 if !ep.rest_is_identity() {
@@ -506,14 +618,15 @@ unsafe fn store_outputs(
     }
 }
 
-/// `t[k][j * 8 + i] = o[k][i * nr + j]` for 8 tiles `i` and `channels` channels `j` (a multiple
-/// of 8), by 8 x 8 AVX2 transposes; only called where [`transposes_tiles`] holds.
-fn transpose_tiles(o: &[[f32; MAX_TILE]; 4], t: &mut [[f32; MAX_TILE]; 4], nr: usize, channels: usize) {
-    assert!(channels <= nr && 8 * nr <= MAX_TILE, "transpose_tiles: tile too large");
+/// `t[k][j * 8 + i] = o[k][i * nr + j]` for every output `k` of `o`, 8 tiles `i` and `channels`
+/// channels `j` (a multiple of 8), by 8 x 8 AVX2 transposes; only called where
+/// [`transposes_tiles`] holds.
+fn transpose_tiles(o: &[[f32; MAX_TILE]], t: &mut [[f32; MAX_TILE]], nr: usize, channels: usize) {
+    assert!(channels <= nr && 8 * nr <= MAX_TILE && t.len() >= o.len(), "transpose_tiles: tile too large");
     #[cfg(target_arch = "x86_64")]
     {
         assert!(std::is_x86_feature_detected!("avx2"), "transpose_tiles: needs AVX2");
-        for (k, t) in t.iter_mut().enumerate() {
+        for (k, t) in t.iter_mut().take(o.len()).enumerate() {
             for j0 in (0..channels / 8 * 8).step_by(8) {
                 let rows: [*const f32; 8] = std::array::from_fn(|i| o[k][i * nr + j0..].as_ptr());
                 // SAFETY: AVX2 (asserted); rows i < 8 hold nr >= j0 + 8 values from i * nr;
@@ -547,6 +660,9 @@ fn transposes_tiles(count: usize, channels: usize) -> bool {
 /// window of channel `ci` at the tile's corner in the pixel-major padded input,
 /// `B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`; `mr * cin` values per position.
 fn transform_inputs(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) {
+    if g.side == 4 {
+        return f4::transform_inputs(g, padded, t0, count, v);
+    }
     #[cfg(target_arch = "x86_64")]
     match Kernel::detect() {
         // SAFETY: the kernel implies the CPU's features (`Kernel::detect`).
