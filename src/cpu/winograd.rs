@@ -106,7 +106,7 @@ pub(crate) enum TileChoice {
 }
 
 /// The variant a layer `c` takes on output maps `out_hw` (F(2x2, 3x3) when unknown): F(4x4, 3x3)
-/// where the maps hold at least [`MIN_TILES`] 4x4 tiles and the channels are at most
+/// where the maps hold at least [`F4_MIN_TILES`] 4x4 tiles and the channels are at most
 /// [`F4_MAX_CHANNELS`], with `WGPOSE_CPU_WINOGRAD_F4` not `0`.
 pub(crate) fn variant_for(c: &Conv2d, out_hw: Option<[usize; 2]>) -> Variant {
     let large = out_hw.is_some_and(|[h, w]| h.div_ceil(4) * w.div_ceil(4) >= F4_MIN_TILES);
