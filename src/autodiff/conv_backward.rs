@@ -94,7 +94,7 @@ fn gemm_conv_backward(
     let [n, cin, h, w] = dims(x);
     if need_dx {
         if let Some(flipped) = winograd_input_gradient(c, [h, w]) {
-            let dx = crate::cpu::conv::conv2d_for_training(&Planes::new(&[dy]), &flipped, [n, cin, h, w]);
+            let dx = crate::cpu::conv::conv2d_for_training(&Planes::new(&[dy]), None, &flipped, [n, cin, h, w]);
             let (_, dw) = gemm_conv_backward(x, dy, c, false, strategy);
             return (Some(dx.data), dw);
         }

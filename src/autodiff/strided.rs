@@ -124,7 +124,7 @@ pub(super) fn input_gradient(dy: &Tensor, c: &Conv2d, [n, cin, h, w]: [usize; 4]
                 epilogue: Epilogue::default(),
             };
             let out = [n, cin, oh + jh - 1, ow + jw - 1];
-            Some(crate::cpu::conv::conv2d_for_training(&Planes::new(&[dy]), &sub, out))
+            Some(crate::cpu::conv::conv2d_for_training(&Planes::new(&[dy]), None, &sub, out))
         })
         .collect();
     // One pass over dX: each row takes its phase's rows of Z, `sx` interleaved runs.

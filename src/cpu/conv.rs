@@ -219,8 +219,8 @@ pub(crate) fn conv2d(
 
 /// [`conv2d`] for training (the forward pass and the input gradients of `crate::autodiff`):
 /// Winograd layers stay on F(2x2, 3x3)'s tiles ([`TileChoice::Small`]).
-pub(crate) fn conv2d_for_training(x: &Planes, c: &Conv2d, out: [usize; 4]) -> Tensor {
-    conv2d_with(x, None, c, out, None, None, TileChoice::Small)
+pub(crate) fn conv2d_for_training(x: &Planes, residual: Option<&Tensor>, c: &Conv2d, out: [usize; 4]) -> Tensor {
+    conv2d_with(x, residual, c, out, None, None, TileChoice::Small)
 }
 
 /// The [`conv2d`] of either kind, `tiles` choosing the Winograd tiles.

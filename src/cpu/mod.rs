@@ -331,7 +331,7 @@ pub fn run_all(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
 /// Winograd tiles of `conv::TileChoice::Small`.
 pub(crate) fn eval_op_for_training(name: &str, op: &Op, inputs: &[&Tensor]) -> Result<Tensor> {
     eval_op_with(name, op, inputs, |op, x, out| match op {
-        Op::Conv2d(c) if x.len() == 1 => conv::conv2d_for_training(&ops::Planes::new(&x[..1]), c, out),
+        Op::Conv2d(c) => conv::conv2d_for_training(&ops::Planes::new(&x[..1]), x.get(1).copied(), c, out),
         _ => eval_unchecked(op, x, out),
     })
 }
