@@ -5,9 +5,10 @@
 //! `B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]`,
 //! `G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]`,
 //! `A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]`.
-//! The factors (up to 8 in `A`, 5 in `B`) cost precision in f32 against F(2x2, 3x3)'s, which is
-//! why the larger tiles are only taken where the maps are large (`super::Variant`); the kernel
-//! transform runs in f64.
+//! The factors (up to 8 in `A`, 5 in `B`) cost precision in f32 (about 20 times F(2x2, 3x3)'s
+//! largest error on 64-channel layers), which is why only inference takes these tiles
+//! (`super::TileChoice`); they are taken on large maps only, for speed (`super::variant_for`).
+//! The kernel transform runs in f64.
 
 use super::{Geometry, MAX_TILE};
 #[cfg(target_arch = "x86_64")]
