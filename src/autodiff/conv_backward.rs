@@ -381,32 +381,10 @@ fn forced_weight_grad() -> Option<bool> {
     })
 }
 
-/// Whether `c`'s weight gradient on output maps `[oh, ow]` is computed in the Winograd domain
-/// (`cpu::winograd_grad`), unless `WGPOSE_CPU_DW` forces one of the other two ways or
-/// `WGPOSE_CPU_WINOGRAD=0` turns Winograd off.
-fn weight_grad_by_winograd(c: &Conv2d, [oh, ow]: [usize; 2]) -> bool {
-    forced_weight_grad().is_none()
-        && crate::cpu::winograd::enabled()
-        && crate::cpu::winograd_grad::applies(
-            [c.cin_per_group() * c.groups, c.cout()],
-            c.kernel(),
-            c.stride,
-            c.padding,
-            c.dilation,
-            c.groups,
-            [oh, ow],
-        )
-}
-
-/// Whether `c`'s weight gradient over a whole batch of inputs `[n, cin, h, w]` (`cout` output
-/// channels) is one Winograd product per position (`cpu::winograd_grad::batch`): as
-/// [`weight_grad_by_winograd`], but on any map size, where the batch fits
-/// (`cpu::winograd_grad::batch_fits`: few tiles, many channels). Item by item, maps under 8x8
-/// have too few tiles; across the batch they have enough. ResNet-18's 512-channel layers on
-/// 4x4 maps (the last stage at 128x128), weight gradient alone, batch 16, two threads, medians
-/// of 15 paired in one process (session 40, Zen 4): 11.4 ms by products of im2col -> 7.0 ms
-/// here; 256 channels at 4x4 2.6 -> 1.8, 512 at 6x6 20.7 -> 10.4.
-fn weight_grad_by_winograd_batch(c: &Conv2d, [n, cin, h, w]: [usize; 4], cout: usize) -> bool {
+/// Whether `c` is a convolution whose weight gradient the Winograd domain computes
+/// (`cpu::winograd_grad::fits_kernel`), unless `WGPOSE_CPU_DW` forces one of the other two ways
+/// or `WGPOSE_CPU_WINOGRAD=0` turns Winograd off.
+fn winograd_weight_grad_kernel(c: &Conv2d) -> bool {
     forced_weight_grad().is_none()
         && crate::cpu::winograd::enabled()
         && crate::cpu::winograd_grad::fits_kernel(
@@ -417,7 +395,25 @@ fn weight_grad_by_winograd_batch(c: &Conv2d, [n, cin, h, w]: [usize; 4], cout: u
             c.dilation,
             c.groups,
         )
-        && crate::cpu::winograd_grad::batch_fits([n, cin, h, w], cout)
+}
+
+/// Whether `c`'s weight gradient on output maps `[oh, ow]` is computed in the Winograd domain
+/// item by item (`cpu::winograd_grad::accumulate`): [`winograd_weight_grad_kernel`] on maps
+/// with enough tiles per item.
+fn weight_grad_by_winograd(c: &Conv2d, out_hw: [usize; 2]) -> bool {
+    winograd_weight_grad_kernel(c) && crate::cpu::winograd_grad::maps_fit_items(out_hw)
+}
+
+/// Whether `c`'s weight gradient over a whole batch of inputs `[n, cin, h, w]` (`cout` output
+/// channels) is one Winograd product per position (`cpu::winograd_grad::batch`):
+/// [`winograd_weight_grad_kernel`] on any map size, where the batch fits
+/// (`cpu::winograd_grad::batch_fits`: few tiles, many channels). Item by item, maps under 8x8
+/// have too few tiles; across the batch they have enough. ResNet-18's 512-channel layers on
+/// 4x4 maps (the last stage at 128x128), weight gradient alone, batch 16, two threads, medians
+/// of 15 paired in one process (session 40, Zen 4): 11.4 ms by products of im2col -> 7.0 ms
+/// here; 256 channels at 4x4 2.6 -> 1.8, 512 at 6x6 20.7 -> 10.4.
+fn weight_grad_by_winograd_batch(c: &Conv2d, [n, cin, h, w]: [usize; 4], cout: usize) -> bool {
+    winograd_weight_grad_kernel(c) && crate::cpu::winograd_grad::batch_fits([n, cin, h, w], cout)
 }
 
 /// The weight gradient of batch items `range` (accumulated, column-major) when

@@ -22,6 +22,36 @@
 //! refuse exactly the same inputs, and neither panics on bad data: wrong input counts, shapes,
 //! non-finite inputs and malformed parameters are all `Err`.
 
+/// `fn $name(args)` that runs `$body` (a function marked `#[inline(always)]`) compiled for the
+/// CPU's widest vectors: copies with AVX-512F and with AVX2 enabled, picked by `Kernel::detect`
+/// (the AVX-512 and AVX2 kernels), else the crate's baseline. For element-wise loops that the
+/// compiler vectorises by itself once the features are enabled.
+macro_rules! vectorised {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:path) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                match $crate::cpu::gemm::Kernel::detect() {
+                    // SAFETY: the kernel implies the CPU's features (`Kernel::detect`).
+                    $crate::cpu::gemm::Kernel::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::cpu::gemm::Kernel::Avx2 => return unsafe { avx2($($arg),*) },
+                    _ => {}
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 pub(crate) mod buffer;
 pub(crate) mod conv;
 pub mod gemm;

@@ -449,8 +449,8 @@ unsafe fn products_and_outputs(
                     };
                 }
                 match g.side {
-                    4 => f4::output_transform(&m[..], &mut o[..], mr * nr),
-                    _ => output_transform(&m[..], &mut o[..], mr * nr),
+                    4 => f4::output_transform(m, o, mr * nr),
+                    _ => output_transform(m, o, mr * nr),
                 }
                 let channels = nr.min(g.cout - jp * nr);
                 // SAFETY: forwarded contract; channels jp * nr .. + channels < cout.
@@ -480,39 +480,15 @@ thread_local! {
     }));
 }
 
+vectorised! {
 /// `o[k][q] = (A^T m A)[k]` for every value `q < len` of the tiles (`m[xi][q]`), `A^T = [1 1 1 0;
 /// 0 1 -1 -1]`: the outputs (0, 0), (0, 1), (1, 0), (1, 1) of each Winograd tile and channel.
-fn output_transform(m: &[[f32; MAX_TILE]], o: &mut [[f32; MAX_TILE]], len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    match Kernel::detect() {
-        // SAFETY: the kernel implies the CPU's features (`Kernel::detect`).
-        Kernel::Avx512 => return unsafe { output_transform_avx512(m, o, len) },
-        Kernel::Avx2 => return unsafe { output_transform_avx2(m, o, len) },
-        _ => {}
-    }
-    output_transform_with(m, o, len)
-}
-
-/// # Safety
-/// The CPU must have AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn output_transform_avx512(m: &[[f32; MAX_TILE]], o: &mut [[f32; MAX_TILE]], len: usize) {
-    output_transform_with(m, o, len)
-}
-
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn output_transform_avx2(m: &[[f32; MAX_TILE]], o: &mut [[f32; MAX_TILE]], len: usize) {
-    output_transform_with(m, o, len)
+fn output_transform(m: &[[f32; MAX_TILE]; MAX_POSITIONS], o: &mut [[f32; MAX_TILE]; MAX_OUTPUTS], len: usize) => output_transform_with
 }
 
 #[inline(always)]
-fn output_transform_with(m: &[[f32; MAX_TILE]], o: &mut [[f32; MAX_TILE]], len: usize) {
-    assert!(m.len() >= POSITIONS && o.len() >= 4, "winograd: too few tiles");
-    let (m, [o0, o1, o2, o3, ..]) = (&m[..POSITIONS], o) else { unreachable!("asserted above") };
+fn output_transform_with(m: &[[f32; MAX_TILE]; MAX_POSITIONS], o: &mut [[f32; MAX_TILE]; MAX_OUTPUTS], len: usize) {
+    let [o0, o1, o2, o3, ..] = o;
     for q in 0..len.min(MAX_TILE) {
         let e = |xi: usize| m[xi][q];
         let s0 = [e(0) + e(4) + e(8), e(1) + e(5) + e(9), e(2) + e(6) + e(10), e(3) + e(7) + e(11)];
@@ -656,37 +632,20 @@ fn transposes_tiles(count: usize, channels: usize) -> bool {
     }
 }
 
+/// Dispatches to the tile side's input transform (`f4` for 4x4 tiles).
+fn transform_inputs(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) {
+    if g.side == 4 {
+        f4::transform_inputs(g, padded, t0, count, v)
+    } else {
+        transform_inputs_f2(g, padded, t0, count, v)
+    }
+}
+
+vectorised! {
 /// `V[xi][i][ci] = (B^T d B)[xi]` for the `count` tiles `t0 + i` (flattened), `d` the 4x4
 /// window of channel `ci` at the tile's corner in the pixel-major padded input,
 /// `B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`; `mr * cin` values per position.
-fn transform_inputs(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) {
-    if g.side == 4 {
-        return f4::transform_inputs(g, padded, t0, count, v);
-    }
-    #[cfg(target_arch = "x86_64")]
-    match Kernel::detect() {
-        // SAFETY: the kernel implies the CPU's features (`Kernel::detect`).
-        Kernel::Avx512 => return unsafe { transform_inputs_avx512(g, padded, t0, count, v) },
-        Kernel::Avx2 => return unsafe { transform_inputs_avx2(g, padded, t0, count, v) },
-        _ => {}
-    }
-    transform_inputs_with(g, padded, t0, count, v)
-}
-
-/// # Safety
-/// The CPU must have AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn transform_inputs_avx512(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) {
-    transform_inputs_with(g, padded, t0, count, v)
-}
-
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn transform_inputs_avx2(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) {
-    transform_inputs_with(g, padded, t0, count, v)
+fn transform_inputs_f2(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) => transform_inputs_with
 }
 
 #[inline(always)]

@@ -50,26 +50,17 @@ fn block_tiles(cin: usize, cout: usize) -> usize {
     fit.max(MIN_BLOCK_TILES)
 }
 
-/// Whether a convolution with `cin` -> `cout` channels, `kernel`, `stride`, `padding`,
-/// `dilation` and `groups` on output maps `[oh, ow]` takes [`accumulate`]: it
-/// [`fits_kernel`], on maps of at least 8x8 (16 tiles per item).
-pub(crate) fn applies(
-    channels: [usize; 2],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-    dilation: [usize; 2],
-    groups: usize,
-    [oh, ow]: [usize; 2],
-) -> bool {
-    fits_kernel(channels, kernel, stride, padding, dilation, groups) && oh >= 8 && ow >= 8
+/// Whether output maps `[oh, ow]` have enough tiles per item for [`accumulate`] (a convolution
+/// that [`fits_kernel`]): at least 8x8 (16 tiles).
+pub(crate) fn maps_fit_items([oh, ow]: [usize; 2]) -> bool {
+    oh >= 8 && ow >= 8
 }
 
 /// Whether a convolution with `cin` -> `cout` channels, `kernel`, `stride`, `padding`,
 /// `dilation` and `groups` is one these transforms compute: 3x3, stride 1, padding 1, dilation
 /// 1, one group, at least [`MIN_IN_CHANNELS`] and [`MIN_OUT_CHANNELS`]. [`batch`] takes it on
 /// any map size where [`batch_fits`] (its product runs over the whole batch's tiles);
-/// [`accumulate`] where [`applies`].
+/// [`accumulate`] where [`maps_fit_items`].
 pub(crate) fn fits_kernel(
     [cin, cout]: [usize; 2],
     kernel: [usize; 2],

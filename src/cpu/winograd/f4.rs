@@ -10,9 +10,7 @@
 //! (`super::TileChoice`); they are taken on large maps only, for speed (`super::variant_for`).
 //! The kernel transform runs in f64.
 
-use super::{Geometry, MAX_TILE};
-#[cfg(target_arch = "x86_64")]
-use crate::cpu::gemm::Kernel;
+use super::{Geometry, MAX_OUTPUTS, MAX_POSITIONS, MAX_TILE};
 
 /// Positions of the transformed 6x6 domain (one matrix product each).
 pub(super) const POSITIONS: usize = 36;
@@ -63,34 +61,11 @@ fn output_rows(m: [f32; 6]) -> [f32; 4] {
     [m[0] + a + c, b + 2.0 * d, a + 4.0 * c, b + 8.0 * d + m[5]]
 }
 
+vectorised! {
 /// `V[xi][i][ci] = (B^T d B)[xi]` for the `count` tiles `t0 + i` (flattened), `d` the 6x6
 /// window of channel `ci` at the tile's corner in the pixel-major padded input; `mr * cin`
 /// values per position (as `super::transform_inputs` for 2x2 tiles).
-pub(super) fn transform_inputs(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    match Kernel::detect() {
-        // SAFETY: the kernel implies the CPU's features (`Kernel::detect`).
-        Kernel::Avx512 => return unsafe { transform_inputs_avx512(g, padded, t0, count, v) },
-        Kernel::Avx2 => return unsafe { transform_inputs_avx2(g, padded, t0, count, v) },
-        _ => {}
-    }
-    transform_inputs_with(g, padded, t0, count, v)
-}
-
-/// # Safety
-/// The CPU must have AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn transform_inputs_avx512(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) {
-    transform_inputs_with(g, padded, t0, count, v)
-}
-
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn transform_inputs_avx2(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) {
-    transform_inputs_with(g, padded, t0, count, v)
+pub(super) fn transform_inputs(g: &Geometry, padded: &[f32], t0: usize, count: usize, v: &mut [f32]) => transform_inputs_with
 }
 
 #[inline(always)]
@@ -151,40 +126,14 @@ unsafe fn input_runs(src: [*const f32; 6], out: [*mut f32; 6], len: usize) {
     }
 }
 
+vectorised! {
 /// `o[k][q] = (A^T m A)[k]` for every value `q < len` of the tiles (`m[xi][q]`): the 16 outputs
 /// (row-major) of each Winograd tile and channel.
-pub(super) fn output_transform(m: &[[f32; MAX_TILE]], o: &mut [[f32; MAX_TILE]], len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    match Kernel::detect() {
-        // SAFETY: the kernel implies the CPU's features (`Kernel::detect`).
-        Kernel::Avx512 => return unsafe { output_transform_avx512(m, o, len) },
-        Kernel::Avx2 => return unsafe { output_transform_avx2(m, o, len) },
-        _ => {}
-    }
-    output_transform_with(m, o, len)
-}
-
-/// # Safety
-/// The CPU must have AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn output_transform_avx512(m: &[[f32; MAX_TILE]], o: &mut [[f32; MAX_TILE]], len: usize) {
-    output_transform_with(m, o, len)
-}
-
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn output_transform_avx2(m: &[[f32; MAX_TILE]], o: &mut [[f32; MAX_TILE]], len: usize) {
-    output_transform_with(m, o, len)
+pub(super) fn output_transform(m: &[[f32; MAX_TILE]; MAX_POSITIONS], o: &mut [[f32; MAX_TILE]; MAX_OUTPUTS], len: usize) => output_transform_with
 }
 
 #[inline(always)]
-fn output_transform_with(m: &[[f32; MAX_TILE]], o: &mut [[f32; MAX_TILE]], len: usize) {
-    assert!(m.len() >= POSITIONS && o.len() >= 16, "winograd f4: too few tiles");
-    let m: &[[f32; MAX_TILE]; POSITIONS] = m[..POSITIONS].try_into().expect("asserted above");
-    let o: &mut [[f32; MAX_TILE]; 16] = (&mut o[..16]).try_into().expect("asserted above");
+fn output_transform_with(m: &[[f32; MAX_TILE]; MAX_POSITIONS], o: &mut [[f32; MAX_TILE]; MAX_OUTPUTS], len: usize) {
     for q in 0..len.min(MAX_TILE) {
         // Columns: cols[c][k] = (A^T m)[k][c]. (Explicit arrays: `std::array::from_fn` in this
         // loop stayed a call per value.)
@@ -223,11 +172,11 @@ mod tests {
                 let out = input_rows(std::array::from_fn(|c| cols[c][r]));
                 vv[6 * r..6 * r + 6].copy_from_slice(&out);
             }
-            let mut m = vec![[0.0f32; MAX_TILE]; POSITIONS];
+            let mut m = [[0.0f32; MAX_TILE]; MAX_POSITIONS];
             for xi in 0..POSITIONS {
                 m[xi][0] = u[xi] * vv[xi];
             }
-            let mut o = vec![[0.0f32; MAX_TILE]; 16];
+            let mut o = [[0.0f32; MAX_TILE]; MAX_OUTPUTS];
             output_transform_with(&m, &mut o, 1);
             for y in 0..4 {
                 for x in 0..4 {
