@@ -233,8 +233,8 @@ pub fn cpu_peak_activation_bytes(g: &Graph, batch: usize) -> Result<usize> {
     for id in 0..g.nodes.len() {
         live += size(id);
         peak = peak.max(live);
-        for i in 0..=id {
-            if last[i] == id {
+        for (i, &l) in last[..=id].iter().enumerate() {
+            if l == id {
                 live -= size(i);
             }
         }

@@ -294,6 +294,7 @@ pub(crate) fn refined_boxes(poses: &[Pose], boxes: &[[f32; 4]], threshold: f32) 
 /// Pairs poses with their detections, dropping an unsure detection whose pose is not
 /// confident either (see [`PeopleOptions::min_pose_score`]) and a person whose box overlaps a
 /// higher-scoring one's by more than `duplicate_iou` (the same person found twice).
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // the negated comparisons reject NaN too
 pub(crate) fn distinct_people(poses: Vec<Pose>, dets: Vec<Detection>, opts: &PeopleOptions) -> Vec<Person> {
     let mut people: Vec<Person> = Vec::new();
     for (pose, detection) in poses.into_iter().zip(dets) {

@@ -105,6 +105,7 @@ pub struct Pose {
     pub score: f32,
 }
 
+#[allow(clippy::large_enum_variant)] // one value per estimator: boxing the GPU variant buys nothing
 enum Backend {
     Gpu { ctx: GpuContext, pre: GpuPreprocess, models: HashMap<usize, GpuModel> },
     Cpu,
@@ -500,8 +501,8 @@ impl Estimator {
         let Backend::Gpu { ctx, pre, models } = &mut self.backend else {
             return Err(Error::Input("not a GPU estimator".into()));
         };
-        if !models.contains_key(&batch) {
-            models.insert(batch, GpuModel::compile_with(ctx, self.graph.graph(), batch)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = models.entry(batch) {
+            e.insert(GpuModel::compile_with(ctx, self.graph.graph(), batch)?);
         }
         let model = models.get_mut(&batch).ok_or_else(|| Error::Gpu("model cache".into()))?;
         Ok((pre, model))
@@ -594,7 +595,7 @@ impl Estimator {
 /// which sizes fit.
 fn sized(config: &ModelConfig, [h, w]: [usize; 2]) -> Result<ModelConfig> {
     let m = config.size_multiple();
-    let fits = |v: usize| v >= m && v <= MAX_INPUT_SIDE && v % m == 0;
+    let fits = |v: usize| v >= m && v <= MAX_INPUT_SIDE && v.is_multiple_of(m);
     if !(fits(h) && fits(w)) {
         return Err(Error::Input(format!(
             "input size {h}x{w} does not fit `{}`: each side must be a multiple of {m} from {m} to {MAX_INPUT_SIDE}",
@@ -612,6 +613,7 @@ fn skeleton_of(config: &ModelConfig) -> Result<&'static Skeleton> {
 }
 
 /// The boxes in the caller's coordinates (`Auto`: the whole picture) and in working pixels.
+#[allow(clippy::type_complexity)] // (caller's boxes, working-pixel boxes), as documented above
 fn to_working(picture: &Picture, boxes: Boxes) -> Result<(Vec<[f32; 4]>, Vec<[f32; 4]>)> {
     let s = picture.scale;
     if !(s.is_finite() && s > 0.0) {

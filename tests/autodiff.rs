@@ -752,6 +752,7 @@ fn limb_swaps_follow_clearly_mirrored_predictions() {
     let ones = [1.0; 6];
     let mirror = |pairs: &[(usize, usize)], peaks: &mut [[f32; 2]]| pairs.iter().for_each(|&(a, b)| peaks.swap(a, b));
     // (predicted peaks, visibility of the labels, groups that must be swapped)
+    #[allow(clippy::type_complexity)] // a case table, its fields named in the line above
     let mut cases: Vec<(Vec<[f32; 2]>, [f32; 6], Vec<usize>)> = Vec::new();
     cases.push((LABELS.to_vec(), ones, vec![])); // as labelled
     let mut p = LABELS.to_vec();

@@ -717,7 +717,7 @@ fn random_graph(seed: u64) -> (Graph, Vec<[usize; 3]>) {
     let (last, [c, _, _]) = *avail.last().unwrap();
     // Every third graph ends as FasterPose's head: convolution, pixel shuffle, sigmoid (which
     // the passes move into the convolution's epilogue).
-    let head = if seed % 3 == 0 {
+    let head = if seed.is_multiple_of(3) {
         let head = b.conv("head", last, ConvSpec::new(8, 1)).unwrap();
         b.pixel_shuffle("head_shuffle", head, 2).unwrap()
     } else {

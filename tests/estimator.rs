@@ -79,7 +79,7 @@ fn keypoints_land_inside_the_crop_and_boxes_are_checked() {
         Estimator::new(&small_model(), None, None, EstimatorOptions { random_weights: true, ..Default::default() })
             .unwrap();
     let b = [300.0, 50.0, 100.0, 200.0];
-    let pose = est.estimate(&image, Some(b)).unwrap().remove(0);
+    let pose = est.estimate(image, Some(b)).unwrap().remove(0);
     // The crop covers the box enlarged by 25% and made square-aspect; every keypoint is inside.
     let (cx, cy, half) = (350.0, 150.0, 125.0);
     for k in &pose.keypoints {
@@ -87,7 +87,7 @@ fn keypoints_land_inside_the_crop_and_boxes_are_checked() {
         assert!(k.score.is_finite());
     }
     for bad in [[0.0, 0.0, 0.0, 10.0], [f32::NAN, 0.0, 5.0, 5.0], [5000.0, 5000.0, 10.0, 10.0]] {
-        assert!(est.estimate(&image, Some(bad)).is_err(), "{bad:?}");
+        assert!(est.estimate(image, Some(bad)).is_err(), "{bad:?}");
     }
 }
 
@@ -263,7 +263,7 @@ fn front_door_applies_the_picture_scale_and_auto_boxes() {
     let a = est.estimate(&img, None).unwrap();
     assert_eq!(a[0].bbox, [0.0, 0.0, w, h]);
     // An empty list is no people; a bad scale is an error.
-    assert!(est.estimate(&img, &Vec::new()).unwrap().is_empty());
+    assert!(est.estimate(&img, Vec::new()).unwrap().is_empty());
     assert!(est.estimate(Picture { pixels, scale: 0.0 }, b).is_err());
     assert!(est.estimate(Picture { pixels, scale: f32::NAN }, Boxes::Auto).is_err());
 }

@@ -321,7 +321,7 @@ fn fuzz_image_decoding_with_boxes() {
         let mut est = est.borrow_mut();
         let image = wgpose::pipeline::crop::ImageRef::from(&img.rgb);
         for bbox in [None, Some(b)] {
-            for pose in est.estimate(&image, bbox).unwrap_or_default() {
+            for pose in est.estimate(image, bbox).unwrap_or_default() {
                 for k in &pose.keypoints {
                     assert!(k.x >= 0.0 && k.x <= w && k.y >= 0.0 && k.y <= h, "keypoint {k:?} outside {w}x{h}");
                     assert!(k.score.is_finite());

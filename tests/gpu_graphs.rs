@@ -120,6 +120,7 @@ fn a_model_owns_its_device_handles() {
 }
 
 #[test]
+#[allow(clippy::single_range_in_vec_init)] // slices of one range (the readback takes several)
 fn readback_reads_ranges_blocking_and_async() {
     use wgpose::gpu::readback::{read_buffer, read_buffer_async};
     use wgpu::util::DeviceExt;

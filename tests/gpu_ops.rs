@@ -82,6 +82,7 @@ fn conv2d_matches_reference() {
     let Some(ctx) = gpu() else { return };
     let mut rng = Rng::new(1);
     // (input NCHW, cout, kernel, stride, pad, dilation, groups, bias)
+    #[allow(clippy::type_complexity)] // a case table, its fields named in the line above
     let cases: &[([usize; 4], usize, [usize; 2], usize, usize, usize, usize, bool)] = &[
         ([1, 3, 17, 23], 5, [3, 3], 1, 1, 1, 1, true),
         ([2, 6, 9, 11], 12, [3, 3], 2, 1, 1, 2, false),
@@ -219,6 +220,7 @@ fn input_affines_fused_into_convolutions_match_reference() {
     let Some(ctx) = gpu() else { return };
     let mut rng = Rng::new(4);
     // (input NCHW, cout, kernel, stride, pad, groups, affine activation)
+    #[allow(clippy::type_complexity)] // a case table, its fields named in the line above
     let cases: &[([usize; 4], usize, [usize; 2], usize, usize, usize, Act)] = &[
         ([2, 5, 11, 13], 10, [3, 3], 1, 1, 1, Act::Relu),
         ([1, 7, 9, 6], 17, [3, 3], 1, 1, 1, Act::None),

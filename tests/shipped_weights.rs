@@ -195,6 +195,7 @@ fn detections_of(det: &mut PersonDetector, people: &[Person]) -> Result<Vec<Vec<
         .collect()
 }
 
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // the negated comparisons reject NaN too
 fn check_detector(path: &Path, cfg: &ModelConfig, people: &[Person], ctx: Option<&GpuContext>) -> Result<(), String> {
     let dc = DetectConfig { score_threshold: 0.05, ..Default::default() };
     let mut det = PersonDetector::new(cfg, Some(path), dc).map_err(|e| format!("cannot load: {e}"))?;
@@ -278,6 +279,7 @@ fn check_detector(path: &Path, cfg: &ModelConfig, people: &[Person], ctx: Option
 }
 
 /// Checks one shipped file; Err describes what failed (the caller adds the file name).
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // the negated comparisons reject NaN too
 fn check_file(path: &Path, people: &[Person], ctx: Option<&GpuContext>, tmp: &Path) -> Result<(), String> {
     let (cfg, card) = config_of(path)?;
     if cfg.family == Family::PersonDetector {

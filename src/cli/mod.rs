@@ -37,6 +37,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run: boxing `Train` buys nothing
 enum Command {
     /// Benchmarks: `ops` (single layers), `models` (whole networks), `train` (CPU training step).
     Bench(bench::BenchArgs),

@@ -114,7 +114,7 @@ pub(crate) struct InputAffine<'a> {
 
 impl InputAffine<'_> {
     /// Channels `c0..` of this affine (a group's input channels).
-    fn from_channel(self, c0: usize) -> Self {
+    fn channels_from(self, c0: usize) -> Self {
         InputAffine { scale: &self.scale[c0..], shift: &self.shift[c0..], act: self.act }
     }
 }
@@ -453,7 +453,7 @@ fn gemm_conv(x: &Planes, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
             if direct {
                 matmul_panels(dst, lhs, &Mat::rows(xg(), cin_g, ohw, hw), false, par, epilogue);
             } else if c.stride == [1, 1] {
-                let input = input.map(|a| a.from_channel(g * cin_g));
+                let input = input.map(|a| a.channels_from(g * cin_g));
                 let (padded, offsets, pitch) = padded_input(|ci| x.plane(b, g * cin_g + ci), [cin_g, h, w], c, input);
                 matmul_offsets(dst, lhs, &padded, &offsets, [pitch, ow], par, epilogue);
             } else {
@@ -522,7 +522,7 @@ fn indirect_conv(
     if gathers_pixels(c) {
         for b in 0..n {
             for g in 0..groups {
-                let input = input.map(|a| a.from_channel(g * cin_g));
+                let input = input.map(|a| a.channels_from(g * cin_g));
                 let gather = |q0: usize, out: &mut [f32]| {
                     gather_pixels(|ci| x.plane(b, g * cin_g + ci), cin_g, [sy, sx], [w, ow], input, q0, out)
                 };
@@ -561,7 +561,7 @@ fn indirect_conv(
     }
     let item = |b: usize, yb: &mut [f32], par: Parallelism| {
         for g in 0..groups {
-            let input = input.map(|a| a.from_channel(g * cin_g));
+            let input = input.map(|a| a.channels_from(g * cin_g));
             let padded = pads.then(|| {
                 if pm {
                     zero_padded_pixel_major(|ci| x.plane(b, g * cin_g + ci), [cin_g, h, w], [py, px], input)

@@ -781,7 +781,7 @@ pub fn matmul_offsets(
 ) {
     let (m, k) = (dst.rows, lhs.cols);
     assert!(lhs.rows == m && offsets.len() == k, "matmul shapes do not chain");
-    assert!(width >= 1 && width <= pitch && dst.cols % width == 0, "matmul_offsets: bad column layout");
+    assert!(width >= 1 && width <= pitch && dst.cols.is_multiple_of(width), "matmul_offsets: bad column layout");
     assert!(dst.col_stride == 1, "matmul_offsets writes contiguous destination rows");
     assert!(extent(m, dst.cols, dst.row_stride, 1) <= dst.data.len(), "matmul dst out of bounds");
     assert!(extent(m, k, lhs.row_stride, lhs.col_stride) <= lhs.data.len(), "matmul lhs out of bounds");

@@ -251,7 +251,7 @@ unsafe fn store_tile_by_transposes<const NR: usize>(
     channels: usize,
     rows: usize,
 ) {
-    const { assert!(8 * NR <= MAX_TILE && NR % 8 == 0) };
+    const { assert!(8 * NR <= MAX_TILE && NR.is_multiple_of(8)) };
     let channels = channels.min(NR);
     if rows != 8 {
         // SAFETY: forwarded contract.

@@ -49,7 +49,7 @@ pub(crate) fn run_with_busy_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R 
                         idle = idle.wrapping_add(1);
                         // Leave the core to other processes now and then (an oversubscribed
                         // machine), otherwise spin.
-                        if idle % 256 == 0 {
+                        if idle.is_multiple_of(256) {
                             std::thread::yield_now();
                         } else {
                             std::hint::spin_loop();

@@ -76,9 +76,11 @@ impl GpuContext {
     pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
         let info = adapter.get_info();
         let supported = adapter.limits();
-        let mut limits = wgpu::Limits::default();
-        limits.max_storage_buffer_binding_size = supported.max_storage_buffer_binding_size;
-        limits.max_buffer_size = supported.max_buffer_size;
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: supported.max_storage_buffer_binding_size,
+            max_buffer_size: supported.max_buffer_size,
+            ..Default::default()
+        };
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         // The subgroup kernels were measured on software adapters only (faster on SwiftShader,
         // equal or faster on lavapipe); on a GPU, whose compilers already load uniform weights

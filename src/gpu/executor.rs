@@ -125,7 +125,7 @@ impl GpuModel {
         let arena_bytes = (plan.arena_len.max(64) * 4) as u64;
         let param_bytes = (pack.data.len().max(4) * 4) as u64;
         for (what, size) in [("activation arena", arena_bytes), ("parameters", param_bytes)] {
-            if size > limits.max_storage_buffer_binding_size as u64 || size > limits.max_buffer_size {
+            if size > limits.max_storage_buffer_binding_size || size > limits.max_buffer_size {
                 return Err(Error::TooLarge(format!(
                     "{what} need {} MiB; this device binds at most {} MiB",
                     size >> 20,
@@ -396,6 +396,7 @@ impl GpuModel {
         let (readback, n_queries) = self.profile_submit(inputs)?;
         let device = &self.ctx.device;
         let outputs = read_buffer::<f32>(device, &self.staging, &self.output_ranges())?;
+        #[allow(clippy::single_range_in_vec_init)] // a slice of one range (the readback takes several)
         let ticks = read_buffer::<u64>(device, &readback, &[0..(n_queries * 8) as u64])?.remove(0);
         self.ctx.check_lost()?;
         self.profile_finish(outputs, ticks)
@@ -406,6 +407,7 @@ impl GpuModel {
         let (readback, n_queries) = self.profile_submit(inputs)?;
         let device = &self.ctx.device;
         let outputs = read_buffer_async::<f32>(device, &self.staging, &self.output_ranges()).await?;
+        #[allow(clippy::single_range_in_vec_init)] // a slice of one range (the readback takes several)
         let ticks = read_buffer_async::<u64>(device, &readback, &[0..(n_queries * 8) as u64]).await?.remove(0);
         self.ctx.check_lost()?;
         self.profile_finish(outputs, ticks)

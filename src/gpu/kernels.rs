@@ -177,7 +177,7 @@ pub(crate) struct ParamPack {
 
 impl ParamPack {
     fn push(&mut self, v: &[f32]) -> u32 {
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0.0);
         }
         let off = self.data.len();
@@ -187,7 +187,7 @@ impl ParamPack {
 
     /// Pushes a uniform-window block, aligned to 256 bytes (WebGPU's uniform offset alignment).
     fn push_window(&mut self, v: &[f32]) -> u32 {
-        while self.data.len() % 64 != 0 {
+        while !self.data.len().is_multiple_of(64) {
             self.data.push(0.0);
         }
         self.push(v)
@@ -304,6 +304,7 @@ fn elementwise(
     Ok(Dispatch { node, kernel: Kernel::Elementwise, uniform: Uniforms::Elementwise(un), workgroups, window: 0 })
 }
 
+#[allow(clippy::too_many_arguments)] // a kernel helper: one argument per dispatch parameter
 fn resample(
     max: usize,
     node: NodeId,
@@ -531,6 +532,7 @@ pub(crate) fn kernels_of(g: &Graph, shapes: &[[usize; 4]], subgroups: bool, fuse
     out
 }
 
+#[allow(clippy::too_many_arguments)] // a kernel helper: one argument per dispatch parameter
 fn conv(
     id: NodeId,
     c: &crate::graph::Conv2d,

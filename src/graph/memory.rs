@@ -182,7 +182,7 @@ pub fn plan_with_reads(g: &Graph, batch: usize, reads: &[Vec<NodeId>]) -> Result
     if arena_len > u32::MAX as usize / 2 {
         return Err(Error::TooLarge(format!(
             "activations need {} MiB, more than the kernels can address",
-            arena_len * 4 >> 20
+            (arena_len * 4) >> 20
         )));
     }
     let views = (0..n)

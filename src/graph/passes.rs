@@ -186,8 +186,7 @@ pub(crate) fn fuse_residual_adds(g: &Graph) -> Graph {
             && single_consumer(g, &consumers, id) == Some(add)
             && matches!(&g.nodes[id].op, Op::Conv2d(c) if c.epilogue.residual.is_none() && c.epilogue.post_act == Act::None)
     };
-    for id in 0..g.nodes.len() {
-        let node = &g.nodes[id];
+    for (id, node) in g.nodes.iter().enumerate() {
         let (a, b) = match node.inputs[..] {
             [a, b] if a != b => (a, b),
             _ => continue,

@@ -32,7 +32,7 @@ impl Graph {
         for node in &self.nodes {
             let ins: Vec<[usize; 4]> = node.inputs.iter().map(|&i| shapes[i]).collect();
             let s = infer(&node.name, &node.op, &ins, batch)?;
-            if s.iter().any(|&d| d == 0) {
+            if s.contains(&0) {
                 return Err(Error::shape(&node.name, format!("produces an empty tensor {s:?}")));
             }
             let n = checked_numel(&s)?;

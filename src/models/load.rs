@@ -187,7 +187,7 @@ pub fn calibrate_batch_norms(graph: &mut Graph, inputs: &[crate::Tensor]) -> Res
             let [n, c, h, w] = x.nchw()?;
             let count = (n * h * w) as f64;
             let mut var = vec![0f64; c];
-            for ch in 0..c {
+            for (ch, var_ch) in var.iter_mut().enumerate() {
                 let (mut s, mut s2) = (0f64, 0f64);
                 for b in 0..n {
                     for &v in &x.data[(b * c + ch) * h * w..][..h * w] {
@@ -197,13 +197,13 @@ pub fn calibrate_batch_norms(graph: &mut Graph, inputs: &[crate::Tensor]) -> Res
                 }
                 let mean = s / count;
                 bn.mean.data[ch] = mean as f32;
-                var[ch] = (s2 / count - mean * mean).max(0.0);
+                *var_ch = (s2 / count - mean * mean).max(0.0);
             }
             // Near-constant channels (dead ReLUs of a random network) would otherwise be scaled
             // up by 1/sqrt(eps) and amplify rounding noise; floor them at 1% of the layer's mean.
             let floor = 0.01 * var.iter().sum::<f64>() / c.max(1) as f64;
-            for ch in 0..c {
-                bn.var.data[ch] = var[ch].max(floor).max(1e-6) as f32;
+            for (dst, v) in bn.var.data[..c].iter_mut().zip(&var) {
+                *dst = v.max(floor).max(1e-6) as f32;
             }
         }
         let node = &graph.nodes[id];

@@ -127,6 +127,7 @@ fn parabola_offset(left: f32, centre: f32, right: f32) -> f32 {
 /// Detections of one image from the detector's `[3, h, w]` maps (probabilities: centre, width
 /// and height as fractions of the input), through the crop `crop` the input was cut with
 /// (usually [`letterbox`]).
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // the negated comparisons reject NaN too
 pub fn decode_detections(
     maps: &[f32],
     h: usize,

@@ -302,6 +302,7 @@ impl GpuPreprocess {
             self.encode(&mut enc, &src, w, h, crops, &dst, 0, out_w, out_h)?;
             enc.copy_buffer_to_buffer(&dst, 0, &staging, 0, bytes);
             ctx.queue.submit([enc.finish()]);
+            #[allow(clippy::single_range_in_vec_init)] // a slice of one range (the readback takes several)
             let data = crate::gpu::readback::read_buffer::<f32>(device, &staging, &[0..bytes])?.remove(0);
             Ok(Tensor { shape: shape.clone(), data })
         })

@@ -642,6 +642,7 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
         Some((r.clone(), lsp::load_lsp(&a.root, Some(r), lsp::Visibility::Auto)?.annotations))
     };
     let mut extra_desc = String::new();
+    #[allow(clippy::type_complexity)] // spelled out for the trait-object coercions; the bindings name the parts
     let (train, val, val_desc, aug_desc): (Arc<dyn BatchSource>, Option<Box<dyn Validator>>, String, String) =
         if detector {
             let dshape = DetectShape { input_w: shape.input_w, input_h: shape.input_h, map_w: hm_w, map_h: hm_h };

@@ -50,7 +50,7 @@ impl DemoApp {
     /// Headless `--memory-every`: one line per N frames, growth since the first report.
     pub(super) fn report_memory(&mut self) {
         let Some(every) = self.headless.as_ref().and_then(|h| h.memory_every) else { return };
-        if self.frames_processed % every != 0 {
+        if !self.frames_processed.is_multiple_of(every) {
             return;
         }
         match wgpose::bench::rss_kib() {
