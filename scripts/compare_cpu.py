@@ -21,6 +21,10 @@ idles between frames (33 at 30 fps): thread pools, caches and, on a virtual mach
 themselves are cold when each run starts. Add `--wgpose-env WGPOSE_CPU_PIN=1` to time wgpose
 with its workers pinned (`wgpose::pin_cpu_threads`).
 
+`--background-load N` runs N busy loops at `nice -n 19` for the whole comparison: a machine
+where other programs want the CPUs too (a thread pool that yields its CPU between operators
+loses it for a whole time slice to any such program, however low its priority).
+
 `--hide-avx512` runs every engine with AVX-512 hidden from CPUID (`scripts/hide_avx512.c`, built
 with gcc and preloaded into this script and wgpose; needs the `cpuid_fault` CPU flag): ONNX
 Runtime, PyTorch (oneDNN, MKL, ATen) and wgpose then take the code paths of an AVX2-only CPU, so
@@ -30,7 +34,7 @@ microarchitecture).
 Needs: pip install onnxruntime onnx numpy torch onnx2torch   (a CPU-only torch is enough)
 Usage: scripts/compare_cpu.py [--wgpose target/release/wgpose] [--rounds 5] [--reps 10]
                               [--models a,b] [--train-models a,b] [--skip-inference] [--skip-training]
-                              [--gap-ms 30] [--hide-avx512]
+                              [--gap-ms 30] [--background-load 2] [--hide-avx512]
 """
 
 import argparse
@@ -248,6 +252,12 @@ def main():
     ap.add_argument("--threads", type=int, default=THREADS, help="threads of every engine (default 2)")
     ap.add_argument("--size", default=f"{SIZE[0]}x{SIZE[1]}", help="input HxW of every model (default 128x128)")
     ap.add_argument("--gap-ms", type=int, default=0, help="idle ms before each timed inference (33: 30 fps video)")
+    ap.add_argument(
+        "--background-load",
+        type=int,
+        default=0,
+        help="run this many `nice -n 19` busy loops beside every engine (other programs on the machine)",
+    )
     ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument(
@@ -280,14 +290,28 @@ def main():
             sys.exit(f"--hide-avx512: PyTorch still reports CPU capability {cap}; the shim did not take")
         print(f"AVX-512 hidden from CPUID (scripts/hide_avx512.c): PyTorch's CPU capability {cap}; "
               "wgpose picks its AVX2 kernel; ONNX Runtime's MLAS its AVX2 kernels")
+    load = [
+        subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", "while True: pass"])
+        for _ in range(a.background_load)
+    ]
+    if load:
+        print(f"background load: {len(load)} busy loop(s) at nice 19 for the whole run")
+    try:
+        compare(a, env)
+    finally:
+        for p in load:
+            p.kill()
+    print("\nratio: inference = wgpose ms / ONNX Runtime ms (<1: wgpose faster); "
+          "training = wgpose img/s / PyTorch img/s (>1: wgpose faster); median of per-round ratios")
+    return 0
+
+
+def compare(a, env):
     with tempfile.TemporaryDirectory() as tmp:
         if not a.skip_inference:
             compare_inference(a.wgpose, [m for m in a.models.split(",") if m], a.rounds, a.reps, env, tmp, a.gap_ms)
         if not a.skip_training:
             compare_training(a.wgpose, [m for m in a.train_models.split(",") if m], a.rounds, a.train_reps, env, tmp)
-    print("\nratio: inference = wgpose ms / ONNX Runtime ms (<1: wgpose faster); "
-          "training = wgpose img/s / PyTorch img/s (>1: wgpose faster); median of per-round ratios")
-    return 0
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@
 //!
 //! The epilogue is `y = post_act( act(conv + bias) (+) residual )`.
 
-use rayon::prelude::*;
+use super::parallel;
 
 use super::gemm::{matmul_offsets, matmul_panels, offsets_slack, Epilogue, Kernel, Mat, MatMut, Panels, Parallelism};
 use super::indirect::{conv_indirect, conv_pointwise, PackedWeights, TileEpilogue};
@@ -482,7 +482,7 @@ pub(super) fn for_each_item(
         return;
     }
     if matches!(par, Parallelism::Rayon(_)) && threads > 1 && n >= threads {
-        y.par_chunks_mut(per_item).enumerate().for_each(|(b, yb)| item(b, yb, Parallelism::None));
+        parallel::for_each_chunk_mut(y, per_item, 1, |b, yb| item(b, yb, Parallelism::None));
     } else {
         for (b, yb) in y.chunks_mut(per_item).enumerate() {
             item(b, yb, par);
@@ -652,7 +652,7 @@ fn indirect_conv_folded(
         }
     };
     if threads > 1 && n * cout * ohw >= 1 << 14 {
-        y[..n * cout * ohw].par_chunks_mut(ohw).enumerate().for_each(|(bc, run)| place(bc, run));
+        parallel::for_each_chunk_mut(&mut y[..n * cout * ohw], ohw, 1, place);
     } else {
         y[..n * cout * ohw].chunks_mut(ohw).enumerate().for_each(|(bc, run)| place(bc, run));
     }
@@ -997,7 +997,7 @@ fn fill_zero_padded<'a>(
         }
     };
     if rayon::current_num_threads() > 1 && cin_g >= 2 * planes_per_task(plane) {
-        body.par_chunks_mut(plane).with_min_len(planes_per_task(plane)).enumerate().for_each(|(ci, d)| fill(ci, d));
+        parallel::for_each_chunk_mut(body, plane, planes_per_task(plane), fill);
     } else {
         body.chunks_mut(plane).enumerate().for_each(|(ci, d)| fill(ci, d));
     }
@@ -1059,7 +1059,7 @@ pub(super) fn fill_zero_padded_pixel_major<'a>(
     if cin_g > 0 && w > 0 {
         let rows_per_task = planes_per_task(row);
         if rayon::current_num_threads() > 1 && h >= 2 * rows_per_task {
-            body.par_chunks_mut(row).with_min_len(rows_per_task).enumerate().for_each(|(y, d)| fill(y, d));
+            parallel::for_each_chunk_mut(body, row, rows_per_task, fill);
         } else {
             body.chunks_mut(row).enumerate().for_each(|(y, d)| fill(y, d));
         }
@@ -1210,7 +1210,7 @@ pub fn im2col(x: &[f32], [_, h, w]: [usize; 3], c: &Conv2d, [oy0, oy1]: [usize; 
         })
         .collect();
     let block_len = kw * cols;
-    buf.par_chunks_mut(block_len).with_min_len(planes_per_task(block_len)).enumerate().for_each(|(r, block)| {
+    parallel::for_each_chunk_mut(buf, block_len, planes_per_task(block_len), |r, block| {
         let (ci, ky) = (r / kh, r % kh);
         let plane = &x[ci * h * w..(ci + 1) * h * w];
         let mut phases = vec![0.0f32; if sx > 1 { sx * pl } else { 0 }];
@@ -1264,23 +1264,20 @@ fn depthwise(x: &Tensor, c: &Conv2d, out: [usize; 4], ep: &EpilogueRef, y: &mut 
     };
     #[cfg(target_arch = "x86_64")]
     let avx2 = is_x86_feature_detected!("avx2");
-    y.par_chunks_mut(oh * ow)
-        .zip(x.data.par_chunks(h * w))
-        .with_min_len(planes_per_task(oh * ow * kh * kw / 4))
-        .enumerate()
-        .for_each(|(p, (d, s))| {
-            let o = p % ch;
-            let wk = &c.weight.data[o * kh * kw..(o + 1) * kh * kw];
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: the CPU supports AVX2 (checked above).
-                unsafe { depthwise_plane_avx2(&geom, d, s, wk) };
-                ep.apply(d, o, p * oh * ow);
-                return;
-            }
-            depthwise_plane(&geom, d, s, wk);
+    parallel::for_each_chunk_mut(y, oh * ow, planes_per_task(oh * ow * kh * kw / 4), |p, d| {
+        let s = &x.data[p * h * w..(p + 1) * h * w];
+        let o = p % ch;
+        let wk = &c.weight.data[o * kh * kw..(o + 1) * kh * kw];
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            unsafe { depthwise_plane_avx2(&geom, d, s, wk) };
             ep.apply(d, o, p * oh * ow);
-        });
+            return;
+        }
+        depthwise_plane(&geom, d, s, wk);
+        ep.apply(d, o, p * oh * ow);
+    });
 }
 
 /// Geometry of a depthwise convolution; `xr[kx]` is the valid output column range of tap `kx`.

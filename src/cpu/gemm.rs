@@ -28,14 +28,14 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
+use super::parallel;
 
 /// How a product may use threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parallelism {
     /// On the calling thread only (e.g. inside an outer parallel loop).
     None,
-    /// Split over rayon's pool, aiming at this many threads.
+    /// Split over the threads of the run (`parallel`), aiming at this many.
     Rayon(usize),
 }
 
@@ -581,11 +581,11 @@ fn product(
         // Few, narrow columns (late layers: 4x4 to 16x16 pixels): pack the whole right operand
         // once, then split the rows, so each weight row is read from memory once.
         let mut packed = vec![0.0f32; k * col_panels * nr];
-        packed.par_chunks_mut(k * nr).enumerate().for_each(|(jp, panel)| {
+        parallel::for_each_chunk_mut(&mut packed, k * nr, 1, |jp, panel| {
             rhs.pack(jp * nr, ((jp + 1) * nr).min(n), nr, panel);
         });
         let per_task = row_panels.div_ceil(4 * threads).max(1);
-        (0..row_panels.div_ceil(per_task)).into_par_iter().for_each(|t| {
+        parallel::for_each_task(row_panels.div_ceil(per_task), |t| {
             let mut tile_buf = vec![0.0f32; mr * nr];
             for ip in t * per_task..((t + 1) * per_task).min(row_panels) {
                 for (jp, panel) in packed.chunks_exact(k * nr).enumerate() {
@@ -662,11 +662,11 @@ impl TaskSplit {
         )
     }
 
-    /// Runs every task, on rayon's pool when there are several threads and tasks.
+    /// Runs every task, in parallel (`parallel`) when there are several threads and tasks.
     fn run(&self, task: impl Fn(usize) + Sync + Send) {
         let tasks = self.col_panels.div_ceil(self.per_group) * self.row_blocks;
         if self.threads > 1 && tasks > 1 {
-            (0..tasks).into_par_iter().for_each(task);
+            parallel::for_each_task(tasks, task);
         } else {
             (0..tasks).for_each(task);
         }

@@ -17,7 +17,7 @@
 //! as ONNX Runtime and XNNPACK prepack theirs. The cost moves to the stores: a tile's `MR` values
 //! per channel are a short run of an output row.
 
-use rayon::prelude::*;
+use super::parallel;
 
 use super::gemm::{threads_for, tile_ind_fn, DstPtr, Epilogue, Kernel, Parallelism, AVX512_MR, PORTABLE_MR};
 use super::ops::sigmoid;
@@ -139,11 +139,9 @@ impl PackedWeights {
         let panels = cout_g.div_ceil(nr);
         let mut data = AlignedF32::overwritten(groups * panels * k * nr);
         let panel_len = (k * nr).max(1);
-        data.as_mut_slice()
-            .par_chunks_mut(panel_len)
-            .with_min_len((1usize << 15).div_ceil(panel_len))
-            .enumerate()
-            .for_each(|(i, panel)| fill(i / panels, (i % panels) * nr, panel));
+        parallel::for_each_chunk_mut(data.as_mut_slice(), panel_len, (1usize << 15).div_ceil(panel_len), |i, panel| {
+            fill(i / panels, (i % panels) * nr, panel)
+        });
         PackedWeights { kernel, groups, cout_g, k, data }
     }
 
@@ -455,7 +453,7 @@ pub fn conv_indirect(
         }
     };
     if tasks > 1 {
-        (0..tasks).into_par_iter().for_each(task);
+        parallel::for_each_task(tasks, task);
     } else {
         task(0);
     }
@@ -583,7 +581,7 @@ pub fn conv_pointwise(
         }
     };
     if threads > 1 && blocks * parts > 1 {
-        (0..blocks * parts).into_par_iter().for_each_init(Vec::new, run_block);
+        parallel::for_each_task(blocks * parts, |task| run_block(&mut Vec::new(), task));
     } else {
         let mut xs = Vec::new();
         (0..blocks * parts).for_each(|task| run_block(&mut xs, task));

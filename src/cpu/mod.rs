@@ -6,7 +6,7 @@
 //!   ground truth of the tests;
 //! - the fast path ([`run`], [`run_all`], [`eval_op`]): convolutions as matrix products (`gemm`: wgpose's own tiled kernels, im2col packed on the fly)
 //!   with the epilogue fused, depthwise convolutions as direct loops, and every other operator
-//!   parallelised with rayon over `(n, c)` planes.
+//!   parallelised over `(n, c)` planes.
 //!
 //! A [`PackedGraph`] (what the `Estimator`, the detector and the benches run) also plans two
 //! things the GPU's memory plan does with buffers: a channel affine read only by a padded
@@ -17,6 +17,8 @@
 //! A run on the fast path (and a training step) enters rayon's pool once and keeps the other
 //! workers polling for work until it ends (`threads`), rather than waking the pool for every
 //! operator: LDCRN's ~300 small operators made that hand-off cost more than a second core gave.
+//! Its parallel loops go to those workers without rayon's `join` (`parallel`), whose waiting
+//! threads yield their CPU to any other program for a whole time slice.
 //!
 //! The reference and the fast path share the validation in this module, so they accept and
 //! refuse exactly the same inputs, and neither panics on bad data: wrong input counts, shapes,
@@ -57,6 +59,7 @@ pub(crate) mod conv;
 pub mod gemm;
 pub mod indirect;
 pub(crate) mod ops;
+pub(crate) mod parallel;
 pub(crate) mod pool;
 pub(crate) mod reduce;
 pub mod reference;
@@ -66,8 +69,6 @@ pub(crate) mod winograd;
 pub(crate) mod winograd_grad;
 
 use std::borrow::Cow;
-
-use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Op};
@@ -307,12 +308,16 @@ fn run_on_this_thread(
             values[id] = Some(v);
         } else {
             // Inputs are never grouped (`independent_groups`).
-            let computed: Vec<(NodeId, Tensor)> = {
+            // One task per node; each node's own loops run on its task's thread.
+            let mut computed: Vec<Option<Tensor>> = group.iter().map(|_| None).collect();
+            {
                 let values = &values;
-                group.par_iter().map(|&id| (id, eval_node(id, values))).collect()
-            };
-            for (id, v) in computed {
-                values[id] = Some(Cow::Owned(v));
+                parallel::for_each_chunk_mut(&mut computed, 1, 1, |k, slot| {
+                    slot[0] = Some(eval_node(group[k], values))
+                });
+            }
+            for (&id, v) in group.iter().zip(computed) {
+                values[id] = v.map(Cow::Owned);
             }
         }
         // Values past their last reader go back to the spare buffers (`buffer::recycle`).

@@ -1,13 +1,12 @@
-//! Fast CPU kernels of every operator but convolution, parallelised with rayon over `(n, c)`
+//! Fast CPU kernels of every operator but convolution, parallelised (`parallel`) over `(n, c)`
 //! planes. Inputs are assumed validated (shapes consistent with the operator), as done by
 //! `cpu::run` / `cpu::eval_op`.
 
-use rayon::prelude::*;
-
+use super::parallel;
 use crate::graph::Act;
 use crate::tensor::Tensor;
 
-/// Smallest number of elements worth a rayon task.
+/// Smallest number of elements worth a parallel task.
 const MIN_TASK_ELEMS: usize = 1 << 14;
 
 /// Planes per task so that each task has at least `MIN_TASK_ELEMS` elements.
@@ -98,7 +97,7 @@ pub(crate) fn channel_affine(x: &Planes, scale: &[f32], shift: &[f32], act: Act)
     let [n, c, h, w] = x.dims();
     let hw = h * w;
     let mut y = super::buffer::overwritten(n * c * hw);
-    y.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
+    parallel::for_each_chunk_mut(&mut y, hw, planes_per_task(hw), |p, d| {
         let (a, b) = (scale[p % c], shift[p % c]);
         d.iter_mut().zip(x.plane(p / c, p % c)).for_each(|(d, &s)| *d = a * s + b);
         act_in_place(d, act);
@@ -109,7 +108,7 @@ pub(crate) fn channel_affine(x: &Planes, scale: &[f32], shift: &[f32], act: Act)
 pub(crate) fn activation(x: &Tensor, act: Act) -> Tensor {
     let mut y = x.data.clone();
     if act != Act::None {
-        y.par_chunks_mut(MIN_TASK_ELEMS).for_each(|d| act_in_place(d, act));
+        parallel::for_each_chunk_mut(&mut y, MIN_TASK_ELEMS, 1, |_, d| act_in_place(d, act));
     }
     Tensor { shape: x.shape.clone(), data: y }
 }
@@ -128,8 +127,9 @@ pub(crate) fn upsample_nearest(x: &Tensor, f: usize) -> Tensor {
     let [n, c, h, w] = dims(x);
     let (oh, ow) = (h * f, w * f);
     let mut y = super::buffer::overwritten(n * c * oh * ow);
-    y.par_chunks_mut(oh * ow).zip(x.data.par_chunks(h * w)).with_min_len(planes_per_task(oh * ow)).for_each(
-        |(d, s)| {
+    parallel::for_each_chunk_mut(&mut y, oh * ow, planes_per_task(oh * ow), |p, d| {
+        let s = &x.data[p * h * w..(p + 1) * h * w];
+        {
             for (i, block) in d.chunks_exact_mut(f * ow).enumerate() {
                 let (first, rest) = block.split_at_mut(ow);
                 let src = &s[i * w..(i + 1) * w];
@@ -149,8 +149,8 @@ pub(crate) fn upsample_nearest(x: &Tensor, f: usize) -> Tensor {
                     r.copy_from_slice(first);
                 }
             }
-        },
-    );
+        }
+    });
     Tensor { shape: vec![n, c, oh, ow], data: y }
 }
 
@@ -169,8 +169,9 @@ pub(crate) fn upsample_bilinear(x: &Tensor, f: usize) -> Tensor {
     let xt: Vec<(usize, usize, f32)> = (0..ow).map(|o| bilinear_taps(o, f, w)).collect();
     let yt: Vec<(usize, usize, f32)> = (0..oh).map(|o| bilinear_taps(o, f, h)).collect();
     let mut y = super::buffer::overwritten(n * c * oh * ow);
-    y.par_chunks_mut(oh * ow).zip(x.data.par_chunks(h * w)).with_min_len(planes_per_task(oh * ow)).for_each(
-        |(d, s)| {
+    parallel::for_each_chunk_mut(&mut y, oh * ow, planes_per_task(oh * ow), |p, d| {
+        let s = &x.data[p * h * w..(p + 1) * h * w];
+        {
             for (drow, &(y0, y1, ly)) in d.chunks_exact_mut(ow).zip(&yt) {
                 let r0 = &s[y0 * w..(y0 + 1) * w];
                 let r1 = &s[y1 * w..(y1 + 1) * w];
@@ -180,8 +181,8 @@ pub(crate) fn upsample_bilinear(x: &Tensor, f: usize) -> Tensor {
                     *v = (1.0 - ly) * top + ly * bot;
                 }
             }
-        },
-    );
+        }
+    });
     Tensor { shape: vec![n, c, oh, ow], data: y }
 }
 
@@ -191,7 +192,7 @@ pub(crate) fn concat(xs: &[&Tensor], out: [usize; 4]) -> Tensor {
     let hw = h * w;
     let x = Planes::new(xs);
     let mut y = super::buffer::overwritten(out.iter().product());
-    y.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
+    parallel::for_each_chunk_mut(&mut y, hw, planes_per_task(hw), |p, d| {
         d.copy_from_slice(x.plane(p / c, p % c));
     });
     Tensor { shape: out.to_vec(), data: y }
@@ -199,9 +200,10 @@ pub(crate) fn concat(xs: &[&Tensor], out: [usize; 4]) -> Tensor {
 
 pub(crate) fn add(a: &Tensor, b: &Tensor) -> Tensor {
     let mut y = super::buffer::overwritten(a.data.len());
-    y.par_chunks_mut(MIN_TASK_ELEMS)
-        .zip(a.data.par_chunks(MIN_TASK_ELEMS).zip(b.data.par_chunks(MIN_TASK_ELEMS)))
-        .for_each(|(d, (a, b))| d.iter_mut().zip(a.iter().zip(b)).for_each(|(d, (a, b))| *d = a + b));
+    parallel::for_each_chunk_mut(&mut y, MIN_TASK_ELEMS, 1, |i, d| {
+        let r = i * MIN_TASK_ELEMS..(i * MIN_TASK_ELEMS + d.len());
+        d.iter_mut().zip(a.data[r.clone()].iter().zip(&b.data[r])).for_each(|(d, (a, b))| *d = a + b)
+    });
     Tensor { shape: a.shape.clone(), data: y }
 }
 
@@ -210,7 +212,7 @@ pub(crate) fn gated_add(skip: &Planes, x: &Planes, alpha: &[f32]) -> Tensor {
     let [n, c, h, w] = x.dims();
     let hw = h * w;
     let mut y = super::buffer::overwritten(n * c * hw);
-    y.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
+    parallel::for_each_chunk_mut(&mut y, hw, planes_per_task(hw), |p, d| {
         let (a, s, x) = (alpha[p % c], skip.plane(p / c, p % c), x.plane(p / c, p % c));
         d.iter_mut().zip(s.iter().zip(x)).for_each(|(d, (s, x))| *d = a * s + x);
     });
@@ -223,7 +225,7 @@ pub(crate) fn pixel_shuffle(x: &Tensor, r: usize) -> Tensor {
     let co = c / (r * r);
     let (oh, ow) = (h * r, w * r);
     let mut y = super::buffer::overwritten(n * co * oh * ow);
-    y.par_chunks_mut(oh * ow).with_min_len(planes_per_task(oh * ow)).enumerate().for_each(|(p, d)| {
+    parallel::for_each_chunk_mut(&mut y, oh * ow, planes_per_task(oh * ow), |p, d| {
         // Output plane p = (b, ch) reads input planes (b, ch*r*r .. (ch+1)*r*r).
         let base = p * r * r;
         for i in 0..h {
@@ -244,6 +246,7 @@ pub(crate) fn pixel_shuffle(x: &Tensor, r: usize) -> Tensor {
 
 #[cfg(test)]
 mod tests {
+    use super::parallel;
     use super::*;
 
     /// The inline sigmoid against the f64 definition on a dense sweep of [-100, 100] and the

@@ -21,6 +21,8 @@ use std::hint::select_unpredictable;
 
 use rayon::prelude::*;
 
+use super::parallel;
+
 use super::ops::{planes_per_task, valid_range};
 use crate::tensor::Tensor;
 
@@ -103,10 +105,14 @@ pub(crate) fn max_pool(
     let (g, plan) = geometry(x, kernel, stride, padding, out);
     // Every output is written (by `rows_first_plane` or `exact_plane`).
     let mut y = super::buffer::overwritten(out.iter().product());
-    y.par_chunks_mut(g.oh * g.ow)
-        .zip(x.data.par_chunks(g.h * g.w))
-        .with_min_len(planes_per_task(g.oh * g.ow))
-        .for_each_init(Scratch::default, |scratch, (d, s)| inference_plane(&g, &plan, s, d, scratch));
+    let plane = g.h * g.w;
+    parallel::for_each_chunk_mut_with(
+        &mut y,
+        g.oh * g.ow,
+        planes_per_task(g.oh * g.ow),
+        Scratch::default,
+        |scratch, p, d| inference_plane(&g, &plan, &x.data[p * plane..(p + 1) * plane], d, scratch),
+    );
     Tensor { shape: out.to_vec(), data: y }
 }
 

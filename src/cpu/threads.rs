@@ -14,10 +14,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::parallel::Team;
+
 /// Runs `work` on a worker of rayon's global pool (the calling thread waits once, not once per
-/// operator), while every other worker polls the pool for work (`rayon::yield_now`), so that
-/// the halves each operator's parallel loop leaves behind are taken at once. The polling ends
-/// with `work`. Called from a worker already (a nested run), `work` simply runs here.
+/// operator), as the owner of a [`Team`] that every other worker polls (and the pool, through
+/// `rayon::yield_now`), so that each parallel loop's tasks (`parallel`) are taken at once. The
+/// polling ends with `work`. Called from a worker already (a nested run), `work` simply runs here.
 pub(crate) fn run_with_busy_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     let threads = rayon::current_num_threads();
     if rayon::current_thread_index().is_some() {
@@ -32,24 +34,28 @@ pub(crate) fn run_with_busy_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R 
         return rayon::scope(|_| work());
     }
     let done = &AtomicBool::new(false);
+    let team = &Team::new();
     rayon::scope(|s| {
         let owner = rayon::current_thread_index();
-        for _ in 1..threads {
+        for me in 1..threads {
             s.spawn(move |_| {
                 // The worker running `work` may pop one of these itself while it waits in a
                 // join: it must not poll there (`work` could never finish), only return.
                 if rayon::current_thread_index() == owner {
                     return;
                 }
+                // Spin: a `sched_yield` hands the CPU to any other runnable process for a whole
+                // time slice (`parallel`), and operators follow each other within microseconds.
+                // Only after a long idle stretch (milliseconds: a serial part of the run, which
+                // waits for nobody) does the thread offer its CPU, for a machine running more
+                // workers than CPUs.
                 let mut idle = 0u32;
                 while !done.load(Ordering::Acquire) {
-                    if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    if team.help(me) || rayon::yield_now() == Some(rayon::Yield::Executed) {
                         idle = 0;
                     } else {
-                        idle = idle.wrapping_add(1);
-                        // Leave the core to other processes now and then (an oversubscribed
-                        // machine), otherwise spin.
-                        if idle.is_multiple_of(256) {
+                        idle = idle.saturating_add(1);
+                        if idle >= 1 << 14 && idle.is_multiple_of(256) {
                             std::thread::yield_now();
                         } else {
                             std::hint::spin_loop();
@@ -67,7 +73,7 @@ pub(crate) fn run_with_busy_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R 
             }
         }
         let _stop = StopPolling(done);
-        work()
+        team.own(work)
     })
 }
 

@@ -44,7 +44,7 @@
 //! written with explicit arrays: with `std::array::from_fn` in its loop it stayed a function call
 //! per value and took 39% of a layer's time.
 
-use rayon::prelude::*;
+use super::parallel;
 
 use super::buffer::reused;
 use super::conv::{for_each_item, zero_padded_pixel_major_to, EpilogueRef, InputAffine};
@@ -200,7 +200,9 @@ pub(crate) fn pack_weights(c: &Conv2d, variant: Variant) -> PackedWeights {
     // again), as `[cout][position][cin]`, then packed with the positions as groups.
     let mut u = vec![0.0f32; positions * cout * cin];
     let per_channel = (positions * cin).max(1);
-    u.par_chunks_mut(per_channel).zip(c.weight.data.par_chunks((9 * cin).max(1))).for_each(|(u, g)| {
+    let per_filter = (9 * cin).max(1);
+    parallel::for_each_chunk_mut(&mut u, per_channel, 1, |o, u| {
+        let g = &c.weight.data[o * per_filter..(o + 1) * per_filter];
         for (ci, g) in g.chunks_exact(9).enumerate() {
             let mut put = |xi: usize, v: f32| u[xi * cin + ci] = v;
             match variant {
@@ -310,7 +312,7 @@ pub(super) fn conv2d(
         };
         let tasks = blocks * parts;
         if matches!(par, Parallelism::Rayon(_)) && tasks > 1 {
-            (0..tasks).into_par_iter().for_each(task);
+            parallel::for_each_task(tasks, task);
         } else {
             (0..tasks).for_each(task);
         }
@@ -464,7 +466,7 @@ unsafe fn products_and_outputs(
 /// stores (`t`). Kept per thread: as zeroed locals they cost a 20 KiB `memset` per call of
 /// [`products_and_outputs`], once per item on small blocks (1.4% of the hourglass's time on
 /// one thread, session 36); every value read is written first in each use. Borrowed for the
-/// whole of [`products_and_outputs`], which makes no rayon calls: a thread never steals other
+/// whole of [`products_and_outputs`], which starts no parallel loop: a thread never takes other
 /// work while it holds them (with nodes run side by side, `cpu::independent_groups`).
 struct Tiles {
     m: [[f32; MAX_TILE]; MAX_POSITIONS],
