@@ -5,7 +5,7 @@
 //! forward pass left on the tape, and return gradients with respect to the inputs and the
 //! parameters, parallelised with rayon over `(n, c)` planes or channels.
 
-use rayon::prelude::*;
+use crate::cpu::parallel;
 
 pub use super::conv_backward::{conv2d_backward, ConvGrads};
 use crate::cpu::gemm::Kernel;
@@ -27,19 +27,16 @@ fn channel_dots(dy: &Tensor, x: &Tensor) -> (Vec<f32>, Vec<f32>) {
     let [n, c, h, w] = dims(dy);
     let hw = h * w;
     let kernel = Kernel::detect();
-    let r: Vec<(f32, f32)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let (mut a, mut b) = (0.0f64, 0.0f64);
-            for bi in 0..n {
-                let off = (bi * c + ch) * hw;
-                let (p, q) = centered_sums(&dy.data[off..off + hw], 0.0, &x.data[off..off + hw], 0.0, kernel);
-                a += p;
-                b += q;
-            }
-            (a as f32, b as f32)
-        })
-        .collect();
+    let r: Vec<(f32, f32)> = parallel::map_tasks(c, |ch| {
+        let (mut a, mut b) = (0.0f64, 0.0f64);
+        for bi in 0..n {
+            let off = (bi * c + ch) * hw;
+            let (p, q) = centered_sums(&dy.data[off..off + hw], 0.0, &x.data[off..off + hw], 0.0, kernel);
+            a += p;
+            b += q;
+        }
+        (a as f32, b as f32)
+    });
     r.into_iter().unzip()
 }
 
@@ -79,22 +76,17 @@ pub fn batch_norm_backward(
     // then, while the plane is in cache, its two sums (dz and dz * xhat, `cpu::reduce`). A mask
     // inside the summing loop kept LLVM from vectorising it (3x slower than two passes).
     let kernel = Kernel::detect();
-    let sums: Vec<(f64, f64)> = dx
-        .par_chunks_mut(hw)
-        .with_min_len(planes_per_task(hw))
-        .enumerate()
-        .map(|(p, d)| {
-            let ch = p % c;
-            let s = &x.data[p * hw..(p + 1) * hw];
-            if let Some((a, b)) = relu {
-                let (a, b) = (a[ch], b[ch]);
-                d.iter_mut().zip(s).for_each(|(d, &v)| *d = if a * v + b > 0.0 { *d } else { 0.0 });
-            }
-            // sum dz * xhat = inv_std * sum dz * (x - mean).
-            let (sb, sg) = centered_sums(d, 0.0, s, mean[ch], kernel);
-            (sb, sg * inv_std[ch] as f64)
-        })
-        .collect();
+    let sums: Vec<(f64, f64)> = parallel::map_chunks_mut(&mut dx, hw, planes_per_task(hw), |p, d| {
+        let ch = p % c;
+        let s = &x.data[p * hw..(p + 1) * hw];
+        if let Some((a, b)) = relu {
+            let (a, b) = (a[ch], b[ch]);
+            d.iter_mut().zip(s).for_each(|(d, &v)| *d = if a * v + b > 0.0 { *d } else { 0.0 });
+        }
+        // sum dz * xhat = inv_std * sum dz * (x - mean).
+        let (sb, sg) = centered_sums(d, 0.0, s, mean[ch], kernel);
+        (sb, sg * inv_std[ch] as f64)
+    });
     // dbeta = sum dz, dgamma = sum dz * xhat, summed over the batch in item order.
     let (mut dbeta, mut dgamma) = (vec![0.0f32; c], vec![0.0f32; c]);
     for ch in 0..c {
@@ -106,7 +98,7 @@ pub fn batch_norm_backward(
         }
         (dbeta[ch], dgamma[ch]) = (sb as f32, sg as f32);
     }
-    dx.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(p, d)| {
+    parallel::for_each_chunk_mut(&mut dx, hw, planes_per_task(hw), |p, d| {
         let ch = p % c;
         let (g, mu, is) = (gamma[ch], mean[ch], inv_std[ch]);
         let s = &x.data[p * hw..(p + 1) * hw];
@@ -135,14 +127,14 @@ pub fn activation_backward_owned(y: &Tensor, dy: Tensor, act: Act) -> Tensor {
     let Tensor { shape, data: mut d } = dy;
     match act {
         Act::None => {}
-        Act::Relu => d
-            .par_chunks_mut(1 << 14)
-            .zip(y.data.par_chunks(1 << 14))
-            .for_each(|(d, y)| d.iter_mut().zip(y).for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 })),
-        Act::Sigmoid => d
-            .par_chunks_mut(1 << 14)
-            .zip(y.data.par_chunks(1 << 14))
-            .for_each(|(d, y)| d.iter_mut().zip(y).for_each(|(d, &y)| *d *= y * (1.0 - y))),
+        Act::Relu => parallel::for_each_chunk_mut(&mut d, 1 << 14, 1, |i, d| {
+            let y = &y.data[i << 14..][..d.len()];
+            d.iter_mut().zip(y).for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 })
+        }),
+        Act::Sigmoid => parallel::for_each_chunk_mut(&mut d, 1 << 14, 1, |i, d| {
+            let y = &y.data[i << 14..][..d.len()];
+            d.iter_mut().zip(y).for_each(|(d, &y)| *d *= y * (1.0 - y))
+        }),
     }
     Tensor { shape, data: d }
 }
@@ -161,7 +153,7 @@ pub fn channel_affine_backward(
     let [_, c, h, w] = dims(x);
     let hw = h * w;
     let mut dx = dz.data;
-    dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| d.iter_mut().for_each(|v| *v *= scale[p % c]));
+    parallel::for_each_chunk_mut(&mut dx, hw, 1, |p, d| d.iter_mut().for_each(|v| *v *= scale[p % c]));
     (like(x, dx), dscale, dshift)
 }
 
@@ -174,15 +166,14 @@ pub fn max_pool_backward(x: &Tensor, dy: &Tensor, argmax: &[u32]) -> Tensor {
     // Each plane zeroed by its task (in cache, on every thread) instead of one serial `memset`
     // of the whole gradient first (16 MB for the hourglass's stem pool in a batch of 16).
     let mut dx = crate::cpu::buffer::overwritten(x.data.len());
-    dx.par_chunks_mut(h * w)
-        .zip(dy.data.par_chunks(oh * ow).zip(argmax.par_chunks(oh * ow)))
-        .with_min_len(planes_per_task(oh * ow))
-        .for_each(|(d, (g, ix))| {
-            d.fill(0.0);
-            for (&gv, &i) in g.iter().zip(ix) {
-                d[i as usize] += gv;
-            }
-        });
+    let ohw = oh * ow;
+    parallel::for_each_chunk_mut(&mut dx, h * w, planes_per_task(ohw), |p, d| {
+        let (g, ix) = (&dy.data[p * ohw..(p + 1) * ohw], &argmax[p * ohw..(p + 1) * ohw]);
+        d.fill(0.0);
+        for (&gv, &i) in g.iter().zip(ix) {
+            d[i as usize] += gv;
+        }
+    });
     like(x, dx)
 }
 
@@ -192,8 +183,10 @@ pub fn upsample_nearest_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
     let [_, _, h, w] = dims(x);
     let ow = w * f;
     let mut dx = crate::cpu::buffer::overwritten(x.data.len());
-    dx.par_chunks_mut(h * w).zip(dy.data.par_chunks(h * f * ow)).with_min_len(planes_per_task(h * f * ow)).for_each(
-        |(d, g)| {
+    let ohw = h * f * ow;
+    parallel::for_each_chunk_mut(&mut dx, h * w, planes_per_task(ohw), |p, d| {
+        let g = &dy.data[p * ohw..(p + 1) * ohw];
+        {
             d.fill(0.0); // per plane, as in `max_pool_backward`
             for (oy, grow) in g.chunks_exact(ow).enumerate() {
                 let drow = &mut d[(oy / f) * w..(oy / f + 1) * w];
@@ -201,8 +194,8 @@ pub fn upsample_nearest_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
                     *dv += gs.iter().sum::<f32>();
                 }
             }
-        },
-    );
+        }
+    });
     like(x, dx)
 }
 
@@ -214,8 +207,10 @@ pub fn upsample_bilinear_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
     let xt: Vec<(usize, usize, f32)> = (0..ow).map(|o| bilinear_taps(o, f, w)).collect();
     let yt: Vec<(usize, usize, f32)> = (0..oh).map(|o| bilinear_taps(o, f, h)).collect();
     let mut dx = crate::cpu::buffer::overwritten(x.data.len());
-    dx.par_chunks_mut(h * w).zip(dy.data.par_chunks(oh * ow)).with_min_len(planes_per_task(oh * ow)).for_each(
-        |(d, g)| {
+    let ohw = oh * ow;
+    parallel::for_each_chunk_mut(&mut dx, h * w, planes_per_task(ohw), |p, d| {
+        let g = &dy.data[p * ohw..(p + 1) * ohw];
+        {
             d.fill(0.0); // per plane, as in `max_pool_backward`
             for (grow, &(y0, y1, ly)) in g.chunks_exact(ow).zip(&yt) {
                 for (&gv, &(x0, x1, lx)) in grow.iter().zip(&xt) {
@@ -227,8 +222,8 @@ pub fn upsample_bilinear_backward(x: &Tensor, dy: &Tensor, f: usize) -> Tensor {
                     d[y1 * w + x1] += lx * bot;
                 }
             }
-        },
-    );
+        }
+    });
     like(x, dx)
 }
 
@@ -240,7 +235,7 @@ pub fn concat_backward(dy: &Tensor, cs: &[usize]) -> Vec<Tensor> {
     cs.iter()
         .map(|&ci| {
             let mut d = crate::cpu::buffer::overwritten(n * ci * hw);
-            d.par_chunks_mut(ci * hw).enumerate().for_each(|(b, dst)| {
+            parallel::for_each_chunk_mut(&mut d, ci * hw, 1, |b, dst| {
                 let s = (b * c + off) * hw;
                 dst.copy_from_slice(&dy.data[s..s + ci * hw]);
             });
@@ -259,18 +254,13 @@ pub fn gated_add_backward(skip: &Tensor, dy: &Tensor, alpha: &[f32]) -> (Tensor,
     // of `dy` is still in cache (one pass over `dy` from memory instead of two); the planes'
     // dots are added per channel in item order, in f64, as `channel_dots` adds them.
     let mut ds = crate::cpu::buffer::overwritten(dy.data.len());
-    let dots: Vec<f64> = ds
-        .par_chunks_mut(hw)
-        .zip(dy.data.par_chunks(hw).zip(skip.data.par_chunks(hw)))
-        .with_min_len(planes_per_task(hw))
-        .enumerate()
-        .map(|(p, (d, (g, x)))| {
-            let (_, dot) = centered_sums(g, 0.0, x, 0.0, kernel);
-            let a = alpha[p % c];
-            d.iter_mut().zip(g).for_each(|(d, &g)| *d = g * a);
-            dot
-        })
-        .collect();
+    let dots: Vec<f64> = parallel::map_chunks_mut(&mut ds, hw, planes_per_task(hw), |p, d| {
+        let (g, x) = (&dy.data[p * hw..(p + 1) * hw], &skip.data[p * hw..(p + 1) * hw]);
+        let (_, dot) = centered_sums(g, 0.0, x, 0.0, kernel);
+        let a = alpha[p % c];
+        d.iter_mut().zip(g).for_each(|(d, &g)| *d = g * a);
+        dot
+    });
     let dalpha = (0..c).map(|ch| (0..n).map(|b| dots[b * c + ch]).sum::<f64>() as f32).collect();
     (like(skip, ds), dalpha)
 }
@@ -282,7 +272,7 @@ pub fn pixel_shuffle_backward(x: &Tensor, dy: &Tensor, r: usize) -> Tensor {
     let (ohw, hw) = (h * r * ow, h * w);
     let mut dx = crate::cpu::buffer::overwritten(x.data.len());
     // Input plane q = (b, ch*r*r + di*r + dj) reads output plane p = q / (r*r).
-    dx.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(q, d)| {
+    parallel::for_each_chunk_mut(&mut dx, hw, planes_per_task(hw), |q, d| {
         let p = q / (r * r);
         let (di, dj) = ((q % (r * r)) / r, q % r);
         let g = &dy.data[p * ohw..(p + 1) * ohw];

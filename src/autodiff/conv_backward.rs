@@ -9,7 +9,7 @@
 //! depthwise convolutions use direct loops. Batch items run in parallel where the per-item
 //! products are too small to split.
 
-use rayon::prelude::*;
+use crate::cpu::parallel;
 
 use crate::cpu::conv::{im2col, padded_source, ConvStrategy};
 use crate::cpu::gemm::{matmul, matmul_offsets, Kernel, Mat, MatMut, Parallelism};
@@ -44,20 +44,17 @@ pub fn conv2d_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> Co
     let db = c.bias.as_ref().map(|b| {
         let [n, cout, oh, ow] = dims(dy);
         let ohw = oh * ow;
-        let data: Vec<f32> = (0..cout)
-            .into_par_iter()
-            .map(|o| {
-                let kernel = Kernel::detect();
-                let mut s = 0.0f64;
-                for b in 0..n {
-                    let p = &dy.data[(b * cout + o) * ohw..(b * cout + o + 1) * ohw];
-                    // (The kernel's second sum, of squares here, costs nothing in a pass bound by
-                    // memory.)
-                    s += centered_sums(p, 0.0, p, 0.0, kernel).0;
-                }
-                s as f32
-            })
-            .collect();
+        let data: Vec<f32> = parallel::map_tasks(cout, |o| {
+            let kernel = Kernel::detect();
+            let mut s = 0.0f64;
+            for b in 0..n {
+                let p = &dy.data[(b * cout + o) * ohw..(b * cout + o + 1) * ohw];
+                // (The kernel's second sum, of squares here, costs nothing in a pass bound by
+                // memory.)
+                s += centered_sums(p, 0.0, p, 0.0, kernel).0;
+            }
+            s as f32
+        });
         Tensor { shape: b.shape.clone(), data }
     });
     let (dx, dw) = if c.cin_per_group() == 1 && c.cout() == c.groups {
@@ -141,22 +138,16 @@ fn gemm_conv_backward(
         // splitting the small per-item GEMMs), partial dW reduced at the end.
         let chunk = n.div_ceil(threads);
         let parts: Vec<Vec<f32>> = if need_dx {
-            dx.par_chunks_mut(chunk * cin * h * w)
-                .enumerate()
-                .map(|(i, d)| per_item(i * chunk, d, Parallelism::None))
-                .collect()
+            parallel::map_chunks_mut(&mut dx, chunk * cin * h * w, 1, |i, d| per_item(i * chunk, d, Parallelism::None))
         } else {
-            (0..n.div_ceil(chunk))
-                .into_par_iter()
-                .map(|i| {
-                    let mut dw = vec![0.0f32; cout * k];
-                    let items = i * chunk..((i + 1) * chunk).min(n);
-                    dw_from_padded_items(x, dy, c, items.clone(), &mut dw);
-                    dw_winograd_items(x, dy, c, items.clone(), &mut dw);
-                    dw_by_product_items(x, dy, c, items, &mut dw, &mut Workspace::default(), Parallelism::None);
-                    dw
-                })
-                .collect()
+            parallel::map_tasks(n.div_ceil(chunk), |i| {
+                let mut dw = vec![0.0f32; cout * k];
+                let items = i * chunk..((i + 1) * chunk).min(n);
+                dw_from_padded_items(x, dy, c, items.clone(), &mut dw);
+                dw_winograd_items(x, dy, c, items.clone(), &mut dw);
+                dw_by_product_items(x, dy, c, items, &mut dw, &mut Workspace::default(), Parallelism::None);
+                dw
+            })
         };
         let mut it = parts.into_iter();
         let mut dw = it.next().unwrap_or_else(|| vec![0.0; cout * k]);
@@ -234,7 +225,7 @@ fn folded_input_gradient(x: &Tensor, dy: &Tensor, c: &Conv2d) -> Vec<f32> {
         None,
     );
     let mut dx = crate::cpu::buffer::overwritten(n * cin * hw);
-    dx.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(bc, run)| {
+    parallel::for_each_chunk_mut(&mut dx, hw, planes_per_task(hw), |bc, run| {
         let (b, ci) = (bc / cin, bc % cin);
         run.copy_from_slice(&folded[(ci * n + b) * hw..][..hw]);
     });
@@ -278,8 +269,9 @@ fn packed_flipped_weights(c: &Conv2d) -> PackedWeights {
 pub(super) fn rows_from_columns(dwt: &[f32], cout_g: usize, k: usize) -> Vec<f32> {
     let mut dw = vec![0.0f32; dwt.len()];
     let (group, block) = ((cout_g * k).max(1), (TRANSPOSE_ROWS * k).max(1));
-    dw.par_chunks_mut(group).zip(dwt.par_chunks(group)).with_min_len(planes_per_task(group)).for_each(|(dg, src)| {
-        dg.par_chunks_mut(block).with_min_len(planes_per_task(block)).enumerate().for_each(|(i, d)| {
+    parallel::for_each_chunk_mut(&mut dw, group, planes_per_task(group), |gi, dg| {
+        let src = &dwt[gi * group..][..dg.len()];
+        parallel::for_each_chunk_mut(dg, block, planes_per_task(block), |i, d| {
             let (o0, rows) = (i * TRANSPOSE_ROWS, d.len() / k);
             for kk in 0..k {
                 for (r, &v) in src[kk * cout_g + o0..][..rows].iter().enumerate() {
@@ -331,7 +323,7 @@ fn flipped_weights(c: &Conv2d, cout: usize) -> Vec<f32> {
     let mut f = vec![0.0f32; groups * cin_g * kk];
     // Row by row of the result (group g, input channel ci), in parallel: a training step
     // flips every layer's weights again.
-    f.par_chunks_mut(kk.max(1)).with_min_len(planes_per_task(kk)).enumerate().for_each(|(row, f)| {
+    parallel::for_each_chunk_mut(&mut f, kk.max(1), planes_per_task(kk), |row, f| {
         let (g, ci) = (row / cin_g, row % cin_g);
         for co in 0..cout_g {
             for ky in 0..kh {
@@ -685,7 +677,7 @@ fn col2im(dcol: &[f32], [_, h, w]: [usize; 3], c: &Conv2d, [oh, ow]: [usize; 2],
     let [py, px] = c.padding;
     let [dly, dlx] = c.dilation;
     let ohw = oh * ow;
-    dx.par_chunks_mut(h * w).enumerate().for_each(|(ci, plane)| {
+    parallel::for_each_chunk_mut(dx, h * w, 1, |ci, plane| {
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = &dcol[((ci * kh + ky) * kw + kx) * ohw..][..ohw];
@@ -727,7 +719,7 @@ fn depthwise_backward(x: &Tensor, dy: &Tensor, c: &Conv2d, need_dx: bool) -> (Op
     let kk = kh * kw;
     let mut dx = vec![0.0f32; x.data.len()];
     let mut dwp = vec![0.0f32; n * ch * kk];
-    dx.par_chunks_mut(h * w).zip(dwp.par_chunks_mut(kk)).enumerate().for_each(|(p, (dxp, dwq))| {
+    parallel::for_each_chunk_pair_mut(&mut dx, h * w, &mut dwp, kk, 1, |p, dxp, dwq| {
         let o = p % ch;
         let wk = &c.weight.data[o * kk..(o + 1) * kk];
         let xp = &x.data[p * h * w..(p + 1) * h * w];

@@ -23,8 +23,6 @@ mod strided;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rayon::prelude::*;
-
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::graph::{param_name, Act, Epilogue, Graph, NodeId, Op, ParamKind};
@@ -231,7 +229,9 @@ fn forward_train_timed(
                 op => {
                     let mut y = cpu::eval_op_for_training(&node.name, op, &args)?;
                     if let Some((_, act)) = fused[id] {
-                        y.data.par_chunks_mut(1 << 14).for_each(|d| cpu::ops::act_in_place(d, act));
+                        cpu::parallel::for_each_chunk_mut(&mut y.data, 1 << 14, 1, |_, d| {
+                            cpu::ops::act_in_place(d, act)
+                        });
                     }
                     y
                 }
@@ -262,22 +262,21 @@ fn batch_stats(x: &Tensor) -> (Vec<f32>, Vec<f32>) {
     let hw = h * w;
     let m = (n * hw) as f64;
     let kernel = cpu::gemm::Kernel::detect();
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let shift = x.data[ch * hw];
-            let (s1, s2) = (0..n).fold((0.0f64, 0.0f64), |(a, b), item| {
-                let p = &x.data[(item * c + ch) * hw..(item * c + ch + 1) * hw];
-                let (da, db) = cpu::reduce::centered_sums(p, shift, p, shift, kernel);
-                (a + da, b + db)
-            });
-            let d = s1 / m;
-            // Rounding can leave a tiny negative; NaN stays NaN (`f64::max` would turn it into 0).
-            let var = s2 / m - d * d;
-            let var = if var < 0.0 { 0.0 } else { var };
-            ((shift as f64 + d) as f32, var as f32)
-        })
-        .unzip()
+    cpu::parallel::map_tasks(c, |ch| {
+        let shift = x.data[ch * hw];
+        let (s1, s2) = (0..n).fold((0.0f64, 0.0f64), |(a, b), item| {
+            let p = &x.data[(item * c + ch) * hw..(item * c + ch + 1) * hw];
+            let (da, db) = cpu::reduce::centered_sums(p, shift, p, shift, kernel);
+            (a + da, b + db)
+        });
+        let d = s1 / m;
+        // Rounding can leave a tiny negative; NaN stays NaN (`f64::max` would turn it into 0).
+        let var = s2 / m - d * d;
+        let var = if var < 0.0 { 0.0 } else { var };
+        ((shift as f64 + d) as f32, var as f32)
+    })
+    .into_iter()
+    .unzip()
 }
 
 /// For each node whose output only feeds one activation (and is not a graph output), that
@@ -309,9 +308,10 @@ fn accumulate_ref(grads: &mut [Option<Tensor>], id: NodeId, g: &Tensor) {
 }
 
 fn add_in_place(d: &mut [f32], s: &[f32]) {
-    d.par_chunks_mut(1 << 14)
-        .zip(s.par_chunks(1 << 14))
-        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d += s));
+    cpu::parallel::for_each_chunk_mut(d, 1 << 14, 1, |i, d| {
+        let len = d.len();
+        d.iter_mut().zip(&s[i << 14..][..len]).for_each(|(d, s)| *d += s)
+    });
 }
 
 fn accumulate(grads: &mut [Option<Tensor>], id: NodeId, g: Tensor) {

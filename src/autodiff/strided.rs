@@ -27,7 +27,7 @@
 //!
 //! `WGPOSE_CPU_STRIDED=im2col` turns the decomposition off (A/Bs).
 
-use rayon::prelude::*;
+use crate::cpu::parallel;
 
 use crate::cpu::ops::{planes_per_task, Planes};
 use crate::cpu::weight_grad::DwGeometry;
@@ -130,7 +130,7 @@ pub(super) fn input_gradient(dy: &Tensor, c: &Conv2d, [n, cin, h, w]: [usize; 4]
     // One pass over dX: each row takes its phase's rows of Z, `sx` interleaved runs.
     let mut dx = crate::cpu::buffer::overwritten(n * cin * h * w);
     let hw = (h * w).max(1);
-    dx.par_chunks_mut(hw).with_min_len(planes_per_task(hw)).enumerate().for_each(|(plane, out)| {
+    parallel::for_each_chunk_mut(&mut dx, hw, planes_per_task(hw), |plane, out| {
         for (iy, row) in out.chunks_exact_mut(w.max(1)).enumerate().take(h) {
             let fy = (iy + py) % sy;
             let u = (iy + py - fy) / sy;
@@ -176,7 +176,8 @@ fn flipped_phase_weights(c: &Conv2d, phases: &[Phase]) -> Vec<Vec<f32>> {
             rows.iter_mut().for_each(|r| r.push(&mut []));
         }
     }
-    rows.par_iter_mut().enumerate().for_each(|(ci, dst)| {
+    parallel::for_each_chunk_mut(&mut rows, 1, 1, |ci, dst| {
+        let dst = &mut dst[0];
         for co in 0..cout {
             let kernel = &c.weight.data[(co * cin + ci) * kh * kw..][..kh * kw];
             for (p, d) in phases.iter().zip(dst.iter_mut()) {
@@ -255,7 +256,7 @@ fn phase_weight_gradient(x: &Tensor, dy: &Tensor, c: &Conv2d) -> Vec<f32> {
     };
     let chunk = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
     let parts: Vec<Vec<f32>> =
-        (0..n.div_ceil(chunk)).into_par_iter().map(|i| items_grad(i * chunk, n.min((i + 1) * chunk))).collect();
+        parallel::map_tasks(n.div_ceil(chunk), |i| items_grad(i * chunk, n.min((i + 1) * chunk)));
     let mut it = parts.into_iter();
     let mut dwt = it.next().unwrap_or_else(|| vec![0.0; cout * k]);
     for p in it {

@@ -246,7 +246,6 @@ pub(crate) fn pixel_shuffle(x: &Tensor, r: usize) -> Tensor {
 
 #[cfg(test)]
 mod tests {
-    use super::parallel;
     use super::*;
 
     /// The inline sigmoid against the f64 definition on a dense sweep of [-100, 100] and the

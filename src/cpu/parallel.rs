@@ -14,8 +14,14 @@
 //! made a no-op (`LD_PRELOAD`) 3.3 ms; ONNX Runtime, whose pool spins, 2.9 -> 3.0 ms (session
 //! 42, `docs/cpu-speed-log.md`).
 //!
+//! Inference and training steps both run inside such a run (`cpu::run`, `autodiff`); a
+//! training step beside two busy loops at `nice 19` took 402 -> 315 ms for fasterpose-r18-s32
+//! and 594 -> 327 ms for LDCRN on two threads (idle: 295-303 and 319-323 ms).
+//!
 //! Outside such a run (or on a thread of it other than the owner) the same calls are rayon's
-//! loops, as they were; inside a task, a nested loop runs on the calling thread.
+//! loops, as they were; inside a task, a nested loop runs on the calling thread. One training
+//! loop stays on rayon: the max pool's forward pass with argmax (`cpu::pool`), whose per-thread
+//! scratch rows these helpers do not offer across two output slices.
 
 use std::any::Any;
 use std::cell::Cell;
@@ -255,6 +261,55 @@ pub(crate) fn for_each_chunk_mut_with<T: Send, S>(
     });
 }
 
+/// `f(i, a_chunk, b_chunk)` for the `i`-th `a_len`-long chunk of `a` and `b_len`-long chunk of
+/// `b` together (rayon's `a.par_chunks_mut(a_len).zip(b.par_chunks_mut(b_len))`), as far as
+/// both have chunks, with at least `min_chunks` per task.
+pub(crate) fn for_each_chunk_pair_mut<A: Send, B: Send>(
+    a: &mut [A],
+    a_len: usize,
+    b: &mut [B],
+    b_len: usize,
+    min_chunks: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+) {
+    let (a_len, b_len) = (a_len.max(1), b_len.max(1));
+    let pairs = a.len().div_ceil(a_len).min(b.len().div_ceil(b_len));
+    let (b_total, b_base) = (b.len(), SendPtr(b.as_mut_ptr()));
+    let a_end = (pairs * a_len).min(a.len());
+    for_each_chunk_mut(&mut a[..a_end], a_len, min_chunks, |i, d| {
+        let start = i * b_len;
+        // SAFETY: chunk `i` of `b` (in bounds: `i < pairs`) belongs to the task holding chunk
+        // `i` of `a` alone; `b` stays borrowed mutably for the whole call.
+        let e = unsafe { std::slice::from_raw_parts_mut(b_base.get().add(start), b_len.min(b_total - start)) };
+        f(i, d, e)
+    });
+}
+
+/// `f(i, chunk)` for every chunk as [`for_each_chunk_mut`], returning the results in chunk
+/// order (rayon's `...enumerate().map(f).collect()`).
+pub(crate) fn map_chunks_mut<T: Send, R: Default + Send>(
+    data: &mut [T],
+    chunk_len: usize,
+    min_chunks: usize,
+    f: impl Fn(usize, &mut [T]) -> R + Sync,
+) -> Vec<R> {
+    let mut out: Vec<R> = (0..data.len().div_ceil(chunk_len.max(1))).map(|_| R::default()).collect();
+    let results = SendPtr(out.as_mut_ptr());
+    for_each_chunk_mut(data, chunk_len, min_chunks, |i, d| {
+        let r = f(i, d);
+        // SAFETY: chunk `i` is visited once and `i < out.len()`; `out` outlives the call.
+        unsafe { *results.get().add(i) = r };
+    });
+    out
+}
+
+/// `f(t)` for every `t < tasks` as [`for_each_task`], returning the results in order.
+pub(crate) fn map_tasks<R: Default + Send>(tasks: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let mut out: Vec<R> = (0..tasks).map(|_| R::default()).collect();
+    for_each_chunk_mut(&mut out, 1, 1, |t, r| r[0] = f(t));
+    out
+}
+
 /// A raw pointer that tasks on other threads may use (each on a disjoint range).
 struct SendPtr<T>(*mut T);
 // SAFETY: only used by `for_each_chunk_mut`, whose tasks touch disjoint ranges of `T: Send`.
@@ -271,7 +326,7 @@ impl<T> SendPtr<T> {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use super::{for_each_chunk_mut, for_each_task};
+    use super::{for_each_chunk_mut, for_each_chunk_pair_mut, for_each_task, map_chunks_mut, map_tasks};
     use crate::cpu::threads::run_with_busy_pool;
 
     fn pool(threads: usize) -> rayon::ThreadPool {
@@ -326,6 +381,52 @@ mod tests {
             });
             let want: Vec<usize> = (0..len).map(|j| 19 + (j / chunk) * 1000 + j % chunk + 3).collect();
             assert_eq!(ours, want, "{len} {chunk} {min}");
+        }
+    }
+
+    /// The mapping and paired forms give rayon's results (in order; pairs as far as both
+    /// slices have chunks, short last chunks included), on the team and outside it.
+    #[test]
+    fn maps_and_pairs_match_sequential_loops() {
+        let p = pool(2);
+        for busy in [false, true] {
+            for (len, chunk) in [(0, 4), (1, 4), (37, 4), (1000, 16)] {
+                let mut data: Vec<u32> = (0..len as u32).collect();
+                let mut sums = Vec::new();
+                let mut squares = Vec::new();
+                let (mut a, mut b) = (vec![0usize; len], vec![0usize; len / 2 + 1]);
+                p.install(|| {
+                    let mut body = || {
+                        sums = map_chunks_mut(&mut data, chunk, 2, |i, d| {
+                            d.iter_mut().for_each(|v| *v += 1);
+                            (i, d.iter().sum::<u32>())
+                        });
+                        squares = map_tasks(len, |t| t * t);
+                        for_each_chunk_pair_mut(&mut a, 3, &mut b, 2, 1, |i, x, y| {
+                            x.fill(i + 1);
+                            y.fill(i + 100);
+                        });
+                    };
+                    if busy {
+                        run_with_busy_pool(body)
+                    } else {
+                        body()
+                    }
+                });
+                let want: Vec<(usize, u32)> = (0..len as u32)
+                    .collect::<Vec<_>>()
+                    .chunks(chunk)
+                    .enumerate()
+                    .map(|(i, c)| (i, c.iter().map(|v| v + 1).sum()))
+                    .collect();
+                assert_eq!(sums, want, "{busy} {len}");
+                assert_eq!(squares, (0..len).map(|t| t * t).collect::<Vec<_>>());
+                let pairs = len.div_ceil(3).min((len / 2 + 1).div_ceil(2));
+                let want_a: Vec<usize> = (0..len).map(|j| if j / 3 < pairs { j / 3 + 1 } else { 0 }).collect();
+                let want_b: Vec<usize> =
+                    (0..len / 2 + 1).map(|j| if j / 2 < pairs { j / 2 + 100 } else { 0 }).collect();
+                assert_eq!((a, b), (want_a, want_b), "{busy} {len}");
+            }
         }
     }
 

@@ -163,7 +163,6 @@ pub(crate) fn batch_fits([items, cin, h, w]: [usize; 4], cout: usize) -> bool {
 /// and summed them at the end; here dU is written once and split, and no partial sums remain.
 /// `x` holds the inputs `[items, cin, h, w]`, `dy` the output gradients `[items, cout, h, w]`.
 pub(crate) fn batch(x: &[f32], dy: &[f32], [items, cin, h, w]: [usize; 4], cout: usize) -> Vec<f32> {
-    use rayon::prelude::*;
     assert!(x.len() >= items * cin * h * w && dy.len() >= items * cout * h * w, "winograd_grad: inputs too short");
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let per_item = th * tw;
@@ -175,15 +174,17 @@ pub(crate) fn batch(x: &[f32], dy: &[f32], [items, cin, h, w]: [usize; 4], cout:
     let mut m_values = super::buffer::overwritten(POSITIONS * tiles * cout);
     let (v_pieces, m_pieces) =
         (by_item(&mut v_values, items, per_item * cin), by_item(&mut m_values, items, per_item * cout));
-    v_pieces.into_par_iter().zip(m_pieces).enumerate().for_each(|(b, (mut v, mut m))| {
+    let mut pieces: Vec<_> = v_pieces.into_iter().zip(m_pieces).collect();
+    super::parallel::for_each_chunk_mut(&mut pieces, 1, 1, |b, piece| {
+        let (v, m) = &mut piece[0];
         let maps = ItemMaps::new(x, dy, b, [cin, h, w], cout);
         let mut tmp = vec![0.0f32; POSITIONS * cin.max(cout)];
         for t in 0..per_item {
-            maps.transform(t, &mut tmp, &mut v, &mut m, t);
+            maps.transform(t, &mut tmp, v, m, t);
         }
     });
     let mut du = super::buffer::overwritten(POSITIONS * cout * cin);
-    du.par_chunks_mut(cout * cin).enumerate().for_each(|(pos, du)| {
+    super::parallel::for_each_chunk_mut(&mut du, cout * cin, 1, |pos, du| {
         matmul(
             MatMut::rows(du, cout, cin, cin),
             Mat::transposed(&m_values[pos * tiles * cout..][..tiles * cout], cout, tiles, cout),
@@ -193,7 +194,7 @@ pub(crate) fn batch(x: &[f32], dy: &[f32], [items, cin, h, w]: [usize; 4], cout:
         );
     });
     let mut dw = super::buffer::overwritten(cout * cin * 9);
-    dw.par_chunks_mut(cin * 9).enumerate().for_each(|(o, row)| {
+    super::parallel::for_each_chunk_mut(&mut dw, cin * 9, 1, |o, row| {
         for (ci, taps) in row.chunks_exact_mut(9).enumerate() {
             taps.copy_from_slice(&kernel_gradient(|pos| du[(pos * cout + o) * cin + ci]));
         }
