@@ -312,7 +312,8 @@ pub(crate) fn map_tasks<R: Default + Send>(tasks: usize, f: impl Fn(usize) -> R 
 
 /// A raw pointer that tasks on other threads may use (each on a disjoint range).
 struct SendPtr<T>(*mut T);
-// SAFETY: only used by `for_each_chunk_mut`, whose tasks touch disjoint ranges of `T: Send`.
+// SAFETY: only used by this module's loops, whose tasks touch disjoint ranges (or single
+// results) of `T: Send`.
 unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 impl<T> SendPtr<T> {
