@@ -11,8 +11,8 @@
 //! browser tab, even one at `nice 19`) the kernel hands that process a whole time slice. The
 //! default model at 128x128 on two threads of an Intel Xeon took 2.8 ms idle and 5.7-8.0 ms
 //! beside two `nice -n 19` busy loops, slower than one thread (4.4 ms); with `sched_yield`
-//! made a no-op (`LD_PRELOAD`) 3.3 ms; ONNX Runtime, whose pool spins, 2.9 -> 3.0 ms (session
-//! 42, `docs/cpu-speed-log.md`).
+//! made a no-op (`LD_PRELOAD`) 3.3 ms. ONNX Runtime, whose pool spins, took 2.9-3.4 ms idle and
+//! 3.0-3.2 beside the same loops (session 42, `docs/cpu-speed-log.md`).
 //!
 //! Inference and training steps both run inside such a run (`cpu::run`, `autodiff`); a
 //! training step beside two busy loops at `nice 19` took 402 -> 315 ms for fasterpose-r18-s32

@@ -46,9 +46,9 @@ pub(crate) fn run_with_busy_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R 
                 }
                 // Spin: a `sched_yield` hands the CPU to any other runnable process for a whole
                 // time slice (`parallel`), and operators follow each other within microseconds.
-                // Only after a long idle stretch (milliseconds: a serial part of the run, which
-                // waits for nobody) does the thread offer its CPU, for a machine running more
-                // workers than CPUs.
+                // Only after a long idle stretch (2^14 empty polls: a serial part of the run,
+                // which waits for nobody) does the thread offer its CPU, for a machine running
+                // more workers than CPUs. (The threshold is a choice, not a measured optimum.)
                 let mut idle = 0u32;
                 while !done.load(Ordering::Acquire) {
                     if team.help(me) || rayon::yield_now() == Some(rayon::Yield::Executed) {
