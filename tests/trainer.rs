@@ -362,6 +362,67 @@ fn session_writes_everything_and_resume_continues() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `--ema`: the average is written beside the final weights and each checkpoint, equals the
+/// ramped average of the start, the epoch-1 and the final weights (one step per epoch here),
+/// and a run resumed from the epoch-1 checkpoint continues it to the same file.
+#[test]
+fn weight_average_is_written_and_resume_continues_it() {
+    let dir = tempdir("ema");
+    let full = dir.join("full");
+    let s = wgpose::training::run(&train_args(&full, &["--epochs", "2", "--ema", "0.5"]), &mut |_| {}).unwrap();
+    assert_eq!(s.steps, 2);
+    let ema_file = full.join("sghg-1x64-lsp.ema.safetensors");
+    assert_eq!(s.ema_weights.as_deref(), Some(ema_file.as_path()));
+    assert!(full.join("checkpoint-e001.ema.safetensors").is_file());
+    let card = wgpose::weights::read_card(&ema_file).unwrap();
+    assert_eq!(card.extra.get("ema_updates").map(String::as_str), Some("2"));
+    assert!(card.metrics.contains("val_pck@0.2="), "{}", card.metrics);
+    let cfg = wgpose::models::config("sghg-1x64-lsp").unwrap().with_input([3, 64, 64]);
+    let load = |p: &Path| {
+        let mut g = cfg.build(0).unwrap();
+        wgpose::weights::load_into(p, &mut g).unwrap();
+        wgpose::weights::named_params(&g).into_iter().map(|(n, t)| (n, t.data.clone())).collect::<Vec<_>>()
+    };
+    // The start: the seeded initialisation the run builds (`--seed 5`).
+    let start: Vec<Vec<f32>> =
+        wgpose::weights::named_params(&cfg.build(5).unwrap()).into_iter().map(|(_, t)| t.data.clone()).collect();
+    let (w1, w2, avg) = (
+        load(&full.join("checkpoint-e001.safetensors")),
+        load(&full.join("sghg-1x64-lsp.safetensors")),
+        load(&ema_file),
+    );
+    // The ramp: d_0 = min(0.5, 1/10), d_1 = min(0.5, 2/11).
+    let (d0, d1) = (0.1f64, 2.0f64 / 11.0);
+    let mut moved = false;
+    for (i, (n, a)) in avg.iter().enumerate() {
+        for (k, &a) in a.iter().enumerate() {
+            let want = d1 * (d0 * start[i][k] as f64 + (1.0 - d0) * w1[i].1[k] as f64) + (1.0 - d1) * w2[i].1[k] as f64;
+            assert!((a as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "{n}[{k}]: {a} vs {want}");
+            moved |= (a - w2[i].1[k]).abs() > 1e-6;
+        }
+    }
+    assert!(moved, "the average equals the final weights");
+
+    let part = dir.join("part");
+    wgpose::training::run(&train_args(&part, &["--epochs", "1", "--ema", "0.5"]), &mut |_| {}).unwrap();
+    let ck = part.join("checkpoint-e001.safetensors");
+    wgpose::training::run(
+        &train_args(&part, &["--epochs", "2", "--ema", "0.5", "--resume", ck.to_str().unwrap()]),
+        &mut |_| {},
+    )
+    .unwrap();
+    for ((n, a), (_, b)) in avg.iter().zip(load(&part.join("sghg-1x64-lsp.ema.safetensors"))) {
+        for (&u, &v) in a.iter().zip(&b) {
+            assert!((u - v).abs() / (1.0 + u.abs()) < 1e-4, "{n}: {u} vs {v}");
+        }
+    }
+    // A decay outside (0, 1) is refused before anything is written.
+    let bad = dir.join("bad");
+    assert!(wgpose::training::run(&train_args(&bad, &["--ema", "1"]), &mut |_| {}).is_err());
+    assert!(!bad.join("train_log.csv").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn cosine_schedule_warms_up_then_decays_to_the_floor() {
     use wgpose::training::session::schedule_lr;

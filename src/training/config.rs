@@ -178,6 +178,10 @@ pub struct TrainConfig {
     /// on the hourglass: 0.25 PCK points below the same run without it (models/README).
     #[cfg_attr(feature = "cli", arg(long))]
     pub match_limb_swaps: bool,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999; in (0, 1)),
+    /// written as `<model>.ema.safetensors` beside the trained weights (`training::ema`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "DECAY"))]
+    pub ema: Option<f32>,
     /// Input size, `N` (square) or `HxW` (each side a multiple of the model's size multiple,
     /// e.g. `192x128` for the hourglass); default: the config's.
     #[cfg_attr(feature = "cli", arg(long))]
@@ -253,6 +257,7 @@ impl TrainConfig {
             teacher: None,
             teacher_weight: 0.5,
             match_limb_swaps: false,
+            ema: None,
             size: None,
             sigma: crate::pipeline::decode::DEFAULT_SIGMA,
             workers: 1,

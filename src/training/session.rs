@@ -18,13 +18,16 @@
 //! - `curve.png`: loss per logged step and validation PCK per epoch (`training::plot`).
 //! - `<model>.safetensors`: the final weights with the full card (data, epochs, wall time,
 //!   validation PCK, GFLOPs), loadable by `--model <file>` of the other commands.
+//! - With `--ema DECAY`: `<model>.ema.safetensors` and `checkpoint-eNNN.ema.safetensors`, the
+//!   moving average of the weights ([`super::ema`]), validated after each epoch beside them.
 //!
 //! # Resume
 //!
 //! `--resume checkpoint-eNNN.safetensors` loads the weights (and running statistics), the
 //! optimiser state from the `.optim.safetensors` beside it (a fresh optimiser, with a warning,
 //! when that file is missing), the step counter and the elapsed time, and continues with epoch
-//! NNN + 1 up to `--epochs` (a total, not a count of further epochs). Epoch orders and
+//! NNN + 1 up to `--epochs` (a total, not a count of further epochs); with `--ema`, the average
+//! continues from the `.ema.safetensors` beside the checkpoint. Epoch orders and
 //! augmentations depend only on `(seed, epoch, position)`, so a resumed run draws the same
 //! batches the uninterrupted run would have (same `--seed`, `--batch`, `--limit`). Rows of an
 //! existing `train_log.csv` in `--out` from epochs after NNN are dropped, the rest is kept and
@@ -41,6 +44,7 @@ pub use super::config::{DataFormat, LossArg, OptimArg, ScheduleArg, TrainConfig}
 use super::dataset::{BatchSource, ImageCache, Loader, TrainSet};
 use super::detection::{images_with_boxes, DetectAugment, DetectShape, DetectValSet, DetectionSet};
 use super::distill::Teacher;
+use super::ema::WeightAverage;
 use super::optim::{Kind, Optim};
 use super::plot::write_curve;
 use crate::autodiff::{
@@ -80,6 +84,8 @@ pub fn schedule_lr(a: &TrainConfig, epoch: usize, step: u64, total_steps: u64) -
 pub struct TrainSummary {
     /// The weights file written at the end (with its model card).
     pub final_weights: PathBuf,
+    /// `--ema`'s average of the weights, written beside them.
+    pub ema_weights: Option<PathBuf>,
     /// What `val_pck` holds: `PCK@0.2` (pose) or `box AP@0.5` (detector).
     pub val_metric: &'static str,
     /// Epochs completed, resumed ones included.
@@ -300,6 +306,23 @@ fn optim_path(ckpt: &Path) -> PathBuf {
     ckpt.with_file_name(format!("{stem}.optim.safetensors"))
 }
 
+/// Where `--ema`'s average of a checkpoint or final weights file is written.
+fn ema_path(weights: &Path) -> PathBuf {
+    let stem = weights.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    weights.with_file_name(format!("{stem}.ema.safetensors"))
+}
+
+/// The model card of `--ema`'s average: the trained weights' card with the average's decay,
+/// update count and validation score.
+fn ema_card(card: &ModelCard, avg: &WeightAverage, key: &str, loss: f64, score: Option<f64>) -> ModelCard {
+    let mut c = card.clone();
+    c.metrics = metrics_text(key, loss, score);
+    c.training_data += &format!("; exponential moving average of the weights, decay {}", avg.decay());
+    c.extra.insert("ema_decay".into(), avg.decay().to_string());
+    c.extra.insert("ema_updates".into(), avg.updates().to_string());
+    c
+}
+
 /// The model configuration a run trains (with `--size`).
 pub(crate) fn model_config(a: &TrainConfig) -> Result<ModelConfig> {
     let cfg = models::config(&a.model)?;
@@ -370,6 +393,11 @@ pub(crate) fn validate(a: &TrainConfig) -> Result<()> {
         let cfg = model_config(a)?;
         if cfg.family == Family::PersonDetector || Skeleton::for_joints(cfg.joints).is_none() {
             return bad(format!("--match-limb-swaps matches left/right joint labels; {} has none", cfg.name));
+        }
+    }
+    if let Some(d) = a.ema {
+        if !(d > 0.0 && d < 1.0) {
+            return bad(format!("--ema must lie strictly between 0 and 1 (got {d})"));
         }
     }
     if a.extra_repeat == 0 {
@@ -616,6 +644,29 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
         progress(&TrainEvent::Message(format!("resuming from {} after epoch {epoch0} (step {step})", ck.display())));
     }
 
+    // The weight average starts from the weights training starts from (or continues the one
+    // saved beside the checkpoint).
+    let mut ema = match a.ema {
+        None => None,
+        Some(d) => {
+            let mut avg = WeightAverage::new(&graph, d, step)?;
+            if let Some(ck) = &a.resume {
+                let p = ema_path(ck);
+                if p.is_file() {
+                    let card = weights::load_into(&p, avg.graph_mut())?;
+                    let n = card.extra.get("ema_updates").and_then(|s| s.parse().ok()).unwrap_or(step);
+                    avg = WeightAverage::new(avg.graph(), d, n)?;
+                } else {
+                    progress(&TrainEvent::Message(format!(
+                        "warning: {} not found: the weight average restarts from the checkpoint's weights",
+                        p.display()
+                    )));
+                }
+            }
+            Some(avg)
+        }
+    };
+
     // Data.
     let DataFormat::Lsp = a.format;
     let range = parse_range(&a.range)?;
@@ -724,6 +775,7 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
     let mut val_pck = prev.and_then(|r| r.val_pck);
     let mut ips = prev.map_or(0.0, |r| r.images_per_s);
     let mut train_s = 0.0f64;
+    let mut ema_val = None;
     for epoch in epoch0..a.epochs {
         let mut lr = schedule_lr(a, epoch, step, total_steps);
         let order = train.epoch_order(a.seed, epoch, a.limit);
@@ -770,6 +822,9 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
             tape.apply_running_stats(&mut graph);
             drop(tape);
             optim.apply(&mut graph, &grads, lr)?;
+            if let Some(avg) = &mut ema {
+                avg.update(&graph)?;
+            }
             step += 1;
             imgs += n;
             sum += loss as f64;
@@ -819,6 +874,17 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
             None => None,
         };
         val_pck = score.as_ref().map(|v| v.value);
+        if let (Some(v), Some(avg)) = (&val, &ema) {
+            let p = v.score(avg.graph(), a.batch, logits, cfg.sigmoid_output() && !logits)?;
+            ema_val = Some(p);
+            progress(&TrainEvent::Message(format!(
+                "epoch {}: the weight average (decay {}) scores {} {p:.2}{}",
+                epoch + 1,
+                avg.decay(),
+                v.metric(),
+                v.unit()
+            )));
+        }
         if let Some(groups) = limb_groups {
             let share = 100.0 * swapped as f64 / (imgs * groups.len()).max(1) as f64;
             progress(&TrainEvent::Message(format!(
@@ -868,6 +934,9 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
         let ck = a.out.join(format!("checkpoint-e{:03}.safetensors", epoch + 1));
         weights::save(&ck, &graph, &card)?;
         optim.save(&optim_path(&ck))?;
+        if let Some(avg) = &ema {
+            weights::save(&ema_path(&ck), avg.graph(), &ema_card(&card, avg, val_key, last_loss, ema_val))?;
+        }
         log.plot(&curve)?;
     }
     // Final weights.
@@ -897,6 +966,15 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
     }
     let final_path = a.out.join(format!("{}.safetensors", cfg.name));
     weights::save(&final_path, &graph, &card)?;
+    let ema_weights = match &ema {
+        Some(avg) => {
+            let p = ema_path(&final_path);
+            weights::save(&p, avg.graph(), &ema_card(&card, avg, val_key, last_loss, ema_val))?;
+            progress(&TrainEvent::Message(format!("wrote {} (the weight average)", p.display())));
+            Some(p)
+        }
+        None => None,
+    };
     log.plot(&curve)?;
     progress(&TrainEvent::Message(format!(
         "wrote {} ({} epochs, {step} steps, {:.0} s training, {:.0} s this session)",
@@ -907,6 +985,7 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
     )));
     Ok(TrainSummary {
         final_weights: final_path,
+        ema_weights,
         val_metric: if detector { "box AP@0.5" } else { "PCK@0.2" },
         epochs_done: a.epochs.max(epoch0),
         steps: step,
