@@ -12,7 +12,8 @@
 //! multiply-adds.
 //!
 //! One generic body, vectorised by LLVM along 8 output pixels: with AVX2 + FMA on x86-64
-//! (picked at run time), NEON on aarch64, SIMD128 in the browser build, as `gemm` does.
+//! (picked at run time), NEON on aarch64, SIMD128 in the browser build, as `gemm` does; with
+//! AVX-512, rows that leave less than 8 pixels over take a 16-pixel version in intrinsics.
 
 use super::gemm::Kernel;
 
@@ -72,6 +73,16 @@ pub(crate) fn accumulate(g: &DwGeometry, dwt: &mut [f32], kernel: Kernel) {
     let last = (g.oh - 1) * g.pitch + g.ow - 1;
     let max_off = g.offsets.iter().copied().max().unwrap_or(0);
     assert!(pad_last + max_off + last < g.padded.len(), "weight gradient: padded input too small");
+    // 16 lanes only where they leave fewer than 8 pixels of a row to the scalar tail (rows of 16,
+    // 32, 64, 20...); rows of 8, 10, 24 or 40 keep 8 lanes. (A half step of 8 lanes inside the
+    // 16-lane loop made LLVM keep the accumulators on the stack: 30% slower LDCRN steps.)
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 && g.ow % 16 < L {
+        // SAFETY: `Kernel::Avx512` is only detected on CPUs with AVX-512F (and AVX2 + FMA);
+        // bounds were checked above.
+        unsafe { accumulate_avx512(g, dwt) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if kernel != Kernel::Portable {
         // SAFETY: every non-portable kernel is only detected on CPUs with AVX2 and FMA
@@ -81,14 +92,24 @@ pub(crate) fn accumulate(g: &DwGeometry, dwt: &mut [f32], kernel: Kernel) {
     }
     let _ = kernel;
     // SAFETY: bounds checked above.
-    unsafe { accumulate_all::<{ cfg!(target_arch = "aarch64") }>(g, dwt) }
+    unsafe { accumulate_all::<{ cfg!(target_arch = "aarch64") }, false>(g, dwt) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn accumulate_avx2(g: &DwGeometry, dwt: &mut [f32]) {
     // SAFETY: forwarded contract.
-    unsafe { accumulate_all::<true>(g, dwt) }
+    unsafe { accumulate_all::<true, false>(g, dwt) }
+}
+
+/// 16 pixels per vector step. Why: at 8 the inner loop issues 7 loads for 12 multiply-adds
+/// of 8 lanes, and the per-row set-up is paid every 4 steps on 32-pixel rows; one zmm load
+/// feeds twice the work (session 43, `perf` on LDCRN's training step: this kernel was 13% of it).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn accumulate_avx512(g: &DwGeometry, dwt: &mut [f32]) {
+    // SAFETY: forwarded contract.
+    unsafe { accumulate_all::<true, true>(g, dwt) }
 }
 
 /// Every tile of `TO x TP` (smaller at the edges).
@@ -96,7 +117,7 @@ unsafe fn accumulate_avx2(g: &DwGeometry, dwt: &mut [f32]) {
 /// # Safety
 /// `accumulate`'s bounds check must have passed.
 #[inline(always)]
-unsafe fn accumulate_all<const FMA: bool>(g: &DwGeometry, dwt: &mut [f32]) {
+unsafe fn accumulate_all<const FMA: bool, const WIDE: bool>(g: &DwGeometry, dwt: &mut [f32]) {
     let k = g.offsets.len();
     let mut o0 = 0;
     while o0 < g.cout_g {
@@ -107,18 +128,18 @@ unsafe fn accumulate_all<const FMA: bool>(g: &DwGeometry, dwt: &mut [f32]) {
             // SAFETY: forwarded contract; tiles stay inside `cout_g x k`.
             unsafe {
                 match (to, tp) {
-                    (4, 3) => tile::<4, 3, FMA>(g, o0, p0, dwt),
-                    (4, 2) => tile::<4, 2, FMA>(g, o0, p0, dwt),
-                    (4, _) => tile::<4, 1, FMA>(g, o0, p0, dwt),
-                    (3, 3) => tile::<3, 3, FMA>(g, o0, p0, dwt),
-                    (3, 2) => tile::<3, 2, FMA>(g, o0, p0, dwt),
-                    (3, _) => tile::<3, 1, FMA>(g, o0, p0, dwt),
-                    (2, 3) => tile::<2, 3, FMA>(g, o0, p0, dwt),
-                    (2, 2) => tile::<2, 2, FMA>(g, o0, p0, dwt),
-                    (2, _) => tile::<2, 1, FMA>(g, o0, p0, dwt),
-                    (_, 3) => tile::<1, 3, FMA>(g, o0, p0, dwt),
-                    (_, 2) => tile::<1, 2, FMA>(g, o0, p0, dwt),
-                    _ => tile::<1, 1, FMA>(g, o0, p0, dwt),
+                    (4, 3) => tile_any::<4, 3, FMA, WIDE>(g, o0, p0, dwt),
+                    (4, 2) => tile_any::<4, 2, FMA, WIDE>(g, o0, p0, dwt),
+                    (4, _) => tile_any::<4, 1, FMA, WIDE>(g, o0, p0, dwt),
+                    (3, 3) => tile_any::<3, 3, FMA, WIDE>(g, o0, p0, dwt),
+                    (3, 2) => tile_any::<3, 2, FMA, WIDE>(g, o0, p0, dwt),
+                    (3, _) => tile_any::<3, 1, FMA, WIDE>(g, o0, p0, dwt),
+                    (2, 3) => tile_any::<2, 3, FMA, WIDE>(g, o0, p0, dwt),
+                    (2, 2) => tile_any::<2, 2, FMA, WIDE>(g, o0, p0, dwt),
+                    (2, _) => tile_any::<2, 1, FMA, WIDE>(g, o0, p0, dwt),
+                    (_, 3) => tile_any::<1, 3, FMA, WIDE>(g, o0, p0, dwt),
+                    (_, 2) => tile_any::<1, 2, FMA, WIDE>(g, o0, p0, dwt),
+                    _ => tile_any::<1, 1, FMA, WIDE>(g, o0, p0, dwt),
                 }
             }
             p0 += tp;
@@ -137,6 +158,26 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// [`tile`], or [`tile_avx512`] when `WIDE` (only inlined into `accumulate_avx512`).
+///
+/// # Safety
+/// As [`tile`]; with `WIDE`, the CPU has AVX-512F.
+#[inline(always)]
+unsafe fn tile_any<const O: usize, const P: usize, const FMA: bool, const WIDE: bool>(
+    g: &DwGeometry,
+    o0: usize,
+    p0: usize,
+    dwt: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if WIDE {
+        // SAFETY: forwarded contract.
+        return unsafe { tile_avx512::<O, P>(g, o0, p0, dwt) };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { tile::<O, P, FMA>(g, o0, p0, dwt) }
+}
+
 /// Output channels `o0..o0 + O` x taps `p0..p0 + P` over the whole image.
 ///
 /// # Safety
@@ -151,7 +192,7 @@ unsafe fn tile<const O: usize, const P: usize, const FMA: bool>(g: &DwGeometry, 
     let mut acc = [[[0.0f32; L]; P]; O];
     let mut tail = [[0.0f32; P]; O];
     for (b, y) in (0..g.items).flat_map(|b| (0..g.oh).map(move |y| (b, y))) {
-        // SAFETY (every read below): `b < items`, `y < oh`, `x + L <= full <= ow` or `x < ow`,
+        // SAFETY (every read below): `b < items`, `y < oh`, `c + L <= full <= ow` or `c < ow`,
         // and the check in `accumulate` covers the largest offset at the last item's last pixel.
         let drow = unsafe { dy.add(b * g.dy_item + o0 * ohw + y * g.ow) };
         let xrow = unsafe { x.add(b * g.padded_item + y * g.pitch) };
@@ -181,6 +222,57 @@ unsafe fn tile<const O: usize, const P: usize, const FMA: bool>(g: &DwGeometry, 
         for t in 0..P {
             let s: f32 = acc[o][t].iter().sum::<f32>() + tail[o][t];
             dwt[(p0 + t) * g.cout_g + o0 + o] += s;
+        }
+    }
+}
+
+/// [`tile`] 16 pixels per step with AVX-512 intrinsics. (The generic body at 16 lanes made LLVM
+/// keep the accumulators on the stack: LDCRN's training step 5-30% slower than at 8.)
+///
+/// # Safety
+/// As [`tile`]; the CPU has AVX-512F (only inlined into `accumulate_avx512`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_avx512<const O: usize, const P: usize>(g: &DwGeometry, o0: usize, p0: usize, dwt: &mut [f32]) {
+    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps};
+    const W: usize = 16;
+    let ohw = g.oh * g.ow;
+    let full = g.ow / W * W;
+    let dy = g.dy.as_ptr();
+    let x = g.padded.as_ptr();
+    let offs: [usize; P] = std::array::from_fn(|t| g.offsets[p0 + t]);
+    // SAFETY: reads as in `tile` (`c + W <= full <= ow`, or `c < ow` in the tail); the caller
+    // has AVX-512F.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); P]; O];
+        let mut tail = [[0.0f32; P]; O];
+        for (b, y) in (0..g.items).flat_map(|b| (0..g.oh).map(move |y| (b, y))) {
+            let drow = dy.add(b * g.dy_item + o0 * ohw + y * g.ow);
+            let xrow = x.add(b * g.padded_item + y * g.pitch);
+            let mut c = 0;
+            while c < full {
+                let xv: [_; P] = std::array::from_fn(|t| _mm512_loadu_ps(xrow.add(offs[t] + c)));
+                for (o, acc_o) in acc.iter_mut().enumerate() {
+                    let d = _mm512_loadu_ps(drow.add(o * ohw + c));
+                    for (t, a) in acc_o.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(d, xv[t], *a);
+                    }
+                }
+                c += W;
+            }
+            for c in full..g.ow {
+                for (o, tail_o) in tail.iter_mut().enumerate() {
+                    let d = *drow.add(o * ohw + c);
+                    for (t, a) in tail_o.iter_mut().enumerate() {
+                        *a = d.mul_add(*xrow.add(offs[t] + c), *a);
+                    }
+                }
+            }
+        }
+        for o in 0..O {
+            for t in 0..P {
+                dwt[(p0 + t) * g.cout_g + o0 + o] += _mm512_reduce_add_ps(acc[o][t]) + tail[o][t];
+            }
         }
     }
 }
@@ -232,8 +324,8 @@ mod tests {
     }
 
     /// Against the definition in f64, on shapes whose channels, taps and row widths leave
-    /// every kind of edge tile (5 output channels, 2 input channels x 2x3 taps, rows of 11 and
-    /// 3 pixels), with padding and dilation, on every kernel this CPU runs.
+    /// every kind of edge tile (5 output channels, 2 input channels x 2x3 taps, rows of 11, 3,
+    /// 16, 17, 27 and 8 pixels: both lane widths under AVX-512), with padding and dilation, on every kernel this CPU runs.
     #[test]
     fn matches_the_definition() {
         let mut rng = Rng::new(3);
@@ -243,6 +335,9 @@ mod tests {
             (4, 6, [3, 3], [9, 16], [2, 2], [2, 2]),
             (1, 1, [1, 1], [5, 5], [0, 0], [1, 1]),
             (9, 4, [3, 3], [17, 19], [1, 0], [1, 1]),
+            // Rows of 27 and 8 pixels keep 8 lanes under AVX-512; rows of 16 and 17 (above) take 16.
+            (6, 2, [3, 3], [5, 27], [1, 1], [1, 1]),
+            (3, 2, [3, 3], [4, 8], [1, 1], [1, 1]),
         ] {
             let oh = h + 2 * pad[0] - dil[0] * (kh - 1);
             let ow = w + 2 * pad[1] - dil[1] * (kw - 1);
