@@ -5,7 +5,7 @@
 //! forward pass left on the tape, and return gradients with respect to the inputs and the
 //! parameters, parallelised with rayon over `(n, c)` planes or channels.
 
-use crate::cpu::parallel;
+use crate::cpu::{elementwise, parallel};
 
 pub use super::conv_backward::{conv2d_backward, ConvGrads};
 use crate::cpu::gemm::Kernel;
@@ -80,8 +80,7 @@ pub fn batch_norm_backward(
         let ch = p % c;
         let s = &x.data[p * hw..(p + 1) * hw];
         if let Some((a, b)) = relu {
-            let (a, b) = (a[ch], b[ch]);
-            d.iter_mut().zip(s).for_each(|(d, &v)| *d = if a * v + b > 0.0 { *d } else { 0.0 });
+            elementwise::affine_relu_mask(d, s, a[ch], b[ch]);
         }
         // sum dz * xhat = inv_std * sum dz * (x - mean).
         let (sb, sg) = centered_sums(d, 0.0, s, mean[ch], kernel);
@@ -103,15 +102,9 @@ pub fn batch_norm_backward(
         let (g, mu, is) = (gamma[ch], mean[ch], inv_std[ch]);
         let s = &x.data[p * hw..(p + 1) * hw];
         if batch_stats {
-            let k = g * is / m;
-            let (sb, sg) = (dbeta[ch], dgamma[ch]);
-            for (d, &v) in d.iter_mut().zip(s) {
-                let xhat = (v - mu) * is;
-                *d = k * (m * *d - sb - xhat * sg);
-            }
+            elementwise::batch_norm_input_grad(d, s, g * is / m, m, [dbeta[ch], dgamma[ch]], mu, is);
         } else {
-            let k = g * is;
-            d.iter_mut().for_each(|d| *d *= k);
+            elementwise::scale(d, g * is);
         }
     });
     (Tensor { shape, data: dx }, dgamma, dbeta)
@@ -128,8 +121,7 @@ pub fn activation_backward_owned(y: &Tensor, dy: Tensor, act: Act) -> Tensor {
     match act {
         Act::None => {}
         Act::Relu => parallel::for_each_chunk_mut(&mut d, 1 << 14, 1, |i, d| {
-            let y = &y.data[i << 14..][..d.len()];
-            d.iter_mut().zip(y).for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 })
+            elementwise::relu_mask(d, &y.data[i << 14..][..d.len()])
         }),
         Act::Sigmoid => parallel::for_each_chunk_mut(&mut d, 1 << 14, 1, |i, d| {
             let y = &y.data[i << 14..][..d.len()];
@@ -153,7 +145,7 @@ pub fn channel_affine_backward(
     let [_, c, h, w] = dims(x);
     let hw = h * w;
     let mut dx = dz.data;
-    parallel::for_each_chunk_mut(&mut dx, hw, 1, |p, d| d.iter_mut().for_each(|v| *v *= scale[p % c]));
+    parallel::for_each_chunk_mut(&mut dx, hw, 1, |p, d| elementwise::scale(d, scale[p % c]));
     (like(x, dx), dscale, dshift)
 }
 

@@ -230,7 +230,7 @@ fn forward_train_timed(
                     let mut y = cpu::eval_op_for_training(&node.name, op, &args)?;
                     if let Some((_, act)) = fused[id] {
                         cpu::parallel::for_each_chunk_mut(&mut y.data, 1 << 14, 1, |_, d| {
-                            cpu::ops::act_in_place(d, act)
+                            cpu::elementwise::activate(d, act)
                         });
                     }
                     y
@@ -310,7 +310,7 @@ fn accumulate_ref(grads: &mut [Option<Tensor>], id: NodeId, g: &Tensor) {
 fn add_in_place(d: &mut [f32], s: &[f32]) {
     cpu::parallel::for_each_chunk_mut(d, 1 << 14, 1, |i, d| {
         let len = d.len();
-        d.iter_mut().zip(&s[i << 14..][..len]).for_each(|(d, s)| *d += s)
+        cpu::elementwise::add_assign(d, &s[i << 14..][..len])
     });
 }
 

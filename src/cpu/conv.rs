@@ -37,7 +37,7 @@ use super::parallel;
 
 use super::gemm::{matmul_offsets, matmul_panels, offsets_slack, Epilogue, Kernel, Mat, MatMut, Panels, Parallelism};
 use super::indirect::{conv_indirect, conv_pointwise, PackedWeights, TileEpilogue};
-use super::ops::{act_in_place, planes_per_task, sigmoid, valid_range, Planes};
+use super::ops::{planes_per_task, sigmoid, valid_range, Planes};
 use crate::graph::{Act, Conv2d, Residual};
 use crate::tensor::Tensor;
 
@@ -988,11 +988,7 @@ fn fill_zero_padded<'a>(
             let d = &mut dst[(y + py) * wp + px..][..w];
             match affine {
                 None => d.copy_from_slice(s),
-                Some((m, b, Act::Relu)) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = (m * s + b).max(0.0)),
-                Some((m, b, act)) => {
-                    d.iter_mut().zip(s).for_each(|(d, &s)| *d = m * s + b);
-                    act_in_place(d, act);
-                }
+                Some((m, b, act)) => super::elementwise::affine(d, s, m, b, act),
             }
         }
     };

@@ -56,6 +56,7 @@ macro_rules! vectorised {
 
 pub(crate) mod buffer;
 pub(crate) mod conv;
+pub(crate) mod elementwise;
 pub mod gemm;
 pub mod indirect;
 pub(crate) mod ops;

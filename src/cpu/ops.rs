@@ -57,6 +57,7 @@ impl<'a> Planes<'a> {
 }
 
 /// Applies an activation in place to a slice (one loop per activation so each vectorises).
+#[inline(always)]
 pub(crate) fn act_in_place(v: &mut [f32], act: Act) {
     match act {
         Act::None => {}
@@ -98,9 +99,7 @@ pub(crate) fn channel_affine(x: &Planes, scale: &[f32], shift: &[f32], act: Act)
     let hw = h * w;
     let mut y = super::buffer::overwritten(n * c * hw);
     parallel::for_each_chunk_mut(&mut y, hw, planes_per_task(hw), |p, d| {
-        let (a, b) = (scale[p % c], shift[p % c]);
-        d.iter_mut().zip(x.plane(p / c, p % c)).for_each(|(d, &s)| *d = a * s + b);
-        act_in_place(d, act);
+        super::elementwise::affine(d, x.plane(p / c, p % c), scale[p % c], shift[p % c], act);
     });
     Tensor { shape: vec![n, c, h, w], data: y }
 }
@@ -108,7 +107,7 @@ pub(crate) fn channel_affine(x: &Planes, scale: &[f32], shift: &[f32], act: Act)
 pub(crate) fn activation(x: &Tensor, act: Act) -> Tensor {
     let mut y = x.data.clone();
     if act != Act::None {
-        parallel::for_each_chunk_mut(&mut y, MIN_TASK_ELEMS, 1, |_, d| act_in_place(d, act));
+        parallel::for_each_chunk_mut(&mut y, MIN_TASK_ELEMS, 1, |_, d| super::elementwise::activate(d, act));
     }
     Tensor { shape: x.shape.clone(), data: y }
 }
@@ -202,7 +201,7 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Tensor {
     let mut y = super::buffer::overwritten(a.data.len());
     parallel::for_each_chunk_mut(&mut y, MIN_TASK_ELEMS, 1, |i, d| {
         let r = i * MIN_TASK_ELEMS..(i * MIN_TASK_ELEMS + d.len());
-        d.iter_mut().zip(a.data[r.clone()].iter().zip(&b.data[r])).for_each(|(d, (a, b))| *d = a + b)
+        super::elementwise::add(d, &a.data[r.clone()], &b.data[r]);
     });
     Tensor { shape: a.shape.clone(), data: y }
 }
@@ -213,8 +212,7 @@ pub(crate) fn gated_add(skip: &Planes, x: &Planes, alpha: &[f32]) -> Tensor {
     let hw = h * w;
     let mut y = super::buffer::overwritten(n * c * hw);
     parallel::for_each_chunk_mut(&mut y, hw, planes_per_task(hw), |p, d| {
-        let (a, s, x) = (alpha[p % c], skip.plane(p / c, p % c), x.plane(p / c, p % c));
-        d.iter_mut().zip(s.iter().zip(x)).for_each(|(d, (s, x))| *d = a * s + x);
+        super::elementwise::gated_add(d, skip.plane(p / c, p % c), x.plane(p / c, p % c), alpha[p % c]);
     });
     Tensor { shape: vec![n, c, h, w], data: y }
 }
