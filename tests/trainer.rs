@@ -369,8 +369,19 @@ fn session_writes_everything_and_resume_continues() {
 fn weight_average_is_written_and_resume_continues_it() {
     let dir = tempdir("ema");
     let full = dir.join("full");
-    let s = wgpose::training::run(&train_args(&full, &["--epochs", "2", "--ema", "0.5"]), &mut |_| {}).unwrap();
+    let mut messages = Vec::new();
+    let s = wgpose::training::run(&train_args(&full, &["--epochs", "2", "--ema", "0.5"]), &mut |e| {
+        if let wgpose::training::TrainEvent::Message(m) = e {
+            messages.push(m.clone());
+        }
+    })
+    .unwrap();
     assert_eq!(s.steps, 2);
+    // Each epoch reports the average's validation score as a percentage of the people scored.
+    let scores: Vec<&String> =
+        messages.iter().filter(|m| m.contains("the weight average (decay 0.5) scores")).collect();
+    assert_eq!(scores.len(), 2, "{messages:?}");
+    assert!(scores.iter().all(|m| m.contains("PCK@0.2 ") && m.ends_with("% (1 people)")), "{scores:?}");
     let ema_file = full.join("sghg-1x64-lsp.ema.safetensors");
     assert_eq!(s.ema_weights.as_deref(), Some(ema_file.as_path()));
     assert!(full.join("checkpoint-e001.ema.safetensors").is_file());

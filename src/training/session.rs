@@ -878,10 +878,12 @@ pub fn run(a: &TrainConfig, progress: &mut dyn FnMut(&TrainEvent)) -> Result<Tra
             let p = v.score(avg.graph(), a.batch, logits, cfg.sigmoid_output() && !logits)?;
             ema_val = Some(p);
             progress(&TrainEvent::Message(format!(
-                "epoch {}: the weight average (decay {}) scores {} {p:.2}{}",
+                "epoch {}: the weight average (decay {}) scores {} {:.2}% ({} {})",
                 epoch + 1,
                 avg.decay(),
                 v.metric(),
+                100.0 * p,
+                v.len(),
                 v.unit()
             )));
         }
