@@ -3,9 +3,10 @@
 //! (`vectorised!`: AVX-512F, AVX2, else the baseline).
 //!
 //! Why: written inline in the parallel loops' closures they were compiled for the crate's
-//! x86-64 baseline, SSE2 (four lanes); on data that sits in L1/L2 between operators (LDCRN's and
-//! the hourglass's maps at batch 16) that is the limit. Built with `-C target-cpu=x86-64-v4` the
-//! hourglass's training step was ~6% faster (session 43). The closures themselves cannot be
+//! x86-64 baseline, SSE2 (four lanes). Moved here, LDCRN's training step was 2.4% faster on an
+//! AVX-512 Xeon (284 -> 278 ms, session 43); the hourglass and fasterpose-r18-s32 were level,
+//! although the whole crate built with `-C target-cpu=x86-64-v4` made the hourglass ~6% faster:
+//! the rest of that bound lies in loops not moved here. The closures themselves cannot be
 //! widened from the loop helpers: LLVM does not inline them into a `target_feature` wrapper.
 //!
 //! Every function computes the same values bit for bit at any width: each output is a fixed
